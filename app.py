@@ -1,0 +1,12 @@
+"""batchvar: how the mini-batch size b shapes the dynamics of SGD. Run with ``streamlit run app.py``."""
+
+import streamlit as st
+
+st.set_page_config(page_title="batchvar", page_icon="📉", layout="wide")
+
+PAGES = [
+    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
+    st.Page("pages/linear_regression.py", title="Linear regression", icon="📈", url_path="linear_regression"),
+]
+
+st.navigation(PAGES).run()

@@ -1,0 +1,114 @@
+"""Command line: ``python -m backend {theory,simulate,polynomial,check} CONFIG.json``; JSON on stdout.
+
+A bad config or argument exits with status 2 and one line on stderr naming the field; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backend.errors import Cancelled, ConfigError
+
+
+def _list(a: np.ndarray) -> list:
+    return [None if not np.isfinite(v) else float(v) for v in np.asarray(a, dtype=np.float64)]
+
+
+def _curves_json(batch_sizes, curves: dict | None, quantities, with_se: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for j, b in enumerate(batch_sizes):
+        entry: dict[str, Any] = {}
+        for q in quantities:
+            if curves is None:
+                entry[q] = None
+                continue
+            if with_se:
+                if q not in curves:
+                    continue
+                entry[q] = _list(curves[q]["value"][j])
+                entry[f"{q}_se"] = _list(curves[q]["se"][j])
+            else:
+                entry[q] = _list(curves[q][j])
+        out[str(b)] = entry
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m backend", description="batchvar: SGD against the batch size b")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_ in (("theory", "exact curves for every t and batch size"),
+                        ("simulate", "replica estimates with standard errors"),
+                        ("polynomial", "exact polynomial in 1/b at step t"),
+                        ("check", "Theorems 1-2 on the exact values (non-increasing in b at every t)")):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("config", help="config JSON file (as downloaded from the app), or - for stdin")
+        if name == "polynomial":
+            sp.add_argument("--t", type=int, required=True, help="iteration t")
+            sp.add_argument("--quantity", default="var_g", help="var_g, var_full_grad or loss")
+            sp.add_argument("--float", dest="force_float", action="store_true", help="float coefficients even if exact")
+        if name == "simulate":
+            sp.add_argument("--no-cache", action="store_true", help="compute even if a cached result exists")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+        from backend import api
+        from backend.config import loads, parse_config
+
+        text = sys.stdin.read() if args.config == "-" else Path(args.config).read_text(encoding="utf-8")
+        config = parse_config(loads(text))
+        if args.command == "theory":
+            res = api.theory(config)
+            out = {"setting": config.setting, "t": res["t"].tolist(), "available": res["available"],
+                   "note": res["note"],
+                   "curves": _curves_json(config.batch_sizes, res["curves"], api.QUANTITIES, with_se=False)}
+        elif args.command == "simulate":
+            cache = None
+            if args.no_cache:
+                import tempfile
+
+                from backend.cache import ResultCache
+                cache = ResultCache(tempfile.mkdtemp(prefix="batchvar-"))
+            res = api.simulate(config, cache=cache)
+            meta = res["meta"]
+            out = {"setting": config.setting, "t": res["t"].tolist(),
+                   "curves": _curves_json(config.batch_sizes, res["curves"], (*api.QUANTITIES, "var_g_rb"), True),
+                   "finite_count": {str(b): res["finite_count"][j].tolist() for j, b in enumerate(config.batch_sizes)},
+                   "diverged_at": dict(zip(map(str, config.batch_sizes), meta["diverged_at"])),
+                   "sampler": meta["sampler_label"], "device": meta["device"], "groups": meta["groups"]}
+        elif args.command == "polynomial":
+            out = api.polynomial(config, args.t, args.quantity, exact=False if args.force_float else None)
+        else:
+            out = {"setting": config.setting, "checks": api.check_monotone(config)}
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"error: config: cannot read {e.filename}", file=sys.stderr)
+        return 2
+    except (UnicodeDecodeError, IsADirectoryError):
+        print("error: config: the file is not UTF-8 JSON text", file=sys.stderr)
+        return 2
+    except Cancelled:
+        print("error: cancelled", file=sys.stderr)
+        return 130
+    try:
+        json.dump(out, sys.stdout, allow_nan=False)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. piped into `head`
+        sys.stderr.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

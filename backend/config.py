@@ -1,0 +1,370 @@
+"""One frozen, typed config per setting; every field is validated here, whether it comes from widgets, CLI JSON or Python.
+
+``parse_config(dict)`` dispatches on ``"setting"`` and raises :class:`ConfigError` naming the field. ``config.to_json()``
+is the normalised form: it round-trips through ``parse_config`` and is what the cache key, the downloads and the URL use.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from functools import lru_cache
+from typing import Any, ClassVar
+
+import numpy as np
+
+from backend import datasets
+from backend.errors import ConfigError
+from backend.exact import is_exact, jsonable_number, parse_number
+
+SCHEDULES = ("constant", "inverse", "inverse_offset")
+SAMPLERS = ("without_replacement", "with_replacement", "epoch_reshuffle")
+SAMPLER_LABELS = {
+    "without_replacement": "uniform b-subsets without replacement, independent per step (paper §3.1)",
+    "with_replacement": "b indices drawn with replacement, independent per step",
+    "epoch_reshuffle": "reshuffle each epoch, walk the permutation in batches of b (last partial batch dropped)",
+}
+DEVICES = ("auto", "cpu", "cuda")
+MAX_STEPS = 20_000
+MAX_REPLICAS = 1_000_000
+MIN_REPLICAS = 10
+MAX_BATCH_SIZES = 64
+
+
+class _Fields:
+    """Reads fields from a dict, remembers which were used, and refuses unknown keys."""
+
+    def __init__(self, raw: Any, where: str = "") -> None:
+        if not isinstance(raw, dict):
+            raise ConfigError(where or "config", f"expected a JSON object, got {type(raw).__name__}")
+        self.raw = raw
+        self.where = where
+        self.used: set[str] = set()
+
+    def name(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.used.add(key)
+        return self.raw.get(key, default)
+
+    def has(self, key: str) -> bool:
+        return key in self.raw
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.raw) - self.used)
+        if unknown:
+            raise ConfigError(self.name(unknown[0]), f"unknown field; expected one of {sorted(self.used)}")
+
+
+def _int(value: Any, field_name: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(field_name, f"expected an integer, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = float(value) if "." in value or "e" in value.lower() else int(value)
+        except ValueError:
+            raise ConfigError(field_name, f"expected an integer, got {value!r}") from None
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            raise ConfigError(field_name, f"expected an integer, got {value!r}")
+        value = int(value)
+    if not lo <= value <= hi:
+        raise ConfigError(field_name, f"must be between {lo} and {hi}, got {value}")
+    return int(value)
+
+
+def _bool(value: Any, field_name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ConfigError(field_name, f"expected true or false, got {value!r}")
+
+
+def _choice(value: Any, field_name: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(field_name, f"expected one of {list(choices)}, got {value!r}")
+    return value
+
+
+def _positive(value: Any, field_name: str, allow_zero: bool = False) -> Fraction | float:
+    x = parse_number(value, field_name)
+    if x < 0 or (x == 0 and not allow_zero):
+        raise ConfigError(field_name, f"must be {'non-negative' if allow_zero else 'positive'}, got {jsonable_number(x)}")
+    return x
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Learning-rate schedule (theory.md §0): constant α_t = c; inverse α_t = c/(t+1); inverse_offset α_t = c/(t+1+t0)."""
+
+    kind: str = "inverse"
+    c: Fraction | float = Fraction(1, 2)
+    t0: int = 0
+
+    @classmethod
+    def parse(cls, raw: Any, where: str = "lr") -> "Schedule":
+        if isinstance(raw, (int, float, str)) and not isinstance(raw, bool):
+            return cls("constant", _positive(raw, where))
+        f = _Fields(raw, where)
+        kind = _choice(f.get("schedule", "inverse"), f.name("schedule"), SCHEDULES)
+        c = _positive(f.get("c", Fraction(1, 2)), f.name("c"))
+        t0 = _int(f.get("t0", 0), f.name("t0"), 0, 10**9) if kind == "inverse_offset" else 0
+        if kind != "inverse_offset" and f.raw.get("t0", 0) not in (0, None):
+            raise ConfigError(f.name("t0"), "only the 'inverse_offset' schedule takes t0")
+        f.finish()
+        return cls(kind, c, t0)
+
+    def alpha(self, t: int) -> Fraction | float:
+        if self.kind == "constant":
+            return self.c
+        denom = t + 1 + (self.t0 if self.kind == "inverse_offset" else 0)
+        return self.c / denom
+
+    def alphas(self, T: int, exact: bool = False) -> list:
+        vals = [self.alpha(t) for t in range(T)]
+        if exact:
+            return [Fraction(v) for v in vals]
+        return [float(v) for v in vals]
+
+    @property
+    def exact(self) -> bool:
+        return isinstance(self.c, Fraction)
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {"schedule": self.kind, "c": jsonable_number(self.c)}
+        if self.kind == "inverse_offset":
+            out["t0"] = self.t0
+        return out
+
+    def describe(self) -> str:
+        c = jsonable_number(self.c)
+        return {"constant": f"α_t = {c}", "inverse": f"α_t = {c}/(t+1)",
+                "inverse_offset": f"α_t = {c}/(t+1+{self.t0})"}[self.kind]
+
+
+@lru_cache(maxsize=8)
+def _builtin_dataset(name: str) -> datasets.RegressionData:
+    return datasets.graduate_admission()
+
+
+def _parse_dataset(raw: Any) -> tuple[dict, datasets.RegressionData]:
+    if raw is None:
+        raw = {"name": "graduate_admission"}
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    f = _Fields(raw, "dataset")
+    name = f.get("name", "inline" if "X" in raw else None)
+    if name == "graduate_admission":
+        f.finish()
+        return {"name": name}, _builtin_dataset(name)
+    if name == "synthetic":
+        n = _int(f.get("n", 200), "dataset.n", 2, datasets.MAX_ROWS)
+        p = _int(f.get("p", 5), "dataset.p", 1, 50)
+        noise = float(_positive(f.get("noise", 0.5), "dataset.noise", allow_zero=True))
+        seed = _int(f.get("seed", 0), "dataset.seed", 0, 2**32 - 1)
+        f.finish()
+        return {"name": name, "n": n, "p": p, "noise": noise, "seed": seed}, datasets.synthetic(n, p, noise, seed)
+    if name == "inline":
+        data = datasets.inline(f.get("X"), f.get("y"))
+        names = f.get("columns")
+        if names is not None:
+            if not isinstance(names, list) or len(names) != data.X.shape[1] + 1 or not all(isinstance(s, str) for s in names):
+                raise ConfigError("dataset.columns", "expected the feature names then the target name, as strings")
+            data = datasets.RegressionData(data.X, data.y, tuple(names[:-1]), names[-1])
+        f.finish()
+        norm = {"name": "inline", "X": [[jsonable_number(v) for v in row] for row in data.X],
+                "y": [jsonable_number(v) for v in data.y]}
+        if names is not None:
+            norm["columns"] = list(names)
+        return norm, data
+    raise ConfigError("dataset.name", f"expected 'graduate_admission', 'synthetic' or 'inline', got {name!r}")
+
+
+def _parse_w0(raw: Any, p: int) -> tuple[Any, np.ndarray]:
+    if raw is None:
+        raw = {"seed": 0}
+    if isinstance(raw, dict):
+        f = _Fields(raw, "w0")
+        seed = _int(f.get("seed", 0), "w0.seed", 0, 2**32 - 1)
+        scale = float(_positive(f.get("scale", 1.0), "w0.scale", allow_zero=True))
+        f.finish()
+        w = np.random.default_rng(seed).standard_normal(p) * scale
+        vals = np.empty(p, dtype=object)
+        vals[:] = w.tolist()
+        return {"seed": seed, "scale": scale}, vals
+    if isinstance(raw, list):
+        if len(raw) != p:
+            raise ConfigError("w0", f"expected {p} weights (the features, then the intercept last when there is one), "
+                                    f"got {len(raw)}")
+        vals = np.empty(p, dtype=object)
+        for j, v in enumerate(raw):
+            vals[j] = parse_number(v, f"w0[{j}]")
+        return [jsonable_number(v) for v in vals], vals
+    raise ConfigError("w0", 'expected a list of numbers or {"seed": int, "scale": number}')
+
+
+def _parse_batch_sizes(raw: Any, n: int, field_name: str = "batch_sizes") -> tuple[int, ...]:
+    if isinstance(raw, (int, str)) and not isinstance(raw, bool):
+        raw = [raw]
+    if not isinstance(raw, (list, tuple)) or not raw:
+        raise ConfigError(field_name, "expected a non-empty list of batch sizes")
+    if len(raw) > MAX_BATCH_SIZES:
+        raise ConfigError(field_name, f"at most {MAX_BATCH_SIZES} batch sizes, got {len(raw)}")
+    out = sorted({_int(b, f"{field_name}[{i}]", 1, 10**9) for i, b in enumerate(raw)})
+    if out[-1] > n:
+        raise ConfigError(field_name, f"batch size {out[-1]} exceeds the number of samples n = {n}")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class LinearRegressionConfig:
+    """Linear regression, finite sum (paper §3.1). Defaults: the paper's Graduate Admission setting (Appendix A.1.1)."""
+
+    setting: ClassVar[str] = "linear_regression"
+    dataset: dict = field(default_factory=lambda: {"name": "graduate_admission"})
+    standardize: bool = True
+    intercept: bool = True
+    w0: Any = field(default_factory=lambda: {"seed": 0})
+    lr: Schedule = field(default_factory=Schedule)
+    steps: int = 200
+    batch_sizes: tuple[int, ...] = (2, 16, 64, 256)
+    replicas: int = 1000
+    seed: int = 0
+    sampler: str = "without_replacement"
+    device: str = "auto"
+    # derived (not part of the JSON): the design matrix and the weights
+    X: np.ndarray = field(default=None, repr=False, compare=False)
+    y: np.ndarray = field(default=None, repr=False, compare=False)
+    w0_values: np.ndarray = field(default=None, repr=False, compare=False)
+    exact_data: bool = field(default=False, repr=False, compare=False)
+    feature_names: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, raw: dict) -> "LinearRegressionConfig":
+        f = _Fields(raw)
+        f.get("setting")
+        ds_json, data = _parse_dataset(f.get("dataset"))
+        standardize = _bool(f.get("standardize", True), "standardize")
+        intercept = _bool(f.get("intercept", True), "intercept")
+        X, y, exact = datasets.design_matrix(data, standardize, intercept)
+        n, p = X.shape
+        w0_json, w0_vals = _parse_w0(f.get("w0"), p)
+        lr = Schedule.parse(f.get("lr", {"schedule": "inverse", "c": "1/2"}))
+        steps = _int(f.get("steps", 200), "steps", 0, MAX_STEPS)
+        batch_sizes = _parse_batch_sizes(f.get("batch_sizes", [b for b in (2, 16, 64, 256) if b <= n] or [1]), n)
+        replicas = _int(f.get("replicas", 1000), "replicas", MIN_REPLICAS, MAX_REPLICAS)
+        seed = _int(f.get("seed", 0), "seed", 0, 2**32 - 1)
+        sampler = _choice(f.get("sampler", "without_replacement"), "sampler", SAMPLERS)
+        device = _choice(f.get("device", "auto"), "device", DEVICES)
+        f.finish()
+        names = tuple(data.feature_names) + (("intercept",) if intercept else ())
+        return cls(ds_json, standardize, intercept, w0_json, lr, steps, batch_sizes, replicas, seed, sampler, device,
+                   X, y, w0_vals, exact, names)
+
+    @property
+    def n(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def p(self) -> int:
+        return int(self.X.shape[1])
+
+    @property
+    def exact(self) -> bool:
+        """True when data, initial weights and schedule are all rational: polynomials then have exact coefficients."""
+        return self.exact_data and is_exact(self.w0_values) and self.lr.exact
+
+    def to_json(self) -> dict:
+        return {
+            "setting": self.setting,
+            "dataset": self.dataset,
+            "standardize": self.standardize,
+            "intercept": self.intercept,
+            "w0": self.w0,
+            "lr": self.lr.to_json(),
+            "steps": self.steps,
+            "batch_sizes": list(self.batch_sizes),
+            "replicas": self.replicas,
+            "seed": self.seed,
+            "sampler": self.sampler,
+            "device": self.device,
+        }
+
+    def replace(self, **changes: Any) -> "LinearRegressionConfig":
+        """A new validated config with some JSON fields changed."""
+        raw = self.to_json()
+        raw.update({k: (v.to_json() if isinstance(v, Schedule) else v) for k, v in changes.items()})
+        return LinearRegressionConfig.parse(raw)
+
+
+def paper_batch_sizes(n: int = 500) -> list[int]:
+    """Figure 2b's batch sizes: powers of two and multiples of 40 in [2, n], plus b = n (21 values for n = 500)."""
+    powers = [2**k for k in range(1, 20) if 2**k <= n]
+    forties = list(range(40, n + 1, 40))
+    return sorted(set(powers + forties + [n]))
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "laptop": {"steps": 200, "batch_sizes": [2, 16, 64, 256], "replicas": 1000},
+    "paper (Figure 2a)": {"steps": 2000, "batch_sizes": [2, 16, 64, 256], "replicas": 1000},
+    "paper (Figure 2b)": {"steps": 40, "batch_sizes": paper_batch_sizes(500), "replicas": 200_000},
+}
+
+
+CONFIG_TYPES: dict[str, type] = {"linear_regression": LinearRegressionConfig}
+
+
+def parse_config(raw: Any) -> LinearRegressionConfig:
+    """Validate a config dict (from JSON, widgets or Python) into the frozen config of its setting."""
+    if not isinstance(raw, dict):
+        raise ConfigError("config", f"expected a JSON object, got {type(raw).__name__}")
+    setting = raw.get("setting", "linear_regression")
+    if setting not in CONFIG_TYPES:
+        raise ConfigError("setting", f"expected one of {sorted(CONFIG_TYPES)}, got {setting!r}")
+    return CONFIG_TYPES[setting].parse(raw)
+
+
+def loads(text: str) -> dict:
+    """Parse JSON keeping decimal numbers exact (they become strings, read as rationals by the config)."""
+    try:
+        return json.loads(text, parse_float=lambda s: s)
+    except json.JSONDecodeError as e:
+        raise ConfigError("config", f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+# -- URL query parameters ---------------------------------------------------------------------------------------
+
+def to_query(config: LinearRegressionConfig) -> dict[str, str]:
+    """One query parameter per top-level field, each a compact JSON value (inline data are not put in the URL)."""
+    out = {}
+    for k, v in config.to_json().items():
+        if k == "dataset" and v.get("name") == "inline":
+            continue
+        out[k] = v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+    return out
+
+
+def from_query(params: dict[str, str]) -> dict:
+    """The raw config dict encoded by :func:`to_query` (unknown parameters are ignored; values are validated later)."""
+    keys = {"setting", "dataset", "standardize", "intercept", "w0", "lr", "steps", "batch_sizes", "replicas", "seed",
+            "sampler", "device"}
+    raw: dict[str, Any] = {}
+    for k, v in params.items():
+        if k not in keys:
+            continue
+        if k in ("setting", "sampler", "device"):
+            raw[k] = v
+            continue
+        try:
+            raw[k] = json.loads(v, parse_float=lambda s: s)
+        except json.JSONDecodeError:
+            raise ConfigError(k, f"cannot read {v!r} from the URL") from None
+    return raw

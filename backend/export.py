@@ -1,0 +1,28 @@
+"""Downloads: the curves as CSV (exact and estimates side by side) and the config as reloadable JSON."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+
+def curves_csv(t: np.ndarray, batch_sizes: list[int], theory_curves: dict | None, sim: dict | None,
+               quantities: tuple[str, ...]) -> str:
+    """One row per (b, t, quantity): exact, estimate, se, lo, hi, finite replicas."""
+    frames = []
+    for j, b in enumerate(batch_sizes):
+        for q in quantities:
+            cols = {"b": b, "t": t, "quantity": q}
+            cols["exact"] = theory_curves[q][j] if theory_curves is not None and q in theory_curves else np.nan
+            if sim is not None and q in sim["curves"]:
+                est = sim["curves"][q]
+                cols.update({"estimate": est["value"][j], "se": est["se"][j], "lo": est["lo"][j],
+                             "hi": est["hi"][j], "finite_replicas": sim["finite_count"][j]})
+            frames.append(pd.DataFrame(cols))
+    return pd.concat(frames, ignore_index=True).to_csv(index=False)
+
+
+def config_json(config) -> str:
+    return json.dumps(config.to_json(), indent=2)

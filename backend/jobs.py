@@ -1,0 +1,46 @@
+"""Background runs for the UI: a worker thread that never touches Streamlit, a Progress to poll and a cancel Event."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from backend.errors import Cancelled, ConfigError
+
+
+@dataclass
+class Job:
+    """One replica run. ``state`` is 'running', 'done', 'cancelled' or 'failed' (``error`` then holds one line)."""
+
+    key: str
+    progress: Any
+    cancel: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: str | None = None
+    state: str = "running"
+    thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+
+def start(key: str, work: Callable[[Any, threading.Event], Any], progress: Any) -> Job:
+    """Run ``work(progress, cancel)`` in a daemon thread; its result, cancellation or error lands in the Job."""
+    job = Job(key=key, progress=progress)
+
+    def target() -> None:
+        try:
+            job.result = work(job.progress, job.cancel)
+            job.state = "done"
+        except Cancelled:
+            job.state = "cancelled"
+        except ConfigError as e:
+            job.error, job.state = str(e), "failed"
+        except Exception as e:  # noqa: BLE001 - reported on the page as one line, never a traceback
+            job.error, job.state = f"{type(e).__name__}: {e}", "failed"
+
+    job.thread = threading.Thread(target=target, daemon=True, name=f"batchvar-{key[:8]}")
+    job.thread.start()
+    return job

@@ -1,0 +1,160 @@
+"""Streaming replica statistics with batch-means standard errors (theory.md §4), z-scores and polynomial fits.
+
+Replicas are split into K contiguous groups. For every (group, t) we keep, in float64, the count, the mean vector and
+M2 = Σ‖x − mean‖², merged chunk by chunk with the pairwise update of Chan, Golub & LeVeque (stable: never E‖x‖² − ‖E x‖²).
+Memory is O(K · (T+1) · d), independent of the number of replicas R.
+- var estimate:  V̂ = M2_all / (N − 1), unbiased for var(x_t | F_0) = E‖x − E x‖²;
+- its SE:        sd_k(V̂_k) / √K  (batch means over the K groups), and a 95 % interval V̂ ± t_{K−1, 0.975} SE;
+- mean estimate: Σ x / N with SE sd_k(mean_k)/√K.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+DEFAULT_GROUPS = 32
+
+
+def n_groups(R: int, wanted: int = DEFAULT_GROUPS) -> int:
+    """K = min(wanted, R // 2) so that every group has at least two replicas."""
+    return max(2, min(wanted, R // 2))
+
+
+def group_ids(start: int, stop: int, R: int, K: int, device: torch.device) -> torch.Tensor:
+    """Group of each global replica index in [start, stop): contiguous blocks, sizes differing by at most one."""
+    r = torch.arange(start, stop, device=device)
+    return (r * K) // R
+
+
+class VarianceAccumulator:
+    """Per (group, t) count, mean vector and M2 for vectors x_t^{(r)} of dimension d."""
+
+    def __init__(self, K: int, T1: int, d: int, device: torch.device) -> None:
+        self.K = K
+        self.count = torch.zeros((K, T1), dtype=torch.float64, device=device)
+        self.mean = torch.zeros((K, T1, d), dtype=torch.float64, device=device)
+        self.m2 = torch.zeros((K, T1), dtype=torch.float64, device=device)
+
+    def update(self, t: int, x: torch.Tensor, gid: torch.Tensor, valid: torch.Tensor) -> None:
+        K = self.K
+        x = torch.where(valid[:, None], x.to(torch.float64), 0.0)
+        w = valid.to(torch.float64)
+        cnt = torch.zeros(K, dtype=torch.float64, device=x.device).index_add_(0, gid, w)
+        s = torch.zeros((K, x.shape[1]), dtype=torch.float64, device=x.device).index_add_(0, gid, x)
+        mean_b = s / cnt.clamp(min=1.0)[:, None]
+        dev = (x - mean_b[gid]).square().sum(dim=1) * w
+        m2_b = torch.zeros(K, dtype=torch.float64, device=x.device).index_add_(0, gid, dev)
+        n_a, mean_a, m2_a = self.count[:, t], self.mean[:, t], self.m2[:, t]
+        n = n_a + cnt
+        frac = torch.where(n > 0, cnt / n.clamp(min=1.0), 0.0)
+        delta = mean_b - mean_a
+        self.mean[:, t] = mean_a + delta * frac[:, None]
+        self.m2[:, t] = m2_a + m2_b + delta.square().sum(dim=1) * n_a * frac
+        self.count[:, t] = n
+
+    def result(self) -> "VarianceEstimate":
+        count = self.count.cpu().numpy()
+        mean = self.mean.cpu().numpy()
+        m2 = self.m2.cpu().numpy()
+        N = count.sum(axis=0)
+        overall = (count[:, :, None] * mean).sum(axis=0) / np.maximum(N, 1)[:, None]
+        between = (count * ((mean - overall[None]) ** 2).sum(axis=2)).sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            var = (m2.sum(axis=0) + between) / (N - 1)
+            group_var = np.where(count >= 2, m2 / (count - 1), np.nan)
+        return VarianceEstimate(var, *batch_means_se(group_var), N)
+
+
+class MeanAccumulator:
+    """Per (group, t) count and sum of scalars x_t^{(r)}."""
+
+    def __init__(self, K: int, T1: int, device: torch.device) -> None:
+        self.K = K
+        self.count = torch.zeros((K, T1), dtype=torch.float64, device=device)
+        self.sum = torch.zeros((K, T1), dtype=torch.float64, device=device)
+
+    def update(self, t: int, x: torch.Tensor, gid: torch.Tensor, valid: torch.Tensor) -> None:
+        x = torch.where(valid, x.to(torch.float64), 0.0)
+        self.count[:, t].index_add_(0, gid, valid.to(torch.float64))
+        self.sum[:, t].index_add_(0, gid, x)
+
+    def group_means(self) -> np.ndarray:
+        count = self.count.cpu().numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(count > 0, self.sum.cpu().numpy() / count, np.nan)
+
+    def result(self) -> "VarianceEstimate":
+        count = self.count.cpu().numpy()
+        N = count.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = self.sum.cpu().numpy().sum(axis=0) / N
+        se, k_eff = batch_means_se(self.group_means())
+        return VarianceEstimate(mean, se, k_eff, N)
+
+
+@dataclass
+class VarianceEstimate:
+    """An estimate per t with its batch-means SE, the number of groups behind the SE, and the replicas counted."""
+
+    value: np.ndarray
+    se: np.ndarray
+    groups: np.ndarray
+    count: np.ndarray
+
+    def interval(self, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        q = t_quantile(level, np.maximum(self.groups - 1, 1))
+        return self.value - q * self.se, self.value + q * self.se
+
+
+def batch_means_se(group_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SE = sd_k(v_k) / √K over the groups with a finite value (axis 0), and that K."""
+    finite = np.isfinite(group_values)
+    k = finite.sum(axis=0)
+    v = np.where(finite, group_values, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = v.sum(axis=0) / k
+        ss = (np.where(finite, group_values - m, 0.0) ** 2).sum(axis=0)
+        se = np.sqrt(ss / (k - 1) / k)
+    return np.where(k >= 2, se, np.nan), k
+
+
+def t_quantile(level: float, dof: np.ndarray) -> np.ndarray:
+    """Two-sided Student-t quantile t_{dof, (1+level)/2}."""
+    from scipy.stats import t as student_t
+
+    return student_t.ppf(0.5 + level / 2, dof)
+
+
+def z_scores(estimate: np.ndarray, se: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """z = (estimate − exact) / SE; NaN where the SE is zero or missing (e.g. b = n, where both are exactly zero)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = (np.asarray(estimate) - np.asarray(exact)) / np.asarray(se)
+    return np.where(np.asarray(se) > 0, z, np.nan)
+
+
+def polyfit_inv_b(b: np.ndarray, values: np.ndarray, degree: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """Least-squares polynomial in x = 1/b with a constant term (the paper's Figure 2b fit): coefficients, lowest first.
+
+    Solved in a scaled Vandermonde basis (x / max x) for conditioning. ``weights`` multiply the residuals (e.g. 1/SE).
+    """
+    x = 1.0 / np.asarray(b, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
+    deg = min(degree, len(x) - 1)
+    s = x.max()
+    A = np.vander(x / s, deg + 1, increasing=True)
+    w = np.ones_like(v) if weights is None else np.asarray(weights, dtype=np.float64)
+    coef, *_ = np.linalg.lstsq(A * w[:, None], v * w, rcond=None)
+    coef = coef / s ** np.arange(deg + 1)
+    return np.concatenate([coef, np.zeros(degree - deg)])
+
+
+def first_increase(b: np.ndarray, values: np.ndarray, rtol: float = 1e-12) -> int | None:
+    """Index j of the first b_j < b_{j+1} with values[j+1] > values[j] (beyond a relative rounding slack), else None."""
+    v = np.asarray(values, dtype=np.float64)
+    for j in range(len(v) - 1):
+        if v[j + 1] > v[j] + rtol * max(abs(v[j]), abs(v[j + 1]), 1e-300):
+            return j
+    return None

@@ -1,0 +1,1 @@
+"""Exact theory, one module per setting. Pure functions of numpy arrays (float64 or object arrays of Fractions)."""

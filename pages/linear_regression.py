@@ -1,0 +1,322 @@
+"""Linear regression (paper §3.1, Figure 2): exact theory for every t drawn over SGD replicas. Inputs → backend → charts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from backend import api, charts, export, jobs
+from backend import config as cfg
+from backend.cache import default_cache
+from backend.datasets import MAX_UPLOAD_BYTES, parse_csv_text
+from backend.errors import ConfigError
+from backend.exact import jsonable_number
+
+st.title("Linear regression: variance of SGD against the batch size")
+st.caption("Finite sum, mini-batches drawn without replacement (paper §3.1). Exact theory: theory.md §1.")
+
+# -- state: the raw config the widgets start from (URL, preset or uploaded JSON) --------------------------------
+if "lr_raw" not in st.session_state:
+    try:
+        st.session_state.lr_raw = cfg.from_query(dict(st.query_params))
+    except ConfigError as e:
+        st.warning(f"Ignoring the link's config: {e}")
+        st.session_state.lr_raw = {}
+    st.session_state.lr_gen = 0
+
+
+def load(raw: dict) -> None:
+    st.session_state.lr_raw = raw
+    st.session_state.lr_gen += 1
+    st.rerun()
+
+
+raw0: dict = st.session_state.lr_raw
+gen = st.session_state.lr_gen
+defaults = cfg.LinearRegressionConfig.parse({"setting": "linear_regression"}).to_json()
+
+
+def d(key: str):
+    return raw0.get(key, defaults[key])
+
+
+def k(name: str) -> str:
+    return f"lr_{name}_{gen}"
+
+
+# -- sidebar: inputs only ----------------------------------------------------------------------------------------
+sb = st.sidebar
+with sb.expander("Presets and saved configs", expanded=False):
+    preset = st.selectbox("Preset", list(cfg.PRESETS), key=k("preset"))
+    if st.button("Apply preset", key=k("apply")):
+        load({**raw0, **cfg.PRESETS[preset]})
+    up = st.file_uploader("Load a config (JSON)", type=["json"], key=k("cfgup"))
+    if up is not None and st.button("Load config", key=k("load")):
+        try:
+            load(cfg.loads(up.getvalue().decode("utf-8")))
+        except (ConfigError, UnicodeDecodeError) as e:
+            st.error(f"Cannot load that file: {e}")
+
+ds0 = d("dataset") if isinstance(d("dataset"), dict) else {"name": d("dataset")}
+sources = ["graduate_admission", "synthetic", "upload CSV"] + (["inline (from config)"] if ds0.get("name") == "inline"
+                                                                  else [])
+src_default = "inline (from config)" if ds0.get("name") == "inline" else ds0.get("name", "graduate_admission")
+source = sb.selectbox("Dataset", sources, index=sources.index(src_default), key=k("source"),
+                      help="Graduate Admission: 500 rows, 7 features, target 'Chance of Admit' (the paper's setting)")
+if source == "graduate_admission":
+    dataset: dict = {"name": "graduate_admission"}
+elif source == "synthetic":
+    c1, c2 = sb.columns(2)
+    dataset = {"name": "synthetic", "n": c1.number_input("n", 2, 100_000, int(ds0.get("n", 200)), key=k("sn")),
+               "p": c2.number_input("p", 1, 50, int(ds0.get("p", 5)), key=k("sp")),
+               "noise": c1.number_input("noise", 0.0, 100.0, float(ds0.get("noise", 0.5)), key=k("snoise")),
+               "seed": c2.number_input("data seed", 0, 2**31, int(ds0.get("seed", 0)), key=k("sseed"))}
+elif source == "upload CSV":
+    f = sb.file_uploader("CSV with a header row (numeric columns)", type=["csv"], key=k("csv"))
+    if f is None:
+        st.info("Upload a CSV in the sidebar to continue, or pick another dataset.")
+        st.stop()
+    if f.size > MAX_UPLOAD_BYTES:
+        st.error(f"The file is {f.size / 2**20:.1f} MiB; the limit is {MAX_UPLOAD_BYTES / 2**20:.0f} MiB.")
+        st.stop()
+    text = f.getvalue().decode("utf-8", errors="replace")
+    header = text.splitlines()[0].split(",") if text.strip() else []
+    target = sb.selectbox("Target column", [h.strip() for h in header][::-1], key=k("target"))
+    try:
+        data = parse_csv_text(text, target)
+    except ConfigError as e:
+        st.error(f"Cannot use that CSV: {e.message}")
+        st.stop()
+    dataset = {"name": "inline", "X": [[jsonable_number(v) for v in row] for row in data.X],
+               "y": [jsonable_number(v) for v in data.y], "columns": [*data.feature_names, data.target_name]}
+else:
+    dataset = ds0
+
+standardize = sb.checkbox("Standardize features (mean, population sd)", bool(d("standardize")), key=k("std"))
+intercept = sb.checkbox("Intercept (last weight)", bool(d("intercept")), key=k("icpt"))
+w0_raw = d("w0")
+if isinstance(w0_raw, list):
+    use_list = sb.checkbox(f"Initial weights from the config ({len(w0_raw)} values)", True, key=k("w0list"))
+else:
+    use_list = False
+if use_list:
+    w0 = w0_raw
+else:
+    c1, c2 = sb.columns(2)
+    w0s = w0_raw if isinstance(w0_raw, dict) else {}
+    w0 = {"seed": c1.number_input("w0 seed", 0, 2**31, int(w0s.get("seed", 0)), key=k("w0seed")),
+          "scale": c2.number_input("w0 scale", 0.0, 1e6, float(w0s.get("scale", 1.0)), key=k("w0scale"))}
+lr0 = d("lr") if isinstance(d("lr"), dict) else {"schedule": "constant", "c": d("lr")}
+c1, c2 = sb.columns(2)
+schedule = c1.selectbox("Schedule", cfg.SCHEDULES, index=cfg.SCHEDULES.index(lr0.get("schedule", "inverse")),
+                        key=k("sched"), help="constant: α_t = c; inverse: c/(t+1); inverse_offset: c/(t+1+t0)")
+c_text = c2.text_input("c (e.g. 1/2 or 0.05)", str(lr0.get("c", "1/2")), key=k("c"))
+lr: dict = {"schedule": schedule, "c": c_text}
+if schedule == "inverse_offset":
+    lr["t0"] = sb.number_input("t0", 0, 10**9, int(lr0.get("t0", 0)), key=k("t0"))
+steps = sb.slider("Iterations T", 1, 5000, min(int(d("steps")), 5000) or 1, key=k("steps"))
+n_hint = 500 if source == "graduate_admission" else None
+b_options = sorted(set(cfg.paper_batch_sizes(n_hint or 500) + [1, 2, 4, 8, 16, 32, 64, 128, 256] + list(d("batch_sizes"))))
+batch_sizes = sb.multiselect("Batch sizes b", b_options, default=list(d("batch_sizes")), key=k("bs"))
+c1, c2 = sb.columns(2)
+replicas = c1.number_input("Replicas", cfg.MIN_REPLICAS, cfg.MAX_REPLICAS, int(d("replicas")), step=100, key=k("R"))
+seed = c2.number_input("Seed", 0, 2**31, int(d("seed")), key=k("seed"))
+sampler = sb.selectbox("Sampler", cfg.SAMPLERS, index=cfg.SAMPLERS.index(d("sampler")), key=k("sampler"),
+                       format_func=lambda s: s.replace("_", " "), help="\n\n".join(cfg.SAMPLER_LABELS.values()))
+if sb.button("Clear cache", help="Delete every cached theory and replica result"):
+    removed = default_cache().clear()
+    sb.success(f"Cleared {removed} cached results.")
+
+raw = {"setting": "linear_regression", "dataset": dataset, "standardize": standardize, "intercept": intercept,
+       "w0": w0, "lr": lr, "steps": steps, "batch_sizes": batch_sizes or [], "replicas": replicas, "seed": seed,
+       "sampler": sampler, "device": d("device")}
+try:
+    config = cfg.parse_config(raw)
+except ConfigError as e:
+    st.error(f"Check the inputs — {e}")
+    st.stop()
+
+query = cfg.to_query(config)
+if dict(st.query_params) != query:
+    st.query_params.from_dict(query)
+
+# -- theory (live) -------------------------------------------------------------------------------------------------
+theory = api.theory(config)
+st.caption(f"n = {config.n} samples, p = {config.p} weights ({', '.join(config.feature_names)}); "
+           f"{config.lr.describe()}; sampler: {cfg.SAMPLER_LABELS[config.sampler]}.")
+if not theory["available"]:
+    st.info(f"{theory['note']}: only replica estimates are shown.")
+
+# -- replica run (Run button, progress with ETA, cancel) -------------------------------------------------------------
+run_key = api.simulation_key(config)
+job = st.session_state.get("lr_job")
+sim = st.session_state.get("lr_results", {}).get(run_key) or api.cached_simulation(config)
+est = api.estimate(config)
+with st.form("run"):
+    st.write(f"**Replica run**: {config.replicas:,} replicas × {len(config.batch_sizes)} batch sizes × "
+             f"{config.steps + 1} steps — about {est['seconds']:.0f} s and {est['memory_bytes'] / 2**20:.0f} MiB "
+             f"on 2 CPU cores" + (" (cached: instant)" if sim is not None else "") + ".")
+    run = st.form_submit_button("Run", type="primary", disabled=bool(job and job.running))
+if run and not (job and job.running):
+    try:
+        api.guard(config, api.resolve_device(config.device))
+        job = jobs.start(run_key, lambda progress, cancel: api.simulate(config, progress, cancel), api.Progress(total=1))
+        st.session_state.lr_job = job
+    except ConfigError as e:
+        st.error(str(e))
+
+
+@st.fragment(run_every=0.5)
+def show_progress() -> None:
+    j = st.session_state.get("lr_job")
+    if j is None:
+        return
+    if j.running:
+        eta = j.progress.eta_seconds
+        st.progress(j.progress.fraction, text=f"Running… {100 * j.progress.fraction:.0f} %"
+                                               + (f", about {eta:.0f} s left" if eta is not None else ""))
+        if st.button("Cancel run"):
+            j.cancel.set()
+    else:
+        st.rerun()
+
+
+if job is not None:
+    if job.running:
+        show_progress()
+    else:
+        if job.state == "done":
+            st.session_state.setdefault("lr_results", {})[job.key] = job.result
+            if job.key == run_key:
+                sim = job.result
+        elif job.state == "cancelled":
+            st.warning("The run was cancelled; nothing was cached.")
+        elif job.state == "failed":
+            st.error(f"The run failed: {job.error}")
+        st.session_state.lr_job = None
+
+if sim is not None:
+    meta = sim["meta"]
+    st.caption(f"Replica estimates: {config.replicas:,} replicas per b on {meta['device']}, SE by batch means over "
+               f"{meta['groups']} groups, 95 % bands; sampler: {meta['sampler_label']}.")
+    for b, at, cnt in zip(config.batch_sizes, meta["diverged_at"], meta["diverged_replicas"]):
+        if at is not None:
+            st.warning(f"b = {b}: {cnt} replica(s) diverged (non-finite values), the first at step {at}. From that step "
+                       "on, the estimates are conditional on the replicas that stayed finite "
+                       f"({int(sim['finite_count'][config.batch_sizes.index(b)][-1]):,} at the end).")
+
+tab_t, tab_b, tab_poly, tab_z, tab_thm, tab_dl = st.tabs(
+    ["Against t", "Against b", "Polynomial in 1/b", "Agreement", "Theorems 1–2", "Downloads"])
+tcurves = theory["curves"]
+with tab_t:
+    use_rb = st.checkbox("Use the Rao–Blackwellised estimator for var(g_t | F_0) (same expectation, smaller SE)",
+                         key="lr_rb", disabled=sim is None or "var_g_rb" not in sim["curves"])
+    log = st.checkbox("Log scale", True, key="lr_log")
+    time_charts = {}
+    for q in api.QUANTITIES:
+        sim_curves = None
+        if sim is not None:
+            sim_curves = dict(sim["curves"])
+            if q == "var_g" and use_rb and "var_g_rb" in sim_curves:
+                sim_curves["var_g"] = sim_curves["var_g_rb"]
+        df = charts.curves_frame(theory["t"], config.batch_sizes, tcurves, sim_curves, q)
+        time_charts[q] = charts.time_chart(df, api.QUANTITY_LABELS[q], log=log)
+        st.altair_chart(time_charts[q], width="stretch")
+
+with tab_b:
+    if tcurves is None:
+        st.info("Needs exact theory (pick a sampler with independent steps).")
+    else:
+        t_sel = st.slider("Iteration t", 0, config.steps, min(10, config.steps), key="lr_tsel")
+        all_b = api.theory_all_b(config)
+        exact_t = all_b["curves"]["var_g"][:, t_sel]
+        fit_src = "estimates" if sim is not None and len(config.batch_sizes) >= 7 else "exact values at the paper's b"
+        if fit_src == "estimates":
+            fb = np.array(config.batch_sizes)
+            fv = sim["curves"]["var_g"]["value"][:, t_sel]
+        else:
+            fb = np.array([b for b in cfg.paper_batch_sizes(config.n) if b <= config.n])
+            fv = exact_t[np.searchsorted(all_b["b"], fb)]
+        coef = api.paper_fit(fb, fv, degree=6)
+        fits = {f"paper's degree-6 fit ({fit_src})": api.eval_poly_inv_b(list(coef), all_b["b"])}
+        est_df = None
+        if sim is not None:
+            e = sim["curves"]["var_g"]
+            est_df = pd.DataFrame({"b": config.batch_sizes, "value": e["value"][:, t_sel], "lo": e["lo"][:, t_sel],
+                                   "hi": e["hi"][:, t_sel], "se": e["se"][:, t_sel]})
+        st.altair_chart(charts.b_chart(all_b["b"], exact_t, t_sel, est_df, fits), width="stretch")
+        st.caption("The paper fits a degree-6 polynomial in 1/b (with a constant term) to Monte Carlo values at 21 batch "
+                   f"sizes; the exact variance at t = {t_sel} is a polynomial of degree {t_sel + 1} with no constant "
+                   "term. Fit coefficients (lowest power first): "
+                   + ", ".join(f"{c:.4g}" for c in coef))
+
+with tab_poly:
+    if tcurves is None:
+        st.info("Needs exact theory.")
+    else:
+        t_poly = st.number_input("t", 0, min(config.steps, api.FLOAT_POLY_MAX_T), min(5, config.steps), key="lr_tpoly")
+        want_exact = st.checkbox("Exact rational coefficients", config.exact and t_poly <= api.EXACT_MAX_T,
+                                 disabled=not config.exact, key="lr_exact",
+                                 help="Needs rational data (not standardized), rational w0 and c, and t ≤ "
+                                      f"{api.EXACT_MAX_T}. Graduate Admission's standardization involves square roots.")
+        try:
+            with st.spinner("Computing the polynomial…"):
+                poly = api.polynomial(config, int(t_poly), "var_g", exact=bool(want_exact and config.exact))
+            st.latex(r"\operatorname{var}(g_t\mid\mathcal F_0) = " + api.polynomial_latex(poly, max_digits=40))
+            st.write(f"Degree {poly['degree']} in 1/b (bound t + 1 = {poly['degree_bound']}); method: {poly['method']}. "
+                     "In the noise factor c it has no constant term; "
+                     + ("without replacement c_b = (n−b)/(b(n−1)), so the polynomial vanishes at b = n and has a "
+                        "constant term in 1/b." if config.sampler == "without_replacement" else "here c = 1/b."))
+            st.dataframe(pd.DataFrame({"power of 1/b": range(len(poly["coefficients"])),
+                                       "coefficient": [str(c) for c in poly["coefficients"]]}), hide_index=True)
+            st.download_button("Download the polynomial (JSON)", json.dumps(poly, indent=2), f"poly_t{t_poly}.json",
+                               "application/json")
+        except ConfigError as e:
+            st.error(str(e))
+
+with tab_z:
+    if sim is None or tcurves is None:
+        st.info("Run the replicas (and use a sampler with exact theory) to compare estimates with the exact values.")
+    else:
+        q = st.selectbox("Quantity", [*api.QUANTITIES, *(["var_g_rb"] if "var_g_rb" in sim["curves"] else [])],
+                         format_func=api.QUANTITY_LABELS.get, key="lr_zq")
+        agr = api.agreement(theory, sim, q if q != "var_g_rb" else "var_g", estimate_name=q)
+        c1, c2, c3 = st.columns(3)
+        c1.metric("|z| ≤ 2", f"{100 * agr['within_2']:.1f} %", help="expect about 95 %")
+        c2.metric("|z| ≤ 4", f"{100 * agr['within_4']:.1f} %", help="expect about 100 %")
+        c3.metric("max |z|", f"{agr['max_abs']:.2f}", help=f"over {agr['count']} (b, t) pairs")
+        st.altair_chart(charts.z_chart(agr["z"], theory["t"], config.batch_sizes), width="stretch")
+        st.caption("z is NaN (blank) where the quantity is deterministic (t = 0 for var(∇L), b = n). Neighbouring t "
+                   "share replicas, so z is correlated along t.")
+
+with tab_thm:
+    if tcurves is None:
+        st.info("Needs exact theory.")
+    else:
+        checks = api.check_monotone(config)
+        for q, res in checks.items():
+            label = api.QUANTITY_LABELS[q]
+            if res["holds"]:
+                st.success(f"{label} is non-increasing in b at every t = 0..{res['checked_t'] - 1}, checked on "
+                           f"{res['checked_b']} batch sizes.")
+            else:
+                v = res["first_violation"]
+                st.error(f"{label} increases from b = {v['b']} to b = {v['b_next']} at t = {v['t']} "
+                         f"({v['value']:.6g} → {v['value_next']:.6g}).")
+
+with tab_dl:
+    st.download_button("Curves (CSV)", export.curves_csv(theory["t"], config.batch_sizes, tcurves, sim,
+                                                         api.QUANTITIES), "batchvar_curves.csv", "text/csv")
+    st.download_button("Config (JSON, reloadable)", export.config_json(config), "batchvar_config.json",
+                       "application/json")
+    which = st.selectbox("Chart", api.QUANTITIES, format_func=api.QUANTITY_LABELS.get, key="lr_dlq")
+    if st.button("Prepare the chart as PNG and SVG", key="lr_prep"):
+        st.session_state.lr_png = charts.to_png(time_charts[which])
+        st.session_state.lr_svg = charts.to_svg(time_charts[which])
+    if "lr_png" in st.session_state:
+        st.download_button("Chart (PNG)", st.session_state.lr_png, "batchvar_chart.png", "image/png")
+        st.download_button("Chart (SVG)", st.session_state.lr_svg, "batchvar_chart.svg", "image/svg+xml")
+    st.caption("The page URL carries the config: a link reproduces this view.")
