@@ -24,6 +24,27 @@ def _loss(X, y, w):
     return sum((sum(X[i][j] * w[j] for j in range(p)) - y[i]) ** 2 for i in range(n)) / (2 * n)
 
 
+def enumerate_states(X, y, w0, alphas, b, t, sampler="without_replacement"):
+    """Every equally likely (w_t, B_t) pair after t updates (a list; each entry has the same probability)."""
+    n = len(X)
+    if sampler == "without_replacement":
+        batches = list(itertools.combinations(range(n), b))
+    else:
+        batches = list(itertools.product(range(n), repeat=b))
+    out = []
+    for seq in itertools.product(batches, repeat=t + 1):
+        w = list(w0)
+        for s in range(t):
+            g = _grad(X, y, w, seq[s])
+            w = [wj - alphas[s] * gj for wj, gj in zip(w, g)]
+        out.append((w, seq[t]))
+    return out
+
+
+def gradient(X, y, w, batch):
+    return _grad(X, y, w, batch)
+
+
 def enumerate_moments(X, y, w0, alphas, b, t, sampler="without_replacement"):
     """Exact var(g_t|F_0), var(∇L(w_t)|F_0) and E L(w_t) by enumerating every batch sequence of t + 1 steps."""
     n = len(X)

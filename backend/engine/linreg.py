@@ -6,7 +6,8 @@ All R replicas start from the same w_0; replica r draws its own mini-batches. Pe
     ∇L(w_t) = H w_t − h,  L(w_t) = ½ w_tᵀ H w_t − hᵀ w_t + ½ yᵀy/n,
     Lemma 1's one-step variance  var(g_t | F_t) = c (z_tᵀ P z_t − ‖∇L(w_t)‖²),  P = (1/n) Σ ‖x_i‖² u_i u_iᵀ, z = [w; 1],
 and w_{t+1} = w_t − α_t g_t. Statistics stream into group accumulators (backend.stats); replicas run in chunks so memory
-does not grow with R. A replica whose gradient or loss becomes non-finite is dropped from that step on and reported.
+does not grow with R. A replica whose gradient or loss becomes non-finite is dropped from that step on and reported
+(also once its loss exceeds DIVERGENCE_LOSS, long before float64 overflows).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from backend.errors import Cancelled
 from backend.stats import MeanAccumulator, VarianceAccumulator, group_ids, n_groups
 
 CHUNK_ELEMENTS = 8_000_000  # gathered batch elements (replicas × k × p) per chunk
+DIVERGENCE_LOSS = 1e100  # a replica whose loss exceeds this (or turns non-finite) has diverged
 
 
 @dataclass
@@ -101,7 +103,7 @@ def run_replicas(
             full = W @ H - h
             g = part / b if draw.include else (n * full - part) / b
             loss = 0.5 * ((W @ H) * W).sum(dim=1) - W @ h + half_yy
-            ok = torch.isfinite(g).all(dim=1) & torch.isfinite(loss) & torch.isfinite(full).all(dim=1)
+            ok = torch.isfinite(g).all(dim=1) & (loss.abs() <= DIVERGENCE_LOSS) & torch.isfinite(full).all(dim=1)
             newly = alive & ~ok
             if bool(newly.any()):
                 bad_at[newly] = t

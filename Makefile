@@ -1,0 +1,30 @@
+# Two commands do all the set-up on a fresh machine with Python 3.11+:
+#   make run    installs what the app needs into .venv and starts it
+#   make test   installs the test tools too (and Debian's Chromium for the browser test, when apt-get is there) and runs the tests
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+
+.PHONY: run test bench clean-cache
+
+$(VENV)/.runtime: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+run: $(VENV)/.runtime
+	$(VENV)/bin/streamlit run app.py
+
+test: $(VENV)/.dev
+	bash scripts/ensure_chromium.sh
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.dev
+	$(PY) benchmarks/bench_linreg.py
+
+clean-cache:
+	rm -rf cache/results cache/locks

@@ -1,0 +1,85 @@
+"""Every page under streamlit.testing.v1.AppTest: renders with defaults, a small Run completes, no exception."""
+
+import time
+
+import pytest
+from conftest import ROOT
+from streamlit.testing.v1 import AppTest
+
+APP = str(ROOT / "app.py")
+
+
+def open_page(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    if page:
+        at.switch_page(page)
+        at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def by_label(elements, label):
+    found = [e for e in elements if e.label == label]
+    assert found, f"no widget labelled {label!r}"
+    return found[0]
+
+
+def wait_for_run(at: AppTest, timeout: float = 120) -> None:
+    end = time.time() + timeout
+    while "lr_job" in at.session_state and at.session_state["lr_job"] is not None and time.time() < end:
+        time.sleep(0.3)
+        at.run()
+    assert at.session_state["lr_job"] is None, "the run did not finish"
+
+
+def test_home_renders_and_links_every_page():
+    at = open_page()
+    assert "batchvar" in at.title[0].value
+    assert any("Theorems 1–2" in m.value for m in at.markdown)
+
+
+def test_linear_regression_defaults_then_small_run():
+    at = open_page("pages/linear_regression.py")
+    assert not at.error
+    by_label(at.sidebar.slider, "Iterations T").set_value(20)
+    by_label(at.sidebar.number_input, "Replicas").set_value(200)
+    by_label(at.sidebar.multiselect, "Batch sizes b").set_value([4, 64])
+    at.run()
+    by_label(at.button, "Run").click()
+    at.run()
+    wait_for_run(at)
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    captions = " ".join(c.value for c in at.caption)
+    assert "200 replicas per b" in captions
+    metrics = {m.label: m.value for m in at.metric}
+    assert float(metrics["|z| ≤ 4"].rstrip(" %")) >= 90.0  # estimates agree with the exact theory
+    assert len(at.success) == 3  # Theorems 1–2 hold on the exact values
+    assert at.latex and "frac{1}{b}" in at.latex[0].value
+    assert dict(at.query_params)["steps"] == ["20"] or dict(at.query_params)["steps"] == "20"
+
+
+def test_bad_input_shows_a_message_not_a_traceback():
+    at = open_page("pages/linear_regression.py")
+    by_label(at.sidebar.text_input, "c (e.g. 1/2 or 0.05)").set_value("-3")
+    at.run()
+    assert not at.exception
+    assert any("lr.c" in e.value for e in at.error)
+    by_label(at.sidebar.text_input, "c (e.g. 1/2 or 0.05)").set_value("1/2")
+    by_label(at.sidebar.multiselect, "Batch sizes b").set_value([])
+    at.run()
+    assert not at.exception and any("batch_sizes" in e.value for e in at.error)
+
+
+def test_url_query_parameters_reproduce_a_view():
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["steps"] = "33"
+    at.query_params["batch_sizes"] = "[8,40]"
+    at.query_params["sampler"] = "with_replacement"
+    at.run()
+    at.switch_page("pages/linear_regression.py")
+    at.run()
+    assert not at.exception
+    assert by_label(at.sidebar.slider, "Iterations T").value == 33
+    assert by_label(at.sidebar.multiselect, "Batch sizes b").value == [8, 40]
+    assert by_label(at.sidebar.selectbox, "Sampler").value == "with_replacement"

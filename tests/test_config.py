@@ -1,0 +1,76 @@
+"""Config validation at the boundary: round trips, exact numbers, and one clear message per bad field."""
+
+from fractions import Fraction
+
+import pytest
+from conftest import tiny_config_json
+
+from backend.config import from_query, loads, parse_config, to_query
+from backend.errors import ConfigError
+
+
+def test_defaults_are_the_papers_setting():
+    cfg = parse_config({"setting": "linear_regression"})
+    assert cfg.n == 500 and cfg.p == 8 and cfg.feature_names[-1] == "intercept"
+    assert cfg.lr.kind == "inverse" and cfg.lr.c == Fraction(1, 2) and cfg.lr.alphas(2) == [0.5, 0.25]
+    assert cfg.sampler == "without_replacement"
+
+
+def test_json_and_query_round_trip():
+    cfg = parse_config({"steps": 17, "batch_sizes": [3, 5], "lr": {"schedule": "inverse_offset", "c": "0.3", "t0": 4},
+                        "w0": {"seed": 2, "scale": 0.5}})
+    assert parse_config(cfg.to_json()) == cfg
+    assert parse_config(from_query(to_query(cfg))) == cfg
+    assert cfg.lr.alpha(0) == Fraction(3, 10) / 5
+
+
+def test_exact_strings_and_json_decimals_are_read_exactly():
+    raw = loads('{"standardize": false, "w0": [0, 0, 0, 0, 0, 0, 0, 0.92], "lr": {"schedule": "constant", "c": 0.1}}')
+    cfg = parse_config(raw)
+    assert cfg.exact and cfg.lr.c == Fraction(1, 10) and cfg.w0_values[-1] == Fraction(23, 25)
+    assert not parse_config({}).exact  # standardized data involve square roots
+    tiny = parse_config(tiny_config_json())
+    assert tiny.exact and tiny.X[1, 1] == Fraction(1, 2)
+
+
+@pytest.mark.parametrize("raw,field", [
+    ({"steps": -1}, "steps"),
+    ({"steps": 1.5}, "steps"),
+    ({"steps": "many"}, "steps"),
+    ({"batch_sizes": [0]}, "batch_sizes[0]"),
+    ({"batch_sizes": [501]}, "batch_sizes"),
+    ({"batch_sizes": []}, "batch_sizes"),
+    ({"replicas": 1}, "replicas"),
+    ({"replicas": 10**9}, "replicas"),
+    ({"lr": {"schedule": "cosine"}}, "lr.schedule"),
+    ({"lr": {"c": -0.1}}, "lr.c"),
+    ({"lr": {"c": "nan"}}, "lr.c"),
+    ({"lr": {"c": "inf"}}, "lr.c"),
+    ({"lr": {"schedule": "inverse", "t0": 3}}, "lr.t0"),
+    ({"w0": [1, 2]}, "w0"),
+    ({"w0": {"seed": -1}}, "w0.seed"),
+    ({"w0": "zeros"}, "w0"),
+    ({"sampler": "poisson"}, "sampler"),
+    ({"device": "tpu"}, "device"),
+    ({"dataset": {"name": "mnist"}}, "dataset.name"),
+    ({"dataset": {"X": [[1, 2], [3]], "y": [1, 2]}}, "dataset.X"),
+    ({"dataset": {"X": [[1], [2]], "y": [1]}}, "dataset.y"),
+    ({"dataset": {"X": [[1], ["x"]], "y": [1, 2]}}, "dataset.X[1][0]"),
+    ({"dataset": {"X": [[1]], "y": [1]}}, "dataset.X"),
+    ({"dataset": {"name": "synthetic", "n": 1}}, "dataset.n"),
+    ({"standardize": "yes"}, "standardize"),
+    ({"colour": "red"}, "colour"),
+    ({"setting": "quantum"}, "setting"),
+    ({"dataset": {"X": [[1], [1], [1]], "y": [1, 2, 3]}}, "standardize"),
+])
+def test_each_bad_field_is_named(raw, field):
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    assert err.value.field == field
+    assert str(err.value).startswith(field)
+
+
+def test_not_json():
+    with pytest.raises(ConfigError) as err:
+        loads("{steps: 3")
+    assert err.value.field == "config"
