@@ -57,9 +57,11 @@ def time_chart(df: pd.DataFrame, title: str, log: bool = True) -> alt.Chart:
     """Quantity against t: exact line, estimate dashed over its 95 % band, colour = b, legend-bound highlight."""
     df = df.copy()
     if log:
-        floor = _positive_floor(df, ("value", "lo"))
+        # values below 1e-12 of the largest are float64 rounding of an exact zero (e.g. var(∇L(w_0)) = 0): not drawn
+        top = np.nanmax(np.abs(df["value"].to_numpy(dtype=float))) if len(df) else 1.0
         for col in ("value", "lo", "hi"):
-            df[col] = df[col].where(df[col] > 0)
+            df[col] = df[col].where(df[col] > 1e-12 * top)
+        floor = _positive_floor(df, ("value", "lo"))
         df["lo"] = df["lo"].clip(lower=floor)
     sel = alt.selection_point(fields=["b"], bind="legend")
     scale = alt.Scale(type="log") if log else alt.Scale(zero=False)

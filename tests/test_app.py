@@ -83,3 +83,21 @@ def test_url_query_parameters_reproduce_a_view():
     assert by_label(at.sidebar.slider, "Iterations T").value == 33
     assert by_label(at.sidebar.multiselect, "Batch sizes b").value == [8, 40]
     assert by_label(at.sidebar.selectbox, "Sampler").value == "with_replacement"
+
+
+def test_charts_draw_theory_and_estimate_and_skip_rounding_zeros():
+    import numpy as np
+
+    from backend import api, charts
+    from backend.config import parse_config
+
+    cfg = parse_config({"steps": 5, "batch_sizes": [4, 16], "replicas": 50})
+    th, sim = api.theory(cfg), api.simulate(cfg)
+    df = charts.curves_frame(th["t"], cfg.batch_sizes, th["curves"], sim["curves"], "var_full_grad")
+    assert set(df["source"]) == {"exact", "estimate"} and len(df) == 2 * 2 * 6
+    spec = charts.time_chart(df, "var").to_dict()
+    data = next(iter(spec["datasets"].values()))
+    t0 = [r for r in data if r["t"] == 0]
+    assert all(r["value"] is None or (isinstance(r["value"], float) and np.isnan(r["value"])) for r in t0)
+    marks = {layer["mark"]["type"] for layer in spec["layer"]}
+    assert marks == {"area", "line"}

@@ -104,3 +104,35 @@ def test_epoch_reshuffle_runs_without_theory():
     assert "var_g_rb" not in res.curves
     assert np.all(np.isfinite(res.curves["var_g"]["value"]))
     assert api.theory(cfg)["available"] is False
+
+
+def test_cancel_stops_the_run_and_caches_nothing(tmp_path):
+    import threading
+
+    from backend.cache import ResultCache
+    from backend.errors import Cancelled
+
+    cache = ResultCache(tmp_path)
+    cfg = parse_config({"steps": 2000, "batch_sizes": [4], "replicas": 100})
+    cancel = threading.Event()
+    progress = api.Progress(total=1)
+    calls = []
+
+    def advance(units):
+        calls.append(units)
+        if len(calls) == 50:
+            cancel.set()
+
+    progress.advance = advance
+    with pytest.raises(Cancelled):
+        api.simulate(cfg, progress=progress, cancel=cancel, cache=cache)
+    assert len(calls) < 100 and api.cached_simulation(cfg, cache=cache) is None
+
+
+def test_paper_figure_2b_preset_fits_the_guard():
+    from backend.config import PRESETS
+
+    cfg = parse_config({**PRESETS["paper (Figure 2b)"]})
+    assert len(cfg.batch_sizes) == 21 and cfg.replicas == 200_000
+    est = api.guard(cfg, DEV)
+    assert est["memory_bytes"] < 2 * 2**30
