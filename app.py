@@ -5,8 +5,8 @@ import streamlit as st
 st.set_page_config(page_title="batchvar", page_icon="📉", layout="wide")
 
 PAGES = [
-    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
-    st.Page("pages/linear_regression.py", title="Linear regression", icon="📈", url_path="linear_regression"),
+    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/linear_regression.py", title="Linear regression", icon=":material/show_chart:", url_path="linear_regression"),
 ]
 
 st.navigation(PAGES).run()

@@ -4,7 +4,8 @@
   ``allow_pickle=False``) holding the arrays and a JSON metadata blob. A truncated or corrupt entry fails the checksum,
   is deleted and recomputed — never served.
 - diskcache unpickles values stored in its pickle mode (CVE-2025-69872); :class:`BytesOnlyDisk` refuses to store or
-  fetch anything but raw bytes, so nothing placed in the cache directory is ever unpickled.
+  fetch anything but raw bytes, so nothing placed in the cache directory is ever unpickled, and it refuses value files
+  whose recorded path leads outside the cache directory.
 - Compute once: a per-key ``flock`` serialises processes and threads asking for the same key; the second waits and
   then reads the first one's result. A killed run holds no lock (the kernel drops it) and leaves no entry (values are
   written only when complete).
@@ -55,6 +56,11 @@ class BytesOnlyDisk(diskcache.Disk):
     def fetch(self, mode, filename, value, read):
         if mode == MODE_PICKLE:
             raise ValueError("refusing to unpickle a cache value")
+        if filename is not None:
+            root = os.path.realpath(self._directory)
+            full = os.path.realpath(os.path.join(self._directory, filename))
+            if os.path.commonpath([root, full]) != root:
+                raise ValueError("refusing to read a cache value from outside the cache directory")
         return super().fetch(mode, filename, value, read)
 
     def put(self, key):

@@ -21,8 +21,8 @@ def _thin(t: np.ndarray) -> np.ndarray:
 
 
 def curves_frame(t: np.ndarray, batch_sizes: list[int], theory_curves: dict | None, sim_curves: dict | None,
-                 quantity: str) -> pd.DataFrame:
-    """Long table: t, b, source ('exact' | 'estimate'), value, lo, hi, se."""
+                 quantity: str, finite_count: np.ndarray | None = None) -> pd.DataFrame:
+    """Long table: t, b, source ('exact' | 'estimate'), value, lo, hi, se (and the finite replicas behind it)."""
     keep = _thin(np.asarray(t))
     rows = []
     for j, b in enumerate(batch_sizes):
@@ -31,16 +31,25 @@ def curves_frame(t: np.ndarray, batch_sizes: list[int], theory_curves: dict | No
                                       "value": theory_curves[quantity][j][keep]}))
         if sim_curves is not None and quantity in sim_curves:
             est = sim_curves[quantity]
-            rows.append(pd.DataFrame({"t": t[keep], "b": str(b), "source": "estimate",
-                                      "value": est["value"][j][keep], "lo": est["lo"][j][keep],
-                                      "hi": est["hi"][j][keep], "se": est["se"][j][keep]}))
+            frame = pd.DataFrame({"t": t[keep], "b": str(b), "source": "estimate",
+                                  "value": est["value"][j][keep], "lo": est["lo"][j][keep],
+                                  "hi": est["hi"][j][keep], "se": est["se"][j][keep]})
+            if finite_count is not None:
+                frame["replicas"] = finite_count[j][keep]
+            rows.append(frame)
     if not rows:
         return pd.DataFrame(columns=["t", "b", "source", "value", "lo", "hi", "se"])
     df = pd.concat(rows, ignore_index=True)
-    for col in ("lo", "hi", "se"):
+    for col in ("lo", "hi", "se", "replicas"):
         if col not in df:
             df[col] = np.nan
     return df
+
+
+def drawn_summary(df: pd.DataFrame) -> dict[str, int]:
+    """How many finite points each source contributes (shown under the chart; the browser test reads it)."""
+    ok = df[np.isfinite(df["value"].to_numpy(dtype=float))]
+    return {"exact": int((ok["source"] == "exact").sum()), "estimate": int((ok["source"] == "estimate").sum())}
 
 
 def _positive_floor(df: pd.DataFrame, cols: tuple[str, ...]) -> float:
@@ -71,7 +80,7 @@ def time_chart(df: pd.DataFrame, title: str, log: bool = True) -> alt.Chart:
     band = base.transform_filter(alt.datum.source == "estimate").mark_area(opacity=0.25).encode(
         y=alt.Y("lo:Q", scale=scale, title=title), y2="hi:Q")
     est = base.transform_filter(alt.datum.source == "estimate").mark_line(strokeDash=[4, 3], strokeWidth=1.5).encode(
-        y=alt.Y("value:Q", scale=scale), tooltip=["b", "t", "value", "lo", "hi", "se"])
+        y=alt.Y("value:Q", scale=scale), tooltip=["b", "t", "value", "lo", "hi", "se", "replicas"])
     exact = base.transform_filter(alt.datum.source == "exact").mark_line(strokeWidth=2).encode(
         y=alt.Y("value:Q", scale=scale), tooltip=["b", "t", "value"])
     return (band + est + exact).add_params(sel).properties(
@@ -113,7 +122,7 @@ def z_chart(z: np.ndarray, t: np.ndarray, batch_sizes: list[int]) -> alt.Chart:
         x=alt.X("t:O", title="iteration t", axis=alt.Axis(labelOverlap=True)),
         y=alt.Y("b:N", sort=[str(b) for b in batch_sizes], title="b"),
         color=alt.Color("z:Q", scale=alt.Scale(scheme="redblue", domain=[-4, 4], clamp=True), title="z"),
-        tooltip=["t", "b", "z"]).properties(title="z = (estimate − exact) / SE", height=40 + 22 * len(batch_sizes))
+        tooltip=["t", "b", "z"]).properties(title="z = (estimate − exact) / SE", height={"step": 24})
 
 
 def to_png(chart: alt.TopLevelMixin, scale: float = 2.0) -> bytes:

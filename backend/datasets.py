@@ -49,6 +49,8 @@ def parse_csv_text(text: str, target: str | None = None, field: str = "dataset")
     Columns named like an index (``Serial No.``, ``id``, ``index``, or empty) are dropped. Every other column must be
     numeric; NaN, empty cells and fewer than 2 rows are refused with the row and column named.
     """
+    if len(text.encode("utf-8", errors="replace")) > MAX_UPLOAD_BYTES:
+        raise ConfigError(field, f"the file is larger than {MAX_UPLOAD_BYTES // 2**20} MiB")
     reader = csv.reader(io.StringIO(text))
     rows = [r for r in reader if any(cell.strip() for cell in r)]
     if not rows:

@@ -35,6 +35,6 @@ st.markdown(
 )
 st.subheader("Pages")
 st.page_link("pages/linear_regression.py", label="Linear regression — Graduate Admission, synthetic data or your CSV "
-                                                 "(paper §3.1, Figure 2)", icon="📈")
+                                                 "(paper §3.1, Figure 2)", icon=":material/show_chart:")
 st.caption("Deep linear networks, the MLP classifier and the sequence model with Adam are planned (see the README).")
 st.caption("Data: Graduate Admission 2 (Acharya, Armaan, Antony, IEEE ICCIDS 2019).")

@@ -222,9 +222,12 @@ with tab_t:
             sim_curves = dict(sim["curves"])
             if q == "var_g" and use_rb and "var_g_rb" in sim_curves:
                 sim_curves["var_g"] = sim_curves["var_g_rb"]
-        df = charts.curves_frame(theory["t"], config.batch_sizes, tcurves, sim_curves, q)
+        df = charts.curves_frame(theory["t"], config.batch_sizes, tcurves, sim_curves, q,
+                                 None if sim is None else sim["finite_count"])
         time_charts[q] = charts.time_chart(df, api.QUANTITY_LABELS[q], log=log)
         st.altair_chart(time_charts[q], width="stretch")
+        drawn = charts.drawn_summary(df)
+        st.caption(f"Drawn: exact {drawn['exact']} points; replica estimate {drawn['estimate']} points with 95 % band.")
 
 with tab_b:
     if tcurves is None:

@@ -124,3 +124,45 @@ def test_size_bound_evicts(tmp_path):
         cache.set(make_key("e", {"i": i}), {}, {"a": np.random.default_rng(i).standard_normal(5_000)})
     cache.raw().cull()
     assert cache.volume() <= 400_000 and len(cache) < 20
+
+
+def test_value_files_outside_the_cache_directory_are_never_read(tmp_path):
+    """A row planted in the cache's database pointing at a file elsewhere is refused and recomputed."""
+    import sqlite3
+
+    outside = tmp_path / "secret.bin"
+    outside.write_bytes(encode({"planted": True}, {"a": np.zeros(1)}))
+    cache = ResultCache(tmp_path / "c")
+    key = make_key("k", {"planted": 1})
+    cache.set(key, {}, {"a": np.random.default_rng(0).standard_normal(20_000)})  # file-backed
+    db = sqlite3.connect(str(tmp_path / "c" / "results" / "cache.db"))
+    db.execute("UPDATE Cache SET filename = ? WHERE key = ?", (str(outside), key))
+    db.commit()
+    db.close()
+    calls = []
+    meta, arrays, hit = cache.get_or_compute(key, compute_factory(calls))
+    assert not hit and len(calls) == 1 and "planted" not in meta
+
+
+def test_killed_run_leaves_no_entry(tmp_path):
+    """SIGKILL a CLI simulation midway: no entry is served afterwards, and the next run computes from scratch."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {**os.environ, "BATCHVAR_CACHE_DIR": str(tmp_path)}
+    cfg = {"steps": 5000, "batch_sizes": [8], "replicas": 2000}
+    proc = subprocess.Popen([sys.executable, "-m", "backend", "simulate", "-"], cwd=ROOT, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    proc.stdin.write(json.dumps(cfg))
+    proc.stdin.close()
+    time.sleep(6)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    cache = ResultCache(tmp_path)
+    assert len(cache) == 0 and api.cached_simulation(parse_config(cfg), cache=cache) is None

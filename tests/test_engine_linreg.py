@@ -136,3 +136,12 @@ def test_paper_figure_2b_preset_fits_the_guard():
     assert len(cfg.batch_sizes) == 21 and cfg.replicas == 200_000
     est = api.guard(cfg, DEV)
     assert est["memory_bytes"] < 2 * 2**30
+
+
+def test_resource_guard_refuses_with_the_estimate():
+    from backend.errors import TooExpensive
+
+    cfg = parse_config({"steps": 20000, "replicas": 1_000_000, "batch_sizes": [250, 256]})
+    with pytest.raises(TooExpensive) as err:
+        api.simulate(cfg)
+    assert err.value.field == "replicas" and ("minutes" in str(err.value) or "GiB" in str(err.value))

@@ -1,0 +1,146 @@
+"""Real browser: `streamlit run app.py` headless on a free loopback port, driven by Playwright in Debian's Chromium.
+
+Every page opens; on the linear-regression page a slider and the batch-size selection change, a small Run completes,
+the theory and the estimate are both drawn, no exception box shows; two sessions with different configs run at the
+same time and each gets its own result. A screenshot per page goes to test-output/browser/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+CHROMIUM = "/usr/bin/chromium"
+OUT = ROOT / "test-output" / "browser"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = free_port()
+    env = {**os.environ, "BATCHVAR_CACHE_DIR": str(tmp_path_factory.mktemp("browser-cache"))}
+    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                             "--server.address", "127.0.0.1", "--server.port", str(port),
+                             "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start within 90 s")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (scripts/ensure_chromium.sh)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def shot(page, name: str) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(OUT / f"{name}.png"), full_page=True)
+
+
+def no_exception(page) -> None:
+    assert page.locator('[data-testid="stException"]').count() == 0
+
+
+def wait_for_estimates(page, n_charts: int = 3, timeout_s: float = 180) -> list[tuple[int, int]]:
+    """Wait until every 'Drawn:' caption reports both exact and estimate points; return (exact, estimate) pairs."""
+    deadline = time.time() + timeout_s
+    pairs: list[tuple[int, int]] = []
+    while time.time() < deadline:
+        texts = page.get_by_text(re.compile(r"^Drawn: exact")).all_inner_texts()
+        pairs = [tuple(int(x) for x in re.findall(r"(\d+) points", t)) for t in texts]
+        if len(pairs) == n_charts and all(e > 0 and s > 0 for e, s in pairs):
+            return pairs
+        time.sleep(0.5)
+    raise AssertionError(f"estimates not drawn in time: {pairs}")
+
+
+def open_lr(page, url: str, query: str = "") -> None:
+    page.goto(f"{url}/linear_regression{query}")
+    page.get_by_role("slider", name="Iterations T").wait_for(timeout=90_000)
+
+
+def test_home_page(server, browser):
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    page.goto(server)
+    page.get_by_text("batchvar — the mini-batch size and the dynamics of SGD").wait_for(timeout=90_000)
+    assert page.get_by_role("link", name=re.compile("Linear regression")).count() >= 1
+    no_exception(page)
+    shot(page, "home")
+    page.close()
+
+
+def test_linear_regression_page_run(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    open_lr(page, server, "?replicas=100")
+    slider = page.get_by_role("slider", name="Iterations T")
+    slider.focus()
+    page.keyboard.press("Home")
+    for _ in range(14):
+        page.keyboard.press("ArrowRight")
+    page.wait_for_url(re.compile(r"steps=15"), timeout=30_000)
+    batch = page.locator('[data-testid="stMultiSelect"]').filter(has_text="Batch sizes b")
+    batch.get_by_role("button", name=re.compile("256")).first.click()
+    page.wait_for_url(re.compile(r"batch_sizes=%5B2%2C16%2C64%5D"), timeout=30_000)
+    page.get_by_role("button", name="Run").click()
+    pairs = wait_for_estimates(page)
+    assert all(e == 3 * 16 for e, _ in pairs)  # 3 batch sizes × t = 0..15, theory drawn for each
+    page.get_by_role("tab", name="Agreement").click()
+    page.get_by_text("|z| ≤ 4").first.wait_for(timeout=30_000)
+    no_exception(page)
+    shot(page, "linear_regression")
+    page.close()
+
+
+def test_two_sessions_run_different_configs_at_once(server, browser):
+    ctx_a, ctx_b = browser.new_context(), browser.new_context()
+    a, b = ctx_a.new_page(), ctx_b.new_page()
+    open_lr(a, server, "?replicas=100&steps=11&batch_sizes=%5B4%2C8%5D")
+    open_lr(b, server, "?replicas=100&steps=21&batch_sizes=%5B32%5D")
+    a.get_by_role("button", name="Run").click()
+    b.get_by_role("button", name="Run").click()
+    pairs_a = wait_for_estimates(a)
+    pairs_b = wait_for_estimates(b)
+    assert all(e == 2 * 12 for e, _ in pairs_a), pairs_a
+    assert all(e == 1 * 22 for e, _ in pairs_b), pairs_b
+    no_exception(a)
+    no_exception(b)
+    shot(a, "concurrent_a")
+    shot(b, "concurrent_b")
+    ctx_a.close()
+    ctx_b.close()
