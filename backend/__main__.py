@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
             res = api.theory(config)
             out = {"setting": config.setting, "t": res["t"].tolist(), "available": res["available"],
                    "note": res["note"],
-                   "curves": _curves_json(config.batch_sizes, res["curves"], api.QUANTITIES, with_se=False)}
+                   "curves": _curves_json(config.batch_sizes, res["curves"], api.quantities(config), with_se=False)}
+            if "methods" in res:
+                out["exact_methods"] = {str(t): m for t, m in res["methods"].items()}
         elif args.command == "simulate":
             cache = None
             if args.no_cache:
@@ -81,12 +83,21 @@ def main(argv: list[str] | None = None) -> int:
             res = api.simulate(config, cache=cache)
             meta = res["meta"]
             out = {"setting": config.setting, "t": res["t"].tolist(),
-                   "curves": _curves_json(config.batch_sizes, res["curves"], (*api.QUANTITIES, "var_g_rb"), True),
+                   "curves": _curves_json(config.batch_sizes, res["curves"], (*api.quantities(config), "var_g_rb"), True),
                    "finite_count": {str(b): res["finite_count"][j].tolist() for j, b in enumerate(config.batch_sizes)},
                    "diverged_at": dict(zip(map(str, config.batch_sizes), meta["diverged_at"])),
                    "sampler": meta["sampler_label"], "device": meta["device"], "groups": meta["groups"]}
         elif args.command == "polynomial":
             out = api.polynomial(config, args.t, args.quantity, exact=False if args.force_float else None)
+        elif config.setting == "deep_linear":
+            from backend import api_deep
+
+            th_res = api.theory(config)
+            out = {"setting": config.setting, "checks": {
+                str(t): {q: {"no_constant_term": c[0] == 0 if q != "loss" else None,
+                             "b0": api_deep.th.decrease_threshold(c) if q != "loss" else None,
+                             "method": th_res["methods"][t]}
+                         for q, c in qs.items()} for t, qs in th_res["polynomials"].items()}}
         else:
             out = {"setting": config.setting, "checks": api.check_monotone(config)}
     except ConfigError as e:

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from backend.cache import CODE_VERSION, ResultCache, default_cache, make_key
-from backend.config import SAMPLER_LABELS, LinearRegressionConfig, paper_batch_sizes  # noqa: F401
+from backend import api_deep
+from backend.config import SAMPLER_LABELS, DeepLinearConfig, LinearRegressionConfig, paper_batch_sizes  # noqa: F401
 from backend.engine import linreg as engine
 from backend.errors import ConfigError, TooExpensive
 from backend.exact import jsonable_number, rational, to_fraction, to_rational_array
@@ -73,8 +74,20 @@ def theory_curves(config: LinearRegressionConfig, batch_sizes, steps: int) -> di
     return th.moment_curves(_problem(config), _w0(config), config.lr.alphas(steps), c)
 
 
-def theory(config: LinearRegressionConfig, cache: ResultCache | None = None) -> dict[str, Any]:
-    """Exact curves for the config's batch sizes and t = 0..steps. ``available`` is False (curves None) without theory."""
+def quantities(config) -> list[str]:
+    """The quantities a setting reports (curves, CLI fields)."""
+    if isinstance(config, DeepLinearConfig):
+        return api_deep.quantities(config)
+    return list(QUANTITIES)
+
+
+def theory(config, cache: ResultCache | None = None) -> dict[str, Any]:
+    """Exact curves for the config's batch sizes and t = 0..steps. ``available`` is False (curves None) without theory.
+
+    Deep linear networks: exact values where an exact method applies, NaN elsewhere (see backend.api_deep).
+    """
+    if isinstance(config, DeepLinearConfig):
+        return api_deep.theory(config, _cache(cache))
     t = np.arange(config.steps + 1)
     if config.sampler not in th.SAMPLERS_WITH_THEORY:
         return {"t": t, "batch_sizes": list(config.batch_sizes), "curves": None, "available": False,
@@ -134,13 +147,15 @@ def check_monotone(config: LinearRegressionConfig, all_b: dict | None = None) ->
 
 # -- polynomials ------------------------------------------------------------------------------------------------
 
-def polynomial(config: LinearRegressionConfig, t: int, quantity: str = "var_g", exact: bool | None = None
-               ) -> dict[str, Any]:
+def polynomial(config, t: int, quantity: str = "var_g", exact: bool | None = None) -> dict[str, Any]:
     """Coefficients of ``quantity`` at step t as a polynomial in 1/b (and in the noise factor c).
 
     Exact rational coefficients when data, w0 and schedule are rational (and ``exact`` is not False), for t ≤ 40;
     float64 otherwise (accurate to t ≈ 50 in the 1/b basis; the c basis stays well conditioned).
+    Deep linear networks: the exact method that applies at t (backend.api_deep.polynomial).
     """
+    if isinstance(config, DeepLinearConfig):
+        return api_deep.polynomial(config, t, quantity)
     _require_theory(config)
     if quantity not in QUANTITIES:
         raise ConfigError("quantity", f"expected one of {list(QUANTITIES)}, got {quantity!r}")
@@ -251,8 +266,10 @@ class Progress:
         return (time.monotonic() - self.started) * (1 - f) / f
 
 
-def estimate(config: LinearRegressionConfig) -> dict[str, float]:
+def estimate(config) -> dict[str, float]:
     """Estimated memory (bytes, the largest batch size) and time (seconds on 2 CPU cores) of ``simulate``."""
+    if isinstance(config, DeepLinearConfig):
+        return api_deep.estimate(config)
     costs = [engine.estimate_cost(config.replicas, config.steps, b, config.n, config.p) for b in config.batch_sizes]
     return {"memory_bytes": max(c["memory_bytes"] for c in costs), "seconds": sum(c["seconds"] for c in costs)}
 
@@ -270,7 +287,7 @@ def _available_memory(device: torch.device) -> float:
     return 8.0 * 1024**3
 
 
-def guard(config: LinearRegressionConfig, device: torch.device) -> dict[str, float]:
+def guard(config, device: torch.device) -> dict[str, float]:
     """Refuse a run that would not fit in memory or would take more than an hour, with the estimate and what to change."""
     est = estimate(config)
     avail = _available_memory(device)
@@ -283,27 +300,29 @@ def guard(config: LinearRegressionConfig, device: torch.device) -> dict[str, flo
     return est
 
 
-def simulation_key(config: LinearRegressionConfig) -> str:
+def simulation_key(config) -> str:
+    if isinstance(config, DeepLinearConfig):
+        return api_deep._key("simulate_deep", config, {"device": resolve_device(config.device).type})
     return _key("simulate", config, {"device": resolve_device(config.device).type})
 
 
-def cached_simulation(config: LinearRegressionConfig, cache: ResultCache | None = None) -> dict[str, Any] | None:
+def cached_simulation(config, cache: ResultCache | None = None) -> dict[str, Any] | None:
     """The cached result of ``simulate(config)`` if there is one (never computes)."""
     found = _cache(cache).get(simulation_key(config))
     return None if found is None else _sim_result(config, *found, hit=True)
 
 
-def _sim_result(config: LinearRegressionConfig, meta: dict, arrays: dict, hit: bool) -> dict[str, Any]:
+def _sim_result(config, meta: dict, arrays: dict, hit: bool) -> dict[str, Any]:
     curves: dict[str, dict[str, np.ndarray]] = {}
     for k, v in arrays.items():
         if "." in k:
-            name, stat = k.split(".")
+            name, stat = k.rsplit(".", 1)
             curves.setdefault(name, {})[stat] = v
     return {"t": np.arange(config.steps + 1), "batch_sizes": list(config.batch_sizes), "curves": curves,
             "finite_count": arrays["finite_count"], "meta": meta, "cached": hit}
 
 
-def simulate(config: LinearRegressionConfig, progress: Progress | Callable[[int], None] | None = None,
+def simulate(config, progress: Progress | Callable[[int], None] | None = None,
              cancel: threading.Event | None = None, cache: ResultCache | None = None) -> dict[str, Any]:
     """Run ``replicas`` SGD replicas per batch size; estimates with batch-means SEs and 95 % intervals per t.
 
@@ -312,6 +331,8 @@ def simulate(config: LinearRegressionConfig, progress: Progress | Callable[[int]
     """
     device = resolve_device(config.device)
     guard(config, device)
+    if isinstance(config, DeepLinearConfig):
+        return api_deep.simulate(config, device, _cache(cache), progress, cancel)
     key = simulation_key(config)
 
     def compute():

@@ -315,10 +315,128 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-CONFIG_TYPES: dict[str, type] = {"linear_regression": LinearRegressionConfig}
+MAX_WIDTH = 1024
+DTYPES = ("float64", "float32")
 
 
-def parse_config(raw: Any) -> LinearRegressionConfig:
+def _parse_weights(raw: Any, dims: tuple[int, ...], name: str, default_seed: int) -> tuple[Any, list[np.ndarray]]:
+    """A list of the d matrices [W_1, …, W_d] (W_k of shape p_k × p_{k−1}, nested lists, exact strings allowed),
+    or {"seed": int, "scale": number}: entries N(0, scale² / p_{k−1}) from numpy's default_rng(seed)."""
+    d = len(dims) - 1
+    if raw is None:
+        raw = {"seed": default_seed, "scale": 1.0}
+    if isinstance(raw, dict):
+        f = _Fields(raw, name)
+        seed = _int(f.get("seed", default_seed), f"{name}.seed", 0, 2**32 - 1)
+        scale = float(_positive(f.get("scale", 1.0), f"{name}.scale", allow_zero=True))
+        f.finish()
+        rng = np.random.default_rng(seed)
+        mats = []
+        for k in range(d):
+            W = rng.standard_normal((dims[k + 1], dims[k])) * scale / math.sqrt(dims[k])
+            M = np.empty(W.shape, dtype=object)
+            M[:] = W.tolist()
+            mats.append(M)
+        return {"seed": seed, "scale": scale}, mats
+    if not isinstance(raw, list) or len(raw) != d:
+        raise ConfigError(name, f"expected a list of the {d} matrices [W_1, …, W_{d}] or {{\"seed\": int, \"scale\": "
+                                "number}")
+    mats = []
+    for k, M in enumerate(raw):
+        rows, cols = dims[k + 1], dims[k]
+        field_k = f"{name}[{k}]"
+        if not isinstance(M, list) or len(M) != rows or not all(isinstance(r, list) and len(r) == cols for r in M):
+            raise ConfigError(field_k, f"W_{k + 1} must be a {rows} × {cols} nested list (p_{k + 1} × p_{k})")
+        out = np.empty((rows, cols), dtype=object)
+        for i, r in enumerate(M):
+            for j, v in enumerate(r):
+                out[i, j] = parse_number(v, f"{field_k}[{i}][{j}]")
+        mats.append(out)
+    return [[[jsonable_number(v) for v in row] for row in M] for M in mats], mats
+
+
+@dataclass(frozen=True)
+class DeepLinearConfig:
+    """Deep linear teacher–student network, online Gaussian samples (paper §3.2, Appendix B.3)."""
+
+    setting: ClassVar[str] = "deep_linear"
+    dims: tuple[int, ...] = (3, 4, 2)
+    teacher: Any = None
+    w0: Any = None
+    lr: Schedule = field(default_factory=lambda: Schedule("inverse", Fraction(1, 10)))
+    steps: int = 50
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
+    replicas: int = 2000
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float64"
+    teacher_values: list = field(default=None, repr=False, compare=False)
+    w0_values: list = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, raw: dict) -> "DeepLinearConfig":
+        f = _Fields(raw)
+        f.get("setting")
+        dims_raw = f.get("dims", [3, 4, 2])
+        if not isinstance(dims_raw, list) or not 3 <= len(dims_raw) <= 5:
+            raise ConfigError("dims", "expected [p, p_1, …, p_d] with depth d from 2 to 4")
+        dims = tuple(_int(v, f"dims[{i}]", 1, MAX_WIDTH) for i, v in enumerate(dims_raw))
+        teacher_json, teacher = _parse_weights(f.get("teacher"), dims, "teacher", 1)
+        w0_json, w0 = _parse_weights(f.get("w0"), dims, "w0", 0)
+        lr = Schedule.parse(f.get("lr", {"schedule": "inverse", "c": "1/10"}))
+        steps = _int(f.get("steps", 50), "steps", 0, MAX_STEPS)
+        batch_sizes = _parse_batch_sizes(f.get("batch_sizes", [1, 2, 4, 8, 16]), 10**6)
+        replicas = _int(f.get("replicas", 2000), "replicas", MIN_REPLICAS, MAX_REPLICAS)
+        seed = _int(f.get("seed", 0), "seed", 0, 2**32 - 1)
+        device = _choice(f.get("device", "auto"), "device", DEVICES)
+        dtype = _choice(f.get("dtype", "float64"), "dtype", DTYPES)
+        f.finish()
+        return cls(dims, teacher_json, w0_json, lr, steps, batch_sizes, replicas, seed, device, dtype, teacher, w0)
+
+    @property
+    def depth(self) -> int:
+        return len(self.dims) - 1
+
+    @property
+    def scalar(self) -> bool:
+        return all(p == 1 for p in self.dims)
+
+    @property
+    def n_params(self) -> int:
+        return sum(self.dims[k] * self.dims[k + 1] for k in range(self.depth))
+
+    @property
+    def exact(self) -> bool:
+        """Weights given as exact numbers and a rational schedule: coefficients are printed as exact fractions."""
+        return (isinstance(self.teacher, list) and isinstance(self.w0, list) and self.lr.exact
+                and all(is_exact(M) for M in self.teacher_values) and all(is_exact(M) for M in self.w0_values))
+
+    def to_json(self) -> dict:
+        return {"setting": self.setting, "dims": list(self.dims), "teacher": self.teacher, "w0": self.w0,
+                "lr": self.lr.to_json(), "steps": self.steps, "batch_sizes": list(self.batch_sizes),
+                "replicas": self.replicas, "seed": self.seed, "device": self.device, "dtype": self.dtype}
+
+    def replace(self, **changes: Any) -> "DeepLinearConfig":
+        raw = self.to_json()
+        raw.update({k: (v.to_json() if isinstance(v, Schedule) else v) for k, v in changes.items()})
+        return DeepLinearConfig.parse(raw)
+
+
+DEEP_LINEAR_PRESETS: dict[str, dict[str, Any]] = {
+    "laptop": {"dims": [3, 4, 2], "steps": 50, "batch_sizes": [1, 2, 4, 8, 16, 32], "replicas": 4000},
+    "scalar network": {"dims": [1, 1, 1], "steps": 3, "batch_sizes": [4, 8, 16, 32, 64], "replicas": 20000,
+                       "w0": [[["1/2"]], [["3/4"]]], "teacher": [[["1"]], [["1"]]],
+                       "lr": {"schedule": "constant", "c": "1/10"}},
+    "paper (Figure 3)": {"dims": [64, 256, 128], "steps": 1000, "batch_sizes": [4, 8, 16, 32, 64],
+                         "replicas": 1000, "lr": {"schedule": "inverse", "c": "1/10"}, "dtype": "float32"},
+}
+
+
+CONFIG_TYPES: dict[str, type] = {"linear_regression": LinearRegressionConfig, "deep_linear": DeepLinearConfig}
+Config = LinearRegressionConfig | DeepLinearConfig
+
+
+def parse_config(raw: Any) -> "Config":
     """Validate a config dict (from JSON, widgets or Python) into the frozen config of its setting."""
     if not isinstance(raw, dict):
         raise ConfigError("config", f"expected a JSON object, got {type(raw).__name__}")
@@ -342,11 +460,13 @@ def canonical_json(obj: Any) -> str:
 
 # -- URL query parameters ---------------------------------------------------------------------------------------
 
-def to_query(config: LinearRegressionConfig) -> dict[str, str]:
+def to_query(config) -> dict[str, str]:
     """One query parameter per top-level field, each a compact JSON value (inline data are not put in the URL)."""
     out = {}
     for k, v in config.to_json().items():
         if k == "dataset" and v.get("name") == "inline":
+            continue
+        if k in ("teacher", "w0") and isinstance(v, list) and len(json.dumps(v)) > 2000:
             continue
         out[k] = v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
     return out
@@ -355,12 +475,12 @@ def to_query(config: LinearRegressionConfig) -> dict[str, str]:
 def from_query(params: dict[str, str]) -> dict:
     """The raw config dict encoded by :func:`to_query` (unknown parameters are ignored; values are validated later)."""
     keys = {"setting", "dataset", "standardize", "intercept", "w0", "lr", "steps", "batch_sizes", "replicas", "seed",
-            "sampler", "device"}
+            "sampler", "device", "dims", "teacher", "dtype"}
     raw: dict[str, Any] = {}
     for k, v in params.items():
         if k not in keys:
             continue
-        if k in ("setting", "sampler", "device"):
+        if k in ("setting", "sampler", "device", "dtype"):
             raw[k] = v
             continue
         try:

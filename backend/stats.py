@@ -158,3 +158,86 @@ def first_increase(b: np.ndarray, values: np.ndarray, rtol: float = 1e-12) -> in
         if v[j + 1] > v[j] + rtol * max(abs(v[j]), abs(v[j + 1]), 1e-300):
             return j
     return None
+
+
+class GroupStats:
+    """Per (group, t) estimates for replicas processed in group-aligned chunks (each group lies in one chunk).
+
+    ``variance`` stores the unbiased within-group variance V̂_k = Σ‖x − x̄_k‖²/(n_k − 1) of vectors; ``mean`` stores
+    group means of scalars. The final estimate is the mean over groups (batch means: unbiased, with
+    SE = sd_k / √K); memory is O(K · T) per quantity whatever the number of parameters and replicas.
+    """
+
+    def __init__(self, K: int, T1: int) -> None:
+        self.K, self.T1 = K, T1
+        self.data: dict[str, np.ndarray] = {}
+        self.counts = np.zeros((K, T1))
+
+    def _slot(self, name: str) -> np.ndarray:
+        if name not in self.data:
+            self.data[name] = np.full((self.K, self.T1), np.nan)
+        return self.data[name]
+
+    @staticmethod
+    def _group_moments(x: torch.Tensor, gid: torch.Tensor, valid: torch.Tensor, G: int):
+        w = valid.to(torch.float64)
+        x = torch.where(valid.reshape(-1, *([1] * (x.dim() - 1))), x, 0).to(torch.float64).reshape(len(w), -1)
+        cnt = torch.zeros(G, dtype=torch.float64, device=x.device).index_add_(0, gid, w)
+        mean = torch.zeros((G, x.shape[1]), dtype=torch.float64, device=x.device).index_add_(0, gid, x)
+        mean = mean / cnt.clamp(min=1.0)[:, None]
+        return x, w, cnt, mean
+
+    def variance(self, name: str, t: int, x: torch.Tensor, gid: torch.Tensor, valid: torch.Tensor,
+                 groups: range) -> None:
+        """x: (Rc, ...) vectors of the replicas of ``groups`` (gid local, 0..len(groups)−1)."""
+        G = len(groups)
+        x, w, cnt, mean = self._group_moments(x, gid, valid, G)
+        m2 = torch.zeros(G, dtype=torch.float64, device=x.device).index_add_(
+            0, gid, (x - mean[gid]).square().sum(dim=1) * w)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            v = (m2 / (cnt - 1)).cpu().numpy()
+        v[cnt.cpu().numpy() < 2] = np.nan
+        self._slot(name)[groups.start:groups.stop, t] = v
+        self.counts[groups.start:groups.stop, t] = cnt.cpu().numpy()
+
+    def mean(self, name: str, t: int, x: torch.Tensor, gid: torch.Tensor, valid: torch.Tensor, groups: range) -> None:
+        G = len(groups)
+        _, _, cnt, mean = self._group_moments(x, gid, valid, G)
+        v = mean[:, 0].cpu().numpy()
+        v[cnt.cpu().numpy() < 1] = np.nan
+        self._slot(name)[groups.start:groups.stop, t] = v
+
+    def combine(self, name: str, parts: list[str], extra: str | None = None) -> None:
+        """A derived per-group quantity: the sum of ``parts`` (e.g. the layers' variances)."""
+        self.data[name] = sum(self.data[p] for p in parts)
+
+    def result(self, name: str, level: float = 0.95) -> dict[str, np.ndarray]:
+        g = self.data[name]
+        finite = np.isfinite(g)
+        k = finite.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            value = np.where(finite, g, 0.0).sum(axis=0) / k
+        se, k = batch_means_se(g)
+        q = t_quantile(level, np.maximum(k - 1, 1))
+        # heavy-tail diagnostic: the share of the largest group in the total (≈ 1/K when tails are light)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.nanmax(np.abs(g), axis=0) / np.nansum(np.abs(g), axis=0) if np.any(finite) else np.full(
+                self.T1, np.nan)
+        return {"value": value, "se": se, "lo": value - q * se, "hi": value + q * se, "tail_share": share}
+
+
+def group_ranges(R: int, K: int, max_chunk: int) -> list[range]:
+    """Consecutive ranges of whole groups whose replicas number at most ``max_chunk`` (at least one group each)."""
+    starts = [(g * R + K - 1) // K for g in range(K + 1)]  # first replica r with r*K//R == g
+    out, g0 = [], 0
+    while g0 < K:
+        g1 = g0 + 1
+        while g1 < K and starts[g1 + 1] - starts[g0] <= max_chunk:
+            g1 += 1
+        out.append(range(g0, g1))
+        g0 = g1
+    return out
+
+
+def group_start(g: int, R: int, K: int) -> int:
+    return (g * R + K - 1) // K

@@ -1,0 +1,218 @@
+"""Entry points for the deep linear setting: exact polynomials where feasible, replicas, Theorem 4 fits and b_0."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import torch
+
+from backend.cache import CODE_VERSION, ResultCache, make_key
+from backend.config import DeepLinearConfig
+from backend.engine import deep_linear as engine
+from backend.errors import ConfigError, TooExpensive
+from backend.exact import fraction_str
+from backend.stats import t_quantile
+from backend.theory import deep_linear as th
+
+HEAVY_TAIL_SHARE = 0.25  # one of the K groups carries more than a quarter of the summed group variances
+
+
+def quantities(config: DeepLinearConfig) -> list[str]:
+    return [f"var_g_layer{k + 1}" for k in range(config.depth)] + ["var_g", "loss"]
+
+
+def exact_method(config: DeepLinearConfig, t: int) -> str | None:
+    """Which exact method applies at step t (None: none is feasible)."""
+    if t == 0:
+        return "closed form at t = 0"
+    if config.scalar and t <= th.SCALAR_MAX_T:
+        return "scalar network, χ² moments"
+    if t == 1 and th._estimated_monomials(config.dims[0], config.depth) <= th.MAX_MONOMIALS:
+        return "t = 1, real-Wishart matching rule"
+    return None
+
+
+def _alphas_exact(config: DeepLinearConfig, t: int) -> list[Fraction]:
+    return [Fraction(a) for a in config.lr.alphas(t, exact=True)]
+
+
+def exact_polynomials(config: DeepLinearConfig, t: int) -> dict[str, list[Fraction]]:
+    """Coefficient lists in u = 1/b for every quantity at step t, by the applicable exact method."""
+    method = exact_method(config, t)
+    if method is None:
+        raise TooExpensive("t", f"no exact method is feasible at t = {t} for dims {list(config.dims)}: exact values "
+                                "exist at t = 0 (any size), t = 1 (input dimension p ≤ 4 for two layers) and for the "
+                                f"scalar network up to t = {th.SCALAR_MAX_T}")
+    if t == 0:
+        return th.exact_t0(config.w0_values, config.teacher_values)
+    if config.scalar:
+        ws = [M[0, 0] for M in config.w0_values]
+        ts = [M[0, 0] for M in config.teacher_values]
+        return th.exact_scalar(ws, ts, _alphas_exact(config, t), t)
+    return th.exact_t1(config.w0_values, config.teacher_values, _alphas_exact(config, 1)[0])
+
+
+def _eval(coeffs: list[Fraction], b: np.ndarray) -> np.ndarray:
+    u = 1.0 / np.asarray(b, dtype=np.float64)
+    acc = np.zeros_like(u)
+    for c in reversed(coeffs):
+        acc = acc * u + float(c)
+    return acc
+
+
+def _key(kind: str, config: DeepLinearConfig, extra: dict | None = None) -> str:
+    cfg = config.to_json()
+    if kind.startswith("theory"):
+        cfg = {k: v for k, v in cfg.items() if k not in ("replicas", "seed", "device", "dtype", "batch_sizes")}
+    return make_key(kind, cfg, extra)
+
+
+def theory(config: DeepLinearConfig, cache: ResultCache) -> dict[str, Any]:
+    """Exact values at every t ≤ steps where an exact method applies (NaN elsewhere), for the config's batch sizes."""
+    ts = [t for t in range(config.steps + 1) if exact_method(config, t) is not None]
+
+    def compute():
+        arrays = {}
+        for t in ts:
+            for q, coeffs in exact_polynomials(config, t).items():
+                arrays[f"t{t}.{q}"] = np.array([fraction_str(c) for c in coeffs])
+        return {"kind": "theory_deep", "ts": ts}, arrays
+
+    meta, arrays, hit = cache.get_or_compute(_key("theory_deep", config), compute)
+    polys: dict[int, dict[str, list[Fraction]]] = {}
+    for k, v in arrays.items():
+        t, q = k[1:].split(".", 1)
+        polys.setdefault(int(t), {})[q] = [Fraction(str(c)) for c in v]
+    b = np.asarray(config.batch_sizes)
+    curves = {q: np.full((len(b), config.steps + 1), np.nan) for q in quantities(config)}
+    for t, qs in polys.items():
+        for q, coeffs in qs.items():
+            curves[q][:, t] = _eval(coeffs, b)
+    return {"t": np.arange(config.steps + 1), "batch_sizes": list(config.batch_sizes), "curves": curves,
+            "available": bool(ts), "exact_t": sorted(polys), "polynomials": polys, "cached": hit,
+            "methods": {t: exact_method(config, t) for t in sorted(polys)},
+            "note": "exact where an exact method applies (t = 0; t = 1 for small inputs; the scalar network to t = 3)"}
+
+
+def polynomial(config: DeepLinearConfig, t: int, quantity: str = "var_g") -> dict[str, Any]:
+    if quantity not in quantities(config):
+        raise ConfigError("quantity", f"expected one of {quantities(config)}, got {quantity!r}")
+    if not isinstance(t, int) or t < 0:
+        raise ConfigError("t", f"expected a non-negative integer, got {t!r}")
+    coeffs = exact_polynomials(config, t)[quantity]
+    exact = config.exact
+    return {"t": t, "quantity": quantity, "basis": "inv_b", "exact": exact, "method": exact_method(config, t),
+            "coefficients": [fraction_str(c) if exact else float(c) for c in coeffs],
+            "degree": len(coeffs) - 1, "constant_term_zero": coeffs[0] == 0 if quantity != "loss" else None,
+            "b0": th.decrease_threshold(coeffs) if quantity != "loss" else None}
+
+
+def estimate(config: DeepLinearConfig) -> dict[str, float]:
+    costs = [engine.estimate_cost(config.dims, config.replicas, config.steps, b) for b in config.batch_sizes]
+    return {"memory_bytes": max(c["memory_bytes"] for c in costs), "seconds": sum(c["seconds"] for c in costs)}
+
+
+def simulate(config: DeepLinearConfig, device: torch.device, cache: ResultCache, progress=None,
+             cancel: threading.Event | None = None) -> dict[str, Any]:
+    key = _key("simulate_deep", config, {"device": device.type})
+    dtype = torch.float64 if config.dtype == "float64" else torch.float32
+
+    def compute():
+        advance = getattr(progress, "advance", progress)
+        t0 = time.monotonic()
+        alphas = config.lr.alphas(config.steps)
+        W0 = [np.asarray(M, dtype=np.float64) for M in config.w0_values]
+        T = [np.asarray(M, dtype=np.float64) for M in config.teacher_values]
+        per_b = [engine.run_replicas(W0, T, alphas, b, config.replicas, config.seed, device, dtype, advance, cancel)
+                 for b in config.batch_sizes]
+        arrays = {}
+        for name in per_b[0].curves:
+            for stat in ("value", "se", "lo", "hi", "tail_share"):
+                arrays[f"{name}.{stat}"] = np.stack([r.curves[name][stat] for r in per_b])
+        arrays["finite_count"] = np.stack([r.finite_count for r in per_b])
+        meta = {"kind": "simulate_deep", "device": str(device), "groups": per_b[0].groups,
+                "diverged_at": [r.diverged_at for r in per_b], "diverged_replicas": [r.diverged_replicas for r in per_b],
+                "sampler": "fresh Gaussian samples each step (online); Σ̂ by Bartlett when b ≥ p, else directly",
+                "sampler_label": "online Gaussian samples, Bartlett-sampled Σ̂ (b ≥ p)",
+                "seconds": time.monotonic() - t0, "code_version": CODE_VERSION}
+        return meta, arrays
+
+    if progress is not None and hasattr(progress, "total"):
+        progress.total = config.replicas * (config.steps + 1) * len(config.batch_sizes)
+    meta, arrays, hit = cache.get_or_compute(key, compute)
+    if progress is not None and hasattr(progress, "total"):
+        progress.done = progress.total
+    curves: dict[str, dict[str, np.ndarray]] = {}
+    for k, v in arrays.items():
+        if "." in k:
+            name, stat = k.rsplit(".", 1)
+            curves.setdefault(name, {})[stat] = v
+    return {"t": np.arange(config.steps + 1), "batch_sizes": list(config.batch_sizes), "curves": curves,
+            "finite_count": arrays["finite_count"], "meta": meta, "cached": hit}
+
+
+def heavy_tail_flags(sim: dict[str, Any], quantity: str = "var_g", exact: np.ndarray | None = None) -> np.ndarray:
+    """(B, T+1) booleans: estimates whose tails make them unreliable.
+
+    Flagged when one of the K replica groups carries more than HEAVY_TAIL_SHARE of the summed group variances (a
+    handful of huge samples dominate), or when an exact value is known and the estimate is more than 4 SE away.
+    """
+    c = sim["curves"][quantity]
+    flags = np.nan_to_num(c["tail_share"], nan=0.0) > HEAVY_TAIL_SHARE
+    if exact is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = (c["value"] - exact) / np.sqrt(c["se"] ** 2 + (1e-9 * np.abs(exact)) ** 2)
+        flags |= np.nan_to_num(np.abs(z), nan=0.0) > 4
+    return flags
+
+
+def fit_theorem4(b: np.ndarray, values: np.ndarray, se: np.ndarray | None, degree: int) -> dict[str, Any]:
+    """Weighted least squares fit of Σ_{j=1}^{r} β_j b^{−j} (Theorem 4's form: no constant term) with β_1 ≥ 0.
+
+    Weights 1/SE; β intervals from the weighted normal equations (95 %, Student t with n − r dof); goodness of fit
+    χ²/dof and its p-value; b_0 from the fitted β's (Theorem 5).
+    """
+    from scipy.optimize import lsq_linear
+    from scipy.stats import chi2
+
+    b = np.asarray(b, dtype=np.float64)
+    y = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(y) & (np.isfinite(se) & (se > 0) if se is not None else True)
+    b, y = b[ok], y[ok]
+    w = 1.0 / np.asarray(se, dtype=np.float64)[ok] if se is not None else np.ones_like(y)
+    r = int(min(degree, max(1, len(b) - 1)))
+    scale = b.min()  # fit in the scaled variable (b_min / b) for conditioning
+    A = np.stack([(scale / b) ** j for j in range(1, r + 1)], axis=1)
+    lower = np.full(r, -np.inf)
+    lower[0] = 0.0
+    sol = lsq_linear(A * w[:, None], y * w, bounds=(lower, np.full(r, np.inf)))
+    gamma = sol.x
+    resid = (A @ gamma - y) * w
+    dof = max(len(y) - r, 1)
+    chisq = float(resid @ resid)
+    try:
+        cov = np.linalg.inv((A * w[:, None]).T @ (A * w[:, None]))
+    except np.linalg.LinAlgError:
+        cov = np.full((r, r), np.nan)
+    factors = scale ** np.arange(1, r + 1)
+    beta = gamma * factors
+    half = t_quantile(0.95, dof) * np.sqrt(np.diag(cov)) * factors
+    return {"degree": r, "beta": beta, "beta_lo": beta - half, "beta_hi": beta + half, "chi2": chisq, "dof": dof,
+            "chi2_per_dof": chisq / dof, "p_value": float(chi2.sf(chisq, dof)) if se is not None else math.nan,
+            "beta1_at_bound": bool(gamma[0] <= 1e-12 and sol.active_mask[0] != 0),
+            "b0": th.decrease_threshold([0.0, *beta])}
+
+
+def eval_theorem4(beta: np.ndarray, b: np.ndarray) -> np.ndarray:
+    b = np.asarray(b, dtype=np.float64)
+    return sum(beta[j - 1] * b ** (-j) for j in range(1, len(beta) + 1))
+
+
+def decreasing_everywhere(values: np.ndarray) -> bool:
+    v = np.asarray(values, dtype=np.float64)
+    return bool(np.all(np.diff(v) < 0))

@@ -1,0 +1,163 @@
+"""SGD replicas for deep linear teacher–student networks on fresh Gaussian samples (paper §3.2).
+
+Layers are batched tensors (R, p_k, p_{k−1}); each replica draws its own Σ̂_t = (1/b) Σ_j x_j x_jᵀ every step:
+- Bartlett (b ≥ p): bΣ̂ = L Lᵀ, L lower triangular, L_ii = √χ²_{b−i+1}, L_ij ~ N(0, 1) for i > j — O(p³) per replica,
+  independent of b;
+- direct (b < p): X (b × p) standard normal, Σ̂ = XᵀX / b.
+Per step: g_k = P_k Σ̂ R_k, the population gradient ∇_k L = P_k R_k, L = ½‖Δ‖², and the closed-form conditional
+variance var(g_k | W) = (1/b)(‖P_k R_k‖² + ‖P_k‖²‖R_k‖²) for the Rao–Blackwellised estimator. Replicas run in
+chunks of whole statistics groups, so per-step group statistics are final and memory is O(K·T), not O(T·R·params).
+A replica whose loss exceeds DIVERGENCE_LOSS or turns non-finite is dropped from that step on and reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from backend.engine.linreg import seed_for
+from backend.errors import Cancelled
+from backend.stats import GroupStats, group_ranges, group_start, n_groups
+
+DIVERGENCE_LOSS = 1e30
+CHUNK_ELEMENTS = 40_000_000  # replicas × (params + p²) per chunk
+
+
+@dataclass
+class DeepResult:
+    curves: dict[str, dict[str, np.ndarray]]
+    finite_count: np.ndarray
+    diverged_at: int | None
+    diverged_replicas: int
+    groups: int
+
+
+class SigmaSampler:
+    """Σ̂ for R replicas: Bartlett when b ≥ p (cost independent of b), direct otherwise (or when forced)."""
+
+    def __init__(self, p: int, b: int, R: int, seed: int, device: torch.device, dtype: torch.dtype,
+                 method: str = "auto") -> None:
+        self.p, self.b, self.R, self.device, self.dtype = p, b, R, device, dtype
+        self.method = ("bartlett" if b >= p else "direct") if method == "auto" else method
+        self.gen = torch.Generator(device=device)
+        self.gen.manual_seed(seed)
+        self.np_rng = np.random.default_rng(seed)
+        self.df = self.b - np.arange(p)  # χ² degrees of freedom b − i + 1 for i = 1..p
+
+    def draw(self) -> torch.Tensor:
+        p, b, R = self.p, self.b, self.R
+        if self.method == "direct":
+            X = torch.randn((R, b, p), generator=self.gen, device=self.device, dtype=self.dtype)
+            return X.transpose(1, 2) @ X / b
+        L = torch.randn((R, p, p), generator=self.gen, device=self.device, dtype=self.dtype).tril(-1)
+        chi = torch.as_tensor(np.sqrt(self.np_rng.chisquare(self.df, size=(R, p))), dtype=self.dtype,
+                              device=self.device)
+        L = L + torch.diag_embed(chi)
+        return L @ L.transpose(1, 2) / b
+
+
+def _forward(Ws: list[torch.Tensor], T_prod: torch.Tensor):
+    """Δ, and P_k, R_k for every layer (batched over replicas)."""
+    R_, p = Ws[0].shape[0], Ws[0].shape[2]
+    eye = torch.eye(p, dtype=Ws[0].dtype, device=Ws[0].device).expand(R_, p, p)
+    prefix = [eye]
+    for W in Ws:
+        prefix.append(W @ prefix[-1])
+    delta = prefix[-1] - T_prod
+    Ps = [None] * len(Ws)
+    P = delta
+    for k in range(len(Ws) - 1, -1, -1):
+        Ps[k] = P
+        P = Ws[k].transpose(1, 2) @ P
+    Rs = [prefix[k].transpose(1, 2) for k in range(len(Ws))]
+    return delta, Ps, Rs
+
+
+def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float], b: int, R: int, seed: int,
+                 device: torch.device, dtype: torch.dtype = torch.float64,
+                 progress: Callable[[int], None] | None = None, cancel=None,
+                 sampler: str = "auto") -> DeepResult:
+    d = len(W0)
+    p = W0[0].shape[1]
+    T1 = len(alphas) + 1
+    K = n_groups(R)
+    stats = GroupStats(K, T1)
+    n_params = sum(W.size for W in W0)
+    max_chunk = max(2, CHUNK_ELEMENTS // (n_params + p * p + b * p))
+    T_prod = torch.eye(p, dtype=dtype, device=device)
+    for M in T:
+        T_prod = torch.as_tensor(np.asarray(M, dtype=np.float64), dtype=dtype, device=device) @ T_prod
+    finite = np.zeros(T1, dtype=np.int64)
+    bad_steps: list[np.ndarray] = []
+    layer_names = [f"layer{k + 1}" for k in range(d)]
+    for chunk_no, groups in enumerate(group_ranges(R, K, max_chunk)):
+        start, stop = group_start(groups.start, R, K), group_start(groups.stop, R, K)
+        Rc = stop - start
+        gid = (torch.arange(start, stop, device=device) * K) // R - groups.start
+        sig = SigmaSampler(p, b, Rc, seed_for(seed, b, chunk_no), device, dtype, sampler)
+        Ws = [torch.as_tensor(np.asarray(W, dtype=np.float64), dtype=dtype, device=device).expand(Rc, *W.shape).clone()
+              for W in W0]
+        alive = torch.ones(Rc, dtype=torch.bool, device=device)
+        bad_at = torch.full((Rc,), -1, dtype=torch.long, device=device)
+        for t in range(T1):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("cancelled")
+            S = sig.draw()
+            delta, Ps, Rs = _forward(Ws, T_prod)
+            loss = 0.5 * delta.square().sum(dim=(1, 2))
+            grads, fulls, conds = [], [], []
+            for P, Rm in zip(Ps, Rs):
+                PS = P @ S
+                grads.append(PS @ Rm)
+                G = P @ Rm
+                fulls.append(G)
+                conds.append((G.square().sum(dim=(1, 2)) + P.square().sum(dim=(1, 2)) * Rm.square().sum(dim=(1, 2)))
+                             / b)
+            ok = torch.isfinite(loss) & (loss <= DIVERGENCE_LOSS)
+            for g in grads:
+                ok &= torch.isfinite(g).flatten(1).all(dim=1)
+            newly = alive & ~ok
+            if bool(newly.any()):
+                bad_at[newly] = t
+                alive &= ok
+            for name, g, G, cv in zip(layer_names, grads, fulls, conds):
+                stats.variance(f"var_g_{name}", t, g, gid, alive, groups)
+                stats.variance(f"var_full_grad_{name}", t, G, gid, alive, groups)
+                stats.mean(f"cond_{name}", t, cv[:, None], gid, alive, groups)
+            stats.mean("loss", t, loss[:, None], gid, alive, groups)
+            finite[t] += int(alive.sum())
+            if t < T1 - 1:
+                a = alphas[t]
+                Ws = [torch.where(alive[:, None, None], W - a * g, W) for W, g in zip(Ws, grads)]
+            if progress is not None:
+                progress(Rc)
+        bad_steps.append(bad_at[bad_at >= 0].cpu().numpy())
+    for name in layer_names:
+        stats.data[f"var_g_rb_{name}"] = stats.data[f"cond_{name}"] + stats.data[f"var_full_grad_{name}"]
+    for q in ("var_g", "var_full_grad", "var_g_rb"):
+        stats.data[q] = sum(stats.data[f"{q}_{name}"] for name in layer_names)
+    curves = {}
+    for q in ("var_g", "var_g_rb", "var_full_grad", "loss"):
+        curves[q] = stats.result(q)
+    for name in layer_names:
+        for q in ("var_g", "var_g_rb", "var_full_grad"):
+            curves[f"{q}_{name}"] = stats.result(f"{q}_{name}")
+    bad = np.concatenate(bad_steps) if bad_steps else np.array([], dtype=np.int64)
+    return DeepResult(curves, finite, int(bad.min()) if bad.size else None, int(bad.size), K)
+
+
+def estimate_cost(dims: tuple[int, ...], R: int, T: int, b: int) -> dict[str, float]:
+    """Rough memory (bytes) and time (seconds on 2 CPU cores) of one batch size's run."""
+    p = dims[0]
+    n_params = sum(dims[k] * dims[k + 1] for k in range(len(dims) - 1))
+    chunk = min(R, max(2, CHUNK_ELEMENTS // (n_params + p * p + b * p)))
+    memory = 8.0 * chunk * (6 * n_params + 3 * p * p + (b * p if b < p else 0))
+    flops = 0
+    for k in range(len(dims) - 1):
+        flops += 2 * dims[-1] * p * p + 2 * dims[k + 1] * p * p + 2 * dims[k + 1] * p * dims[k] + 12 * dims[k + 1] * dims[k]
+    flops += 2 * p**3
+    seconds = R * (T + 1) * (flops / 2e9 + 2e-6) + (T + 1) * 2e-3 * (len(dims) + 2)
+    return {"memory_bytes": memory, "seconds": seconds}
