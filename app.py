@@ -6,7 +6,15 @@ st.set_page_config(page_title="batchvar", page_icon="📉", layout="wide")
 
 PAGES = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("pages/linear_regression.py", title="Linear regression", icon=":material/show_chart:", url_path="linear_regression"),
+    st.Page("pages/linear_regression.py", title="Linear regression", icon=":material/show_chart:",
+            url_path="linear_regression"),
+    st.Page("pages/deep_linear.py", title="Deep linear network", icon=":material/account_tree:",
+            url_path="deep_linear"),
 ]
 
-st.navigation(PAGES).run()
+page = st.navigation(PAGES, position="hidden")
+with st.sidebar:
+    for p in PAGES:
+        st.page_link(p)
+    st.divider()
+page.run()

@@ -36,5 +36,8 @@ st.markdown(
 st.subheader("Pages")
 st.page_link("pages/linear_regression.py", label="Linear regression — Graduate Admission, synthetic data or your CSV "
                                                  "(paper §3.1, Figure 2)", icon=":material/show_chart:")
-st.caption("Deep linear networks, the MLP classifier and the sequence model with Adam are planned (see the README).")
+st.page_link("pages/deep_linear.py", label="Deep linear network — teacher–student, online Gaussian samples; exact "
+                                           "polynomials in 1/b beyond t = 0, Theorem 4 fits, b₀ (paper §3.2, Figure 3)",
+             icon=":material/account_tree:")
+st.caption("The MLP classifier and the sequence model with Adam are planned (see the README).")
 st.caption("Data: Graduate Admission 2 (Acharya, Armaan, Antony, IEEE ICCIDS 2019).")

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from backend import api, charts, export, jobs
+from pages import common
+
+from backend import api, charts
 from backend import config as cfg
-from backend.cache import default_cache
 from backend.datasets import MAX_UPLOAD_BYTES, parse_csv_text
 from backend.errors import ConfigError
 from backend.exact import jsonable_number
@@ -18,23 +19,7 @@ from backend.exact import jsonable_number
 st.title("Linear regression: variance of SGD against the batch size")
 st.caption("Finite sum, mini-batches drawn without replacement (paper §3.1). Exact theory: theory.md §1.")
 
-# -- state: the raw config the widgets start from (URL, preset or uploaded JSON) --------------------------------
-if "lr_raw" not in st.session_state:
-    try:
-        st.session_state.lr_raw = cfg.from_query(dict(st.query_params))
-    except ConfigError as e:
-        st.warning(f"Ignoring the link's config: {e}")
-        st.session_state.lr_raw = {}
-    st.session_state.lr_gen = 0
-
-
-def load(raw: dict) -> None:
-    st.session_state.lr_raw = raw
-    st.session_state.lr_gen += 1
-    st.rerun()
-
-
-raw0: dict = st.session_state.lr_raw
+raw0: dict = common.initial_raw("lr", "linear_regression")
 gen = st.session_state.lr_gen
 defaults = cfg.LinearRegressionConfig.parse({"setting": "linear_regression"}).to_json()
 
@@ -49,17 +34,7 @@ def k(name: str) -> str:
 
 # -- sidebar: inputs only ----------------------------------------------------------------------------------------
 sb = st.sidebar
-with sb.expander("Presets and saved configs", expanded=False):
-    preset = st.selectbox("Preset", list(cfg.PRESETS), key=k("preset"))
-    if st.button("Apply preset", key=k("apply")):
-        load({**raw0, **cfg.PRESETS[preset]})
-    up = st.file_uploader("Load a config (JSON)", type=["json"], key=k("cfgup"))
-    if up is not None and st.button("Load config", key=k("load")):
-        try:
-            load(cfg.loads(up.getvalue().decode("utf-8")))
-        except (ConfigError, UnicodeDecodeError) as e:
-            st.error(f"Cannot load that file: {e}")
-
+common.presets_and_upload("lr", cfg.PRESETS, raw0, "linear_regression")
 ds0 = d("dataset") if isinstance(d("dataset"), dict) else {"name": d("dataset")}
 sources = ["graduate_admission", "synthetic", "upload CSV"] + (["inline (from config)"] if ds0.get("name") == "inline"
                                                                   else [])
@@ -126,9 +101,7 @@ replicas = c1.number_input("Replicas", cfg.MIN_REPLICAS, cfg.MAX_REPLICAS, int(d
 seed = c2.number_input("Seed", 0, 2**31, int(d("seed")), key=k("seed"))
 sampler = sb.selectbox("Sampler", cfg.SAMPLERS, index=cfg.SAMPLERS.index(d("sampler")), key=k("sampler"),
                        format_func=lambda s: s.replace("_", " "), help="\n\n".join(cfg.SAMPLER_LABELS.values()))
-if sb.button("Clear cache", help="Delete every cached theory and replica result"):
-    removed = default_cache().clear()
-    sb.success(f"Cleared {removed} cached results.")
+common.clear_cache_button()
 
 raw = {"setting": "linear_regression", "dataset": dataset, "standardize": standardize, "intercept": intercept,
        "w0": w0, "lr": lr, "steps": steps, "batch_sizes": batch_sizes or [], "replicas": replicas, "seed": seed,
@@ -139,9 +112,7 @@ except ConfigError as e:
     st.error(f"Check the inputs — {e}")
     st.stop()
 
-query = cfg.to_query(config)
-if dict(st.query_params) != query:
-    st.query_params.from_dict(query)
+common.sync_url(config)
 
 # -- theory (live) -------------------------------------------------------------------------------------------------
 theory = api.theory(config)
@@ -151,62 +122,13 @@ if not theory["available"]:
     st.info(f"{theory['note']}: only replica estimates are shown.")
 
 # -- replica run (Run button, progress with ETA, cancel) -------------------------------------------------------------
-run_key = api.simulation_key(config)
-job = st.session_state.get("lr_job")
-sim = st.session_state.get("lr_results", {}).get(run_key) or api.cached_simulation(config)
-est = api.estimate(config)
-with st.form("run"):
-    st.write(f"**Replica run**: {config.replicas:,} replicas × {len(config.batch_sizes)} batch sizes × "
-             f"{config.steps + 1} steps — about {est['seconds']:.0f} s and {est['memory_bytes'] / 2**20:.0f} MiB "
-             f"on 2 CPU cores" + (" (cached: instant)" if sim is not None else "") + ".")
-    run = st.form_submit_button("Run", type="primary", disabled=bool(job and job.running))
-if run and not (job and job.running):
-    try:
-        api.guard(config, api.resolve_device(config.device))
-        job = jobs.start(run_key, lambda progress, cancel: api.simulate(config, progress, cancel), api.Progress(total=1))
-        st.session_state.lr_job = job
-    except ConfigError as e:
-        st.error(str(e))
-
-
-@st.fragment(run_every=0.5)
-def show_progress() -> None:
-    j = st.session_state.get("lr_job")
-    if j is None:
-        return
-    if j.running:
-        eta = j.progress.eta_seconds
-        st.progress(j.progress.fraction, text=f"Running… {100 * j.progress.fraction:.0f} %"
-                                               + (f", about {eta:.0f} s left" if eta is not None else ""))
-        if st.button("Cancel run"):
-            j.cancel.set()
-    else:
-        st.rerun()
-
-
-if job is not None:
-    if job.running:
-        show_progress()
-    else:
-        if job.state == "done":
-            st.session_state.setdefault("lr_results", {})[job.key] = job.result
-            if job.key == run_key:
-                sim = job.result
-        elif job.state == "cancelled":
-            st.warning("The run was cancelled; nothing was cached.")
-        elif job.state == "failed":
-            st.error(f"The run failed: {job.error}")
-        st.session_state.lr_job = None
-
+sim = common.run_panel("lr", config, f"{config.replicas:,} replicas × {len(config.batch_sizes)} batch sizes × "
+                                     f"{config.steps + 1} steps")
 if sim is not None:
     meta = sim["meta"]
     st.caption(f"Replica estimates: {config.replicas:,} replicas per b on {meta['device']}, SE by batch means over "
                f"{meta['groups']} groups, 95 % bands; sampler: {meta['sampler_label']}.")
-    for b, at, cnt in zip(config.batch_sizes, meta["diverged_at"], meta["diverged_replicas"]):
-        if at is not None:
-            st.warning(f"b = {b}: {cnt} replica(s) diverged (non-finite values), the first at step {at}. From that step "
-                       "on, the estimates are conditional on the replicas that stayed finite "
-                       f"({int(sim['finite_count'][config.batch_sizes.index(b)][-1]):,} at the end).")
+    common.divergence_notice(config, sim)
 
 tab_t, tab_b, tab_poly, tab_z, tab_thm, tab_dl = st.tabs(
     ["Against t", "Against b", "Polynomial in 1/b", "Agreement", "Theorems 1–2", "Downloads"])
@@ -215,19 +137,9 @@ with tab_t:
     use_rb = st.checkbox("Use the Rao–Blackwellised estimator for var(g_t | F_0) (same expectation, smaller SE)",
                          key="lr_rb", disabled=sim is None or "var_g_rb" not in sim["curves"])
     log = st.checkbox("Log scale", True, key="lr_log")
-    time_charts = {}
-    for q in api.QUANTITIES:
-        sim_curves = None
-        if sim is not None:
-            sim_curves = dict(sim["curves"])
-            if q == "var_g" and use_rb and "var_g_rb" in sim_curves:
-                sim_curves["var_g"] = sim_curves["var_g_rb"]
-        df = charts.curves_frame(theory["t"], config.batch_sizes, tcurves, sim_curves, q,
-                                 None if sim is None else sim["finite_count"])
-        time_charts[q] = charts.time_chart(df, api.QUANTITY_LABELS[q], log=log)
-        st.altair_chart(time_charts[q], width="stretch")
-        drawn = charts.drawn_summary(df)
-        st.caption(f"Drawn: exact {drawn['exact']} points; replica estimate {drawn['estimate']} points with 95 % band.")
+    time_charts = {q: common.time_chart_with_caption(theory, sim, config, q, api.QUANTITY_LABELS[q], log,
+                                                     "var_g_rb" if (q == "var_g" and use_rb) else None)
+                   for q in api.QUANTITIES}
 
 with tab_b:
     if tcurves is None:
@@ -311,15 +223,5 @@ with tab_thm:
                          f"({v['value']:.6g} → {v['value_next']:.6g}).")
 
 with tab_dl:
-    st.download_button("Curves (CSV)", export.curves_csv(theory["t"], config.batch_sizes, tcurves, sim,
-                                                         api.QUANTITIES), "batchvar_curves.csv", "text/csv")
-    st.download_button("Config (JSON, reloadable)", export.config_json(config), "batchvar_config.json",
-                       "application/json")
-    which = st.selectbox("Chart", api.QUANTITIES, format_func=api.QUANTITY_LABELS.get, key="lr_dlq")
-    if st.button("Prepare the chart as PNG and SVG", key="lr_prep"):
-        st.session_state.lr_png = charts.to_png(time_charts[which])
-        st.session_state.lr_svg = charts.to_svg(time_charts[which])
-    if "lr_png" in st.session_state:
-        st.download_button("Chart (PNG)", st.session_state.lr_png, "batchvar_chart.png", "image/png")
-        st.download_button("Chart (SVG)", st.session_state.lr_svg, "batchvar_chart.svg", "image/svg+xml")
-    st.caption("The page URL carries the config: a link reproduces this view.")
+    common.downloads("lr", config, theory, sim, api.QUANTITIES,
+                     {api.QUANTITY_LABELS[q]: c for q, c in time_charts.items()})

@@ -101,3 +101,31 @@ def test_charts_draw_theory_and_estimate_and_skip_rounding_zeros():
     assert all(r["value"] is None or (isinstance(r["value"], float) and np.isnan(r["value"])) for r in t0)
     marks = {layer["mark"]["type"] for layer in spec["layer"]}
     assert marks == {"area", "line"}
+
+
+def test_deep_linear_page_defaults_then_small_run():
+    at = open_page("pages/deep_linear.py")
+    assert not at.error, [e.value for e in at.error]
+    by_label(at.sidebar.slider, "Iterations T").set_value(3)
+    by_label(at.sidebar.number_input, "Replicas").set_value(400)
+    by_label(at.sidebar.multiselect, "Batch sizes b").set_value([2, 8, 32])
+    at.run()
+    by_label(at.button, "Run").click()
+    at.run()
+    end = time.time() + 120
+    while at.session_state["dl_job"] is not None and time.time() < end:
+        time.sleep(0.3)
+        at.run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    assert any("400 replicas per b" in c.value for c in at.caption)
+    assert any("Theorem 4 fit" in m.value or "Weighted fit" in m.value for m in at.markdown)
+    assert at.latex, "the exact polynomial is rendered"
+    metrics = {m.label: m.value for m in at.metric}
+    assert float(metrics["|z| ≤ 4"].rstrip(" %")) >= 90.0
+
+
+def test_deep_linear_bad_dims_message():
+    at = open_page("pages/deep_linear.py")
+    by_label(at.sidebar.text_input, "Widths p, p_1, …, p_d (depth 2 to 4)").set_value("3")
+    at.run()
+    assert not at.exception and any("dims" in e.value for e in at.error)

@@ -99,7 +99,8 @@ def test_home_page(server, browser):
     page = browser.new_page(viewport={"width": 1300, "height": 900})
     page.goto(server)
     page.get_by_text("batchvar — the mini-batch size and the dynamics of SGD").wait_for(timeout=90_000)
-    assert page.get_by_role("link", name=re.compile("Linear regression")).count() >= 1
+    for name in ("Linear regression", "Deep linear network"):
+        assert page.get_by_role("link", name=re.compile(name)).count() >= 1
     no_exception(page)
     shot(page, "home")
     page.close()
@@ -124,6 +125,30 @@ def test_linear_regression_page_run(server, browser):
     page.get_by_text("|z| ≤ 4").first.wait_for(timeout=30_000)
     no_exception(page)
     shot(page, "linear_regression")
+    page.close()
+
+
+def test_deep_linear_page_run(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server}/deep_linear?replicas=500")
+    slider = page.get_by_role("slider", name="Iterations T")
+    slider.wait_for(timeout=90_000)
+    slider.focus()
+    page.keyboard.press("Home")
+    for _ in range(9):
+        page.keyboard.press("ArrowRight")
+    page.wait_for_url(re.compile(r"steps=10"), timeout=30_000)
+    batch = page.locator('[data-testid="stMultiSelect"]').filter(has_text="Batch sizes b")
+    batch.get_by_role("button", name=re.compile("16")).first.click()
+    page.wait_for_url(re.compile(r"batch_sizes=%5B1%2C2%2C4%2C8%5D"), timeout=30_000)
+    page.get_by_role("button", name="Run").click()
+    pairs = wait_for_estimates(page, n_charts=4)  # two layers, their sum, the loss
+    assert all(e == 4 * 2 for e, _ in pairs), pairs  # exact at t = 0 and t = 1 for each of the 4 batch sizes
+    assert all(s == 4 * 11 for _, s in pairs), pairs
+    page.get_by_role("tab", name="Polynomial in 1/b").click()
+    page.get_by_text(re.compile(r"^Degree \d+ in 1/b; method")).wait_for(timeout=30_000)
+    no_exception(page)
+    shot(page, "deep_linear")
     page.close()
 
 

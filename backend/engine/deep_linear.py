@@ -20,7 +20,7 @@ import torch
 
 from backend.engine.linreg import seed_for
 from backend.errors import Cancelled
-from backend.stats import GroupStats, group_ranges, group_start, n_groups
+from backend.stats import GroupStats, group_ranges, group_start, n_groups_equal
 
 DIVERGENCE_LOSS = 1e30
 CHUNK_ELEMENTS = 40_000_000  # replicas × (params + p²) per chunk
@@ -60,19 +60,18 @@ class SigmaSampler:
 
 
 def _forward(Ws: list[torch.Tensor], T_prod: torch.Tensor):
-    """Δ, and P_k, R_k for every layer (batched over replicas)."""
-    R_, p = Ws[0].shape[0], Ws[0].shape[2]
-    eye = torch.eye(p, dtype=Ws[0].dtype, device=Ws[0].device).expand(R_, p, p)
-    prefix = [eye]
-    for W in Ws:
+    """Δ, and P_k, R_k for every layer (batched over replicas); R_1 = I is returned as None (never multiplied)."""
+    prefix = [None, Ws[0]]
+    for W in Ws[1:]:
         prefix.append(W @ prefix[-1])
     delta = prefix[-1] - T_prod
     Ps = [None] * len(Ws)
     P = delta
     for k in range(len(Ws) - 1, -1, -1):
         Ps[k] = P
-        P = Ws[k].transpose(1, 2) @ P
-    Rs = [prefix[k].transpose(1, 2) for k in range(len(Ws))]
+        if k > 0:
+            P = Ws[k].transpose(1, 2) @ P
+    Rs = [None if k == 0 else prefix[k].transpose(1, 2) for k in range(len(Ws))]
     return delta, Ps, Rs
 
 
@@ -83,7 +82,7 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
     d = len(W0)
     p = W0[0].shape[1]
     T1 = len(alphas) + 1
-    K = n_groups(R)
+    K = n_groups_equal(R)
     stats = GroupStats(K, T1)
     n_params = sum(W.size for W in W0)
     max_chunk = max(2, CHUNK_ELEMENTS // (n_params + p * p + b * p))
@@ -111,27 +110,33 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
             grads, fulls, conds = [], [], []
             for P, Rm in zip(Ps, Rs):
                 PS = P @ S
-                grads.append(PS @ Rm)
-                G = P @ Rm
+                grads.append(PS if Rm is None else PS @ Rm)
+                G = P if Rm is None else P @ Rm
                 fulls.append(G)
-                conds.append((G.square().sum(dim=(1, 2)) + P.square().sum(dim=(1, 2)) * Rm.square().sum(dim=(1, 2)))
-                             / b)
+                r2 = p if Rm is None else Rm.square().sum(dim=(1, 2))
+                conds.append((G.square().sum(dim=(1, 2)) + P.square().sum(dim=(1, 2)) * r2) / b)
+            # finite loss below the bound and finite ‖P_k‖², ‖P_k R_k‖² (in ``conds``) imply finite gradients
             ok = torch.isfinite(loss) & (loss <= DIVERGENCE_LOSS)
-            for g in grads:
-                ok &= torch.isfinite(g).flatten(1).all(dim=1)
+            for cv in conds:
+                ok &= torch.isfinite(cv)
             newly = alive & ~ok
             if bool(newly.any()):
                 bad_at[newly] = t
                 alive &= ok
+            every = bool(alive.all())
             for name, g, G, cv in zip(layer_names, grads, fulls, conds):
-                stats.variance(f"var_g_{name}", t, g, gid, alive, groups)
-                stats.variance(f"var_full_grad_{name}", t, G, gid, alive, groups)
+                stats.variance(f"var_g_{name}", t, g, gid, alive, groups, every)
+                stats.variance(f"var_full_grad_{name}", t, G, gid, alive, groups, every)
                 stats.mean(f"cond_{name}", t, cv[:, None], gid, alive, groups)
             stats.mean("loss", t, loss[:, None], gid, alive, groups)
             finite[t] += int(alive.sum())
             if t < T1 - 1:
                 a = alphas[t]
-                Ws = [torch.where(alive[:, None, None], W - a * g, W) for W, g in zip(Ws, grads)]
+                if every:
+                    for W, g in zip(Ws, grads):
+                        W.sub_(g, alpha=a)
+                else:
+                    Ws = [torch.where(alive[:, None, None], W - a * g, W) for W, g in zip(Ws, grads)]
             if progress is not None:
                 progress(Rc)
         bad_steps.append(bad_at[bad_at >= 0].cpu().numpy())

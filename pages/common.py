@@ -1,0 +1,147 @@
+"""Widgets shared by the setting pages: config state from the URL, the Run panel with progress/ETA/cancel, the
+divergence notice and the downloads. Only Streamlit calls and backend calls; no math here."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from backend import api, charts, export, jobs
+from backend import config as cfg
+from backend.cache import default_cache
+from backend.errors import ConfigError
+
+
+def initial_raw(prefix: str, setting: str) -> dict:
+    """The raw config the widgets start from: the URL's query parameters on first load, then presets/uploads."""
+    if f"{prefix}_raw" not in st.session_state:
+        try:
+            raw = cfg.from_query(dict(st.query_params))
+            if raw.get("setting", setting) != setting:
+                raw = {}
+        except ConfigError as e:
+            st.warning(f"Ignoring the link's config: {e}")
+            raw = {}
+        st.session_state[f"{prefix}_raw"] = raw
+        st.session_state[f"{prefix}_gen"] = 0
+    return st.session_state[f"{prefix}_raw"]
+
+
+def load(prefix: str, raw: dict) -> None:
+    st.session_state[f"{prefix}_raw"] = raw
+    st.session_state[f"{prefix}_gen"] += 1
+    st.rerun()
+
+
+def presets_and_upload(prefix: str, presets: dict, raw0: dict, setting: str) -> None:
+    gen = st.session_state[f"{prefix}_gen"]
+    with st.sidebar.expander("Presets and saved configs", expanded=False):
+        preset = st.selectbox("Preset", list(presets), key=f"{prefix}_preset_{gen}")
+        if st.button("Apply preset", key=f"{prefix}_apply_{gen}"):
+            load(prefix, {**raw0, "setting": setting, **presets[preset]})
+        up = st.file_uploader("Load a config (JSON)", type=["json"], key=f"{prefix}_cfgup_{gen}")
+        if up is not None and st.button("Load config", key=f"{prefix}_load_{gen}"):
+            try:
+                load(prefix, cfg.loads(up.getvalue().decode("utf-8")))
+            except (ConfigError, UnicodeDecodeError) as e:
+                st.error(f"Cannot load that file: {e}")
+
+
+def clear_cache_button() -> None:
+    if st.sidebar.button("Clear cache", help="Delete every cached theory and replica result"):
+        removed = default_cache().clear()
+        st.sidebar.success(f"Cleared {removed} cached results.")
+
+
+def sync_url(config) -> None:
+    query = cfg.to_query(config)
+    if dict(st.query_params) != query:
+        st.query_params.from_dict(query)
+
+
+def run_panel(prefix: str, config, what: str) -> dict | None:
+    """The Run form (estimate shown first), the background job with progress, ETA and Cancel; returns the result."""
+    run_key = api.simulation_key(config)
+    job = st.session_state.get(f"{prefix}_job")
+    sim = st.session_state.get(f"{prefix}_results", {}).get(run_key) or api.cached_simulation(config)
+    est = api.estimate(config)
+    with st.form(f"{prefix}_run"):
+        st.write(f"**Replica run**: {what} — about {est['seconds']:.0f} s and {est['memory_bytes'] / 2**20:.0f} MiB "
+                 f"on 2 CPU cores" + (" (cached: instant)" if sim is not None else "") + ".")
+        run = st.form_submit_button("Run", type="primary", disabled=bool(job and job.running))
+    if run and not (job and job.running):
+        try:
+            api.guard(config, api.resolve_device(config.device))
+            job = jobs.start(run_key, lambda progress, cancel: api.simulate(config, progress, cancel),
+                             api.Progress(total=1))
+            st.session_state[f"{prefix}_job"] = job
+        except ConfigError as e:
+            st.error(str(e))
+
+    @st.fragment(run_every=0.5)
+    def show_progress() -> None:
+        j = st.session_state.get(f"{prefix}_job")
+        if j is None:
+            return
+        if j.running:
+            eta = j.progress.eta_seconds
+            st.progress(j.progress.fraction, text=f"Running… {100 * j.progress.fraction:.0f} %"
+                                                   + (f", about {eta:.0f} s left" if eta is not None else ""))
+            if st.button("Cancel run", key=f"{prefix}_cancel"):
+                j.cancel.set()
+        else:
+            st.rerun()
+
+    if job is not None:
+        if job.running:
+            show_progress()
+        else:
+            if job.state == "done":
+                st.session_state.setdefault(f"{prefix}_results", {})[job.key] = job.result
+                if job.key == run_key:
+                    sim = job.result
+            elif job.state == "cancelled":
+                st.warning("The run was cancelled; nothing was cached.")
+            elif job.state == "failed":
+                st.error(f"The run failed: {job.error}")
+            st.session_state[f"{prefix}_job"] = None
+    return sim
+
+
+def divergence_notice(config, sim: dict) -> None:
+    meta = sim["meta"]
+    for j, (b, at, cnt) in enumerate(zip(config.batch_sizes, meta["diverged_at"], meta["diverged_replicas"])):
+        if at is not None:
+            st.warning(f"b = {b}: {cnt} replica(s) diverged (non-finite or exploding values), the first at step {at}. "
+                       "From that step on, the estimates are conditional on the replicas that stayed finite "
+                       f"({int(sim['finite_count'][j][-1]):,} at the end).")
+
+
+def time_chart_with_caption(theory: dict, sim: dict | None, config, quantity: str, label: str, log: bool,
+                            estimate_name: str | None = None):
+    sim_curves = None
+    if sim is not None:
+        sim_curves = dict(sim["curves"])
+        if estimate_name and estimate_name in sim_curves:
+            sim_curves[quantity] = sim_curves[estimate_name]
+    df = charts.curves_frame(theory["t"], config.batch_sizes, theory["curves"], sim_curves, quantity,
+                             None if sim is None else sim["finite_count"])
+    chart = charts.time_chart(df, label, log=log)
+    st.altair_chart(chart, width="stretch")
+    drawn = charts.drawn_summary(df)
+    st.caption(f"Drawn: exact {drawn['exact']} points; replica estimate {drawn['estimate']} points with 95 % band.")
+    return chart
+
+
+def downloads(prefix: str, config, theory: dict, sim: dict | None, quantities, chart_by_name: dict) -> None:
+    st.download_button("Curves (CSV)", export.curves_csv(theory["t"], config.batch_sizes, theory["curves"], sim,
+                                                         tuple(quantities)), "batchvar_curves.csv", "text/csv")
+    st.download_button("Config (JSON, reloadable)", export.config_json(config), "batchvar_config.json",
+                       "application/json")
+    which = st.selectbox("Chart", list(chart_by_name), key=f"{prefix}_dlq")
+    if st.button("Prepare the chart as PNG and SVG", key=f"{prefix}_prep"):
+        st.session_state[f"{prefix}_png"] = charts.to_png(chart_by_name[which])
+        st.session_state[f"{prefix}_svg"] = charts.to_svg(chart_by_name[which])
+    if f"{prefix}_png" in st.session_state:
+        st.download_button("Chart (PNG)", st.session_state[f"{prefix}_png"], "batchvar_chart.png", "image/png")
+        st.download_button("Chart (SVG)", st.session_state[f"{prefix}_svg"], "batchvar_chart.svg", "image/svg+xml")
+    st.caption("The page URL carries the config: a link reproduces this view.")
