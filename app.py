@@ -10,6 +10,7 @@ PAGES = [
             url_path="linear_regression"),
     st.Page("pages/deep_linear.py", title="Deep linear network", icon=":material/account_tree:",
             url_path="deep_linear"),
+    st.Page("pages/mlp.py", title="MLP classifier", icon=":material/hub:", url_path="mlp"),
 ]
 
 page = st.navigation(PAGES, position="hidden")

@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
 
         text = sys.stdin.read() if args.config == "-" else Path(args.config).read_text(encoding="utf-8")
         config = parse_config(loads(text))
+        if config.setting == "mlp" and args.command != "simulate":
+            raise ConfigError("setting", f"'{args.command}' needs exact theory, which the MLP classifier does not "
+                                         "have; use 'simulate'")
         if args.command == "theory":
             res = api.theory(config)
             out = {"setting": config.setting, "t": res["t"].tolist(), "available": res["available"],
@@ -82,6 +85,17 @@ def main(argv: list[str] | None = None) -> int:
                 cache = ResultCache(tempfile.mkdtemp(prefix="batchvar-"))
             res = api.simulate(config, cache=cache)
             meta = res["meta"]
+            if config.setting == "mlp":
+                from backend.engine.mlp import FIELDS
+
+                out = {"setting": "mlp", "epoch": res["epoch"].tolist(),
+                       "curves": {str(b): {f: _list(res["curves"][b][f]) for f in FIELDS}
+                                  for b in config.batch_sizes},
+                       "sampler": meta["sampler_label"], "device": meta["device"],
+                       "diverged_at": {str(x["b"]): x["diverged_at"] for x in meta["per_b"]}}
+                json.dump(out, sys.stdout, allow_nan=False)
+                sys.stdout.write("\n")
+                return 0
             out = {"setting": config.setting, "t": res["t"].tolist(),
                    "curves": _curves_json(config.batch_sizes, res["curves"], (*api.quantities(config), "var_g_rb"), True),
                    "finite_count": {str(b): res["finite_count"][j].tolist() for j, b in enumerate(config.batch_sizes)},

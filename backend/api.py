@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from backend.cache import CODE_VERSION, ResultCache, default_cache, make_key
-from backend import api_deep
-from backend.config import SAMPLER_LABELS, DeepLinearConfig, LinearRegressionConfig, paper_batch_sizes  # noqa: F401
+from backend import api_deep, api_mlp
+from backend.config import (SAMPLER_LABELS, DeepLinearConfig, LinearRegressionConfig, MLPConfig,  # noqa: F401
+                            paper_batch_sizes)
 from backend.engine import linreg as engine
 from backend.errors import ConfigError, TooExpensive
 from backend.exact import jsonable_number, rational, to_fraction, to_rational_array
@@ -78,6 +79,10 @@ def quantities(config) -> list[str]:
     """The quantities a setting reports (curves, CLI fields)."""
     if isinstance(config, DeepLinearConfig):
         return api_deep.quantities(config)
+    if isinstance(config, MLPConfig):
+        from backend.engine.mlp import FIELDS
+
+        return list(FIELDS)
     return list(QUANTITIES)
 
 
@@ -88,6 +93,9 @@ def theory(config, cache: ResultCache | None = None) -> dict[str, Any]:
     """
     if isinstance(config, DeepLinearConfig):
         return api_deep.theory(config, _cache(cache))
+    if isinstance(config, MLPConfig):
+        return {"t": np.arange(config.epochs + 1), "batch_sizes": list(config.batch_sizes), "curves": None,
+                "available": False, "note": "no exact theory for a nonlinear network: replica estimates only"}
     t = np.arange(config.steps + 1)
     if config.sampler not in th.SAMPLERS_WITH_THEORY:
         return {"t": t, "batch_sizes": list(config.batch_sizes), "curves": None, "available": False,
@@ -156,6 +164,8 @@ def polynomial(config, t: int, quantity: str = "var_g", exact: bool | None = Non
     """
     if isinstance(config, DeepLinearConfig):
         return api_deep.polynomial(config, t, quantity)
+    if isinstance(config, MLPConfig):
+        raise ConfigError("setting", "no exact polynomial for the MLP classifier (it is not a linear model)")
     _require_theory(config)
     if quantity not in QUANTITIES:
         raise ConfigError("quantity", f"expected one of {list(QUANTITIES)}, got {quantity!r}")
@@ -270,6 +280,8 @@ def estimate(config) -> dict[str, float]:
     """Estimated memory (bytes, the largest batch size) and time (seconds on 2 CPU cores) of ``simulate``."""
     if isinstance(config, DeepLinearConfig):
         return api_deep.estimate(config)
+    if isinstance(config, MLPConfig):
+        return api_mlp.estimate(config)
     costs = [engine.estimate_cost(config.replicas, config.steps, b, config.n, config.p) for b in config.batch_sizes]
     return {"memory_bytes": max(c["memory_bytes"] for c in costs), "seconds": sum(c["seconds"] for c in costs)}
 
@@ -303,12 +315,16 @@ def guard(config, device: torch.device) -> dict[str, float]:
 def simulation_key(config) -> str:
     if isinstance(config, DeepLinearConfig):
         return api_deep._key("simulate_deep", config, {"device": resolve_device(config.device).type})
+    if isinstance(config, MLPConfig):
+        return api_mlp._key("simulate_mlp", config, {"device": resolve_device(config.device).type})
     return _key("simulate", config, {"device": resolve_device(config.device).type})
 
 
 def cached_simulation(config, cache: ResultCache | None = None) -> dict[str, Any] | None:
     """The cached result of ``simulate(config)`` if there is one (never computes)."""
     found = _cache(cache).get(simulation_key(config))
+    if found is not None and isinstance(config, MLPConfig):
+        return api_mlp.shape_result(config, *found, hit=True)
     return None if found is None else _sim_result(config, *found, hit=True)
 
 
@@ -333,6 +349,8 @@ def simulate(config, progress: Progress | Callable[[int], None] | None = None,
     guard(config, device)
     if isinstance(config, DeepLinearConfig):
         return api_deep.simulate(config, device, _cache(cache), progress, cancel)
+    if isinstance(config, MLPConfig):
+        return api_mlp.simulate(config, device, _cache(cache), progress, cancel)
     key = simulation_key(config)
 
     def compute():

@@ -432,8 +432,120 @@ DEEP_LINEAR_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-CONFIG_TYPES: dict[str, type] = {"linear_regression": LinearRegressionConfig, "deep_linear": DeepLinearConfig}
-Config = LinearRegressionConfig | DeepLinearConfig
+MLP_SAMPLERS = ("epoch_reshuffle", "without_replacement")
+MLP_PRESETS: dict[str, dict[str, Any]] = {
+    "laptop": {"dataset": {"name": "digits"}, "hidden": [32, 16], "inits": 3, "replicas": 16, "epochs": 12,
+               "lr": {"schedule": "constant", "c": "0.05"}, "batch_sizes": [16, 64], "sampler": "epoch_reshuffle",
+               "distortion": {"alpha": 1.5, "sigma": 1.0, "every": 1}, "noise_samples": 512, "eval_size": 2000,
+               "seed": 0, "device": "auto", "dtype": "float32"},
+    "paper": {"dataset": {"name": "fashion_mnist"}, "hidden": [1024, 512], "inits": 5, "replicas": 50,
+              "epochs": 1000, "lr": {"schedule": "constant", "c": "0.003"}, "batch_sizes": [64, 128],
+              "sampler": "epoch_reshuffle", "distortion": {"alpha": 8, "sigma": 2, "every": 100},
+              "noise_samples": 256, "eval_size": 10000, "seed": 0, "device": "auto", "dtype": "float32"},
+}
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    """Fully connected ReLU classifier trained by mini-batch SGD (paper §4.1, Appendix A.1.3; Figures 1, 4, 5)."""
+
+    setting: ClassVar[str] = "mlp"
+    dataset: dict = field(default_factory=lambda: {"name": "digits"})
+    hidden: tuple[int, ...] = (32, 16)
+    inits: int = 3
+    replicas: int = 16
+    epochs: int = 12
+    lr: Schedule = field(default_factory=lambda: Schedule("constant", Fraction(1, 20)))
+    batch_sizes: tuple[int, ...] = (16, 64)
+    sampler: str = "epoch_reshuffle"
+    distortion: dict = field(default_factory=lambda: {"alpha": 1.5, "sigma": 1.0, "every": 1})
+    noise_samples: int = 512
+    eval_size: int = 2000
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+    n_train: int = field(default=0, repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, raw: dict) -> "MLPConfig":
+        f = _Fields(raw)
+        f.get("setting")
+        preset = f.get("preset")
+        if preset is not None:
+            if preset not in MLP_PRESETS:
+                raise ConfigError("preset", f"expected one of {sorted(MLP_PRESETS)}, got {preset!r}")
+            base = dict(MLP_PRESETS[preset])
+        else:
+            base = dict(MLP_PRESETS["laptop"])
+        val = lambda key: f.get(key, base[key])  # noqa: E731 - a field given beside a preset overrides it
+        ds_raw = val("dataset")
+        if isinstance(ds_raw, str):
+            ds_raw = {"name": ds_raw}
+        fd = _Fields(ds_raw, "dataset")
+        name = _choice(fd.get("name", "digits"), "dataset.name", ("digits", "fashion_mnist", "idx"))
+        dataset: dict[str, Any] = {"name": name}
+        if name == "idx":
+            path = fd.get("path")
+            if not isinstance(path, str) or not path:
+                raise ConfigError("dataset.path", "the directory holding the IDX files is required for 'idx'")
+            dataset["path"] = path
+        for key in ("train_size", "val_size"):
+            if fd.get(key) is not None:
+                dataset[key] = _int(fd.raw[key], f"dataset.{key}", 2, 10**7)
+        fd.finish()
+        hidden_raw = val("hidden")
+        if not isinstance(hidden_raw, list) or not 1 <= len(hidden_raw) <= 4:
+            raise ConfigError("hidden", "expected a list of 1 to 4 hidden widths")
+        hidden = tuple(_int(h, f"hidden[{i}]", 1, 4096) for i, h in enumerate(hidden_raw))
+        inits = _int(val("inits"), "inits", 1, 50)
+        replicas = _int(val("replicas"), "replicas", 2, 10_000)
+        epochs = _int(val("epochs"), "epochs", 1, 100_000)
+        lr = Schedule.parse(val("lr"))
+        sampler = _choice(val("sampler"), "sampler", MLP_SAMPLERS)
+        dist_raw = val("distortion")
+        fdist = _Fields(dist_raw, "distortion")
+        distortion = {"alpha": float(_positive(fdist.get("alpha", 8), "distortion.alpha", allow_zero=True)),
+                      "sigma": float(_positive(fdist.get("sigma", 2), "distortion.sigma", allow_zero=True)),
+                      "every": _int(fdist.get("every", 1), "distortion.every", 1, 100_000)}
+        fdist.finish()
+        noise_samples = _int(val("noise_samples"), "noise_samples", 2, 100_000)
+        eval_size = _int(val("eval_size"), "eval_size", 2, 10**7)
+        seed = _int(val("seed"), "seed", 0, 2**32 - 1)
+        device = _choice(val("device"), "device", DEVICES)
+        dtype = _choice(val("dtype"), "dtype", DTYPES)
+        n_train = _mlp_train_size(dataset)
+        batch_sizes = _parse_batch_sizes(val("batch_sizes"), n_train)
+        f.finish()
+        return cls(dataset, hidden, inits, replicas, epochs, lr, batch_sizes, sampler, distortion, noise_samples,
+                   eval_size, seed, device, dtype, n_train)
+
+    def to_json(self) -> dict:
+        return {"setting": self.setting, "dataset": self.dataset, "hidden": list(self.hidden), "inits": self.inits,
+                "replicas": self.replicas, "epochs": self.epochs, "lr": self.lr.to_json(),
+                "batch_sizes": list(self.batch_sizes), "sampler": self.sampler, "distortion": self.distortion,
+                "noise_samples": self.noise_samples, "eval_size": self.eval_size, "seed": self.seed,
+                "device": self.device, "dtype": self.dtype}
+
+    def replace(self, **changes: Any) -> "MLPConfig":
+        raw = self.to_json()
+        raw.update({k: (v.to_json() if isinstance(v, Schedule) else v) for k, v in changes.items()})
+        return MLPConfig.parse(raw)
+
+
+@lru_cache(maxsize=16)
+def _mlp_train_size_cached(spec: str) -> int:
+    from backend.images import load_dataset
+
+    return len(load_dataset(json.loads(spec)).x_train)
+
+
+def _mlp_train_size(dataset: dict) -> int:
+    return _mlp_train_size_cached(json.dumps(dataset, sort_keys=True))
+
+
+CONFIG_TYPES: dict[str, type] = {"linear_regression": LinearRegressionConfig, "deep_linear": DeepLinearConfig,
+                                 "mlp": MLPConfig}
+Config = LinearRegressionConfig | DeepLinearConfig | MLPConfig
 
 
 def parse_config(raw: Any) -> "Config":
@@ -475,7 +587,8 @@ def to_query(config) -> dict[str, str]:
 def from_query(params: dict[str, str]) -> dict:
     """The raw config dict encoded by :func:`to_query` (unknown parameters are ignored; values are validated later)."""
     keys = {"setting", "dataset", "standardize", "intercept", "w0", "lr", "steps", "batch_sizes", "replicas", "seed",
-            "sampler", "device", "dims", "teacher", "dtype"}
+            "sampler", "device", "dims", "teacher", "dtype", "hidden", "inits", "epochs", "distortion",
+            "noise_samples", "eval_size"}
     raw: dict[str, Any] = {}
     for k, v in params.items():
         if k not in keys:

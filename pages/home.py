@@ -39,5 +39,8 @@ st.page_link("pages/linear_regression.py", label="Linear regression — Graduate
 st.page_link("pages/deep_linear.py", label="Deep linear network — teacher–student, online Gaussian samples; exact "
                                            "polynomials in 1/b beyond t = 0, Theorem 4 fits, b₀ (paper §3.2, Figure 3)",
              icon=":material/account_tree:")
-st.caption("The MLP classifier and the sequence model with Adam are planned (see the README).")
+st.page_link("pages/mlp.py", label="MLP classifier — digits, Fashion-MNIST or IDX files; variance, loss, error, the "
+                                   "generalization gap on distorted images and the variance split (paper §4.1, "
+                                   "Figures 1, 4, 5)", icon=":material/hub:")
+st.caption("The sequence model with Adam is planned (see the README).")
 st.caption("Data: Graduate Admission 2 (Acharya, Armaan, Antony, IEEE ICCIDS 2019).")

@@ -129,3 +129,27 @@ def test_deep_linear_bad_dims_message():
     by_label(at.sidebar.text_input, "Widths p, p_1, …, p_d (depth 2 to 4)").set_value("3")
     at.run()
     assert not at.exception and any("dims" in e.value for e in at.error)
+
+
+def test_mlp_page_small_run():
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["setting"] = "mlp"
+    at.query_params["dataset"] = '{"name":"digits","train_size":200}'
+    at.query_params["hidden"] = "[8]"
+    at.query_params["inits"] = "2"
+    at.query_params["replicas"] = "4"
+    at.query_params["epochs"] = "2"
+    at.run()
+    at.switch_page("pages/mlp.py")
+    at.run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    by_label(at.button, "Run").click()
+    at.run()
+    end = time.time() + 120
+    while at.session_state["mlp_job"] is not None and time.time() < end:
+        time.sleep(0.3)
+        at.run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    drawn = [c.value for c in at.caption if c.value.startswith("Drawn: replica estimate")]
+    assert drawn and all(int(c.split()[3]) > 0 for c in drawn)
+    assert any("var(g) decreases with b" in m.value for m in at.markdown)

@@ -99,8 +99,8 @@ def test_home_page(server, browser):
     page = browser.new_page(viewport={"width": 1300, "height": 900})
     page.goto(server)
     page.get_by_text("batchvar — the mini-batch size and the dynamics of SGD").wait_for(timeout=90_000)
-    for name in ("Linear regression", "Deep linear network"):
-        assert page.get_by_role("link", name=re.compile(name)).count() >= 1
+    for name in ("Linear regression", "Deep linear network", "MLP classifier"):
+        page.get_by_role("link", name=re.compile(name)).first.wait_for(timeout=30_000)
     no_exception(page)
     shot(page, "home")
     page.close()
@@ -149,6 +149,23 @@ def test_deep_linear_page_run(server, browser):
     page.get_by_text(re.compile(r"^Degree \d+ in 1/b; method")).wait_for(timeout=30_000)
     no_exception(page)
     shot(page, "deep_linear")
+    page.close()
+
+
+def test_mlp_page_run(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server}/mlp?setting=mlp&dataset=%7B%22name%22%3A%22digits%22%2C%22train_size%22%3A200%7D"
+              "&hidden=%5B8%5D&inits=2&replicas=4&epochs=3")
+    slider = page.get_by_role("slider", name="Epochs")
+    slider.wait_for(timeout=90_000)
+    slider.focus()
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_url(re.compile(r"epochs=2"), timeout=30_000)
+    page.get_by_role("button", name="Run").click()
+    caption = page.get_by_text(re.compile(r"^Drawn: replica estimate [1-9]")).first
+    caption.wait_for(timeout=180_000)
+    no_exception(page)
+    shot(page, "mlp")
     page.close()
 
 

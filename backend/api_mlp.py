@@ -1,0 +1,128 @@
+"""Entry points for the MLP classifier: replicas over several initial weights, per-epoch statistics, resumable runs.
+
+A run is checkpointed in the cache at epoch boundaries (key: the config, the batch size and the code version); a
+cancelled or killed run resumes from its last checkpoint, and the finished result replaces the checkpoints.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from backend.cache import CODE_VERSION, ResultCache, make_key
+from backend.config import MLPConfig
+from backend.engine import mlp as engine
+from backend.images import elastic_distort, load_dataset
+
+SAMPLER_LABELS = {"epoch_reshuffle": "reshuffle each epoch (the paper's training), n // b steps per epoch",
+                  "without_replacement": "uniform b-subsets without replacement, independent per step"}
+
+
+def _key(kind: str, config: MLPConfig, extra: dict | None = None) -> str:
+    return make_key(kind, config.to_json(), extra)
+
+
+def estimate(config: MLPConfig) -> dict[str, float]:
+    data = load_dataset(config.dataset)
+    h, w = data.shape
+    costs = [engine.estimate_cost(len(data.x_train), h * w, config.hidden, data.n_classes, config.inits,
+                                  config.replicas, config.epochs, b, config.eval_size, len(data.x_val),
+                                  config.noise_samples) for b in config.batch_sizes]
+    return {"memory_bytes": max(c["memory_bytes"] for c in costs), "seconds": sum(c["seconds"] for c in costs)}
+
+
+def simulate(config: MLPConfig, device: torch.device, cache: ResultCache, progress=None,
+             cancel: threading.Event | None = None) -> dict[str, Any]:
+    key = _key("simulate_mlp", config, {"device": device.type})
+    dtype = torch.float32 if config.dtype == "float32" else torch.float64
+
+    def compute():
+        t0 = time.monotonic()
+        data = load_dataset(config.dataset)
+        distorted = elastic_distort(data.x_val, config.distortion["alpha"], config.distortion["sigma"],
+                                    seed=config.seed)
+        advance = getattr(progress, "advance", progress)
+        arrays, meta_b = {}, []
+        for b in config.batch_sizes:
+            ck_key = _key("checkpoint_mlp", config, {"device": device.type, "b": b})
+            found = cache.get(ck_key)
+            resume = engine.unpack_checkpoint(*found) if found is not None else None
+            if resume is not None and advance is not None:
+                advance(config.inits * config.replicas * (len(data.x_train) // b) * (resume["epoch"] + 1))
+
+            def save(state, ck_key=ck_key):
+                cache.set(ck_key, *engine.pack_checkpoint(state))
+
+            out = engine.run_batch_size(
+                data, config.hidden, config.inits, config.replicas, config.epochs,
+                lambda t: float(config.lr.alpha(t)), b, config.sampler, config.seed, device, dtype, distorted,
+                config.distortion["every"], config.noise_samples, config.eval_size, advance, cancel, save, resume)
+            for name, v in out["stats"].items():
+                arrays[f"{b}.{name}"] = v
+            meta_b.append({"b": b, "diverged_at": out["diverged_at"], "diverged_replicas": out["diverged_replicas"],
+                           "steps_per_epoch": out["steps_per_epoch"], "resumed_from_epoch":
+                           None if resume is None else int(resume["epoch"]) + 1})
+        for b in config.batch_sizes:
+            cache.raw().delete(_key("checkpoint_mlp", config, {"device": device.type, "b": b}))
+        meta = {"kind": "simulate_mlp", "device": str(device), "per_b": meta_b, "sampler": config.sampler,
+                "sampler_label": SAMPLER_LABELS[config.sampler], "seconds": time.monotonic() - t0,
+                "n_train": len(data.x_train), "n_val": len(data.x_val), "code_version": CODE_VERSION}
+        return meta, arrays
+
+    if progress is not None and hasattr(progress, "total"):
+        progress.total = sum(config.inits * config.replicas * (config.n_train // b) * config.epochs
+                             for b in config.batch_sizes)
+    meta, arrays, hit = cache.get_or_compute(key, compute)
+    if progress is not None and hasattr(progress, "total"):
+        progress.done = progress.total
+    return shape_result(config, meta, arrays, hit)
+
+
+def shape_result(config: MLPConfig, meta: dict, arrays: dict, hit: bool) -> dict[str, Any]:
+    """Per b, lists over epochs: var_g (median over inits), var_g_min, var_g_max, losses and errors (means over all
+    replicas; _min/_max over inits), gap_distorted, noise_one_step, noise_spread (medians) and b_simple."""
+    curves: dict[int, dict[str, np.ndarray]] = {}
+    for b in config.batch_sizes:
+        s = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{b}.")}
+        c: dict[str, np.ndarray] = {}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                c["var_g"] = np.nanmedian(s["var_g"], axis=1)
+                c["var_g_min"] = np.nanmin(s["var_g"], axis=1)
+                c["var_g_max"] = np.nanmax(s["var_g"], axis=1)
+                for q in ("loss_train", "loss_val", "error_train", "error_val", "gap_distorted"):
+                    c[q] = np.nanmean(s[q], axis=1)
+                    c[f"{q}_min"] = np.nanmin(s[q], axis=1)
+                    c[f"{q}_max"] = np.nanmax(s[q], axis=1)
+                c["noise_one_step"] = np.nanmedian(s["noise_one_step"], axis=1)
+                c["noise_spread"] = np.nanmedian(s["noise_spread"], axis=1)
+                c["b_simple"] = np.nanmedian(s["trace_sigma"] / s["grad_sq"], axis=1)
+                c["finite"] = np.nansum(s["finite"], axis=1)
+        c["per_init"] = s  # type: ignore[assignment]
+        curves[b] = c
+    return {"epoch": np.arange(config.epochs + 1), "batch_sizes": list(config.batch_sizes), "curves": curves,
+            "meta": meta, "cached": hit}
+
+
+def cached_checkpoint_epoch(config: MLPConfig, device: torch.device, cache: ResultCache) -> dict[int, int]:
+    """The last checkpointed epoch per batch size (what a Run would resume from)."""
+    out = {}
+    for b in config.batch_sizes:
+        found = cache.get(_key("checkpoint_mlp", config, {"device": device.type, "b": b}))
+        if found is not None:
+            out[b] = int(found[0]["epoch"]) + 1
+    return out
+
+
+def b_ordering_share(result: dict[str, Any], quantity: str = "var_g") -> float:
+    """Share of epochs (after epoch 0) at which var_g strictly decreases with b across all batch sizes."""
+    bs = result["batch_sizes"]
+    vals = np.stack([result["curves"][b][quantity] for b in bs])[:, 1:]
+    return float(np.mean(np.all(np.diff(vals, axis=0) < 0, axis=0)))

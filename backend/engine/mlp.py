@@ -1,0 +1,268 @@
+"""MLP classifier replicas with torch.func: K initial weights × R replicas as stacked parameters (paper §4.1).
+
+Each of the N = K·R replicas draws its own mini-batches (indices drawn outside vmap from an explicit generator) and
+takes SGD steps on the cross-entropy; the gradients of all replicas come from one ``vmap(grad(functional_call))``.
+At every epoch boundary e = 0..E, per initial weight k (over its R replicas):
+- var_g: the across-replica variance of a fresh stochastic gradient g (a uniform b-subset, drawn from a separate
+  probe generator so that measuring does not perturb training) — var(g_e | F_0);
+- the split of theory.md §3 (law of total variance with Lemma 1):
+    noise_one_step = mean_r c_b · S²(w_r),  S²(w) = (1/m) Σ_i ‖∇L_i(w) − ∇L_S(w)‖² · m/(m − 1) over a fixed subsample
+    S of m training points (all of them when n ≤ noise_samples, which makes the split exact),
+    c_b = (n − b)/(b(n − 1));
+    noise_spread = the across-replica variance of ∇L_S(w_r);
+- b_simple = mean_r tr Σ(w_r) / mean_r ‖∇L_S(w_r)‖² (McCandlish et al.'s gradient noise scale);
+- loss and error on the training set (first eval_size points) and on the validation set, and every ``every`` epochs
+  the accuracy gap between the training set and the elastically distorted validation set.
+A replica whose loss turns non-finite is dropped from that step on and reported.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.func import functional_call, grad, grad_and_value, vmap
+
+from backend.engine.linreg import seed_for
+from backend.engine.samplers import make_sampler
+from backend.errors import Cancelled
+
+FIELDS = ("var_g", "var_g_min", "var_g_max", "loss_train", "loss_val", "error_train", "error_val", "gap_distorted",
+          "noise_one_step", "noise_spread", "b_simple")
+
+
+def make_model(d_in: int, hidden: tuple[int, ...], n_classes: int) -> torch.nn.Sequential:
+    layers: list[torch.nn.Module] = []
+    widths = (d_in, *hidden)
+    for a, b in zip(widths[:-1], widths[1:]):
+        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    layers.append(torch.nn.Linear(widths[-1], n_classes))
+    return torch.nn.Sequential(*layers)
+
+
+def init_params(model: torch.nn.Module, K: int, seed: int, dtype: torch.dtype, device: torch.device
+                ) -> dict[str, torch.Tensor]:
+    """K initial weights from PyTorch's default Linear initialisation U(−1/√fan_in, 1/√fan_in), seeded per init."""
+    stacked: dict[str, list[torch.Tensor]] = {name: [] for name, _ in model.named_parameters()}
+    for k in range(K):
+        gen = torch.Generator().manual_seed(seed_for(seed, 7919, k))
+        for name, p in model.named_parameters():
+            fan_in = p.shape[1] if p.dim() == 2 else model.get_parameter(name.replace("bias", "weight")).shape[1]
+            bound = 1.0 / math.sqrt(fan_in)
+            stacked[name].append((torch.rand(p.shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound)
+    return {n: torch.stack(v).to(dtype=dtype, device=device) for n, v in stacked.items()}
+
+
+class Replicas:
+    """The functional model and its batched gradient, loss and per-sample gradient maps."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model.to("meta")
+
+        def loss(params, x, y):
+            logits = functional_call(self.model, params, (x,))
+            return torch.nn.functional.cross_entropy(logits, y)
+
+        self.loss = loss
+        self.grad_and_loss = vmap(grad_and_value(loss))  # over replicas: (params, xb, yb)
+        self.per_sample = vmap(grad(lambda p, x, y: loss(p, x[None], y[None])), in_dims=(None, 0, 0))
+        self.per_sample_replicas = vmap(self.per_sample, in_dims=(0, None, None))
+        self.logits = vmap(lambda p, x: functional_call(self.model, p, (x,)), in_dims=(0, None))
+
+
+def flat(grads: dict[str, torch.Tensor], lead: int = 1) -> torch.Tensor:
+    return torch.cat([g.reshape(*g.shape[:lead], -1) for g in grads.values()], dim=-1)
+
+
+def group_var(x: torch.Tensor, K: int, alive: torch.Tensor) -> np.ndarray:
+    """Per init k: unbiased across-replica variance Σ‖x − x̄‖²/(n − 1) of (N, d) rows (replicas of init k contiguous)."""
+    N = x.shape[0]
+    R = N // K
+    v = x.reshape(K, R, -1).to(torch.float64)
+    m = alive.reshape(K, R).to(torch.float64)
+    cnt = m.sum(dim=1)
+    mean = (v * m[..., None]).sum(dim=1) / cnt.clamp(min=1)[:, None]
+    m2 = (((v - mean[:, None]) ** 2).sum(dim=2) * m).sum(dim=1)
+    out = (m2 / (cnt - 1)).cpu().numpy()
+    out[cnt.cpu().numpy() < 2] = np.nan
+    return out
+
+
+def group_mean(x: torch.Tensor, K: int, alive: torch.Tensor) -> np.ndarray:
+    N = x.shape[0]
+    v = x.reshape(K, N // K).to(torch.float64)
+    m = alive.reshape(K, N // K).to(torch.float64)
+    with np.errstate(invalid="ignore"):
+        return ((v * m).sum(dim=1) / m.sum(dim=1)).cpu().numpy()
+
+
+@dataclass
+class EpochStats:
+    """Per-init statistics at each recorded epoch: arrays (E+1, K)."""
+
+    values: dict[str, np.ndarray]
+
+    @classmethod
+    def empty(cls, E1: int, K: int) -> "EpochStats":
+        names = ("var_g", "noise_one_step", "noise_spread", "trace_sigma", "grad_sq", "loss_train", "loss_val",
+                 "error_train", "error_val", "gap_distorted", "finite")
+        return cls({n: np.full((E1, K), np.nan) for n in names})
+
+
+def evaluate(rep: Replicas, params, X: torch.Tensor, Y: torch.Tensor, chunk: int = 4096):
+    """Per-replica mean loss and error on (X, Y)."""
+    losses, errors = [], []
+    for s in range(0, X.shape[0], chunk):
+        logits = rep.logits(params, X[s:s + chunk])  # (N, n, C)
+        y = Y[s:s + chunk]
+        lp = torch.log_softmax(logits.to(torch.float64), dim=-1)
+        losses.append(-lp.gather(2, y.expand(logits.shape[0], -1)[..., None])[..., 0].sum(dim=1))
+        errors.append((logits.argmax(dim=-1) != y).to(torch.float64).sum(dim=1))
+    n = X.shape[0]
+    return torch.stack(losses).sum(0) / n, torch.stack(errors).sum(0) / n
+
+
+def noise_terms(rep: Replicas, params, XS: torch.Tensor, YS: torch.Tensor, chunk: int = 64):
+    """Per replica: tr Σ(w) = (1/(m−1)) Σ_i ‖∇L_i − ∇L_S‖² and the subsample gradient ∇L_S (flattened)."""
+    sums, sq = None, None
+    for s in range(0, XS.shape[0], chunk):
+        g = flat(rep.per_sample_replicas(params, XS[s:s + chunk], YS[s:s + chunk]), lead=2).to(torch.float64)
+        sums = g.sum(1) if sums is None else sums + g.sum(1)
+        sq = g.square().sum(dim=(1, 2)) if sq is None else sq + g.square().sum(dim=(1, 2))
+    m = XS.shape[0]
+    mean = sums / m
+    trace = (sq - m * mean.square().sum(1)) / (m - 1)
+    return trace, mean
+
+
+def run_batch_size(data, hidden, K: int, R: int, epochs: int, alphas_fn: Callable[[int], float], b: int,
+                   sampler: str, seed: int, device: torch.device, dtype: torch.dtype, distorted_val: np.ndarray,
+                   gap_every: int, noise_samples: int, eval_size: int,
+                   progress: Callable[[int], None] | None = None, cancel=None,
+                   checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None) -> dict:
+    """Train K·R replicas for ``epochs`` epochs at batch size b; per-epoch per-init statistics (see module doc)."""
+    n, h, w = data.x_train.shape
+    d_in = h * w
+    Xtr = torch.as_tensor(data.x_train.reshape(n, d_in), dtype=dtype, device=device)
+    Ytr = torch.as_tensor(data.y_train, device=device)
+    Xev, Yev = Xtr[:eval_size], Ytr[:eval_size]
+    Xva = torch.as_tensor(data.x_val.reshape(len(data.x_val), d_in), dtype=dtype, device=device)
+    Yva = torch.as_tensor(data.y_val, device=device)
+    Xdi = torch.as_tensor(distorted_val.reshape(len(distorted_val), d_in), dtype=dtype, device=device)
+    sub = np.random.default_rng(seed_for(seed, 31337)).permutation(n)[:min(noise_samples, n)]
+    XS, YS = Xtr[sub], Ytr[sub]
+    m = len(sub)
+    c_b = (n - b) / (b * (n - 1)) if n > 1 else 0.0
+    model = make_model(d_in, hidden, data.n_classes)
+    rep = Replicas(model)
+    N = K * R
+    steps_per_epoch = n // b
+    if resume is None:
+        params0 = init_params(model, K, seed, dtype, device)
+        params = {k: v.repeat_interleave(R, dim=0).contiguous() for k, v in params0.items()}
+        alive = torch.ones(N, dtype=torch.bool, device=device)
+        stats = EpochStats.empty(epochs + 1, K)
+        gen = torch.Generator(device=device).manual_seed(seed_for(seed, b, 1))
+        probe = torch.Generator(device=device).manual_seed(seed_for(seed, b, 2))
+        start_epoch, bad_at = 0, np.full(N, -1)
+    else:
+        params = {k: torch.as_tensor(v, device=device) for k, v in resume["params"].items()}
+        alive = torch.as_tensor(resume["alive"], device=device)
+        stats = EpochStats({k: v.copy() for k, v in resume["stats"].items()})
+        gen, probe = torch.Generator(device=device), torch.Generator(device=device)
+        gen.set_state(torch.as_tensor(resume["gen"]))
+        probe.set_state(torch.as_tensor(resume["probe"]))
+        start_epoch, bad_at = int(resume["epoch"]) + 1, resume["bad_at"].copy()
+    draw = make_sampler(sampler, n, b, N, gen, device)
+    probe_draw = make_sampler("without_replacement", n, b, N, probe, device)
+
+    def record(e: int) -> None:
+        d = probe_draw.draw()
+        idx = d.idx if d.include else None
+        if idx is None:  # complement draw: rebuild the batch (b > n/2)
+            mask = torch.ones((N, n), dtype=torch.bool, device=device)
+            mask.scatter_(1, d.idx, False)
+            idx = mask.nonzero()[:, 1].reshape(N, b)
+        g, _ = rep.grad_and_loss(params, Xtr[idx], Ytr[idx])
+        stats.values["var_g"][e] = group_var(flat(g), K, alive)
+        trace, full = noise_terms(rep, params, XS, YS)
+        stats.values["noise_spread"][e] = group_var(full, K, alive)
+        stats.values["noise_one_step"][e] = c_b * group_mean(trace, K, alive)
+        stats.values["trace_sigma"][e] = group_mean(trace, K, alive)
+        stats.values["grad_sq"][e] = group_mean(full.square().sum(1), K, alive)
+        for split, (X, Y) in (("train", (Xev, Yev)), ("val", (Xva, Yva))):
+            loss, err = evaluate(rep, params, X, Y)
+            stats.values[f"loss_{split}"][e] = group_mean(loss, K, alive)
+            stats.values[f"error_{split}"][e] = group_mean(err, K, alive)
+            if split == "train":
+                err_train = err
+        if e % gap_every == 0 or e == epochs:
+            _, err_d = evaluate(rep, params, Xdi, Yva)
+            stats.values["gap_distorted"][e] = group_mean(err_d - err_train, K, alive)
+        stats.values["finite"][e] = group_mean(alive.to(torch.float64), K, torch.ones_like(alive)) * R
+
+    if resume is None:
+        record(0)
+    last_ckpt = time.monotonic()
+    for epoch in range(start_epoch, epochs):
+        for s in range(steps_per_epoch):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("cancelled")
+            t = epoch * steps_per_epoch + s
+            dr = draw.draw()
+            g, loss = rep.grad_and_loss(params, Xtr[dr.idx], Ytr[dr.idx])
+            ok = torch.isfinite(loss)
+            newly = alive & ~ok
+            if bool(newly.any()):
+                bad_at[newly.cpu().numpy()] = t
+                alive = alive & ok
+            a = alphas_fn(t)
+            if bool(alive.all()):
+                for k in params:
+                    params[k].sub_(g[k], alpha=a)
+            else:
+                for k in params:
+                    keep = alive.reshape(-1, *([1] * (params[k].dim() - 1)))
+                    params[k] = torch.where(keep, params[k] - a * g[k], params[k])
+        record(epoch + 1)
+        if progress is not None:
+            progress(N * steps_per_epoch)
+        if checkpoint is not None and (time.monotonic() - last_ckpt > 20 or epoch == epochs - 1 or
+                                       sum(v.numel() for v in params.values()) < 5_000_000):
+            checkpoint({"epoch": epoch, "params": {k: v.cpu().numpy() for k, v in params.items()},
+                        "alive": alive.cpu().numpy(), "stats": stats.values, "gen": gen.get_state().numpy(),
+                        "probe": probe.get_state().numpy(), "bad_at": bad_at})
+            last_ckpt = time.monotonic()
+    bad = bad_at[bad_at >= 0]
+    return {"stats": stats.values, "diverged_at": int(bad.min()) if bad.size else None,
+            "diverged_replicas": int(bad.size), "steps_per_epoch": steps_per_epoch}
+
+
+def estimate_cost(n_train: int, d_in: int, hidden: tuple[int, ...], n_classes: int, K: int, R: int, epochs: int,
+                  b: int, eval_size: int, n_val: int, noise_samples: int) -> dict[str, float]:
+    widths = (d_in, *hidden, n_classes)
+    P = sum(widths[i] * widths[i + 1] + widths[i + 1] for i in range(len(widths) - 1))
+    N = K * R
+    train_flops = 6 * P * n_train * N  # per epoch: every sample once per replica, forward + backward
+    eval_flops = 2 * P * N * (min(eval_size, n_train) + 2 * n_val) + 6 * P * N * (b + min(noise_samples, n_train))
+    seconds = epochs * ((train_flops + eval_flops) / 4e10 + (n_train // b) * 3e-3)
+    memory = 4.0 * N * (3 * P + b * d_in + 64 * P / max(1, N)) + 4.0 * N * min(noise_samples, 64) * P
+    return {"memory_bytes": memory, "seconds": seconds}
+
+
+def pack_checkpoint(state: dict) -> tuple[dict, dict[str, np.ndarray]]:
+    arrays = {f"p.{k}": v for k, v in state["params"].items()}
+    arrays.update({f"s.{k}": v for k, v in state["stats"].items()})
+    arrays.update({"alive": state["alive"], "gen": state["gen"], "probe": state["probe"], "bad_at": state["bad_at"]})
+    return {"epoch": state["epoch"]}, arrays
+
+
+def unpack_checkpoint(meta: dict, arrays: dict[str, np.ndarray]) -> dict:
+    return {"epoch": meta["epoch"], "params": {k[2:]: v for k, v in arrays.items() if k.startswith("p.")},
+            "stats": {k[2:]: v for k, v in arrays.items() if k.startswith("s.")}, "alive": arrays["alive"],
+            "gen": arrays["gen"], "probe": arrays["probe"], "bad_at": arrays["bad_at"]}
+

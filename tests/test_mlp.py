@@ -1,0 +1,229 @@
+"""MLP classifier: vmap replicas vs separate modules, the variance split, B_simple, IDX files, distortion, resume, CLI."""
+
+import gzip
+import json
+import os
+import struct
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+
+from backend import api, api_mlp
+from backend.cache import ResultCache
+from backend.config import parse_config
+from backend.engine import mlp as engine
+from backend.engine.samplers import make_sampler
+from backend.errors import Cancelled, ConfigError
+from backend.images import displacement_fields, elastic_distort, gaussian_kernel, load_digits, load_idx_dir, read_idx
+
+DEV = torch.device("cpu")
+
+
+def small_setup(hidden=(6,), K=2, R=3, dtype=torch.float64):
+    data = load_digits()
+    model = engine.make_model(64, hidden, 10)
+    params0 = engine.init_params(model, K, 0, dtype, DEV)
+    params = {k: v.repeat_interleave(R, dim=0) for k, v in params0.items()}
+    return data, model, params
+
+
+def test_vmap_replicas_match_separate_modules():
+    data, model, params = small_setup()
+    rep = engine.Replicas(engine.make_model(64, (6,), 10))
+    X = torch.as_tensor(data.x_train.reshape(-1, 64), dtype=torch.float64)
+    Y = torch.as_tensor(data.y_train)
+    idx = make_sampler("without_replacement", len(X), 8, 6, torch.Generator().manual_seed(0), DEV).draw().idx
+    g, loss = rep.grad_and_loss(params, X[idx], Y[idx])
+    for r in range(6):
+        m = engine.make_model(64, (6,), 10).double()
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                p.copy_(params[name][r])
+        out = torch.nn.functional.cross_entropy(m(X[idx[r]]), Y[idx[r]])
+        out.backward()
+        assert loss[r].item() == pytest.approx(out.item(), rel=1e-12)
+        for name, p in m.named_parameters():
+            torch.testing.assert_close(g[name][r], p.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_noise_terms_and_b_simple_against_autograd_loops():
+    """tr Σ (per-sample gradient covariance on S) and ∇L_S from per-sample vmap equal plain autograd loops."""
+    data, model, params = small_setup(K=1, R=2)
+    rep = engine.Replicas(engine.make_model(64, (6,), 10))
+    XS = torch.as_tensor(data.x_train[:20].reshape(-1, 64), dtype=torch.float64)
+    YS = torch.as_tensor(data.y_train[:20])
+    trace, mean = engine.noise_terms(rep, params, XS, YS, chunk=7)
+    for r in range(2):
+        m = engine.make_model(64, (6,), 10).double()
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                p.copy_(params[name][r])
+        grads = []
+        for i in range(20):
+            m.zero_grad()
+            torch.nn.functional.cross_entropy(m(XS[i:i + 1]), YS[i:i + 1]).backward()
+            grads.append(torch.cat([p.grad.reshape(-1) for p in m.parameters()]))
+        G = torch.stack(grads)
+        cov_trace = ((G - G.mean(0)) ** 2).sum() / 19
+        assert trace[r].item() == pytest.approx(cov_trace.item(), rel=1e-10)
+        torch.testing.assert_close(mean[r], G.mean(0), rtol=1e-10, atol=1e-12)
+        b_simple = cov_trace / G.mean(0).square().sum()
+        assert (trace[r] / mean[r].square().sum()).item() == pytest.approx(b_simple.item(), rel=1e-10)
+
+
+def test_variance_split_adds_up():
+    """var(g_t | F_0) = E[var(g_t | F_t)] + var(∇L(w_t)): after a few SGD steps from one init, the plain across-replica
+    variance of a fresh mini-batch gradient agrees with one-step (Lemma 1, exact per-sample variance over the whole
+    training set) + spread, |z| ≤ 4 with batch-means SEs."""
+    data = load_digits()
+    n, b, R = 150, 10, 2000
+    X = torch.as_tensor(data.x_train[:n].reshape(n, 64), dtype=torch.float64)
+    Y = torch.as_tensor(data.y_train[:n])
+    model = engine.make_model(64, (5,), 10)
+    rep = engine.Replicas(engine.make_model(64, (5,), 10))
+    params = {k: v.repeat_interleave(R, dim=0) for k, v in engine.init_params(model, 1, 3, torch.float64, DEV).items()}
+    gen = torch.Generator().manual_seed(1)
+    train = make_sampler("without_replacement", n, b, R, gen, DEV)
+    for _ in range(5):
+        idx = train.draw().idx
+        g, _ = rep.grad_and_loss(params, X[idx], Y[idx])
+        for k in params:
+            params[k] = params[k] - 0.5 * g[k]
+    probe = make_sampler("without_replacement", n, b, R, torch.Generator().manual_seed(2), DEV)
+    idx = probe.draw().idx
+    g = engine.flat(rep.grad_and_loss(params, X[idx], Y[idx])[0])
+    trace, full = engine.noise_terms(rep, params, X, Y)
+    c_b = (n - b) / (b * (n - 1))
+    per_sample_var = trace * (n - 1) / n  # population variance over the n training points (Lemma 1)
+    G = 40
+    tot = np.array([engine.group_var(g[i::G], 1, torch.ones(R // G, dtype=torch.bool))[0] for i in range(G)])
+    split = np.array([c_b * per_sample_var[i::G].mean().item()
+                      + engine.group_var(full[i::G], 1, torch.ones(R // G, dtype=torch.bool))[0] for i in range(G)])
+    diff = tot - split
+    z = diff.mean() / (diff.std(ddof=1) / np.sqrt(G))
+    assert abs(z) <= 4, z
+    assert tot.mean() > 1.5 * (split.mean() - c_b * per_sample_var.mean().item())  # the one-step term matters
+
+
+def write_idx(path, array, gz=True):
+    code = {np.dtype(np.uint8): 0x08}[array.dtype]
+    header = bytes([0, 0, code, array.ndim]) + struct.pack(">" + "I" * array.ndim, *array.shape)
+    blob = header + array.tobytes()
+    if gz:
+        with gzip.open(path, "wb") as fh:
+            fh.write(blob)
+    else:
+        path.write_bytes(blob)
+
+
+def test_idx_loader_on_generated_files(tmp_path):
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, size=(30, 5, 4), dtype=np.uint8)
+    labels = rng.integers(0, 3, size=30, dtype=np.uint8)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", imgs)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", labels, gz=False)
+    data = load_idx_dir(tmp_path)
+    assert data.x_train.shape[1:] == (5, 4) and len(data.x_train) + len(data.x_val) == 30
+    assert data.x_train.min() >= -1 and data.x_train.max() <= 1
+    np.testing.assert_array_equal(read_idx(tmp_path / "train-images-idx3-ubyte.gz"), imgs)
+    # malformed files
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "train-images-idx3-ubyte").write_bytes(b"\x01\x02\x03\x04garbage")
+    write_idx(tmp_path / "bad" / "train-labels-idx1-ubyte.gz", labels)
+    with pytest.raises(ConfigError, match="bad magic"):
+        load_idx_dir(tmp_path / "bad")
+    (tmp_path / "trunc").mkdir()
+    write_idx(tmp_path / "trunc" / "train-images-idx3-ubyte", imgs, gz=False)
+    raw = (tmp_path / "trunc" / "train-images-idx3-ubyte").read_bytes()
+    (tmp_path / "trunc" / "train-images-idx3-ubyte").write_bytes(raw[:-7])
+    write_idx(tmp_path / "trunc" / "train-labels-idx1-ubyte.gz", labels)
+    with pytest.raises(ConfigError, match="announces"):
+        load_idx_dir(tmp_path / "trunc")
+    (tmp_path / "mismatch").mkdir()
+    write_idx(tmp_path / "mismatch" / "train-images-idx3-ubyte.gz", imgs)
+    write_idx(tmp_path / "mismatch" / "train-labels-idx1-ubyte.gz", labels[:10])
+    with pytest.raises(ConfigError, match="do not match"):
+        load_idx_dir(tmp_path / "mismatch")
+
+
+def test_missing_directory_and_single_class(tmp_path):
+    with pytest.raises(ConfigError, match="lacks"):
+        load_idx_dir(tmp_path)
+    imgs = np.zeros((10, 3, 3), dtype=np.uint8)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", imgs)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(10, dtype=np.uint8))
+    with pytest.raises(ConfigError, match="single class"):
+        parse_config({"setting": "mlp", "dataset": {"name": "idx", "path": str(tmp_path)}})
+
+
+def test_elastic_distortion_identity_and_statistics():
+    data = load_digits()
+    np.testing.assert_allclose(elastic_distort(data.x_val[:20], 0.0, 2.0, seed=3), data.x_val[:20], atol=1e-6)
+    assert np.abs(elastic_distort(data.x_val[:20], 8.0, 2.0, seed=3) - data.x_val[:20]).max() > 0.5
+    alpha, sigma = 3.0, 1.5
+    disp = displacement_fields(400, 40, 40, alpha, sigma, torch.Generator().manual_seed(0)).numpy()
+    k = gaussian_kernel(sigma).numpy()
+    r = (len(k) - 1) // 2
+    interior = disp[:, :, r:-r, r:-r]
+    expected_var = alpha**2 / 3 * (k**2).sum() ** 2  # U(−1, 1) has variance 1/3; smoothing by the 2-D kernel k⊗k
+    assert abs(interior.mean()) < 4 * np.sqrt(expected_var / interior.size) * 30  # pixels are correlated: loose on the mean
+    assert interior.var() == pytest.approx(expected_var, rel=0.05)
+
+
+def test_cancel_then_resume_gives_the_uninterrupted_result(tmp_path):
+    cfg = parse_config({"setting": "mlp", "preset": "laptop", "epochs": 3, "inits": 2, "replicas": 4,
+                        "batch_sizes": [64], "dataset": {"name": "digits", "train_size": 300}, "noise_samples": 50,
+                        "eval_size": 100})
+    full = api.simulate(cfg, cache=ResultCache(tmp_path / "a"))
+    cache = ResultCache(tmp_path / "b")
+    cancel = threading.Event()
+    progress = api.Progress(total=1)
+    calls = []
+
+    def advance(units):
+        calls.append(units)
+        if len(calls) == 2:  # after two epochs
+            cancel.set()
+
+    progress.advance = advance
+    with pytest.raises(Cancelled):
+        api.simulate(cfg, progress=progress, cancel=cancel, cache=cache)
+    assert api_mlp.cached_checkpoint_epoch(cfg, DEV, cache) == {64: 2}
+    resumed = api.simulate(cfg, cache=cache)
+    assert resumed["meta"]["per_b"][0]["resumed_from_epoch"] == 2
+    for f in ("var_g", "loss_train", "error_val", "noise_spread"):
+        np.testing.assert_allclose(resumed["curves"][64][f], full["curves"][64][f], rtol=1e-6)
+    assert api_mlp.cached_checkpoint_epoch(cfg, DEV, cache) == {}
+
+
+def test_laptop_preset_via_cli_orders_variance_by_b(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"setting": "mlp", "preset": "laptop"}))
+    out = subprocess.run([sys.executable, "-m", "backend", "simulate", str(path)], cwd=ROOT, capture_output=True,
+                         text=True, env=os.environ.copy(), timeout=600)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["epoch"][0] == 0 and len(res["epoch"]) == 13
+    fields = {"var_g", "var_g_min", "var_g_max", "loss_train", "loss_val", "error_train", "error_val",
+              "gap_distorted", "noise_one_step", "noise_spread", "b_simple"}
+    assert set(res["curves"]["16"]) == fields
+    v16, v64 = np.array(res["curves"]["16"]["var_g"][1:]), np.array(res["curves"]["64"]["var_g"][1:])
+    assert np.mean(v16 > v64) >= 0.75
+    assert res["curves"]["16"]["loss_train"][-1] < res["curves"]["16"]["loss_train"][0]
+
+
+@pytest.mark.parametrize("raw,field", [({"hidden": []}, "hidden"), ({"inits": 0}, "inits"),
+                                       ({"batch_sizes": [5000]}, "batch_sizes"), ({"preset": "huge"}, "preset"),
+                                       ({"dataset": {"name": "idx"}}, "dataset.path"),
+                                       ({"distortion": {"alpha": -1}}, "distortion.alpha")])
+def test_cli_refuses_bad_fields(tmp_path, raw, field):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"setting": "mlp", **raw}))
+    out = subprocess.run([sys.executable, "-m", "backend", "simulate", str(path)], cwd=ROOT, capture_output=True,
+                         text=True, env=os.environ.copy())
+    assert out.returncode == 2 and out.stderr.startswith(f"error: {field}") and "Traceback" not in out.stderr
