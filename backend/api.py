@@ -325,6 +325,10 @@ def cached_simulation(config, cache: ResultCache | None = None) -> dict[str, Any
     found = _cache(cache).get(simulation_key(config))
     if found is not None and isinstance(config, MLPConfig):
         return api_mlp.shape_result(config, *found, hit=True)
+    if found is not None and isinstance(config, DeepLinearConfig):
+        res = _sim_result(config, *found, hit=True)
+        res["t"] = np.asarray(api_deep.engine.recorded_steps(config.steps, config.record_every))
+        return res
     return None if found is None else _sim_result(config, *found, hit=True)
 
 

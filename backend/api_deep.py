@@ -89,11 +89,14 @@ def theory(config: DeepLinearConfig, cache: ResultCache) -> dict[str, Any]:
         t, q = k[1:].split(".", 1)
         polys.setdefault(int(t), {})[q] = [Fraction(str(c)) for c in v]
     b = np.asarray(config.batch_sizes)
-    curves = {q: np.full((len(b), config.steps + 1), np.nan) for q in quantities(config)}
+    steps = engine.recorded_steps(config.steps, config.record_every)
+    slot = {t: i for i, t in enumerate(steps)}
+    curves = {q: np.full((len(b), len(steps)), np.nan) for q in quantities(config)}
     for t, qs in polys.items():
-        for q, coeffs in qs.items():
-            curves[q][:, t] = _eval(coeffs, b)
-    return {"t": np.arange(config.steps + 1), "batch_sizes": list(config.batch_sizes), "curves": curves,
+        if t in slot:
+            for q, coeffs in qs.items():
+                curves[q][:, slot[t]] = _eval(coeffs, b)
+    return {"t": np.asarray(steps), "batch_sizes": list(config.batch_sizes), "curves": curves,
             "available": bool(ts), "exact_t": sorted(polys), "polynomials": polys, "cached": hit,
             "methods": {t: exact_method(config, t) for t in sorted(polys)},
             "note": "exact where an exact method applies (t = 0; t = 1 for small inputs; the scalar network to t = 3)"}
@@ -113,7 +116,8 @@ def polynomial(config: DeepLinearConfig, t: int, quantity: str = "var_g") -> dic
 
 
 def estimate(config: DeepLinearConfig) -> dict[str, float]:
-    costs = [engine.estimate_cost(config.dims, config.replicas, config.steps, b) for b in config.batch_sizes]
+    costs = [engine.estimate_cost(config.dims, config.replicas, config.steps, b, config.record_every)
+             for b in config.batch_sizes]
     return {"memory_bytes": max(c["memory_bytes"] for c in costs), "seconds": sum(c["seconds"] for c in costs)}
 
 
@@ -128,7 +132,8 @@ def simulate(config: DeepLinearConfig, device: torch.device, cache: ResultCache,
         alphas = config.lr.alphas(config.steps)
         W0 = [np.asarray(M, dtype=np.float64) for M in config.w0_values]
         T = [np.asarray(M, dtype=np.float64) for M in config.teacher_values]
-        per_b = [engine.run_replicas(W0, T, alphas, b, config.replicas, config.seed, device, dtype, advance, cancel)
+        per_b = [engine.run_replicas(W0, T, alphas, b, config.replicas, config.seed, device, dtype, advance, cancel,
+                                     record_every=config.record_every)
                  for b in config.batch_sizes]
         arrays = {}
         for name in per_b[0].curves:
@@ -152,8 +157,9 @@ def simulate(config: DeepLinearConfig, device: torch.device, cache: ResultCache,
         if "." in k:
             name, stat = k.rsplit(".", 1)
             curves.setdefault(name, {})[stat] = v
-    return {"t": np.arange(config.steps + 1), "batch_sizes": list(config.batch_sizes), "curves": curves,
-            "finite_count": arrays["finite_count"], "meta": meta, "cached": hit}
+    return {"t": np.asarray(engine.recorded_steps(config.steps, config.record_every)),
+            "batch_sizes": list(config.batch_sizes), "curves": curves, "finite_count": arrays["finite_count"],
+            "meta": meta, "cached": hit}
 
 
 def heavy_tail_flags(sim: dict[str, Any], quantity: str = "var_g", exact: np.ndarray | None = None) -> np.ndarray:

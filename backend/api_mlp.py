@@ -57,10 +57,11 @@ def simulate(config: MLPConfig, device: torch.device, cache: ResultCache, progre
             def save(state, ck_key=ck_key):
                 cache.set(ck_key, *engine.pack_checkpoint(state))
 
+            task = engine.mlp_task(data, config.hidden, config.seed, dtype, device, distorted)
             out = engine.run_batch_size(
-                data, config.hidden, config.inits, config.replicas, config.epochs,
-                lambda t: float(config.lr.alpha(t)), b, config.sampler, config.seed, device, dtype, distorted,
-                config.distortion["every"], config.noise_samples, config.eval_size, advance, cancel, save, resume)
+                task, config.inits, config.replicas, config.epochs, lambda t: float(config.lr.alpha(t)), b,
+                config.sampler, config.seed, device, config.distortion["every"], config.noise_samples,
+                config.eval_size, advance, cancel, save, resume)
             for name, v in out["stats"].items():
                 arrays[f"{b}.{name}"] = v
             meta_b.append({"b": b, "diverged_at": out["diverged_at"], "diverged_replicas": out["diverged_replicas"],

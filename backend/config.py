@@ -370,6 +370,7 @@ class DeepLinearConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "float64"
+    record_every: int = 1
     teacher_values: list = field(default=None, repr=False, compare=False)
     w0_values: list = field(default=None, repr=False, compare=False)
 
@@ -390,8 +391,10 @@ class DeepLinearConfig:
         seed = _int(f.get("seed", 0), "seed", 0, 2**32 - 1)
         device = _choice(f.get("device", "auto"), "device", DEVICES)
         dtype = _choice(f.get("dtype", "float64"), "dtype", DTYPES)
+        record_every = _int(f.get("record_every", 1), "record_every", 1, MAX_STEPS)
         f.finish()
-        return cls(dims, teacher_json, w0_json, lr, steps, batch_sizes, replicas, seed, device, dtype, teacher, w0)
+        return cls(dims, teacher_json, w0_json, lr, steps, batch_sizes, replicas, seed, device, dtype, record_every,
+                   teacher, w0)
 
     @property
     def depth(self) -> int:
@@ -414,7 +417,8 @@ class DeepLinearConfig:
     def to_json(self) -> dict:
         return {"setting": self.setting, "dims": list(self.dims), "teacher": self.teacher, "w0": self.w0,
                 "lr": self.lr.to_json(), "steps": self.steps, "batch_sizes": list(self.batch_sizes),
-                "replicas": self.replicas, "seed": self.seed, "device": self.device, "dtype": self.dtype}
+                "replicas": self.replicas, "seed": self.seed, "device": self.device, "dtype": self.dtype,
+                "record_every": self.record_every}
 
     def replace(self, **changes: Any) -> "DeepLinearConfig":
         raw = self.to_json()
@@ -428,7 +432,8 @@ DEEP_LINEAR_PRESETS: dict[str, dict[str, Any]] = {
                        "w0": [[["1/2"]], [["3/4"]]], "teacher": [[["1"]], [["1"]]],
                        "lr": {"schedule": "constant", "c": "1/10"}},
     "paper (Figure 3)": {"dims": [64, 256, 128], "steps": 1000, "batch_sizes": [4, 8, 16, 32, 64],
-                         "replicas": 1000, "lr": {"schedule": "inverse", "c": "1/10"}, "dtype": "float32"},
+                         "replicas": 1000, "lr": {"schedule": "inverse", "c": "1/10"}, "dtype": "float32",
+                         "record_every": 10},
 }
 
 
@@ -588,7 +593,7 @@ def from_query(params: dict[str, str]) -> dict:
     """The raw config dict encoded by :func:`to_query` (unknown parameters are ignored; values are validated later)."""
     keys = {"setting", "dataset", "standardize", "intercept", "w0", "lr", "steps", "batch_sizes", "replicas", "seed",
             "sampler", "device", "dims", "teacher", "dtype", "hidden", "inits", "epochs", "distortion",
-            "noise_samples", "eval_size"}
+            "noise_samples", "eval_size", "record_every"}
     raw: dict[str, Any] = {}
     for k, v in params.items():
         if k not in keys:

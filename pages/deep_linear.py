@@ -72,10 +72,13 @@ c1, c2 = sb.columns(2)
 replicas = c1.number_input("Replicas", cfg.MIN_REPLICAS, cfg.MAX_REPLICAS, int(d("replicas")), step=100, key=k("R"))
 seed = c2.number_input("Seed", 0, 2**31, int(d("seed")), key=k("seed"))
 dtype = sb.selectbox("Precision", cfg.DTYPES, index=cfg.DTYPES.index(d("dtype")), key=k("dtype"))
+record_every = sb.number_input("Record statistics every … steps", 1, 10_000, int(d("record_every")), key=k("rec"),
+                               help="1 records every step; larger values make long runs of big networks cheaper")
 common.clear_cache_button()
 
 raw = {"setting": "deep_linear", "dims": dims, "teacher": teacher, "w0": w0, "lr": lr, "steps": steps,
-       "batch_sizes": batch_sizes or [], "replicas": replicas, "seed": seed, "device": d("device"), "dtype": dtype}
+       "batch_sizes": batch_sizes or [], "replicas": replicas, "seed": seed, "device": d("device"), "dtype": dtype,
+       "record_every": record_every}
 try:
     config = cfg.parse_config(raw)
 except ConfigError as e:
@@ -119,7 +122,9 @@ with tab_t:
 with tab_b:
     if sim is None:
         st.info("Run the replicas to fit Theorem 4's polynomial to the estimates.")
-    t_sel = st.slider("Iteration t", 0, config.steps, min(1, config.steps), key="dl_tsel")
+    recorded = [int(x) for x in theory["t"]]
+    t_sel = st.select_slider("Iteration t", recorded, value=recorded[min(1, len(recorded) - 1)], key="dl_tsel")
+    slot = recorded.index(t_sel)
     q = st.selectbox("Quantity", [x for x in api.quantities(config) if x != "loss"], format_func=labels.get,
                      key="dl_bq")
     bs = np.array(config.batch_sizes, dtype=float)
@@ -135,17 +140,17 @@ with tab_b:
         exact_grid = np.full_like(grid, np.nan)
     if sim is not None and len(bs) >= 2:
         e = sim["curves"][q]
-        est_df = pd.DataFrame({"b": bs, "value": e["value"][:, t_sel], "lo": e["lo"][:, t_sel],
-                               "hi": e["hi"][:, t_sel], "se": e["se"][:, t_sel]})
+        est_df = pd.DataFrame({"b": bs, "value": e["value"][:, slot], "lo": e["lo"][:, slot],
+                               "hi": e["hi"][:, slot], "se": e["se"][:, slot]})
         r = st.number_input("Fit degree r", 1, max(1, len(bs) - 1), min(3, max(1, len(bs) - 1)), key="dl_r")
-        fit = api_deep.fit_theorem4(bs, e["value"][:, t_sel], e["se"][:, t_sel], int(r))
+        fit = api_deep.fit_theorem4(bs, e["value"][:, slot], e["se"][:, slot], int(r))
         fits[f"Theorem 4 fit, r = {fit['degree']}"] = api_deep.eval_theorem4(fit["beta"], grid)
         st.dataframe(pd.DataFrame({"j": range(1, fit["degree"] + 1), "β_j": fit["beta"], "95 % low": fit["beta_lo"],
                                    "95 % high": fit["beta_hi"]}), hide_index=True)
         st.write(f"Weighted fit Σ_j β_j b^(−j), β₁ ≥ 0{' (at the bound)' if fit['beta1_at_bound'] else ''}: "
                  f"χ²/dof = {fit['chi2_per_dof']:.3g} (p = {fit['p_value']:.3g}); b₀ from the fit = {fit['b0']:.4g}. "
                  f"Estimates decrease at every b tried: "
-                 f"{'yes' if api_deep.decreasing_everywhere(e['value'][:, t_sel]) else 'no'}.")
+                 f"{'yes' if api_deep.decreasing_everywhere(e['value'][:, slot]) else 'no'}.")
     if np.isfinite(exact_grid).any() or est_df is not None:
         shown = exact_grid if np.isfinite(exact_grid).any() else np.full_like(grid, np.nan)
         st.altair_chart(charts.b_chart(grid, shown, t_sel, est_df, fits, title=labels[q]), width="stretch")

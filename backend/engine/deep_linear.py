@@ -47,16 +47,41 @@ class SigmaSampler:
         self.np_rng = np.random.default_rng(seed)
         self.df = self.b - np.arange(p)  # χ² degrees of freedom b − i + 1 for i = 1..p
 
-    def draw(self) -> torch.Tensor:
+    def draw_factor(self) -> torch.Tensor:
+        """Z of shape (R, m, p), m = min(b, p), with Σ̂ = ZᵀZ / b: the samples themselves (direct) or Lᵀ (Bartlett).
+        Gradients are then computed like backpropagation on m pseudo-samples: O(m · params), never O(b · params)."""
         p, b, R = self.p, self.b, self.R
         if self.method == "direct":
-            X = torch.randn((R, b, p), generator=self.gen, device=self.device, dtype=self.dtype)
-            return X.transpose(1, 2) @ X / b
+            return torch.randn((R, b, p), generator=self.gen, device=self.device, dtype=self.dtype)
         L = torch.randn((R, p, p), generator=self.gen, device=self.device, dtype=self.dtype).tril(-1)
         chi = torch.as_tensor(np.sqrt(self.np_rng.chisquare(self.df, size=(R, p))), dtype=self.dtype,
                               device=self.device)
         L = L + torch.diag_embed(chi)
-        return L @ L.transpose(1, 2) / b
+        return L.transpose(1, 2)
+
+    def draw(self) -> torch.Tensor:
+        Z = self.draw_factor()
+        return Z.transpose(1, 2) @ Z / self.b
+
+
+def _stochastic_grads(Ws: list[torch.Tensor], T_prod: torch.Tensor, Z: torch.Tensor, b: int) -> list[torch.Tensor]:
+    """g_k = P_k Σ̂ R_k with Σ̂ = ZᵀZ/b, computed as backpropagation on the rows of Z:
+    a_0 = Z, a_k = a_{k−1} W_kᵀ, e = a_d − Z T*ᵀ (= Z Δᵀ), δ_d = e, g_k = δ_kᵀ a_{k−1} / b, δ_{k−1} = δ_k W_k."""
+    acts = [Z]
+    for W in Ws:
+        acts.append(acts[-1] @ W.transpose(1, 2))
+    delta = acts[-1] - Z @ T_prod.transpose(-1, -2)
+    grads = [None] * len(Ws)
+    for k in range(len(Ws) - 1, -1, -1):
+        grads[k] = delta.transpose(1, 2) @ acts[k] / b
+        if k > 0:
+            delta = delta @ Ws[k]
+    return grads
+
+
+def recorded_steps(T: int, every: int) -> list[int]:
+    """t = 0, every, 2·every, …, and always T."""
+    return sorted(set(range(0, T + 1, max(1, every))) | {T})
 
 
 def _forward(Ws: list[torch.Tensor], T_prod: torch.Tensor):
@@ -78,18 +103,21 @@ def _forward(Ws: list[torch.Tensor], T_prod: torch.Tensor):
 def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float], b: int, R: int, seed: int,
                  device: torch.device, dtype: torch.dtype = torch.float64,
                  progress: Callable[[int], None] | None = None, cancel=None,
-                 sampler: str = "auto") -> DeepResult:
+                 sampler: str = "auto", record_every: int = 1) -> DeepResult:
+    """Statistics at the recorded steps t = 0, r, 2r, …, T (r = record_every; T always included)."""
     d = len(W0)
     p = W0[0].shape[1]
     T1 = len(alphas) + 1
+    recorded = recorded_steps(len(alphas), record_every)
+    record_index = {t: i for i, t in enumerate(recorded)}
     K = n_groups_equal(R)
-    stats = GroupStats(K, T1)
+    stats = GroupStats(K, len(recorded))
     n_params = sum(W.size for W in W0)
     max_chunk = max(2, CHUNK_ELEMENTS // (n_params + p * p + b * p))
     T_prod = torch.eye(p, dtype=dtype, device=device)
     for M in T:
         T_prod = torch.as_tensor(np.asarray(M, dtype=np.float64), dtype=dtype, device=device) @ T_prod
-    finite = np.zeros(T1, dtype=np.int64)
+    finite = np.zeros(len(recorded), dtype=np.int64)
     bad_steps: list[np.ndarray] = []
     layer_names = [f"layer{k + 1}" for k in range(d)]
     for chunk_no, groups in enumerate(group_ranges(R, K, max_chunk)):
@@ -101,35 +129,40 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
               for W in W0]
         alive = torch.ones(Rc, dtype=torch.bool, device=device)
         bad_at = torch.full((Rc,), -1, dtype=torch.long, device=device)
+        T_b = T_prod.expand(Rc, *T_prod.shape)
         for t in range(T1):
             if cancel is not None and cancel.is_set():
                 raise Cancelled("cancelled")
-            S = sig.draw()
-            delta, Ps, Rs = _forward(Ws, T_prod)
-            loss = 0.5 * delta.square().sum(dim=(1, 2))
-            grads, fulls, conds = [], [], []
-            for P, Rm in zip(Ps, Rs):
-                PS = P @ S
-                grads.append(PS if Rm is None else PS @ Rm)
-                G = P if Rm is None else P @ Rm
-                fulls.append(G)
-                r2 = p if Rm is None else Rm.square().sum(dim=(1, 2))
-                conds.append((G.square().sum(dim=(1, 2)) + P.square().sum(dim=(1, 2)) * r2) / b)
-            # finite loss below the bound and finite ‖P_k‖², ‖P_k R_k‖² (in ``conds``) imply finite gradients
-            ok = torch.isfinite(loss) & (loss <= DIVERGENCE_LOSS)
-            for cv in conds:
-                ok &= torch.isfinite(cv)
+            grads = _stochastic_grads(Ws, T_b, sig.draw_factor(), b)
+            slot = record_index.get(t)
+            if slot is not None:  # population quantities and statistics, at the recorded steps only
+                delta, Ps, Rs = _forward(Ws, T_prod)
+                loss = 0.5 * delta.square().sum(dim=(1, 2))
+                fulls, conds = [], []
+                for P, Rm in zip(Ps, Rs):
+                    G = P if Rm is None else P @ Rm
+                    fulls.append(G)
+                    r2 = p if Rm is None else Rm.square().sum(dim=(1, 2))
+                    conds.append((G.square().sum(dim=(1, 2)) + P.square().sum(dim=(1, 2)) * r2) / b)
+                ok = torch.isfinite(loss) & (loss <= DIVERGENCE_LOSS)
+                for cv in conds:
+                    ok &= torch.isfinite(cv)
+            else:
+                ok = torch.ones_like(alive)
+            for g in grads:  # cheap per-replica check between recorded steps: ‖g‖² finite and not exploding
+                ok &= torch.isfinite(g.square().sum(dim=(1, 2)))
             newly = alive & ~ok
             if bool(newly.any()):
                 bad_at[newly] = t
                 alive &= ok
             every = bool(alive.all())
-            for name, g, G, cv in zip(layer_names, grads, fulls, conds):
-                stats.variance(f"var_g_{name}", t, g, gid, alive, groups, every)
-                stats.variance(f"var_full_grad_{name}", t, G, gid, alive, groups, every)
-                stats.mean(f"cond_{name}", t, cv[:, None], gid, alive, groups)
-            stats.mean("loss", t, loss[:, None], gid, alive, groups)
-            finite[t] += int(alive.sum())
+            if slot is not None:
+                for name, g, G, cv in zip(layer_names, grads, fulls, conds):
+                    stats.variance(f"var_g_{name}", slot, g, gid, alive, groups, every)
+                    stats.variance(f"var_full_grad_{name}", slot, G, gid, alive, groups, every)
+                    stats.mean(f"cond_{name}", slot, cv[:, None], gid, alive, groups)
+                stats.mean("loss", slot, loss[:, None], gid, alive, groups)
+                finite[slot] += int(alive.sum())
             if t < T1 - 1:
                 a = alphas[t]
                 if every:
@@ -154,15 +187,16 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
     return DeepResult(curves, finite, int(bad.min()) if bad.size else None, int(bad.size), K)
 
 
-def estimate_cost(dims: tuple[int, ...], R: int, T: int, b: int) -> dict[str, float]:
+def estimate_cost(dims: tuple[int, ...], R: int, T: int, b: int, record_every: int = 1) -> dict[str, float]:
     """Rough memory (bytes) and time (seconds on 2 CPU cores) of one batch size's run."""
     p = dims[0]
+    m = min(b, p)
     n_params = sum(dims[k] * dims[k + 1] for k in range(len(dims) - 1))
     chunk = min(R, max(2, CHUNK_ELEMENTS // (n_params + p * p + b * p)))
-    memory = 8.0 * chunk * (6 * n_params + 3 * p * p + (b * p if b < p else 0))
-    flops = 0
-    for k in range(len(dims) - 1):
-        flops += 2 * dims[-1] * p * p + 2 * dims[k + 1] * p * p + 2 * dims[k + 1] * p * dims[k] + 12 * dims[k + 1] * dims[k]
-    flops += 2 * p**3
-    seconds = R * (T + 1) * (flops / 2e9 + 2e-6) + (T + 1) * 2e-3 * (len(dims) + 2)
+    memory = 4.0 * chunk * (8 * n_params + 3 * p * p + m * sum(dims))
+    step_flops = 6 * m * n_params + 2 * m * p * dims[-1]
+    record_flops = 8 * p * n_params + 2 * p * p * dims[-1]
+    n_rec = len(recorded_steps(T, record_every))
+    seconds = (R * (T + 1) * step_flops / 4e10 + R * n_rec * (record_flops / 4e10 + 12 * n_params * 1e-9)
+               + (T + 1) * 1e-3 * (len(dims) + 1))
     return {"memory_bytes": memory, "seconds": seconds}

@@ -57,21 +57,27 @@ def init_params(model: torch.nn.Module, K: int, seed: int, dtype: torch.dtype, d
     return {n: torch.stack(v).to(dtype=dtype, device=device) for n, v in stacked.items()}
 
 
-class Replicas:
-    """The functional model and its batched gradient, loss and per-sample gradient maps."""
+def module_forward(model: torch.nn.Module) -> Callable:
+    """forward(params, x) for an nn.Module through torch.func.functional_call (the module itself stays on 'meta')."""
+    meta = model.to("meta")
+    return lambda params, x: functional_call(meta, params, (x,))
 
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model.to("meta")
+
+class Replicas:
+    """A functional classifier forward(params, x) → logits and its batched gradient, loss and per-sample gradients."""
+
+    def __init__(self, model) -> None:
+        forward = module_forward(model) if isinstance(model, torch.nn.Module) else model
+        self.forward = forward
 
         def loss(params, x, y):
-            logits = functional_call(self.model, params, (x,))
-            return torch.nn.functional.cross_entropy(logits, y)
+            return torch.nn.functional.cross_entropy(forward(params, x), y)
 
         self.loss = loss
         self.grad_and_loss = vmap(grad_and_value(loss))  # over replicas: (params, xb, yb)
         self.per_sample = vmap(grad(lambda p, x, y: loss(p, x[None], y[None])), in_dims=(None, 0, 0))
         self.per_sample_replicas = vmap(self.per_sample, in_dims=(0, None, None))
-        self.logits = vmap(lambda p, x: functional_call(self.model, p, (x,)), in_dims=(0, None))
+        self.logits = vmap(lambda p, x: forward(p, x), in_dims=(0, None))
 
 
 def flat(grads: dict[str, torch.Tensor], lead: int = 1) -> torch.Tensor:
@@ -139,31 +145,55 @@ def noise_terms(rep: Replicas, params, XS: torch.Tensor, YS: torch.Tensor, chunk
     return trace, mean
 
 
-def run_batch_size(data, hidden, K: int, R: int, epochs: int, alphas_fn: Callable[[int], float], b: int,
-                   sampler: str, seed: int, device: torch.device, dtype: torch.dtype, distorted_val: np.ndarray,
-                   gap_every: int, noise_samples: int, eval_size: int,
-                   progress: Callable[[int], None] | None = None, cancel=None,
-                   checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None) -> dict:
-    """Train K·R replicas for ``epochs`` epochs at batch size b; per-epoch per-init statistics (see module doc)."""
+@dataclass
+class Task:
+    """What the generic replica trainer needs: data tensors, the functional model, its K initial weights, the update.
+
+    ``init(K) → {name: (K, …)}``; ``optimizer`` is None for plain SGD (w ← w − α_t g) or an object with
+    ``init(params)``, ``step(params, grads, state, lr, t)`` and ``clip`` (per-replica gradient-norm clipping, applied
+    after the gradient is recorded — the variance reported is that of the raw stochastic gradient)."""
+
+    Xtr: torch.Tensor
+    Ytr: torch.Tensor
+    Xva: torch.Tensor
+    Yva: torch.Tensor
+    Xdist: torch.Tensor | None
+    forward: Callable
+    init: Callable[[int], dict]
+    optimizer: object | None = None
+
+
+def mlp_task(data, hidden, seed: int, dtype: torch.dtype, device: torch.device, distorted_val: np.ndarray | None
+             ) -> Task:
     n, h, w = data.x_train.shape
     d_in = h * w
-    Xtr = torch.as_tensor(data.x_train.reshape(n, d_in), dtype=dtype, device=device)
-    Ytr = torch.as_tensor(data.y_train, device=device)
+    as_t = lambda a: torch.as_tensor(a.reshape(len(a), d_in), dtype=dtype, device=device)  # noqa: E731
+    model = make_model(d_in, hidden, data.n_classes)
+    return Task(as_t(data.x_train), torch.as_tensor(data.y_train, device=device), as_t(data.x_val),
+                torch.as_tensor(data.y_val, device=device), None if distorted_val is None else as_t(distorted_val),
+                module_forward(make_model(d_in, hidden, data.n_classes)),
+                lambda K: init_params(model, K, seed, dtype, device))
+
+
+def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[[int], float], b: int,
+                   sampler: str, seed: int, device: torch.device, gap_every: int, noise_samples: int,
+                   eval_size: int, progress: Callable[[int], None] | None = None, cancel=None,
+                   checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None) -> dict:
+    """Train K·R replicas for ``epochs`` epochs at batch size b; per-epoch per-init statistics (see module doc)."""
+    Xtr, Ytr, Xva, Yva, Xdi = task.Xtr, task.Ytr, task.Xva, task.Yva, task.Xdist
+    n = Xtr.shape[0]
     Xev, Yev = Xtr[:eval_size], Ytr[:eval_size]
-    Xva = torch.as_tensor(data.x_val.reshape(len(data.x_val), d_in), dtype=dtype, device=device)
-    Yva = torch.as_tensor(data.y_val, device=device)
-    Xdi = torch.as_tensor(distorted_val.reshape(len(distorted_val), d_in), dtype=dtype, device=device)
     sub = np.random.default_rng(seed_for(seed, 31337)).permutation(n)[:min(noise_samples, n)]
     XS, YS = Xtr[sub], Ytr[sub]
-    m = len(sub)
     c_b = (n - b) / (b * (n - 1)) if n > 1 else 0.0
-    model = make_model(d_in, hidden, data.n_classes)
-    rep = Replicas(model)
+    rep = Replicas(task.forward)
+    opt = task.optimizer
     N = K * R
     steps_per_epoch = n // b
     if resume is None:
-        params0 = init_params(model, K, seed, dtype, device)
+        params0 = task.init(K)
         params = {k: v.repeat_interleave(R, dim=0).contiguous() for k, v in params0.items()}
+        opt_state = opt.init(params) if opt is not None else {}
         alive = torch.ones(N, dtype=torch.bool, device=device)
         stats = EpochStats.empty(epochs + 1, K)
         gen = torch.Generator(device=device).manual_seed(seed_for(seed, b, 1))
@@ -171,6 +201,7 @@ def run_batch_size(data, hidden, K: int, R: int, epochs: int, alphas_fn: Callabl
         start_epoch, bad_at = 0, np.full(N, -1)
     else:
         params = {k: torch.as_tensor(v, device=device) for k, v in resume["params"].items()}
+        opt_state = {k: torch.as_tensor(v, device=device) for k, v in resume.get("opt", {}).items()}
         alive = torch.as_tensor(resume["alive"], device=device)
         stats = EpochStats({k: v.copy() for k, v in resume["stats"].items()})
         gen, probe = torch.Generator(device=device), torch.Generator(device=device)
@@ -200,7 +231,7 @@ def run_batch_size(data, hidden, K: int, R: int, epochs: int, alphas_fn: Callabl
             stats.values[f"error_{split}"][e] = group_mean(err, K, alive)
             if split == "train":
                 err_train = err
-        if e % gap_every == 0 or e == epochs:
+        if Xdi is not None and (e % gap_every == 0 or e == epochs):
             _, err_d = evaluate(rep, params, Xdi, Yva)
             stats.values["gap_distorted"][e] = group_mean(err_d - err_train, K, alive)
         stats.values["finite"][e] = group_mean(alive.to(torch.float64), K, torch.ones_like(alive)) * R
@@ -221,19 +252,22 @@ def run_batch_size(data, hidden, K: int, R: int, epochs: int, alphas_fn: Callabl
                 bad_at[newly.cpu().numpy()] = t
                 alive = alive & ok
             a = alphas_fn(t)
-            if bool(alive.all()):
-                for k in params:
-                    params[k].sub_(g[k], alpha=a)
+            if opt is not None:
+                new = opt.step(params, g, opt_state, a, t)
             else:
-                for k in params:
-                    keep = alive.reshape(-1, *([1] * (params[k].dim() - 1)))
-                    params[k] = torch.where(keep, params[k] - a * g[k], params[k])
+                new = {k: params[k] - a * g[k] for k in params}
+            if bool(alive.all()):
+                params = new
+            else:
+                params = {k: torch.where(alive.reshape(-1, *([1] * (v.dim() - 1))), v, params[k])
+                          for k, v in new.items()}
         record(epoch + 1)
         if progress is not None:
             progress(N * steps_per_epoch)
         if checkpoint is not None and (time.monotonic() - last_ckpt > 20 or epoch == epochs - 1 or
                                        sum(v.numel() for v in params.values()) < 5_000_000):
             checkpoint({"epoch": epoch, "params": {k: v.cpu().numpy() for k, v in params.items()},
+                        "opt": {k: v.cpu().numpy() for k, v in opt_state.items()},
                         "alive": alive.cpu().numpy(), "stats": stats.values, "gen": gen.get_state().numpy(),
                         "probe": probe.get_state().numpy(), "bad_at": bad_at})
             last_ckpt = time.monotonic()
@@ -256,6 +290,7 @@ def estimate_cost(n_train: int, d_in: int, hidden: tuple[int, ...], n_classes: i
 
 def pack_checkpoint(state: dict) -> tuple[dict, dict[str, np.ndarray]]:
     arrays = {f"p.{k}": v for k, v in state["params"].items()}
+    arrays.update({f"o.{k}": v for k, v in state.get("opt", {}).items()})
     arrays.update({f"s.{k}": v for k, v in state["stats"].items()})
     arrays.update({"alive": state["alive"], "gen": state["gen"], "probe": state["probe"], "bad_at": state["bad_at"]})
     return {"epoch": state["epoch"]}, arrays
@@ -263,6 +298,7 @@ def pack_checkpoint(state: dict) -> tuple[dict, dict[str, np.ndarray]]:
 
 def unpack_checkpoint(meta: dict, arrays: dict[str, np.ndarray]) -> dict:
     return {"epoch": meta["epoch"], "params": {k[2:]: v for k, v in arrays.items() if k.startswith("p.")},
+            "opt": {k[2:]: v for k, v in arrays.items() if k.startswith("o.")},
             "stats": {k[2:]: v for k, v in arrays.items() if k.startswith("s.")}, "alive": arrays["alive"],
             "gen": arrays["gen"], "probe": arrays["probe"], "bad_at": arrays["bad_at"]}
 
