@@ -11,6 +11,7 @@ PAGES = [
     st.Page("pages/deep_linear.py", title="Deep linear network", icon=":material/account_tree:",
             url_path="deep_linear"),
     st.Page("pages/mlp.py", title="MLP classifier", icon=":material/hub:", url_path="mlp"),
+    st.Page("pages/sequence.py", title="Sequence model (Adam)", icon=":material/notes:", url_path="sequence"),
 ]
 
 page = st.navigation(PAGES, position="hidden")

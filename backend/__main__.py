@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
         text = sys.stdin.read() if args.config == "-" else Path(args.config).read_text(encoding="utf-8")
         config = parse_config(loads(text))
-        if config.setting == "mlp" and args.command != "simulate":
-            raise ConfigError("setting", f"'{args.command}' needs exact theory, which the MLP classifier does not "
+        if config.setting in ("mlp", "sequence") and args.command != "simulate":
+            raise ConfigError("setting", f"'{args.command}' needs exact theory, which a nonlinear network does not "
                                          "have; use 'simulate'")
         if args.command == "theory":
             res = api.theory(config)
@@ -85,11 +85,10 @@ def main(argv: list[str] | None = None) -> int:
                 cache = ResultCache(tempfile.mkdtemp(prefix="batchvar-"))
             res = api.simulate(config, cache=cache)
             meta = res["meta"]
-            if config.setting == "mlp":
-                from backend.engine.mlp import FIELDS
-
-                out = {"setting": "mlp", "epoch": res["epoch"].tolist(),
-                       "curves": {str(b): {f: _list(res["curves"][b][f]) for f in FIELDS}
+            if config.setting in ("mlp", "sequence"):
+                fields = api.quantities(config)
+                out = {"setting": config.setting, "epoch": res["epoch"].tolist(),
+                       "curves": {str(b): {f: _list(res["curves"][b][f]) for f in fields}
                                   for b in config.batch_sizes},
                        "sampler": meta["sampler_label"], "device": meta["device"],
                        "diverged_at": {str(x["b"]): x["diverged_at"] for x in meta["per_b"]}}

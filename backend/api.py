@@ -16,9 +16,11 @@ import numpy as np
 import torch
 
 from backend.cache import CODE_VERSION, ResultCache, default_cache, make_key
-from backend import api_deep, api_mlp
+from backend import api_deep, api_mlp, api_sequence
 from backend.config import (SAMPLER_LABELS, DeepLinearConfig, LinearRegressionConfig, MLPConfig,  # noqa: F401
-                            paper_batch_sizes)
+                            SequenceConfig, paper_batch_sizes)
+
+CLASSIFIERS = (MLPConfig, SequenceConfig)
 from backend.engine import linreg as engine
 from backend.errors import ConfigError, TooExpensive
 from backend.exact import jsonable_number, rational, to_fraction, to_rational_array
@@ -83,6 +85,10 @@ def quantities(config) -> list[str]:
         from backend.engine.mlp import FIELDS
 
         return list(FIELDS)
+    if isinstance(config, SequenceConfig):
+        from backend.engine.mlp import FIELDS
+
+        return [f for f in FIELDS if f != "gap_distorted"]
     return list(QUANTITIES)
 
 
@@ -93,7 +99,7 @@ def theory(config, cache: ResultCache | None = None) -> dict[str, Any]:
     """
     if isinstance(config, DeepLinearConfig):
         return api_deep.theory(config, _cache(cache))
-    if isinstance(config, MLPConfig):
+    if isinstance(config, CLASSIFIERS):
         return {"t": np.arange(config.epochs + 1), "batch_sizes": list(config.batch_sizes), "curves": None,
                 "available": False, "note": "no exact theory for a nonlinear network: replica estimates only"}
     t = np.arange(config.steps + 1)
@@ -164,8 +170,8 @@ def polynomial(config, t: int, quantity: str = "var_g", exact: bool | None = Non
     """
     if isinstance(config, DeepLinearConfig):
         return api_deep.polynomial(config, t, quantity)
-    if isinstance(config, MLPConfig):
-        raise ConfigError("setting", "no exact polynomial for the MLP classifier (it is not a linear model)")
+    if isinstance(config, CLASSIFIERS):
+        raise ConfigError("setting", "no exact polynomial for a nonlinear network")
     _require_theory(config)
     if quantity not in QUANTITIES:
         raise ConfigError("quantity", f"expected one of {list(QUANTITIES)}, got {quantity!r}")
@@ -282,6 +288,8 @@ def estimate(config) -> dict[str, float]:
         return api_deep.estimate(config)
     if isinstance(config, MLPConfig):
         return api_mlp.estimate(config)
+    if isinstance(config, SequenceConfig):
+        return api_sequence.estimate(config)
     costs = [engine.estimate_cost(config.replicas, config.steps, b, config.n, config.p) for b in config.batch_sizes]
     return {"memory_bytes": max(c["memory_bytes"] for c in costs), "seconds": sum(c["seconds"] for c in costs)}
 
@@ -317,14 +325,20 @@ def simulation_key(config) -> str:
         return api_deep._key("simulate_deep", config, {"device": resolve_device(config.device).type})
     if isinstance(config, MLPConfig):
         return api_mlp._key("simulate_mlp", config, {"device": resolve_device(config.device).type})
+    if isinstance(config, SequenceConfig):
+        return api_sequence._key("simulate_sequence", config, {"device": resolve_device(config.device).type})
     return _key("simulate", config, {"device": resolve_device(config.device).type})
 
 
 def cached_simulation(config, cache: ResultCache | None = None) -> dict[str, Any] | None:
     """The cached result of ``simulate(config)`` if there is one (never computes)."""
     found = _cache(cache).get(simulation_key(config))
-    if found is not None and isinstance(config, MLPConfig):
-        return api_mlp.shape_result(config, *found, hit=True)
+    if found is not None and isinstance(config, CLASSIFIERS):
+        res = api_mlp.shape_result(config, *found, hit=True)
+        if isinstance(config, SequenceConfig):
+            for b in config.batch_sizes:
+                res["curves"][b]["gap_distorted"] = np.full(config.epochs + 1, np.nan)
+        return res
     if found is not None and isinstance(config, DeepLinearConfig):
         res = _sim_result(config, *found, hit=True)
         res["t"] = np.asarray(api_deep.engine.recorded_steps(config.steps, config.record_every))
@@ -355,6 +369,8 @@ def simulate(config, progress: Progress | Callable[[int], None] | None = None,
         return api_deep.simulate(config, device, _cache(cache), progress, cancel)
     if isinstance(config, MLPConfig):
         return api_mlp.simulate(config, device, _cache(cache), progress, cancel)
+    if isinstance(config, SequenceConfig):
+        return api_sequence.simulate(config, device, _cache(cache), progress, cancel)
     key = simulation_key(config)
 
     def compute():

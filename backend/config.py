@@ -548,9 +548,123 @@ def _mlp_train_size(dataset: dict) -> int:
     return _mlp_train_size_cached(json.dumps(dataset, sort_keys=True))
 
 
+SEQUENCE_PRESETS: dict[str, dict[str, Any]] = {
+    "laptop": {"corpus": {"name": "yelp"}, "tokenizer": "word", "max_len": 24, "vocab": 1500, "layers": 2,
+               "heads": 4, "width": 32, "inits": 2, "replicas": 8, "epochs": 5,
+               "optimizer": {"lr": "0.0005", "eps": "1e-8", "beta1": "0.9", "beta2": "0.999", "weight_decay": "0",
+                             "warmup": 5, "clip": "1"},
+               "batch_sizes": [16, 64], "sampler": "epoch_reshuffle", "noise_samples": 16, "eval_size": 800,
+               "seed": 0, "device": "auto", "dtype": "float32"},
+    "paper": {"corpus": {"name": "yelp"}, "tokenizer": "word", "max_len": 128, "vocab": 20000, "layers": 6,
+              "heads": 12, "width": 384, "inits": 1, "replicas": 100, "epochs": 20,
+              "optimizer": {"lr": "4e-5", "eps": "1e-8", "beta1": "0.9", "beta2": "0.999", "weight_decay": "0",
+                            "warmup": 50, "clip": "1"},
+              "batch_sizes": [32, 64], "sampler": "epoch_reshuffle", "noise_samples": 16, "eval_size": 800,
+              "seed": 0, "device": "auto", "dtype": "float32"},
+}
+
+
+@dataclass(frozen=True)
+class SequenceConfig:
+    """Transformer encoder classifier on review sentences trained with Adam (paper Appendix A.1.4, Figure 6)."""
+
+    setting: ClassVar[str] = "sequence"
+    corpus: dict = field(default_factory=lambda: {"name": "yelp"})
+    tokenizer: str = "word"
+    max_len: int = 24
+    vocab: int = 1500
+    layers: int = 2
+    heads: int = 4
+    width: int = 32
+    inits: int = 2
+    replicas: int = 8
+    epochs: int = 4
+    optimizer: dict = field(default_factory=dict)
+    batch_sizes: tuple[int, ...] = (16, 64)
+    sampler: str = "epoch_reshuffle"
+    noise_samples: int = 16
+    eval_size: int = 800
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+    n_train: int = field(default=0, repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, raw: dict) -> "SequenceConfig":
+        f = _Fields(raw)
+        f.get("setting")
+        preset = f.get("preset")
+        if preset is not None and preset not in SEQUENCE_PRESETS:
+            raise ConfigError("preset", f"expected one of {sorted(SEQUENCE_PRESETS)}, got {preset!r}")
+        base = dict(SEQUENCE_PRESETS[preset or "laptop"])
+        val = lambda key: f.get(key, base[key])  # noqa: E731 - a field given beside a preset overrides it
+        c_raw = val("corpus")
+        if isinstance(c_raw, str):
+            c_raw = {"name": c_raw}
+        fc = _Fields(c_raw, "corpus")
+        name = _choice(fc.get("name", "yelp"), "corpus.name", ("yelp", "amazon", "imdb", "all", "file"))
+        corpus: dict[str, Any] = {"name": name}
+        if name == "file":
+            path = fc.get("path")
+            if not isinstance(path, str) or not path:
+                raise ConfigError("corpus.path", "the path of a TSV or CSV file of (text, label) is required")
+            corpus["path"] = path
+            corpus["format"] = _choice(fc.get("format", "tsv"), "corpus.format", ("tsv", "csv"))
+        fc.finish()
+        tokenizer = _choice(val("tokenizer"), "tokenizer", ("word", "char"))
+        max_len = _int(val("max_len"), "max_len", 2, 1024)
+        vocab = _int(val("vocab"), "vocab", 3, 200_000)
+        layers = _int(val("layers"), "layers", 1, 24)
+        heads = _int(val("heads"), "heads", 1, 32)
+        width = _int(val("width"), "width", 2, 2048)
+        if width % heads:
+            raise ConfigError("width", f"must be a multiple of heads ({heads}), got {width}")
+        inits = _int(val("inits"), "inits", 1, 50)
+        replicas = _int(val("replicas"), "replicas", 2, 10_000)
+        epochs = _int(val("epochs"), "epochs", 1, 10_000)
+        fo = _Fields(val("optimizer"), "optimizer")
+        opt = {"lr": float(_positive(fo.get("lr", "1e-3"), "optimizer.lr")),
+               "eps": float(_positive(fo.get("eps", "1e-8"), "optimizer.eps")),
+               "beta1": float(_positive(fo.get("beta1", "0.9"), "optimizer.beta1", allow_zero=True)),
+               "beta2": float(_positive(fo.get("beta2", "0.999"), "optimizer.beta2", allow_zero=True)),
+               "weight_decay": float(_positive(fo.get("weight_decay", "0"), "optimizer.weight_decay", True)),
+               "warmup": _int(fo.get("warmup", 0), "optimizer.warmup", 0, 10**7),
+               "clip": float(_positive(fo.get("clip", "1"), "optimizer.clip"))}
+        for beta in ("beta1", "beta2"):
+            if not opt[beta] < 1:
+                raise ConfigError(f"optimizer.{beta}", f"must be in [0, 1), got {opt[beta]}")
+        fo.finish()
+        sampler = _choice(val("sampler"), "sampler", MLP_SAMPLERS)
+        noise_samples = _int(val("noise_samples"), "noise_samples", 2, 100_000)
+        eval_size = _int(val("eval_size"), "eval_size", 2, 10**7)
+        seed = _int(val("seed"), "seed", 0, 2**32 - 1)
+        device = _choice(val("device"), "device", DEVICES)
+        dtype = _choice(val("dtype"), "dtype", DTYPES)
+        n_train = _sequence_train_size(json.dumps(corpus, sort_keys=True))
+        batch_sizes = _parse_batch_sizes(val("batch_sizes"), n_train)
+        f.finish()
+        return cls(corpus, tokenizer, max_len, vocab, layers, heads, width, inits, replicas, epochs, opt, batch_sizes,
+                   sampler, noise_samples, eval_size, seed, device, dtype, n_train)
+
+    def to_json(self) -> dict:
+        return {"setting": self.setting, "corpus": self.corpus, "tokenizer": self.tokenizer, "max_len": self.max_len,
+                "vocab": self.vocab, "layers": self.layers, "heads": self.heads, "width": self.width,
+                "inits": self.inits, "replicas": self.replicas, "epochs": self.epochs,
+                "optimizer": self.optimizer, "batch_sizes": list(self.batch_sizes), "sampler": self.sampler,
+                "noise_samples": self.noise_samples, "eval_size": self.eval_size, "seed": self.seed,
+                "device": self.device, "dtype": self.dtype}
+
+
+@lru_cache(maxsize=16)
+def _sequence_train_size(spec: str) -> int:
+    from backend.text import load_corpus
+
+    return len(load_corpus(json.loads(spec)).train_text)
+
+
 CONFIG_TYPES: dict[str, type] = {"linear_regression": LinearRegressionConfig, "deep_linear": DeepLinearConfig,
-                                 "mlp": MLPConfig}
-Config = LinearRegressionConfig | DeepLinearConfig | MLPConfig
+                                 "mlp": MLPConfig, "sequence": SequenceConfig}
+Config = LinearRegressionConfig | DeepLinearConfig | MLPConfig | SequenceConfig
 
 
 def parse_config(raw: Any) -> "Config":
@@ -593,7 +707,8 @@ def from_query(params: dict[str, str]) -> dict:
     """The raw config dict encoded by :func:`to_query` (unknown parameters are ignored; values are validated later)."""
     keys = {"setting", "dataset", "standardize", "intercept", "w0", "lr", "steps", "batch_sizes", "replicas", "seed",
             "sampler", "device", "dims", "teacher", "dtype", "hidden", "inits", "epochs", "distortion",
-            "noise_samples", "eval_size", "record_every"}
+            "noise_samples", "eval_size", "record_every", "corpus", "tokenizer", "max_len", "vocab", "layers",
+            "heads", "width", "optimizer"}
     raw: dict[str, Any] = {}
     for k, v in params.items():
         if k not in keys:

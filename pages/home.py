@@ -42,5 +42,7 @@ st.page_link("pages/deep_linear.py", label="Deep linear network — teacher–st
 st.page_link("pages/mlp.py", label="MLP classifier — digits, Fashion-MNIST or IDX files; variance, loss, error, the "
                                    "generalization gap on distorted images and the variance split (paper §4.1, "
                                    "Figures 1, 4, 5)", icon=":material/hub:")
-st.caption("The sequence model with Adam is planned (see the README).")
+st.page_link("pages/sequence.py", label="Sequence model (Adam) — a small transformer on Yelp/Amazon/IMDb review "
+                                        "sentences; variance, loss and error per epoch (paper Appendix A.1.4, Figure 6)",
+             icon=":material/notes:")
 st.caption("Data: Graduate Admission 2 (Acharya, Armaan, Antony, IEEE ICCIDS 2019).")

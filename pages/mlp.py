@@ -3,14 +3,11 @@ epoch, over several initial weights. Inputs → backend → charts."""
 
 from __future__ import annotations
 
-import altair as alt
-import numpy as np
-import pandas as pd
 import streamlit as st
 
 from pages import common
 
-from backend import api, api_mlp
+from backend import api_mlp
 from backend import config as cfg
 from backend.errors import ConfigError
 
@@ -99,94 +96,4 @@ for row in meta["per_b"]:
         st.warning(f"b = {row['b']}: {row['diverged_replicas']} replica(s) diverged, the first at step "
                    f"{row['diverged_at']}; later statistics use the replicas that stayed finite.")
 
-
-def frame(quantity: str, lo: str | None, hi: str | None) -> pd.DataFrame:
-    rows = []
-    for b in config.batch_sizes:
-        c = sim["curves"][b]
-        df = pd.DataFrame({"epoch": sim["epoch"], "b": str(b), "value": c[quantity]})
-        df["lo"] = c[lo] if lo else np.nan
-        df["hi"] = c[hi] if hi else np.nan
-        rows.append(df)
-    return pd.concat(rows, ignore_index=True)
-
-
-def chart(df: pd.DataFrame, title: str, log: bool = False) -> alt.Chart:
-    df = df.copy()
-    if log:
-        for col in ("value", "lo", "hi"):
-            df[col] = df[col].where(df[col] > 0)
-    scale = alt.Scale(type="log") if log else alt.Scale(zero=False)
-    sel = alt.selection_point(fields=["b"], bind="legend")
-    base = alt.Chart(df.dropna(subset=["value"])).encode(
-        x=alt.X("epoch:Q"), color=alt.Color("b:N", sort=[str(b) for b in config.batch_sizes], title="b"),
-        opacity=alt.condition(sel, alt.value(1.0), alt.value(0.15)))
-    band = base.mark_area(opacity=0.25).encode(y=alt.Y("lo:Q", scale=scale, title=title), y2="hi:Q")
-    line = base.mark_line(point=len(df) < 200).encode(y=alt.Y("value:Q", scale=scale), tooltip=["b", "epoch", "value"])
-    out = (band + line).add_params(sel).properties(title=title, height=280)
-    st.altair_chart(out, width="stretch")
-    st.caption(f"Drawn: replica estimate {int(df['value'].notna().sum())} points.")
-    return out
-
-
-tab_v, tab_l, tab_g, tab_s, tab_dl = st.tabs(["Variance", "Loss and error", "Generalization gap", "Variance split",
-                                              "Downloads"])
-charts_by_name = {}
-with tab_v:
-    charts_by_name["var(g)"] = chart(frame("var_g", "var_g_min", "var_g_max"), "var(g) across replicas (log)", True)
-    share = api_mlp.b_ordering_share(sim)
-    st.write(f"var(g) decreases with b at {100 * share:.0f} % of the epochs (all batch sizes ordered).")
-with tab_l:
-    for q, title in (("loss_train", "training loss"), ("loss_val", "validation loss"),
-                     ("error_train", "training error"), ("error_val", "validation error")):
-        charts_by_name[title] = chart(frame(q, f"{q}_min", f"{q}_max"), title + " (mean; band: min–max over inits)")
-with tab_g:
-    charts_by_name["gap"] = chart(frame("gap_distorted", "gap_distorted_min", "gap_distorted_max"),
-                                  "accuracy(train) − accuracy(distorted validation)")
-    st.caption(f"Elastic distortion α = {config.distortion['alpha']}, σ = {config.distortion['sigma']} "
-               f"(Simard et al.), measured every {config.distortion['every']} epochs.")
-with tab_s:
-    st.markdown("Law of total variance (theory.md §3): var(g_t | F_0) = E[var(g_t | F_t)] + var(∇L(w_t) | F_0). "
-                "The first term is the one-step noise of Lemma 1 from per-sample gradients on a fixed subsample of "
-                f"{min(config.noise_samples, config.n_train)} training points (exact when it is the whole set); the "
-                "second is the spread of the full gradient across replicas.")
-    rows = []
-    for b in config.batch_sizes:
-        c = sim["curves"][b]
-        for name, vals in (("total var(g)", c["var_g"]), ("one-step noise", c["noise_one_step"]),
-                           ("spread of ∇L", c["noise_spread"]),
-                           ("one-step + spread", c["noise_one_step"] + c["noise_spread"])):
-            rows.append(pd.DataFrame({"epoch": sim["epoch"], "b": str(b), "term": name, "value": vals}))
-    split = pd.concat(rows, ignore_index=True)
-    split = split[split["value"] > 0]
-    st.altair_chart(alt.Chart(split).mark_line().encode(
-        x="epoch:Q", y=alt.Y("value:Q", scale=alt.Scale(type="log")), color="term:N", strokeDash="b:N",
-        tooltip=["b", "term", "epoch", "value"]).properties(height=300), width="stretch")
-    ns = pd.concat([pd.DataFrame({"epoch": sim["epoch"], "b": str(b), "B_simple": sim["curves"][b]["b_simple"]})
-                    for b in config.batch_sizes])
-    rule = pd.DataFrame({"b_line": [float(b) for b in config.batch_sizes], "b": [str(b) for b in config.batch_sizes]})
-    st.altair_chart((alt.Chart(ns).mark_line().encode(x="epoch:Q", y=alt.Y("B_simple:Q", scale=alt.Scale(type="log"),
-                                                                          title="B_simple = tr Σ / ‖G‖²"), color="b:N")
-                     + alt.Chart(rule).mark_rule(strokeDash=[4, 4]).encode(y="b_line:Q", color="b:N"))
-                    .properties(title="gradient noise scale (McCandlish et al.) with the batch sizes", height=260),
-                    width="stretch")
-with tab_dl:
-    rows = []
-    for b in config.batch_sizes:
-        df = pd.DataFrame({"epoch": sim["epoch"]})
-        df["b"] = b
-        for f in api.quantities(config):
-            df[f] = sim["curves"][b][f]
-        rows.append(df)
-    st.download_button("Curves (CSV)", pd.concat(rows).to_csv(index=False), "batchvar_mlp.csv", "text/csv")
-    st.download_button("Config (JSON, reloadable)", __import__("json").dumps(config.to_json(), indent=2),
-                       "batchvar_config.json", "application/json")
-    from backend import charts as ch
-
-    which = st.selectbox("Chart", list(charts_by_name), key="mlp_dlq")
-    if st.button("Prepare the chart as PNG and SVG", key="mlp_prep"):
-        st.session_state.mlp_png = ch.to_png(charts_by_name[which])
-        st.session_state.mlp_svg = ch.to_svg(charts_by_name[which])
-    if "mlp_png" in st.session_state:
-        st.download_button("Chart (PNG)", st.session_state.mlp_png, "batchvar_chart.png", "image/png")
-        st.download_button("Chart (SVG)", st.session_state.mlp_svg, "batchvar_chart.svg", "image/svg+xml")
+common.classifier_results(config, sim, with_gap=True)

@@ -153,3 +153,23 @@ def test_mlp_page_small_run():
     drawn = [c.value for c in at.caption if c.value.startswith("Drawn: replica estimate")]
     assert drawn and all(int(c.split()[3]) > 0 for c in drawn)
     assert any("var(g) decreases with b" in m.value for m in at.markdown)
+
+
+def test_sequence_page_small_run():
+    at = AppTest.from_file(APP, default_timeout=120)
+    for key, value in {"setting": "sequence", "replicas": "2", "inits": "1", "epochs": "1", "max_len": "8",
+                       "width": "8", "heads": "2", "layers": "1", "batch_sizes": "[64,128]"}.items():
+        at.query_params[key] = value
+    at.run()
+    at.switch_page("pages/sequence.py")
+    at.run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    by_label(at.button, "Run").click()
+    at.run()
+    end = time.time() + 180
+    while at.session_state["seq_job"] is not None and time.time() < end:
+        time.sleep(0.3)
+        at.run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    drawn = [c.value for c in at.caption if c.value.startswith("Drawn: replica estimate")]
+    assert drawn and all(int(c.split()[3]) > 0 for c in drawn)

@@ -99,7 +99,7 @@ def test_home_page(server, browser):
     page = browser.new_page(viewport={"width": 1300, "height": 900})
     page.goto(server)
     page.get_by_text("batchvar — the mini-batch size and the dynamics of SGD").wait_for(timeout=90_000)
-    for name in ("Linear regression", "Deep linear network", "MLP classifier"):
+    for name in ("Linear regression", "Deep linear network", "MLP classifier", "Sequence model"):
         page.get_by_role("link", name=re.compile(name)).first.wait_for(timeout=30_000)
     no_exception(page)
     shot(page, "home")
@@ -166,6 +166,23 @@ def test_mlp_page_run(server, browser):
     caption.wait_for(timeout=180_000)
     no_exception(page)
     shot(page, "mlp")
+    page.close()
+
+
+def test_sequence_page_run(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server}/sequence?setting=sequence&replicas=2&inits=1&max_len=8&width=8&heads=2&layers=1"
+              "&batch_sizes=%5B32%2C128%5D")
+    slider = page.get_by_role("slider", name="Epochs")
+    slider.wait_for(timeout=90_000)
+    slider.focus()
+    page.keyboard.press("Home")
+    page.keyboard.press("ArrowRight")
+    page.wait_for_url(re.compile(r"epochs=2"), timeout=30_000)
+    page.get_by_role("button", name="Run").click()
+    page.get_by_text(re.compile(r"^Drawn: replica estimate [1-9]")).first.wait_for(timeout=180_000)
+    no_exception(page)
+    shot(page, "sequence")
     page.close()
 
 

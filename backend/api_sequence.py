@@ -1,0 +1,105 @@
+"""Entry points for the sequence model trained with Adam: the generic replica trainer of backend.engine.mlp with the
+transformer of backend.engine.sequence, its tokenised data and AdamW (per-replica clipping, warm-up then decay)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from backend.api_mlp import SAMPLER_LABELS, shape_result
+from backend.cache import CODE_VERSION, ResultCache, make_key
+from backend.config import SequenceConfig
+from backend.engine import mlp as trainer
+from backend.engine import sequence as seq
+from backend.engine.mlp import module_forward
+from backend.text import Tokenizer, load_corpus
+
+
+def _key(kind: str, config: SequenceConfig, extra: dict | None = None) -> str:
+    return make_key(kind, config.to_json(), extra)
+
+
+def build_task(config: SequenceConfig, device: torch.device, total_steps: int) -> tuple[trainer.Task, int]:
+    data = load_corpus(config.corpus)
+    tok = Tokenizer.build(data.train_text, config.tokenizer, config.max_len, config.vocab)
+    dtype = torch.float32 if config.dtype == "float32" else torch.float64
+    model = seq.Encoder(tok.size, config.max_len, config.width, config.heads, config.layers).to(dtype)
+    opt = config.optimizer
+    task = trainer.Task(
+        torch.as_tensor(tok.encode(data.train_text), device=device), torch.as_tensor(data.y_train, device=device),
+        torch.as_tensor(tok.encode(data.val_text), device=device), torch.as_tensor(data.y_val, device=device), None,
+        module_forward(seq.Encoder(tok.size, config.max_len, config.width, config.heads, config.layers).to(dtype)),
+        lambda K: seq.init_params(model, K, config.seed, dtype, device),
+        seq.AdamW((opt["beta1"], opt["beta2"]), opt["eps"], opt["weight_decay"], opt["clip"]))
+    return task, tok.size
+
+
+def n_params(config: SequenceConfig, vocab_size: int) -> int:
+    D, L = config.width, config.layers
+    return vocab_size * D + config.max_len * D + L * (12 * D * D + 13 * D) + 2 * D + 2 * D + 2
+
+
+def estimate(config: SequenceConfig) -> dict[str, float]:
+    P = n_params(config, config.vocab)
+    N = config.inits * config.replicas
+    tokens = config.max_len
+    flops_per_seq = 6 * (P - config.vocab * config.width) * tokens + 12 * config.layers * tokens**2 * config.width
+    seconds = 0.0
+    for b in config.batch_sizes:
+        steps = config.n_train // b
+        train = N * steps * b * flops_per_seq
+        evals = N * (min(config.eval_size, config.n_train) + config.n_train // 4 + b
+                     + 3 * config.noise_samples) * flops_per_seq / 3
+        seconds += config.epochs * ((train + evals) / 2e10 + steps * 8e-3)
+    memory = 4.0 * N * (6 * P + max(config.batch_sizes) * tokens * config.width * (8 + 2 * config.heads))
+    return {"memory_bytes": memory, "seconds": seconds}
+
+
+def simulate(config: SequenceConfig, device: torch.device, cache: ResultCache, progress=None,
+             cancel: threading.Event | None = None) -> dict[str, Any]:
+    key = _key("simulate_sequence", config, {"device": device.type})
+
+    def compute():
+        t0 = time.monotonic()
+        advance = getattr(progress, "advance", progress)
+        arrays, meta_b = {}, []
+        for b in config.batch_sizes:
+            total = config.epochs * (config.n_train // b)
+            task, vocab_size = build_task(config, device, total)
+            opt = config.optimizer
+            lr = lambda t, total=total: seq.lr_at(t, opt["lr"], opt["warmup"], total)  # noqa: E731
+            ck_key = _key("checkpoint_sequence", config, {"device": device.type, "b": b})
+            found = cache.get(ck_key)
+            resume = trainer.unpack_checkpoint(*found) if found is not None else None
+
+            def save(state, ck_key=ck_key):
+                cache.set(ck_key, *trainer.pack_checkpoint(state))
+
+            out = trainer.run_batch_size(task, config.inits, config.replicas, config.epochs, lr, b, config.sampler,
+                                         config.seed, device, 1, config.noise_samples, config.eval_size, advance,
+                                         cancel, save, resume)
+            for name, v in out["stats"].items():
+                arrays[f"{b}.{name}"] = v
+            meta_b.append({"b": b, "diverged_at": out["diverged_at"], "diverged_replicas": out["diverged_replicas"],
+                           "steps_per_epoch": out["steps_per_epoch"],
+                           "resumed_from_epoch": None if resume is None else int(resume["epoch"]) + 1})
+            cache.raw().delete(ck_key)
+        meta = {"kind": "simulate_sequence", "device": str(device), "per_b": meta_b, "sampler": config.sampler,
+                "sampler_label": SAMPLER_LABELS[config.sampler], "seconds": time.monotonic() - t0,
+                "vocab_size": int(vocab_size), "code_version": CODE_VERSION}
+        return meta, arrays
+
+    if progress is not None and hasattr(progress, "total"):
+        progress.total = sum(config.inits * config.replicas * (config.n_train // b) * config.epochs
+                             for b in config.batch_sizes)
+    meta, arrays, hit = cache.get_or_compute(key, compute)
+    if progress is not None and hasattr(progress, "total"):
+        progress.done = progress.total
+    res = shape_result(config, meta, arrays, hit)
+    for b in config.batch_sizes:  # no distorted test set for text
+        res["curves"][b]["gap_distorted"] = np.full(config.epochs + 1, np.nan)
+    return res

@@ -1,0 +1,89 @@
+"""Sequence model trained with Adam (paper Appendix A.1.4, Figure 6): a small transformer on review sentences;
+variance, loss and error per epoch against b. Inputs → backend → charts."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages import common
+
+from backend import config as cfg
+from backend.errors import ConfigError
+
+st.title("Sequence model with Adam: variance, loss and error against the batch size")
+st.caption("A transformer encoder classifier (own attention, no dropout) on the UCI Sentiment Labelled Sentences, "
+           "trained with Adam(W), linear warm-up then decay, gradients clipped at a threshold per replica. The "
+           "variance reported is that of the stochastic gradient before clipping and Adam, as in the paper.")
+
+raw0: dict = common.initial_raw("seq", "sequence")
+gen = st.session_state.seq_gen
+defaults = cfg.SequenceConfig.parse({"setting": "sequence", "preset": "laptop"}).to_json()
+
+
+def d(key: str):
+    return raw0.get(key, defaults[key])
+
+
+def k(name: str) -> str:
+    return f"seq_{name}_{gen}"
+
+
+sb = st.sidebar
+common.presets_and_upload("seq", {name: {"preset": name} for name in cfg.SEQUENCE_PRESETS}, raw0, "sequence")
+c0 = d("corpus") if isinstance(d("corpus"), dict) else {"name": d("corpus")}
+names = ["yelp", "amazon", "imdb", "all", "file"]
+corpus_name = sb.selectbox("Corpus", names, index=names.index(c0.get("name", "yelp")), key=k("corpus"),
+                           help="UCI Sentiment Labelled Sentences (Kotzias et al., 2015), or your own TSV/CSV file")
+corpus: dict = {"name": corpus_name}
+if corpus_name == "file":
+    corpus["path"] = sb.text_input("Path of a TSV (sentence<TAB>label) or CSV (text,label) file", c0.get("path", ""),
+                                   key=k("path"))
+    corpus["format"] = sb.selectbox("Format", ["tsv", "csv"], index=["tsv", "csv"].index(c0.get("format", "tsv")),
+                                    key=k("fmt"))
+c1, c2 = sb.columns(2)
+tokenizer = c1.selectbox("Tokenizer", ["word", "char"], index=["word", "char"].index(d("tokenizer")), key=k("tok"))
+max_len = c2.number_input("Max length", 2, 1024, int(d("max_len")), key=k("len"))
+c1, c2, c3 = sb.columns(3)
+layers = c1.number_input("Layers", 1, 24, int(d("layers")), key=k("L"))
+heads = c2.number_input("Heads", 1, 32, int(d("heads")), key=k("H"))
+width = c3.number_input("Width", 2, 2048, int(d("width")), key=k("D"))
+c1, c2 = sb.columns(2)
+inits = c1.number_input("Initial weights K", 1, 50, int(d("inits")), key=k("K"))
+replicas = c2.number_input("Replicas per init R", 2, 10_000, int(d("replicas")), key=k("R"))
+epochs = sb.slider("Epochs", 1, 100, min(int(d("epochs")), 100), key=k("E"))
+o0 = d("optimizer")
+c1, c2, c3 = sb.columns(3)
+optimizer = {"lr": c1.text_input("Adam lr", str(o0["lr"]), key=k("lr")),
+             "warmup": c2.number_input("Warm-up steps", 0, 10**6, int(o0["warmup"]), key=k("wu")),
+             "clip": c3.text_input("Clip", str(o0["clip"]), key=k("clip")),
+             "eps": o0["eps"], "beta1": o0["beta1"], "beta2": o0["beta2"], "weight_decay": o0["weight_decay"]}
+b_options = sorted({8, 16, 32, 64, 128} | set(d("batch_sizes")))
+batch_sizes = sb.multiselect("Batch sizes b", b_options, default=list(d("batch_sizes")), key=k("bs"))
+seed = sb.number_input("Seed", 0, 2**31, int(d("seed")), key=k("seed"))
+common.clear_cache_button()
+
+raw = {"setting": "sequence", "corpus": corpus, "tokenizer": tokenizer, "max_len": max_len, "vocab": d("vocab"),
+       "layers": layers, "heads": heads, "width": width, "inits": inits, "replicas": replicas, "epochs": epochs,
+       "optimizer": optimizer, "batch_sizes": batch_sizes or [], "sampler": d("sampler"),
+       "noise_samples": d("noise_samples"), "eval_size": d("eval_size"), "seed": seed, "device": d("device"),
+       "dtype": d("dtype")}
+try:
+    config = cfg.parse_config(raw)
+except ConfigError as e:
+    st.error(f"Check the inputs — {e}")
+    st.stop()
+common.sync_url(config)
+
+sim = common.run_panel("seq", config, f"{config.inits} inits × {config.replicas} replicas × "
+                                      f"{len(config.batch_sizes)} batch sizes × {config.epochs} epochs "
+                                      f"({config.n_train} training sentences)")
+if sim is None:
+    st.info("Press Run. A cancelled run resumes from its last completed epoch.")
+    st.stop()
+st.caption(f"{sim['meta']['device']}; sampler: {sim['meta']['sampler_label']}; vocabulary "
+           f"{sim['meta']['vocab_size']} tokens; medians and min–max bands over the initial weights.")
+for row in sim["meta"]["per_b"]:
+    if row["diverged_at"] is not None:
+        st.warning(f"b = {row['b']}: {row['diverged_replicas']} replica(s) diverged, the first at step "
+                   f"{row['diverged_at']}; later statistics use the replicas that stayed finite.")
+common.classifier_results(config, sim, with_gap=False)

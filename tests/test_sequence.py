@@ -1,0 +1,157 @@
+"""Sequence model with Adam: vmap replicas vs modules, per-replica clipping, one Adam over the stack vs R Adams,
+tokenizer and loaders, the laptop preset via the CLI, bad fields."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+
+from backend.config import parse_config
+from backend.engine import mlp as trainer
+from backend.engine import sequence as seq
+from backend.errors import ConfigError
+from backend.text import Tokenizer, load_corpus, parse_lines
+
+DEV = torch.device("cpu")
+
+
+def setup(R=3, dtype=torch.float64):
+    model = seq.Encoder(30, 10, 8, 2, 2).to(dtype)
+    params = {k: v.repeat_interleave(R, dim=0) for k, v in seq.init_params(model, 1, 0, dtype, DEV).items()}
+    # make the replicas differ
+    gen = torch.Generator().manual_seed(1)
+    params = {k: v + 0.05 * torch.randn(v.shape, generator=gen, dtype=dtype) for k, v in params.items()}
+    ids = torch.randint(2, 30, (R, 5, 10), generator=gen)
+    ids[:, :, 7:] = 0  # padding
+    y = torch.randint(0, 2, (R, 5), generator=gen)
+    return model, params, ids, y
+
+
+def module_copy(params, r, dtype=torch.float64):
+    m = seq.Encoder(30, 10, 8, 2, 2).to(dtype)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            p.copy_(params[name][r])
+    return m
+
+
+def test_vmap_replicas_match_separate_modules():
+    model, params, ids, y = setup()
+    rep = trainer.Replicas(trainer.module_forward(seq.Encoder(30, 10, 8, 2, 2).double()))
+    g, loss = rep.grad_and_loss(params, ids, y)
+    for r in range(3):
+        m = module_copy(params, r)
+        out = torch.nn.functional.cross_entropy(m(ids[r]), y[r])
+        out.backward()
+        assert loss[r].item() == pytest.approx(out.item(), rel=1e-12)
+        for name, p in m.named_parameters():
+            torch.testing.assert_close(g[name][r], p.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_per_replica_clipping_matches_each_module_alone():
+    model, params, ids, y = setup()
+    rep = trainer.Replicas(trainer.module_forward(seq.Encoder(30, 10, 8, 2, 2).double()))
+    g, _ = rep.grad_and_loss(params, ids, y)
+    g = {k: v * torch.tensor([1.0, 50.0, 0.01], dtype=v.dtype).reshape(-1, *([1] * (v.dim() - 1)))
+         for k, v in g.items()}  # one replica far above the threshold, one far below
+    clipped = seq.AdamW(clip=0.5).clip_grads(g)
+    for r in range(3):
+        m = module_copy(params, r)
+        for name, p in m.named_parameters():
+            p.grad = g[name][r].clone()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 0.5)
+        for name, p in m.named_parameters():
+            torch.testing.assert_close(clipped[name][r], p.grad, rtol=1e-9, atol=1e-14)
+
+
+def test_one_adam_over_the_stack_equals_R_adams():
+    model, params, ids, y = setup()
+    rep = trainer.Replicas(trainer.module_forward(seq.Encoder(30, 10, 8, 2, 2).double()))
+    opt = seq.AdamW(betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01, clip=None)
+    state = opt.init(params)
+    modules = [module_copy(params, r) for r in range(3)]
+    torch_opts = [torch.optim.AdamW(m.parameters(), lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01)
+                  for m in modules]
+    for t in range(4):
+        lr = seq.lr_at(t, 1e-2, 2, 4)
+        g, _ = rep.grad_and_loss(params, ids, y)
+        params = opt.step(params, g, state, lr, t)
+        for r, (m, o) in enumerate(zip(modules, torch_opts)):
+            o.zero_grad()
+            torch.nn.functional.cross_entropy(m(ids[r]), y[r]).backward()
+            for group in o.param_groups:
+                group["lr"] = lr
+            o.step()
+    # float64 rounding only: the two implementations order the operations differently, and where ε dominates
+    # √v̂ the update amplifies relative rounding; a wrong bias correction or decay would differ at O(lr)
+    for r, m in enumerate(modules):
+        for name, p in m.named_parameters():
+            torch.testing.assert_close(params[name][r], p.detach(), rtol=1e-7, atol=1e-10)
+
+
+def test_warmup_then_linear_decay():
+    assert [round(seq.lr_at(t, 1.0, 4, 10), 4) for t in (0, 3, 4, 7, 10)] == [0.25, 1.0, 1.0, 0.5, 0.0]
+
+
+def test_loader_and_tokenizer_on_small_files(tmp_path):
+    tsv = 'He said "great" food!\t1\nIt\'s "bad", really.\t0\nOK\t1\nmeh\t0\n'
+    s, y = parse_lines(tsv, "x.tsv")
+    assert s[0] == 'He said "great" food!' and y == [1, 0, 1, 0]
+    csv_text = 'text,label\n"Great, really ""good""",1\nbad,0\nfine,1\nawful,0\n'
+    s, y = parse_lines(csv_text, "x.csv", "csv")
+    assert s[0] == 'Great, really "good"' and y == [1, 0, 1, 0]
+    with pytest.raises(ConfigError, match="line 2: no tab"):
+        parse_lines("good\t1\nno tab here\n", "bad.tsv")
+    with pytest.raises(ConfigError, match="label must be 0 or 1"):
+        parse_lines("good\t1\nbad\t7\n", "bad.tsv")
+    with pytest.raises(ConfigError, match="expected 2 columns"):
+        parse_lines("a,1\nb,0,extra\n", "bad.csv", "csv")
+    tok = Tokenizer.build(["the cat", "the dog", "a cat!"], "word", 4, 10)
+    assert tok.vocab["cat"] == 2 and tok.vocab["the"] == 3 and tok.vocab["dog"] == 6  # by count, ties a→z
+    ids = tok.encode(["the cat sat on the mat", "", "dog"])
+    assert ids.shape == (3, 4) and ids[0, 2] == 1 and ids[1, 0] == 1 and ids[2, 1] == 0
+    assert Tokenizer.build(["ab"], "char", 3, 10).encode(["abc"]).tolist() == [[2, 3, 1]]
+    path = tmp_path / "mine.tsv"
+    path.write_text(tsv * 3)
+    data = load_corpus({"name": "file", "path": str(path)})
+    assert len(data.train_text) + len(data.val_text) == 12
+
+
+def test_vendored_corpora():
+    d = load_corpus({"name": "yelp"})
+    assert len(d.train_text) == 800 and len(d.val_text) == 200 and set(d.y_train) == {0, 1}
+    assert len(load_corpus({"name": "all"}).train_text) == 2400
+    assert any('"' in s for s in load_corpus({"name": "imdb"}).train_text)  # quotes survive (no CSV quoting)
+
+
+def test_laptop_preset_via_cli_orders_variance_by_b(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"setting": "sequence", "preset": "laptop"}))
+    out = subprocess.run([sys.executable, "-m", "backend", "simulate", str(path)], cwd=ROOT, capture_output=True,
+                         text=True, env=os.environ.copy(), timeout=900)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert "gap_distorted" not in res["curves"]["16"] and "b_simple" in res["curves"]["16"]
+    v16, v64 = np.array(res["curves"]["16"]["var_g"][1:]), np.array(res["curves"]["64"]["var_g"][1:])
+    assert np.mean(v16 > v64) >= 0.6
+    assert res["curves"]["16"]["loss_train"][-1] < res["curves"]["16"]["loss_train"][0]
+
+
+@pytest.mark.parametrize("raw,field", [({"width": 30, "heads": 4}, "width"), ({"corpus": "tweets"}, "corpus.name"),
+                                       ({"optimizer": {"beta1": "1.5"}}, "optimizer.beta1"),
+                                       ({"optimizer": {"lr": "-1"}}, "optimizer.lr"),
+                                       ({"tokenizer": "bpe"}, "tokenizer"), ({"batch_sizes": [900]}, "batch_sizes")])
+def test_bad_fields_are_refused(tmp_path, raw, field):
+    with pytest.raises(ConfigError) as err:
+        parse_config({"setting": "sequence", **raw})
+    assert err.value.field == field
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"setting": "sequence", **raw}))
+    out = subprocess.run([sys.executable, "-m", "backend", "simulate", str(path)], cwd=ROOT, capture_output=True,
+                         text=True, env=os.environ.copy())
+    assert out.returncode == 2 and out.stderr.startswith(f"error: {field}")
