@@ -549,8 +549,8 @@ def _mlp_train_size(dataset: dict) -> int:
 
 
 SEQUENCE_PRESETS: dict[str, dict[str, Any]] = {
-    "laptop": {"corpus": {"name": "yelp"}, "tokenizer": "word", "max_len": 24, "vocab": 1500, "layers": 2,
-               "heads": 4, "width": 32, "inits": 2, "replicas": 8, "epochs": 5,
+    "laptop": {"corpus": {"name": "yelp"}, "tokenizer": "word", "max_len": 20, "vocab": 1500, "layers": 2,
+               "heads": 4, "width": 64, "inits": 2, "replicas": 6, "epochs": 5,
                "optimizer": {"lr": "0.0005", "eps": "1e-8", "beta1": "0.9", "beta2": "0.999", "weight_decay": "0",
                              "warmup": 5, "clip": "1"},
                "batch_sizes": [16, 64], "sampler": "epoch_reshuffle", "noise_samples": 16, "eval_size": 800,
@@ -571,13 +571,13 @@ class SequenceConfig:
     setting: ClassVar[str] = "sequence"
     corpus: dict = field(default_factory=lambda: {"name": "yelp"})
     tokenizer: str = "word"
-    max_len: int = 24
+    max_len: int = 20
     vocab: int = 1500
     layers: int = 2
     heads: int = 4
-    width: int = 32
+    width: int = 64
     inits: int = 2
-    replicas: int = 8
+    replicas: int = 6
     epochs: int = 4
     optimizer: dict = field(default_factory=dict)
     batch_sizes: tuple[int, ...] = (16, 64)

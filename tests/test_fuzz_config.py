@@ -81,3 +81,51 @@ def test_cli_runs_or_exits_2(raw):
         assert proc.stderr.startswith("error: ") and proc.stderr.strip().count("\n") == 0
     else:
         json.loads(proc.stdout)
+
+
+any_value = st.one_of(scalars, small_lists, st.dictionaries(st.text(max_size=6), scalars, max_size=3))
+setting_fields = {
+    "deep_linear": {"dims": st.one_of(st.lists(st.integers(-1, 6), min_size=0, max_size=6), any_value),
+                    "teacher": st.one_of(st.fixed_dictionaries({}, optional={"seed": st.integers(-1, 5),
+                                                                            "scale": st.floats(-1, 3)}), any_value),
+                    "w0": st.one_of(st.lists(st.lists(st.lists(st.integers(-2, 2), max_size=3), max_size=3),
+                                             max_size=3), any_value),
+                    "lr": field_values["lr"], "steps": st.one_of(st.integers(-2, 50), scalars),
+                    "batch_sizes": field_values["batch_sizes"], "replicas": field_values["replicas"],
+                    "record_every": st.one_of(st.integers(-1, 5), scalars),
+                    "dtype": st.one_of(st.sampled_from(["float32", "float64"]), scalars)},
+    "mlp": {"preset": st.one_of(st.sampled_from(["laptop", "paper"]), scalars),
+            "dataset": st.one_of(st.just({"name": "digits"}), st.just({"name": "digits", "train_size": 50}),
+                                 st.fixed_dictionaries({"name": st.just("idx")}, optional={"path": scalars}),
+                                 any_value),
+            "hidden": st.one_of(st.lists(st.integers(-1, 40), max_size=5), any_value),
+            "inits": st.one_of(st.integers(-1, 60), scalars), "epochs": st.one_of(st.integers(-1, 5), scalars),
+            "batch_sizes": field_values["batch_sizes"],
+            "distortion": st.one_of(st.fixed_dictionaries({}, optional={"alpha": st.floats(-1, 9),
+                                                                        "sigma": st.floats(-1, 3),
+                                                                        "every": st.integers(-1, 3)}), any_value),
+            "sampler": st.one_of(st.sampled_from(["epoch_reshuffle", "without_replacement"]), scalars)},
+    "sequence": {"preset": st.one_of(st.sampled_from(["laptop", "paper"]), scalars),
+                 "corpus": st.one_of(st.sampled_from(["yelp", "imdb", "all", {"name": "file"}]), any_value),
+                 "width": st.one_of(st.integers(-1, 70), scalars), "heads": st.one_of(st.integers(-1, 9), scalars),
+                 "optimizer": st.one_of(st.fixed_dictionaries({}, optional={
+                     "lr": st.one_of(st.floats(allow_nan=True), st.sampled_from(["1e-3", "-1"])),
+                     "beta1": st.floats(-1, 2), "clip": st.floats(-1, 3), "warmup": st.integers(-1, 5)}), any_value),
+                 "tokenizer": st.one_of(st.sampled_from(["word", "char"]), scalars),
+                 "batch_sizes": field_values["batch_sizes"]},
+}
+other_settings = st.sampled_from(sorted(setting_fields)).flatmap(
+    lambda s: st.fixed_dictionaries({"setting": st.just(s)},
+                                    optional={**setting_fields[s], "unknown_field": any_value}))
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(other_settings)
+def test_validator_other_settings(raw):
+    """Deep linear, MLP and sequence configs: accepted (and round-tripping) or refused with a ConfigError."""
+    try:
+        cfg = parse_config(raw)
+    except ConfigError as e:
+        assert e.field and str(e) and "\n" not in str(e)
+        return
+    assert parse_config(json.loads(json.dumps(cfg.to_json()))).to_json() == cfg.to_json()
