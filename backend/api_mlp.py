@@ -35,43 +35,39 @@ def estimate(config: MLPConfig) -> dict[str, float]:
     return {"memory_bytes": max(c["memory_bytes"] for c in costs), "seconds": sum(c["seconds"] for c in costs)}
 
 
-def simulate(config: MLPConfig, device: torch.device, cache: ResultCache, progress=None,
-             cancel: threading.Event | None = None) -> dict[str, Any]:
-    key = _key("simulate_mlp", config, {"device": device.type})
-    dtype = torch.float32 if config.dtype == "float32" else torch.float64
+def simulate_classifier(config, kind: str, device: torch.device, cache: ResultCache, progress, cancel,
+                        task_for_b, lr_for_b, gap_every: int, extra_meta: dict) -> tuple[dict, dict, bool]:
+    """Run every batch size of a replica classifier (MLP or sequence model) through engine.run_batch_size, resuming
+    each from its last checkpoint in the cache; returns (meta, arrays, cache hit). ``task_for_b(b)`` builds the Task,
+    ``lr_for_b(b)`` the learning-rate function of the step."""
+    key = _key(f"simulate_{kind}", config, {"device": device.type})
 
     def compute():
         t0 = time.monotonic()
-        data = load_dataset(config.dataset)
-        distorted = elastic_distort(data.x_val, config.distortion["alpha"], config.distortion["sigma"],
-                                    seed=config.seed)
         advance = getattr(progress, "advance", progress)
         arrays, meta_b = {}, []
         for b in config.batch_sizes:
-            ck_key = _key("checkpoint_mlp", config, {"device": device.type, "b": b})
+            ck_key = _key(f"checkpoint_{kind}", config, {"device": device.type, "b": b})
             found = cache.get(ck_key)
             resume = engine.unpack_checkpoint(*found) if found is not None else None
             if resume is not None and advance is not None:
-                advance(config.inits * config.replicas * (len(data.x_train) // b) * (resume["epoch"] + 1))
+                advance(config.inits * config.replicas * (config.n_train // b) * (resume["epoch"] + 1))
 
             def save(state, ck_key=ck_key):
                 cache.set(ck_key, *engine.pack_checkpoint(state))
 
-            task = engine.mlp_task(data, config.hidden, config.seed, dtype, device, distorted)
-            out = engine.run_batch_size(
-                task, config.inits, config.replicas, config.epochs, lambda t: float(config.lr.alpha(t)), b,
-                config.sampler, config.seed, device, config.distortion["every"], config.noise_samples,
-                config.eval_size, advance, cancel, save, resume)
+            out = engine.run_batch_size(task_for_b(b), config.inits, config.replicas, config.epochs, lr_for_b(b), b,
+                                        config.sampler, config.seed, device, gap_every, config.noise_samples,
+                                        config.eval_size, advance, cancel, save, resume)
             for name, v in out["stats"].items():
                 arrays[f"{b}.{name}"] = v
             meta_b.append({"b": b, "diverged_at": out["diverged_at"], "diverged_replicas": out["diverged_replicas"],
                            "steps_per_epoch": out["steps_per_epoch"], "resumed_from_epoch":
                            None if resume is None else int(resume["epoch"]) + 1})
-        for b in config.batch_sizes:
-            cache.raw().delete(_key("checkpoint_mlp", config, {"device": device.type, "b": b}))
-        meta = {"kind": "simulate_mlp", "device": str(device), "per_b": meta_b, "sampler": config.sampler,
+            cache.raw().delete(ck_key)
+        meta = {"kind": f"simulate_{kind}", "device": str(device), "per_b": meta_b, "sampler": config.sampler,
                 "sampler_label": SAMPLER_LABELS[config.sampler], "seconds": time.monotonic() - t0,
-                "n_train": len(data.x_train), "n_val": len(data.x_val), "code_version": CODE_VERSION}
+                "code_version": CODE_VERSION, **extra_meta}
         return meta, arrays
 
     if progress is not None and hasattr(progress, "total"):
@@ -80,6 +76,24 @@ def simulate(config: MLPConfig, device: torch.device, cache: ResultCache, progre
     meta, arrays, hit = cache.get_or_compute(key, compute)
     if progress is not None and hasattr(progress, "total"):
         progress.done = progress.total
+    return meta, arrays, hit
+
+
+def simulate(config: MLPConfig, device: torch.device, cache: ResultCache, progress=None,
+             cancel: threading.Event | None = None) -> dict[str, Any]:
+    dtype = torch.float32 if config.dtype == "float32" else torch.float64
+    data = load_dataset(config.dataset)
+    prepared: dict[str, Any] = {}
+
+    def task_for_b(b: int) -> engine.Task:
+        if "distorted" not in prepared:
+            prepared["distorted"] = elastic_distort(data.x_val, config.distortion["alpha"],
+                                                    config.distortion["sigma"], seed=config.seed)
+        return engine.mlp_task(data, config.hidden, config.seed, dtype, device, prepared["distorted"])
+
+    meta, arrays, hit = simulate_classifier(
+        config, "mlp", device, cache, progress, cancel, task_for_b, lambda b: (lambda t: float(config.lr.alpha(t))),
+        config.distortion["every"], {"n_train": len(data.x_train), "n_val": len(data.x_val)})
     return shape_result(config, meta, arrays, hit)
 
 

@@ -4,14 +4,13 @@ transformer of backend.engine.sequence, its tokenised data and AdamW (per-replic
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import numpy as np
 import torch
 
-from backend.api_mlp import SAMPLER_LABELS, shape_result
-from backend.cache import CODE_VERSION, ResultCache, make_key
+from backend.api_mlp import shape_result, simulate_classifier
+from backend.cache import ResultCache, make_key
 from backend.config import SequenceConfig
 from backend.engine import mlp as trainer
 from backend.engine import sequence as seq
@@ -61,45 +60,23 @@ def estimate(config: SequenceConfig) -> dict[str, float]:
 
 def simulate(config: SequenceConfig, device: torch.device, cache: ResultCache, progress=None,
              cancel: threading.Event | None = None) -> dict[str, Any]:
-    key = _key("simulate_sequence", config, {"device": device.type})
+    opt = config.optimizer
 
-    def compute():
-        t0 = time.monotonic()
-        advance = getattr(progress, "advance", progress)
-        arrays, meta_b = {}, []
-        for b in config.batch_sizes:
-            total = config.epochs * (config.n_train // b)
-            task, vocab_size = build_task(config, device, total)
-            opt = config.optimizer
-            lr = lambda t, total=total: seq.lr_at(t, opt["lr"], opt["warmup"], total)  # noqa: E731
-            ck_key = _key("checkpoint_sequence", config, {"device": device.type, "b": b})
-            found = cache.get(ck_key)
-            resume = trainer.unpack_checkpoint(*found) if found is not None else None
+    def task_for_b(b: int) -> trainer.Task:
+        return build_task(config, device, config.epochs * (config.n_train // b))[0]
 
-            def save(state, ck_key=ck_key):
-                cache.set(ck_key, *trainer.pack_checkpoint(state))
+    def lr_for_b(b: int):
+        total = config.epochs * (config.n_train // b)
+        return lambda t: seq.lr_at(t, opt["lr"], opt["warmup"], total)
 
-            out = trainer.run_batch_size(task, config.inits, config.replicas, config.epochs, lr, b, config.sampler,
-                                         config.seed, device, 1, config.noise_samples, config.eval_size, advance,
-                                         cancel, save, resume)
-            for name, v in out["stats"].items():
-                arrays[f"{b}.{name}"] = v
-            meta_b.append({"b": b, "diverged_at": out["diverged_at"], "diverged_replicas": out["diverged_replicas"],
-                           "steps_per_epoch": out["steps_per_epoch"],
-                           "resumed_from_epoch": None if resume is None else int(resume["epoch"]) + 1})
-            cache.raw().delete(ck_key)
-        meta = {"kind": "simulate_sequence", "device": str(device), "per_b": meta_b, "sampler": config.sampler,
-                "sampler_label": SAMPLER_LABELS[config.sampler], "seconds": time.monotonic() - t0,
-                "vocab_size": int(vocab_size), "code_version": CODE_VERSION}
-        return meta, arrays
-
-    if progress is not None and hasattr(progress, "total"):
-        progress.total = sum(config.inits * config.replicas * (config.n_train // b) * config.epochs
-                             for b in config.batch_sizes)
-    meta, arrays, hit = cache.get_or_compute(key, compute)
-    if progress is not None and hasattr(progress, "total"):
-        progress.done = progress.total
+    meta, arrays, hit = simulate_classifier(config, "sequence", device, cache, progress, cancel, task_for_b,
+                                            lr_for_b, 1, {"vocab_size": _vocab_size(config)})
     res = shape_result(config, meta, arrays, hit)
     for b in config.batch_sizes:  # no distorted test set for text
         res["curves"][b]["gap_distorted"] = np.full(config.epochs + 1, np.nan)
     return res
+
+
+def _vocab_size(config: SequenceConfig) -> int:
+    data = load_corpus(config.corpus)
+    return Tokenizer.build(data.train_text, config.tokenizer, config.max_len, config.vocab).size

@@ -26,6 +26,21 @@ def initial_raw(prefix: str, setting: str) -> dict:
     return st.session_state[f"{prefix}_raw"]
 
 
+def field_helpers(prefix: str, setting: str, defaults: dict):
+    """(raw0, d, k): the starting raw config, d(field) → its value or the default, k(name) → a widget key that
+    changes when a preset or file is loaded (so the widgets take the new values)."""
+    raw0 = initial_raw(prefix, setting)
+    gen = st.session_state[f"{prefix}_gen"]
+
+    def d(key: str):
+        return raw0.get(key, defaults[key])
+
+    def k(name: str) -> str:
+        return f"{prefix}_{name}_{gen}"
+
+    return raw0, d, k
+
+
 def load(prefix: str, raw: dict) -> None:
     st.session_state[f"{prefix}_raw"] = raw
     st.session_state[f"{prefix}_gen"] += 1

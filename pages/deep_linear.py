@@ -19,17 +19,8 @@ st.title("Deep linear networks: variance of SGD against the batch size")
 st.caption("A student W_d⋯W_1 learns a teacher W_d*⋯W_1* by online SGD on fresh Gaussian samples x ~ N(0, I_p), "
            "population L2 loss (paper §3.2, Appendix B.3; theory.md §2).")
 
-raw0: dict = common.initial_raw("dl", "deep_linear")
-gen = st.session_state.dl_gen
-defaults = cfg.DeepLinearConfig.parse({"setting": "deep_linear"}).to_json()
-
-
-def d(key: str):
-    return raw0.get(key, defaults[key])
-
-
-def k(name: str) -> str:
-    return f"dl_{name}_{gen}"
+DEFAULTS = cfg.DeepLinearConfig.parse({"setting": "deep_linear"}).to_json()
+raw0, d, k = common.field_helpers("dl", "deep_linear", DEFAULTS)
 
 
 sb = st.sidebar

@@ -19,17 +19,8 @@ from backend.exact import jsonable_number
 st.title("Linear regression: variance of SGD against the batch size")
 st.caption("Finite sum, mini-batches drawn without replacement (paper §3.1). Exact theory: theory.md §1.")
 
-raw0: dict = common.initial_raw("lr", "linear_regression")
-gen = st.session_state.lr_gen
-defaults = cfg.LinearRegressionConfig.parse({"setting": "linear_regression"}).to_json()
-
-
-def d(key: str):
-    return raw0.get(key, defaults[key])
-
-
-def k(name: str) -> str:
-    return f"lr_{name}_{gen}"
+DEFAULTS = cfg.LinearRegressionConfig.parse({"setting": "linear_regression"}).to_json()
+raw0, d, k = common.field_helpers("lr", "linear_regression", DEFAULTS)
 
 
 # -- sidebar: inputs only ----------------------------------------------------------------------------------------

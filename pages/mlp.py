@@ -16,17 +16,8 @@ st.caption("A fully connected ReLU network trained by mini-batch SGD on the cros
            "K initial weights × R replicas each (paper §4.1, Appendix A.1.3; theory.md §3–§5). No exact theory here: "
            "replica estimates only.")
 
-raw0: dict = common.initial_raw("mlp", "mlp")
-gen = st.session_state.mlp_gen
-defaults = cfg.MLPConfig.parse({"setting": "mlp", "preset": "laptop"}).to_json()
-
-
-def d(key: str):
-    return raw0.get(key, defaults[key])
-
-
-def k(name: str) -> str:
-    return f"mlp_{name}_{gen}"
+DEFAULTS = cfg.MLPConfig.parse({"setting": "mlp", "preset": "laptop"}).to_json()
+raw0, d, k = common.field_helpers("mlp", "mlp", DEFAULTS)
 
 
 sb = st.sidebar

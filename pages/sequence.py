@@ -15,17 +15,8 @@ st.caption("A transformer encoder classifier (own attention, no dropout) on the 
            "trained with Adam(W), linear warm-up then decay, gradients clipped at a threshold per replica. The "
            "variance reported is that of the stochastic gradient before clipping and Adam, as in the paper.")
 
-raw0: dict = common.initial_raw("seq", "sequence")
-gen = st.session_state.seq_gen
-defaults = cfg.SequenceConfig.parse({"setting": "sequence", "preset": "laptop"}).to_json()
-
-
-def d(key: str):
-    return raw0.get(key, defaults[key])
-
-
-def k(name: str) -> str:
-    return f"seq_{name}_{gen}"
+DEFAULTS = cfg.SequenceConfig.parse({"setting": "sequence", "preset": "laptop"}).to_json()
+raw0, d, k = common.field_helpers("seq", "sequence", DEFAULTS)
 
 
 sb = st.sidebar

@@ -2,7 +2,6 @@
 
 import time
 
-import pytest
 from conftest import ROOT
 from streamlit.testing.v1 import AppTest
 

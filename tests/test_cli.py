@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from conftest import ROOT, tiny_config_json
 
-from backend.theory import linreg as th
 
 
 def cli(*args, config=None, tmp_path=None):
