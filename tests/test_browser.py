@@ -90,6 +90,15 @@ def wait_for_estimates(page, n_charts: int = 3, timeout_s: float = 180) -> list[
     raise AssertionError(f"estimates not drawn in time: {pairs}")
 
 
+def chart_rendered(page, need_band: bool = True, timeout_ms: int = 60_000) -> None:
+    """The first Altair chart is rendered in the DOM: Vega's SVG has line marks (theory and/or estimate) and, for the
+    pages with exact theory, area marks (the replica estimate's 95 % band)."""
+    chart = page.locator("[data-testid='stVegaLiteChart']").first
+    chart.locator("g.mark-line path").first.wait_for(state="attached", timeout=timeout_ms)
+    if need_band:
+        chart.locator("g.mark-area path").first.wait_for(state="attached", timeout=timeout_ms)
+
+
 def open_lr(page, url: str, query: str = "") -> None:
     page.goto(f"{url}/linear_regression{query}")
     page.get_by_role("slider", name="Iterations T").wait_for(timeout=90_000)
@@ -121,6 +130,7 @@ def test_linear_regression_page_run(server, browser):
     page.get_by_role("button", name="Run").click()
     pairs = wait_for_estimates(page)
     assert all(e == 3 * 16 for e, _ in pairs)  # 3 batch sizes × t = 0..15, theory drawn for each
+    chart_rendered(page)
     page.get_by_role("tab", name="Agreement").click()
     page.get_by_text("|z| ≤ 4").first.wait_for(timeout=30_000)
     no_exception(page)
@@ -143,6 +153,7 @@ def test_deep_linear_page_run(server, browser):
     page.wait_for_url(re.compile(r"batch_sizes=%5B1%2C2%2C4%2C8%5D"), timeout=30_000)
     page.get_by_role("button", name="Run").click()
     pairs = wait_for_estimates(page, n_charts=4)  # two layers, their sum, the loss
+    chart_rendered(page)
     assert all(e == 4 * 2 for e, _ in pairs), pairs  # exact at t = 0 and t = 1 for each of the 4 batch sizes
     assert all(s == 4 * 11 for _, s in pairs), pairs
     page.get_by_role("tab", name="Polynomial in 1/b").click()
@@ -164,6 +175,7 @@ def test_mlp_page_run(server, browser):
     page.get_by_role("button", name="Run").click()
     caption = page.get_by_text(re.compile(r"^Drawn: replica estimate [1-9]")).first
     caption.wait_for(timeout=180_000)
+    chart_rendered(page)
     no_exception(page)
     shot(page, "mlp")
     page.close()
@@ -181,6 +193,7 @@ def test_sequence_page_run(server, browser):
     page.wait_for_url(re.compile(r"epochs=2"), timeout=30_000)
     page.get_by_role("button", name="Run").click()
     page.get_by_text(re.compile(r"^Drawn: replica estimate [1-9]")).first.wait_for(timeout=180_000)
+    chart_rendered(page)
     no_exception(page)
     shot(page, "sequence")
     page.close()
@@ -195,6 +208,8 @@ def test_two_sessions_run_different_configs_at_once(server, browser):
     b.get_by_role("button", name="Run").click()
     pairs_a = wait_for_estimates(a)
     pairs_b = wait_for_estimates(b)
+    chart_rendered(a)
+    chart_rendered(b)
     assert all(e == 2 * 12 for e, _ in pairs_a), pairs_a
     assert all(e == 1 * 22 for e, _ in pairs_b), pairs_b
     no_exception(a)
