@@ -201,3 +201,19 @@ def test_divergence_reported():
                         "lr": {"schedule": "constant", "c": 3}, "replicas": 100, "w0": {"seed": 0, "scale": 3}})
     sim = api.simulate(cfg)
     assert sim["meta"]["diverged_at"][0] is not None and sim["finite_count"][0, -1] < 100
+
+
+def test_recording_every_k_steps_only_thins_the_statistics():
+    """The in-place update used between recorded steps gives the same trajectory as the recorded path."""
+    cfg = parse_config({"setting": "deep_linear", "dims": [3, 4, 2], "steps": 12})
+    W0, T = floats(cfg.w0_values), floats(cfg.teacher_values)
+    every = run_replicas(W0, T, cfg.lr.alphas(12), 2, 64, 5, DEV)
+    thin = run_replicas(W0, T, cfg.lr.alphas(12), 2, 64, 5, DEV, record_every=5)
+    steps = [0, 5, 10, 12]
+    for q in ("var_g", "var_g_layer2", "var_full_grad", "loss"):
+        np.testing.assert_allclose(thin.curves[q]["value"], every.curves[q]["value"][steps], rtol=1e-9)
+    cfg_bad = parse_config({"setting": "deep_linear", "dims": [2, 2, 2], "steps": 60, "batch_sizes": [1],
+                            "lr": {"schedule": "constant", "c": 3}, "w0": {"seed": 0, "scale": 3}})
+    res = run_replicas(floats(cfg_bad.w0_values), floats(cfg_bad.teacher_values), cfg_bad.lr.alphas(60), 1, 40, 0,
+                       DEV, record_every=7)
+    assert res.diverged_at is not None and res.finite_count[-1] < 40

@@ -64,19 +64,27 @@ class SigmaSampler:
         return Z.transpose(1, 2) @ Z / self.b
 
 
-def _stochastic_grads(Ws: list[torch.Tensor], T_prod: torch.Tensor, Z: torch.Tensor, b: int) -> list[torch.Tensor]:
-    """g_k = P_k Σ̂ R_k with Σ̂ = ZᵀZ/b, computed as backpropagation on the rows of Z:
-    a_0 = Z, a_k = a_{k−1} W_kᵀ, e = a_d − Z T*ᵀ (= Z Δᵀ), δ_d = e, g_k = δ_kᵀ a_{k−1} / b, δ_{k−1} = δ_k W_k."""
+def _backprop(Ws: list[torch.Tensor], T_prod: torch.Tensor, Z: torch.Tensor):
+    """Activations and back-propagated errors on the rows of Z (Σ̂ = ZᵀZ/b):
+    a_0 = Z, a_k = a_{k−1} W_kᵀ, e = a_d − Z T*ᵀ (= Z Δᵀ), δ_d = e, δ_{k−1} = δ_k W_k; then g_k = δ_kᵀ a_{k−1} / b
+    = P_k Σ̂ R_k. Cost O(m · params) with m = min(b, p) rows, never O(b · params)."""
     acts = [Z]
     for W in Ws:
         acts.append(acts[-1] @ W.transpose(1, 2))
-    delta = acts[-1] - Z @ T_prod.transpose(-1, -2)
-    grads = [None] * len(Ws)
+    err = acts[-1] - Z @ T_prod.transpose(-1, -2)
+    deltas = [None] * len(Ws)
+    delta = err
     for k in range(len(Ws) - 1, -1, -1):
-        grads[k] = delta.transpose(1, 2) @ acts[k] / b
+        deltas[k] = delta
         if k > 0:
             delta = delta @ Ws[k]
-    return grads
+    return acts, deltas, err
+
+
+def _stochastic_grads(Ws: list[torch.Tensor], T_prod: torch.Tensor, Z: torch.Tensor, b: int) -> list[torch.Tensor]:
+    """g_k = P_k Σ̂ R_k for every layer (materialised: the recorded steps need them for the statistics)."""
+    acts, deltas, _ = _backprop(Ws, T_prod, Z)
+    return [deltas[k].transpose(1, 2) @ acts[k] / b for k in range(len(Ws))]
 
 
 def recorded_steps(T: int, every: int) -> list[int]:
@@ -133,8 +141,20 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
         for t in range(T1):
             if cancel is not None and cancel.is_set():
                 raise Cancelled("cancelled")
-            grads = _stochastic_grads(Ws, T_b, sig.draw_factor(), b)
+            Z = sig.draw_factor()
             slot = record_index.get(t)
+            if slot is None and bool(alive.all()) and t < T1 - 1:
+                # between recorded steps: W_k ← W_k − (α/b) δ_kᵀ a_{k−1} in place (no gradient tensor is stored);
+                # a replica whose output error turns non-finite has diverged
+                acts, deltas, err = _backprop(Ws, T_b, Z)
+                ok = torch.isfinite(err).flatten(1).all(dim=1)
+                if bool(ok.all()):
+                    for k, W in enumerate(Ws):
+                        W.baddbmm_(deltas[k].transpose(1, 2), acts[k], alpha=-alphas[t] / b)
+                    if progress is not None:
+                        progress(Rc)
+                    continue
+            grads = _stochastic_grads(Ws, T_b, Z, b)
             if slot is not None:  # population quantities and statistics, at the recorded steps only
                 delta, Ps, Rs = _forward(Ws, T_prod)
                 loss = 0.5 * delta.square().sum(dim=(1, 2))
@@ -149,7 +169,7 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
                     ok &= torch.isfinite(cv)
             else:
                 ok = torch.ones_like(alive)
-            for g in grads:  # cheap per-replica check between recorded steps: ‖g‖² finite and not exploding
+            for g in grads:  # and every stochastic gradient finite
                 ok &= torch.isfinite(g.square().sum(dim=(1, 2)))
             newly = alive & ~ok
             if bool(newly.any()):
