@@ -67,6 +67,24 @@ def clear_cache_button() -> None:
         st.sidebar.success(f"Cleared {removed} cached results.")
 
 
+def validated(raw: dict):
+    """The validated config (one boundary for widgets, files and links), or an error box and stop; syncs the URL."""
+    try:
+        config = cfg.parse_config(raw)
+    except ConfigError as e:
+        st.error(f"Check the inputs — {e}")
+        st.stop()
+    sync_url(config)
+    return config
+
+
+def classifier_divergence(sim: dict) -> None:
+    for row in sim["meta"]["per_b"]:
+        if row["diverged_at"] is not None:
+            st.warning(f"b = {row['b']}: {row['diverged_replicas']} replica(s) diverged, the first at step "
+                       f"{row['diverged_at']}; later statistics use the replicas that stayed finite.")
+
+
 def sync_url(config) -> None:
     query = cfg.to_query(config)
     if dict(st.query_params) != query:

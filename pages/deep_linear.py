@@ -70,12 +70,7 @@ common.clear_cache_button()
 raw = {"setting": "deep_linear", "dims": dims, "teacher": teacher, "w0": w0, "lr": lr, "steps": steps,
        "batch_sizes": batch_sizes or [], "replicas": replicas, "seed": seed, "device": d("device"), "dtype": dtype,
        "record_every": record_every}
-try:
-    config = cfg.parse_config(raw)
-except ConfigError as e:
-    st.error(f"Check the inputs — {e}")
-    st.stop()
-common.sync_url(config)
+config = common.validated(raw)
 
 theory = api.theory(config)
 labels = {q: (f"var(g_t, layer {q[-1]} | F_0)" if q.startswith("var_g_layer") else api.QUANTITY_LABELS.get(q, q))

@@ -97,13 +97,7 @@ common.clear_cache_button()
 raw = {"setting": "linear_regression", "dataset": dataset, "standardize": standardize, "intercept": intercept,
        "w0": w0, "lr": lr, "steps": steps, "batch_sizes": batch_sizes or [], "replicas": replicas, "seed": seed,
        "sampler": sampler, "device": d("device")}
-try:
-    config = cfg.parse_config(raw)
-except ConfigError as e:
-    st.error(f"Check the inputs — {e}")
-    st.stop()
-
-common.sync_url(config)
+config = common.validated(raw)
 
 # -- theory (live) -------------------------------------------------------------------------------------------------
 theory = api.theory(config)

@@ -9,7 +9,6 @@ from pages import common
 
 from backend import api_mlp
 from backend import config as cfg
-from backend.errors import ConfigError
 
 st.title("MLP classifier: variance, loss and generalization against the batch size")
 st.caption("A fully connected ReLU network trained by mini-batch SGD on the cross-entropy from fixed initial weights; "
@@ -65,12 +64,7 @@ raw = {"setting": "mlp", "dataset": dataset, "hidden": hidden, "inits": inits, "
        "lr": lr, "batch_sizes": batch_sizes or [], "sampler": sampler, "distortion": distortion,
        "noise_samples": d("noise_samples"), "eval_size": d("eval_size"), "seed": seed, "device": d("device"),
        "dtype": d("dtype")}
-try:
-    config = cfg.parse_config(raw)
-except ConfigError as e:
-    st.error(f"Check the inputs — {e}")
-    st.stop()
-common.sync_url(config)
+config = common.validated(raw)
 
 sim = common.run_panel("mlp", config, f"{config.inits} inits × {config.replicas} replicas × "
                                       f"{len(config.batch_sizes)} batch sizes × {config.epochs} epochs "
@@ -82,9 +76,6 @@ meta = sim["meta"]
 st.caption(f"{meta['device']}; sampler: {meta['sampler_label']}; var(g) is the across-replica variance of the "
            "gradient on a fresh uniform mini-batch at the weights reached at each epoch; medians and min–max bands "
            "over the initial weights.")
-for row in meta["per_b"]:
-    if row["diverged_at"] is not None:
-        st.warning(f"b = {row['b']}: {row['diverged_replicas']} replica(s) diverged, the first at step "
-                   f"{row['diverged_at']}; later statistics use the replicas that stayed finite.")
+common.classifier_divergence(sim)
 
 common.classifier_results(config, sim, with_gap=True)

@@ -8,7 +8,6 @@ import streamlit as st
 from pages import common
 
 from backend import config as cfg
-from backend.errors import ConfigError
 
 st.title("Sequence model with Adam: variance, loss and error against the batch size")
 st.caption("A transformer encoder classifier (own attention, no dropout) on the UCI Sentiment Labelled Sentences, "
@@ -58,12 +57,7 @@ raw = {"setting": "sequence", "corpus": corpus, "tokenizer": tokenizer, "max_len
        "optimizer": optimizer, "batch_sizes": batch_sizes or [], "sampler": d("sampler"),
        "noise_samples": d("noise_samples"), "eval_size": d("eval_size"), "seed": seed, "device": d("device"),
        "dtype": d("dtype")}
-try:
-    config = cfg.parse_config(raw)
-except ConfigError as e:
-    st.error(f"Check the inputs — {e}")
-    st.stop()
-common.sync_url(config)
+config = common.validated(raw)
 
 sim = common.run_panel("seq", config, f"{config.inits} inits × {config.replicas} replicas × "
                                       f"{len(config.batch_sizes)} batch sizes × {config.epochs} epochs "
@@ -73,8 +67,5 @@ if sim is None:
     st.stop()
 st.caption(f"{sim['meta']['device']}; sampler: {sim['meta']['sampler_label']}; vocabulary "
            f"{sim['meta']['vocab_size']} tokens; medians and min–max bands over the initial weights.")
-for row in sim["meta"]["per_b"]:
-    if row["diverged_at"] is not None:
-        st.warning(f"b = {row['b']}: {row['diverged_replicas']} replica(s) diverged, the first at step "
-                   f"{row['diverged_at']}; later statistics use the replicas that stayed finite.")
+common.classifier_divergence(sim)
 common.classifier_results(config, sim, with_gap=False)
