@@ -53,7 +53,7 @@ def estimate(config: SequenceConfig) -> dict[str, float]:
         train = N * steps * b * flops_per_seq
         evals = N * (min(config.eval_size, config.n_train) + config.n_train // 4 + b
                      + 3 * config.noise_samples) * flops_per_seq / 3
-        seconds += config.epochs * ((train + evals) / 2e10 + steps * 8e-3)
+        seconds += config.epochs * ((train + evals) / 3.6e10 + steps * 8e-3)  # calibrated: laptop preset
     memory = 4.0 * N * (6 * P + max(config.batch_sizes) * tokens * config.width * (8 + 2 * config.heads))
     return {"memory_bytes": memory, "seconds": seconds}
 

@@ -149,8 +149,9 @@ with tab_poly:
         qp = st.selectbox("Quantity", api.quantities(config), format_func=labels.get, key="dl_qp")
         try:
             poly = api.polynomial(config, int(tp), qp)
-            st.latex(labels[qp].replace("var", r"\operatorname{var}") + " = "
-                     + api.polynomial_latex(poly, max_digits=40))
+            lhs = (rf"\operatorname{{var}}(g_{{t,{qp[-1]}}}\mid\mathcal F_0)" if qp.startswith("var_g_layer") else
+                   r"\operatorname{var}(g_t\mid\mathcal F_0)" if qp == "var_g" else r"\mathbb E\,L(W_t)")
+            st.latex(lhs + " = " + api.polynomial_latex(poly, max_digits=40))
             st.write(f"Degree {poly['degree']} in 1/b; method: {poly['method']}; "
                      + (f"b₀ = {poly['b0']:.4g}." if poly["b0"] is not None else ""))
             st.dataframe(pd.DataFrame({"power of 1/b": range(len(poly["coefficients"])),

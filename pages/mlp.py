@@ -66,7 +66,7 @@ raw = {"setting": "mlp", "dataset": dataset, "hidden": hidden, "inits": inits, "
        "dtype": d("dtype")}
 config = common.validated(raw)
 
-sim = common.run_panel("mlp", config, f"{config.inits} inits × {config.replicas} replicas × "
+sim = common.run_panel("mlp", config, f"{config.inits} initial weight(s) × {config.replicas} replicas × "
                                       f"{len(config.batch_sizes)} batch sizes × {config.epochs} epochs "
                                       f"(n = {config.n_train} training images)")
 if sim is None:

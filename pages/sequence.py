@@ -59,7 +59,7 @@ raw = {"setting": "sequence", "corpus": corpus, "tokenizer": tokenizer, "max_len
        "dtype": d("dtype")}
 config = common.validated(raw)
 
-sim = common.run_panel("seq", config, f"{config.inits} inits × {config.replicas} replicas × "
+sim = common.run_panel("seq", config, f"{config.inits} initial weight(s) × {config.replicas} replicas × "
                                       f"{len(config.batch_sizes)} batch sizes × {config.epochs} epochs "
                                       f"({config.n_train} training sentences)")
 if sim is None:

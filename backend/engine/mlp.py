@@ -283,7 +283,7 @@ def estimate_cost(n_train: int, d_in: int, hidden: tuple[int, ...], n_classes: i
     N = K * R
     train_flops = 6 * P * n_train * N  # per epoch: every sample once per replica, forward + backward
     eval_flops = 2 * P * N * (min(eval_size, n_train) + 2 * n_val) + 6 * P * N * (b + min(noise_samples, n_train))
-    seconds = epochs * ((train_flops + eval_flops) / 4e10 + (n_train // b) * 3e-3)
+    seconds = epochs * ((train_flops + eval_flops) / 4e10 + (n_train // b) * 1.2e-2)  # calibrated: laptop preset
     memory = 4.0 * N * (3 * P + b * d_in + 64 * P / max(1, N)) + 4.0 * N * min(noise_samples, 64) * P
     return {"memory_bytes": memory, "seconds": seconds}
 
