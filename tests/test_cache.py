@@ -155,7 +155,7 @@ def test_killed_run_leaves_no_entry(tmp_path):
     from conftest import ROOT
 
     env = {**os.environ, "BATCHVAR_CACHE_DIR": str(tmp_path)}
-    cfg = {"steps": 5000, "batch_sizes": [8], "replicas": 2000}
+    cfg = {"steps": 20000, "batch_sizes": [8], "replicas": 2000}  # minutes of work: still running at 6 s
     proc = subprocess.Popen([sys.executable, "-m", "backend", "simulate", "-"], cwd=ROOT, env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
     proc.stdin.write(json.dumps(cfg))
