@@ -307,16 +307,23 @@ def _available_memory(device: torch.device) -> float:
     return 8.0 * 1024**3
 
 
+GPU_SPEEDUP = 20.0  # rough factor applied to the 2-core CPU time model on a CUDA device
+
+
 def guard(config, device: torch.device) -> dict[str, float]:
-    """Refuse a run that would not fit in memory or would take more than an hour, with the estimate and what to change."""
-    est = estimate(config)
+    """Refuse a run that would not fit in memory or would take more than an hour, with the estimate and what to change.
+
+    The time model is calibrated on 2 CPU cores; on a CUDA device it is divided by GPU_SPEEDUP (rough)."""
+    est = dict(estimate(config))
+    if device.type == "cuda":
+        est["seconds"] /= GPU_SPEEDUP
     avail = _available_memory(device)
     if est["memory_bytes"] > 0.5 * avail:
         raise TooExpensive("replicas", f"the run needs about {est['memory_bytes'] / 2**30:.1f} GiB but "
                                        f"{avail / 2**30:.1f} GiB are available: reduce replicas or steps")
     if est["seconds"] > MAX_SIM_SECONDS:
-        raise TooExpensive("replicas", f"the run would take about {est['seconds'] / 60:.0f} minutes here: reduce "
-                                       "replicas, steps or the number of batch sizes (or use a GPU)")
+        raise TooExpensive("replicas", f"the run would take about {est['seconds'] / 60:.0f} minutes on {device.type}: "
+                                       "reduce replicas, steps or epochs or the number of batch sizes (or use a GPU)")
     return est
 
 

@@ -49,7 +49,17 @@ def exact_polynomials(config: DeepLinearConfig, t: int) -> dict[str, list[Fracti
                                 "exist at t = 0 (any size), t = 1 (input dimension p ≤ 4 for two layers) and for the "
                                 f"scalar network up to t = {th.SCALAR_MAX_T}")
     if t == 0:
-        return th.exact_t0(config.w0_values, config.teacher_values)
+        if config.exact:
+            return th.exact_t0(config.w0_values, config.teacher_values)
+        # float inputs: the closed form in float64 (O(d p³), milliseconds even for 64 → 256 → 128)
+        W = [np.asarray(M, dtype=np.float64) for M in config.w0_values]
+        T = [np.asarray(M, dtype=np.float64) for M in config.teacher_values]
+        betas = th.variance_t0(W, T)
+        delta, _ = th.products(W, T)
+        out = {f"var_g_layer{k + 1}": [Fraction(0), Fraction(float(beta))] for k, beta in enumerate(betas)}
+        out["var_g"] = [Fraction(0), Fraction(float(sum(betas)))]
+        out["loss"] = [Fraction(float(th.fro2(delta))) / 2]
+        return out
     if config.scalar:
         ws = [M[0, 0] for M in config.w0_values]
         ts = [M[0, 0] for M in config.teacher_values]
