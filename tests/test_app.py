@@ -172,3 +172,27 @@ def test_sequence_page_small_run():
     assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
     drawn = [c.value for c in at.caption if c.value.startswith("Drawn: replica estimate")]
     assert drawn and all(int(c.split()[3]) > 0 for c in drawn)
+
+
+def test_every_preset_parses_and_its_theory_and_estimate_are_quick():
+    """Presets are complete configs; what the page computes live for them (theory, estimate) takes seconds."""
+    from backend import api
+    from backend.config import DEEP_LINEAR_PRESETS, MLP_PRESETS, PRESETS, SEQUENCE_PRESETS, parse_config
+    from backend.errors import ConfigError
+
+    raws = [{"setting": "linear_regression", **p} for p in PRESETS.values()]
+    raws += [{"setting": "deep_linear", **p} for p in DEEP_LINEAR_PRESETS.values()]
+    raws += [{"setting": "mlp", "preset": name} for name in MLP_PRESETS]
+    raws += [{"setting": "sequence", "preset": name} for name in SEQUENCE_PRESETS]
+    for raw in raws:
+        t0 = time.time()
+        try:
+            cfg = parse_config(raw)
+        except ConfigError as e:  # Fashion-MNIST comes from a Debian package that may be absent
+            assert "not installed" in str(e), e
+            continue
+        theory = api.theory(cfg)
+        est = api.estimate(cfg)
+        assert est["seconds"] > 0 and est["memory_bytes"] > 0
+        assert time.time() - t0 < 30, (raw, time.time() - t0)
+        assert theory["t"][0] == 0
