@@ -438,6 +438,24 @@ DEEP_LINEAR_PRESETS: dict[str, dict[str, Any]] = {
 
 
 MLP_SAMPLERS = ("epoch_reshuffle", "without_replacement")
+
+
+def _preset_reader(f: "_Fields", presets: dict[str, dict[str, Any]]):
+    """val(key): the field if given, else the preset's value (``"preset"`` defaults to ``"laptop"``)."""
+    preset = f.get("preset")
+    if preset is not None and preset not in presets:
+        raise ConfigError("preset", f"expected one of {sorted(presets)}, got {preset!r}")
+    base = presets[preset or "laptop"]
+    return lambda key: f.get(key, base[key])
+
+
+def _replica_run_fields(val) -> dict[str, Any]:
+    """The fields every replica classifier shares (validated)."""
+    return {"noise_samples": _int(val("noise_samples"), "noise_samples", 2, 100_000),
+            "eval_size": _int(val("eval_size"), "eval_size", 2, 10**7),
+            "seed": _int(val("seed"), "seed", 0, 2**32 - 1),
+            "device": _choice(val("device"), "device", DEVICES),
+            "dtype": _choice(val("dtype"), "dtype", DTYPES)}
 MLP_PRESETS: dict[str, dict[str, Any]] = {
     "laptop": {"dataset": {"name": "digits"}, "hidden": [32, 16], "inits": 3, "replicas": 16, "epochs": 12,
                "lr": {"schedule": "constant", "c": "0.05"}, "batch_sizes": [16, 64], "sampler": "epoch_reshuffle",
@@ -475,14 +493,7 @@ class MLPConfig:
     def parse(cls, raw: dict) -> "MLPConfig":
         f = _Fields(raw)
         f.get("setting")
-        preset = f.get("preset")
-        if preset is not None:
-            if preset not in MLP_PRESETS:
-                raise ConfigError("preset", f"expected one of {sorted(MLP_PRESETS)}, got {preset!r}")
-            base = dict(MLP_PRESETS[preset])
-        else:
-            base = dict(MLP_PRESETS["laptop"])
-        val = lambda key: f.get(key, base[key])  # noqa: E731 - a field given beside a preset overrides it
+        val = _preset_reader(f, MLP_PRESETS)
         ds_raw = val("dataset")
         if isinstance(ds_raw, str):
             ds_raw = {"name": ds_raw}
@@ -513,16 +524,12 @@ class MLPConfig:
                       "sigma": float(_positive(fdist.get("sigma", 2), "distortion.sigma", allow_zero=True)),
                       "every": _int(fdist.get("every", 1), "distortion.every", 1, 100_000)}
         fdist.finish()
-        noise_samples = _int(val("noise_samples"), "noise_samples", 2, 100_000)
-        eval_size = _int(val("eval_size"), "eval_size", 2, 10**7)
-        seed = _int(val("seed"), "seed", 0, 2**32 - 1)
-        device = _choice(val("device"), "device", DEVICES)
-        dtype = _choice(val("dtype"), "dtype", DTYPES)
+        common = _replica_run_fields(val)
         n_train = _mlp_train_size(dataset)
         batch_sizes = _parse_batch_sizes(val("batch_sizes"), n_train)
         f.finish()
-        return cls(dataset, hidden, inits, replicas, epochs, lr, batch_sizes, sampler, distortion, noise_samples,
-                   eval_size, seed, device, dtype, n_train)
+        return cls(dataset, hidden, inits, replicas, epochs, lr, batch_sizes, sampler, distortion, n_train=n_train,
+                   **common)
 
     def to_json(self) -> dict:
         return {"setting": self.setting, "dataset": self.dataset, "hidden": list(self.hidden), "inits": self.inits,
@@ -593,11 +600,7 @@ class SequenceConfig:
     def parse(cls, raw: dict) -> "SequenceConfig":
         f = _Fields(raw)
         f.get("setting")
-        preset = f.get("preset")
-        if preset is not None and preset not in SEQUENCE_PRESETS:
-            raise ConfigError("preset", f"expected one of {sorted(SEQUENCE_PRESETS)}, got {preset!r}")
-        base = dict(SEQUENCE_PRESETS[preset or "laptop"])
-        val = lambda key: f.get(key, base[key])  # noqa: E731 - a field given beside a preset overrides it
+        val = _preset_reader(f, SEQUENCE_PRESETS)
         c_raw = val("corpus")
         if isinstance(c_raw, str):
             c_raw = {"name": c_raw}
@@ -635,16 +638,12 @@ class SequenceConfig:
                 raise ConfigError(f"optimizer.{beta}", f"must be in [0, 1), got {opt[beta]}")
         fo.finish()
         sampler = _choice(val("sampler"), "sampler", MLP_SAMPLERS)
-        noise_samples = _int(val("noise_samples"), "noise_samples", 2, 100_000)
-        eval_size = _int(val("eval_size"), "eval_size", 2, 10**7)
-        seed = _int(val("seed"), "seed", 0, 2**32 - 1)
-        device = _choice(val("device"), "device", DEVICES)
-        dtype = _choice(val("dtype"), "dtype", DTYPES)
+        common = _replica_run_fields(val)
         n_train = _sequence_train_size(json.dumps(corpus, sort_keys=True))
         batch_sizes = _parse_batch_sizes(val("batch_sizes"), n_train)
         f.finish()
         return cls(corpus, tokenizer, max_len, vocab, layers, heads, width, inits, replicas, epochs, opt, batch_sizes,
-                   sampler, noise_samples, eval_size, seed, device, dtype, n_train)
+                   sampler, n_train=n_train, **common)
 
     def to_json(self) -> dict:
         return {"setting": self.setting, "corpus": self.corpus, "tokenizer": self.tokenizer, "max_len": self.max_len,
