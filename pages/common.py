@@ -97,9 +97,12 @@ def run_panel(prefix: str, config, what: str) -> dict | None:
     job = st.session_state.get(f"{prefix}_job")
     sim = st.session_state.get(f"{prefix}_results", {}).get(run_key) or api.cached_simulation(config)
     est = api.estimate(config)
+    device = api.resolve_device(config.device)
+    seconds = est["seconds"] / (api.GPU_SPEEDUP if device.type == "cuda" else 1.0)
+    where = "on the GPU (rough)" if device.type == "cuda" else "on 2 CPU cores"
     with st.form(f"{prefix}_run"):
-        st.write(f"**Replica run**: {what} — about {est['seconds']:.0f} s and {est['memory_bytes'] / 2**20:.0f} MiB "
-                 f"on 2 CPU cores" + (" (cached: instant)" if sim is not None else "") + ".")
+        st.write(f"**Replica run**: {what} — about {seconds:.0f} s and {est['memory_bytes'] / 2**20:.0f} MiB "
+                 f"{where}" + (" (cached: instant)" if sim is not None else "") + ".")
         run = st.form_submit_button("Run", type="primary", disabled=bool(job and job.running))
     if run and not (job and job.running):
         try:
