@@ -143,6 +143,18 @@ def run_panel(prefix: str, config, what: str) -> dict | None:
     return sim
 
 
+def polynomial_table(poly: dict, t: int) -> None:
+    """The coefficients of a polynomial in 1/b as a table, and its JSON download."""
+    import json
+
+    import pandas as pd
+
+    st.dataframe(pd.DataFrame({"power of 1/b": range(len(poly["coefficients"])),
+                               "coefficient": [str(c) for c in poly["coefficients"]]}), hide_index=True)
+    st.download_button("Download the polynomial (JSON)", json.dumps(poly, indent=2), f"poly_t{t}.json",
+                       "application/json")
+
+
 def divergence_notice(config, sim: dict) -> None:
     meta = sim["meta"]
     for j, (b, at, cnt) in enumerate(zip(config.batch_sizes, meta["diverged_at"], meta["diverged_replicas"])):

@@ -3,8 +3,6 @@ Theorem 4 fits and Theorem 5's b_0. Inputs → backend → charts."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -154,10 +152,7 @@ with tab_poly:
             st.latex(lhs + " = " + api.polynomial_latex(poly, max_digits=40))
             st.write(f"Degree {poly['degree']} in 1/b; method: {poly['method']}; "
                      + (f"b₀ = {poly['b0']:.4g}." if poly["b0"] is not None else ""))
-            st.dataframe(pd.DataFrame({"power of 1/b": range(len(poly["coefficients"])),
-                                       "coefficient": [str(c) for c in poly["coefficients"]]}), hide_index=True)
-            st.download_button("Download the polynomial (JSON)", json.dumps(poly, indent=2), f"poly_t{tp}.json",
-                               "application/json")
+            common.polynomial_table(poly, int(tp))
         except ConfigError as e:
             st.error(str(e))
 

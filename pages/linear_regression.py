@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -170,10 +168,7 @@ with tab_poly:
                      "In the noise factor c it has no constant term; "
                      + ("without replacement c_b = (n−b)/(b(n−1)), so the polynomial vanishes at b = n and has a "
                         "constant term in 1/b." if config.sampler == "without_replacement" else "here c = 1/b."))
-            st.dataframe(pd.DataFrame({"power of 1/b": range(len(poly["coefficients"])),
-                                       "coefficient": [str(c) for c in poly["coefficients"]]}), hide_index=True)
-            st.download_button("Download the polynomial (JSON)", json.dumps(poly, indent=2), f"poly_t{t_poly}.json",
-                               "application/json")
+            common.polynomial_table(poly, int(t_poly))
         except ConfigError as e:
             st.error(str(e))
 

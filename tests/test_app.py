@@ -24,12 +24,13 @@ def by_label(elements, label):
     return found[0]
 
 
-def wait_for_run(at: AppTest, timeout: float = 120) -> None:
+def wait_for_run(at: AppTest, prefix: str = "lr", timeout: float = 180) -> None:
+    """Rerun the script until the page's background job (session key ``<prefix>_job``) has finished."""
     end = time.time() + timeout
-    while "lr_job" in at.session_state and at.session_state["lr_job"] is not None and time.time() < end:
+    while at.session_state[f"{prefix}_job"] is not None and time.time() < end:
         time.sleep(0.3)
         at.run()
-    assert at.session_state["lr_job"] is None, "the run did not finish"
+    assert at.session_state[f"{prefix}_job"] is None, "the run did not finish"
 
 
 def test_home_renders_and_links_every_page():
@@ -111,10 +112,7 @@ def test_deep_linear_page_defaults_then_small_run():
     at.run()
     by_label(at.button, "Run").click()
     at.run()
-    end = time.time() + 120
-    while at.session_state["dl_job"] is not None and time.time() < end:
-        time.sleep(0.3)
-        at.run()
+    wait_for_run(at, "dl")
     assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
     assert any("400 replicas per b" in c.value for c in at.caption)
     assert any("Theorem 4 fit" in m.value or "Weighted fit" in m.value for m in at.markdown)
@@ -144,10 +142,7 @@ def test_mlp_page_small_run():
     assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
     by_label(at.button, "Run").click()
     at.run()
-    end = time.time() + 120
-    while at.session_state["mlp_job"] is not None and time.time() < end:
-        time.sleep(0.3)
-        at.run()
+    wait_for_run(at, "mlp")
     assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
     drawn = [c.value for c in at.caption if c.value.startswith("Drawn: replica estimate")]
     assert drawn and all(int(c.split()[3]) > 0 for c in drawn)
@@ -165,10 +160,7 @@ def test_sequence_page_small_run():
     assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
     by_label(at.button, "Run").click()
     at.run()
-    end = time.time() + 180
-    while at.session_state["seq_job"] is not None and time.time() < end:
-        time.sleep(0.3)
-        at.run()
+    wait_for_run(at, "seq")
     assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
     drawn = [c.value for c in at.caption if c.value.startswith("Drawn: replica estimate")]
     assert drawn and all(int(c.split()[3]) > 0 for c in drawn)
