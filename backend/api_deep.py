@@ -126,7 +126,8 @@ def polynomial(config: DeepLinearConfig, t: int, quantity: str = "var_g") -> dic
 
 
 def estimate(config: DeepLinearConfig) -> dict[str, float]:
-    costs = [engine.estimate_cost(config.dims, config.replicas, config.steps, b, config.record_every)
+    itemsize = 8 if config.dtype == "float64" else 4
+    costs = [engine.estimate_cost(config.dims, config.replicas, config.steps, b, config.record_every, itemsize)
              for b in config.batch_sizes]
     return {"memory_bytes": max(c["memory_bytes"] for c in costs), "seconds": sum(c["seconds"] for c in costs)}
 
@@ -154,6 +155,7 @@ def simulate(config: DeepLinearConfig, device: torch.device, cache: ResultCache,
                 "diverged_at": [r.diverged_at for r in per_b], "diverged_replicas": [r.diverged_replicas for r in per_b],
                 "sampler": "fresh Gaussian samples each step (online); Σ̂ by Bartlett when b ≥ p, else directly",
                 "sampler_label": "online Gaussian samples, Bartlett-sampled Σ̂ (b ≥ p)",
+                "simulated_dims": list(engine.reduced_dims(W0)),
                 "seconds": time.monotonic() - t0, "code_version": CODE_VERSION}
         return meta, arrays
 

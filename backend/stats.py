@@ -160,6 +160,15 @@ def first_increase(b: np.ndarray, values: np.ndarray, rtol: float = 1e-12) -> in
     return None
 
 
+def group_m2(x: torch.Tensor, G: int, consume: bool = False) -> torch.Tensor:
+    """M2_j = Σ_{r∈j} ‖x_r − x̄_j‖² (two-pass) for G equal consecutive groups of the rows of x, in x's dtype, returned
+    in float64; ``consume=True`` centres x in place (no copy)."""
+    v = x.reshape(G, x.shape[0] // G, -1)
+    mean = v.mean(dim=1, keepdim=True)
+    dev = v.sub_(mean) if consume else v - mean
+    return torch.linalg.vector_norm(dev, dim=(1, 2)).to(torch.float64).square()
+
+
 class GroupStats:
     """Per (group, t) estimates for replicas processed in group-aligned chunks (each group lies in one chunk).
 
@@ -187,22 +196,35 @@ class GroupStats:
         mean = mean / cnt.clamp(min=1.0)[:, None]
         return x, w, cnt, mean
 
+    def store_variance(self, name: str, slots: list[int], groups: range, m2: torch.Tensor, n: int) -> None:
+        """Store V̂_k = M2_k / (n − 1) computed elsewhere: m2 of shape (groups, slots), groups of n replicas each."""
+        self._slot(name)[groups.start:groups.stop, slots] = (m2.to(torch.float64) / (n - 1)).cpu().numpy()
+        self.counts[groups.start:groups.stop, slots] = n
+
+    def mean_block(self, name: str, x: torch.Tensor, gid: torch.Tensor, valid: torch.Tensor, groups: range) -> None:
+        """Group means of per-replica scalars x (Rc, T) over the replicas valid at each t (valid: (Rc, T))."""
+        G = len(groups)
+        cnt = torch.zeros((G, x.shape[1]), dtype=torch.float64, device=x.device).index_add_(
+            0, gid, valid.to(torch.float64))
+        tot = torch.zeros_like(cnt).index_add_(0, gid, torch.where(valid, x.to(torch.float64), 0.0))
+        cnt_np = cnt.cpu().numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            v = tot.cpu().numpy() / cnt_np
+        v[cnt_np < 1] = np.nan
+        self._slot(name)[groups.start:groups.stop, :] = v
+
     def variance(self, name: str, t: int, x: torch.Tensor, gid: torch.Tensor, valid: torch.Tensor,
-                 groups: range, all_valid: bool = False) -> None:
+                 groups: range, all_valid: bool = False, consume: bool = False) -> None:
         """x: (Rc, ...) vectors of the replicas of ``groups`` (gid local, 0..len(groups)−1).
 
         Fast path (equal group sizes, every replica valid): a two-pass variance on an (G, s, d) view in the input's
         dtype, reduced to float64 — the deviations from the group mean are small, so float32 loses nothing that
-        matters here. Otherwise masked float64 scatter sums.
+        matters here. Otherwise masked float64 scatter sums. ``consume=True`` lets the fast path centre x in place.
         """
         G = len(groups)
         Rc = x.shape[0]
         if all_valid and Rc % G == 0 and bool((gid == torch.arange(Rc, device=gid.device) // (Rc // G)).all()):
-            v = x.reshape(G, Rc // G, -1)
-            dev = v - v.mean(dim=1, keepdim=True)
-            m2 = dev.mul_(dev).sum(dim=(1, 2)).to(torch.float64)
-            self._slot(name)[groups.start:groups.stop, t] = (m2 / (Rc // G - 1)).cpu().numpy()
-            self.counts[groups.start:groups.stop, t] = Rc // G
+            self.store_variance(name, [t], groups, group_m2(x, G, consume)[:, None], Rc // G)
             return
         x, w, cnt, mean = self._group_moments(x, gid, valid, G)
         m2 = torch.zeros(G, dtype=torch.float64, device=x.device).index_add_(

@@ -299,3 +299,11 @@ def classifier_results(config, sim: dict, with_gap: bool) -> None:
         if "mlp_png" in st.session_state:
             st.download_button("Chart (PNG)", st.session_state.mlp_png, "batchvar_chart.png", "image/png")
             st.download_button("Chart (SVG)", st.session_state.mlp_svg, "batchvar_chart.svg", "image/svg+xml")
+
+
+def reduction_note(dims: list[int], simulated: list[int] | None) -> str:
+    """One sentence when the engine ran on exactly reduced hidden widths (deep linear networks)."""
+    if not simulated or simulated == dims:
+        return ""
+    return (f" Simulated on hidden widths {simulated[1:-1]} instead of {dims[1:-1]}: every SGD iterate stays in "
+            "col(W_k⁰) + row(W_{k+1}⁰), so this is the same process in fewer coordinates (same variances and loss).")

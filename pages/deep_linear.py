@@ -80,7 +80,8 @@ sim = common.run_panel("dl", config, f"{config.replicas:,} replicas × {len(conf
                                      f"{config.steps + 1} steps")
 if sim is not None:
     st.caption(f"Replica estimates: {config.replicas:,} replicas per b on {sim['meta']['device']}, SE by batch means "
-               f"over {sim['meta']['groups']} groups, 95 % bands; {sim['meta']['sampler']}.")
+               f"over {sim['meta']['groups']} groups, 95 % bands; {sim['meta']['sampler']}."
+               + common.reduction_note(list(config.dims), sim["meta"].get("simulated_dims")))
     common.divergence_notice(config, sim)
     flags = api_deep.heavy_tail_flags(sim, "var_g", theory["curves"]["var_g"])
     if flags.any():

@@ -11,7 +11,10 @@ from scipy.special import roots_genlaguerre
 
 from backend import api, api_deep
 from backend.config import DEEP_LINEAR_PRESETS, parse_config
-from backend.engine.deep_linear import SigmaSampler, run_replicas
+from backend.engine import deep_linear as engine_deep
+from backend.engine.deep_linear import (SigmaSampler, _factored_group_m2, _factored_norm2, hidden_bases, reduced_dims,
+                                        run_replicas)
+from backend.stats import group_m2
 from backend.theory import deep_linear as th
 from backend.theory.wishart import chi2_moment, sigma_moment
 
@@ -217,3 +220,55 @@ def test_recording_every_k_steps_only_thins_the_statistics():
     res = run_replicas(floats(cfg_bad.w0_values), floats(cfg_bad.teacher_values), cfg_bad.lr.alphas(60), 1, 40, 0,
                        DEV, record_every=7)
     assert res.diverged_at is not None and res.finite_count[-1] < 40
+
+
+def test_hidden_subspace_is_invariant_under_sgd():
+    """S_k = col(W_k) + row(W_{k+1}) holds every SGD iterate, whatever Σ̂: the basis of the width reduction."""
+    rng = np.random.default_rng(3)
+    Ws = [rng.normal(size=(6, 2)), rng.normal(size=(3, 6)), rng.normal(size=(2, 3))]  # 2 → 6 → 3 → 2
+    Tp = rng.normal(size=(2, 2))
+    Q = hidden_bases(Ws)
+    assert Q[1].shape == (6, 5) and Q[2] is None  # 2 + 3 < 6; col(W_2) + row(W_3) fills R^3
+    proj = np.eye(6) - Q[1] @ Q[1].T
+    for _ in range(20):
+        X = rng.normal(size=(3, 2))
+        S = X.T @ X / 3
+        delta = Ws[2] @ Ws[1] @ Ws[0] - Tp
+        g = [(Ws[2] @ Ws[1]).T @ delta @ S, Ws[2].T @ delta @ S @ Ws[0].T, delta @ S @ (Ws[1] @ Ws[0]).T]
+        Ws = [W - 0.05 * gk for W, gk in zip(Ws, g)]
+        assert np.abs(proj @ Ws[0]).max() < 1e-12 and np.abs(Ws[1] @ proj).max() < 1e-12
+
+
+@pytest.mark.parametrize("dims", [[2, 6, 2], [2, 6, 3, 2]])
+def test_width_reduction_gives_the_same_statistics(dims):
+    cfg = parse_config({"setting": "deep_linear", "dims": dims, "steps": 8})
+    W0, T = floats(cfg.w0_values), floats(cfg.teacher_values)
+    assert reduced_dims(W0)[1] < dims[1]
+    full = run_replicas(W0, T, cfg.lr.alphas(8), 3, 64, 1, DEV, reduce_hidden=False)
+    small = run_replicas(W0, T, cfg.lr.alphas(8), 3, 64, 1, DEV)
+    for q in full.curves:  # equal up to rounding (the spread of the full gradient is exactly 0 at t = 0)
+        for f in ("value", "se"):
+            ref = full.curves[q][f]
+            np.testing.assert_allclose(small.curves[q][f], ref, rtol=1e-8, atol=1e-12 * np.abs(ref).max(),
+                                       err_msg=f"{q} {f}")
+
+
+def test_factored_group_variance_matches_the_two_pass_form(monkeypatch):
+    rng = np.random.default_rng(0)
+    d, a = torch.tensor(rng.normal(size=(12, 3, 5))), torch.tensor(rng.normal(size=(12, 3, 4)))
+    g = d.transpose(1, 2) @ a
+    norms = _factored_norm2(d, a)
+    np.testing.assert_allclose(norms.numpy(), g.square().sum(dim=(1, 2)).numpy(), rtol=1e-12)
+    m2 = _factored_group_m2(d, a, norms, 3)
+    np.testing.assert_allclose(m2.numpy(), group_m2(g, 3).numpy(), rtol=1e-10)
+    # replicas nearly equal: most digits would cancel, so the one-pass form declines
+    d2, a2 = d[:1] + 1e-3 * d, a[:1] + 1e-3 * a
+    assert _factored_group_m2(d2, a2, _factored_norm2(d2, a2), 3) is None
+    # and the engine's statistics are the same with the one-pass form switched off
+    cfg = parse_config({"setting": "deep_linear", "dims": [3, 4, 2], "steps": 6})
+    W0, T = floats(cfg.w0_values), floats(cfg.teacher_values)
+    one = run_replicas(W0, T, cfg.lr.alphas(6), 2, 64, 4, DEV)
+    monkeypatch.setattr(engine_deep, "CANCELLATION_LIMIT", -1.0)
+    two = run_replicas(W0, T, cfg.lr.alphas(6), 2, 64, 4, DEV)
+    for q in ("var_g", "var_g_layer1", "var_g_layer2", "var_g_rb"):
+        np.testing.assert_allclose(one.curves[q]["value"], two.curves[q]["value"], rtol=1e-9, err_msg=q)

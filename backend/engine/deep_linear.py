@@ -8,6 +8,12 @@ Per step: g_k = P_k Σ̂ R_k, the population gradient ∇_k L = P_k R_k, L = ½�
 variance var(g_k | W) = (1/b)(‖P_k R_k‖² + ‖P_k‖²‖R_k‖²) for the Rao–Blackwellised estimator. Replicas run in
 chunks of whole statistics groups, so per-step group statistics are final and memory is O(K·T), not O(T·R·params).
 A replica whose loss exceeds DIVERGENCE_LOSS or turns non-finite is dropped from that step on and reported.
+
+Exact width reduction: every hidden space k keeps its SGD iterates inside S_k = col(W_k⁰) + row(W_{k+1}⁰) (the
+column updates of W_k lie in row(W_{k+1}), the row updates of W_{k+1} in col(W_k), for every Σ̂), so the replicas run
+on A_k = Q_kᵀ W_k Q_{k−1} with Q_k an orthonormal basis of S_k: hidden width min(p_k, rank) ≤ p_{k−1} + p_{k+1}
+(256 → 192 for the paper's 64 → 256 → 128). The maps are isometries shared by all replicas, so every norm, variance
+and loss is unchanged. On CPU a chunk holds a few MB of weights, so it stays in cache across its steps.
 """
 
 from __future__ import annotations
@@ -20,10 +26,51 @@ import torch
 
 from backend.engine.linreg import seed_for
 from backend.errors import Cancelled
-from backend.stats import GroupStats, group_ranges, group_start, n_groups_equal
+from backend.stats import GroupStats, group_m2, group_ranges, group_start, n_groups_equal
 
 DIVERGENCE_LOSS = 1e30
 CHUNK_ELEMENTS = 40_000_000  # replicas × (params + p²) per chunk
+CPU_CHUNK_BYTES = 6 * 2**20  # on CPU, a chunk's weights and activations stay in cache from one step to the next
+
+
+def hidden_bases(W0: list[np.ndarray]) -> list[np.ndarray | None]:
+    """[None, Q_1, …, Q_{d−1}, None]: Q_k (p_k × s_k) an orthonormal basis of S_k = col(W_k) + row(W_{k+1}), or
+    None where S_k is the whole hidden space (no reduction). Rank by SVD, tolerance max(shape)·ε·σ_max."""
+    bases: list[np.ndarray | None] = [None]
+    for k in range(len(W0) - 1):
+        M = np.hstack([W0[k], W0[k + 1].T])
+        U, s, _ = np.linalg.svd(M, full_matrices=False)
+        tol = (s.max() if s.size else 0.0) * max(M.shape) * np.finfo(np.float64).eps
+        r = max(1, int((s > tol).sum()))
+        bases.append(None if r >= M.shape[0] else U[:, :r])
+    bases.append(None)
+    return bases
+
+
+def reduce_widths(W0: list[np.ndarray]) -> list[np.ndarray]:
+    """A_k = Q_kᵀ W_k Q_{k−1} (the identity where a basis is None): the same network on the invariant hidden spaces."""
+    Q = hidden_bases(W0)
+    out = []
+    for k, W in enumerate(W0):
+        A = W if Q[k + 1] is None else Q[k + 1].T @ W
+        out.append(A if Q[k] is None else A @ Q[k])
+    return out
+
+
+def reduced_dims(W0: list[np.ndarray]) -> tuple[int, ...]:
+    A = reduce_widths([np.asarray(W, dtype=np.float64) for W in W0])
+    return (A[0].shape[1], *(M.shape[0] for M in A))
+
+
+def chunk_replicas(dims: tuple[int, ...], b: int, device: torch.device, itemsize: int) -> int:
+    """Replicas per chunk: bounded by memory everywhere and, on CPU, by cache size (the steps are memory-bound on
+    a chunk that does not fit: 87 → 41 µs per replica-step for the paper preset on 2 cores)."""
+    p, m = dims[0], min(b, dims[0])
+    n_params = sum(dims[k] * dims[k + 1] for k in range(len(dims) - 1))
+    limit = CHUNK_ELEMENTS // (n_params + p * p + b * p)
+    if device.type == "cpu":
+        limit = min(limit, CPU_CHUNK_BYTES // (itemsize * (n_params + m * sum(dims))))
+    return max(2, limit)
 
 
 @dataclass
@@ -81,10 +128,39 @@ def _backprop(Ws: list[torch.Tensor], T_prod: torch.Tensor, Z: torch.Tensor):
     return acts, deltas, err
 
 
-def _stochastic_grads(Ws: list[torch.Tensor], T_prod: torch.Tensor, Z: torch.Tensor, b: int) -> list[torch.Tensor]:
-    """g_k = P_k Σ̂ R_k for every layer (materialised: the recorded steps need them for the statistics)."""
-    acts, deltas, _ = _backprop(Ws, T_prod, Z)
-    return [deltas[k].transpose(1, 2) @ acts[k] / b for k in range(len(Ws))]
+def _update_in_place(Ws: list[torch.Tensor], acts, deltas, step: float) -> None:
+    """W_k ← W_k − (α/b) δ_kᵀ a_{k−1} in place (no gradient tensor is formed)."""
+    for k, W in enumerate(Ws):
+        W.baddbmm_(deltas[k].transpose(1, 2), acts[k], alpha=-step)
+
+
+def _norm2(x: torch.Tensor) -> torch.Tensor:
+    """‖x_r‖²_F for each replica r (one pass, no temporary)."""
+    return torch.linalg.vector_norm(x, dim=(1, 2)).square()
+
+
+def _factored_norm2(d: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """‖dᵀa‖²_F = ⟨d dᵀ, a aᵀ⟩ per replica, from the m × m Gram matrices: O(m²(p_out + p_in)), dᵀa never formed."""
+    return ((d @ d.transpose(1, 2)) * (a @ a.transpose(1, 2))).sum(dim=(1, 2)).to(torch.float64)
+
+
+CANCELLATION_LIMIT = 0.99  # the one-pass group variance is used only while n‖ḡ‖² ≤ this share of Σ‖g_r‖²
+
+
+def _factored_group_m2(d: torch.Tensor, a: torch.Tensor, norm2: torch.Tensor, n_groups: int) -> torch.Tensor | None:
+    """M2_j = Σ_{r∈j} ‖g_r − ḡ_j‖² = Σ‖g_r‖² − n‖ḡ_j‖² for g_r = d_rᵀ a_r (rank ≤ m), equal groups of n replicas:
+    ḡ_j = (1/n)[d_1ᵀ … d_nᵀ][a_1; …; a_n] is one GEMM of inner size n·m (the per-replica g_r are never formed).
+    Returns None when n‖ḡ‖² > CANCELLATION_LIMIT · Σ‖g_r‖² for some group (more than two digits would cancel in
+    float32): the caller then uses the two-pass form on the materialised gradients."""
+    Rc, m, _ = d.shape
+    n = Rc // n_groups
+    dg = d.reshape(n_groups, n * m, d.shape[2]).transpose(1, 2)
+    mean = (dg @ a.reshape(n_groups, n * m, a.shape[2])) / n
+    between = n * _norm2(mean).to(torch.float64)
+    total = norm2.reshape(n_groups, n).sum(dim=1)
+    if not bool((between <= CANCELLATION_LIMIT * total).all()):
+        return None
+    return total - between
 
 
 def recorded_steps(T: int, every: int) -> list[int]:
@@ -93,35 +169,41 @@ def recorded_steps(T: int, every: int) -> list[int]:
 
 
 def _forward(Ws: list[torch.Tensor], T_prod: torch.Tensor):
-    """Δ, and P_k, R_k for every layer (batched over replicas); R_1 = I is returned as None (never multiplied)."""
+    """Δ = W_d⋯W_1 − T*, and P_k, R_k and the population gradient ∇_k L = P_k R_k for every layer (batched over
+    replicas; explicit bmm, the fastest path here); R_1 = I is returned as None (never multiplied)."""
     prefix = [None, Ws[0]]
     for W in Ws[1:]:
-        prefix.append(W @ prefix[-1])
+        prefix.append(torch.bmm(W, prefix[-1]))
     delta = prefix[-1] - T_prod
     Ps = [None] * len(Ws)
     P = delta
     for k in range(len(Ws) - 1, -1, -1):
         Ps[k] = P
         if k > 0:
-            P = Ws[k].transpose(1, 2) @ P
+            P = torch.bmm(Ws[k].transpose(1, 2), P)
     Rs = [None if k == 0 else prefix[k].transpose(1, 2) for k in range(len(Ws))]
-    return delta, Ps, Rs
+    Gs = [P if Rm is None else torch.bmm(P, Rm) for P, Rm in zip(Ps, Rs)]
+    return delta, Ps, Rs, Gs
 
 
 def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float], b: int, R: int, seed: int,
                  device: torch.device, dtype: torch.dtype = torch.float64,
                  progress: Callable[[int], None] | None = None, cancel=None,
-                 sampler: str = "auto", record_every: int = 1) -> DeepResult:
-    """Statistics at the recorded steps t = 0, r, 2r, …, T (r = record_every; T always included)."""
+                 sampler: str = "auto", record_every: int = 1, reduce_hidden: bool = True) -> DeepResult:
+    """Statistics at the recorded steps t = 0, r, 2r, …, T (r = record_every; T always included), on the exactly
+    reduced hidden widths unless ``reduce_hidden`` is False."""
     d = len(W0)
     p = W0[0].shape[1]
+    W0 = [np.asarray(W, dtype=np.float64) for W in W0]
+    if reduce_hidden:
+        W0 = reduce_widths(W0)
+    dims = (p, *(W.shape[0] for W in W0))
     T1 = len(alphas) + 1
     recorded = recorded_steps(len(alphas), record_every)
     record_index = {t: i for i, t in enumerate(recorded)}
     K = n_groups_equal(R)
     stats = GroupStats(K, len(recorded))
-    n_params = sum(W.size for W in W0)
-    max_chunk = max(2, CHUNK_ELEMENTS // (n_params + p * p + b * p))
+    max_chunk = chunk_replicas(dims, b, device, torch.empty((), dtype=dtype).element_size())
     T_prod = torch.eye(p, dtype=dtype, device=device)
     for M in T:
         T_prod = torch.as_tensor(np.asarray(M, dtype=np.float64), dtype=dtype, device=device) @ T_prod
@@ -133,65 +215,94 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
         Rc = stop - start
         gid = (torch.arange(start, stop, device=device) * K) // R - groups.start
         sig = SigmaSampler(p, b, Rc, seed_for(seed, b, chunk_no), device, dtype, sampler)
-        Ws = [torch.as_tensor(np.asarray(W, dtype=np.float64), dtype=dtype, device=device).expand(Rc, *W.shape).clone()
+        Ws = [torch.as_tensor(W, dtype=dtype, device=device).expand(Rc, *W.shape).clone()
               for W in W0]
         alive = torch.ones(Rc, dtype=torch.bool, device=device)
+        every = True  # every replica of the chunk still alive
         bad_at = torch.full((Rc,), -1, dtype=torch.long, device=device)
         T_b = T_prod.expand(Rc, *T_prod.shape)
+        G_c = len(groups)
+        equal = Rc % G_c == 0 and bool((gid == torch.arange(Rc, device=device) // (Rc // G_c)).all())
+        # recorded per-replica scalars and per-group M2's stay on the device until the chunk ends
+        n_rec = len(recorded)
+        scalars = {name: torch.zeros((Rc, n_rec), dtype=torch.float64, device=device)
+                   for name in ["loss", *(f"cond_{n}" for n in layer_names)]}
+        alive_at = torch.zeros((Rc, n_rec), dtype=torch.bool, device=device)
+        m2s = {f"{q}_{n}": torch.zeros((G_c, n_rec), dtype=torch.float64, device=device)
+               for q in ("var_g", "var_full_grad") for n in layer_names}
+        m2_slots: dict[str, list[int]] = {name: [] for name in m2s}
         for t in range(T1):
             if cancel is not None and cancel.is_set():
                 raise Cancelled("cancelled")
-            Z = sig.draw_factor()
             slot = record_index.get(t)
-            if slot is None and bool(alive.all()) and t < T1 - 1:
-                # between recorded steps: W_k ← W_k − (α/b) δ_kᵀ a_{k−1} in place (no gradient tensor is stored);
-                # a replica whose output error turns non-finite has diverged
-                acts, deltas, err = _backprop(Ws, T_b, Z)
-                ok = torch.isfinite(err).flatten(1).all(dim=1)
-                if bool(ok.all()):
-                    for k, W in enumerate(Ws):
-                        W.baddbmm_(deltas[k].transpose(1, 2), acts[k], alpha=-alphas[t] / b)
-                    if progress is not None:
-                        progress(Rc)
-                    continue
-            grads = _stochastic_grads(Ws, T_b, Z, b)
-            if slot is not None:  # population quantities and statistics, at the recorded steps only
-                delta, Ps, Rs = _forward(Ws, T_prod)
-                loss = 0.5 * delta.square().sum(dim=(1, 2))
-                fulls, conds = [], []
-                for P, Rm in zip(Ps, Rs):
-                    G = P if Rm is None else P @ Rm
-                    fulls.append(G)
-                    r2 = p if Rm is None else Rm.square().sum(dim=(1, 2))
-                    conds.append((G.square().sum(dim=(1, 2)) + P.square().sum(dim=(1, 2)) * r2) / b)
-                ok = torch.isfinite(loss) & (loss <= DIVERGENCE_LOSS)
+            acts, deltas, err = _backprop(Ws, T_b, sig.draw_factor())
+            last = t == T1 - 1
+            if slot is None and every and not last and bool(torch.isfinite(err.sum())):
+                # between recorded steps, every replica finite (a NaN/inf anywhere makes the sum non-finite)
+                _update_in_place(Ws, acts, deltas, alphas[t] / b)
+                if progress is not None:
+                    progress(Rc)
+                continue
+            # ‖g_k‖² per replica with g_k = δ_kᵀ a_{k−1} / b, from m × m Grams (a non-finite one means divergence)
+            norms = [_factored_norm2(deltas[k], acts[k]) / b**2 for k in range(d)]
+            ok = torch.isfinite(err.sum(dim=(1, 2)))
+            for g2 in norms:
+                ok &= torch.isfinite(g2)
+            if slot is not None:  # population quantities, at the recorded steps only
+                delta, Ps, Rs, fulls = _forward(Ws, T_prod)
+                loss = 0.5 * _norm2(delta)
+                conds = []
+                for P, Rm, G in zip(Ps, Rs, fulls):
+                    g2 = _norm2(G)
+                    p2, r2 = (g2, p) if Rm is None else (2 * loss if P is delta else _norm2(P), _norm2(Rm))
+                    conds.append((g2 + p2 * r2) / b)
+                ok &= torch.isfinite(loss) & (loss <= DIVERGENCE_LOSS)
                 for cv in conds:
                     ok &= torch.isfinite(cv)
-            else:
-                ok = torch.ones_like(alive)
-            for g in grads:  # and every stochastic gradient finite
-                ok &= torch.isfinite(g.square().sum(dim=(1, 2)))
             newly = alive & ~ok
             if bool(newly.any()):
                 bad_at[newly] = t
                 alive &= ok
+                if not bool(alive.any()):  # the whole chunk diverged: its later statistics stay empty
+                    if progress is not None:
+                        progress(Rc * (T1 - t))
+                    break
             every = bool(alive.all())
+            grads: dict[int, torch.Tensor] = {}
+
+            def grad(k: int) -> torch.Tensor:  # materialised only where needed
+                if k not in grads:
+                    grads[k] = torch.bmm(deltas[k].transpose(1, 2) * (1.0 / b), acts[k])
+                return grads[k]
+
             if slot is not None:
-                for name, g, G, cv in zip(layer_names, grads, fulls, conds):
-                    stats.variance(f"var_g_{name}", slot, g, gid, alive, groups, every)
-                    stats.variance(f"var_full_grad_{name}", slot, G, gid, alive, groups, every)
-                    stats.mean(f"cond_{name}", slot, cv[:, None], gid, alive, groups)
-                stats.mean("loss", slot, loss[:, None], gid, alive, groups)
-                finite[slot] += int(alive.sum())
-            if t < T1 - 1:
-                a = alphas[t]
+                alive_at[:, slot] = alive
+                scalars["loss"][:, slot] = loss
+                for k, (name, G, cv) in enumerate(zip(layer_names, fulls, conds)):
+                    scalars[f"cond_{name}"][:, slot] = cv
+                    if every and equal:  # every group whole: M2 per group, kept until the chunk ends
+                        m2 = _factored_group_m2(deltas[k] * (1.0 / b), acts[k], norms[k], G_c)
+                        m2s[f"var_g_{name}"][:, slot] = group_m2(grad(k), G_c, consume=True) if m2 is None else m2
+                        m2s[f"var_full_grad_{name}"][:, slot] = group_m2(G, G_c, consume=True)
+                        m2_slots[f"var_g_{name}"].append(slot)
+                        m2_slots[f"var_full_grad_{name}"].append(slot)
+                    else:
+                        stats.variance(f"var_g_{name}", slot, grad(k), gid, alive, groups)
+                        stats.variance(f"var_full_grad_{name}", slot, G, gid, alive, groups)
+            if not last:
                 if every:
-                    for W, g in zip(Ws, grads):
-                        W.sub_(g, alpha=a)
+                    _update_in_place(Ws, acts, deltas, alphas[t] / b)
                 else:
-                    Ws = [torch.where(alive[:, None, None], W - a * g, W) for W, g in zip(Ws, grads)]
+                    a = alphas[t]
+                    Ws = [torch.where(alive[:, None, None], W - a * grad(k), W) for k, W in enumerate(Ws)]
             if progress is not None:
                 progress(Rc)
+        for name, slots in m2_slots.items():
+            if slots:
+                stats.store_variance(name, slots, groups, m2s[name][:, slots], Rc // G_c)
+        for name, x in scalars.items():
+            stats.mean_block(name, x, gid, alive_at, groups)
+        finite += alive_at.sum(dim=0).cpu().numpy()
         bad_steps.append(bad_at[bad_at >= 0].cpu().numpy())
     for name in layer_names:
         stats.data[f"var_g_rb_{name}"] = stats.data[f"cond_{name}"] + stats.data[f"var_full_grad_{name}"]
@@ -207,16 +318,33 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
     return DeepResult(curves, finite, int(bad.min()) if bad.size else None, int(bad.size), K)
 
 
-def estimate_cost(dims: tuple[int, ...], R: int, T: int, b: int, record_every: int = 1) -> dict[str, float]:
-    """Rough memory (bytes) and time (seconds on 2 CPU cores) of one batch size's run."""
-    p = dims[0]
-    m = min(b, p)
+def generic_reduced_dims(dims: tuple[int, ...]) -> tuple[int, ...]:
+    """Hidden widths after the exact reduction for generic weights: p_k' = min(p_k, p_{k−1}' + p_{k+1})."""
+    out = [dims[0]]
+    for k in range(1, len(dims) - 1):
+        out.append(min(dims[k], out[-1] + dims[k + 1]))
+    return (*out, dims[-1])
+
+
+STEP_FLOPS_PER_S = {4: 1.1e11, 8: 5.5e10}  # measured on 2 CPU cores (float32, float64), small-m batched GEMMs
+RECORD_FLOPS_PER_S = {4: 2.5e11, 8: 1.25e11}
+CHUNK_STEP_OVERHEAD_S = (1.5e-4, 2e-3)  # Python and small-op overhead per chunk and plain / recorded step
+
+
+def estimate_cost(dims: tuple[int, ...], R: int, T: int, b: int, record_every: int = 1,
+                  itemsize: int = 8) -> dict[str, float]:
+    """Rough memory (bytes) and time (seconds on 2 CPU cores) of one batch size's run, on the reduced widths.
+    Calibrated on the paper preset (64 → 256 → 128, float32) and the small presets (float64)."""
+    dims = generic_reduced_dims(tuple(dims))
+    p, m = dims[0], min(b, dims[0])
     n_params = sum(dims[k] * dims[k + 1] for k in range(len(dims) - 1))
-    chunk = min(R, max(2, CHUNK_ELEMENTS // (n_params + p * p + b * p)))
-    memory = 4.0 * chunk * (8 * n_params + 3 * p * p + m * sum(dims))
+    chunk = min(R, chunk_replicas(dims, b, torch.device("cpu"), itemsize))
+    memory = float(itemsize) * chunk * (8 * n_params + 3 * p * p + m * sum(dims))
     step_flops = 6 * m * n_params + 2 * m * p * dims[-1]
-    record_flops = 8 * p * n_params + 2 * p * p * dims[-1]
+    record_flops = 8 * p * n_params + 2 * p * p * dims[-1] + 16 * m * m * sum(dims)
     n_rec = len(recorded_steps(T, record_every))
-    seconds = (R * (T + 1) * step_flops / 4e10 + R * n_rec * (record_flops / 4e10 + 12 * n_params * 1e-9)
-               + (T + 1) * 1e-3 * (len(dims) + 1))
+    n_chunks = -(-R // chunk)
+    seconds = (R * (T + 1) * step_flops / STEP_FLOPS_PER_S.get(itemsize, 5.5e10)
+               + R * n_rec * record_flops / RECORD_FLOPS_PER_S.get(itemsize, 1e11)
+               + n_chunks * ((T + 1) * CHUNK_STEP_OVERHEAD_S[0] + n_rec * CHUNK_STEP_OVERHEAD_S[1]))
     return {"memory_bytes": memory, "seconds": seconds}
