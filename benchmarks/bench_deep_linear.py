@@ -26,23 +26,24 @@ from backend.config import DEEP_LINEAR_PRESETS, parse_config  # noqa: E402
 from backend.engine.deep_linear import SigmaSampler, reduced_dims, run_replicas  # noqa: E402
 
 
-def naive_loop(W0, T, alphas, b, R, dtype=torch.float32):
+def naive_loop(W0, T, alphas, b, R, dtype=torch.float32, device=torch.device("cpu")):
     p = W0[0].shape[1]
-    teacher = torch.nn.Sequential(*[torch.nn.Linear(M.shape[1], M.shape[0], bias=False) for M in T]).to(dtype)
+    teacher = torch.nn.Sequential(*[torch.nn.Linear(M.shape[1], M.shape[0], bias=False) for M in T]).to(device, dtype)
     with torch.no_grad():
         for layer, M in zip(teacher, T):
             layer.weight.copy_(torch.as_tensor(M))
     for r in range(R):
-        student = torch.nn.Sequential(*[torch.nn.Linear(M.shape[1], M.shape[0], bias=False) for M in W0]).to(dtype)
+        student = torch.nn.Sequential(*[torch.nn.Linear(M.shape[1], M.shape[0], bias=False)
+                                        for M in W0]).to(device, dtype)
         with torch.no_grad():
             for layer, M in zip(student, W0):
                 layer.weight.copy_(torch.as_tensor(M))
         opt = torch.optim.SGD(student.parameters(), lr=alphas[0])
-        gen = torch.Generator().manual_seed(r)
+        gen = torch.Generator(device=device).manual_seed(r)
         for t, a in enumerate(alphas):
             for group in opt.param_groups:
                 group["lr"] = a
-            x = torch.randn(b, p, generator=gen, dtype=dtype)
+            x = torch.randn(b, p, generator=gen, dtype=dtype, device=device)
             with torch.no_grad():
                 y = teacher(x)
             opt.zero_grad()

@@ -1,0 +1,225 @@
+"""One prepared GPU check (≈ 5 min on an H100): correctness of every engine on the device, then the GPU timings
+the issues ask for. Not a test; prints one line per result and writes them to ``--out``/gpu_check.txt.
+
+Run on the device machine (the backend needs python-flint and diskcache there; ``scripts/fetch_gpu_wheels.sh`` puts
+their wheels in .whl/ here, carried with the call):
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/*.whl && export PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 && python3 benchmarks/gpu_check.py --out $OUT
+
+``--small`` shrinks every part so the script's code paths can be checked on a CPU in about a minute.
+
+Checks (each prints PASS/FAIL): linear regression and the deep linear network at t = 1 against their exact theory on
+the device (|z| ≤ 4 wherever defined), MLP replica gradients (vmap) against separate module copies on the device.
+Timings: linear-regression engine (R = 1 000, T = 2 000, b = 16); deep-linear paper preset (1 000 replicas, 1 000 steps,
+b = 16) against the naive per-replica loop on the same device; one epoch of the MLP paper preset (5 × 50 replicas of
+784-1024-512-10, b = 64, on a synthetic 60 000-image IDX set: timing does not depend on pixel values) with achieved
+FLOP/s against this card's float32 matmul rate; sequence paper-preset throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("BATCHVAR_CACHE_DIR", tempfile.mkdtemp(prefix="batchvar-gpu-cache-"))
+
+from backend import api  # noqa: E402
+from backend.config import DEEP_LINEAR_PRESETS, parse_config  # noqa: E402
+from backend.engine import deep_linear as deep  # noqa: E402
+from backend.engine import linreg  # noqa: E402
+from backend.engine import mlp as mlp_engine  # noqa: E402
+from backend.engine.samplers import make_sampler  # noqa: E402
+from backend.theory import linreg as th  # noqa: E402
+
+LINES: list[str] = []
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+    LINES.append(line)
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, dev: torch.device) -> float:
+    sync(dev)
+    t0 = time.perf_counter()
+    fn()
+    sync(dev)
+    return time.perf_counter() - t0
+
+
+def matmul_rate(dev: torch.device, n: int) -> float:
+    """float32 FLOP/s of an n × n × n product (TF32 off: the engines compute in true float32)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    for _ in range(3):
+        a @ b
+    reps = 10
+    t = timed(lambda: [a @ b for _ in range(reps)], dev)
+    return 2 * n**3 * reps / t
+
+
+def check(name: str, ok: bool, detail: str) -> None:
+    say(f"{'PASS' if ok else 'FAIL'} {name}: {detail}")
+
+
+def check_linreg(dev: torch.device, small: bool) -> None:
+    cfg = parse_config({"dataset": {"name": "synthetic", "n": 40, "p": 3, "noise": 0.5, "seed": 1}, "steps": 20,
+                        "batch_sizes": [2, 8], "replicas": 4000 if small else 40000, "device": dev.type})
+    agree = api.agreement(api.theory(cfg), api.simulate(cfg))
+    check("linear regression vs exact theory", agree["within_4"] == 1.0,
+          f"|z| ≤ 4 for {agree['within_4']:.1%} of {agree['count']} (b, t); max |z| = {agree['max_abs']:.2f}")
+
+
+def check_deep(dev: torch.device, small: bool) -> None:
+    cfg = parse_config({"setting": "deep_linear", "dims": [3, 4, 2], "steps": 1, "batch_sizes": [2, 8, 32],
+                        "replicas": 20000 if small else 400000, "device": dev.type})
+    theory, sim = api.theory(cfg), api.simulate(cfg)
+    exact = theory["curves"]["var_g"]
+    est = sim["curves"]["var_g"]
+    z = (est["value"] - exact) / np.sqrt(est["se"] ** 2 + (1e-9 * np.abs(exact)) ** 2)
+    ok = np.isfinite(z[:, 1]).all() and (np.abs(z[:, 1]) <= 4).all()
+    check("deep linear t = 1 vs exact polynomial", bool(ok), f"z at t = 1: {np.round(z[:, 1], 2).tolist()}")
+
+
+def check_mlp_grads(dev: torch.device) -> None:
+    rng = np.random.default_rng(0)
+    X = torch.as_tensor(rng.uniform(-1, 1, size=(64, 20)), device=dev)
+    Y = torch.as_tensor(rng.integers(0, 4, size=64), device=dev)
+    model = mlp_engine.make_model(20, (16, 8), 4).double().to(dev)
+    params = mlp_engine.init_params(model, 2, 0, torch.float64, dev)
+    params = {k: v.repeat_interleave(3, dim=0).contiguous() for k, v in params.items()}  # 6 replicas
+    rep = mlp_engine.Replicas(mlp_engine.make_model(20, (16, 8), 4).double().to(dev))
+    idx = make_sampler("without_replacement", 64, 8, 6, torch.Generator(device=dev).manual_seed(0), dev).draw().idx
+    g, _ = rep.grad_and_loss(params, X[idx], Y[idx])
+    worst = 0.0
+    for r in range(6):
+        m = mlp_engine.make_model(20, (16, 8), 4).double().to(dev)
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                p.copy_(params[name][r])
+        torch.nn.functional.cross_entropy(m(X[idx[r]]), Y[idx[r]]).backward()
+        for name, p in m.named_parameters():
+            worst = max(worst, float((p.grad - g[name][r]).abs().max()))
+    check("MLP vmap gradients vs module copies", worst < 1e-10, f"max |difference| = {worst:.2e}")
+
+
+def time_linreg(dev: torch.device, small: bool) -> None:
+    T, R = (200, 200) if small else (2000, 1000)
+    cfg = parse_config({"steps": T, "batch_sizes": [16], "replicas": R})
+    X, y, w0 = (np.asarray(a, float) for a in (cfg.X, cfg.y, cfg.w0_values))
+    alphas = cfg.lr.alphas(T)
+    c = float(th.noise_factor(16, cfg.n))
+    linreg.run_replicas(X, y, w0, alphas[:10], 16, R, "without_replacement", 0, dev, c)  # warm-up
+    t = timed(lambda: linreg.run_replicas(X, y, w0, alphas, 16, R, "without_replacement", 0, dev, c), dev)
+    say(f"TIME linear regression engine, R = {R}, T = {T}, b = 16: {t:.2f} s on {dev}")
+
+
+def time_deep(dev: torch.device, small: bool) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_deep_linear import naive_loop
+
+    cfg = parse_config({"setting": "deep_linear", **DEEP_LINEAR_PRESETS["paper (Figure 3)"]})
+    steps, R = (50, 100) if small else (cfg.steps, cfg.replicas)
+    W0 = [np.asarray(M, dtype=np.float64) for M in cfg.w0_values]
+    T = [np.asarray(M, dtype=np.float64) for M in cfg.teacher_values]
+    alphas = cfg.lr.alphas(steps)
+    deep.run_replicas(W0, T, alphas[:5], 16, R, 0, dev, torch.float32, record_every=cfg.record_every)  # warm-up
+    t = timed(lambda: deep.run_replicas(W0, T, alphas, 16, R, 0, dev, torch.float32,
+                                        record_every=cfg.record_every), dev)
+    r_naive = 2
+    naive_loop(W0, T, alphas[:20], 16, 1, device=dev)  # warm-up
+    t_naive = timed(lambda: naive_loop(W0, T, alphas, 16, r_naive, device=dev), dev) * R / r_naive
+    say(f"TIME deep linear paper preset, {R} replicas, {steps} steps, b = 16, statistics every {cfg.record_every}: "
+        f"engine {t:.1f} s, naive per-replica loop ≈ {t_naive:.0f} s ({r_naive} replicas timed, scaled) on {dev}: "
+        f"×{t_naive / t:.1f} (target ≥ 20 on 2 CPU cores)")
+
+
+def write_synthetic_idx(directory: Path, n: int) -> None:
+    import struct
+
+    rng = np.random.default_rng(0)
+    for stem, arr in (("train-images-idx3-ubyte", rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)),
+                      ("train-labels-idx1-ubyte", rng.integers(0, 10, size=n, dtype=np.uint8))):
+        header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(">" + "I" * arr.ndim, *arr.shape)
+        (directory / stem).write_bytes(header + arr.tobytes())
+
+
+def time_mlp(dev: torch.device, small: bool, rate: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        n = 3000 if small else 60000
+        write_synthetic_idx(Path(tmp), n)
+        over = {"setting": "mlp", "preset": "paper", "epochs": 1, "batch_sizes": [64], "device": dev.type,
+                "dataset": {"name": "idx", "path": tmp}}
+        if small:
+            over.update({"hidden": [64, 32], "inits": 2, "replicas": 4, "eval_size": 500})
+        cfg = parse_config(over)
+        res = api.simulate(cfg)
+        secs = res["meta"]["seconds"]
+        d_in, P = 784, 0
+        widths = [d_in, *cfg.hidden, 10]
+        P = sum(widths[k] * widths[k + 1] + widths[k + 1] for k in range(len(widths) - 1))
+        n_train = res["meta"]["n_train"]
+        flops = 6 * P * n_train * cfg.inits * cfg.replicas  # one epoch of SGD (forward + backward)
+        say(f"TIME MLP {'-'.join(map(str, widths))}, {cfg.inits} × {cfg.replicas} replicas, b = 64, n_train = "
+            f"{n_train}: epoch 0 statistics + 1 training epoch + statistics in {secs:.1f} s on {dev}; SGD alone "
+            f"{flops / 1e12:.1f} TFLOP → ≥ {flops / secs / 1e12:.2f} TFLOP/s achieved vs {rate / 1e12:.1f} TFLOP/s "
+            f"float32 matmul on this device ({flops / secs / rate:.0%})")
+
+
+def time_sequence(dev: torch.device, small: bool) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_sequence import bench
+
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        bench("laptop" if small else "paper", 3, dev)
+    for line in buf.getvalue().splitlines():
+        say(f"TIME sequence {line}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--small", action="store_true", help="shrink everything (a CPU smoke run of the code paths)")
+    ap.add_argument("--out", default=None, help="directory for gpu_check.txt")
+    args = ap.parse_args()
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = torch.cuda.get_device_name(0) if dev.type == "cuda" else "CPU"
+    rate = matmul_rate(dev, 1024 if args.small else 8192)
+    say(f"device {name}, torch {torch.__version__}; float32 matmul {rate / 1e12:.2f} TFLOP/s")
+    steps = [("linear regression check", lambda: check_linreg(dev, args.small)),
+             ("deep linear check", lambda: check_deep(dev, args.small)),
+             ("MLP gradient check", lambda: check_mlp_grads(dev)),
+             ("linear regression timing", lambda: time_linreg(dev, args.small)),
+             ("deep linear timing", lambda: time_deep(dev, args.small)),
+             ("MLP timing", lambda: time_mlp(dev, args.small, rate)),
+             ("sequence timing", lambda: time_sequence(dev, args.small))]
+    for label, fn in steps:
+        t0 = time.perf_counter()
+        try:
+            fn()
+        except Exception as exc:  # one failing part must not hide the others' results
+            say(f"FAIL {label}: {type(exc).__name__}: {exc}")
+        print(f"  ({label}: {time.perf_counter() - t0:.0f} s)", flush=True)
+    if args.out:
+        Path(args.out, "gpu_check.txt").write_text("\n".join(LINES) + "\n")
+
+
+if __name__ == "__main__":
+    main()
