@@ -17,6 +17,7 @@ from backend.cache import CODE_VERSION, ResultCache, make_key
 from backend.config import MLPConfig
 from backend.engine import mlp as engine
 from backend.images import elastic_distort, load_dataset
+from backend.stats import t_quantile
 
 SAMPLER_LABELS = {"epoch_reshuffle": "reshuffle each epoch (the paper's training), n // b steps per epoch",
                   "without_replacement": "uniform b-subsets without replacement, independent per step"}
@@ -116,14 +117,22 @@ def shape_result(config: MLPConfig, meta: dict, arrays: dict, hit: bool) -> dict
                     c[q] = np.nanmean(s[q], axis=1)
                     c[f"{q}_min"] = np.nanmin(s[q], axis=1)
                     c[f"{q}_max"] = np.nanmax(s[q], axis=1)
+                for q in ("var_g", "loss_train", "loss_val", "error_train", "error_val", "gap_distorted"):
+                    if config.inits > 1:  # the paper's band: the spread over initial weights
+                        c[f"{q}_lo"], c[f"{q}_hi"] = c[f"{q}_min"], c[f"{q}_max"]
+                    else:  # one initial weight: the 95 % interval of the replica estimate
+                        half = t_quantile(0.95, max(config.replicas - 1, 1)) * s[f"{q}_se"][:, 0]
+                        c[f"{q}_lo"], c[f"{q}_hi"] = c[q] - half, c[q] + half
                 c["noise_one_step"] = np.nanmedian(s["noise_one_step"], axis=1)
                 c["noise_spread"] = np.nanmedian(s["noise_spread"], axis=1)
                 c["b_simple"] = np.nanmedian(s["trace_sigma"] / s["grad_sq"], axis=1)
                 c["finite"] = np.nansum(s["finite"], axis=1)
         c["per_init"] = s  # type: ignore[assignment]
         curves[b] = c
+    band = ("min–max over initial weights" if config.inits > 1 else
+            f"95 % interval from the {config.replicas} replicas (one initial weight)")
     return {"epoch": np.arange(config.epochs + 1), "batch_sizes": list(config.batch_sizes), "curves": curves,
-            "meta": meta, "cached": hit}
+            "meta": meta, "cached": hit, "band": band}
 
 
 def cached_checkpoint_epoch(config: MLPConfig, device: torch.device, cache: ResultCache) -> dict[int, int]:

@@ -241,18 +241,19 @@ def classifier_results(config, sim: dict, with_gap: bool) -> None:
     tab_g = tabs.get("Generalization gap")
     charts_by_name = {}
     with tab_v:
-        charts_by_name["var(g)"] = chart(frame("var_g", "var_g_min", "var_g_max"), "var(g) across replicas (log)",
+        charts_by_name["var(g)"] = chart(frame("var_g", "var_g_lo", "var_g_hi"), "var(g) across replicas (log)",
                                          True)
+        st.caption(f"Line: median over initial weights; band: {sim['band']}.")
         share = api_mlp.b_ordering_share(sim)
         st.write(f"var(g) decreases with b at {100 * share:.0f} % of the epochs (all batch sizes ordered).")
     with tab_l:
         for q, title in (("loss_train", "training loss"), ("loss_val", "validation loss"),
                          ("error_train", "training error"), ("error_val", "validation error")):
-            charts_by_name[title] = chart(frame(q, f"{q}_min", f"{q}_max"),
-                                          title + " (mean; band: min–max over inits)")
+            charts_by_name[title] = chart(frame(q, f"{q}_lo", f"{q}_hi"), title)
+        st.caption(f"Lines: mean over all replicas; bands: {sim['band']}.")
     if tab_g is not None:
         with tab_g:
-            charts_by_name["gap"] = chart(frame("gap_distorted", "gap_distorted_min", "gap_distorted_max"),
+            charts_by_name["gap"] = chart(frame("gap_distorted", "gap_distorted_lo", "gap_distorted_hi"),
                                           "accuracy(train) − accuracy(distorted validation)")
             st.caption(f"Elastic distortion α = {config.distortion['alpha']}, σ = {config.distortion['sigma']} "
                        f"(Simard et al.), measured every {config.distortion['every']} epochs.")

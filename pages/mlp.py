@@ -74,8 +74,8 @@ if sim is None:
     st.stop()
 meta = sim["meta"]
 st.caption(f"{meta['device']}; sampler: {meta['sampler_label']}; var(g) is the across-replica variance of the "
-           "gradient on a fresh uniform mini-batch at the weights reached at each epoch; medians and min–max bands "
-           "over the initial weights.")
+           "gradient on a fresh uniform mini-batch at the weights reached at each epoch; bands: "
+           f"{sim['band']}.")
 common.classifier_divergence(sim)
 
 common.classifier_results(config, sim, with_gap=True)

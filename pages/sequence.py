@@ -66,6 +66,6 @@ if sim is None:
     st.info("Press Run. A cancelled run resumes from its last completed epoch.")
     st.stop()
 st.caption(f"{sim['meta']['device']}; sampler: {sim['meta']['sampler_label']}; vocabulary "
-           f"{sim['meta']['vocab_size']} tokens; medians and min–max bands over the initial weights.")
+           f"{sim['meta']['vocab_size']} tokens; bands: {sim['band']}.")
 common.classifier_divergence(sim)
 common.classifier_results(config, sim, with_gap=False)

@@ -31,6 +31,7 @@ from backend.engine.linreg import seed_for
 from backend.engine.samplers import make_sampler
 from backend.errors import Cancelled
 
+WITH_SE = ("var_g", "loss_train", "loss_val", "error_train", "error_val", "gap_distorted")  # per-init SEs kept
 FIELDS = ("var_g", "var_g_min", "var_g_max", "loss_train", "loss_val", "error_train", "error_val", "gap_distorted",
           "noise_one_step", "noise_spread", "b_simple")
 
@@ -84,26 +85,37 @@ def flat(grads: dict[str, torch.Tensor], lead: int = 1) -> torch.Tensor:
     return torch.cat([g.reshape(*g.shape[:lead], -1) for g in grads.values()], dim=-1)
 
 
-def group_var(x: torch.Tensor, K: int, alive: torch.Tensor) -> np.ndarray:
-    """Per init k: unbiased across-replica variance Σ‖x − x̄‖²/(n − 1) of (N, d) rows (replicas of init k contiguous)."""
+def group_var(x: torch.Tensor, K: int, alive: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per init k: the unbiased across-replica variance V̂ = Σ‖x − x̄‖²/(n − 1) of (N, d) rows (replicas of init k
+    contiguous), and its standard error sd(u)/√n with u_r = n‖x_r − x̄‖²/(n − 1) (V̂ = mean u; delta method, exact
+    to O(1/n))."""
     N = x.shape[0]
     R = N // K
     v = x.reshape(K, R, -1).to(torch.float64)
     m = alive.reshape(K, R).to(torch.float64)
     cnt = m.sum(dim=1)
     mean = (v * m[..., None]).sum(dim=1) / cnt.clamp(min=1)[:, None]
-    m2 = (((v - mean[:, None]) ** 2).sum(dim=2) * m).sum(dim=1)
-    out = (m2 / (cnt - 1)).cpu().numpy()
-    out[cnt.cpu().numpy() < 2] = np.nan
-    return out
+    u = ((v - mean[:, None]) ** 2).sum(dim=2) * (cnt / (cnt - 1).clamp(min=1))[:, None]
+    return _mean_and_se(u, m, cnt, minimum=2)
 
 
-def group_mean(x: torch.Tensor, K: int, alive: torch.Tensor) -> np.ndarray:
+def group_mean(x: torch.Tensor, K: int, alive: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per init k: the mean of the replicas' scalars x (N,) and its standard error sd/√n."""
     N = x.shape[0]
     v = x.reshape(K, N // K).to(torch.float64)
     m = alive.reshape(K, N // K).to(torch.float64)
-    with np.errstate(invalid="ignore"):
-        return ((v * m).sum(dim=1) / m.sum(dim=1)).cpu().numpy()
+    return _mean_and_se(v, m, m.sum(dim=1), minimum=1)
+
+
+def _mean_and_se(u: torch.Tensor, m: torch.Tensor, cnt: torch.Tensor, minimum: int) -> tuple[np.ndarray, np.ndarray]:
+    u = torch.where(m > 0, u, 0.0)
+    mean = (u * m).sum(dim=1) / cnt.clamp(min=1)
+    var = (((u - mean[:, None]) ** 2) * m).sum(dim=1) / (cnt - 1).clamp(min=1)
+    se = (var / cnt.clamp(min=1)).sqrt()
+    mean, se, c = mean.cpu().numpy(), se.cpu().numpy(), cnt.cpu().numpy()
+    mean[c < minimum] = np.nan
+    se[c < max(minimum, 2)] = np.nan
+    return mean, se
 
 
 @dataclass
@@ -115,7 +127,7 @@ class EpochStats:
     @classmethod
     def empty(cls, E1: int, K: int) -> "EpochStats":
         names = ("var_g", "noise_one_step", "noise_spread", "trace_sigma", "grad_sq", "loss_train", "loss_val",
-                 "error_train", "error_val", "gap_distorted", "finite")
+                 "error_train", "error_val", "gap_distorted", "finite", *(f"{q}_se" for q in WITH_SE))
         return cls({n: np.full((E1, K), np.nan) for n in names})
 
 
@@ -219,22 +231,29 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
             mask.scatter_(1, d.idx, False)
             idx = mask.nonzero()[:, 1].reshape(N, b)
         g, _ = rep.grad_and_loss(params, Xtr[idx], Ytr[idx])
-        stats.values["var_g"][e] = group_var(flat(g), K, alive)
+        put = stats.values
+
+        def keep(name: str, value_se: tuple[np.ndarray, np.ndarray]) -> None:
+            put[name][e] = value_se[0]
+            if name in WITH_SE:
+                put[f"{name}_se"][e] = value_se[1]
+
+        keep("var_g", group_var(flat(g), K, alive))
         trace, full = noise_terms(rep, params, XS, YS)
-        stats.values["noise_spread"][e] = group_var(full, K, alive)
-        stats.values["noise_one_step"][e] = c_b * group_mean(trace, K, alive)
-        stats.values["trace_sigma"][e] = group_mean(trace, K, alive)
-        stats.values["grad_sq"][e] = group_mean(full.square().sum(1), K, alive)
+        keep("noise_spread", group_var(full, K, alive))
+        put["noise_one_step"][e] = c_b * group_mean(trace, K, alive)[0]
+        keep("trace_sigma", group_mean(trace, K, alive))
+        keep("grad_sq", group_mean(full.square().sum(1), K, alive))
         for split, (X, Y) in (("train", (Xev, Yev)), ("val", (Xva, Yva))):
             loss, err = evaluate(rep, params, X, Y)
-            stats.values[f"loss_{split}"][e] = group_mean(loss, K, alive)
-            stats.values[f"error_{split}"][e] = group_mean(err, K, alive)
+            keep(f"loss_{split}", group_mean(loss, K, alive))
+            keep(f"error_{split}", group_mean(err, K, alive))
             if split == "train":
                 err_train = err
         if Xdi is not None and (e % gap_every == 0 or e == epochs):
             _, err_d = evaluate(rep, params, Xdi, Yva)
-            stats.values["gap_distorted"][e] = group_mean(err_d - err_train, K, alive)
-        stats.values["finite"][e] = group_mean(alive.to(torch.float64), K, torch.ones_like(alive)) * R
+            keep("gap_distorted", group_mean(err_d - err_train, K, alive))
+        put["finite"][e] = group_mean(alive.to(torch.float64), K, torch.ones_like(alive))[0] * R
 
     if resume is None:
         record(0)
