@@ -431,9 +431,10 @@ DEEP_LINEAR_PRESETS: dict[str, dict[str, Any]] = {
     "scalar network": {"dims": [1, 1, 1], "steps": 3, "batch_sizes": [4, 8, 16, 32, 64], "replicas": 20000,
                        "w0": [[["1/2"]], [["3/4"]]], "teacher": [[["1"]], [["1"]]],
                        "lr": {"schedule": "constant", "c": "1/10"}},
+    # the paper does not give its weights' scale; at scale 1 with α_1 = 0.1 most replicas diverge for b ≤ 8
     "paper (Figure 3)": {"dims": [64, 256, 128], "steps": 1000, "batch_sizes": [4, 8, 16, 32, 64],
                          "replicas": 1000, "lr": {"schedule": "inverse", "c": "1/10"}, "dtype": "float32",
-                         "record_every": 10},
+                         "record_every": 10, "w0": {"seed": 0, "scale": 0.5}, "teacher": {"seed": 1, "scale": 0.5}},
 }
 
 

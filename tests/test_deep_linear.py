@@ -272,3 +272,18 @@ def test_factored_group_variance_matches_the_two_pass_form(monkeypatch):
     two = run_replicas(W0, T, cfg.lr.alphas(6), 2, 64, 4, DEV)
     for q in ("var_g", "var_g_layer1", "var_g_layer2", "var_g_rb"):
         np.testing.assert_allclose(one.curves[q]["value"], two.curves[q]["value"], rtol=1e-9, err_msg=q)
+
+
+def test_diverged_replicas_do_not_disturb_the_others():
+    """Some replicas diverge (zeroed and frozen); the survivors' statistics do not depend on how often statistics
+    are recorded, i.e. on which path (in place or masked) each step took."""
+    cfg = parse_config({"setting": "deep_linear", "dims": [2, 3, 2], "steps": 30, "batch_sizes": [1],
+                        "lr": {"schedule": "constant", "c": "1/2"}, "w0": {"seed": 0, "scale": 2}})
+    W0, T = floats(cfg.w0_values), floats(cfg.teacher_values)
+    every = run_replicas(W0, T, cfg.lr.alphas(30), 1, 64, 0, DEV)
+    thin = run_replicas(W0, T, cfg.lr.alphas(30), 1, 64, 0, DEV, record_every=5)
+    steps = [0, 5, 10, 15, 20, 25, 30]
+    assert 0 < every.diverged_replicas < 64 and every.finite_count[-1] > 1
+    np.testing.assert_array_equal(thin.finite_count, every.finite_count[steps])
+    for q in ("var_g", "var_g_layer1", "var_full_grad", "loss"):
+        np.testing.assert_allclose(thin.curves[q]["value"], every.curves[q]["value"][steps], rtol=1e-9, err_msg=q)

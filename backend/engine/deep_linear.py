@@ -7,7 +7,8 @@ Layers are batched tensors (R, p_k, p_{k−1}); each replica draws its own Σ̂_
 Per step: g_k = P_k Σ̂ R_k, the population gradient ∇_k L = P_k R_k, L = ½‖Δ‖², and the closed-form conditional
 variance var(g_k | W) = (1/b)(‖P_k R_k‖² + ‖P_k‖²‖R_k‖²) for the Rao–Blackwellised estimator. Replicas run in
 chunks of whole statistics groups, so per-step group statistics are final and memory is O(K·T), not O(T·R·params).
-A replica whose loss exceeds DIVERGENCE_LOSS or turns non-finite is dropped from that step on and reported.
+A replica whose loss exceeds DIVERGENCE_LOSS or turns non-finite is dropped from that step on and reported (its
+weights are set to zero: a fixed point whose updates are exactly zero, so the chunk keeps its fast path).
 
 Exact width reduction: every hidden space k keeps its SGD iterates inside S_k = col(W_k⁰) + row(W_{k+1}⁰) (the
 column updates of W_k lie in row(W_{k+1}), the row updates of W_{k+1} in col(W_k), for every Σ̂), so the replicas run
@@ -237,8 +238,9 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
             slot = record_index.get(t)
             acts, deltas, err = _backprop(Ws, T_b, sig.draw_factor())
             last = t == T1 - 1
-            if slot is None and every and not last and bool(torch.isfinite(err.sum())):
-                # between recorded steps, every replica finite (a NaN/inf anywhere makes the sum non-finite)
+            if slot is None and not last and bool(torch.isfinite(err.sum())):
+                # between recorded steps, every replica finite (a NaN/inf anywhere makes the sum non-finite); a
+                # diverged replica's weights are zero, so its update is exactly zero and it stays out of the way
                 _update_in_place(Ws, acts, deltas, alphas[t] / b)
                 if progress is not None:
                     progress(Rc)
@@ -260,7 +262,8 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
                 for cv in conds:
                     ok &= torch.isfinite(cv)
             newly = alive & ~ok
-            if bool(newly.any()):
+            fresh_dead = bool(newly.any())
+            if fresh_dead:
                 bad_at[newly] = t
                 alive &= ok
                 if not bool(alive.any()):  # the whole chunk diverged: its later statistics stay empty
@@ -290,11 +293,11 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
                         stats.variance(f"var_g_{name}", slot, grad(k), gid, alive, groups)
                         stats.variance(f"var_full_grad_{name}", slot, G, gid, alive, groups)
             if not last:
-                if every:
+                if not fresh_dead:  # the dead, if any, hold zero weights: their update is exactly zero
                     _update_in_place(Ws, acts, deltas, alphas[t] / b)
-                else:
+                else:  # newly diverged replicas: set to zero (finite, fixed), so the fast path can go on
                     a = alphas[t]
-                    Ws = [torch.where(alive[:, None, None], W - a * grad(k), W) for k, W in enumerate(Ws)]
+                    Ws = [torch.where(alive[:, None, None], W - a * grad(k), 0.0) for k, W in enumerate(Ws)]
             if progress is not None:
                 progress(Rc)
         for name, slots in m2_slots.items():
