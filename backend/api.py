@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from backend.cache import CODE_VERSION, ResultCache, default_cache, make_key
+from backend.costs import combine_costs, device_seconds
 from backend import api_deep, api_mlp, api_sequence
 from backend.config import (SAMPLER_LABELS, DeepLinearConfig, LinearRegressionConfig, MLPConfig,  # noqa: F401
                             SequenceConfig, paper_batch_sizes)
@@ -37,6 +38,7 @@ QUANTITY_LABELS = {
 EXACT_MAX_T = 30  # exact rational polynomials: cost grows like t² p⁴ with ever longer integers
 FLOAT_POLY_MAX_T = 400
 MAX_SIM_SECONDS = 3600.0
+MAX_RESUMABLE_SECONDS = 12 * 3600.0  # MLP / sequence runs checkpoint every epoch: a cancelled run resumes
 Z_ROUNDING = 1e-9  # relative float64 rounding floor added to the SE in z-scores (deterministic quantities at t = 0)
 
 
@@ -290,8 +292,8 @@ def estimate(config) -> dict[str, float]:
         return api_mlp.estimate(config)
     if isinstance(config, SequenceConfig):
         return api_sequence.estimate(config)
-    costs = [engine.estimate_cost(config.replicas, config.steps, b, config.n, config.p) for b in config.batch_sizes]
-    return {"memory_bytes": max(c["memory_bytes"] for c in costs), "seconds": sum(c["seconds"] for c in costs)}
+    return combine_costs([engine.estimate_cost(config.replicas, config.steps, b, config.n, config.p)
+                          for b in config.batch_sizes])
 
 
 def _available_memory(device: torch.device) -> float:
@@ -307,23 +309,22 @@ def _available_memory(device: torch.device) -> float:
     return 8.0 * 1024**3
 
 
-GPU_SPEEDUP = 20.0  # rough factor applied to the 2-core CPU time model on a CUDA device
-
-
 def guard(config, device: torch.device) -> dict[str, float]:
-    """Refuse a run that would not fit in memory or would take more than an hour, with the estimate and what to change.
+    """Refuse a run that would not fit in memory or would take more than an hour (12 hours for the MLP and sequence
+    runs, which checkpoint every epoch and resume), with the estimate and what to change.
 
-    The time model is calibrated on 2 CPU cores; on a CUDA device it is divided by GPU_SPEEDUP (rough)."""
+    Time on the device by backend.costs.device_seconds (2-core CPU model, or FLOPs at the GPU's measured rate)."""
     est = dict(estimate(config))
-    if device.type == "cuda":
-        est["seconds"] /= GPU_SPEEDUP
+    est["seconds"] = device_seconds(est, device)
     avail = _available_memory(device)
     if est["memory_bytes"] > 0.5 * avail:
         raise TooExpensive("replicas", f"the run needs about {est['memory_bytes'] / 2**30:.1f} GiB but "
                                        f"{avail / 2**30:.1f} GiB are available: reduce replicas or steps")
-    if est["seconds"] > MAX_SIM_SECONDS:
-        raise TooExpensive("replicas", f"the run would take about {est['seconds'] / 60:.0f} minutes on {device.type}: "
-                                       "reduce replicas, steps or epochs or the number of batch sizes (or use a GPU)")
+    limit = MAX_RESUMABLE_SECONDS if isinstance(config, CLASSIFIERS) else MAX_SIM_SECONDS
+    if est["seconds"] > limit:
+        raise TooExpensive("replicas", f"the run would take about {est['seconds'] / 60:.0f} minutes on {device.type} "
+                                       f"(the limit is {limit / 3600:.0f} h): reduce replicas, steps or epochs or the "
+                                       "number of batch sizes (or use a GPU)")
     return est
 
 

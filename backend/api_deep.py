@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from backend.cache import CODE_VERSION, ResultCache, make_key
+from backend.costs import combine_costs
 from backend.config import DeepLinearConfig
 from backend.engine import deep_linear as engine
 from backend.errors import ConfigError, TooExpensive
@@ -129,7 +130,7 @@ def estimate(config: DeepLinearConfig) -> dict[str, float]:
     itemsize = 8 if config.dtype == "float64" else 4
     costs = [engine.estimate_cost(config.dims, config.replicas, config.steps, b, config.record_every, itemsize)
              for b in config.batch_sizes]
-    return {"memory_bytes": max(c["memory_bytes"] for c in costs), "seconds": sum(c["seconds"] for c in costs)}
+    return combine_costs(costs)
 
 
 def simulate(config: DeepLinearConfig, device: torch.device, cache: ResultCache, progress=None,

@@ -15,6 +15,7 @@ import torch
 
 from backend.cache import CODE_VERSION, ResultCache, make_key
 from backend.config import MLPConfig
+from backend.costs import combine_costs
 from backend.engine import mlp as engine
 from backend.images import elastic_distort, load_dataset
 from backend.stats import t_quantile
@@ -33,7 +34,7 @@ def estimate(config: MLPConfig) -> dict[str, float]:
     costs = [engine.estimate_cost(len(data.x_train), h * w, config.hidden, data.n_classes, config.inits,
                                   config.replicas, config.epochs, b, config.eval_size, len(data.x_val),
                                   config.noise_samples) for b in config.batch_sizes]
-    return {"memory_bytes": max(c["memory_bytes"] for c in costs), "seconds": sum(c["seconds"] for c in costs)}
+    return combine_costs(costs)
 
 
 def simulate_classifier(config, kind: str, device: torch.device, cache: ResultCache, progress, cancel,

@@ -47,15 +47,17 @@ def estimate(config: SequenceConfig) -> dict[str, float]:
     N = config.inits * config.replicas
     tokens = config.max_len
     flops_per_seq = 6 * (P - config.vocab * config.width) * tokens + 12 * config.layers * tokens**2 * config.width
-    seconds = 0.0
+    seconds = flops = n_steps = 0.0
     for b in config.batch_sizes:
         steps = config.n_train // b
         train = N * steps * b * flops_per_seq
         evals = N * (min(config.eval_size, config.n_train) + config.n_train // 4 + b
                      + 3 * config.noise_samples) * flops_per_seq / 3
         seconds += config.epochs * ((train + evals) / 3.6e10 + steps * 8e-3)  # calibrated: laptop preset
+        flops += config.epochs * (train + evals)
+        n_steps += config.epochs * (steps + 3)
     memory = 4.0 * N * (6 * P + max(config.batch_sizes) * tokens * config.width * (8 + 2 * config.heads))
-    return {"memory_bytes": memory, "seconds": seconds}
+    return {"memory_bytes": memory, "seconds": seconds, "flops": flops, "steps": n_steps}
 
 
 def simulate(config: SequenceConfig, device: torch.device, cache: ResultCache, progress=None,

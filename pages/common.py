@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from backend import api, charts, export, jobs
+from backend import api, charts, costs, export, jobs
 from backend import config as cfg
 from backend.cache import default_cache
 from backend.errors import ConfigError
@@ -98,8 +98,8 @@ def run_panel(prefix: str, config, what: str) -> dict | None:
     sim = st.session_state.get(f"{prefix}_results", {}).get(run_key) or api.cached_simulation(config)
     est = api.estimate(config)
     device = api.resolve_device(config.device)
-    seconds = est["seconds"] / (api.GPU_SPEEDUP if device.type == "cuda" else 1.0)
-    where = "on the GPU (rough)" if device.type == "cuda" else "on 2 CPU cores"
+    seconds = costs.device_seconds(est, device)
+    where = costs.where(device)
     with st.form(f"{prefix}_run"):
         st.write(f"**Replica run**: {what} — about {seconds:.0f} s and {est['memory_bytes'] / 2**20:.0f} MiB "
                  f"{where}" + (" (cached: instant)" if sim is not None else "") + ".")

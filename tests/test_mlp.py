@@ -58,6 +58,9 @@ def test_noise_terms_and_b_simple_against_autograd_loops():
     XS = torch.as_tensor(data.x_train[:20].reshape(-1, 64), dtype=torch.float64)
     YS = torch.as_tensor(data.y_train[:20])
     trace, mean = engine.noise_terms(rep, params, XS, YS, chunk=7)
+    trace1, mean1 = engine.noise_terms(rep, params, XS, YS, chunk=1)  # one point per pass: the same sums
+    torch.testing.assert_close(trace1, trace, rtol=1e-12, atol=0)
+    torch.testing.assert_close(mean1, mean, rtol=1e-12, atol=1e-15)
     for r in range(2):
         m = engine.make_model(64, (6,), 10).double()
         with torch.no_grad():
@@ -243,3 +246,13 @@ def test_per_init_standard_errors_cover_at_the_nominal_rate():
     alive[:R - 1] = False  # one replica left in the first init: no variance, no SE
     v, se = engine.group_var(x, K, alive)
     assert np.isnan(v[0]) and np.isnan(se[0]) and np.isfinite(v[1:]).all()
+
+
+def test_per_sample_gradients_are_held_in_bounded_chunks():
+    """The paper preset (5 × 50 replicas of 784-1024-512-10) would need 85 GB for 64 points of per-sample gradients
+    at once; the chunk shrinks to one point (1.3 GB) and the run's memory estimate fits a GPU."""
+    P = 784 * 1024 + 1024 + 1024 * 512 + 512 + 512 * 10 + 10
+    assert engine.noise_chunk(250, P) == 1 and engine.noise_chunk(6, 500) == 64
+    assert 250 * P * engine.noise_chunk(250, P) <= max(engine.PER_SAMPLE_ELEMENTS, 250 * P)
+    est = engine.estimate_cost(60000, 784, (1024, 512), 10, 5, 50, 1, 64, 10000, 10000, 256)
+    assert est["memory_bytes"] < 16 * 2**30

@@ -350,4 +350,6 @@ def estimate_cost(dims: tuple[int, ...], R: int, T: int, b: int, record_every: i
     seconds = (R * (T + 1) * step_flops / STEP_FLOPS_PER_S.get(itemsize, 5.5e10)
                + R * n_rec * record_flops / RECORD_FLOPS_PER_S.get(itemsize, 1e11)
                + n_chunks * ((T + 1) * CHUNK_STEP_OVERHEAD_S[0] + n_rec * CHUNK_STEP_OVERHEAD_S[1]))
-    return {"memory_bytes": memory, "seconds": seconds}
+    gpu_chunks = -(-R // min(R, max(2, CHUNK_ELEMENTS // (n_params + p * p + b * p))))
+    return {"memory_bytes": memory, "seconds": seconds, "flops": float(R * (T + 1) * step_flops + R * n_rec * record_flops),
+            "steps": float(gpu_chunks * (T + 1))}

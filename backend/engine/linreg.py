@@ -155,4 +155,5 @@ def estimate_cost(R: int, T: int, b: int, n: int, p: int) -> dict[str, float]:
     memory = 8.0 * (Rc * k * (p + 2) * 3 + 2 * K * (T + 1) * (p + 2))
     chunks = math.ceil(R / Rc)
     time_s = chunks * (T + 1) * (6e-4 + 3e-9 * Rc * k * p * 4 + 2e-5 * math.log2(max(k, 2)) * Rc / 100)
-    return {"memory_bytes": memory, "seconds": time_s}
+    return {"memory_bytes": memory, "seconds": time_s, "flops": 8.0 * R * (T + 1) * k * (p + 2),
+            "steps": float(chunks * (T + 1))}

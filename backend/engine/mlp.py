@@ -144,15 +144,35 @@ def evaluate(rep: Replicas, params, X: torch.Tensor, Y: torch.Tensor, chunk: int
     return torch.stack(losses).sum(0) / n, torch.stack(errors).sum(0) / n
 
 
-def noise_terms(rep: Replicas, params, XS: torch.Tensor, YS: torch.Tensor, chunk: int = 64):
-    """Per replica: tr Σ(w) = (1/(m−1)) Σ_i ‖∇L_i − ∇L_S‖² and the subsample gradient ∇L_S (flattened)."""
-    sums, sq = None, None
-    for s in range(0, XS.shape[0], chunk):
-        g = flat(rep.per_sample_replicas(params, XS[s:s + chunk], YS[s:s + chunk]), lead=2).to(torch.float64)
-        sums = g.sum(1) if sums is None else sums + g.sum(1)
-        sq = g.square().sum(dim=(1, 2)) if sq is None else sq + g.square().sum(dim=(1, 2))
+PER_SAMPLE_ELEMENTS = 2**27  # per-sample gradient entries held at once (0.5 GiB in float32)
+
+
+def noise_chunk(N: int, P: int) -> int:
+    """Training points per pass of per-sample gradients: N replicas × P parameters each, at most PER_SAMPLE_ELEMENTS
+    entries (at least one point, at most 64)."""
+    return max(1, min(64, PER_SAMPLE_ELEMENTS // max(1, N * P)))
+
+
+def noise_terms(rep: Replicas, params, XS: torch.Tensor, YS: torch.Tensor, chunk: int | None = None):
+    """Per replica: tr Σ(w) = (1/(m−1)) Σ_i ‖∇L_i − ∇L_S‖² and the subsample gradient ∇L_S (flattened, float64).
+
+    Per-sample gradients are formed ``chunk`` points at a time (default: noise_chunk), parameter by parameter, and
+    reduced at once: memory O(N·P·chunk) plus the (N, P) float64 sum, whatever m."""
+    N = next(iter(params.values())).shape[0]
+    P = sum(v[0].numel() for v in params.values())
+    chunk = chunk or noise_chunk(N, P)
     m = XS.shape[0]
-    mean = sums / m
+    sums: dict[str, torch.Tensor] = {}
+    sq = torch.zeros(N, dtype=torch.float64, device=XS.device)
+    for s in range(0, m, chunk):
+        per = rep.per_sample_replicas(params, XS[s:s + chunk], YS[s:s + chunk])  # {name: (N, c, …)}
+        for name, g in per.items():
+            g = g.reshape(N, g.shape[1], -1)
+            part = g.sum(1, dtype=torch.float64)
+            sums[name] = part if name not in sums else sums[name] + part
+            sq += torch.linalg.vector_norm(g, dim=(1, 2), dtype=torch.float64).square()
+        del per
+    mean = torch.cat([sums[name] for name in params], dim=1) / m
     trace = (sq - m * mean.square().sum(1)) / (m - 1)
     return trace, mean
 
@@ -303,8 +323,10 @@ def estimate_cost(n_train: int, d_in: int, hidden: tuple[int, ...], n_classes: i
     train_flops = 6 * P * n_train * N  # per epoch: every sample once per replica, forward + backward
     eval_flops = 2 * P * N * (min(eval_size, n_train) + 2 * n_val) + 6 * P * N * (b + min(noise_samples, n_train))
     seconds = epochs * ((train_flops + eval_flops) / 4e10 + (n_train // b) * 1.2e-2)  # calibrated: laptop preset
-    memory = 4.0 * N * (3 * P + b * d_in + 64 * P / max(1, N)) + 4.0 * N * min(noise_samples, 64) * P
-    return {"memory_bytes": memory, "seconds": seconds}
+    memory = (4.0 * N * (3 * P + b * d_in + b * sum(widths)) + 4.0 * N * P * noise_chunk(N, P)  # per-sample grads
+              + 8.0 * N * P)  # their float64 sum
+    return {"memory_bytes": memory, "seconds": seconds, "flops": float(epochs * (train_flops + eval_flops)),
+            "steps": float(epochs * (n_train // b + 3 + min(noise_samples, n_train) // noise_chunk(N, P)))}
 
 
 def pack_checkpoint(state: dict) -> tuple[dict, dict[str, np.ndarray]]:
