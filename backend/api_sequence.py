@@ -22,18 +22,34 @@ def _key(kind: str, config: SequenceConfig, extra: dict | None = None) -> str:
     return make_key(kind, config.to_json(), extra)
 
 
-def build_task(config: SequenceConfig, device: torch.device, total_steps: int) -> tuple[trainer.Task, int]:
+def encode_corpus(config: SequenceConfig):
+    """(tokenizer, train ids, validation ids, labels): ids (n, L) with L = min(max_len, the longest sentence) —
+    columns that are padding in every sentence are dropped. Exact: padding is never attended to nor pooled, so the
+    logits and gradients are the same, and the cost follows the longest sentence instead of max_len."""
     data = load_corpus(config.corpus)
     tok = Tokenizer.build(data.train_text, config.tokenizer, config.max_len, config.vocab)
+    tr, va = tok.encode(data.train_text), tok.encode(data.val_text)
+    used = int(max((tr != 0).sum(1).max(initial=1), (va != 0).sum(1).max(initial=1)))
+    return tok, tr[:, :used], va[:, :used], data
+
+
+def activations_per_sequence(config: SequenceConfig, tokens: int) -> int:
+    """Floats one sequence keeps for the backward pass: per layer ≈ tokens · (16 · width + 2 · heads · tokens)."""
+    return tokens * config.layers * (16 * config.width + 2 * config.heads * tokens)
+
+
+def build_task(config: SequenceConfig, device: torch.device, total_steps: int) -> tuple[trainer.Task, int]:
+    tok, tr, va, data = encode_corpus(config)
     dtype = torch.float32 if config.dtype == "float32" else torch.float64
     model = seq.Encoder(tok.size, config.max_len, config.width, config.heads, config.layers).to(dtype)
     opt = config.optimizer
     task = trainer.Task(
-        torch.as_tensor(tok.encode(data.train_text), device=device), torch.as_tensor(data.y_train, device=device),
-        torch.as_tensor(tok.encode(data.val_text), device=device), torch.as_tensor(data.y_val, device=device), None,
+        torch.as_tensor(tr, device=device), torch.as_tensor(data.y_train, device=device),
+        torch.as_tensor(va, device=device), torch.as_tensor(data.y_val, device=device), None,
         module_forward(seq.Encoder(tok.size, config.max_len, config.width, config.heads, config.layers).to(dtype)),
         lambda K: seq.init_params(model, K, config.seed, dtype, device),
-        seq.AdamW((opt["beta1"], opt["beta2"]), opt["eps"], opt["weight_decay"], opt["clip"]))
+        seq.AdamW((opt["beta1"], opt["beta2"]), opt["eps"], opt["weight_decay"], opt["clip"]),
+        act_per_sample=activations_per_sequence(config, tr.shape[1]))
     return task, tok.size
 
 
@@ -43,9 +59,10 @@ def n_params(config: SequenceConfig, vocab_size: int) -> int:
 
 
 def estimate(config: SequenceConfig) -> dict[str, float]:
-    P = n_params(config, config.vocab)
+    tok, tr, _, _ = encode_corpus(config)
+    P = n_params(config, tok.size)
     N = config.inits * config.replicas
-    tokens = config.max_len
+    tokens = tr.shape[1]
     flops_per_seq = 6 * (P - config.vocab * config.width) * tokens + 12 * config.layers * tokens**2 * config.width
     seconds = flops = n_steps = 0.0
     for b in config.batch_sizes:
@@ -56,7 +73,11 @@ def estimate(config: SequenceConfig) -> dict[str, float]:
         seconds += config.epochs * ((train + evals) / 3.6e10 + steps * 8e-3)  # calibrated: laptop preset
         flops += config.epochs * (train + evals)
         n_steps += config.epochs * (steps + 3)
-    memory = 4.0 * N * (6 * P + max(config.batch_sizes) * tokens * config.width * (8 + 2 * config.heads))
+    # parameters, gradients, Adam moments; the activations of one vectorised block of replicas (trainer.replica_chunk)
+    act = activations_per_sequence(config, tokens)
+    b_max = max(config.batch_sizes)
+    block = min(N, max(1, trainer.ACTIVATION_ELEMENTS // (b_max * act)))
+    memory = 4.0 * N * 6 * P + 4.0 * block * b_max * act
     return {"memory_bytes": memory, "seconds": seconds, "flops": flops, "steps": n_steps}
 
 

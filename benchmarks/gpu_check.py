@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("BATCHVAR_CACHE_DIR", tempfile.mkdtemp(prefix="batchvar-gpu-cache-"))
 
-from backend import api  # noqa: E402
+from backend import api, costs  # noqa: E402
 from backend.config import DEEP_LINEAR_PRESETS, parse_config  # noqa: E402
 from backend.engine import deep_linear as deep  # noqa: E402
 from backend.engine import linreg  # noqa: E402
@@ -167,6 +167,7 @@ def time_mlp(dev: torch.device, small: bool, rate: float) -> None:
         if small:
             over.update({"hidden": [64, 32], "inits": 2, "replicas": 4, "eval_size": 500})
         cfg = parse_config(over)
+        est = api.estimate(cfg)
         res = api.simulate(cfg)
         secs = res["meta"]["seconds"]
         d_in, P = 784, 0
@@ -177,7 +178,8 @@ def time_mlp(dev: torch.device, small: bool, rate: float) -> None:
         say(f"TIME MLP {'-'.join(map(str, widths))}, {cfg.inits} × {cfg.replicas} replicas, b = 64, n_train = "
             f"{n_train}: epoch 0 statistics + 1 training epoch + statistics in {secs:.1f} s on {dev}; SGD alone "
             f"{flops / 1e12:.1f} TFLOP → ≥ {flops / secs / 1e12:.2f} TFLOP/s achieved vs {rate / 1e12:.1f} TFLOP/s "
-            f"float32 matmul on this device ({flops / secs / rate:.0%})")
+            f"float32 matmul on this device ({flops / secs / rate:.0%}); estimated {costs.device_seconds(est, dev):.1f} s, "
+            f"{est['memory_bytes'] / 2**30:.1f} GiB")
 
 
 def time_sequence(dev: torch.device, small: bool) -> None:
@@ -192,6 +194,14 @@ def time_sequence(dev: torch.device, small: bool) -> None:
         bench("laptop" if small else "paper", 3, dev)
     for line in buf.getvalue().splitlines():
         say(f"TIME sequence {line}")
+    preset = "laptop" if small else "paper"
+    cfg = parse_config({"setting": "sequence", "preset": preset, "epochs": 1, "batch_sizes": [32],
+                        "device": dev.type})
+    est = api.estimate(cfg)
+    res = api.simulate(cfg)
+    say(f"TIME sequence {preset} preset, {cfg.inits * cfg.replicas} replicas, b = 32: epoch 0 statistics + 1 epoch + "
+        f"statistics in {res['meta']['seconds']:.1f} s on {dev} (estimated {costs.device_seconds(est, dev):.1f} s, "
+        f"{est['memory_bytes'] / 2**30:.1f} GiB)")
 
 
 def main() -> None:

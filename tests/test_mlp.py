@@ -6,6 +6,7 @@ import os
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 
 import numpy as np
@@ -256,3 +257,25 @@ def test_per_sample_gradients_are_held_in_bounded_chunks():
     assert 250 * P * engine.noise_chunk(250, P) <= max(engine.PER_SAMPLE_ELEMENTS, 250 * P)
     est = engine.estimate_cost(60000, 784, (1024, 512), 10, 5, 50, 1, 64, 10000, 10000, 256)
     assert est["memory_bytes"] < 16 * 2**30
+
+
+def test_replica_blocks_give_the_same_results(monkeypatch):
+    """Replicas processed in blocks (when their activations would not fit) give exactly what one vmap gives, call by
+    call and over a whole run with statistics."""
+    data, model, params = small_setup(K=2, R=3)
+    X = torch.as_tensor(data.x_train[:40].reshape(-1, 64), dtype=torch.float64)
+    Y = torch.as_tensor(data.y_train[:40])
+    whole, blocks = engine.Replicas(engine.make_model(64, (6,), 10)), engine.Replicas(engine.make_model(64, (6,), 10), 4)
+    idx = torch.randint(0, 40, (6, 5), generator=torch.Generator().manual_seed(0))
+    for a, b in ((whole.grad_and_loss(params, X[idx], Y[idx]), blocks.grad_and_loss(params, X[idx], Y[idx])),
+                 (whole.per_sample_replicas(params, X[:7], Y[:7]), blocks.per_sample_replicas(params, X[:7], Y[:7])),
+                 (whole.logits(params, X), blocks.logits(params, X))):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    cfg = {"setting": "mlp", "preset": "laptop", "epochs": 2, "inits": 2, "replicas": 3, "hidden": [8],
+           "dataset": {"name": "digits", "train_size": 120}, "dtype": "float64", "batch_sizes": [16]}
+    runs = []
+    for limit in (engine.ACTIVATION_ELEMENTS, 16 * 200):  # the second: blocks of two replicas
+        monkeypatch.setattr(engine, "ACTIVATION_ELEMENTS", limit)
+        runs.append(api.simulate(parse_config(cfg), cache=ResultCache(tempfile.mkdtemp())))
+    for q in ("var_g", "loss_train", "error_val", "noise_spread", "b_simple"):
+        np.testing.assert_allclose(runs[1]["curves"][16][q], runs[0]["curves"][16][q], rtol=1e-12, err_msg=q)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import ROOT
 
+from backend import api_sequence
 from backend.config import parse_config
 from backend.engine import mlp as trainer
 from backend.engine import sequence as seq
@@ -155,3 +156,26 @@ def test_bad_fields_are_refused(tmp_path, raw, field):
     out = subprocess.run([sys.executable, "-m", "backend", "simulate", str(path)], cwd=ROOT, capture_output=True,
                          text=True, env=os.environ.copy())
     assert out.returncode == 2 and out.stderr.startswith(f"error: {field}")
+
+
+def test_trailing_padding_columns_change_nothing():
+    """Dropping columns that are padding in every sentence (what encode_corpus does) leaves logits and gradients
+    unchanged: padding is never attended to nor pooled."""
+    torch.manual_seed(0)
+    model = seq.Encoder(30, 16, 8, 2, 2).double()
+    ids = torch.randint(2, 30, (5, 16))
+    lengths = torch.tensor([3, 7, 1, 9, 4])
+    ids[torch.arange(16)[None, :] >= lengths[:, None]] = 0
+    y = torch.tensor([0, 1, 1, 0, 1])
+    grads = []
+    for width in (16, 9):
+        model.zero_grad()
+        out = model(ids[:, :width])
+        torch.nn.functional.cross_entropy(out, y).backward()
+        grads.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-12, atol=1e-14)
+    for g_trim, g_full in zip(grads[1][1], grads[0][1]):
+        torch.testing.assert_close(g_trim, g_full, rtol=1e-10, atol=1e-14)
+    cfg = parse_config({"setting": "sequence", "preset": "paper"})
+    tok, tr, va, _ = api_sequence.encode_corpus(cfg)
+    assert tr.shape[1] == va.shape[1] < cfg.max_len and (tr[:, -1] != 0).any() | (va[:, -1] != 0).any()

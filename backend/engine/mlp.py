@@ -64,21 +64,57 @@ def module_forward(model: torch.nn.Module) -> Callable:
     return lambda params, x: functional_call(meta, params, (x,))
 
 
-class Replicas:
-    """A functional classifier forward(params, x) → logits and its batched gradient, loss and per-sample gradients."""
+ACTIVATION_ELEMENTS = 2**29  # activations held at once by one vmapped call (2 GiB in float32)
 
-    def __init__(self, model) -> None:
+
+class Replicas:
+    """A functional classifier forward(params, x) → logits and its batched gradient, loss and per-sample gradients.
+
+    Every batched call runs over all replicas at once, or over consecutive blocks of ``replica_chunk`` replicas (each
+    block vectorised) when the activations of all of them would not fit: results are concatenated, identical."""
+
+    def __init__(self, model, replica_chunk: int | None = None) -> None:
         forward = module_forward(model) if isinstance(model, torch.nn.Module) else model
         self.forward = forward
+        self.replica_chunk = replica_chunk
 
         def loss(params, x, y):
             return torch.nn.functional.cross_entropy(forward(params, x), y)
 
         self.loss = loss
-        self.grad_and_loss = vmap(grad_and_value(loss))  # over replicas: (params, xb, yb)
         self.per_sample = vmap(grad(lambda p, x, y: loss(p, x[None], y[None])), in_dims=(None, 0, 0))
-        self.per_sample_replicas = vmap(self.per_sample, in_dims=(0, None, None))
-        self.logits = vmap(lambda p, x: forward(p, x), in_dims=(0, None))
+        self._grad_and_loss = vmap(grad_and_value(loss))  # over replicas: (params, xb, yb)
+        self._per_sample_replicas = vmap(self.per_sample, in_dims=(0, None, None))
+        self._logits = vmap(lambda p, x: forward(p, x), in_dims=(0, None))
+
+    def _blocks(self, fn, params, *per_replica, shared=()):
+        N = next(iter(params.values())).shape[0]
+        c = self.replica_chunk
+        if c is None or c >= N:
+            return fn(params, *per_replica, *shared)
+        parts = [fn({k: v[s:s + c] for k, v in params.items()}, *(a[s:s + c] for a in per_replica), *shared)
+                 for s in range(0, N, c)]
+        return _concat(parts)
+
+    def grad_and_loss(self, params, xb, yb):
+        """({name: (N, …)} gradients, (N,) losses) of each replica on its own batch xb[r], yb[r]."""
+        return self._blocks(self._grad_and_loss, params, xb, yb)
+
+    def per_sample_replicas(self, params, X, Y):
+        """{name: (N, m, …)}: every replica's gradient on each of the shared points (X, Y)."""
+        return self._blocks(self._per_sample_replicas, params, shared=(X, Y))
+
+    def logits(self, params, X):
+        """(N, m, C): every replica's logits on the shared points X."""
+        return self._blocks(self._logits, params, shared=(X,))
+
+
+def _concat(parts):
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts)
+    if isinstance(parts[0], dict):
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return tuple(_concat([p[i] for p in parts]) for i in range(len(parts[0])))
 
 
 def flat(grads: dict[str, torch.Tensor], lead: int = 1) -> torch.Tensor:
@@ -131,8 +167,12 @@ class EpochStats:
         return cls({n: np.full((E1, K), np.nan) for n in names})
 
 
-def evaluate(rep: Replicas, params, X: torch.Tensor, Y: torch.Tensor, chunk: int = 4096):
-    """Per-replica mean loss and error on (X, Y)."""
+def evaluate(rep: Replicas, params, X: torch.Tensor, Y: torch.Tensor, chunk: int = 4096, act_per_sample: int = 0):
+    """Per-replica mean loss and error on (X, Y), ``chunk`` points at a time (fewer when the activations of a block
+    of replicas on them would exceed ACTIVATION_ELEMENTS)."""
+    if act_per_sample:
+        block = rep.replica_chunk or next(iter(params.values())).shape[0]
+        chunk = max(1, min(chunk, ACTIVATION_ELEMENTS // (block * act_per_sample)))
     losses, errors = [], []
     for s in range(0, X.shape[0], chunk):
         logits = rep.logits(params, X[s:s + chunk])  # (N, n, C)
@@ -183,7 +223,9 @@ class Task:
 
     ``init(K) → {name: (K, …)}``; ``optimizer`` is None for plain SGD (w ← w − α_t g) or an object with
     ``init(params)``, ``step(params, grads, state, lr, t)`` and ``clip`` (per-replica gradient-norm clipping, applied
-    after the gradient is recorded — the variance reported is that of the raw stochastic gradient)."""
+    after the gradient is recorded — the variance reported is that of the raw stochastic gradient).
+    ``act_per_sample``: activations one sample keeps for the backward pass (floats; 0 = small), which sets how many
+    replicas one vectorised call may hold (ACTIVATION_ELEMENTS)."""
 
     Xtr: torch.Tensor
     Ytr: torch.Tensor
@@ -193,6 +235,15 @@ class Task:
     forward: Callable
     init: Callable[[int], dict]
     optimizer: object | None = None
+    act_per_sample: int = 0
+
+
+def replica_chunk(task: Task, N: int, b: int) -> int | None:
+    """Replicas per vectorised call: all N unless their activations on b samples exceed ACTIVATION_ELEMENTS."""
+    if not task.act_per_sample:
+        return None
+    c = max(1, ACTIVATION_ELEMENTS // (b * task.act_per_sample))
+    return None if c >= N else c
 
 
 def mlp_task(data, hidden, seed: int, dtype: torch.dtype, device: torch.device, distorted_val: np.ndarray | None
@@ -204,7 +255,8 @@ def mlp_task(data, hidden, seed: int, dtype: torch.dtype, device: torch.device, 
     return Task(as_t(data.x_train), torch.as_tensor(data.y_train, device=device), as_t(data.x_val),
                 torch.as_tensor(data.y_val, device=device), None if distorted_val is None else as_t(distorted_val),
                 module_forward(make_model(d_in, hidden, data.n_classes)),
-                lambda K: init_params(model, K, seed, dtype, device))
+                lambda K: init_params(model, K, seed, dtype, device),
+                act_per_sample=d_in + 2 * sum(hidden) + 2 * data.n_classes)
 
 
 def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[[int], float], b: int,
@@ -218,7 +270,7 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
     sub = np.random.default_rng(seed_for(seed, 31337)).permutation(n)[:min(noise_samples, n)]
     XS, YS = Xtr[sub], Ytr[sub]
     c_b = (n - b) / (b * (n - 1)) if n > 1 else 0.0
-    rep = Replicas(task.forward)
+    rep = Replicas(task.forward, replica_chunk(task, K * R, b))
     opt = task.optimizer
     N = K * R
     steps_per_epoch = n // b
@@ -265,13 +317,13 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
         keep("trace_sigma", group_mean(trace, K, alive))
         keep("grad_sq", group_mean(full.square().sum(1), K, alive))
         for split, (X, Y) in (("train", (Xev, Yev)), ("val", (Xva, Yva))):
-            loss, err = evaluate(rep, params, X, Y)
+            loss, err = evaluate(rep, params, X, Y, act_per_sample=task.act_per_sample)
             keep(f"loss_{split}", group_mean(loss, K, alive))
             keep(f"error_{split}", group_mean(err, K, alive))
             if split == "train":
                 err_train = err
         if Xdi is not None and (e % gap_every == 0 or e == epochs):
-            _, err_d = evaluate(rep, params, Xdi, Yva)
+            _, err_d = evaluate(rep, params, Xdi, Yva, act_per_sample=task.act_per_sample)
             keep("gap_distorted", group_mean(err_d - err_train, K, alive))
         put["finite"][e] = group_mean(alive.to(torch.float64), K, torch.ones_like(alive))[0] * R
 
