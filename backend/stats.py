@@ -172,8 +172,8 @@ def group_m2(x: torch.Tensor, G: int, consume: bool = False) -> torch.Tensor:
 class GroupStats:
     """Per (group, t) estimates for replicas processed in group-aligned chunks (each group lies in one chunk).
 
-    ``variance`` stores the unbiased within-group variance V̂_k = Σ‖x − x̄_k‖²/(n_k − 1) of vectors; ``mean`` stores
-    group means of scalars. The final estimate is the mean over groups (batch means: unbiased, with
+    ``variance`` stores the unbiased within-group variance V̂_k = Σ‖x − x̄_k‖²/(n_k − 1) of vectors; ``mean_block``
+    stores group means of scalars. The final estimate is the mean over groups (batch means: unbiased, with
     SE = sd_k / √K); memory is O(K · T) per quantity whatever the number of parameters and replicas.
     """
 
@@ -234,13 +234,6 @@ class GroupStats:
         v[cnt.cpu().numpy() < 2] = np.nan
         self._slot(name)[groups.start:groups.stop, t] = v
         self.counts[groups.start:groups.stop, t] = cnt.cpu().numpy()
-
-    def mean(self, name: str, t: int, x: torch.Tensor, gid: torch.Tensor, valid: torch.Tensor, groups: range) -> None:
-        G = len(groups)
-        _, _, cnt, mean = self._group_moments(x, gid, valid, G)
-        v = mean[:, 0].cpu().numpy()
-        v[cnt.cpu().numpy() < 1] = np.nan
-        self._slot(name)[groups.start:groups.stop, t] = v
 
     def result(self, name: str, level: float = 0.95) -> dict[str, np.ndarray]:
         g = self.data[name]
