@@ -25,6 +25,9 @@ test: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(PY) benchmarks/bench_linreg.py
+	$(PY) benchmarks/bench_deep_linear.py
+	$(PY) benchmarks/bench_mlp.py
+	$(PY) benchmarks/bench_sequence.py
 
 clean-cache:
 	rm -rf cache/results cache/locks
