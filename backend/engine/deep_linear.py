@@ -187,6 +187,44 @@ def _forward(Ws: list[torch.Tensor], T_prod: torch.Tensor):
     return delta, Ps, Rs, Gs
 
 
+def _population(Ws: list[torch.Tensor], T_prod: torch.Tensor, b: int):
+    """Per replica: the loss L = ½‖Δ‖², the population gradients ∇_k L = P_k R_k, and the conditional variances
+    var(g_k | W) = (1/b)(‖P_k R_k‖² + ‖P_k‖²‖R_k‖²) (‖R_1‖² = ‖I_p‖² = p) of the Rao–Blackwellised estimator."""
+    delta, Ps, Rs, fulls = _forward(Ws, T_prod)
+    loss = 0.5 * _norm2(delta)
+    conds = []
+    for P, Rm, G in zip(Ps, Rs, fulls):
+        g2 = _norm2(G)
+        p2, r2 = (g2, T_prod.shape[1]) if Rm is None else (2 * loss if P is delta else _norm2(P), _norm2(Rm))
+        conds.append((g2 + p2 * r2) / b)
+    return loss, fulls, conds
+
+
+class _ChunkRecord:
+    """A chunk's recorded statistics, kept on the device until the chunk ends: per-replica scalars (loss, conditional
+    variances) with the replicas alive at each recorded step, and per-group M2's of the gradients."""
+
+    def __init__(self, Rc: int, n_groups: int, n_rec: int, layer_names: list[str], device: torch.device) -> None:
+        zeros = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=device)  # noqa: E731
+        self.scalars = {name: zeros(Rc, n_rec) for name in ["loss", *(f"cond_{n}" for n in layer_names)]}
+        self.alive_at = torch.zeros((Rc, n_rec), dtype=torch.bool, device=device)
+        self.m2s = {f"{q}_{n}": zeros(n_groups, n_rec) for q in ("var_g", "var_full_grad") for n in layer_names}
+        self.m2_slots: dict[str, list[int]] = {name: [] for name in self.m2s}
+
+    def m2(self, name: str, slot: int, value: torch.Tensor) -> None:
+        self.m2s[name][:, slot] = value
+        self.m2_slots[name].append(slot)
+
+    def flush(self, stats: GroupStats, gid: torch.Tensor, groups: range, per_group: int) -> np.ndarray:
+        """Write into ``stats``; returns the number of replicas alive at each recorded step."""
+        for name, slots in self.m2_slots.items():
+            if slots:
+                stats.store_variance(name, slots, groups, self.m2s[name][:, slots], per_group)
+        for name, x in self.scalars.items():
+            stats.mean_block(name, x, gid, self.alive_at, groups)
+        return self.alive_at.sum(dim=0).cpu().numpy()
+
+
 def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float], b: int, R: int, seed: int,
                  device: torch.device, dtype: torch.dtype = torch.float64,
                  progress: Callable[[int], None] | None = None, cancel=None,
@@ -224,14 +262,7 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
         T_b = T_prod.expand(Rc, *T_prod.shape)
         G_c = len(groups)
         equal = Rc % G_c == 0 and bool((gid == torch.arange(Rc, device=device) // (Rc // G_c)).all())
-        # recorded per-replica scalars and per-group M2's stay on the device until the chunk ends
-        n_rec = len(recorded)
-        scalars = {name: torch.zeros((Rc, n_rec), dtype=torch.float64, device=device)
-                   for name in ["loss", *(f"cond_{n}" for n in layer_names)]}
-        alive_at = torch.zeros((Rc, n_rec), dtype=torch.bool, device=device)
-        m2s = {f"{q}_{n}": torch.zeros((G_c, n_rec), dtype=torch.float64, device=device)
-               for q in ("var_g", "var_full_grad") for n in layer_names}
-        m2_slots: dict[str, list[int]] = {name: [] for name in m2s}
+        rec = _ChunkRecord(Rc, G_c, len(recorded), layer_names, device)
         for t in range(T1):
             if cancel is not None and cancel.is_set():
                 raise Cancelled("cancelled")
@@ -251,13 +282,7 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
             for g2 in norms:
                 ok &= torch.isfinite(g2)
             if slot is not None:  # population quantities, at the recorded steps only
-                delta, Ps, Rs, fulls = _forward(Ws, T_prod)
-                loss = 0.5 * _norm2(delta)
-                conds = []
-                for P, Rm, G in zip(Ps, Rs, fulls):
-                    g2 = _norm2(G)
-                    p2, r2 = (g2, p) if Rm is None else (2 * loss if P is delta else _norm2(P), _norm2(Rm))
-                    conds.append((g2 + p2 * r2) / b)
+                loss, fulls, conds = _population(Ws, T_prod, b)
                 ok &= torch.isfinite(loss) & (loss <= DIVERGENCE_LOSS)
                 for cv in conds:
                     ok &= torch.isfinite(cv)
@@ -279,16 +304,14 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
                 return grads[k]
 
             if slot is not None:
-                alive_at[:, slot] = alive
-                scalars["loss"][:, slot] = loss
+                rec.alive_at[:, slot] = alive
+                rec.scalars["loss"][:, slot] = loss
                 for k, (name, G, cv) in enumerate(zip(layer_names, fulls, conds)):
-                    scalars[f"cond_{name}"][:, slot] = cv
+                    rec.scalars[f"cond_{name}"][:, slot] = cv
                     if every and equal:  # every group whole: M2 per group, kept until the chunk ends
                         m2 = _factored_group_m2(deltas[k] * (1.0 / b), acts[k], norms[k], G_c)
-                        m2s[f"var_g_{name}"][:, slot] = group_m2(grad(k), G_c, consume=True) if m2 is None else m2
-                        m2s[f"var_full_grad_{name}"][:, slot] = group_m2(G, G_c, consume=True)
-                        m2_slots[f"var_g_{name}"].append(slot)
-                        m2_slots[f"var_full_grad_{name}"].append(slot)
+                        rec.m2(f"var_g_{name}", slot, group_m2(grad(k), G_c, consume=True) if m2 is None else m2)
+                        rec.m2(f"var_full_grad_{name}", slot, group_m2(G, G_c, consume=True))
                     else:
                         stats.variance(f"var_g_{name}", slot, grad(k), gid, alive, groups)
                         stats.variance(f"var_full_grad_{name}", slot, G, gid, alive, groups)
@@ -300,12 +323,7 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
                     Ws = [torch.where(alive[:, None, None], W - a * grad(k), 0.0) for k, W in enumerate(Ws)]
             if progress is not None:
                 progress(Rc)
-        for name, slots in m2_slots.items():
-            if slots:
-                stats.store_variance(name, slots, groups, m2s[name][:, slots], Rc // G_c)
-        for name, x in scalars.items():
-            stats.mean_block(name, x, gid, alive_at, groups)
-        finite += alive_at.sum(dim=0).cpu().numpy()
+        finite += rec.flush(stats, gid, groups, Rc // G_c)
         bad_steps.append(bad_at[bad_at >= 0].cpu().numpy())
     for name in layer_names:
         stats.data[f"var_g_rb_{name}"] = stats.data[f"cond_{name}"] + stats.data[f"var_full_grad_{name}"]
