@@ -49,6 +49,6 @@ def device_seconds(est: dict[str, float], device: torch.device) -> float:
 def where(device: torch.device) -> str:
     """How the time was estimated, for the run panel."""
     if device.type != "cuda":
-        return "on 2 CPU cores (time model calibrated on this project's 2-core machine)"
+        return "on 2 CPU cores"
     return (f"on {torch.cuda.get_device_name(device)} (from FLOPs at {GPU_EFFICIENCY:.0%} of its measured float32 "
             "matmul rate: rough)")
