@@ -30,12 +30,23 @@ def quantities(config: DeepLinearConfig) -> list[str]:
 def exact_method(config: DeepLinearConfig, t: int) -> str | None:
     """Which exact method applies at step t (None: none is feasible)."""
     if t == 0:
-        return "closed form at t = 0"
+        return "closed form"
     if config.scalar and t <= th.SCALAR_MAX_T:
         return "scalar network, χ² moments"
     if t == 1 and th._estimated_monomials(config.dims[0], config.depth) <= th.MAX_MONOMIALS:
-        return "t = 1, real-Wishart matching rule"
+        return "real-Wishart matching rule"
     return None
+
+
+def describe_methods(methods: dict[int, str]) -> str:
+    """'t = 0 (closed form), t = 1 (real-Wishart matching rule)': the steps with exact values, grouped by method."""
+    if not methods:
+        return "no step (no exact method applies)"
+    groups: dict[str, list[int]] = {}
+    for t, m in sorted(methods.items()):
+        groups.setdefault(m, []).append(int(t))
+    return ", ".join(("t = " if len(ts) == 1 else "t ∈ {") + ", ".join(map(str, ts)) + ("" if len(ts) == 1 else "}")
+                     + f" ({m})" for m, ts in groups.items())
 
 
 def _alphas_exact(config: DeepLinearConfig, t: int) -> list[Fraction]:

@@ -142,6 +142,7 @@ class Schedule:
 
     def describe(self) -> str:
         c = jsonable_number(self.c)
+        c = f"({c})" if isinstance(c, str) and "/" in c else c  # (1/10)/(t+1), not 1/10/(t+1)
         return {"constant": f"α_t = {c}", "inverse": f"α_t = {c}/(t+1)",
                 "inverse_offset": f"α_t = {c}/(t+1+{self.t0})"}[self.kind]
 

@@ -52,3 +52,23 @@ def where(device: torch.device) -> str:
         return "on 2 CPU cores"
     return (f"on {torch.cuda.get_device_name(device)} (from FLOPs at {GPU_EFFICIENCY:.0%} of its measured float32 "
             "matmul rate: rough)")
+
+
+def format_duration(seconds: float) -> str:
+    """'under 1 s', 'about 42 s', 'about 3.5 min', 'about 2.0 h' — for estimates and ETAs."""
+    if seconds < 1:
+        return "under 1 s"
+    if seconds < 90:
+        return f"about {seconds:.0f} s"
+    if seconds < 5400:
+        return f"about {seconds / 60:.1f} min" if seconds < 600 else f"about {seconds / 60:.0f} min"
+    return f"about {seconds / 3600:.1f} h"
+
+
+def format_bytes(n: float) -> str:
+    """'under 1 MiB', '350 MiB', '9.8 GiB'."""
+    if n < 2**20:
+        return "under 1 MiB"
+    if n < 2**30:
+        return f"{n / 2**20:.0f} MiB"
+    return f"{n / 2**30:.1f} GiB"

@@ -101,7 +101,8 @@ def run_panel(prefix: str, config, what: str) -> dict | None:
     seconds = costs.device_seconds(est, device)
     where = costs.where(device)
     with st.form(f"{prefix}_run"):
-        st.write(f"**Replica run**: {what} — about {seconds:.0f} s and {est['memory_bytes'] / 2**20:.0f} MiB "
+        st.write(f"**Replica run**: {what} — {costs.format_duration(seconds)} and "
+                 f"{costs.format_bytes(est['memory_bytes'])} "
                  f"{where}" + (" (cached: instant)" if sim is not None else "") + ".")
         run = st.form_submit_button("Run", type="primary", disabled=bool(job and job.running))
     if run and not (job and job.running):
@@ -120,8 +121,8 @@ def run_panel(prefix: str, config, what: str) -> dict | None:
             return
         if j.running:
             eta = j.progress.eta_seconds
-            st.progress(j.progress.fraction, text=f"Running… {100 * j.progress.fraction:.0f} %"
-                                                   + (f", about {eta:.0f} s left" if eta is not None else ""))
+            left = f", {costs.format_duration(eta)} left" if eta is not None else ""
+            st.progress(j.progress.fraction, text=f"Running… {100 * j.progress.fraction:.0f} %{left}")
             if st.button("Cancel run", key=f"{prefix}_cancel"):
                 j.cancel.set()
         else:

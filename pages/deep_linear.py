@@ -73,8 +73,8 @@ config = common.validated(raw)
 theory = api.theory(config)
 labels = {q: (f"var(g_t, layer {q[-1]} | F_0)" if q.startswith("var_g_layer") else api.QUANTITY_LABELS.get(q, q))
           for q in api.quantities(config)}
-st.caption(f"dims {list(config.dims)} ({config.n_params:,} weights), {config.lr.describe()}. Exact values at t ∈ "
-           f"{theory['exact_t']} ({'; '.join(f't = {t}: {m}' for t, m in theory['methods'].items())}).")
+st.caption(f"dims {list(config.dims)} ({config.n_params:,} weights), {config.lr.describe()}. Exact values at "
+           + api_deep.describe_methods(theory["methods"]) + ".")
 
 sim = common.run_panel("dl", config, f"{config.replicas:,} replicas × {len(config.batch_sizes)} batch sizes × "
                                      f"{config.steps + 1} steps")
@@ -150,7 +150,7 @@ with tab_poly:
             poly = api.polynomial(config, int(tp), qp)
             lhs = (rf"\operatorname{{var}}(g_{{t,{qp[-1]}}}\mid\mathcal F_0)" if qp.startswith("var_g_layer") else
                    r"\operatorname{var}(g_t\mid\mathcal F_0)" if qp == "var_g" else r"\mathbb E\,L(W_t)")
-            st.latex(lhs + " = " + api.polynomial_latex(poly, max_digits=40))
+            st.latex(api.polynomial_equation(lhs, poly))
             st.write(f"Degree {poly['degree']} in 1/b; method: {poly['method']}; "
                      + (f"b₀ = {poly['b0']:.4g}." if poly["b0"] is not None else ""))
             common.polynomial_table(poly, int(tp))

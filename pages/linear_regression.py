@@ -163,7 +163,7 @@ with tab_poly:
         try:
             with st.spinner("Computing the polynomial…"):
                 poly = api.polynomial(config, int(t_poly), "var_g", exact=bool(want_exact and config.exact))
-            st.latex(r"\operatorname{var}(g_t\mid\mathcal F_0) = " + api.polynomial_latex(poly, max_digits=40))
+            st.latex(api.polynomial_equation(r"\operatorname{var}(g_t\mid\mathcal F_0)", poly))
             st.write(f"Degree {poly['degree']} in 1/b (bound t + 1 = {poly['degree_bound']}); method: {poly['method']}. "
                      "In the noise factor c it has no constant term; "
                      + ("without replacement c_b = (n−b)/(b(n−1)), so the polynomial vanishes at b = n and has a "
