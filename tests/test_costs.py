@@ -26,7 +26,7 @@ def test_estimates_scale_with_the_replicas(raw):
 
 def test_guard_allows_long_resumable_runs_only():
     """MLP and sequence runs checkpoint every epoch: up to 12 h; the others: 1 h."""
-    mlp = parse_config({"setting": "mlp", "preset": "laptop", "epochs": 3000, "replicas": 64})
+    mlp = parse_config({"setting": "mlp", "preset": "laptop", "epochs": 10000, "replicas": 64})
     seconds = api.estimate(mlp)["seconds"]
     assert api.MAX_SIM_SECONDS < seconds < api.MAX_RESUMABLE_SECONDS
     assert api.guard(mlp, CPU)["seconds"] == seconds

@@ -167,12 +167,17 @@ class EpochStats:
         return cls({n: np.full((E1, K), np.nan) for n in names})
 
 
+CPU_EVAL_ELEMENTS = 2**26  # on CPU, smaller passes: each fresh GB of activations costs page faults (sequence laptop
+# preset: evaluation 2.4 s → 0.9 s per epoch)
+
+
 def evaluate(rep: Replicas, params, X: torch.Tensor, Y: torch.Tensor, chunk: int = 4096, act_per_sample: int = 0):
     """Per-replica mean loss and error on (X, Y), ``chunk`` points at a time (fewer when the activations of a block
-    of replicas on them would exceed ACTIVATION_ELEMENTS)."""
+    of replicas on them would exceed ACTIVATION_ELEMENTS, or CPU_EVAL_ELEMENTS on CPU)."""
     if act_per_sample:
         block = rep.replica_chunk or next(iter(params.values())).shape[0]
-        chunk = max(1, min(chunk, ACTIVATION_ELEMENTS // (block * act_per_sample)))
+        limit = ACTIVATION_ELEMENTS if X.is_cuda else CPU_EVAL_ELEMENTS
+        chunk = max(1, min(chunk, limit // (block * act_per_sample)))
     losses, errors = [], []
     for s in range(0, X.shape[0], chunk):
         logits = rep.logits(params, X[s:s + chunk])  # (N, n, C)
@@ -217,6 +222,44 @@ def noise_terms(rep: Replicas, params, XS: torch.Tensor, YS: torch.Tensor, chunk
     return trace, mean
 
 
+def linear_relu_noise_terms(params: dict[str, torch.Tensor], XS: torch.Tensor, YS: torch.Tensor,
+                            chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """noise_terms for make_model's Linear–ReLU stack with the cross-entropy, without forming per-sample gradients.
+
+    A Linear layer's per-sample gradient is the outer product δ_{l,i} a_{l−1,i}ᵀ (bias: δ_{l,i}), δ the back-propagated
+    error of the per-sample loss (softmax − one-hot at the logits, δ_l = (δ_{l+1} W_{l+1}) ⊙ 1[z_l > 0] below), so
+    ‖∇L_i‖² = Σ_l ‖δ_{l,i}‖² (‖a_{l−1,i}‖² + 1) and ∇L_S = (1/m) Σ_i ∇L_i = (1/m) Σ_l [δ_lᵀ a_{l−1}, Σ_i δ_{l,i}].
+    One forward and one backward pass over S per replica, O(N·m·P), instead of N·m·P stored per-sample entries;
+    ``chunk`` points per pass (default: as many as ACTIVATION_ELEMENTS allows). Same sums as noise_terms."""
+    names = list(params)
+    layers = [(params[names[i]], params[names[i + 1]]) for i in range(0, len(names), 2)]
+    N, m, L = layers[0][0].shape[0], XS.shape[0], len(layers)
+    width_sum = XS.shape[1] + sum(W.shape[1] for W, _ in layers)
+    chunk = chunk or max(1, min(m, ACTIVATION_ELEMENTS // (3 * N * width_sum)))
+    f64 = dict(dtype=torch.float64, device=XS.device)
+    sums = {name: torch.zeros(params[name].shape, **f64) for name in names}
+    sq = torch.zeros(N, **f64)
+    for s in range(0, m, chunk):
+        x, y = XS[s:s + chunk], YS[s:s + chunk]
+        acts, zs = [x], []
+        for W, bias in layers:
+            zs.append(torch.matmul(acts[-1], W.transpose(1, 2)) + bias[:, None, :])  # (N, c, out)
+            acts.append(torch.relu(zs[-1]))
+        delta = torch.softmax(zs[-1], dim=-1)
+        delta[:, torch.arange(len(y), device=y.device), y] -= 1
+        for ell in range(L - 1, -1, -1):
+            a = acts[ell]
+            a2 = a.square().sum(-1, dtype=torch.float64) + 1  # (c,) for the shared input, else (N, c)
+            sq += (delta.square().sum(-1, dtype=torch.float64) * a2).sum(-1)
+            sums[names[2 * ell]] += torch.matmul(delta.transpose(1, 2), a).to(torch.float64)
+            sums[names[2 * ell + 1]] += delta.sum(1, dtype=torch.float64)
+            if ell > 0:
+                delta = torch.bmm(delta, layers[ell][0]) * (zs[ell - 1] > 0)
+    mean = torch.cat([sums[name].reshape(N, -1) for name in names], dim=1) / m
+    trace = (sq - m * mean.square().sum(1)) / (m - 1)
+    return trace, mean
+
+
 @dataclass
 class Task:
     """What the generic replica trainer needs: data tensors, the functional model, its K initial weights, the update.
@@ -225,7 +268,8 @@ class Task:
     ``init(params)``, ``step(params, grads, state, lr, t)`` and ``clip`` (per-replica gradient-norm clipping, applied
     after the gradient is recorded — the variance reported is that of the raw stochastic gradient).
     ``act_per_sample``: activations one sample keeps for the backward pass (floats; 0 = small), which sets how many
-    replicas one vectorised call may hold (ACTIVATION_ELEMENTS)."""
+    replicas one vectorised call may hold (ACTIVATION_ELEMENTS). ``noise_terms``: a model-specific way to the
+    one-step noise terms (same sums as noise_terms)."""
 
     Xtr: torch.Tensor
     Ytr: torch.Tensor
@@ -236,6 +280,7 @@ class Task:
     init: Callable[[int], dict]
     optimizer: object | None = None
     act_per_sample: int = 0
+    noise_terms: Callable | None = None  # (params, XS, YS) → (trace, mean); None: per-sample gradients by vmap
 
 
 def replica_chunk(task: Task, N: int, b: int) -> int | None:
@@ -256,7 +301,7 @@ def mlp_task(data, hidden, seed: int, dtype: torch.dtype, device: torch.device, 
                 torch.as_tensor(data.y_val, device=device), None if distorted_val is None else as_t(distorted_val),
                 module_forward(make_model(d_in, hidden, data.n_classes)),
                 lambda K: init_params(model, K, seed, dtype, device),
-                act_per_sample=d_in + 2 * sum(hidden) + 2 * data.n_classes)
+                act_per_sample=d_in + 2 * sum(hidden) + 2 * data.n_classes, noise_terms=linear_relu_noise_terms)
 
 
 def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[[int], float], b: int,
@@ -311,7 +356,8 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
                 put[f"{name}_se"][e] = value_se[1]
 
         keep("var_g", group_var(flat(g), K, alive))
-        trace, full = noise_terms(rep, params, XS, YS)
+        trace, full = (task.noise_terms(params, XS, YS) if task.noise_terms is not None
+                       else noise_terms(rep, params, XS, YS))
         keep("noise_spread", group_var(full, K, alive))
         put["noise_one_step"][e] = c_b * group_mean(trace, K, alive)[0]
         keep("trace_sigma", group_mean(trace, K, alive))
@@ -374,11 +420,13 @@ def estimate_cost(n_train: int, d_in: int, hidden: tuple[int, ...], n_classes: i
     N = K * R
     train_flops = 6 * P * n_train * N  # per epoch: every sample once per replica, forward + backward
     eval_flops = 2 * P * N * (min(eval_size, n_train) + 2 * n_val) + 6 * P * N * (b + min(noise_samples, n_train))
-    seconds = epochs * ((train_flops + eval_flops) / 4e10 + (n_train // b) * 1.2e-2)  # calibrated: laptop preset
-    memory = (4.0 * N * (3 * P + b * d_in + b * sum(widths)) + 4.0 * N * P * noise_chunk(N, P)  # per-sample grads
-              + 8.0 * N * P)  # their float64 sum
+    seconds = epochs * ((train_flops + eval_flops) / 5e10 + (n_train // b) * 2.6e-3)  # calibrated: laptop preset, 2 cores
+    m = min(noise_samples, n_train)
+    chunk = max(1, min(m, ACTIVATION_ELEMENTS // (3 * N * sum(widths))))  # linear_relu_noise_terms' pass
+    memory = (4.0 * N * (3 * P + b * d_in + b * sum(widths)) + 4.0 * 3 * N * chunk * sum(widths)  # activations
+              + 12.0 * N * P)  # the float64 sums of the noise terms and one float32 layer gradient
     return {"memory_bytes": memory, "seconds": seconds, "flops": float(epochs * (train_flops + eval_flops)),
-            "steps": float(epochs * (n_train // b + 3 + min(noise_samples, n_train) // noise_chunk(N, P)))}
+            "steps": float(epochs * (n_train // b + 3 + -(-m // chunk)))}
 
 
 def pack_checkpoint(state: dict) -> tuple[dict, dict[str, np.ndarray]]:
