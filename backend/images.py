@@ -10,6 +10,7 @@ otherwise the last 20 % of a permutation drawn with seed 0.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 import struct
@@ -112,17 +113,39 @@ def load_digits() -> ImageData:
     return ImageData(_to_unit(xt, 16.0), yt, _to_unit(xv, 16.0), yv, "digits")
 
 
+def _stamp(directory: Path) -> tuple:
+    """What identifies a directory's files for the parse cache: names, sizes and modification times."""
+    return tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in directory.iterdir() if f.is_file()))
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed(name: str, directory: str, stamp: tuple) -> ImageData:
+    """Parse once per process (the pages estimate a run's cost at every rerun); keyed by the files' stamp, so a
+    changed file is read again."""
+    if name == "digits":
+        return load_digits()
+    return load_idx_dir(directory, name)
+
+
+def _fresh(data: ImageData) -> ImageData:
+    """A copy of the cached arrays, so that no caller can change what the next one gets."""
+    return ImageData(data.x_train.copy(), data.y_train.copy(), data.x_val.copy(), data.y_val.copy(), data.name)
+
+
 def load_dataset(spec: dict) -> ImageData:
     name = spec.get("name")
     if name == "digits":
-        data = load_digits()
+        data = _fresh(_parsed("digits", "", ()))
     elif name == "fashion_mnist":
         if not FASHION_DIR.is_dir():
             raise ConfigError("dataset", "Fashion-MNIST is not installed: `apt-get install dataset-fashion-mnist` puts "
                                          f"it in {FASHION_DIR}")
-        data = load_idx_dir(FASHION_DIR, "fashion_mnist")
+        data = _fresh(_parsed("fashion_mnist", str(FASHION_DIR), _stamp(FASHION_DIR)))
     elif name == "idx":
-        data = load_idx_dir(spec.get("path", ""), "idx")
+        d = Path(spec.get("path", ""))
+        if not d.is_dir():
+            raise ConfigError("dataset.path", f"{d} is not a directory")
+        data = _fresh(_parsed("idx", str(d.resolve()), _stamp(d)))
     else:
         raise ConfigError("dataset.name", f"expected 'digits', 'fashion_mnist' or 'idx', got {name!r}")
     for split, y in (("training", data.y_train), ("validation", data.y_val)):

@@ -175,6 +175,27 @@ def test_idx_loader_on_generated_files(tmp_path):
         load_idx_dir(tmp_path / "mismatch")
 
 
+def test_dataset_parse_cache_rereads_changed_files_and_hands_out_copies(tmp_path):
+    """load_dataset parses a directory once per process, but a rewritten file is read again, and a caller that
+    changes its arrays does not change what the next caller gets."""
+    from backend.images import load_dataset
+
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(0, 256, size=(40, 4, 4), dtype=np.uint8)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", imgs)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(40, dtype=np.uint8) % 3)
+    spec = {"name": "idx", "path": str(tmp_path)}
+    first = load_dataset(spec)
+    first.x_train[:] = 7.0
+    again = load_dataset(spec)
+    assert again.x_train.max() <= 1  # not the caller's 7.0
+    np.testing.assert_array_equal(again.x_train, load_idx_dir(tmp_path).x_train)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(40, dtype=np.uint8) % 2)
+    os.utime(tmp_path / "train-labels-idx1-ubyte.gz", ns=(1, 1))  # a new stamp even on a coarse clock
+    changed = load_dataset(spec)
+    assert set(np.unique(np.concatenate([changed.y_train, changed.y_val]))) == {0, 1}
+
+
 def test_missing_directory_and_single_class(tmp_path):
     with pytest.raises(ConfigError, match="lacks"):
         load_idx_dir(tmp_path)
