@@ -39,9 +39,9 @@ st.page_link("pages/linear_regression.py", label="Linear regression — Graduate
 st.page_link("pages/deep_linear.py", label="Deep linear network — teacher–student, online Gaussian samples; exact "
                                            "polynomials in 1/b beyond t = 0, Theorem 4 fits, b₀ (paper §3.2, Figure 3)",
              icon=":material/account_tree:")
-st.page_link("pages/mlp.py", label="MLP classifier — digits, Fashion-MNIST or IDX files; variance, loss, error, the "
-                                   "generalization gap on distorted images and the variance split (paper §4.1, "
-                                   "Figures 1, 4, 5)", icon=":material/hub:")
+st.page_link("pages/mlp.py", label="MLP classifier — digits, Fashion-MNIST or IDX; variance, loss, error, the gap "
+                                   "on distorted images, the variance split (paper §4.1, Figures 1, 4, 5)",
+             icon=":material/hub:")
 st.page_link("pages/sequence.py", label="Sequence model (Adam) — a small transformer on Yelp/Amazon/IMDb review "
                                         "sentences; variance, loss and error per epoch (paper Appendix A.1.4, Figure 6)",
              icon=":material/notes:")
