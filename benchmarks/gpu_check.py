@@ -228,7 +228,8 @@ def main() -> None:
             say(f"FAIL {label}: {type(exc).__name__}: {exc}")
         print(f"  ({label}: {time.perf_counter() - t0:.0f} s)", flush=True)
     if args.out:
-        Path(args.out, "gpu_check.txt").write_text("\n".join(LINES) + "\n")
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    Path(args.out, "gpu_check.txt").write_text("\n".join(LINES) + "\n")
 
 
 if __name__ == "__main__":
