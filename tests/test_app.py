@@ -188,3 +188,17 @@ def test_every_preset_parses_and_its_theory_and_estimate_are_quick():
         assert est["seconds"] > 0 and est["memory_bytes"] > 0
         assert time.time() - t0 < 30, (raw, time.time() - t0)
         assert theory["t"][0] == 0
+
+
+def test_streamlit_config_keeps_runs_at_full_speed():
+    """The progress fragment reruns every 0.5 s during a run; Streamlit's gc.collect() after each script run held the
+    GIL long enough to halve the worker thread's speed, so the app's config turns it off (and keeps its own page
+    links)."""
+    import tomllib
+
+    import streamlit.config as st_config
+
+    conf = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert conf["runner"]["postScriptGC"] is False
+    assert conf["client"]["showSidebarNavigation"] is False
+    assert st_config.get_option("runner.postScriptGC") is not None  # the option still exists in this Streamlit
