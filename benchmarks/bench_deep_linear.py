@@ -5,6 +5,7 @@
 2. The paper's preset (64 → 256 → 128, 1 000 replicas, 1 000 steps, one b = 16, float32): wall time of the engine,
    and a naive per-replica loop (one nn.Sequential of nn.Linear per replica with torch.optim.SGD) timed on a few
    replicas and scaled linearly (replicas are independent) — target ≥ 20×.
+3. The same comparison per replica-step at b ∈ {16, 64, 256, 1024} (shorter runs, scaled).
 ``--quick`` shortens everything for a smoke run.
 """
 
@@ -122,6 +123,20 @@ def main() -> None:
           f"target ≥ 20\n"
           f"    floor: {2 * macs / 1e6:.1f} MFLOP per replica-step at {rate / 1e9:.0f} GFLOP/s (large batched GEMM "
           f"here) = {t_floor:.0f} s for the SGD steps alone, i.e. at most ×{t_naive / t_floor:.1f} over this naive loop")
+
+    # 3. the same comparison across b: the loop's cost grows with b, the engine's stops growing at b = p (Bartlett)
+    S, Rb = (20, 36) if args.quick else (200, 216)
+    print(f"[3] paper preset across b ({Rb} replicas × {S} steps for the engine, 2 × {S} for the loop, per "
+          "replica-step):")
+    for b in (16, 64, 256, 1024):
+        run_replicas(W0, T, alphas[:10], b, 36, 0, dev, torch.float32, record_every=10)
+        t0 = time.perf_counter()
+        run_replicas(W0, T, alphas[:S], b, Rb, 0, dev, torch.float32, record_every=cfg.record_every)
+        t_e = (time.perf_counter() - t0) / (Rb * (S + 1))
+        t0 = time.perf_counter()
+        naive_loop(W0, T, alphas[:S], b, 2)
+        t_n = (time.perf_counter() - t0) / (2 * S)
+        print(f"    b = {b:4d}: engine {t_e * 1e6:6.0f} µs, naive loop {t_n * 1e6:6.0f} µs: ×{t_n / t_e:.1f}")
 
 
 if __name__ == "__main__":
