@@ -5,15 +5,16 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: run test bench clean-cache
+.PHONY: run test fuzz bench clean-cache
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt requirements-oracle.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -r requirements-oracle.txt
 	touch $@
 
 run: $(VENV)/.runtime
@@ -22,6 +23,10 @@ run: $(VENV)/.runtime
 test: $(VENV)/.dev
 	bash scripts/ensure_chromium.sh
 	$(PY) -m pytest -q
+
+# the property-based tests with the longer, random hypothesis profile (local fuzzing; CI uses the derandomized one)
+fuzz: $(VENV)/.dev
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/test_fuzz_config.py
 
 bench: $(VENV)/.dev
 	$(PY) benchmarks/bench_linreg.py

@@ -12,6 +12,7 @@ PAGES = [
             url_path="deep_linear"),
     st.Page("pages/mlp.py", title="MLP classifier", icon=":material/hub:", url_path="mlp"),
     st.Page("pages/sequence.py", title="Sequence model (Adam)", icon=":material/notes:", url_path="sequence"),
+    st.Page("pages/theory.py", title="Theory", icon=":material/functions:", url_path="theory"),
 ]
 
 page = st.navigation(PAGES, position="hidden")

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from backend.errors import Cancelled, ConfigError
+from backend.errors import Cancelled, ConfigError, one_line
 
 
 def _list(a: np.ndarray) -> list:
@@ -37,6 +37,20 @@ def _curves_json(batch_sizes, curves: dict | None, quantities, with_se: bool) ->
                 entry[q] = _list(curves[q][j])
         out[str(b)] = entry
     return out
+
+
+def _classifier_curves_json(curves: dict, fields, per_init: bool) -> dict[str, Any]:
+    """One batch size of an MLP / sequence result: each field over epochs, every estimate q with q_se, and with
+    several initial weights q_per_init and q_per_init_se (one list over epochs per init)."""
+    entry: dict[str, Any] = {}
+    for f in fields:
+        entry[f] = _list(curves[f])
+        if f"{f}_se" in curves:
+            entry[f"{f}_se"] = _list(curves[f"{f}_se"])
+            if per_init:
+                for suffix in ("_per_init", "_per_init_se"):
+                    entry[f + suffix] = [_list(col) for col in np.asarray(curves[f + suffix]).T]
+    return entry
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,10 +100,11 @@ def main(argv: list[str] | None = None) -> int:
             res = api.simulate(config, cache=cache)
             meta = res["meta"]
             if config.setting in ("mlp", "sequence"):
-                fields = api.quantities(config)
                 out = {"setting": config.setting, "epoch": res["epoch"].tolist(),
-                       "curves": {str(b): {f: _list(res["curves"][b][f]) for f in fields}
+                       "curves": {str(b): _classifier_curves_json(res["curves"][b], api.quantities(config),
+                                                                  config.inits > 1)
                                   for b in config.batch_sizes},
+                       "inits": config.inits, "replicas": config.replicas, "band": res["band"],
                        "sampler": meta["sampler_label"], "device": meta["device"],
                        "diverged_at": {str(x["b"]): x["diverged_at"] for x in meta["per_b"]}}
                 json.dump(out, sys.stdout, allow_nan=False)
@@ -117,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except FileNotFoundError as e:
-        print(f"error: config: cannot read {e.filename}", file=sys.stderr)
+        print(f"error: config: cannot read {one_line(e.filename)}", file=sys.stderr)
         return 2
     except (UnicodeDecodeError, IsADirectoryError):
         print("error: config: the file is not UTF-8 JSON text", file=sys.stderr)

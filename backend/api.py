@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from backend.cache import CODE_VERSION, ResultCache, default_cache, make_key
-from backend.costs import combine_costs, device_seconds
+from backend.costs import combine_costs, device_name, device_seconds
 from backend import api_deep, api_mlp, api_sequence
 from backend.config import (SAMPLER_LABELS, DeepLinearConfig, LinearRegressionConfig, MLPConfig,  # noqa: F401
                             SequenceConfig, paper_batch_sizes)
@@ -115,7 +115,7 @@ def theory(config, cache: ResultCache | None = None) -> dict[str, Any]:
 
     _, arrays, hit = _cache(cache).get_or_compute(_key("theory", config), compute)
     return {"t": t, "batch_sizes": list(config.batch_sizes), "curves": arrays, "available": True, "cached": hit,
-            "note": "exact (float64, stable moment recursion of theory.md §1)"}
+            "note": "exact (float64, stable moment recursion of docs/theory.md §1)"}
 
 
 def all_b_grid(n: int, max_points: int = 1000) -> np.ndarray:
@@ -301,21 +301,36 @@ class Progress:
         return (time.monotonic() - self.started) * (1 - f) / f
 
 
-def estimate(config) -> dict[str, float]:
-    """Estimated memory (bytes, the largest batch size) and time (seconds on 2 CPU cores) of ``simulate``."""
+def estimate(config) -> dict[str, Any]:
+    """Estimated memory (bytes, the largest batch size), time (seconds on 2 CPU cores), FLOPs and sequential device
+    steps of ``simulate``, and the setting's name (backend.costs turns them into time on a GPU)."""
     if isinstance(config, DeepLinearConfig):
-        return api_deep.estimate(config)
-    if isinstance(config, MLPConfig):
-        return api_mlp.estimate(config)
-    if isinstance(config, SequenceConfig):
-        return api_sequence.estimate(config)
-    return combine_costs([engine.estimate_cost(config.replicas, config.steps, b, config.n, config.p)
-                          for b in config.batch_sizes])
+        est = api_deep.estimate(config)
+    elif isinstance(config, MLPConfig):
+        est = api_mlp.estimate(config)
+    elif isinstance(config, SequenceConfig):
+        est = api_sequence.estimate(config)
+    else:
+        est = combine_costs([engine.estimate_cost(config.replicas, config.steps, b, config.n, config.p)
+                             for b in config.batch_sizes])
+    return {**est, "setting": config.setting}
 
 
-def _available_memory(device: torch.device) -> float:
+def cuda_memory(device: torch.device) -> dict[str, float]:
+    """The CUDA card's memory in bytes: ``free`` (not held by anyone), ``total``, and what this process's caching
+    allocator ``reserved`` and has ``allocated`` to live tensors."""
+    free, total = torch.cuda.mem_get_info(device)
+    return {"free": float(free), "total": float(total), "reserved": float(torch.cuda.memory_reserved(device)),
+            "allocated": float(torch.cuda.memory_allocated(device))}
+
+
+def available_memory(device: torch.device) -> float:
+    """Bytes a run can use on ``device``. On CUDA: the free memory plus what torch's caching allocator holds without
+    a live tensor in it (reserved − allocated): an earlier run in this process (the app's server is one process)
+    leaves its blocks cached, and the next run reuses them. On CPU: MemAvailable."""
     if device.type == "cuda":
-        return float(torch.cuda.mem_get_info(device)[0])
+        mem = cuda_memory(device)
+        return mem["free"] + max(0.0, mem["reserved"] - mem["allocated"])
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
@@ -328,18 +343,20 @@ def _available_memory(device: torch.device) -> float:
 
 def guard(config, device: torch.device) -> dict[str, float]:
     """Refuse a run that would not fit in memory or would take more than an hour (12 hours for the MLP and sequence
-    runs, which checkpoint every epoch and resume), with the estimate and what to change.
+    runs, which checkpoint every epoch and resume), with the estimate, the device it is for and what to change.
 
-    Time on the device by backend.costs.device_seconds (2-core CPU model, or FLOPs at the GPU's measured rate)."""
+    Time on the device by backend.costs.device_seconds (2-core CPU model, or the GPU model at the card's rate)."""
     est = dict(estimate(config))
     est["seconds"] = device_seconds(est, device)
-    avail = _available_memory(device)
+    avail = available_memory(device)
+    name = device_name(device)
     if est["memory_bytes"] > 0.5 * avail:
         raise TooExpensive("replicas", f"the run needs about {est['memory_bytes'] / 2**30:.1f} GiB but "
-                                       f"{avail / 2**30:.1f} GiB are available: reduce replicas or steps")
+                                       f"{avail / 2**30:.1f} GiB are available on {name} (a run may use half): "
+                                       "reduce replicas or steps")
     limit = MAX_RESUMABLE_SECONDS if isinstance(config, CLASSIFIERS) else MAX_SIM_SECONDS
     if est["seconds"] > limit:
-        raise TooExpensive("replicas", f"the run would take about {est['seconds'] / 60:.0f} minutes on {device.type} "
+        raise TooExpensive("replicas", f"the run would take about {est['seconds'] / 60:.0f} minutes on {name} "
                                        f"(the limit is {limit / 3600:.0f} h): reduce replicas, steps or epochs or the "
                                        "number of batch sizes (or use a GPU)")
     return est

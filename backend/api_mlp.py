@@ -99,41 +99,74 @@ def simulate(config: MLPConfig, device: torch.device, cache: ResultCache, progre
     return shape_result(config, meta, arrays, hit)
 
 
+MEDIAN_OVER_INITS = ("var_g", "noise_one_step", "noise_spread", "b_simple")  # the paper's summary for variances
+
+
 def shape_result(config: MLPConfig, meta: dict, arrays: dict, hit: bool) -> dict[str, Any]:
-    """Per b, lists over epochs: var_g (median over inits), var_g_min, var_g_max, losses and errors (means over all
-    replicas; _min/_max over inits), gap_distorted, noise_one_step, noise_spread (medians) and b_simple."""
+    """Per b, arrays over epochs, for every estimated quantity q (engine.ESTIMATED):
+    - q: the median over initial weights for the variances and B_simple (the paper's summary), the mean over inits for
+      losses, errors and the gap;
+    - q_se: its standard error given the inits (replica noise only): the SE of the median init's estimate (the two
+      middle ones averaged for an even count) or sqrt(Σ_k se_k²)/K for the mean;
+    - q_min, q_max over inits; q_lo, q_hi the band: min–max over inits (K > 1) or the 95 % t-interval of the replica
+      estimate (K = 1);
+    - q_per_init, q_per_init_se: arrays (epochs + 1, K) of the per-init estimates and their SEs.
+    Also ``finite`` (replicas alive) and ``per_init`` (every per-init array the engine kept)."""
     curves: dict[int, dict[str, np.ndarray]] = {}
+    t95 = t_quantile(0.95, max(config.replicas - 1, 1))
     for b in config.batch_sizes:
         s = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{b}.")}
         c: dict[str, np.ndarray] = {}
-        with np.errstate(invalid="ignore", divide="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                c["var_g"] = np.nanmedian(s["var_g"], axis=1)
-                c["var_g_min"] = np.nanmin(s["var_g"], axis=1)
-                c["var_g_max"] = np.nanmax(s["var_g"], axis=1)
-                for q in ("loss_train", "loss_val", "error_train", "error_val", "gap_distorted"):
-                    c[q] = np.nanmean(s[q], axis=1)
-                    c[f"{q}_min"] = np.nanmin(s[q], axis=1)
-                    c[f"{q}_max"] = np.nanmax(s[q], axis=1)
-                for q in ("var_g", "loss_train", "loss_val", "error_train", "error_val", "gap_distorted"):
-                    if config.inits > 1:  # the paper's band: the spread over initial weights
-                        c[f"{q}_lo"], c[f"{q}_hi"] = c[f"{q}_min"], c[f"{q}_max"]
-                    else:  # one initial weight: the 95 % interval of the replica estimate
-                        half = t_quantile(0.95, max(config.replicas - 1, 1)) * s[f"{q}_se"][:, 0]
-                        c[f"{q}_lo"], c[f"{q}_hi"] = c[q] - half, c[q] + half
-                c["noise_one_step"] = np.nanmedian(s["noise_one_step"], axis=1)
-                c["noise_spread"] = np.nanmedian(s["noise_spread"], axis=1)
-                c["b_simple"] = np.nanmedian(s["trace_sigma"] / s["grad_sq"], axis=1)
-                c["finite"] = np.nansum(s["finite"], axis=1)
+        for q in engine.ESTIMATED:
+            v, se = s[q], s[f"{q}_se"]
+            c[q], c[f"{q}_se"] = (median_with_se if q in MEDIAN_OVER_INITS else mean_with_se)(v, se)
+            c[f"{q}_min"], c[f"{q}_max"] = _nan_reduce(np.nanmin, v), _nan_reduce(np.nanmax, v)
+            if config.inits > 1:  # the paper's band: the spread over initial weights
+                c[f"{q}_lo"], c[f"{q}_hi"] = c[f"{q}_min"], c[f"{q}_max"]
+            else:  # one initial weight: the 95 % interval of the replica estimate
+                c[f"{q}_lo"], c[f"{q}_hi"] = c[q] - t95 * c[f"{q}_se"], c[q] + t95 * c[f"{q}_se"]
+            c[f"{q}_per_init"], c[f"{q}_per_init_se"] = v, se
+        c["finite"] = np.nansum(s["finite"], axis=1)
         c["per_init"] = s  # type: ignore[assignment]
         curves[b] = c
     band = ("min–max over initial weights" if config.inits > 1 else
             f"95 % interval from the {config.replicas} replicas (one initial weight)")
     return {"epoch": np.arange(config.epochs + 1), "batch_sizes": list(config.batch_sizes), "curves": curves,
             "meta": meta, "cached": hit, "band": band}
+
+
+def _nan_reduce(fn, v: np.ndarray) -> np.ndarray:
+    """fn over inits (axis 1), NaN (without a warning) where every init is NaN."""
+    out = np.full(v.shape[0], np.nan)
+    ok = np.isfinite(v).any(axis=1)
+    out[ok] = fn(v[ok], axis=1)
+    return out
+
+
+def median_with_se(values: np.ndarray, se: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of (E, K): the median over the finite entries and its SE given those entries' SEs — the SE of the
+    middle entry, or half the root sum of squares of the two middle ones for an even count."""
+    med, out_se = np.full(values.shape[0], np.nan), np.full(values.shape[0], np.nan)
+    for e in range(values.shape[0]):  # E rows of K numbers: a summary, not a hot path
+        ok = np.flatnonzero(np.isfinite(values[e]))
+        if not ok.size:
+            continue
+        order = ok[np.argsort(values[e, ok], kind="stable")]
+        mid = order[[(len(order) - 1) // 2, len(order) // 2]]
+        med[e] = values[e, mid].mean()
+        out_se[e] = se[e, mid[0]] if mid[0] == mid[1] else np.hypot(se[e, mid[0]], se[e, mid[1]]) / 2
+    return med, out_se
+
+
+def mean_with_se(values: np.ndarray, se: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of (E, K): the mean over the finite entries and its SE sqrt(Σ_k se_k²)/K."""
+    ok = np.isfinite(values)
+    k = ok.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(ok, values, 0.0).sum(axis=1) / k
+        out_se = np.sqrt((np.where(ok, se, 0.0) ** 2).sum(axis=1)) / k
+        out_se = np.where(np.isfinite(np.where(ok, se, 0.0)).all(axis=1), out_se, np.nan)
+    return np.where(k > 0, mean, np.nan), np.where(k > 0, out_se, np.nan)
 
 
 def cached_checkpoint_epoch(config: MLPConfig, device: torch.device, cache: ResultCache) -> dict[int, int]:

@@ -99,7 +99,7 @@ def _positive(value: Any, field_name: str, allow_zero: bool = False) -> Fraction
 
 @dataclass(frozen=True)
 class Schedule:
-    """Learning-rate schedule (theory.md §0): constant α_t = c; inverse α_t = c/(t+1); inverse_offset α_t = c/(t+1+t0)."""
+    """Learning-rate schedule (docs/theory.md §0): constant α_t = c; inverse α_t = c/(t+1); inverse_offset α_t = c/(t+1+t0)."""
 
     kind: str = "inverse"
     c: Fraction | float = Fraction(1, 2)

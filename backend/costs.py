@@ -1,21 +1,46 @@
 """Run-cost estimates on the current device: memory, and time from a 2-core CPU model or, on a GPU, from FLOPs.
 
 Each setting's estimate gives ``memory_bytes``, ``seconds`` (calibrated on this project's 2-core CPU box), ``flops``
-(arithmetic of the whole run) and ``steps`` (sequential device steps, each a few dozen kernel launches). On a CUDA
-device the time is flops / (GPU_EFFICIENCY · r) + steps · GPU_STEP_SECONDS, with r this device's float32 matmul rate
-measured once per process. GPU_EFFICIENCY and GPU_STEP_SECONDS are first guesses, not yet calibrated on a GPU
-(``benchmarks/gpu_check.py`` prints the achieved rates that calibrate them).
+(arithmetic of the whole run), ``steps`` (sequential device steps, each a few dozen kernel launches) and ``setting``.
+On a CUDA device the time is
+    fixed_seconds + steps · step_seconds + flops / (efficiency · r),
+r this device's float32 matmul rate (measured once per process), with one GpuModel per setting in GPU_MODELS.
 """
 
 from __future__ import annotations
 
 import functools
 import time
+from dataclasses import dataclass
 
 import torch
 
-GPU_EFFICIENCY = 0.25  # share of the float32 matmul rate the batched replica engines reach (guess)
-GPU_STEP_SECONDS = 3e-4  # per sequential step: kernel launches and small reductions (guess)
+
+@dataclass(frozen=True)
+class GpuModel:
+    """GPU time of one setting's run: ``efficiency`` is the share of the card's float32 matmul rate reached on the
+    estimate's FLOPs, ``step_seconds`` the cost of one sequential step (kernel launches, small reductions, host
+    syncs), ``fixed_seconds`` the start-up of a run (data, CUDA context, the epoch-0 statistics)."""
+
+    efficiency: float
+    step_seconds: float
+    fixed_seconds: float = 0.0
+
+
+# The one calibration, and the card it came from (issue 11; float32, TF32 off, batchvar at 6c619bc):
+GPU_CALIBRATION_CARD = "NVIDIA H100 80GB HBM3, torch 2.11+cu130, float32 matmul 51.6 TFLOP/s"
+GPU_MODELS: dict[str, GpuModel] = {
+    # R = 10³ and 10⁴ replicas, T = 2 000, b = 16: 4.65 s and 4.49 s (≈ 2.3 ms per step whatever R: launch- and
+    # sync-bound); R = 10⁵ (two chunks): 11.2 s. The engine is memory-bound, hence the tiny "efficiency".
+    "linear_regression": GpuModel(efficiency=0.0025, step_seconds=2.3e-3),
+    # the paper preset (1 000 replicas × 1 000 steps, b = 16, statistics every 10 steps): 1.0 s
+    "deep_linear": GpuModel(efficiency=0.25, step_seconds=2.7e-4),
+    # the paper preset (5 × 50 replicas, b = 64, 48 000 training images): 1 epoch 17.7 s, 3 epochs 25.6 s
+    "mlp": GpuModel(efficiency=0.60, step_seconds=3e-4, fixed_seconds=13.6),
+    # the paper preset (100 replicas, b = 32), 1 epoch with the epoch-0 and epoch-1 statistics: 105 s (one figure:
+    # start-up and per-epoch cost are not told apart)
+    "sequence": GpuModel(efficiency=0.018, step_seconds=3e-4),
+}
 
 
 def combine_costs(costs: list[dict[str, float]]) -> dict[str, float]:
@@ -39,19 +64,30 @@ def matmul_rate(device: str) -> float:
     return 2 * 4096**3 / best
 
 
-def device_seconds(est: dict[str, float], device: torch.device) -> float:
-    """The estimate's run time on ``device``."""
+def gpu_seconds(est: dict, rate: float) -> float:
+    """The estimate's run time on a GPU whose float32 matmul rate is ``rate`` FLOP/s (GPU_MODELS[est["setting"]])."""
+    model = GPU_MODELS[est["setting"]]
+    return model.fixed_seconds + est["steps"] * model.step_seconds + est["flops"] / (model.efficiency * rate)
+
+
+def device_seconds(est: dict, device: torch.device) -> float:
+    """The estimate's run time on ``device``: the 2-core CPU model, or gpu_seconds at the card's measured rate."""
     if device.type != "cuda":
         return est["seconds"]
-    return est["flops"] / (GPU_EFFICIENCY * matmul_rate(str(device))) + est["steps"] * GPU_STEP_SECONDS
+    return gpu_seconds(est, matmul_rate(str(device)))
+
+
+def device_name(device: torch.device) -> str:
+    """'2 CPU cores' or the CUDA card's name."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "2 CPU cores"
 
 
 def where(device: torch.device) -> str:
     """How the time was estimated, for the run panel."""
     if device.type != "cuda":
         return "on 2 CPU cores"
-    return (f"on {torch.cuda.get_device_name(device)} (from FLOPs at {GPU_EFFICIENCY:.0%} of its measured float32 "
-            "matmul rate: rough)")
+    return (f"on {device_name(device)} (from its measured float32 matmul rate, with the per-setting model calibrated "
+            f"on an {GPU_CALIBRATION_CARD.split(',')[0]}: expect ±30 % on cards like it)")
 
 
 def format_duration(seconds: float) -> str:

@@ -1,4 +1,4 @@
-"""Image classification data (no download at run time) and elastic distortion (Simard et al.; theory.md §5).
+"""Image classification data (no download at run time) and elastic distortion (Simard et al.; docs/theory.md §5).
 
 Datasets:
 - ``digits``: scikit-learn's bundled 8×8 digits (1 797 images, 10 classes) — runs anywhere;

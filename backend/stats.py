@@ -1,4 +1,4 @@
-"""Streaming replica statistics with batch-means standard errors (theory.md §4), z-scores and polynomial fits.
+"""Streaming replica statistics with batch-means standard errors (docs/theory.md §4), z-scores and polynomial fits.
 
 Replicas are split into K contiguous groups. For every (group, t) we keep, in float64, the count, the mean vector and
 M2 = Σ‖x − mean‖², merged chunk by chunk with the pairwise update of Chan, Golub & LeVeque (stable: never E‖x‖² − ‖E x‖²).

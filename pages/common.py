@@ -3,12 +3,29 @@ divergence notice and the downloads. Only Streamlit calls and backend calls; no 
 
 from __future__ import annotations
 
+import re
+
 import streamlit as st
 
 from backend import api, charts, costs, export, jobs
 from backend import config as cfg
 from backend.cache import default_cache
-from backend.errors import ConfigError
+from backend.errors import ConfigError, one_line
+
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#|<>~$])")
+
+
+def user_text(value) -> str:
+    """A message that echoes the user's input, safe to put in st.error/st.warning markdown: one line (control
+    characters escaped) and every character that could start Markdown/HTML/LaTeX markup (emphasis, links, images,
+    code, tables, tags, math) backslash-escaped, so it shows as typed and loads nothing."""
+    return _MARKDOWN.sub(r"\\\1", one_line(str(value)))
+
+
+def theory_link(section: int, what: str) -> None:
+    """A link to the Theory page opened at docs/theory.md §section."""
+    st.page_link("pages/theory.py", label=f"Theory §{section}: {what}", icon=":material/functions:",
+                 query_params={"section": str(section)})
 
 
 def initial_raw(prefix: str, setting: str) -> dict:
@@ -19,7 +36,7 @@ def initial_raw(prefix: str, setting: str) -> dict:
             if raw.get("setting", setting) != setting:
                 raw = {}
         except ConfigError as e:
-            st.warning(f"Ignoring the link's config: {e}")
+            st.warning(f"Ignoring the link's config: {user_text(e)}")
             raw = {}
         st.session_state[f"{prefix}_raw"] = raw
         st.session_state[f"{prefix}_gen"] = 0
@@ -58,7 +75,7 @@ def presets_and_upload(prefix: str, presets: dict, raw0: dict, setting: str) -> 
             try:
                 load(prefix, cfg.loads(up.getvalue().decode("utf-8")))
             except (ConfigError, UnicodeDecodeError) as e:
-                st.error(f"Cannot load that file: {e}")
+                st.error(f"Cannot load that file: {user_text(e)}")
 
 
 def clear_cache_button() -> None:
@@ -72,7 +89,7 @@ def validated(raw: dict):
     try:
         config = cfg.parse_config(raw)
     except ConfigError as e:
-        st.error(f"Check the inputs — {e}")
+        st.error(f"Check the inputs — {user_text(e)}")
         st.stop()
     sync_url(config)
     return config
@@ -112,7 +129,7 @@ def run_panel(prefix: str, config, what: str) -> dict | None:
                              api.Progress(total=1))
             st.session_state[f"{prefix}_job"] = job
         except ConfigError as e:
-            st.error(str(e))
+            st.error(user_text(e))
 
     @st.fragment(run_every=0.5)
     def show_progress() -> None:
@@ -139,7 +156,7 @@ def run_panel(prefix: str, config, what: str) -> dict | None:
             elif job.state == "cancelled":
                 st.warning("The run was cancelled; nothing was cached.")
             elif job.state == "failed":
-                st.error(f"The run failed: {job.error}")
+                st.error(f"The run failed: {user_text(job.error)}")
             st.session_state[f"{prefix}_job"] = None
     return sim
 
@@ -259,10 +276,13 @@ def classifier_results(config, sim: dict, with_gap: bool) -> None:
             st.caption(f"Elastic distortion α = {config.distortion['alpha']}, σ = {config.distortion['sigma']} "
                        f"(Simard et al.), measured every {config.distortion['every']} epochs.")
     with tab_s:
-        st.markdown("Law of total variance (theory.md §3): var(g_t | F_0) = E[var(g_t | F_t)] + var(∇L(w_t) | F_0). "
-                    "The first term is the one-step noise of Lemma 1 from per-sample gradients on a fixed subsample of "
-                    f"{min(config.noise_samples, config.n_train)} training points (exact when it is the whole set); the "
-                    "second is the spread of the full gradient across replicas.")
+        st.markdown("Law of total variance: var(g_t | F_0) = E[var(g_t | F_t)] + var(∇L(w_t) | F_0). The first term "
+                    "is the one-step noise of Lemma 1, c_b · tr Σ(w_t), with Σ the **population** covariance of the "
+                    "per-sample gradients over the n training points (Lemma 1's convention: the unbiased sample "
+                    "covariance would overstate it by n/(n − 1)), estimated without bias from a fixed subsample of "
+                    f"{min(config.noise_samples, config.n_train)} training points (exact when it is the whole set); "
+                    "the second is the spread of the full gradient across replicas.")
+        theory_link(3, "the variance split, the covariance convention and B_simple")
         rows = []
         for b in config.batch_sizes:
             c = sim["curves"][b]
@@ -283,6 +303,16 @@ def classifier_results(config, sim: dict, with_gap: bool) -> None:
                          + alt.Chart(rule).mark_rule(strokeDash=[4, 4]).encode(y="b_line:Q", color="b:N"))
                         .properties(title="gradient noise scale (McCandlish et al.) with the batch sizes", height=260),
                         width="stretch")
+        st.caption("B_simple = tr Σ / ‖∇L‖² with the same population Σ as McCandlish et al. (the batch size at which "
+                   "the one-step noise tr Σ / b equals the squared signal ‖∇L‖²), ‖∇L‖² estimated without bias from "
+                   "the subsample; median over initial weights. Dashed: the batch sizes run.")
+        last = len(sim["epoch"]) - 1
+        st.dataframe(pd.DataFrame([{"b": b, **{f"{label} (epoch {last})": f"{c[q][last]:.4g} ± {c[q + '_se'][last]:.2g}"
+                                               for q, label in (("var_g", "var(g)"), ("noise_one_step", "one-step"),
+                                                                ("noise_spread", "spread"), ("b_simple", "B_simple"))}}
+                                   for b, c in ((b, sim["curves"][b]) for b in config.batch_sizes)]),
+                     hide_index=True)
+        st.caption("± one standard error given the initial weights (replica noise; docs/theory.md §4).")
     with tab_dl:
         rows = []
         for b in config.batch_sizes:
@@ -290,6 +320,8 @@ def classifier_results(config, sim: dict, with_gap: bool) -> None:
             df["b"] = b
             for f in api.quantities(config):
                 df[f] = sim["curves"][b][f]
+                if f"{f}_se" in sim["curves"][b]:
+                    df[f"{f}_se"] = sim["curves"][b][f"{f}_se"]
             rows.append(df)
         st.download_button("Curves (CSV)", pd.concat(rows).to_csv(index=False), "batchvar_mlp.csv", "text/csv")
         st.download_button("Config (JSON, reloadable)", json.dumps(config.to_json(), indent=2),

@@ -15,7 +15,8 @@ from backend.errors import ConfigError
 
 st.title("Deep linear networks: variance of SGD against the batch size")
 st.caption("A student W_d⋯W_1 learns a teacher W_d*⋯W_1* by online SGD on fresh Gaussian samples x ~ N(0, I_p), "
-           "population L2 loss (paper §3.2, Appendix B.3; theory.md §2).")
+           "population L2 loss (paper §3.2, Appendix B.3).")
+common.theory_link(2, "Gaussian moments, Theorems 4–5, exact values beyond t = 0, heavy tails")
 
 DEFAULTS = cfg.DeepLinearConfig.parse({"setting": "deep_linear"}).to_json()
 raw0, d, k = common.field_helpers("dl", "deep_linear", DEFAULTS)
@@ -155,7 +156,7 @@ with tab_poly:
                      + (f"b₀ = {poly['b0']:.4g}." if poly["b0"] is not None else ""))
             common.polynomial_table(poly, int(tp))
         except ConfigError as e:
-            st.error(str(e))
+            st.error(common.user_text(e))
 
 with tab_z:
     if sim is None or not theory["exact_t"]:

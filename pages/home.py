@@ -45,4 +45,7 @@ st.page_link("pages/mlp.py", label="MLP classifier — digits, Fashion-MNIST or 
 st.page_link("pages/sequence.py", label="Sequence model (Adam) — a small transformer on Yelp/Amazon/IMDb review "
                                         "sentences; variance, loss and error per epoch (paper Appendix A.1.4, Figure 6)",
              icon=":material/notes:")
+st.page_link("pages/theory.py", label="Theory — the mathematics behind every number: conventions, the exact "
+                                      "recursions, the variance split, the standard errors and how each is checked",
+             icon=":material/functions:")
 st.caption("Data: Graduate Admission 2 (Acharya, Armaan, Antony, IEEE ICCIDS 2019).")

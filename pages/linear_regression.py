@@ -15,7 +15,8 @@ from backend.errors import ConfigError
 from backend.exact import jsonable_number
 
 st.title("Linear regression: variance of SGD against the batch size")
-st.caption("Finite sum, mini-batches drawn without replacement (paper §3.1). Exact theory: theory.md §1.")
+st.caption("Finite sum, mini-batches drawn without replacement (paper §3.1).")
+common.theory_link(1, "the exact moment recursion, polynomials in 1/b, Theorems 1–2")
 
 DEFAULTS = cfg.LinearRegressionConfig.parse({"setting": "linear_regression"}).to_json()
 raw0, d, k = common.field_helpers("lr", "linear_regression", DEFAULTS)
@@ -52,7 +53,7 @@ elif source == "upload CSV":
     try:
         data = parse_csv_text(text, target)
     except ConfigError as e:
-        st.error(f"Cannot use that CSV: {e.message}")
+        st.error(f"Cannot use that CSV: {common.user_text(e.message)}")
         st.stop()
     dataset = {"name": "inline", "X": [[jsonable_number(v) for v in row] for row in data.X],
                "y": [jsonable_number(v) for v in data.y], "columns": [*data.feature_names, data.target_name]}
@@ -170,7 +171,7 @@ with tab_poly:
                         "constant term in 1/b." if config.sampler == "without_replacement" else "here c = 1/b."))
             common.polynomial_table(poly, int(t_poly))
         except ConfigError as e:
-            st.error(str(e))
+            st.error(common.user_text(e))
 
 with tab_z:
     if sim is None or tcurves is None:

@@ -12,8 +12,9 @@ from backend import config as cfg
 
 st.title("MLP classifier: variance, loss and generalization against the batch size")
 st.caption("A fully connected ReLU network trained by mini-batch SGD on the cross-entropy from fixed initial weights; "
-           "K initial weights × R replicas each (paper §4.1, Appendix A.1.3; theory.md §3–§5). No exact theory here: "
-           "replica estimates only.")
+           "K initial weights × R replicas each (paper §4.1, Appendix A.1.3). No exact theory here: replica estimates "
+           "only, each with its standard error.")
+common.theory_link(3, "what the replicas measure, the variance split, B_simple")
 
 DEFAULTS = cfg.MLPConfig.parse({"setting": "mlp", "preset": "laptop"}).to_json()
 raw0, d, k = common.field_helpers("mlp", "mlp", DEFAULTS)

@@ -13,6 +13,7 @@ st.title("Sequence model with Adam: variance, loss and error against the batch s
 st.caption("A transformer encoder classifier (own attention, no dropout) on the UCI Sentiment Labelled Sentences, "
            "trained with Adam(W), linear warm-up then decay, gradients clipped at a threshold per replica. The "
            "variance reported is that of the stochastic gradient before clipping and Adam, as in the paper.")
+common.theory_link(3, "what the replicas measure, the variance split, B_simple")
 
 DEFAULTS = cfg.SequenceConfig.parse({"setting": "sequence", "preset": "laptop"}).to_json()
 raw0, d, k = common.field_helpers("seq", "sequence", DEFAULTS)

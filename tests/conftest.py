@@ -4,6 +4,19 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property-based tests: the same examples on every run unless asked otherwise. "ci" (the default, and always under
+# CI=true) is derandomized with no example database, so a clean clone gives the same answer every time; "fuzz"
+# (`make fuzz`, or HYPOTHESIS_PROFILE=fuzz) draws fresh random examples, five times as many, for local bug hunting.
+# Every counterexample ever found is pinned as an @example beside its test.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("fuzz", derandomize=False, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci" if os.environ.get("CI", "").lower() in ("1", "true", "yes")
+                      else os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+FUZZ_FACTOR = 5 if settings().derandomize is False else 1  # the fuzz profile multiplies each test's example count
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

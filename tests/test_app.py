@@ -1,5 +1,6 @@
 """Every page under streamlit.testing.v1.AppTest: renders with defaults, a small Run completes, no exception."""
 
+import re
 import time
 
 from conftest import ROOT
@@ -16,6 +17,11 @@ def open_page(page: str | None = None) -> AppTest:
         at.run()
     assert not at.exception, at.exception
     return at
+
+
+def shown(element) -> str:
+    """The text a Markdown element shows: its source without the backslash escapes."""
+    return re.sub(r"\\(.)", r"\1", element.value)
 
 
 def by_label(elements, label):
@@ -68,7 +74,28 @@ def test_bad_input_shows_a_message_not_a_traceback():
     by_label(at.sidebar.text_input, "c (e.g. 1/2 or 0.05)").set_value("1/2")
     by_label(at.sidebar.multiselect, "Batch sizes b").set_value([])
     at.run()
-    assert not at.exception and any("batch_sizes" in e.value for e in at.error)
+    assert not at.exception and any("batch_sizes" in shown(e) for e in at.error)
+
+
+def test_echoed_input_is_escaped_not_rendered():
+    """A value the user typed comes back in the error box as text: no link, no image, one line."""
+    at = open_page("pages/linear_regression.py")
+    by_label(at.sidebar.text_input, "c (e.g. 1/2 or 0.05)").set_value("![x](http://127.0.0.1:9/a.png) **b**")
+    at.run()
+    assert not at.exception
+    msg = next(e.value for e in at.error if "lr.c" in e.value)
+    assert r"!\[x\]\(http" in msg and r"\*\*b\*\*" in msg and "\n" not in msg
+
+
+def test_theory_page_opens_the_section_a_link_names():
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["section"] = "3"
+    at.run()
+    at.switch_page("pages/theory.py")
+    at.run()
+    assert not at.exception
+    assert any(h.value.startswith("§3 ") for h in at.header)
+    assert any("population" in m.value and "n/(n − 1)" in m.value for m in at.markdown)
 
 
 def test_url_query_parameters_reproduce_a_view():

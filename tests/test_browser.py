@@ -115,6 +115,19 @@ def test_home_page(server, browser):
     page.close()
 
 
+def test_theory_page_from_a_settings_link(server, browser):
+    """The MLP page's theory link opens the Theory page at §3 (docs/theory.md, shipped with the app)."""
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    page.goto(f"{server}/mlp")
+    page.get_by_role("link", name=re.compile("Theory §3")).first.click()
+    page.wait_for_url(re.compile(r"/theory\?section=3"), timeout=60_000)
+    page.get_by_role("heading", name=re.compile("§3 Any model")).first.wait_for(timeout=60_000)
+    page.get_by_text("population", exact=False).first.wait_for(timeout=30_000)
+    no_exception(page)
+    shot(page, "theory")
+    page.close()
+
+
 def test_linear_regression_page_run(server, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     open_lr(page, server, "?replicas=100")

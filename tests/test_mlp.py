@@ -225,6 +225,7 @@ def test_cancel_then_resume_gives_the_uninterrupted_result(tmp_path):
                         "batch_sizes": [64], "dataset": {"name": "digits", "train_size": 300}, "noise_samples": 50,
                         "eval_size": 100})
     full = api.simulate(cfg, cache=ResultCache(tmp_path / "a"))
+    device = torch.device(full["meta"]["device"])  # the run resolves "auto": cuda on a GPU box, else cpu
     cache = ResultCache(tmp_path / "b")
     cancel = threading.Event()
     progress = api.Progress(total=1)
@@ -238,12 +239,12 @@ def test_cancel_then_resume_gives_the_uninterrupted_result(tmp_path):
     progress.advance = advance
     with pytest.raises(Cancelled):
         api.simulate(cfg, progress=progress, cancel=cancel, cache=cache)
-    assert api_mlp.cached_checkpoint_epoch(cfg, DEV, cache) == {64: 2}
+    assert api_mlp.cached_checkpoint_epoch(cfg, device, cache) == {64: 2}
     resumed = api.simulate(cfg, cache=cache)
     assert resumed["meta"]["per_b"][0]["resumed_from_epoch"] == 2
     for f in ("var_g", "loss_train", "error_val", "noise_spread"):
         np.testing.assert_allclose(resumed["curves"][64][f], full["curves"][64][f], rtol=1e-6)
-    assert api_mlp.cached_checkpoint_epoch(cfg, DEV, cache) == {}
+    assert api_mlp.cached_checkpoint_epoch(cfg, device, cache) == {}
 
 
 def test_laptop_preset_via_cli_orders_variance_by_b(tmp_path):
@@ -256,7 +257,18 @@ def test_laptop_preset_via_cli_orders_variance_by_b(tmp_path):
     assert res["epoch"][0] == 0 and len(res["epoch"]) == 13
     fields = {"var_g", "var_g_min", "var_g_max", "loss_train", "loss_val", "error_train", "error_val",
               "gap_distorted", "noise_one_step", "noise_spread", "b_simple"}
-    assert set(res["curves"]["16"]) == fields
+    c16 = res["curves"]["16"]
+    estimated = fields - {"var_g_min", "var_g_max"}
+    per_init = {f"{q}{suffix}" for q in estimated for suffix in ("_se", "_per_init", "_per_init_se")}
+    assert set(c16) == fields | per_init  # every estimate with its standard error, and per initial weight
+    assert res["inits"] == 3 and len(c16["var_g_per_init"]) == 3 and len(c16["var_g_per_init"][0]) == 13
+    se = np.array(c16["var_g_se"][1:], dtype=float)
+    assert np.all(se > 0) and np.all(se < np.array(c16["var_g"][1:]))
+    for q in ("var_g", "noise_one_step", "b_simple"):  # the median's SE is the SE of the median init's estimate
+        vals, ses = np.array(c16[f"{q}_per_init"], dtype=float), np.array(c16[f"{q}_per_init_se"], dtype=float)
+        mid = np.argsort(vals, axis=0)[1]
+        np.testing.assert_allclose(c16[q], vals[mid, range(13)], rtol=1e-12)
+        np.testing.assert_allclose(c16[f"{q}_se"], ses[mid, range(13)], rtol=1e-12)
     v16, v64 = np.array(res["curves"]["16"]["var_g"][1:]), np.array(res["curves"]["64"]["var_g"][1:])
     assert np.mean(v16 > v64) >= 0.75
     assert res["curves"]["16"]["loss_train"][-1] < res["curves"]["16"]["loss_train"][0]

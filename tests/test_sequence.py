@@ -138,6 +138,7 @@ def test_laptop_preset_via_cli_orders_variance_by_b(tmp_path):
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
     assert "gap_distorted" not in res["curves"]["16"] and "b_simple" in res["curves"]["16"]
+    assert {"var_g_se", "noise_one_step_se", "b_simple_se", "loss_val_se"} <= set(res["curves"]["16"])
     v16, v64 = np.array(res["curves"]["16"]["var_g"][1:]), np.array(res["curves"]["64"]["var_g"][1:])
     assert np.mean(v16 > v64) >= 0.6
     assert res["curves"]["16"]["loss_train"][-1] < res["curves"]["16"]["loss_train"][0]

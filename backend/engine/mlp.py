@@ -5,12 +5,14 @@ takes SGD steps on the cross-entropy; the gradients of all replicas come from on
 At every epoch boundary e = 0..E, per initial weight k (over its R replicas):
 - var_g: the across-replica variance of a fresh stochastic gradient g (a uniform b-subset, drawn from a separate
   probe generator so that measuring does not perturb training) — var(g_e | F_0);
-- the split of theory.md §3 (law of total variance with Lemma 1):
-    noise_one_step = mean_r c_b · S²(w_r),  S²(w) = (1/m) Σ_i ‖∇L_i(w) − ∇L_S(w)‖² · m/(m − 1) over a fixed subsample
-    S of m training points (all of them when n ≤ noise_samples, which makes the split exact),
-    c_b = (n − b)/(b(n − 1));
-    noise_spread = the across-replica variance of ∇L_S(w_r);
-- b_simple = mean_r tr Σ(w_r) / mean_r ‖∇L_S(w_r)‖² (McCandlish et al.'s gradient noise scale);
+- the split of docs/theory.md §3 (law of total variance with Lemma 1, backend.lemma1):
+    noise_one_step = c_b · mean_r tr Σ̂(w_r),  c_b = (n − b)/(b(n − 1)),  tr Σ̂ = (n − 1)/n · S²(w) the unbiased
+    estimate of the population trace tr Σ = (1/n) Σ_i ‖∇L_i − ∇L‖² over the n training points, from
+    S²(w) = (1/(m − 1)) Σ_{i∈S} ‖∇L_i(w) − ∇L_S(w)‖² on a fixed uniform subsample S of m points (all of them when
+    n ≤ noise_samples, which makes the term exact);
+    noise_spread = the across-replica variance of ∇L_S(w_r) (of ∇L(w_r) when S is the whole training set);
+- b_simple = mean_r tr Σ̂(w_r) / mean_r ‖G‖²^(w_r) (McCandlish et al.'s gradient noise scale with their population
+  convention; ‖G‖²^ = ‖∇L_S‖² − c_m tr Σ̂ is unbiased for ‖∇L‖², exact at m = n), with a delta-method SE;
 - loss and error on the training set (first eval_size points) and on the validation set, and every ``every`` epochs
   the accuracy gap between the training set and the elastically distorted validation set.
 A replica whose loss turns non-finite is dropped from that step on and reported.
@@ -28,10 +30,13 @@ import torch
 from torch.func import functional_call, grad, grad_and_value, vmap
 
 from backend.engine.linreg import seed_for
+from backend import lemma1
 from backend.engine.samplers import make_sampler
 from backend.errors import Cancelled
 
-WITH_SE = ("var_g", "loss_train", "loss_val", "error_train", "error_val", "gap_distorted")  # per-init SEs kept
+ESTIMATED = ("var_g", "loss_train", "loss_val", "error_train", "error_val", "gap_distorted", "noise_one_step",
+             "noise_spread", "b_simple")  # the per-init estimates reported, each with its standard error
+WITH_SE = (*ESTIMATED, "trace_sigma", "grad_sq")
 FIELDS = ("var_g", "var_g_min", "var_g_max", "loss_train", "loss_val", "error_train", "error_val", "gap_distorted",
           "noise_one_step", "noise_spread", "b_simple")
 
@@ -143,6 +148,22 @@ def group_mean(x: torch.Tensor, K: int, alive: torch.Tensor) -> tuple[np.ndarray
     return _mean_and_se(v, m, m.sum(dim=1), minimum=1)
 
 
+def group_ratio(a: torch.Tensor, b: torch.Tensor, K: int, alive: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per init k: the ratio of means ā/b̄ of the replicas' scalars (N,) and its delta-method standard error
+    sd(u)/√n with u_r = (a_r − (ā/b̄) b_r)/b̄ (exact to O(1/n))."""
+    N = a.shape[0]
+    A = a.reshape(K, N // K).to(torch.float64)
+    B = b.reshape(K, N // K).to(torch.float64)
+    m = alive.reshape(K, N // K).to(torch.float64)
+    cnt = m.sum(dim=1).clamp(min=1)
+    ratio = (torch.where(m > 0, A, 0.0) * m).sum(1) / (torch.where(m > 0, B, 0.0) * m).sum(1)
+    u = (A - ratio[:, None] * B) / ((torch.where(m > 0, B, 0.0) * m).sum(1) / cnt)[:, None]
+    _, se = _mean_and_se(u, m, m.sum(dim=1), minimum=1)
+    ratio = ratio.cpu().numpy()
+    ratio[m.sum(dim=1).cpu().numpy() < 1] = np.nan
+    return ratio, se
+
+
 def _mean_and_se(u: torch.Tensor, m: torch.Tensor, cnt: torch.Tensor, minimum: int) -> tuple[np.ndarray, np.ndarray]:
     u = torch.where(m > 0, u, 0.0)
     mean = (u * m).sum(dim=1) / cnt.clamp(min=1)
@@ -162,8 +183,7 @@ class EpochStats:
 
     @classmethod
     def empty(cls, E1: int, K: int) -> "EpochStats":
-        names = ("var_g", "noise_one_step", "noise_spread", "trace_sigma", "grad_sq", "loss_train", "loss_val",
-                 "error_train", "error_val", "gap_distorted", "finite", *(f"{q}_se" for q in WITH_SE))
+        names = (*WITH_SE, "finite", *(f"{q}_se" for q in WITH_SE))
         return cls({n: np.full((E1, K), np.nan) for n in names})
 
 
@@ -222,23 +242,20 @@ def noise_terms(rep: Replicas, params, XS: torch.Tensor, YS: torch.Tensor, chunk
     return trace, mean
 
 
-def linear_relu_noise_terms(params: dict[str, torch.Tensor], XS: torch.Tensor, YS: torch.Tensor,
-                            chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """noise_terms for make_model's Linear–ReLU stack with the cross-entropy, without forming per-sample gradients.
+def _linear_relu_passes(params: dict[str, torch.Tensor], XS: torch.Tensor, YS: torch.Tensor, chunk: int | None):
+    """For make_model's Linear–ReLU stack with the cross-entropy, ``chunk`` points of S at a time: yields
+    (per-sample squared gradient norms (N, c) float64, {name: the chunk's summed gradient (N, …) float64}).
 
     A Linear layer's per-sample gradient is the outer product δ_{l,i} a_{l−1,i}ᵀ (bias: δ_{l,i}), δ the back-propagated
     error of the per-sample loss (softmax − one-hot at the logits, δ_l = (δ_{l+1} W_{l+1}) ⊙ 1[z_l > 0] below), so
-    ‖∇L_i‖² = Σ_l ‖δ_{l,i}‖² (‖a_{l−1,i}‖² + 1) and ∇L_S = (1/m) Σ_i ∇L_i = (1/m) Σ_l [δ_lᵀ a_{l−1}, Σ_i δ_{l,i}].
-    One forward and one backward pass over S per replica, O(N·m·P), instead of N·m·P stored per-sample entries;
-    ``chunk`` points per pass (default: as many as ACTIVATION_ELEMENTS allows). Same sums as noise_terms."""
+    ‖∇L_i‖² = Σ_l ‖δ_{l,i}‖² (‖a_{l−1,i}‖² + 1) and Σ_i ∇L_i = Σ_l [δ_lᵀ a_{l−1}, Σ_i δ_{l,i}]: one forward and one
+    backward pass per replica, O(N·m·P), never N·m·P stored per-sample entries (default chunk: as many points as
+    ACTIVATION_ELEMENTS allows)."""
     names = list(params)
     layers = [(params[names[i]], params[names[i + 1]]) for i in range(0, len(names), 2)]
     N, m, L = layers[0][0].shape[0], XS.shape[0], len(layers)
     width_sum = XS.shape[1] + sum(W.shape[1] for W, _ in layers)
     chunk = chunk or max(1, min(m, ACTIVATION_ELEMENTS // (3 * N * width_sum)))
-    f64 = dict(dtype=torch.float64, device=XS.device)
-    sums = {name: torch.zeros(params[name].shape, **f64) for name in names}
-    sq = torch.zeros(N, **f64)
     for s in range(0, m, chunk):
         x, y = XS[s:s + chunk], YS[s:s + chunk]
         acts, zs = [x], []
@@ -247,15 +264,38 @@ def linear_relu_noise_terms(params: dict[str, torch.Tensor], XS: torch.Tensor, Y
             acts.append(torch.relu(zs[-1]))
         delta = torch.softmax(zs[-1], dim=-1)
         delta[:, torch.arange(len(y), device=y.device), y] -= 1
+        sq = torch.zeros(N, len(y), dtype=torch.float64, device=XS.device)
+        sums: dict[str, torch.Tensor] = {}
         for ell in range(L - 1, -1, -1):
             a = acts[ell]
             a2 = a.square().sum(-1, dtype=torch.float64) + 1  # (c,) for the shared input, else (N, c)
-            sq += (delta.square().sum(-1, dtype=torch.float64) * a2).sum(-1)
-            sums[names[2 * ell]] += torch.matmul(delta.transpose(1, 2), a).to(torch.float64)
-            sums[names[2 * ell + 1]] += delta.sum(1, dtype=torch.float64)
+            sq += delta.square().sum(-1, dtype=torch.float64) * a2
+            sums[names[2 * ell]] = torch.matmul(delta.transpose(1, 2), a).to(torch.float64)
+            sums[names[2 * ell + 1]] = delta.sum(1, dtype=torch.float64)
             if ell > 0:
                 delta = torch.bmm(delta, layers[ell][0]) * (zs[ell - 1] > 0)
-    mean = torch.cat([sums[name].reshape(N, -1) for name in names], dim=1) / m
+        yield sq, sums
+
+
+def linear_relu_per_sample_sq_norms(params: dict[str, torch.Tensor], XS: torch.Tensor, YS: torch.Tensor,
+                                    chunk: int | None = None) -> torch.Tensor:
+    """(N, m): ‖∇L_i(w_r)‖² of every replica r on every point i of S (see _linear_relu_passes)."""
+    return torch.cat([sq for sq, _ in _linear_relu_passes(params, XS, YS, chunk)], dim=1)
+
+
+def linear_relu_noise_terms(params: dict[str, torch.Tensor], XS: torch.Tensor, YS: torch.Tensor,
+                            chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """noise_terms for make_model's Linear–ReLU stack with the cross-entropy, without forming per-sample gradients
+    (_linear_relu_passes): S² = (Σ_i ‖∇L_i‖² − m‖∇L_S‖²)/(m − 1) and ∇L_S. Same sums as noise_terms."""
+    N, m = next(iter(params.values())).shape[0], XS.shape[0]
+    f64 = dict(dtype=torch.float64, device=XS.device)
+    sums = {name: torch.zeros(v.shape, **f64) for name, v in params.items()}
+    sq = torch.zeros(N, **f64)
+    for part_sq, part in _linear_relu_passes(params, XS, YS, chunk):
+        sq += part_sq.sum(1)
+        for name, v in part.items():
+            sums[name] += v
+    mean = torch.cat([sums[name].reshape(N, -1) for name in params], dim=1) / m
     trace = (sq - m * mean.square().sum(1)) / (m - 1)
     return trace, mean
 
@@ -314,7 +354,6 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
     Xev, Yev = Xtr[:eval_size], Ytr[:eval_size]
     sub = np.random.default_rng(seed_for(seed, 31337)).permutation(n)[:min(noise_samples, n)]
     XS, YS = Xtr[sub], Ytr[sub]
-    c_b = (n - b) / (b * (n - 1)) if n > 1 else 0.0
     rep = Replicas(task.forward, replica_chunk(task, K * R, b))
     opt = task.optimizer
     N = K * R
@@ -359,9 +398,12 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
         trace, full = (task.noise_terms(params, XS, YS) if task.noise_terms is not None
                        else noise_terms(rep, params, XS, YS))
         keep("noise_spread", group_var(full, K, alive))
-        put["noise_one_step"][e] = c_b * group_mean(trace, K, alive)[0]
-        keep("trace_sigma", group_mean(trace, K, alive))
-        keep("grad_sq", group_mean(full.square().sum(1), K, alive))
+        trace_pop = lemma1.population_trace(trace, n)  # unbiased for tr Σ over the n training points
+        grad_sq = lemma1.squared_full_gradient(full.square().sum(1), trace_pop, XS.shape[0], n)
+        keep("noise_one_step", group_mean(lemma1.one_step_noise(trace_pop, b, n), K, alive))
+        keep("trace_sigma", group_mean(trace_pop, K, alive))
+        keep("grad_sq", group_mean(grad_sq, K, alive))
+        keep("b_simple", group_ratio(trace_pop, grad_sq, K, alive))
         for split, (X, Y) in (("train", (Xev, Yev)), ("val", (Xva, Yva))):
             loss, err = evaluate(rep, params, X, Y, act_per_sample=task.act_per_sample)
             keep(f"loss_{split}", group_mean(loss, K, alive))

@@ -1,4 +1,4 @@
-"""Deep linear teacher–student networks with online Gaussian samples (paper §3.2, B.3; theory.md §2).
+"""Deep linear teacher–student networks with online Gaussian samples (paper §3.2, B.3; docs/theory.md §2).
 
 Student W_1 (p_1×p), …, W_d (p_d×p_{d−1}); teacher W_1*, …, W_d*. Δ = W_d⋯W_1 − W_d*⋯W_1*, population loss
 L = ½‖Δ‖_F². With b fresh samples x ~ N(0, I_p) per step and Σ̂ = (1/b) Σ_j x_j x_jᵀ:

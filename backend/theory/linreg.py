@@ -1,4 +1,4 @@
-"""Exact moments of mini-batch SGD on finite-sum linear regression (paper §3.1; theory.md §1).
+"""Exact moments of mini-batch SGD on finite-sum linear regression (paper §3.1; docs/theory.md §1).
 
 L(w) = (1/n) Σ ½(x_iᵀw − y_i)², ∇L_i(w) = x_i(x_iᵀw − y_i), g_t = (1/b) Σ_{i∈B_t} ∇L_i(w_t), w_{t+1} = w_t − α_t g_t.
 Everything is conditional on F_0 (the initial weights); the only randomness is the choice of the mini-batches.
@@ -7,7 +7,7 @@ The noise factor ``c`` carries the batch size:
 - without replacement (uniform b-subsets, independent per step): c = c_b = (n − b) / (b (n − 1))  (vanishes at b = n);
 - with replacement (b i.i.d. uniform indices): c = 1/b.
 
-Stable form (theory.md §1). With H = XᵀX/n, h = Xᵀy/n, μ_t = E w_t (full-batch GD, independent of b) and
+Stable form (docs/theory.md §1). With H = XᵀX/n, h = Xᵀy/n, μ_t = E w_t (full-batch GD, independent of b) and
 V_t = Cov(w_t | F_0):
     V_0 = 0,  V_{t+1} = A_t V_t A_tᵀ + α_t² c Q(S_t),  A_t = I − α_t H,
     Q(S_t) = Q_V(V_t) + Q_m(μ_t),
@@ -30,27 +30,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-SAMPLERS_WITH_THEORY = ("without_replacement", "with_replacement")
+from backend.lemma1 import SAMPLERS_WITH_FACTOR, noise_factor, noise_factor_exact  # noqa: F401  (re-exported)
 
-
-def noise_factor(b: int | np.ndarray, n: int, sampler: str = "without_replacement") -> np.ndarray:
-    """c_b = (n − b)/(b(n − 1)) without replacement (Lemma 1); 1/b with replacement."""
-    b = np.asarray(b, dtype=np.float64)
-    if sampler == "without_replacement":
-        if n == 1:
-            return np.zeros_like(b)
-        return (n - b) / (b * (n - 1))
-    if sampler == "with_replacement":
-        return 1.0 / b
-    raise ValueError(f"no exact theory for sampler {sampler!r}")
-
-
-def noise_factor_exact(b: int, n: int, sampler: str = "without_replacement") -> Fraction:
-    if sampler == "without_replacement":
-        return Fraction(0) if n == 1 else Fraction(n - b, b * (n - 1))
-    if sampler == "with_replacement":
-        return Fraction(1, b)
-    raise ValueError(f"no exact theory for sampler {sampler!r}")
+SAMPLERS_WITH_THEORY = SAMPLERS_WITH_FACTOR  # the samplers under which batches are independent across steps
 
 
 @dataclass
@@ -87,7 +69,7 @@ class LinRegProblem:
     def exact(self) -> bool:
         return self.X.dtype == object
 
-    # -- the maps of theory.md §1 --------------------------------------------------------------------------------
+    # -- the maps of docs/theory.md §1 --------------------------------------------------------------------------------
     def _use_kron(self) -> bool:
         return self.exact or self.p * self.p <= 2 * self.n
 
@@ -182,7 +164,7 @@ class MomentState:
 
 
 def iterate_moments(problem: LinRegProblem, w0: np.ndarray, alphas: Sequence, c: np.ndarray) -> Iterator[MomentState]:
-    """Yield the moments at t = 0, 1, …, len(alphas) (theory.md §1, stable form). Cost O(T · B · p⁴) (or O(T·B·n p²))."""
+    """Yield the moments at t = 0, 1, …, len(alphas) (docs/theory.md §1, stable form). Cost O(T · B · p⁴) (or O(T·B·n p²))."""
     c = np.asarray(c, dtype=problem.X.dtype)
     p = problem.p
     eye = _identity(p, problem.X)

@@ -1,6 +1,6 @@
 """Moments of the sample covariance Σ̂ = M/b, M = Σ_{j=1}^{b} x_j x_jᵀ, x_j ~ N(0, I_p), as exact polynomials in u = 1/b.
 
-Real-Wishart matching rule (theory.md §2): for index slots (a_1, c_1, …, a_K, c_K)
+Real-Wishart matching rule (docs/theory.md §2): for index slots (a_1, c_1, …, a_K, c_K)
     E[Π_k M_{a_k c_k}] = Σ over perfect matchings P of the 2K slots with equal indices in each pair of b^{comp(P)},
 where comp(P) counts the connected components (cycles) of the graph on the K factors whose edges are the pairs of P.
 Hence E[Π_k Σ̂_{a_k c_k}] = Σ_P u^{K − comp(P)}: a polynomial in u of degree ≤ K − 1.

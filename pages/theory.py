@@ -1,0 +1,25 @@
+"""Theory: the project's docs/theory.md, one numbered section at a time (?section=n opens that one)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from backend.docs import theory_preamble, theory_sections
+
+sections = theory_sections()
+st.title("Theory: the mathematics behind the numbers")
+st.markdown(theory_preamble())
+wanted = st.query_params.get("section", "0")
+numbers = list(sections)
+start = numbers.index(int(wanted)) if wanted.isdigit() and int(wanted) in sections else 0
+chosen = st.radio("Section", numbers, index=start, horizontal=True,
+                  format_func=lambda n: f"§{n} {sections[n][0]}", key="theory_section")
+if st.query_params.get("section") != str(chosen):
+    st.query_params["section"] = str(chosen)
+title, body = sections[chosen]
+st.header(f"§{chosen} {title}")
+st.markdown(body)
+with st.expander("Every section on one page"):
+    for n, (title, body) in sections.items():
+        st.subheader(f"§{n} {title}")
+        st.markdown(body)
