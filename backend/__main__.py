@@ -1,4 +1,5 @@
-"""Command line: ``python -m backend {theory,simulate,polynomial,check} CONFIG.json``; JSON on stdout.
+"""Command line: ``python -m backend {theory,simulate,polynomial,check} CONFIG.json`` and ``python -m backend
+settings``; JSON on stdout.
 
 A bad config or argument exits with status 2 and one line on stderr naming the field; never a traceback.
 """
@@ -68,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--float", dest="force_float", action="store_true", help="float coefficients even if exact")
         if name == "simulate":
             sp.add_argument("--no-cache", action="store_true", help="compute even if a cached result exists")
+    sub.add_parser("settings", help="the registry of settings: quantities (x-axis, exact theory?) and presets")
     return p
 
 
@@ -77,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         from backend import api
         from backend.config import loads, parse_config
+
+        if args.command == "settings":
+            return _emit({"settings": api.registry()})
 
         text = sys.stdin.read() if args.config == "-" else Path(args.config).read_text(encoding="utf-8")
         config = parse_config(loads(text))
@@ -101,15 +106,13 @@ def main(argv: list[str] | None = None) -> int:
             meta = res["meta"]
             if config.setting in ("mlp", "sequence"):
                 out = {"setting": config.setting, "epoch": res["epoch"].tolist(),
-                       "curves": {str(b): _classifier_curves_json(res["curves"][b], api.quantities(config),
-                                                                  config.inits > 1)
+                       "curves": {str(b): _classifier_curves_json(res["curves"][b], api.quantities(config)
+                                                                  + ["var_g_min", "var_g_max"], config.inits > 1)
                                   for b in config.batch_sizes},
                        "inits": config.inits, "replicas": config.replicas, "band": res["band"],
                        "sampler": meta["sampler_label"], "device": meta["device"],
                        "diverged_at": {str(x["b"]): x["diverged_at"] for x in meta["per_b"]}}
-                json.dump(out, sys.stdout, allow_nan=False)
-                sys.stdout.write("\n")
-                return 0
+                return _emit(out)
             out = {"setting": config.setting, "t": res["t"].tolist(),
                    "curves": _curves_json(config.batch_sizes, res["curves"], (*api.quantities(config), "var_g_rb"), True),
                    "finite_count": {str(b): res["finite_count"][j].tolist() for j, b in enumerate(config.batch_sizes)},
@@ -118,12 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "polynomial":
             out = api.polynomial(config, args.t, args.quantity, exact=False if args.force_float else None)
         elif config.setting == "deep_linear":
-            from backend import api_deep
-
             th_res = api.theory(config)
             out = {"setting": config.setting, "checks": {
                 str(t): {q: {"no_constant_term": c[0] == 0 if q != "loss" else None,
-                             "b0": api_deep.th.decrease_threshold(c) if q != "loss" else None,
+                             "b0": api.decrease_threshold(c) if q != "loss" else None,
                              "method": th_res["methods"][t]}
                          for q, c in qs.items()} for t, qs in th_res["polynomials"].items()}}
         else:
@@ -140,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     except Cancelled:
         print("error: cancelled", file=sys.stderr)
         return 130
+    return _emit(out)
+
+
+def _emit(out: dict) -> int:
+    """The result as one JSON document on stdout (exit 0)."""
     try:
         json.dump(out, sys.stdout, allow_nan=False)
         sys.stdout.write("\n")

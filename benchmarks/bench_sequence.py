@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backend.api_sequence import encode_corpus  # noqa: E402
+from backend.settings.sequence import encode_corpus  # noqa: E402
 from backend.config import parse_config  # noqa: E402
 from backend.engine import mlp as trainer  # noqa: E402
 from backend.engine import sequence as seq  # noqa: E402
@@ -24,7 +24,7 @@ from backend.engine import sequence as seq  # noqa: E402
 
 def bench(preset: str, steps: int, device: torch.device) -> None:
     cfg = parse_config({"setting": "sequence", "preset": preset})
-    # the run's sequence length: the longest sentence of the corpus (up to max_len; see api_sequence.encode_corpus)
+    # the run's sequence length: the longest sentence of the corpus (up to max_len; see backend/settings/sequence.py: encode_corpus)
     R, b, L, V = cfg.inits * cfg.replicas, cfg.batch_sizes[0], encode_corpus(cfg)[1].shape[1], cfg.vocab
     model = seq.Encoder(V, L, cfg.width, cfg.heads, cfg.layers)
     params = {k: v.repeat_interleave(R // cfg.inits, 0).contiguous()

@@ -221,7 +221,7 @@ def classifier_results(config, sim: dict, with_gap: bool) -> None:
     import numpy as np
     import pandas as pd
 
-    from backend import api, api_mlp
+    from backend import api
     from backend import charts as ch
 
     def frame(quantity: str, lo: str | None, hi: str | None) -> pd.DataFrame:
@@ -262,7 +262,7 @@ def classifier_results(config, sim: dict, with_gap: bool) -> None:
         charts_by_name["var(g)"] = chart(frame("var_g", "var_g_lo", "var_g_hi"), "var(g) across replicas (log)",
                                          True)
         st.caption(f"Line: median over initial weights; band: {sim['band']}.")
-        share = api_mlp.b_ordering_share(sim)
+        share = api.b_ordering_share(sim)
         st.write(f"var(g) decreases with b at {100 * share:.0f} % of the epochs (all batch sizes ordered).")
     with tab_l:
         for q, title in (("loss_train", "training loss"), ("loss_val", "validation loss"),

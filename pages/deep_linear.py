@@ -9,7 +9,7 @@ import streamlit as st
 
 from pages import common
 
-from backend import api, api_deep, charts
+from backend import api, charts
 from backend import config as cfg
 from backend.errors import ConfigError
 
@@ -75,7 +75,7 @@ theory = api.theory(config)
 labels = {q: (f"var(g_t, layer {q[-1]} | F_0)" if q.startswith("var_g_layer") else api.QUANTITY_LABELS.get(q, q))
           for q in api.quantities(config)}
 st.caption(f"dims {list(config.dims)} ({config.n_params:,} weights), {config.lr.describe()}. Exact values at "
-           + api_deep.describe_methods(theory["methods"]) + ".")
+           + api.describe_methods(theory["methods"]) + ".")
 
 sim = common.run_panel("dl", config, f"{config.replicas:,} replicas × {len(config.batch_sizes)} batch sizes × "
                                      f"{config.steps + 1} steps")
@@ -84,7 +84,7 @@ if sim is not None:
                f"over {sim['meta']['groups']} groups, 95 % bands; {sim['meta']['sampler']}."
                + common.reduction_note(list(config.dims), sim["meta"].get("simulated_dims")))
     common.divergence_notice(config, sim)
-    flags = api_deep.heavy_tail_flags(sim, "var_g", theory["curves"]["var_g"])
+    flags = api.heavy_tail_flags(sim, "var_g", theory["curves"]["var_g"])
     if flags.any():
         where = [(config.batch_sizes[j], t) for j, t in zip(*np.nonzero(flags))][:8]
         st.warning("Unreliable estimates (heavy tails) at (b, t) = " + ", ".join(f"({b}, {t})" for b, t in where)
@@ -118,8 +118,8 @@ with tab_b:
     fits, est_df = {}, None
     if t_sel in theory["polynomials"]:
         coeffs = theory["polynomials"][t_sel][q]
-        exact_grid = api_deep._eval(coeffs, grid)
-        b0 = api_deep.th.decrease_threshold(coeffs)
+        exact_grid = api.eval_inv_b(coeffs, grid)
+        b0 = api.decrease_threshold(coeffs)
         st.write(f"**Exact** ({theory['methods'][t_sel]}): degree {len(coeffs) - 1} in 1/b, constant term "
                  f"{'zero' if coeffs[0] == 0 else coeffs[0]}; Theorem 5: decreasing for every b > b₀ = {b0:.4g}.")
     else:
@@ -129,14 +129,14 @@ with tab_b:
         est_df = pd.DataFrame({"b": bs, "value": e["value"][:, slot], "lo": e["lo"][:, slot],
                                "hi": e["hi"][:, slot], "se": e["se"][:, slot]})
         r = st.number_input("Fit degree r", 1, max(1, len(bs) - 1), min(3, max(1, len(bs) - 1)), key="dl_r")
-        fit = api_deep.fit_theorem4(bs, e["value"][:, slot], e["se"][:, slot], int(r))
-        fits[f"Theorem 4 fit, r = {fit['degree']}"] = api_deep.eval_theorem4(fit["beta"], grid)
+        fit = api.fit_theorem4(bs, e["value"][:, slot], e["se"][:, slot], int(r))
+        fits[f"Theorem 4 fit, r = {fit['degree']}"] = api.eval_theorem4(fit["beta"], grid)
         st.dataframe(pd.DataFrame({"j": range(1, fit["degree"] + 1), "β_j": fit["beta"], "95 % low": fit["beta_lo"],
                                    "95 % high": fit["beta_hi"]}), hide_index=True)
         st.write(f"Weighted fit Σ_j β_j b^(−j), β₁ ≥ 0{' (at the bound)' if fit['beta1_at_bound'] else ''}: "
                  f"χ²/dof = {fit['chi2_per_dof']:.3g} (p = {fit['p_value']:.3g}); b₀ from the fit = {fit['b0']:.4g}. "
                  f"Estimates decrease at every b tried: "
-                 f"{'yes' if api_deep.decreasing_everywhere(e['value'][:, slot]) else 'no'}.")
+                 f"{'yes' if api.decreasing_everywhere(e['value'][:, slot]) else 'no'}.")
     if np.isfinite(exact_grid).any() or est_df is not None:
         shown = exact_grid if np.isfinite(exact_grid).any() else np.full_like(grid, np.nan)
         st.altair_chart(charts.b_chart(grid, shown, t_sel, est_df, fits, title=labels[q]), width="stretch")

@@ -123,7 +123,7 @@ with tab_t:
     log = st.checkbox("Log scale", True, key="lr_log")
     time_charts = {q: common.time_chart_with_caption(theory, sim, config, q, api.QUANTITY_LABELS[q], log,
                                                      "var_g_rb" if (q == "var_g" and use_rb) else None)
-                   for q in api.QUANTITIES}
+                   for q in api.quantities(config)}
 
 with tab_b:
     if tcurves is None:
@@ -177,7 +177,7 @@ with tab_z:
     if sim is None or tcurves is None:
         st.info("Run the replicas (and use a sampler with exact theory) to compare estimates with the exact values.")
     else:
-        q = st.selectbox("Quantity", [*api.QUANTITIES, *(["var_g_rb"] if "var_g_rb" in sim["curves"] else [])],
+        q = st.selectbox("Quantity", [*api.quantities(config), *(["var_g_rb"] if "var_g_rb" in sim["curves"] else [])],
                          format_func=api.QUANTITY_LABELS.get, key="lr_zq")
         agr = api.agreement(theory, sim, q if q != "var_g_rb" else "var_g", estimate_name=q)
         c1, c2, c3 = st.columns(3)
@@ -204,5 +204,5 @@ with tab_thm:
                          f"({v['value']:.6g} → {v['value_next']:.6g}).")
 
 with tab_dl:
-    common.downloads("lr", config, theory, sim, api.QUANTITIES,
+    common.downloads("lr", config, theory, sim, api.quantities(config),
                      {api.QUANTITY_LABELS[q]: c for q, c in time_charts.items()})

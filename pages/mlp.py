@@ -7,7 +7,7 @@ import streamlit as st
 
 from pages import common
 
-from backend import api_mlp
+from backend import api
 from backend import config as cfg
 
 st.title("MLP classifier: variance, loss and generalization against the batch size")
@@ -52,7 +52,7 @@ lr = {"schedule": schedule, "c": c2.text_input("Learning rate c", str(lr0.get("c
 b_options = sorted({8, 16, 32, 64, 128, 256, 512} | set(d("batch_sizes")))
 batch_sizes = sb.multiselect("Batch sizes b", b_options, default=list(d("batch_sizes")), key=k("bs"))
 sampler = sb.selectbox("Sampler", cfg.MLP_SAMPLERS, index=cfg.MLP_SAMPLERS.index(d("sampler")), key=k("sampler"),
-                       format_func=api_mlp.SAMPLER_LABELS.get)
+                       format_func=api.CLASSIFIER_SAMPLER_LABELS.get)
 dist0 = d("distortion")
 c1, c2, c3 = sb.columns(3)
 distortion = {"alpha": c1.number_input("α", 0.0, 100.0, float(dist0["alpha"]), key=k("da")),

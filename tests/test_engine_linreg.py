@@ -115,7 +115,7 @@ def test_cancel_stops_the_run_and_caches_nothing(tmp_path):
     cache = ResultCache(tmp_path)
     cfg = parse_config({"steps": 2000, "batch_sizes": [4], "replicas": 100})
     cancel = threading.Event()
-    progress = api.Progress(total=1)
+    progress = api.Progress()
     calls = []
 
     def advance(units):
@@ -123,7 +123,7 @@ def test_cancel_stops_the_run_and_caches_nothing(tmp_path):
         if len(calls) == 50:
             cancel.set()
 
-    progress.advance = advance
+    progress.on_advance = advance
     with pytest.raises(Cancelled):
         api.simulate(cfg, progress=progress, cancel=cancel, cache=cache)
     assert len(calls) < 100 and api.cached_simulation(cfg, cache=cache) is None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from backend import api, api_deep
+from backend import api
+from backend.settings import deep_linear as api_deep
 from backend.costs import format_bytes, format_duration
 
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 from conftest import ROOT
 
-from backend import api, api_mlp
+from backend import api
+from backend.settings import classifier as api_mlp
 from backend.cache import ResultCache
 from backend.config import parse_config
 from backend.engine import mlp as engine
@@ -228,7 +229,7 @@ def test_cancel_then_resume_gives_the_uninterrupted_result(tmp_path):
     device = torch.device(full["meta"]["device"])  # the run resolves "auto": cuda on a GPU box, else cpu
     cache = ResultCache(tmp_path / "b")
     cancel = threading.Event()
-    progress = api.Progress(total=1)
+    progress = api.Progress()
     calls = []
 
     def advance(units):
@@ -236,7 +237,7 @@ def test_cancel_then_resume_gives_the_uninterrupted_result(tmp_path):
         if len(calls) == 2:  # after two epochs
             cancel.set()
 
-    progress.advance = advance
+    progress.on_advance = advance
     with pytest.raises(Cancelled):
         api.simulate(cfg, progress=progress, cancel=cancel, cache=cache)
     assert api_mlp.cached_checkpoint_epoch(cfg, device, cache) == {64: 2}

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import ROOT
 
-from backend import api_sequence
+from backend.settings import sequence as api_sequence
 from backend.config import parse_config
 from backend.engine import mlp as trainer
 from backend.engine import sequence as seq

@@ -1,4 +1,5 @@
-"""Entry points for the MLP classifier: replicas over several initial weights, per-epoch statistics, resumable runs.
+"""What the two replica classifiers (the MLP and the sequence model) share: the resumable run over batch sizes, the
+per-epoch result with standard errors, and their quantity table (docs/theory.md §3–§4).
 
 A run is checkpointed in the cache at epoch boundaries (key: the config, the batch size and the code version); a
 cancelled or killed run resumes from its last checkpoint, and the finished result replaces the checkpoints.
@@ -13,46 +14,74 @@ from typing import Any
 import numpy as np
 import torch
 
-from backend.cache import CODE_VERSION, ResultCache, make_key
-from backend.config import MLPConfig
-from backend.costs import combine_costs
+from backend.cache import CODE_VERSION, ResultCache
 from backend.engine import mlp as engine
-from backend.images import elastic_distort, load_dataset
+from backend.errors import ConfigError
+from backend.progress import Progress
+from backend.settings.base import Quantity, cache_key, simulation_key
 from backend.stats import t_quantile
 
 SAMPLER_LABELS = {"epoch_reshuffle": "reshuffle each epoch (the paper's training), n // b steps per epoch",
                   "without_replacement": "uniform b-subsets without replacement, independent per step"}
 
 
-def _key(kind: str, config: MLPConfig, extra: dict | None = None) -> str:
-    return make_key(kind, config.to_json(), extra)
+THEORY_ONLY_DROPS: tuple[str, ...] = ()
+_EPOCH_QUANTITIES = (
+    ("var_g", "var(g) across replicas", r"\operatorname{var}(g_e \mid \mathcal F_0)",
+     "across-replica variance of a fresh mini-batch gradient per init; median over inits"),
+    ("loss_train", "training loss", r"L_{\mathrm{train}}", "mean over replicas and inits"),
+    ("loss_val", "validation loss", r"L_{\mathrm{val}}", "mean over replicas and inits"),
+    ("error_train", "training error", r"\mathrm{err}_{\mathrm{train}}", "mean over replicas and inits"),
+    ("error_val", "validation error", r"\mathrm{err}_{\mathrm{val}}", "mean over replicas and inits"),
+    ("gap_distorted", "accuracy(train) − accuracy(distorted validation)", r"\Delta_{\mathrm{distorted}}",
+     "mean over replicas and inits"),
+    ("noise_one_step", "one-step noise E[var(g | F_e)]", r"c_b\,\mathbb E\operatorname{tr}\Sigma(w_e)",
+     "Lemma 1 with the population covariance, from per-sample gradients on a subsample; median over inits"),
+    ("noise_spread", "spread of ∇L across replicas", r"\operatorname{var}(\nabla L(w_e) \mid \mathcal F_0)",
+     "across-replica variance of the subsample gradient; median over inits"),
+    ("b_simple", "B_simple = tr Σ / ‖∇L‖²", r"B_{\mathrm{simple}}",
+     "ratio of unbiased means over replicas, delta-method SE; median over inits"),
+)
 
 
-def estimate(config: MLPConfig) -> dict[str, float]:
-    data = load_dataset(config.dataset)
-    h, w = data.shape
-    costs = [engine.estimate_cost(len(data.x_train), h * w, config.hidden, data.n_classes, config.inits,
-                                  config.replicas, config.epochs, b, config.eval_size, len(data.x_val),
-                                  config.noise_samples) for b in config.batch_sizes]
-    return combine_costs(costs)
+def classifier_quantities(with_gap: bool) -> list[Quantity]:
+    """The per-epoch quantities (no exact theory for a nonlinear network), each reported with ``_se``."""
+    return [Quantity(name, label, latex, "epoch", False, how) for name, label, latex, how in _EPOCH_QUANTITIES
+            if with_gap or name != "gap_distorted"]
 
 
-def simulate_classifier(config, kind: str, device: torch.device, cache: ResultCache, progress, cancel,
+def no_theory(config, cache: ResultCache | None = None) -> dict[str, Any]:
+    return {"t": np.arange(config.epochs + 1), "batch_sizes": list(config.batch_sizes), "curves": None,
+            "available": False, "note": "no exact theory for a nonlinear network: replica estimates only"}
+
+
+def no_polynomial(config, t: int, quantity: str = "var_g", exact: bool | None = None) -> dict[str, Any]:
+    raise ConfigError("setting", "no exact polynomial for a nonlinear network")
+
+
+def cached_classifier(config, device: torch.device, cache: ResultCache) -> dict[str, Any] | None:
+    """The cached result of ``simulate(config)`` on ``device`` if there is one (never computes)."""
+    found = cache.get(simulation_key(config, device))
+    return None if found is None else shape_result(config, *found, hit=True)
+
+
+def simulate_classifier(config, device: torch.device, cache: ResultCache, progress: Progress, cancel,
                         task_for_b, lr_for_b, gap_every: int, extra_meta: dict) -> tuple[dict, dict, bool]:
     """Run every batch size of a replica classifier (MLP or sequence model) through engine.run_batch_size, resuming
     each from its last checkpoint in the cache; returns (meta, arrays, cache hit). ``task_for_b(b)`` builds the Task,
     ``lr_for_b(b)`` the learning-rate function of the step."""
-    key = _key(f"simulate_{kind}", config, {"device": device.type})
+    kind = config.setting
+    key = simulation_key(config, device)
 
     def compute():
         t0 = time.monotonic()
-        advance = getattr(progress, "advance", progress)
+        advance = progress.advance
         arrays, meta_b = {}, []
         for b in config.batch_sizes:
-            ck_key = _key(f"checkpoint_{kind}", config, {"device": device.type, "b": b})
+            ck_key = checkpoint_key(config, device, b)
             found = cache.get(ck_key)
             resume = engine.unpack_checkpoint(*found) if found is not None else None
-            if resume is not None and advance is not None:
+            if resume is not None:
                 advance(config.inits * config.replicas * (config.n_train // b) * (resume["epoch"] + 1))
 
             def save(state, ck_key=ck_key):
@@ -72,37 +101,21 @@ def simulate_classifier(config, kind: str, device: torch.device, cache: ResultCa
                 "code_version": CODE_VERSION, **extra_meta}
         return meta, arrays
 
-    if progress is not None and hasattr(progress, "total"):
-        progress.total = sum(config.inits * config.replicas * (config.n_train // b) * config.epochs
-                             for b in config.batch_sizes)
+    progress.total = sum(config.inits * config.replicas * (config.n_train // b) * config.epochs
+                         for b in config.batch_sizes)
     meta, arrays, hit = cache.get_or_compute(key, compute)
-    if progress is not None and hasattr(progress, "total"):
-        progress.done = progress.total
+    progress.finish()
     return meta, arrays, hit
 
 
-def simulate(config: MLPConfig, device: torch.device, cache: ResultCache, progress=None,
-             cancel: threading.Event | None = None) -> dict[str, Any]:
-    dtype = torch.float32 if config.dtype == "float32" else torch.float64
-    data = load_dataset(config.dataset)
-    prepared: dict[str, Any] = {}
-
-    def task_for_b(b: int) -> engine.Task:
-        if "distorted" not in prepared:
-            prepared["distorted"] = elastic_distort(data.x_val, config.distortion["alpha"],
-                                                    config.distortion["sigma"], seed=config.seed)
-        return engine.mlp_task(data, config.hidden, config.seed, dtype, device, prepared["distorted"])
-
-    meta, arrays, hit = simulate_classifier(
-        config, "mlp", device, cache, progress, cancel, task_for_b, lambda b: (lambda t: float(config.lr.alpha(t))),
-        config.distortion["every"], {"n_train": len(data.x_train), "n_val": len(data.x_val)})
-    return shape_result(config, meta, arrays, hit)
+def checkpoint_key(config, device: torch.device, b: int) -> str:
+    return cache_key(f"checkpoint_{config.setting}", config, {"device": device.type, "b": b})
 
 
 MEDIAN_OVER_INITS = ("var_g", "noise_one_step", "noise_spread", "b_simple")  # the paper's summary for variances
 
 
-def shape_result(config: MLPConfig, meta: dict, arrays: dict, hit: bool) -> dict[str, Any]:
+def shape_result(config, meta: dict, arrays: dict, hit: bool) -> dict[str, Any]:
     """Per b, arrays over epochs, for every estimated quantity q (engine.ESTIMATED):
     - q: the median over initial weights for the variances and B_simple (the paper's summary), the mean over inits for
       losses, errors and the gap;
@@ -169,11 +182,11 @@ def mean_with_se(values: np.ndarray, se: np.ndarray) -> tuple[np.ndarray, np.nda
     return np.where(k > 0, mean, np.nan), np.where(k > 0, out_se, np.nan)
 
 
-def cached_checkpoint_epoch(config: MLPConfig, device: torch.device, cache: ResultCache) -> dict[int, int]:
+def cached_checkpoint_epoch(config, device: torch.device, cache: ResultCache) -> dict[int, int]:
     """The last checkpointed epoch per batch size (what a Run would resume from)."""
     out = {}
     for b in config.batch_sizes:
-        found = cache.get(_key("checkpoint_mlp", config, {"device": device.type, "b": b}))
+        found = cache.get(checkpoint_key(config, device, b))
         if found is not None:
             out[b] = int(found[0]["epoch"]) + 1
     return out

@@ -1,5 +1,6 @@
-"""Entry points for the sequence model trained with Adam: the generic replica trainer of backend.engine.mlp with the
-transformer of backend.engine.sequence, its tokenised data and AdamW (per-replica clipping, warm-up then decay)."""
+"""The sequence model trained with Adam (paper Appendix A.1.4, Figure 6): the generic replica trainer of
+backend.engine.mlp with the transformer of backend.engine.sequence, its tokenised data and AdamW (per-replica
+clipping, warm-up then decay). A Setting (backend/settings/base.py); the run is backend/settings/classifier.py's."""
 
 from __future__ import annotations
 
@@ -9,17 +10,28 @@ from typing import Any
 import numpy as np
 import torch
 
-from backend.api_mlp import shape_result, simulate_classifier
-from backend.cache import ResultCache, make_key
+from backend.cache import ResultCache
+from backend.config import SEQUENCE_PRESETS as PRESETS  # noqa: F401  (the setting's presets, as data)
 from backend.config import SequenceConfig
 from backend.engine import mlp as trainer
 from backend.engine import sequence as seq
 from backend.engine.mlp import module_forward
+from backend.progress import Progress
+from backend.settings.base import Quantity
+from backend.settings.classifier import (THEORY_ONLY_DROPS, cached_classifier, classifier_quantities,  # noqa: F401
+                                         no_polynomial, no_theory, shape_result, simulate_classifier)
 from backend.text import Tokenizer, load_corpus
 
+NAME = "sequence"
+TITLE = "Sequence model (Adam)"
+CONFIG = SequenceConfig
+theory = no_theory
+polynomial = no_polynomial
+cached_simulation = cached_classifier
 
-def _key(kind: str, config: SequenceConfig, extra: dict | None = None) -> str:
-    return make_key(kind, config.to_json(), extra)
+
+def quantities(config: SequenceConfig) -> list[Quantity]:
+    return classifier_quantities(with_gap=False)  # no distorted test set for text
 
 
 def encode_corpus(config: SequenceConfig):
@@ -81,7 +93,7 @@ def estimate(config: SequenceConfig) -> dict[str, float]:
     return {"memory_bytes": memory, "seconds": seconds, "flops": flops, "steps": n_steps}
 
 
-def simulate(config: SequenceConfig, device: torch.device, cache: ResultCache, progress=None,
+def simulate(config: SequenceConfig, device: torch.device, cache: ResultCache, progress: Progress,
              cancel: threading.Event | None = None) -> dict[str, Any]:
     opt = config.optimizer
 
@@ -92,12 +104,9 @@ def simulate(config: SequenceConfig, device: torch.device, cache: ResultCache, p
         total = config.epochs * (config.n_train // b)
         return lambda t: seq.lr_at(t, opt["lr"], opt["warmup"], total)
 
-    meta, arrays, hit = simulate_classifier(config, "sequence", device, cache, progress, cancel, task_for_b,
-                                            lr_for_b, 1, {"vocab_size": _vocab_size(config)})
-    res = shape_result(config, meta, arrays, hit)
-    for b in config.batch_sizes:  # no distorted test set for text
-        res["curves"][b]["gap_distorted"] = np.full(config.epochs + 1, np.nan)
-    return res
+    meta, arrays, hit = simulate_classifier(config, device, cache, progress, cancel, task_for_b, lr_for_b, 1,
+                                            {"vocab_size": _vocab_size(config)})
+    return shape_result(config, meta, arrays, hit)
 
 
 def _vocab_size(config: SequenceConfig) -> int:

@@ -1,4 +1,5 @@
-"""Entry points for the deep linear setting: exact polynomials where feasible, replicas, Theorem 4 fits and b_0."""
+"""Deep linear teacher–student networks (paper §3.2, Figure 3): exact polynomials in 1/b where feasible, replicas,
+Theorem 4 fits and b_0 (docs/theory.md §2). A Setting (backend/settings/base.py)."""
 
 from __future__ import annotations
 
@@ -11,20 +12,40 @@ from typing import Any
 import numpy as np
 import torch
 
-from backend.cache import CODE_VERSION, ResultCache, make_key
-from backend.costs import combine_costs
+from backend.cache import CODE_VERSION, ResultCache
+from backend.config import DEEP_LINEAR_PRESETS as PRESETS  # noqa: F401  (the setting's presets, as data)
 from backend.config import DeepLinearConfig
+from backend.costs import combine_costs
 from backend.engine import deep_linear as engine
 from backend.errors import ConfigError, TooExpensive
 from backend.exact import fraction_str
+from backend.progress import Progress
+from backend.settings.base import Quantity, cache_key, simulation_key
 from backend.stats import t_quantile
 from backend.theory import deep_linear as th
+from backend.theory.linreg import eval_polynomial
+
+NAME = "deep_linear"
+TITLE = "Deep linear network"
+CONFIG = DeepLinearConfig
+THEORY_ONLY_DROPS = ("replicas", "seed", "device", "dtype", "batch_sizes")
 
 HEAVY_TAIL_SHARE = 0.25  # one of the K groups carries more than a quarter of the summed group variances
 
 
-def quantities(config: DeepLinearConfig) -> list[str]:
-    return [f"var_g_layer{k + 1}" for k in range(config.depth)] + ["var_g", "loss"]
+def quantities(config: DeepLinearConfig) -> list[Quantity]:
+    """var(g_{t,k} | F_0) per layer k, their sum, and the population loss; exact where an exact method applies."""
+    how = "across-replica variance, batch-means SE (and the Rao–Blackwellised estimator from the Gaussian moments)"
+    layers = [Quantity(f"var_g_layer{k + 1}", f"var(g_t, layer {k + 1} | F_0)",
+                       rf"\operatorname{{var}}(g_{{t,{k + 1}}} \mid \mathcal F_0)", "t", True, how)
+              for k in range(config.depth)]
+    return [*layers, Quantity("var_g", "var(g_t | F_0), all layers", r"\operatorname{var}(g_t \mid \mathcal F_0)", "t",
+                              True, how),
+            Quantity("loss", "E L(w_t)", r"\mathbb E\, L(w_t)", "t", True, "mean over replicas, batch-means SE")]
+
+
+def _names(config: DeepLinearConfig) -> list[str]:
+    return [q.name for q in quantities(config)]
 
 
 def exact_method(config: DeepLinearConfig, t: int) -> str | None:
@@ -79,19 +100,9 @@ def exact_polynomials(config: DeepLinearConfig, t: int) -> dict[str, list[Fracti
     return th.exact_t1(config.w0_values, config.teacher_values, _alphas_exact(config, 1)[0])
 
 
-def _eval(coeffs: list[Fraction], b: np.ndarray) -> np.ndarray:
-    u = 1.0 / np.asarray(b, dtype=np.float64)
-    acc = np.zeros_like(u)
-    for c in reversed(coeffs):
-        acc = acc * u + float(c)
-    return acc
-
-
-def _key(kind: str, config: DeepLinearConfig, extra: dict | None = None) -> str:
-    cfg = config.to_json()
-    if kind.startswith("theory"):
-        cfg = {k: v for k, v in cfg.items() if k not in ("replicas", "seed", "device", "dtype", "batch_sizes")}
-    return make_key(kind, cfg, extra)
+def eval_inv_b(coeffs: list[Fraction], b: np.ndarray) -> np.ndarray:
+    """Σ_k c_k (1/b)^k at every b (float64, Horner's rule of backend.theory.linreg.eval_polynomial)."""
+    return eval_polynomial(coeffs, 1.0 / np.asarray(b, dtype=np.float64))
 
 
 def theory(config: DeepLinearConfig, cache: ResultCache) -> dict[str, Any]:
@@ -105,7 +116,7 @@ def theory(config: DeepLinearConfig, cache: ResultCache) -> dict[str, Any]:
                 arrays[f"t{t}.{q}"] = np.array([fraction_str(c) for c in coeffs])
         return {"kind": "theory_deep", "ts": ts}, arrays
 
-    meta, arrays, hit = cache.get_or_compute(_key("theory_deep", config), compute)
+    meta, arrays, hit = cache.get_or_compute(cache_key("theory_deep", config, drop=THEORY_ONLY_DROPS), compute)
     polys: dict[int, dict[str, list[Fraction]]] = {}
     for k, v in arrays.items():
         t, q = k[1:].split(".", 1)
@@ -113,20 +124,23 @@ def theory(config: DeepLinearConfig, cache: ResultCache) -> dict[str, Any]:
     b = np.asarray(config.batch_sizes)
     steps = engine.recorded_steps(config.steps, config.record_every)
     slot = {t: i for i, t in enumerate(steps)}
-    curves = {q: np.full((len(b), len(steps)), np.nan) for q in quantities(config)}
+    curves = {q: np.full((len(b), len(steps)), np.nan) for q in _names(config)}
     for t, qs in polys.items():
         if t in slot:
             for q, coeffs in qs.items():
-                curves[q][:, slot[t]] = _eval(coeffs, b)
+                curves[q][:, slot[t]] = eval_inv_b(coeffs, b)
     return {"t": np.asarray(steps), "batch_sizes": list(config.batch_sizes), "curves": curves,
             "available": bool(ts), "exact_t": sorted(polys), "polynomials": polys, "cached": hit,
             "methods": {t: exact_method(config, t) for t in sorted(polys)},
             "note": "exact where an exact method applies (t = 0; t = 1 for small inputs; the scalar network to t = 3)"}
 
 
-def polynomial(config: DeepLinearConfig, t: int, quantity: str = "var_g") -> dict[str, Any]:
-    if quantity not in quantities(config):
-        raise ConfigError("quantity", f"expected one of {quantities(config)}, got {quantity!r}")
+def polynomial(config: DeepLinearConfig, t: int, quantity: str = "var_g", exact: bool | None = None
+               ) -> dict[str, Any]:
+    """The exact polynomial in 1/b of ``quantity`` at step t by the method that applies there (``exact``: unused,
+    the coefficients are exact rationals when the weights and lr.c are)."""
+    if quantity not in _names(config):
+        raise ConfigError("quantity", f"expected one of {_names(config)}, got {quantity!r}")
     if not isinstance(t, int) or t < 0:
         raise ConfigError("t", f"expected a non-negative integer, got {t!r}")
     coeffs = exact_polynomials(config, t)[quantity]
@@ -144,18 +158,17 @@ def estimate(config: DeepLinearConfig) -> dict[str, float]:
     return combine_costs(costs)
 
 
-def simulate(config: DeepLinearConfig, device: torch.device, cache: ResultCache, progress=None,
+def simulate(config: DeepLinearConfig, device: torch.device, cache: ResultCache, progress: Progress,
              cancel: threading.Event | None = None) -> dict[str, Any]:
-    key = _key("simulate_deep", config, {"device": device.type})
+    key = simulation_key(config, device)
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
 
     def compute():
-        advance = getattr(progress, "advance", progress)
         t0 = time.monotonic()
         alphas = config.lr.alphas(config.steps)
         W0 = [np.asarray(M, dtype=np.float64) for M in config.w0_values]
         T = [np.asarray(M, dtype=np.float64) for M in config.teacher_values]
-        per_b = [engine.run_replicas(W0, T, alphas, b, config.replicas, config.seed, device, dtype, advance, cancel,
+        per_b = [engine.run_replicas(W0, T, alphas, b, config.replicas, config.seed, device, dtype, progress.advance, cancel,
                                      record_every=config.record_every)
                  for b in config.batch_sizes]
         arrays = {}
@@ -171,11 +184,19 @@ def simulate(config: DeepLinearConfig, device: torch.device, cache: ResultCache,
                 "seconds": time.monotonic() - t0, "code_version": CODE_VERSION}
         return meta, arrays
 
-    if progress is not None and hasattr(progress, "total"):
-        progress.total = config.replicas * (config.steps + 1) * len(config.batch_sizes)
+    progress.total = config.replicas * (config.steps + 1) * len(config.batch_sizes)
     meta, arrays, hit = cache.get_or_compute(key, compute)
-    if progress is not None and hasattr(progress, "total"):
-        progress.done = progress.total
+    progress.finish()
+    return _sim_result(config, meta, arrays, hit)
+
+
+def cached_simulation(config: DeepLinearConfig, device: torch.device, cache: ResultCache) -> dict[str, Any] | None:
+    """The cached result of ``simulate(config)`` on ``device`` if there is one (never computes)."""
+    found = cache.get(simulation_key(config, device))
+    return None if found is None else _sim_result(config, *found, hit=True)
+
+
+def _sim_result(config: DeepLinearConfig, meta: dict, arrays: dict, hit: bool) -> dict[str, Any]:
     curves: dict[str, dict[str, np.ndarray]] = {}
     for k, v in arrays.items():
         if "." in k:

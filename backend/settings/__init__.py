@@ -1,0 +1,40 @@
+"""The registry of settings: name → the module that implements the Setting protocol (backend/settings/base.py).
+
+backend/api.py, the CLI, sweeps and the advisor dispatch through ``get``/``for_config`` only; adding a setting means
+one module here, one entry below, its view and its tests (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+from backend.errors import ConfigError
+from backend.settings import deep_linear, linear_regression, mlp, sequence
+
+SETTINGS: dict[str, ModuleType] = {m.NAME: m for m in (linear_regression, deep_linear, mlp, sequence)}
+
+
+def get(name: str) -> ModuleType:
+    """The setting called ``name`` (a ConfigError naming the known ones otherwise)."""
+    if name not in SETTINGS:
+        raise ConfigError("setting", f"expected one of {sorted(SETTINGS)}, got {name!r}")
+    return SETTINGS[name]
+
+
+def for_config(config) -> ModuleType:
+    """The setting a parsed config belongs to."""
+    return get(config.setting)
+
+
+def describe() -> list[dict[str, Any]]:
+    """The registry as JSON: per setting its name, title, quantities (for its default config: name, label, LaTeX,
+    x-axis, whether exact theory exists, how it is estimated) and preset names."""
+    from backend.config import parse_config
+
+    out = []
+    for name, s in SETTINGS.items():
+        default = parse_config({"setting": name})
+        out.append({"name": name, "title": s.TITLE, "x": s.quantities(default)[0].x,
+                    "quantities": [q.to_json() for q in s.quantities(default)], "presets": list(s.PRESETS)})
+    return out

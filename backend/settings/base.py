@@ -1,0 +1,70 @@
+"""What every setting shares: the Setting protocol, the quantity table and the one cache-key builder.
+
+A setting is a module of backend/settings that provides the names below (checked by tests/test_settings.py); the
+registry in backend/settings/__init__.py maps its NAME to it, and backend/api.py, the CLI and the pages dispatch
+through the registry only. docs/architecture.md shows the data flow and how to add a setting.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Mapping, Protocol
+
+import torch
+
+from backend.cache import ResultCache, make_key
+from backend.progress import Progress
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """One reported quantity: its CLI/output ``name``, a plain ``label``, its ``latex``, the x-axis it is reported
+    over (``"t"`` steps or ``"epoch"``), whether exact theory exists for it (at some x), and how it is estimated."""
+
+    name: str
+    label: str
+    latex: str
+    x: str
+    exact: bool
+    estimator: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "label": self.label, "latex": self.latex, "x": self.x, "exact": self.exact,
+                "estimator": self.estimator}
+
+
+class Setting(Protocol):
+    """The interface of a setting module (structural: a module with these names is a Setting)."""
+
+    NAME: str
+    TITLE: str
+    CONFIG: type
+    PRESETS: Mapping[str, dict]
+    THEORY_ONLY_DROPS: tuple[str, ...]  # config fields the exact theory does not read (left out of its cache key)
+
+    def quantities(self, config) -> list[Quantity]: ...
+
+    def theory(self, config, cache: ResultCache) -> dict[str, Any]: ...
+
+    def simulate(self, config, device: torch.device, cache: ResultCache, progress: Progress,
+                 cancel: threading.Event | None) -> dict[str, Any]: ...
+
+    def cached_simulation(self, config, device: torch.device, cache: ResultCache) -> dict[str, Any] | None: ...
+
+    def estimate(self, config) -> dict[str, float]: ...
+
+    def polynomial(self, config, t: int, quantity: str, exact: bool | None) -> dict[str, Any]: ...
+
+
+def cache_key(kind: str, config, extra: dict | None = None, drop: tuple[str, ...] = ()) -> str:
+    """The cache key of a result: (kind, the normalised config without the fields in ``drop``, extra, code hash)."""
+    cfg = config.to_json()
+    if drop:
+        cfg = {k: v for k, v in cfg.items() if k not in drop}
+    return make_key(kind, cfg, extra)
+
+
+def simulation_key(config, device: torch.device) -> str:
+    """The key under which ``simulate(config)`` on ``device`` is cached."""
+    return cache_key(f"simulate_{config.setting}", config, {"device": device.type})

@@ -1,0 +1,261 @@
+"""Linear regression on a finite sum (paper §3.1, Figure 2): exact curves at every t, polynomials in 1/b, Theorems
+1–2 on the exact values, and the replica engine (docs/theory.md §1, §4). A Setting (backend/settings/base.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import torch
+
+from backend.cache import CODE_VERSION, ResultCache, default_cache, make_key
+from backend.config import PRESETS as PRESETS  # noqa: F401  (the setting's presets, as data)
+from backend.config import SAMPLER_LABELS, LinearRegressionConfig
+from backend.costs import combine_costs
+from backend.engine import linreg as engine
+from backend.errors import ConfigError, TooExpensive
+from backend.exact import jsonable_number, rational, to_fraction, to_rational_array
+from backend.progress import Progress
+from backend.settings.base import Quantity, simulation_key
+from backend.stats import first_increase, polyfit_inv_b
+from backend.theory import linreg as th
+
+NAME = "linear_regression"
+TITLE = "Linear regression"
+CONFIG = LinearRegressionConfig
+THEORY_ONLY_DROPS = ("replicas", "seed", "device")
+QUANTITIES = (
+    Quantity("var_g", "var(g_t | F_0)", r"\operatorname{var}(g_t \mid \mathcal F_0)", "t", True,
+             "across-replica variance of the mini-batch gradient, batch-means SE; also var_g_rb (Rao–Blackwellised: "
+             "Lemma 1's conditional variance averaged + the spread of ∇L(w_t), i.i.d. samplers)"),
+    Quantity("var_full_grad", "var(∇L(w_t) | F_0)", r"\operatorname{var}(\nabla L(w_t) \mid \mathcal F_0)", "t", True,
+             "across-replica variance of the full gradient, batch-means SE"),
+    Quantity("loss", "E L(w_t)", r"\mathbb E\, L(w_t)", "t", True, "mean over replicas, batch-means SE"),
+)
+QUANTITY_LABELS = {**{q.name: q.label for q in QUANTITIES}, "var_g_rb": "var(g_t | F_0), Rao–Blackwellised"}
+EXACT_QUANTITIES = tuple(q.name for q in QUANTITIES)
+EXACT_MAX_T = 30  # exact rational polynomials: cost grows like t² p⁴ with ever longer integers
+FLOAT_POLY_MAX_T = 400
+
+
+def quantities(config: LinearRegressionConfig) -> list[Quantity]:
+    return list(QUANTITIES)
+
+
+def _problem(config: LinearRegressionConfig, exact: bool = False) -> th.LinRegProblem:
+    if exact:
+        return th.LinRegProblem(to_rational_array(config.X), to_rational_array(config.y))
+    return th.LinRegProblem(np.asarray(config.X, dtype=np.float64), np.asarray(config.y, dtype=np.float64))
+
+
+def _w0(config: LinearRegressionConfig, exact: bool = False) -> np.ndarray:
+    return to_rational_array(config.w0_values) if exact else np.asarray(config.w0_values, dtype=np.float64)
+
+
+def _require_theory(config: LinearRegressionConfig) -> None:
+    if config.sampler not in th.SAMPLERS_WITH_THEORY:
+        raise ConfigError("sampler", f"no exact theory for {config.sampler!r}: batches within an epoch are dependent; "
+                                     "choose without_replacement or with_replacement")
+
+
+def _require_theory(config: LinearRegressionConfig) -> None:
+    if config.sampler not in th.SAMPLERS_WITH_THEORY:
+        raise ConfigError("sampler", f"no exact theory for {config.sampler!r}: batches within an epoch are dependent; "
+                                     "choose without_replacement or with_replacement")
+
+
+def theory_curves(config: LinearRegressionConfig, batch_sizes, steps: int) -> dict[str, np.ndarray]:
+    """Exact var(g_t | F_0), var(∇L(w_t) | F_0), E L(w_t) (float64, stable recursion) for t = 0..steps: arrays (B, steps+1)."""
+    _require_theory(config)
+    c = th.noise_factor(np.asarray(batch_sizes), config.n, config.sampler)
+    return th.moment_curves(_problem(config), _w0(config), config.lr.alphas(steps), c)
+
+
+def theory(config: LinearRegressionConfig, cache: ResultCache) -> dict[str, Any]:
+    """Exact curves for the config's batch sizes and t = 0..steps. ``available`` is False (curves None) without theory
+    (the epoch-reshuffle sampler)."""
+    t = np.arange(config.steps + 1)
+    if config.sampler not in th.SAMPLERS_WITH_THEORY:
+        return {"t": t, "batch_sizes": list(config.batch_sizes), "curves": None, "available": False,
+                "note": f"no exact theory for the sampler {config.sampler!r}"}
+
+    def compute():
+        curves = theory_curves(config, config.batch_sizes, config.steps)
+        return {"kind": "theory"}, curves
+
+    _, arrays, hit = cache.get_or_compute(_key("theory", config), compute)
+    return {"t": t, "batch_sizes": list(config.batch_sizes), "curves": arrays, "available": True, "cached": hit,
+            "note": "exact (float64, stable moment recursion of docs/theory.md §1)"}
+
+
+def all_b_grid(n: int, max_points: int = 1000) -> np.ndarray:
+    """Every b in [1, n] when n ≤ max_points, else a log-spaced grid of distinct integers including 1 and n."""
+    if n <= max_points:
+        return np.arange(1, n + 1)
+    return np.unique(np.round(np.geomspace(1, n, max_points)).astype(int))
+
+
+def theory_all_b(config: LinearRegressionConfig, cache: ResultCache | None = None) -> dict[str, Any]:
+    """Exact curves for every b in [1, n] (a log grid when n > 1000), t = 0..steps: the var-against-b view and the
+    check of Theorems 1–2."""
+    _require_theory(config)
+    b = all_b_grid(config.n)
+
+    def compute():
+        return {"kind": "theory_all_b"}, theory_curves(config, b, config.steps)
+
+    _, arrays, hit = (cache or default_cache()).get_or_compute(_key("theory_all_b", config), compute)
+    return {"b": b, "curves": arrays, "cached": hit}
+
+
+def check_monotone(config: LinearRegressionConfig, all_b: dict | None = None) -> dict[str, Any]:
+    """Theorems 1–2 on the exact values: var(g_t | F_0) and var(∇L(w_t) | F_0) non-increasing in b at every t.
+
+    Returns, per quantity, whether it holds and the first violation (t, b, b+1, values) if any. A relative slack of
+    1e-12 absorbs float64 rounding.
+    """
+    all_b = all_b or theory_all_b(config)
+    b = all_b["b"]
+    out = {}
+    for q in ("var_g", "var_full_grad", "loss"):
+        vals = all_b["curves"][q]
+        violation = None
+        for t in range(vals.shape[1]):
+            j = first_increase(b, vals[:, t])
+            if j is not None:
+                violation = {"t": t, "b": int(b[j]), "b_next": int(b[j + 1]),
+                             "value": float(vals[j, t]), "value_next": float(vals[j + 1, t])}
+                break
+        out[q] = {"holds": violation is None, "first_violation": violation, "checked_t": int(vals.shape[1]),
+                  "checked_b": int(len(b))}
+    return out
+
+
+def polynomial(config: LinearRegressionConfig, t: int, quantity: str = "var_g", exact: bool | None = None
+               ) -> dict[str, Any]:
+    """Coefficients of ``quantity`` at step t as a polynomial in 1/b (and in the noise factor c).
+
+    Exact rational coefficients when data, w0 and schedule are rational (and ``exact`` is not False), for t ≤ 40;
+    float64 otherwise (accurate to t ≈ 50 in the 1/b basis; the c basis stays well conditioned).
+    """
+    _require_theory(config)
+    if quantity not in EXACT_QUANTITIES:
+        raise ConfigError("quantity", f"expected one of {list(EXACT_QUANTITIES)}, got {quantity!r}")
+    if not isinstance(t, int) or t < 0:
+        raise ConfigError("t", f"expected a non-negative integer, got {t!r}")
+    use_exact = config.exact if exact is None else exact
+    if use_exact and not config.exact:
+        raise ConfigError("exact", "exact coefficients need rational data (not standardized), rational w0 and lr.c")
+    if use_exact and t > EXACT_MAX_T:
+        raise TooExpensive("t", f"exact rational coefficients are limited to t ≤ {EXACT_MAX_T} (cost grows like "
+                                f"t²·p⁴ with ever longer integers); use float coefficients for larger t")
+    if not use_exact and t > FLOAT_POLY_MAX_T:
+        raise TooExpensive("t", f"polynomial coefficients are limited to t ≤ {FLOAT_POLY_MAX_T}; beyond t ≈ 50 float "
+                                "coefficients in 1/b lose accuracy anyway — use the curves (theory) instead")
+    alphas = config.lr.alphas(t, exact=use_exact)
+    if use_exact:
+        alphas = [rational(a) for a in alphas]
+    coeffs_c = th.polynomial_in_c(_problem(config, use_exact), _w0(config, use_exact), alphas, t)[quantity]
+    coeffs_c = [to_fraction(x) for x in coeffs_c] if use_exact else [float(x) for x in coeffs_c]
+    coeffs_b = th.c_to_inv_b(coeffs_c, config.n, config.sampler)
+    return {
+        "t": t,
+        "quantity": quantity,
+        "basis": "inv_b",
+        "exact": use_exact,
+        "method": "exact rational recursion (FLINT fmpq)" if use_exact else "float64 recursion",
+        "coefficients": [jsonable_number(x) if use_exact else float(x) for x in coeffs_b],
+        "coefficients_c": [jsonable_number(x) if use_exact else float(x) for x in coeffs_c],
+        "noise_factor": "c_b = (n-b)/(b(n-1))" if config.sampler == "without_replacement" else "1/b",
+        "degree": th.polynomial_degree(coeffs_b),
+        "degree_bound": t + 1 if quantity == "var_g" else t,
+        "n": config.n,
+    }
+
+
+def eval_poly_inv_b(coeffs: list, b: np.ndarray) -> np.ndarray:
+    return th.eval_polynomial([float(Fraction(c)) if isinstance(c, str) else c for c in coeffs], 1.0 / np.asarray(b))
+
+
+def paper_fit(b: np.ndarray, values: np.ndarray, degree: int = 6) -> np.ndarray:
+    """The paper's Figure 2b fit: least squares polynomial of ``degree`` in 1/b (with a constant term)."""
+    return polyfit_inv_b(np.asarray(b), np.asarray(values), degree)
+
+
+def _sim_result(config, meta: dict, arrays: dict, hit: bool) -> dict[str, Any]:
+    curves: dict[str, dict[str, np.ndarray]] = {}
+    for k, v in arrays.items():
+        if "." in k:
+            name, stat = k.rsplit(".", 1)
+            curves.setdefault(name, {})[stat] = v
+    return {"t": np.arange(config.steps + 1), "batch_sizes": list(config.batch_sizes), "curves": curves,
+            "finite_count": arrays["finite_count"], "meta": meta, "cached": hit}
+
+
+def simulate(config: LinearRegressionConfig, device: torch.device, cache: ResultCache, progress: Progress,
+             cancel: threading.Event | None = None) -> dict[str, Any]:
+    """Run ``replicas`` SGD replicas per batch size; estimates with batch-means SEs and 95 % intervals per t.
+
+    Curves (arrays (B, T+1)): var_g, var_full_grad, loss and, for i.i.d. samplers, var_g_rb (Rao–Blackwellised:
+    mean of Lemma 1's conditional variance plus the spread of ∇L(w_t); same expectation, smaller SE).
+    """
+    key = simulation_key(config, device)
+
+    def compute():
+        t0 = time.monotonic()
+        alphas = config.lr.alphas(config.steps)
+        per_b = []
+        for b in config.batch_sizes:
+            c = (float(th.noise_factor(b, config.n, config.sampler))
+                 if config.sampler in th.SAMPLERS_WITH_THEORY else None)
+            per_b.append(engine.run_replicas(
+                np.asarray(config.X, dtype=np.float64), np.asarray(config.y, dtype=np.float64),
+                _w0(config), alphas, b, config.replicas, config.sampler, config.seed, device, c,
+                progress=progress.advance, cancel=cancel))
+        arrays = {}
+        for name in per_b[0].curves:
+            for stat in ("value", "se", "lo", "hi"):
+                arrays[f"{name}.{stat}"] = np.stack([r.curves[name][stat] for r in per_b])
+        arrays["finite_count"] = np.stack([r.finite_count for r in per_b])
+        meta = {
+            "kind": "simulate",
+            "device": str(device),
+            "sampler": config.sampler,
+            "sampler_label": SAMPLER_LABELS[config.sampler],
+            "groups": per_b[0].groups,
+            "diverged_at": [r.diverged_at for r in per_b],
+            "diverged_replicas": [r.diverged_replicas for r in per_b],
+            "seconds": time.monotonic() - t0,
+            "torch": torch.__version__,
+            "code_version": CODE_VERSION,
+        }
+        return meta, arrays
+
+    progress.total = config.replicas * (config.steps + 1) * len(config.batch_sizes)
+    meta, arrays, hit = cache.get_or_compute(key, compute)
+    progress.finish()
+    return _sim_result(config, meta, arrays, hit)
+
+
+def cached_simulation(config: LinearRegressionConfig, device: torch.device, cache: ResultCache
+                      ) -> dict[str, Any] | None:
+    """The cached result of ``simulate(config)`` on ``device`` if there is one (never computes)."""
+    found = cache.get(simulation_key(config, device))
+    return None if found is None else _sim_result(config, *found, hit=True)
+
+
+def estimate(config: LinearRegressionConfig) -> dict[str, float]:
+    return combine_costs([engine.estimate_cost(config.replicas, config.steps, b, config.n, config.p)
+                          for b in config.batch_sizes])
+
+
+def _key(kind: str, config: LinearRegressionConfig, extra: dict | None = None) -> str:
+    """Cache key; theory keys leave out the fields that only the simulation reads."""
+    cfg = config.to_json()
+    if kind.startswith("theory"):
+        drop = set(THEORY_ONLY_DROPS) | ({"batch_sizes"} if kind == "theory_all_b" else set())
+        cfg = {k: v for k, v in cfg.items() if k not in drop}
+    return make_key(kind, cfg, extra)

@@ -1,0 +1,59 @@
+"""The Setting protocol and its registry: every setting provides the same interface, the API dispatches through the
+registry only, and `python -m backend settings` prints it."""
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from backend import api, settings
+from backend.config import parse_config
+from backend.settings.base import Quantity, Setting
+
+PROTOCOL = [name for name in dir(Setting) if not name.startswith("_")] + list(Setting.__annotations__)
+
+
+@pytest.mark.parametrize("name", sorted(settings.SETTINGS))
+def test_every_setting_implements_the_protocol(name):
+    module = settings.SETTINGS[name]
+    missing = [attr for attr in PROTOCOL if not hasattr(module, attr)]
+    assert not missing, missing
+    assert module.NAME == name and module.CONFIG.setting == name
+    config = parse_config({"setting": name})
+    table = module.quantities(config)
+    assert table and all(isinstance(q, Quantity) and q.x in ("t", "epoch") for q in table)
+    assert len({q.name for q in table}) == len(table)
+    for method in ("theory", "simulate", "cached_simulation", "estimate", "polynomial", "quantities"):
+        assert callable(getattr(module, method))
+    assert set(module.PRESETS) and all(isinstance(p, dict) for p in module.PRESETS.values())
+
+
+def test_api_is_a_thin_dispatcher():
+    """No per-setting branching in the API: it names no config class and asks no isinstance."""
+    source = inspect.getsource(api)
+    assert "isinstance(config" not in source and "Config)" not in source
+
+
+def test_cli_prints_the_registry():
+    out = subprocess.run([sys.executable, "-m", "backend", "settings"], cwd=ROOT, capture_output=True, text=True,
+                         env=os.environ.copy(), timeout=120)
+    assert out.returncode == 0, out.stderr
+    reg = {s["name"]: s for s in json.loads(out.stdout)["settings"]}
+    assert set(reg) == {"linear_regression", "deep_linear", "mlp", "sequence"}
+    lr = {q["name"]: q for q in reg["linear_regression"]["quantities"]}
+    assert set(lr) == {"var_g", "var_full_grad", "loss"} and all(q["exact"] and q["x"] == "t" for q in lr.values())
+    mlp = {q["name"]: q for q in reg["mlp"]["quantities"]}
+    assert {"var_g", "noise_one_step", "b_simple", "gap_distorted"} <= set(mlp)
+    assert all(not q["exact"] and q["x"] == "epoch" for q in mlp.values())
+    assert "gap_distorted" not in {q["name"] for q in reg["sequence"]["quantities"]}
+    assert reg["deep_linear"]["presets"] == ["laptop", "scalar network", "paper (Figure 3)"]
+    assert set(reg["mlp"]["presets"]) == {"laptop", "paper"}
+
+
+def test_unknown_setting_is_refused_with_the_known_ones():
+    with pytest.raises(Exception, match="expected one of"):
+        settings.get("fifth")
