@@ -273,3 +273,90 @@ def group_ranges(R: int, K: int, max_chunk: int) -> list[range]:
 
 def group_start(g: int, R: int, K: int) -> int:
     return (g * R + K - 1) // K
+
+
+# -- per-init statistics of replica rows (MLP / sequence: docs/theory.md §4) ------------------------------------
+
+def group_var(x: torch.Tensor, K: int, alive: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per init k: the unbiased across-replica variance V̂ = Σ‖x − x̄‖²/(n − 1) of (N, d) rows (replicas of init k
+    contiguous), and its standard error sd(u)/√n with u_r = n‖x_r − x̄‖²/(n − 1) (V̂ = mean u; delta method, exact
+    to O(1/n))."""
+    N = x.shape[0]
+    R = N // K
+    v = x.reshape(K, R, -1).to(torch.float64)
+    m = alive.reshape(K, R).to(torch.float64)
+    cnt = m.sum(dim=1)
+    mean = (v * m[..., None]).sum(dim=1) / cnt.clamp(min=1)[:, None]
+    u = ((v - mean[:, None]) ** 2).sum(dim=2) * (cnt / (cnt - 1).clamp(min=1))[:, None]
+    return _mean_and_se(u, m, cnt, minimum=2)
+
+
+def group_mean(x: torch.Tensor, K: int, alive: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per init k: the mean of the replicas' scalars x (N,) and its standard error sd/√n."""
+    N = x.shape[0]
+    v = x.reshape(K, N // K).to(torch.float64)
+    m = alive.reshape(K, N // K).to(torch.float64)
+    return _mean_and_se(v, m, m.sum(dim=1), minimum=1)
+
+
+def group_ratio(a: torch.Tensor, b: torch.Tensor, K: int, alive: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per init k: the ratio of means ā/b̄ of the replicas' scalars (N,) and its delta-method standard error
+    sd(u)/√n with u_r = (a_r − (ā/b̄) b_r)/b̄ (exact to O(1/n))."""
+    N = a.shape[0]
+    A = a.reshape(K, N // K).to(torch.float64)
+    B = b.reshape(K, N // K).to(torch.float64)
+    m = alive.reshape(K, N // K).to(torch.float64)
+    cnt = m.sum(dim=1).clamp(min=1)
+    ratio = (torch.where(m > 0, A, 0.0) * m).sum(1) / (torch.where(m > 0, B, 0.0) * m).sum(1)
+    u = (A - ratio[:, None] * B) / ((torch.where(m > 0, B, 0.0) * m).sum(1) / cnt)[:, None]
+    _, se = _mean_and_se(u, m, m.sum(dim=1), minimum=1)
+    ratio = ratio.cpu().numpy()
+    ratio[m.sum(dim=1).cpu().numpy() < 1] = np.nan
+    return ratio, se
+
+
+def _mean_and_se(u: torch.Tensor, m: torch.Tensor, cnt: torch.Tensor, minimum: int) -> tuple[np.ndarray, np.ndarray]:
+    u = torch.where(m > 0, u, 0.0)
+    mean = (u * m).sum(dim=1) / cnt.clamp(min=1)
+    var = (((u - mean[:, None]) ** 2) * m).sum(dim=1) / (cnt - 1).clamp(min=1)
+    se = (var / cnt.clamp(min=1)).sqrt()
+    mean, se, c = mean.cpu().numpy(), se.cpu().numpy(), cnt.cpu().numpy()
+    mean[c < minimum] = np.nan
+    se[c < max(minimum, 2)] = np.nan
+    return mean, se
+
+
+# -- summaries over initial weights, conditional on them (docs/theory.md §4) -----------------------------------
+
+def nan_reduce(fn, v: np.ndarray) -> np.ndarray:
+    """fn over inits (axis 1), NaN (without a warning) where every init is NaN."""
+    out = np.full(v.shape[0], np.nan)
+    ok = np.isfinite(v).any(axis=1)
+    out[ok] = fn(v[ok], axis=1)
+    return out
+
+
+def median_with_se(values: np.ndarray, se: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of (E, K): the median over the finite entries and its SE given those entries' SEs — the SE of the
+    middle entry, or half the root sum of squares of the two middle ones for an even count."""
+    med, out_se = np.full(values.shape[0], np.nan), np.full(values.shape[0], np.nan)
+    for e in range(values.shape[0]):  # E rows of K numbers: a summary, not a hot path
+        ok = np.flatnonzero(np.isfinite(values[e]))
+        if not ok.size:
+            continue
+        order = ok[np.argsort(values[e, ok], kind="stable")]
+        mid = order[[(len(order) - 1) // 2, len(order) // 2]]
+        med[e] = values[e, mid].mean()
+        out_se[e] = se[e, mid[0]] if mid[0] == mid[1] else np.hypot(se[e, mid[0]], se[e, mid[1]]) / 2
+    return med, out_se
+
+
+def mean_with_se(values: np.ndarray, se: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of (E, K): the mean over the finite entries and its SE sqrt(Σ_k se_k²)/K."""
+    ok = np.isfinite(values)
+    k = ok.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(ok, values, 0.0).sum(axis=1) / k
+        out_se = np.sqrt((np.where(ok, se, 0.0) ** 2).sum(axis=1)) / k
+        out_se = np.where(np.isfinite(np.where(ok, se, 0.0)).all(axis=1), out_se, np.nan)
+    return np.where(k > 0, mean, np.nan), np.where(k > 0, out_se, np.nan)

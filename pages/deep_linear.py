@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pages import common
+import ui
 
 from backend import api, charts
 from backend import config as cfg
@@ -16,14 +16,14 @@ from backend.errors import ConfigError
 st.title("Deep linear networks: variance of SGD against the batch size")
 st.caption("A student W_d⋯W_1 learns a teacher W_d*⋯W_1* by online SGD on fresh Gaussian samples x ~ N(0, I_p), "
            "population L2 loss (paper §3.2, Appendix B.3).")
-common.theory_link(2, "Gaussian moments, Theorems 4–5, exact values beyond t = 0, heavy tails")
+ui.theory_link(2, "Gaussian moments, Theorems 4–5, exact values beyond t = 0, heavy tails")
 
 DEFAULTS = cfg.DeepLinearConfig.parse({"setting": "deep_linear"}).to_json()
-raw0, d, k = common.field_helpers("dl", "deep_linear", DEFAULTS)
+raw0, d, k = ui.field_helpers("dl", "deep_linear", DEFAULTS)
 
 
 sb = st.sidebar
-common.presets_and_upload("dl", cfg.DEEP_LINEAR_PRESETS, raw0, "deep_linear")
+ui.presets_and_upload("dl", cfg.DEEP_LINEAR_PRESETS, raw0, "deep_linear")
 dims_text = sb.text_input("Widths p, p_1, …, p_d (depth 2 to 4)", ", ".join(map(str, d("dims"))), key=k("dims"),
                           help="e.g. 64, 256, 128 is the paper's teacher; 1, 1, 1 is the scalar network")
 try:
@@ -48,28 +48,19 @@ def weights_widget(name: str, label: str):
 
 teacher = weights_widget("teacher", "Teacher")
 w0 = weights_widget("w0", "Student w0")
-lr0 = d("lr") if isinstance(d("lr"), dict) else {"schedule": "constant", "c": d("lr")}
-c1, c2 = sb.columns(2)
-schedule = c1.selectbox("Schedule", cfg.SCHEDULES, index=cfg.SCHEDULES.index(lr0.get("schedule", "inverse")),
-                        key=k("sched"), help="the paper's α_t = 1/(10t) is inverse with c = 1/10")
-lr: dict = {"schedule": schedule, "c": c2.text_input("c", str(lr0.get("c", "1/10")), key=k("c"))}
-if schedule == "inverse_offset":
-    lr["t0"] = sb.number_input("t0", 0, 10**9, int(lr0.get("t0", 0)), key=k("t0"))
+lr = ui.widgets.schedule(d, k, help="the paper's α_t = 1/(10t) is inverse with c = 1/10", default_c="1/10")
 steps = sb.slider("Iterations T", 1, 2000, max(1, min(int(d("steps")), 2000)), key=k("steps"))
-b_options = sorted({2**i for i in range(13)} | set(d("batch_sizes")))
-batch_sizes = sb.multiselect("Batch sizes b", b_options, default=list(d("batch_sizes")), key=k("bs"))
-c1, c2 = sb.columns(2)
-replicas = c1.number_input("Replicas", cfg.MIN_REPLICAS, cfg.MAX_REPLICAS, int(d("replicas")), step=100, key=k("R"))
-seed = c2.number_input("Seed", 0, 2**31, int(d("seed")), key=k("seed"))
+batch_sizes = ui.widgets.batch_sizes(d, k, [2**i for i in range(13)])
+replicas, seed = ui.widgets.replicas_and_seed(d, k)
 dtype = sb.selectbox("Precision", cfg.DTYPES, index=cfg.DTYPES.index(d("dtype")), key=k("dtype"))
 record_every = sb.number_input("Record statistics every … steps", 1, 10_000, int(d("record_every")), key=k("rec"),
                                help="1 records every step; larger values make long runs of big networks cheaper")
-common.clear_cache_button()
+ui.clear_cache_button()
 
 raw = {"setting": "deep_linear", "dims": dims, "teacher": teacher, "w0": w0, "lr": lr, "steps": steps,
-       "batch_sizes": batch_sizes or [], "replicas": replicas, "seed": seed, "device": d("device"), "dtype": dtype,
+       "batch_sizes": batch_sizes, "replicas": replicas, "seed": seed, "device": d("device"), "dtype": dtype,
        "record_every": record_every}
-config = common.validated(raw)
+config = ui.validated(raw)
 
 theory = api.theory(config)
 labels = {q: (f"var(g_t, layer {q[-1]} | F_0)" if q.startswith("var_g_layer") else api.QUANTITY_LABELS.get(q, q))
@@ -77,13 +68,13 @@ labels = {q: (f"var(g_t, layer {q[-1]} | F_0)" if q.startswith("var_g_layer") el
 st.caption(f"dims {list(config.dims)} ({config.n_params:,} weights), {config.lr.describe()}. Exact values at "
            + api.describe_methods(theory["methods"]) + ".")
 
-sim = common.run_panel("dl", config, f"{config.replicas:,} replicas × {len(config.batch_sizes)} batch sizes × "
+sim = ui.run_panel("dl", config, f"{config.replicas:,} replicas × {len(config.batch_sizes)} batch sizes × "
                                      f"{config.steps + 1} steps")
 if sim is not None:
     st.caption(f"Replica estimates: {config.replicas:,} replicas per b on {sim['meta']['device']}, SE by batch means "
                f"over {sim['meta']['groups']} groups, 95 % bands; {sim['meta']['sampler']}."
-               + common.reduction_note(list(config.dims), sim["meta"].get("simulated_dims")))
-    common.divergence_notice(config, sim)
+               + ui.reduction_note(list(config.dims), sim["meta"].get("simulated_dims")))
+    ui.divergence_notice(config, sim)
     flags = api.heavy_tail_flags(sim, "var_g", theory["curves"]["var_g"])
     if flags.any():
         where = [(config.batch_sizes[j], t) for j, t in zip(*np.nonzero(flags))][:8]
@@ -103,7 +94,7 @@ with tab_t:
         est_name = None
         if use_rb and q.startswith("var_g"):
             est_name = q.replace("var_g", "var_g_rb", 1)
-        time_charts[labels[q]] = common.time_chart_with_caption(theory, sim, config, q, labels[q], log, est_name)
+        time_charts[labels[q]] = ui.time_chart_with_caption(theory, sim, config, q, labels[q], log, est_name)
 
 with tab_b:
     if sim is None:
@@ -154,9 +145,9 @@ with tab_poly:
             st.latex(api.polynomial_equation(lhs, poly))
             st.write(f"Degree {poly['degree']} in 1/b; method: {poly['method']}; "
                      + (f"b₀ = {poly['b0']:.4g}." if poly["b0"] is not None else ""))
-            common.polynomial_table(poly, int(tp))
+            ui.polynomial_table(poly, int(tp))
         except ConfigError as e:
-            st.error(common.user_text(e))
+            st.error(ui.user_text(e))
 
 with tab_z:
     if sim is None or not theory["exact_t"]:
@@ -171,4 +162,4 @@ with tab_z:
         st.altair_chart(charts.z_chart(agr["z"], theory["t"], config.batch_sizes), width="stretch")
 
 with tab_dl:
-    common.downloads("dl", config, theory, sim, api.quantities(config), time_charts)
+    ui.downloads("dl", config, theory, sim, api.quantities(config), time_charts)

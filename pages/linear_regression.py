@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pages import common
+import ui
 
 from backend import api, charts
 from backend import config as cfg
@@ -16,15 +16,15 @@ from backend.exact import jsonable_number
 
 st.title("Linear regression: variance of SGD against the batch size")
 st.caption("Finite sum, mini-batches drawn without replacement (paper §3.1).")
-common.theory_link(1, "the exact moment recursion, polynomials in 1/b, Theorems 1–2")
+ui.theory_link(1, "the exact moment recursion, polynomials in 1/b, Theorems 1–2")
 
 DEFAULTS = cfg.LinearRegressionConfig.parse({"setting": "linear_regression"}).to_json()
-raw0, d, k = common.field_helpers("lr", "linear_regression", DEFAULTS)
+raw0, d, k = ui.field_helpers("lr", "linear_regression", DEFAULTS)
 
 
 # -- sidebar: inputs only ----------------------------------------------------------------------------------------
 sb = st.sidebar
-common.presets_and_upload("lr", cfg.PRESETS, raw0, "linear_regression")
+ui.presets_and_upload("lr", cfg.PRESETS, raw0, "linear_regression")
 ds0 = d("dataset") if isinstance(d("dataset"), dict) else {"name": d("dataset")}
 sources = ["graduate_admission", "synthetic", "upload CSV"] + (["inline (from config)"] if ds0.get("name") == "inline"
                                                                   else [])
@@ -53,7 +53,7 @@ elif source == "upload CSV":
     try:
         data = parse_csv_text(text, target)
     except ConfigError as e:
-        st.error(f"Cannot use that CSV: {common.user_text(e.message)}")
+        st.error(f"Cannot use that CSV: {ui.user_text(e.message)}")
         st.stop()
     dataset = {"name": "inline", "X": [[jsonable_number(v) for v in row] for row in data.X],
                "y": [jsonable_number(v) for v in data.y], "columns": [*data.feature_names, data.target_name]}
@@ -74,29 +74,19 @@ else:
     w0s = w0_raw if isinstance(w0_raw, dict) else {}
     w0 = {"seed": c1.number_input("w0 seed", 0, 2**31, int(w0s.get("seed", 0)), key=k("w0seed")),
           "scale": c2.number_input("w0 scale", 0.0, 1e6, float(w0s.get("scale", 1.0)), key=k("w0scale"))}
-lr0 = d("lr") if isinstance(d("lr"), dict) else {"schedule": "constant", "c": d("lr")}
-c1, c2 = sb.columns(2)
-schedule = c1.selectbox("Schedule", cfg.SCHEDULES, index=cfg.SCHEDULES.index(lr0.get("schedule", "inverse")),
-                        key=k("sched"), help="constant: α_t = c; inverse: c/(t+1); inverse_offset: c/(t+1+t0)")
-c_text = c2.text_input("c (e.g. 1/2 or 0.05)", str(lr0.get("c", "1/2")), key=k("c"))
-lr: dict = {"schedule": schedule, "c": c_text}
-if schedule == "inverse_offset":
-    lr["t0"] = sb.number_input("t0", 0, 10**9, int(lr0.get("t0", 0)), key=k("t0"))
+lr = ui.widgets.schedule(d, k, c_label="c (e.g. 1/2 or 0.05)")
 steps = sb.slider("Iterations T", 1, 5000, min(int(d("steps")), 5000) or 1, key=k("steps"))
 n_hint = 500 if source == "graduate_admission" else None
-b_options = sorted(set(cfg.paper_batch_sizes(n_hint or 500) + [1, 2, 4, 8, 16, 32, 64, 128, 256] + list(d("batch_sizes"))))
-batch_sizes = sb.multiselect("Batch sizes b", b_options, default=list(d("batch_sizes")), key=k("bs"))
-c1, c2 = sb.columns(2)
-replicas = c1.number_input("Replicas", cfg.MIN_REPLICAS, cfg.MAX_REPLICAS, int(d("replicas")), step=100, key=k("R"))
-seed = c2.number_input("Seed", 0, 2**31, int(d("seed")), key=k("seed"))
+batch_sizes = ui.widgets.batch_sizes(d, k, cfg.paper_batch_sizes(n_hint or 500) + [1, 2, 4, 8, 16, 32, 64, 128, 256])
+replicas, seed = ui.widgets.replicas_and_seed(d, k)
 sampler = sb.selectbox("Sampler", cfg.SAMPLERS, index=cfg.SAMPLERS.index(d("sampler")), key=k("sampler"),
                        format_func=lambda s: s.replace("_", " "), help="\n\n".join(cfg.SAMPLER_LABELS.values()))
-common.clear_cache_button()
+ui.clear_cache_button()
 
 raw = {"setting": "linear_regression", "dataset": dataset, "standardize": standardize, "intercept": intercept,
-       "w0": w0, "lr": lr, "steps": steps, "batch_sizes": batch_sizes or [], "replicas": replicas, "seed": seed,
+       "w0": w0, "lr": lr, "steps": steps, "batch_sizes": batch_sizes, "replicas": replicas, "seed": seed,
        "sampler": sampler, "device": d("device")}
-config = common.validated(raw)
+config = ui.validated(raw)
 
 # -- theory (live) -------------------------------------------------------------------------------------------------
 theory = api.theory(config)
@@ -106,13 +96,13 @@ if not theory["available"]:
     st.info(f"{theory['note']}: only replica estimates are shown.")
 
 # -- replica run (Run button, progress with ETA, cancel) -------------------------------------------------------------
-sim = common.run_panel("lr", config, f"{config.replicas:,} replicas × {len(config.batch_sizes)} batch sizes × "
+sim = ui.run_panel("lr", config, f"{config.replicas:,} replicas × {len(config.batch_sizes)} batch sizes × "
                                      f"{config.steps + 1} steps")
 if sim is not None:
     meta = sim["meta"]
     st.caption(f"Replica estimates: {config.replicas:,} replicas per b on {meta['device']}, SE by batch means over "
                f"{meta['groups']} groups, 95 % bands; sampler: {meta['sampler_label']}.")
-    common.divergence_notice(config, sim)
+    ui.divergence_notice(config, sim)
 
 tab_t, tab_b, tab_poly, tab_z, tab_thm, tab_dl = st.tabs(
     ["Against t", "Against b", "Polynomial in 1/b", "Agreement", "Theorems 1–2", "Downloads"])
@@ -121,7 +111,7 @@ with tab_t:
     use_rb = st.checkbox("Use the Rao–Blackwellised estimator for var(g_t | F_0) (same expectation, smaller SE)",
                          key="lr_rb", disabled=sim is None or "var_g_rb" not in sim["curves"])
     log = st.checkbox("Log scale", True, key="lr_log")
-    time_charts = {q: common.time_chart_with_caption(theory, sim, config, q, api.QUANTITY_LABELS[q], log,
+    time_charts = {q: ui.time_chart_with_caption(theory, sim, config, q, api.QUANTITY_LABELS[q], log,
                                                      "var_g_rb" if (q == "var_g" and use_rb) else None)
                    for q in api.quantities(config)}
 
@@ -169,9 +159,9 @@ with tab_poly:
                      "In the noise factor c it has no constant term; "
                      + ("without replacement c_b = (n−b)/(b(n−1)), so the polynomial vanishes at b = n and has a "
                         "constant term in 1/b." if config.sampler == "without_replacement" else "here c = 1/b."))
-            common.polynomial_table(poly, int(t_poly))
+            ui.polynomial_table(poly, int(t_poly))
         except ConfigError as e:
-            st.error(common.user_text(e))
+            st.error(ui.user_text(e))
 
 with tab_z:
     if sim is None or tcurves is None:
@@ -204,5 +194,5 @@ with tab_thm:
                          f"({v['value']:.6g} → {v['value_next']:.6g}).")
 
 with tab_dl:
-    common.downloads("lr", config, theory, sim, api.quantities(config),
+    ui.downloads("lr", config, theory, sim, api.quantities(config),
                      {api.QUANTITY_LABELS[q]: c for q, c in time_charts.items()})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages import common
+import ui
 
 from backend import api
 from backend import config as cfg
@@ -14,14 +14,14 @@ st.title("MLP classifier: variance, loss and generalization against the batch si
 st.caption("A fully connected ReLU network trained by mini-batch SGD on the cross-entropy from fixed initial weights; "
            "K initial weights × R replicas each (paper §4.1, Appendix A.1.3). No exact theory here: replica estimates "
            "only, each with its standard error.")
-common.theory_link(3, "what the replicas measure, the variance split, B_simple")
+ui.theory_link(3, "what the replicas measure, the variance split, B_simple")
 
 DEFAULTS = cfg.MLPConfig.parse({"setting": "mlp", "preset": "laptop"}).to_json()
-raw0, d, k = common.field_helpers("mlp", "mlp", DEFAULTS)
+raw0, d, k = ui.field_helpers("mlp", "mlp", DEFAULTS)
 
 
 sb = st.sidebar
-common.presets_and_upload("mlp", {name: {"preset": name} for name in cfg.MLP_PRESETS}, raw0, "mlp")
+ui.presets_and_upload("mlp", {name: {"preset": name} for name in cfg.MLP_PRESETS}, raw0, "mlp")
 ds0 = d("dataset") if isinstance(d("dataset"), dict) else {"name": d("dataset")}
 names = ["digits", "fashion_mnist", "idx"]
 ds_name = sb.selectbox("Dataset", names, index=names.index(ds0.get("name", "digits")), key=k("ds"),
@@ -44,13 +44,8 @@ c1, c2 = sb.columns(2)
 inits = c1.number_input("Initial weights K", 1, 50, int(d("inits")), key=k("K"))
 replicas = c2.number_input("Replicas per init R", 2, 10_000, int(d("replicas")), key=k("R"))
 epochs = sb.slider("Epochs", 1, 1000, min(int(d("epochs")), 1000), key=k("E"))
-lr0 = d("lr") if isinstance(d("lr"), dict) else {"schedule": "constant", "c": d("lr")}
-c1, c2 = sb.columns(2)
-schedule = c1.selectbox("Schedule", cfg.SCHEDULES, index=cfg.SCHEDULES.index(lr0.get("schedule", "constant")),
-                        key=k("sched"))
-lr = {"schedule": schedule, "c": c2.text_input("Learning rate c", str(lr0.get("c", "0.05")), key=k("c"))}
-b_options = sorted({8, 16, 32, 64, 128, 256, 512} | set(d("batch_sizes")))
-batch_sizes = sb.multiselect("Batch sizes b", b_options, default=list(d("batch_sizes")), key=k("bs"))
+lr = ui.widgets.schedule(d, k, c_label="Learning rate c", default="constant", default_c="0.05")
+batch_sizes = ui.widgets.batch_sizes(d, k, [8, 16, 32, 64, 128, 256, 512])
 sampler = sb.selectbox("Sampler", cfg.MLP_SAMPLERS, index=cfg.MLP_SAMPLERS.index(d("sampler")), key=k("sampler"),
                        format_func=api.CLASSIFIER_SAMPLER_LABELS.get)
 dist0 = d("distortion")
@@ -59,15 +54,15 @@ distortion = {"alpha": c1.number_input("α", 0.0, 100.0, float(dist0["alpha"]), 
               "sigma": c2.number_input("σ", 0.0, 20.0, float(dist0["sigma"]), key=k("ds_")),
               "every": c3.number_input("gap every", 1, 100_000, int(dist0["every"]), key=k("de"))}
 seed = sb.number_input("Seed", 0, 2**31, int(d("seed")), key=k("seed"))
-common.clear_cache_button()
+ui.clear_cache_button()
 
 raw = {"setting": "mlp", "dataset": dataset, "hidden": hidden, "inits": inits, "replicas": replicas, "epochs": epochs,
-       "lr": lr, "batch_sizes": batch_sizes or [], "sampler": sampler, "distortion": distortion,
+       "lr": lr, "batch_sizes": batch_sizes, "sampler": sampler, "distortion": distortion,
        "noise_samples": d("noise_samples"), "eval_size": d("eval_size"), "seed": seed, "device": d("device"),
        "dtype": d("dtype")}
-config = common.validated(raw)
+config = ui.validated(raw)
 
-sim = common.run_panel("mlp", config, f"{config.inits} initial weight(s) × {config.replicas} replicas × "
+sim = ui.run_panel("mlp", config, f"{config.inits} initial weight(s) × {config.replicas} replicas × "
                                       f"{len(config.batch_sizes)} batch sizes × {config.epochs} epochs "
                                       f"(n = {config.n_train} training images)")
 if sim is None:
@@ -77,6 +72,6 @@ meta = sim["meta"]
 st.caption(f"{meta['device']}; sampler: {meta['sampler_label']}; var(g) is the across-replica variance of the "
            "gradient on a fresh uniform mini-batch at the weights reached at each epoch; bands: "
            f"{sim['band']}.")
-common.classifier_divergence(sim)
+ui.classifier_divergence(sim)
 
-common.classifier_results(config, sim, with_gap=True)
+ui.classifier_results(config, sim, with_gap=True)

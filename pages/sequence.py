@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages import common
+import ui
 
 from backend import config as cfg
 
@@ -13,14 +13,14 @@ st.title("Sequence model with Adam: variance, loss and error against the batch s
 st.caption("A transformer encoder classifier (own attention, no dropout) on the UCI Sentiment Labelled Sentences, "
            "trained with Adam(W), linear warm-up then decay, gradients clipped at a threshold per replica. The "
            "variance reported is that of the stochastic gradient before clipping and Adam, as in the paper.")
-common.theory_link(3, "what the replicas measure, the variance split, B_simple")
+ui.theory_link(3, "what the replicas measure, the variance split, B_simple")
 
 DEFAULTS = cfg.SequenceConfig.parse({"setting": "sequence", "preset": "laptop"}).to_json()
-raw0, d, k = common.field_helpers("seq", "sequence", DEFAULTS)
+raw0, d, k = ui.field_helpers("seq", "sequence", DEFAULTS)
 
 
 sb = st.sidebar
-common.presets_and_upload("seq", {name: {"preset": name} for name in cfg.SEQUENCE_PRESETS}, raw0, "sequence")
+ui.presets_and_upload("seq", {name: {"preset": name} for name in cfg.SEQUENCE_PRESETS}, raw0, "sequence")
 c0 = d("corpus") if isinstance(d("corpus"), dict) else {"name": d("corpus")}
 names = ["yelp", "amazon", "imdb", "all", "file"]
 corpus_name = sb.selectbox("Corpus", names, index=names.index(c0.get("name", "yelp")), key=k("corpus"),
@@ -48,19 +48,18 @@ optimizer = {"lr": c1.text_input("Adam lr", str(o0["lr"]), key=k("lr")),
              "warmup": c2.number_input("Warm-up steps", 0, 10**6, int(o0["warmup"]), key=k("wu")),
              "clip": c3.text_input("Clip", str(o0["clip"]), key=k("clip")),
              "eps": o0["eps"], "beta1": o0["beta1"], "beta2": o0["beta2"], "weight_decay": o0["weight_decay"]}
-b_options = sorted({8, 16, 32, 64, 128} | set(d("batch_sizes")))
-batch_sizes = sb.multiselect("Batch sizes b", b_options, default=list(d("batch_sizes")), key=k("bs"))
+batch_sizes = ui.widgets.batch_sizes(d, k, [8, 16, 32, 64, 128])
 seed = sb.number_input("Seed", 0, 2**31, int(d("seed")), key=k("seed"))
-common.clear_cache_button()
+ui.clear_cache_button()
 
 raw = {"setting": "sequence", "corpus": corpus, "tokenizer": tokenizer, "max_len": max_len, "vocab": d("vocab"),
        "layers": layers, "heads": heads, "width": width, "inits": inits, "replicas": replicas, "epochs": epochs,
-       "optimizer": optimizer, "batch_sizes": batch_sizes or [], "sampler": d("sampler"),
+       "optimizer": optimizer, "batch_sizes": batch_sizes, "sampler": d("sampler"),
        "noise_samples": d("noise_samples"), "eval_size": d("eval_size"), "seed": seed, "device": d("device"),
        "dtype": d("dtype")}
-config = common.validated(raw)
+config = ui.validated(raw)
 
-sim = common.run_panel("seq", config, f"{config.inits} initial weight(s) × {config.replicas} replicas × "
+sim = ui.run_panel("seq", config, f"{config.inits} initial weight(s) × {config.replicas} replicas × "
                                       f"{len(config.batch_sizes)} batch sizes × {config.epochs} epochs "
                                       f"({config.n_train} training sentences)")
 if sim is None:
@@ -68,5 +67,5 @@ if sim is None:
     st.stop()
 st.caption(f"{sim['meta']['device']}; sampler: {sim['meta']['sampler_label']}; vocabulary "
            f"{sim['meta']['vocab_size']} tokens; bands: {sim['band']}.")
-common.classifier_divergence(sim)
-common.classifier_results(config, sim, with_gap=False)
+ui.classifier_divergence(sim)
+ui.classifier_results(config, sim, with_gap=False)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import ROOT
 
-from backend import api
+from backend import api, stats
 from backend.settings import classifier as api_mlp
 from backend.cache import ResultCache
 from backend.config import parse_config
@@ -126,9 +126,9 @@ def test_variance_split_adds_up():
     c_b = (n - b) / (b * (n - 1))
     per_sample_var = trace * (n - 1) / n  # population variance over the n training points (Lemma 1)
     G = 40
-    tot = np.array([engine.group_var(g[i::G], 1, torch.ones(R // G, dtype=torch.bool))[0][0] for i in range(G)])
+    tot = np.array([stats.group_var(g[i::G], 1, torch.ones(R // G, dtype=torch.bool))[0][0] for i in range(G)])
     split = np.array([c_b * per_sample_var[i::G].mean().item()
-                      + engine.group_var(full[i::G], 1, torch.ones(R // G, dtype=torch.bool))[0][0] for i in range(G)])
+                      + stats.group_var(full[i::G], 1, torch.ones(R // G, dtype=torch.bool))[0][0] for i in range(G)])
     diff = tot - split
     z = diff.mean() / (diff.std(ddof=1) / np.sqrt(G))
     assert abs(z) <= 4, z
@@ -294,12 +294,12 @@ def test_per_init_standard_errors_cover_at_the_nominal_rate():
     x = 2 * torch.randn(K * R, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     alive = torch.ones(K * R, dtype=torch.bool)
     tol = 4 * np.sqrt(0.95 * 0.05 / K)
-    v, se = engine.group_var(x, K, alive)
+    v, se = stats.group_var(x, K, alive)
     assert abs(np.mean(np.abs(v - 4 * d) <= 1.96 * se) - 0.95) <= tol
-    m, se = engine.group_mean(x[:, 0], K, alive)
+    m, se = stats.group_mean(x[:, 0], K, alive)
     assert abs(np.mean(np.abs(m) <= 1.96 * se) - 0.95) <= tol
     alive[:R - 1] = False  # one replica left in the first init: no variance, no SE
-    v, se = engine.group_var(x, K, alive)
+    v, se = stats.group_var(x, K, alive)
     assert np.isnan(v[0]) and np.isnan(se[0]) and np.isfinite(v[1:]).all()
 
 

@@ -33,6 +33,7 @@ from backend.engine.linreg import seed_for
 from backend import lemma1
 from backend.engine.samplers import make_sampler
 from backend.errors import Cancelled
+from backend.stats import group_mean, group_ratio, group_var
 
 ESTIMATED = ("var_g", "loss_train", "loss_val", "error_train", "error_val", "gap_distorted", "noise_one_step",
              "noise_spread", "b_simple")  # the per-init estimates reported, each with its standard error
@@ -124,55 +125,6 @@ def _concat(parts):
 
 def flat(grads: dict[str, torch.Tensor], lead: int = 1) -> torch.Tensor:
     return torch.cat([g.reshape(*g.shape[:lead], -1) for g in grads.values()], dim=-1)
-
-
-def group_var(x: torch.Tensor, K: int, alive: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Per init k: the unbiased across-replica variance V̂ = Σ‖x − x̄‖²/(n − 1) of (N, d) rows (replicas of init k
-    contiguous), and its standard error sd(u)/√n with u_r = n‖x_r − x̄‖²/(n − 1) (V̂ = mean u; delta method, exact
-    to O(1/n))."""
-    N = x.shape[0]
-    R = N // K
-    v = x.reshape(K, R, -1).to(torch.float64)
-    m = alive.reshape(K, R).to(torch.float64)
-    cnt = m.sum(dim=1)
-    mean = (v * m[..., None]).sum(dim=1) / cnt.clamp(min=1)[:, None]
-    u = ((v - mean[:, None]) ** 2).sum(dim=2) * (cnt / (cnt - 1).clamp(min=1))[:, None]
-    return _mean_and_se(u, m, cnt, minimum=2)
-
-
-def group_mean(x: torch.Tensor, K: int, alive: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Per init k: the mean of the replicas' scalars x (N,) and its standard error sd/√n."""
-    N = x.shape[0]
-    v = x.reshape(K, N // K).to(torch.float64)
-    m = alive.reshape(K, N // K).to(torch.float64)
-    return _mean_and_se(v, m, m.sum(dim=1), minimum=1)
-
-
-def group_ratio(a: torch.Tensor, b: torch.Tensor, K: int, alive: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Per init k: the ratio of means ā/b̄ of the replicas' scalars (N,) and its delta-method standard error
-    sd(u)/√n with u_r = (a_r − (ā/b̄) b_r)/b̄ (exact to O(1/n))."""
-    N = a.shape[0]
-    A = a.reshape(K, N // K).to(torch.float64)
-    B = b.reshape(K, N // K).to(torch.float64)
-    m = alive.reshape(K, N // K).to(torch.float64)
-    cnt = m.sum(dim=1).clamp(min=1)
-    ratio = (torch.where(m > 0, A, 0.0) * m).sum(1) / (torch.where(m > 0, B, 0.0) * m).sum(1)
-    u = (A - ratio[:, None] * B) / ((torch.where(m > 0, B, 0.0) * m).sum(1) / cnt)[:, None]
-    _, se = _mean_and_se(u, m, m.sum(dim=1), minimum=1)
-    ratio = ratio.cpu().numpy()
-    ratio[m.sum(dim=1).cpu().numpy() < 1] = np.nan
-    return ratio, se
-
-
-def _mean_and_se(u: torch.Tensor, m: torch.Tensor, cnt: torch.Tensor, minimum: int) -> tuple[np.ndarray, np.ndarray]:
-    u = torch.where(m > 0, u, 0.0)
-    mean = (u * m).sum(dim=1) / cnt.clamp(min=1)
-    var = (((u - mean[:, None]) ** 2) * m).sum(dim=1) / (cnt - 1).clamp(min=1)
-    se = (var / cnt.clamp(min=1)).sqrt()
-    mean, se, c = mean.cpu().numpy(), se.cpu().numpy(), cnt.cpu().numpy()
-    mean[c < minimum] = np.nan
-    se[c < max(minimum, 2)] = np.nan
-    return mean, se
 
 
 @dataclass

@@ -7,7 +7,6 @@ cancelled or killed run resumes from its last checkpoint, and the finished resul
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
@@ -19,7 +18,7 @@ from backend.engine import mlp as engine
 from backend.errors import ConfigError
 from backend.progress import Progress
 from backend.settings.base import Quantity, cache_key, simulation_key
-from backend.stats import t_quantile
+from backend.stats import mean_with_se, median_with_se, nan_reduce, t_quantile
 
 SAMPLER_LABELS = {"epoch_reshuffle": "reshuffle each epoch (the paper's training), n // b steps per epoch",
                   "without_replacement": "uniform b-subsets without replacement, independent per step"}
@@ -133,7 +132,7 @@ def shape_result(config, meta: dict, arrays: dict, hit: bool) -> dict[str, Any]:
         for q in engine.ESTIMATED:
             v, se = s[q], s[f"{q}_se"]
             c[q], c[f"{q}_se"] = (median_with_se if q in MEDIAN_OVER_INITS else mean_with_se)(v, se)
-            c[f"{q}_min"], c[f"{q}_max"] = _nan_reduce(np.nanmin, v), _nan_reduce(np.nanmax, v)
+            c[f"{q}_min"], c[f"{q}_max"] = nan_reduce(np.nanmin, v), nan_reduce(np.nanmax, v)
             if config.inits > 1:  # the paper's band: the spread over initial weights
                 c[f"{q}_lo"], c[f"{q}_hi"] = c[f"{q}_min"], c[f"{q}_max"]
             else:  # one initial weight: the 95 % interval of the replica estimate
@@ -146,40 +145,6 @@ def shape_result(config, meta: dict, arrays: dict, hit: bool) -> dict[str, Any]:
             f"95 % interval from the {config.replicas} replicas (one initial weight)")
     return {"epoch": np.arange(config.epochs + 1), "batch_sizes": list(config.batch_sizes), "curves": curves,
             "meta": meta, "cached": hit, "band": band}
-
-
-def _nan_reduce(fn, v: np.ndarray) -> np.ndarray:
-    """fn over inits (axis 1), NaN (without a warning) where every init is NaN."""
-    out = np.full(v.shape[0], np.nan)
-    ok = np.isfinite(v).any(axis=1)
-    out[ok] = fn(v[ok], axis=1)
-    return out
-
-
-def median_with_se(values: np.ndarray, se: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of (E, K): the median over the finite entries and its SE given those entries' SEs — the SE of the
-    middle entry, or half the root sum of squares of the two middle ones for an even count."""
-    med, out_se = np.full(values.shape[0], np.nan), np.full(values.shape[0], np.nan)
-    for e in range(values.shape[0]):  # E rows of K numbers: a summary, not a hot path
-        ok = np.flatnonzero(np.isfinite(values[e]))
-        if not ok.size:
-            continue
-        order = ok[np.argsort(values[e, ok], kind="stable")]
-        mid = order[[(len(order) - 1) // 2, len(order) // 2]]
-        med[e] = values[e, mid].mean()
-        out_se[e] = se[e, mid[0]] if mid[0] == mid[1] else np.hypot(se[e, mid[0]], se[e, mid[1]]) / 2
-    return med, out_se
-
-
-def mean_with_se(values: np.ndarray, se: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of (E, K): the mean over the finite entries and its SE sqrt(Σ_k se_k²)/K."""
-    ok = np.isfinite(values)
-    k = ok.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(ok, values, 0.0).sum(axis=1) / k
-        out_se = np.sqrt((np.where(ok, se, 0.0) ** 2).sum(axis=1)) / k
-        out_se = np.where(np.isfinite(np.where(ok, se, 0.0)).all(axis=1), out_se, np.nan)
-    return np.where(k > 0, mean, np.nan), np.where(k > 0, out_se, np.nan)
 
 
 def cached_checkpoint_epoch(config, device: torch.device, cache: ResultCache) -> dict[int, int]:

@@ -61,12 +61,6 @@ def _require_theory(config: LinearRegressionConfig) -> None:
                                      "choose without_replacement or with_replacement")
 
 
-def _require_theory(config: LinearRegressionConfig) -> None:
-    if config.sampler not in th.SAMPLERS_WITH_THEORY:
-        raise ConfigError("sampler", f"no exact theory for {config.sampler!r}: batches within an epoch are dependent; "
-                                     "choose without_replacement or with_replacement")
-
-
 def theory_curves(config: LinearRegressionConfig, batch_sizes, steps: int) -> dict[str, np.ndarray]:
     """Exact var(g_t | F_0), var(∇L(w_t) | F_0), E L(w_t) (float64, stable recursion) for t = 0..steps: arrays (B, steps+1)."""
     _require_theory(config)

@@ -1,164 +1,11 @@
-"""Widgets shared by the setting pages: config state from the URL, the Run panel with progress/ETA/cancel, the
-divergence notice and the downloads. Only Streamlit calls and backend calls; no math here."""
+"""Results shared by the setting pages: charts of estimates (with theory where it exists) and their downloads."""
 
 from __future__ import annotations
 
-import re
-
 import streamlit as st
 
-from backend import api, charts, costs, export, jobs
-from backend import config as cfg
-from backend.cache import default_cache
-from backend.errors import ConfigError, one_line
-
-_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#|<>~$])")
-
-
-def user_text(value) -> str:
-    """A message that echoes the user's input, safe to put in st.error/st.warning markdown: one line (control
-    characters escaped) and every character that could start Markdown/HTML/LaTeX markup (emphasis, links, images,
-    code, tables, tags, math) backslash-escaped, so it shows as typed and loads nothing."""
-    return _MARKDOWN.sub(r"\\\1", one_line(str(value)))
-
-
-def theory_link(section: int, what: str) -> None:
-    """A link to the Theory page opened at docs/theory.md §section."""
-    st.page_link("pages/theory.py", label=f"Theory §{section}: {what}", icon=":material/functions:",
-                 query_params={"section": str(section)})
-
-
-def initial_raw(prefix: str, setting: str) -> dict:
-    """The raw config the widgets start from: the URL's query parameters on first load, then presets/uploads."""
-    if f"{prefix}_raw" not in st.session_state:
-        try:
-            raw = cfg.from_query(dict(st.query_params))
-            if raw.get("setting", setting) != setting:
-                raw = {}
-        except ConfigError as e:
-            st.warning(f"Ignoring the link's config: {user_text(e)}")
-            raw = {}
-        st.session_state[f"{prefix}_raw"] = raw
-        st.session_state[f"{prefix}_gen"] = 0
-    return st.session_state[f"{prefix}_raw"]
-
-
-def field_helpers(prefix: str, setting: str, defaults: dict):
-    """(raw0, d, k): the starting raw config, d(field) → its value or the default, k(name) → a widget key that
-    changes when a preset or file is loaded (so the widgets take the new values)."""
-    raw0 = initial_raw(prefix, setting)
-    gen = st.session_state[f"{prefix}_gen"]
-
-    def d(key: str):
-        return raw0.get(key, defaults[key])
-
-    def k(name: str) -> str:
-        return f"{prefix}_{name}_{gen}"
-
-    return raw0, d, k
-
-
-def load(prefix: str, raw: dict) -> None:
-    st.session_state[f"{prefix}_raw"] = raw
-    st.session_state[f"{prefix}_gen"] += 1
-    st.rerun()
-
-
-def presets_and_upload(prefix: str, presets: dict, raw0: dict, setting: str) -> None:
-    gen = st.session_state[f"{prefix}_gen"]
-    with st.sidebar.expander("Presets and saved configs", expanded=False):
-        preset = st.selectbox("Preset", list(presets), key=f"{prefix}_preset_{gen}")
-        if st.button("Apply preset", key=f"{prefix}_apply_{gen}"):
-            load(prefix, {**raw0, "setting": setting, **presets[preset]})
-        up = st.file_uploader("Load a config (JSON)", type=["json"], key=f"{prefix}_cfgup_{gen}")
-        if up is not None and st.button("Load config", key=f"{prefix}_load_{gen}"):
-            try:
-                load(prefix, cfg.loads(up.getvalue().decode("utf-8")))
-            except (ConfigError, UnicodeDecodeError) as e:
-                st.error(f"Cannot load that file: {user_text(e)}")
-
-
-def clear_cache_button() -> None:
-    if st.sidebar.button("Clear cache", help="Delete every cached theory and replica result"):
-        removed = default_cache().clear()
-        st.sidebar.success(f"Cleared {removed} cached results.")
-
-
-def validated(raw: dict):
-    """The validated config (one boundary for widgets, files and links), or an error box and stop; syncs the URL."""
-    try:
-        config = cfg.parse_config(raw)
-    except ConfigError as e:
-        st.error(f"Check the inputs — {user_text(e)}")
-        st.stop()
-    sync_url(config)
-    return config
-
-
-def classifier_divergence(sim: dict) -> None:
-    for row in sim["meta"]["per_b"]:
-        if row["diverged_at"] is not None:
-            st.warning(f"b = {row['b']}: {row['diverged_replicas']} replica(s) diverged, the first at step "
-                       f"{row['diverged_at']}; later statistics use the replicas that stayed finite.")
-
-
-def sync_url(config) -> None:
-    query = cfg.to_query(config)
-    if dict(st.query_params) != query:
-        st.query_params.from_dict(query)
-
-
-def run_panel(prefix: str, config, what: str) -> dict | None:
-    """The Run form (estimate shown first), the background job with progress, ETA and Cancel; returns the result."""
-    run_key = api.simulation_key(config)
-    job = st.session_state.get(f"{prefix}_job")
-    sim = st.session_state.get(f"{prefix}_results", {}).get(run_key) or api.cached_simulation(config)
-    est = api.estimate(config)
-    device = api.resolve_device(config.device)
-    seconds = costs.device_seconds(est, device)
-    where = costs.where(device)
-    with st.form(f"{prefix}_run"):
-        st.write(f"**Replica run**: {what} — {costs.format_duration(seconds)} and "
-                 f"{costs.format_bytes(est['memory_bytes'])} "
-                 f"{where}" + (" (cached: instant)" if sim is not None else "") + ".")
-        run = st.form_submit_button("Run", type="primary", disabled=bool(job and job.running))
-    if run and not (job and job.running):
-        try:
-            api.guard(config, api.resolve_device(config.device))
-            job = jobs.start(run_key, lambda progress, cancel: api.simulate(config, progress, cancel),
-                             api.Progress(total=1))
-            st.session_state[f"{prefix}_job"] = job
-        except ConfigError as e:
-            st.error(user_text(e))
-
-    @st.fragment(run_every=0.5)
-    def show_progress() -> None:
-        j = st.session_state.get(f"{prefix}_job")
-        if j is None:
-            return
-        if j.running:
-            eta = j.progress.eta_seconds
-            left = f", {costs.format_duration(eta)} left" if eta is not None else ""
-            st.progress(j.progress.fraction, text=f"Running… {100 * j.progress.fraction:.0f} %{left}")
-            if st.button("Cancel run", key=f"{prefix}_cancel"):
-                j.cancel.set()
-        else:
-            st.rerun()
-
-    if job is not None:
-        if job.running:
-            show_progress()
-        else:
-            if job.state == "done":
-                st.session_state.setdefault(f"{prefix}_results", {})[job.key] = job.result
-                if job.key == run_key:
-                    sim = job.result
-            elif job.state == "cancelled":
-                st.warning("The run was cancelled; nothing was cached.")
-            elif job.state == "failed":
-                st.error(f"The run failed: {user_text(job.error)}")
-            st.session_state[f"{prefix}_job"] = None
-    return sim
+from backend import api, charts, export
+from ui.state import theory_link
 
 
 def polynomial_table(poly: dict, t: int) -> None:
@@ -171,15 +18,6 @@ def polynomial_table(poly: dict, t: int) -> None:
                                "coefficient": [str(c) for c in poly["coefficients"]]}), hide_index=True)
     st.download_button("Download the polynomial (JSON)", json.dumps(poly, indent=2), f"poly_t{t}.json",
                        "application/json")
-
-
-def divergence_notice(config, sim: dict) -> None:
-    meta = sim["meta"]
-    for j, (b, at, cnt) in enumerate(zip(config.batch_sizes, meta["diverged_at"], meta["diverged_replicas"])):
-        if at is not None:
-            st.warning(f"b = {b}: {cnt} replica(s) diverged (non-finite or exploding values), the first at step {at}. "
-                       "From that step on, the estimates are conditional on the replicas that stayed finite "
-                       f"({int(sim['finite_count'][j][-1]):,} at the end).")
 
 
 def time_chart_with_caption(theory: dict, sim: dict | None, config, quantity: str, label: str, log: bool,
@@ -221,7 +59,6 @@ def classifier_results(config, sim: dict, with_gap: bool) -> None:
     import numpy as np
     import pandas as pd
 
-    from backend import api
     from backend import charts as ch
 
     def frame(quantity: str, lo: str | None, hi: str | None) -> pd.DataFrame:
@@ -333,11 +170,3 @@ def classifier_results(config, sim: dict, with_gap: bool) -> None:
         if "mlp_png" in st.session_state:
             st.download_button("Chart (PNG)", st.session_state.mlp_png, "batchvar_chart.png", "image/png")
             st.download_button("Chart (SVG)", st.session_state.mlp_svg, "batchvar_chart.svg", "image/svg+xml")
-
-
-def reduction_note(dims: list[int], simulated: list[int] | None) -> str:
-    """One sentence when the engine ran on exactly reduced hidden widths (deep linear networks)."""
-    if not simulated or simulated == dims:
-        return ""
-    return (f" Simulated on hidden widths {simulated[1:-1]} instead of {dims[1:-1]}: every SGD iterate stays in "
-            "col(W_k⁰) + row(W_{k+1}⁰), so this is the same process in fewer coordinates (same variances and loss).")

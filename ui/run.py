@@ -1,0 +1,86 @@
+"""The Run panel (estimate first, then a background job with progress, ETA and Cancel) and the divergence notices."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from backend import api, costs, jobs
+from backend.errors import ConfigError
+from ui.state import user_text
+
+
+def run_panel(prefix: str, config, what: str) -> dict | None:
+    """The Run form (estimate shown first), the background job with progress, ETA and Cancel; returns the result."""
+    run_key = api.simulation_key(config)
+    job = st.session_state.get(f"{prefix}_job")
+    sim = st.session_state.get(f"{prefix}_results", {}).get(run_key) or api.cached_simulation(config)
+    est = api.estimate(config)
+    device = api.resolve_device(config.device)
+    seconds = costs.device_seconds(est, device)
+    where = costs.where(device)
+    with st.form(f"{prefix}_run"):
+        st.write(f"**Replica run**: {what} — {costs.format_duration(seconds)} and "
+                 f"{costs.format_bytes(est['memory_bytes'])} "
+                 f"{where}" + (" (cached: instant)" if sim is not None else "") + ".")
+        run = st.form_submit_button("Run", type="primary", disabled=bool(job and job.running))
+    if run and not (job and job.running):
+        try:
+            api.guard(config, api.resolve_device(config.device))
+            job = jobs.start(run_key, lambda progress, cancel: api.simulate(config, progress, cancel),
+                             api.Progress(total=1))
+            st.session_state[f"{prefix}_job"] = job
+        except ConfigError as e:
+            st.error(user_text(e))
+
+    @st.fragment(run_every=0.5)
+    def show_progress() -> None:
+        j = st.session_state.get(f"{prefix}_job")
+        if j is None:
+            return
+        if j.running:
+            eta = j.progress.eta_seconds
+            left = f", {costs.format_duration(eta)} left" if eta is not None else ""
+            st.progress(j.progress.fraction, text=f"Running… {100 * j.progress.fraction:.0f} %{left}")
+            if st.button("Cancel run", key=f"{prefix}_cancel"):
+                j.cancel.set()
+        else:
+            st.rerun()
+
+    if job is not None:
+        if job.running:
+            show_progress()
+        else:
+            if job.state == "done":
+                st.session_state.setdefault(f"{prefix}_results", {})[job.key] = job.result
+                if job.key == run_key:
+                    sim = job.result
+            elif job.state == "cancelled":
+                st.warning("The run was cancelled; nothing was cached.")
+            elif job.state == "failed":
+                st.error(f"The run failed: {user_text(job.error)}")
+            st.session_state[f"{prefix}_job"] = None
+    return sim
+
+
+def classifier_divergence(sim: dict) -> None:
+    for row in sim["meta"]["per_b"]:
+        if row["diverged_at"] is not None:
+            st.warning(f"b = {row['b']}: {row['diverged_replicas']} replica(s) diverged, the first at step "
+                       f"{row['diverged_at']}; later statistics use the replicas that stayed finite.")
+
+
+def divergence_notice(config, sim: dict) -> None:
+    meta = sim["meta"]
+    for j, (b, at, cnt) in enumerate(zip(config.batch_sizes, meta["diverged_at"], meta["diverged_replicas"])):
+        if at is not None:
+            st.warning(f"b = {b}: {cnt} replica(s) diverged (non-finite or exploding values), the first at step {at}. "
+                       "From that step on, the estimates are conditional on the replicas that stayed finite "
+                       f"({int(sim['finite_count'][j][-1]):,} at the end).")
+
+
+def reduction_note(dims: list[int], simulated: list[int] | None) -> str:
+    """One sentence when the engine ran on exactly reduced hidden widths (deep linear networks)."""
+    if not simulated or simulated == dims:
+        return ""
+    return (f" Simulated on hidden widths {simulated[1:-1]} instead of {dims[1:-1]}: every SGD iterate stays in "
+            "col(W_k⁰) + row(W_{k+1}⁰), so this is the same process in fewer coordinates (same variances and loss).")

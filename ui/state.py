@@ -1,0 +1,100 @@
+"""Page state shared by every setting page: the raw config from the URL, presets and uploaded configs, the one
+validation boundary (an error box naming the field, the user's input escaped), the URL sync and the theory links."""
+
+from __future__ import annotations
+
+import re
+
+import streamlit as st
+
+from backend import config as cfg
+from backend.cache import default_cache
+from backend.errors import ConfigError, one_line
+
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#|<>~$])")
+
+
+def user_text(value) -> str:
+    """A message that echoes the user's input, safe to put in st.error/st.warning markdown: one line (control
+    characters escaped) and every character that could start Markdown/HTML/LaTeX markup (emphasis, links, images,
+    code, tables, tags, math) backslash-escaped, so it shows as typed and loads nothing."""
+    return _MARKDOWN.sub(r"\\\1", one_line(str(value)))
+
+
+def theory_link(section: int, what: str) -> None:
+    """A link to the Theory page opened at docs/theory.md §section."""
+    st.page_link("pages/theory.py", label=f"Theory §{section}: {what}", icon=":material/functions:",
+                 query_params={"section": str(section)})
+
+
+def initial_raw(prefix: str, setting: str) -> dict:
+    """The raw config the widgets start from: the URL's query parameters on first load, then presets/uploads."""
+    if f"{prefix}_raw" not in st.session_state:
+        try:
+            raw = cfg.from_query(dict(st.query_params))
+            if raw.get("setting", setting) != setting:
+                raw = {}
+        except ConfigError as e:
+            st.warning(f"Ignoring the link's config: {user_text(e)}")
+            raw = {}
+        st.session_state[f"{prefix}_raw"] = raw
+        st.session_state[f"{prefix}_gen"] = 0
+    return st.session_state[f"{prefix}_raw"]
+
+
+def field_helpers(prefix: str, setting: str, defaults: dict):
+    """(raw0, d, k): the starting raw config, d(field) → its value or the default, k(name) → a widget key that
+    changes when a preset or file is loaded (so the widgets take the new values)."""
+    raw0 = initial_raw(prefix, setting)
+    gen = st.session_state[f"{prefix}_gen"]
+
+    def d(key: str):
+        return raw0.get(key, defaults[key])
+
+    def k(name: str) -> str:
+        return f"{prefix}_{name}_{gen}"
+
+    return raw0, d, k
+
+
+def load(prefix: str, raw: dict) -> None:
+    st.session_state[f"{prefix}_raw"] = raw
+    st.session_state[f"{prefix}_gen"] += 1
+    st.rerun()
+
+
+def presets_and_upload(prefix: str, presets: dict, raw0: dict, setting: str) -> None:
+    gen = st.session_state[f"{prefix}_gen"]
+    with st.sidebar.expander("Presets and saved configs", expanded=False):
+        preset = st.selectbox("Preset", list(presets), key=f"{prefix}_preset_{gen}")
+        if st.button("Apply preset", key=f"{prefix}_apply_{gen}"):
+            load(prefix, {**raw0, "setting": setting, **presets[preset]})
+        up = st.file_uploader("Load a config (JSON)", type=["json"], key=f"{prefix}_cfgup_{gen}")
+        if up is not None and st.button("Load config", key=f"{prefix}_load_{gen}"):
+            try:
+                load(prefix, cfg.loads(up.getvalue().decode("utf-8")))
+            except (ConfigError, UnicodeDecodeError) as e:
+                st.error(f"Cannot load that file: {user_text(e)}")
+
+
+def clear_cache_button() -> None:
+    if st.sidebar.button("Clear cache", help="Delete every cached theory and replica result"):
+        removed = default_cache().clear()
+        st.sidebar.success(f"Cleared {removed} cached results.")
+
+
+def validated(raw: dict):
+    """The validated config (one boundary for widgets, files and links), or an error box and stop; syncs the URL."""
+    try:
+        config = cfg.parse_config(raw)
+    except ConfigError as e:
+        st.error(f"Check the inputs — {user_text(e)}")
+        st.stop()
+    sync_url(config)
+    return config
+
+
+def sync_url(config) -> None:
+    query = cfg.to_query(config)
+    if dict(st.query_params) != query:
+        st.query_params.from_dict(query)

@@ -1,0 +1,42 @@
+"""Sidebar widgets that several setting pages share: the learning-rate schedule, the batch sizes, replicas and seed.
+
+Each takes the page's ``d`` (field → starting value) and ``k`` (widget key) from ui.state.field_helpers and returns
+raw config values; validation happens once, in ui.state.validated."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import streamlit as st
+
+from backend import config as cfg
+
+SCHEDULE_HELP = "constant: α_t = c; inverse: α_t = c/(t+1); inverse_offset: α_t = c/(t+1+t0)"
+
+
+def schedule(d: Callable[[str], Any], k: Callable[[str], str], c_label: str = "c", help: str = SCHEDULE_HELP,
+             default: str = "inverse", default_c: str = "1/2") -> dict:
+    """The ``lr`` field: schedule, its constant c (exact strings such as 1/2 allowed) and t0 when it needs one."""
+    sb = st.sidebar
+    lr0 = d("lr") if isinstance(d("lr"), dict) else {"schedule": "constant", "c": d("lr")}
+    c1, c2 = sb.columns(2)
+    name = c1.selectbox("Schedule", cfg.SCHEDULES, index=cfg.SCHEDULES.index(lr0.get("schedule", default)),
+                        key=k("sched"), help=help)
+    lr: dict = {"schedule": name, "c": c2.text_input(c_label, str(lr0.get("c", default_c)), key=k("c"))}
+    if name == "inverse_offset":
+        lr["t0"] = sb.number_input("t0", 0, 10**9, int(lr0.get("t0", 0)), key=k("t0"))
+    return lr
+
+
+def batch_sizes(d: Callable[[str], Any], k: Callable[[str], str], options) -> list[int]:
+    """The ``batch_sizes`` field: a multiselect over ``options`` and the config's own batch sizes."""
+    choices = sorted(set(options) | set(d("batch_sizes")))
+    return st.sidebar.multiselect("Batch sizes b", choices, default=list(d("batch_sizes")), key=k("bs")) or []
+
+
+def replicas_and_seed(d: Callable[[str], Any], k: Callable[[str], str]) -> tuple[int, int]:
+    """The ``replicas`` and ``seed`` fields of the settings without initial-weight groups."""
+    c1, c2 = st.sidebar.columns(2)
+    replicas = c1.number_input("Replicas", cfg.MIN_REPLICAS, cfg.MAX_REPLICAS, int(d("replicas")), step=100,
+                               key=k("R"))
+    return replicas, c2.number_input("Seed", 0, 2**31, int(d("seed")), key=k("seed"))
