@@ -40,17 +40,19 @@ def _curves_json(batch_sizes, curves: dict | None, quantities, with_se: bool) ->
     return out
 
 
-def _classifier_curves_json(curves: dict, fields, per_init: bool) -> dict[str, Any]:
-    """One batch size of an MLP / sequence result: each field over epochs, every estimate q with q_se, and with
-    several initial weights q_per_init and q_per_init_se (one list over epochs per init)."""
+def _classifier_curves_json(curves: dict, j: int, fields, per_init: bool) -> dict[str, Any]:
+    """Batch size number j of an MLP / sequence result: each field q over epochs with q_se, var_g_min / var_g_max
+    (the spread over initial weights), and with several initial weights q_per_init and q_per_init_se (one list over
+    epochs per init)."""
     entry: dict[str, Any] = {}
     for f in fields:
-        entry[f] = _list(curves[f])
-        if f"{f}_se" in curves:
-            entry[f"{f}_se"] = _list(curves[f"{f}_se"])
-            if per_init:
-                for suffix in ("_per_init", "_per_init_se"):
-                    entry[f + suffix] = [_list(col) for col in np.asarray(curves[f + suffix]).T]
+        c = curves[f]
+        entry[f] = _list(c["value"][j])
+        entry[f"{f}_se"] = _list(c["se"][j])
+        if per_init:
+            for suffix in ("per_init", "per_init_se"):
+                entry[f"{f}_{suffix}"] = [_list(col) for col in np.asarray(c[suffix][j]).T]
+    entry["var_g_min"], entry["var_g_max"] = _list(curves["var_g"]["min"][j]), _list(curves["var_g"]["max"][j])
     return entry
 
 
@@ -106,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
             meta = res["meta"]
             if config.setting in ("mlp", "sequence"):
                 out = {"setting": config.setting, "epoch": res["epoch"].tolist(),
-                       "curves": {str(b): _classifier_curves_json(res["curves"][b], api.quantities(config)
-                                                                  + ["var_g_min", "var_g_max"], config.inits > 1)
-                                  for b in config.batch_sizes},
+                       "curves": {str(b): _classifier_curves_json(res["curves"], j, api.quantities(config),
+                                                                  config.inits > 1)
+                                  for j, b in enumerate(config.batch_sizes)},
                        "inits": config.inits, "replicas": config.replicas, "band": res["band"],
                        "sampler": meta["sampler_label"], "device": meta["device"],
                        "diverged_at": {str(x["b"]): x["diverged_at"] for x in meta["per_b"]}}

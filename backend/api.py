@@ -18,6 +18,7 @@ import torch
 from backend import settings
 from backend.cache import ResultCache, default_cache
 from backend.config import SAMPLER_LABELS  # noqa: F401  (linear regression's sampler labels)
+from backend.config import expand_preset, parse_config  # noqa: F401
 from backend.costs import device_name, device_seconds
 from backend.errors import ConfigError, TooExpensive
 from backend.latex import polynomial_equation, polynomial_latex  # noqa: F401
@@ -54,6 +55,16 @@ def _cache(cache: ResultCache | None) -> ResultCache:
 def registry() -> list[dict[str, Any]]:
     """Every setting with its quantities and presets (``python -m backend settings``)."""
     return settings.describe()
+
+
+def defaults(setting: str) -> dict[str, Any]:
+    """The normalised default config of a setting (what its page starts from)."""
+    return parse_config({"setting": settings.get(setting).NAME}).to_json()
+
+
+def presets(setting: str) -> list[str]:
+    """The names of a setting's presets (``{"setting": …, "preset": name}`` is a complete config)."""
+    return list(settings.get(setting).PRESETS)
 
 
 def quantity_table(config) -> list[base.Quantity]:

@@ -21,24 +21,26 @@ def _thin(t: np.ndarray) -> np.ndarray:
 
 
 def curves_frame(t: np.ndarray, batch_sizes: list[int], theory_curves: dict | None, sim_curves: dict | None,
-                 quantity: str, finite_count: np.ndarray | None = None) -> pd.DataFrame:
-    """Long table: t, b, source ('exact' | 'estimate'), value, lo, hi, se (and the finite replicas behind it)."""
-    keep = _thin(np.asarray(t))
+                 quantity: str, finite_count: np.ndarray | None = None, x_name: str = "t") -> pd.DataFrame:
+    """Long table: x (column ``x_name``: t or epoch), b, source ('exact' | 'estimate'), value, lo, hi, se (and the
+    finite replicas behind it). Every setting's results (backend/curves.py) go through here."""
+    t = np.asarray(t)
+    keep = _thin(t)
     rows = []
     for j, b in enumerate(batch_sizes):
-        if theory_curves is not None:
-            rows.append(pd.DataFrame({"t": t[keep], "b": str(b), "source": "exact",
+        if theory_curves is not None and quantity in theory_curves:
+            rows.append(pd.DataFrame({x_name: t[keep], "b": str(b), "source": "exact",
                                       "value": theory_curves[quantity][j][keep]}))
         if sim_curves is not None and quantity in sim_curves:
             est = sim_curves[quantity]
-            frame = pd.DataFrame({"t": t[keep], "b": str(b), "source": "estimate",
+            frame = pd.DataFrame({x_name: t[keep], "b": str(b), "source": "estimate",
                                   "value": est["value"][j][keep], "lo": est["lo"][j][keep],
                                   "hi": est["hi"][j][keep], "se": est["se"][j][keep]})
             if finite_count is not None:
                 frame["replicas"] = finite_count[j][keep]
             rows.append(frame)
     if not rows:
-        return pd.DataFrame(columns=["t", "b", "source", "value", "lo", "hi", "se"])
+        return pd.DataFrame(columns=[x_name, "b", "source", "value", "lo", "hi", "se"])
     df = pd.concat(rows, ignore_index=True)
     for col in ("lo", "hi", "se", "replicas"):
         if col not in df:
@@ -62,8 +64,10 @@ def _b_order(df: pd.DataFrame) -> list[str]:
     return sorted(df["b"].unique(), key=int)
 
 
-def time_chart(df: pd.DataFrame, title: str, log: bool = True) -> alt.Chart:
-    """Quantity against t: exact line, estimate dashed over its 95 % band, colour = b, legend-bound highlight."""
+def time_chart(df: pd.DataFrame, title: str, log: bool = True, x_name: str = "t", x_title: str = "iteration t",
+               band: str = "95 %") -> alt.Chart:
+    """Quantity against t (or epoch): exact line where there is theory, the estimate dashed over its band (``band``
+    says what it is), colour = b, legend-bound highlight. The one chart path of every setting."""
     df = df.copy()
     if log:
         # values below 1e-12 of the largest are float64 rounding of an exact zero (e.g. var(∇L(w_0)) = 0): not drawn
@@ -75,16 +79,19 @@ def time_chart(df: pd.DataFrame, title: str, log: bool = True) -> alt.Chart:
     sel = alt.selection_point(fields=["b"], bind="legend")
     scale = alt.Scale(type="log") if log else alt.Scale(zero=False)
     color = alt.Color("b:N", sort=_b_order(df), title="batch size b")
-    base = alt.Chart(df).encode(x=alt.X("t:Q", title="iteration t"), color=color,
+    axis = alt.Axis(tickMinStep=1, format="d")  # steps and epochs are whole numbers
+    base = alt.Chart(df).encode(x=alt.X(f"{x_name}:Q", title=x_title, axis=axis), color=color,
                                 opacity=alt.condition(sel, alt.value(1.0), alt.value(0.15)))
-    band = base.transform_filter(alt.datum.source == "estimate").mark_area(opacity=0.25).encode(
+    band_layer = base.transform_filter(alt.datum.source == "estimate").mark_area(opacity=0.25).encode(
         y=alt.Y("lo:Q", scale=scale, title=title), y2="hi:Q")
     est = base.transform_filter(alt.datum.source == "estimate").mark_line(strokeDash=[4, 3], strokeWidth=1.5).encode(
-        y=alt.Y("value:Q", scale=scale), tooltip=["b", "t", "value", "lo", "hi", "se", "replicas"])
+        y=alt.Y("value:Q", scale=scale), tooltip=["b", x_name, "value", "lo", "hi", "se", "replicas"])
     exact = base.transform_filter(alt.datum.source == "exact").mark_line(strokeWidth=2).encode(
-        y=alt.Y("value:Q", scale=scale), tooltip=["b", "t", "value"])
-    return (band + est + exact).add_params(sel).properties(
-        title=f"{title} (solid: exact; dashed with band: replica estimate, 95 %)", height=320)
+        y=alt.Y("value:Q", scale=scale), tooltip=["b", x_name, "value"])
+    has_exact = bool((df["source"] == "exact").any()) if len(df) else False
+    legend = "solid: exact; dashed with band" if has_exact else "dashed with band"
+    return (band_layer + est + exact).add_params(sel).properties(
+        title=f"{title} ({legend}: replica estimate, {band})", height=320)
 
 
 def b_chart(b_grid: np.ndarray, exact_values: np.ndarray, t: int, estimates: pd.DataFrame | None = None,

@@ -153,8 +153,6 @@ def _builtin_dataset(name: str) -> datasets.RegressionData:
 
 
 def _parse_dataset(raw: Any) -> tuple[dict, datasets.RegressionData]:
-    if raw is None:
-        raw = {"name": "graduate_admission"}
     if isinstance(raw, str):
         raw = {"name": raw}
     f = _Fields(raw, "dataset")
@@ -186,8 +184,6 @@ def _parse_dataset(raw: Any) -> tuple[dict, datasets.RegressionData]:
 
 
 def _parse_w0(raw: Any, p: int) -> tuple[Any, np.ndarray]:
-    if raw is None:
-        raw = {"seed": 0}
     if isinstance(raw, dict):
         f = _Fields(raw, "w0")
         seed = _int(f.get("seed", 0), "w0.seed", 0, 2**32 - 1)
@@ -226,17 +222,22 @@ class LinearRegressionConfig:
     """Linear regression, finite sum (paper §3.1). Defaults: the paper's Graduate Admission setting (Appendix A.1.1)."""
 
     setting: ClassVar[str] = "linear_regression"
-    dataset: dict = field(default_factory=lambda: {"name": "graduate_admission"})
-    standardize: bool = True
-    intercept: bool = True
-    w0: Any = field(default_factory=lambda: {"seed": 0})
-    lr: Schedule = field(default_factory=Schedule)
-    steps: int = 200
-    batch_sizes: tuple[int, ...] = (2, 16, 64, 256)
-    replicas: int = 1000
-    seed: int = 0
-    sampler: str = "without_replacement"
-    device: str = "auto"
+    DEFAULTS: ClassVar[dict[str, Any]] = {  # the one statement of the defaults (raw JSON; presets override them)
+        "dataset": {"name": "graduate_admission"}, "standardize": True, "intercept": True,
+        "w0": {"seed": 0, "scale": 1.0}, "lr": {"schedule": "inverse", "c": "1/2"}, "steps": 200,
+        "batch_sizes": [2, 16, 64, 256], "replicas": 1000, "seed": 0, "sampler": "without_replacement",
+        "device": "auto"}
+    dataset: dict
+    standardize: bool
+    intercept: bool
+    w0: Any
+    lr: Schedule
+    steps: int
+    batch_sizes: tuple[int, ...]
+    replicas: int
+    seed: int
+    sampler: str
+    device: str
     # derived (not part of the JSON): the design matrix and the weights
     X: np.ndarray = field(default=None, repr=False, compare=False)
     y: np.ndarray = field(default=None, repr=False, compare=False)
@@ -248,19 +249,21 @@ class LinearRegressionConfig:
     def parse(cls, raw: dict) -> "LinearRegressionConfig":
         f = _Fields(raw)
         f.get("setting")
-        ds_json, data = _parse_dataset(f.get("dataset"))
-        standardize = _bool(f.get("standardize", True), "standardize")
-        intercept = _bool(f.get("intercept", True), "intercept")
+        val = _default_reader(f, cls.DEFAULTS)
+        ds_json, data = _parse_dataset(val("dataset"))
+        standardize = _bool(val("standardize"), "standardize")
+        intercept = _bool(val("intercept"), "intercept")
         X, y, exact = datasets.design_matrix(data, standardize, intercept)
         n, p = X.shape
-        w0_json, w0_vals = _parse_w0(f.get("w0"), p)
-        lr = Schedule.parse(f.get("lr", {"schedule": "inverse", "c": "1/2"}))
-        steps = _int(f.get("steps", 200), "steps", 0, MAX_STEPS)
-        batch_sizes = _parse_batch_sizes(f.get("batch_sizes", [b for b in (2, 16, 64, 256) if b <= n] or [1]), n)
-        replicas = _int(f.get("replicas", 1000), "replicas", MIN_REPLICAS, MAX_REPLICAS)
-        seed = _int(f.get("seed", 0), "seed", 0, 2**32 - 1)
-        sampler = _choice(f.get("sampler", "without_replacement"), "sampler", SAMPLERS)
-        device = _choice(f.get("device", "auto"), "device", DEVICES)
+        w0_json, w0_vals = _parse_w0(val("w0"), p)
+        lr = Schedule.parse(val("lr"))
+        steps = _int(val("steps"), "steps", 0, MAX_STEPS)
+        default_b = [b for b in cls.DEFAULTS["batch_sizes"] if b <= n] or [1]  # a small data set: the b that fit
+        batch_sizes = _parse_batch_sizes(f.get("batch_sizes", default_b), n)
+        replicas = _int(val("replicas"), "replicas", MIN_REPLICAS, MAX_REPLICAS)
+        seed = _int(val("seed"), "seed", 0, 2**32 - 1)
+        sampler = _choice(val("sampler"), "sampler", SAMPLERS)
+        device = _choice(val("device"), "device", DEVICES)
         f.finish()
         names = tuple(data.feature_names) + (("intercept",) if intercept else ())
         return cls(ds_json, standardize, intercept, w0_json, lr, steps, batch_sizes, replicas, seed, sampler, device,
@@ -324,8 +327,6 @@ def _parse_weights(raw: Any, dims: tuple[int, ...], name: str, default_seed: int
     """A list of the d matrices [W_1, …, W_d] (W_k of shape p_k × p_{k−1}, nested lists, exact strings allowed),
     or {"seed": int, "scale": number}: entries N(0, scale² / p_{k−1}) from numpy's default_rng(seed)."""
     d = len(dims) - 1
-    if raw is None:
-        raw = {"seed": default_seed, "scale": 1.0}
     if isinstance(raw, dict):
         f = _Fields(raw, name)
         seed = _int(f.get("seed", default_seed), f"{name}.seed", 0, 2**32 - 1)
@@ -361,17 +362,21 @@ class DeepLinearConfig:
     """Deep linear teacher–student network, online Gaussian samples (paper §3.2, Appendix B.3)."""
 
     setting: ClassVar[str] = "deep_linear"
-    dims: tuple[int, ...] = (3, 4, 2)
-    teacher: Any = None
-    w0: Any = None
-    lr: Schedule = field(default_factory=lambda: Schedule("inverse", Fraction(1, 10)))
-    steps: int = 50
-    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
-    replicas: int = 2000
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "float64"
-    record_every: int = 1
+    DEFAULTS: ClassVar[dict[str, Any]] = {  # the one statement of the defaults (raw JSON; presets override them)
+        "dims": [3, 4, 2], "teacher": {"seed": 1, "scale": 1.0}, "w0": {"seed": 0, "scale": 1.0},
+        "lr": {"schedule": "inverse", "c": "1/10"}, "steps": 50, "batch_sizes": [1, 2, 4, 8, 16], "replicas": 2000,
+        "seed": 0, "device": "auto", "dtype": "float64", "record_every": 1}
+    dims: tuple[int, ...]
+    teacher: Any
+    w0: Any
+    lr: Schedule
+    steps: int
+    batch_sizes: tuple[int, ...]
+    replicas: int
+    seed: int
+    device: str
+    dtype: str
+    record_every: int
     teacher_values: list = field(default=None, repr=False, compare=False)
     w0_values: list = field(default=None, repr=False, compare=False)
 
@@ -379,20 +384,21 @@ class DeepLinearConfig:
     def parse(cls, raw: dict) -> "DeepLinearConfig":
         f = _Fields(raw)
         f.get("setting")
-        dims_raw = f.get("dims", [3, 4, 2])
+        val = _default_reader(f, cls.DEFAULTS)
+        dims_raw = val("dims")
         if not isinstance(dims_raw, list) or not 3 <= len(dims_raw) <= 5:
             raise ConfigError("dims", "expected [p, p_1, …, p_d] with depth d from 2 to 4")
         dims = tuple(_int(v, f"dims[{i}]", 1, MAX_WIDTH) for i, v in enumerate(dims_raw))
-        teacher_json, teacher = _parse_weights(f.get("teacher"), dims, "teacher", 1)
-        w0_json, w0 = _parse_weights(f.get("w0"), dims, "w0", 0)
-        lr = Schedule.parse(f.get("lr", {"schedule": "inverse", "c": "1/10"}))
-        steps = _int(f.get("steps", 50), "steps", 0, MAX_STEPS)
-        batch_sizes = _parse_batch_sizes(f.get("batch_sizes", [1, 2, 4, 8, 16]), 10**6)
-        replicas = _int(f.get("replicas", 2000), "replicas", MIN_REPLICAS, MAX_REPLICAS)
-        seed = _int(f.get("seed", 0), "seed", 0, 2**32 - 1)
-        device = _choice(f.get("device", "auto"), "device", DEVICES)
-        dtype = _choice(f.get("dtype", "float64"), "dtype", DTYPES)
-        record_every = _int(f.get("record_every", 1), "record_every", 1, MAX_STEPS)
+        teacher_json, teacher = _parse_weights(val("teacher"), dims, "teacher", 1)
+        w0_json, w0 = _parse_weights(val("w0"), dims, "w0", 0)
+        lr = Schedule.parse(val("lr"))
+        steps = _int(val("steps"), "steps", 0, MAX_STEPS)
+        batch_sizes = _parse_batch_sizes(val("batch_sizes"), 10**6)
+        replicas = _int(val("replicas"), "replicas", MIN_REPLICAS, MAX_REPLICAS)
+        seed = _int(val("seed"), "seed", 0, 2**32 - 1)
+        device = _choice(val("device"), "device", DEVICES)
+        dtype = _choice(val("dtype"), "dtype", DTYPES)
+        record_every = _int(val("record_every"), "record_every", 1, MAX_STEPS)
         f.finish()
         return cls(dims, teacher_json, w0_json, lr, steps, batch_sizes, replicas, seed, device, dtype, record_every,
                    teacher, w0)
@@ -442,13 +448,9 @@ DEEP_LINEAR_PRESETS: dict[str, dict[str, Any]] = {
 MLP_SAMPLERS = ("epoch_reshuffle", "without_replacement")
 
 
-def _preset_reader(f: "_Fields", presets: dict[str, dict[str, Any]]):
-    """val(key): the field if given, else the preset's value (``"preset"`` defaults to ``"laptop"``)."""
-    preset = f.get("preset")
-    if preset is not None and preset not in presets:
-        raise ConfigError("preset", f"expected one of {sorted(presets)}, got {preset!r}")
-    base = presets[preset or "laptop"]
-    return lambda key: f.get(key, base[key])
+def _default_reader(f: "_Fields", defaults: dict[str, Any]):
+    """val(key): the field if given, else the config class's default (its DEFAULTS, the one place they are stated)."""
+    return lambda key: f.get(key, defaults[key])
 
 
 def _replica_run_fields(val) -> dict[str, Any]:
@@ -459,14 +461,10 @@ def _replica_run_fields(val) -> dict[str, Any]:
             "device": _choice(val("device"), "device", DEVICES),
             "dtype": _choice(val("dtype"), "dtype", DTYPES)}
 MLP_PRESETS: dict[str, dict[str, Any]] = {
-    "laptop": {"dataset": {"name": "digits"}, "hidden": [32, 16], "inits": 3, "replicas": 16, "epochs": 12,
-               "lr": {"schedule": "constant", "c": "0.05"}, "batch_sizes": [16, 64], "sampler": "epoch_reshuffle",
-               "distortion": {"alpha": 1.5, "sigma": 1.0, "every": 1}, "noise_samples": 512, "eval_size": 2000,
-               "seed": 0, "device": "auto", "dtype": "float32"},
+    "laptop": {},  # the defaults (MLPConfig.DEFAULTS): digits, 64 → 32 → 16 → 10, 3 × 16 replicas, 12 epochs
     "paper": {"dataset": {"name": "fashion_mnist"}, "hidden": [1024, 512], "inits": 5, "replicas": 50,
               "epochs": 1000, "lr": {"schedule": "constant", "c": "0.003"}, "batch_sizes": [64, 128],
-              "sampler": "epoch_reshuffle", "distortion": {"alpha": 8, "sigma": 2, "every": 100},
-              "noise_samples": 256, "eval_size": 10000, "seed": 0, "device": "auto", "dtype": "float32"},
+              "distortion": {"alpha": 8, "sigma": 2, "every": 100}, "noise_samples": 256, "eval_size": 10000},
 }
 
 
@@ -475,27 +473,31 @@ class MLPConfig:
     """Fully connected ReLU classifier trained by mini-batch SGD (paper §4.1, Appendix A.1.3; Figures 1, 4, 5)."""
 
     setting: ClassVar[str] = "mlp"
-    dataset: dict = field(default_factory=lambda: {"name": "digits"})
-    hidden: tuple[int, ...] = (32, 16)
-    inits: int = 3
-    replicas: int = 16
-    epochs: int = 12
-    lr: Schedule = field(default_factory=lambda: Schedule("constant", Fraction(1, 20)))
-    batch_sizes: tuple[int, ...] = (16, 64)
-    sampler: str = "epoch_reshuffle"
-    distortion: dict = field(default_factory=lambda: {"alpha": 1.5, "sigma": 1.0, "every": 1})
-    noise_samples: int = 512
-    eval_size: int = 2000
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "float32"
+    DEFAULTS: ClassVar[dict[str, Any]] = {"dataset": {"name": "digits"}, "hidden": [32, 16], "inits": 3, "replicas": 16, "epochs": 12,
+        "lr": {"schedule": "constant", "c": "0.05"}, "batch_sizes": [16, 64], "sampler": "epoch_reshuffle",
+        "distortion": {"alpha": 1.5, "sigma": 1.0, "every": 1}, "noise_samples": 512, "eval_size": 2000,
+        "seed": 0, "device": "auto", "dtype": "float32"}
+    dataset: dict
+    hidden: tuple[int, ...]
+    inits: int
+    replicas: int
+    epochs: int
+    lr: Schedule
+    batch_sizes: tuple[int, ...]
+    sampler: str
+    distortion: dict
+    noise_samples: int
+    eval_size: int
+    seed: int
+    device: str
+    dtype: str
     n_train: int = field(default=0, repr=False, compare=False)
 
     @classmethod
     def parse(cls, raw: dict) -> "MLPConfig":
         f = _Fields(raw)
         f.get("setting")
-        val = _preset_reader(f, MLP_PRESETS)
+        val = _default_reader(f, cls.DEFAULTS)
         ds_raw = val("dataset")
         if isinstance(ds_raw, str):
             ds_raw = {"name": ds_raw}
@@ -558,18 +560,11 @@ def _mlp_train_size(dataset: dict) -> int:
 
 
 SEQUENCE_PRESETS: dict[str, dict[str, Any]] = {
-    "laptop": {"corpus": {"name": "yelp"}, "tokenizer": "word", "max_len": 20, "vocab": 1500, "layers": 2,
-               "heads": 4, "width": 64, "inits": 2, "replicas": 6, "epochs": 5,
-               "optimizer": {"lr": "0.0005", "eps": "1e-8", "beta1": "0.9", "beta2": "0.999", "weight_decay": "0",
-                             "warmup": 5, "clip": "1"},
-               "batch_sizes": [16, 64], "sampler": "epoch_reshuffle", "noise_samples": 16, "eval_size": 800,
-               "seed": 0, "device": "auto", "dtype": "float32"},
-    "paper": {"corpus": {"name": "yelp"}, "tokenizer": "word", "max_len": 128, "vocab": 20000, "layers": 6,
-              "heads": 12, "width": 384, "inits": 1, "replicas": 100, "epochs": 20,
-              "optimizer": {"lr": "4e-5", "eps": "1e-8", "beta1": "0.9", "beta2": "0.999", "weight_decay": "0",
-                            "warmup": 50, "clip": "1"},
-              "batch_sizes": [32, 64], "sampler": "epoch_reshuffle", "noise_samples": 16, "eval_size": 800,
-              "seed": 0, "device": "auto", "dtype": "float32"},
+    "laptop": {},  # the defaults (SequenceConfig.DEFAULTS): 2 layers × 64 wide on Yelp, 2 × 6 replicas, 5 epochs
+    "paper": {"max_len": 128, "vocab": 20000, "layers": 6, "heads": 12, "width": 384, "inits": 1, "replicas": 100,
+              "epochs": 20, "optimizer": {"lr": "4e-5", "eps": "1e-8", "beta1": "0.9", "beta2": "0.999",
+                                          "weight_decay": "0", "warmup": 50, "clip": "1"},
+              "batch_sizes": [32, 64]},
 }
 
 
@@ -578,31 +573,38 @@ class SequenceConfig:
     """Transformer encoder classifier on review sentences trained with Adam (paper Appendix A.1.4, Figure 6)."""
 
     setting: ClassVar[str] = "sequence"
-    corpus: dict = field(default_factory=lambda: {"name": "yelp"})
-    tokenizer: str = "word"
-    max_len: int = 20
-    vocab: int = 1500
-    layers: int = 2
-    heads: int = 4
-    width: int = 64
-    inits: int = 2
-    replicas: int = 6
-    epochs: int = 4
-    optimizer: dict = field(default_factory=dict)
-    batch_sizes: tuple[int, ...] = (16, 64)
-    sampler: str = "epoch_reshuffle"
-    noise_samples: int = 16
-    eval_size: int = 800
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "float32"
+    DEFAULTS: ClassVar[dict[str, Any]] = {  # the one statement of the defaults (raw JSON; presets override them)
+        "corpus": {"name": "yelp"}, "tokenizer": "word", "max_len": 20, "vocab": 1500, "layers": 2, "heads": 4,
+        "width": 64, "inits": 2, "replicas": 6, "epochs": 5,
+        "optimizer": {"lr": "0.0005", "eps": "1e-8", "beta1": "0.9", "beta2": "0.999", "weight_decay": "0",
+                      "warmup": 5, "clip": "1"},
+        "batch_sizes": [16, 64], "sampler": "epoch_reshuffle", "noise_samples": 16, "eval_size": 800, "seed": 0,
+        "device": "auto", "dtype": "float32"}
+    corpus: dict
+    tokenizer: str
+    max_len: int
+    vocab: int
+    layers: int
+    heads: int
+    width: int
+    inits: int
+    replicas: int
+    epochs: int
+    optimizer: dict
+    batch_sizes: tuple[int, ...]
+    sampler: str
+    noise_samples: int
+    eval_size: int
+    seed: int
+    device: str
+    dtype: str
     n_train: int = field(default=0, repr=False, compare=False)
 
     @classmethod
     def parse(cls, raw: dict) -> "SequenceConfig":
         f = _Fields(raw)
         f.get("setting")
-        val = _preset_reader(f, SEQUENCE_PRESETS)
+        val = _default_reader(f, cls.DEFAULTS)
         c_raw = val("corpus")
         if isinstance(c_raw, str):
             c_raw = {"name": c_raw}
@@ -668,14 +670,33 @@ CONFIG_TYPES: dict[str, type] = {"linear_regression": LinearRegressionConfig, "d
 Config = LinearRegressionConfig | DeepLinearConfig | MLPConfig | SequenceConfig
 
 
+PRESETS_BY_SETTING: dict[str, dict[str, dict[str, Any]]] = {
+    "linear_regression": PRESETS, "deep_linear": DEEP_LINEAR_PRESETS, "mlp": MLP_PRESETS,
+    "sequence": SEQUENCE_PRESETS}
+
+
+def expand_preset(raw: dict) -> dict:
+    """The one preset mechanism, for every setting: ``{"setting": s, "preset": name, …fields}`` is the preset's
+    fields with the given fields on top (a preset is partial: what it leaves out takes the class's DEFAULTS)."""
+    if "preset" not in raw:
+        return raw
+    setting = raw.get("setting", "linear_regression")
+    presets = PRESETS_BY_SETTING[setting]
+    name = raw["preset"]
+    if not isinstance(name, str) or name not in presets:
+        raise ConfigError("preset", f"expected one of {sorted(presets)}, got {name!r}")
+    return {**presets[name], **{k: v for k, v in raw.items() if k != "preset"}}
+
+
 def parse_config(raw: Any) -> "Config":
-    """Validate a config dict (from JSON, widgets or Python) into the frozen config of its setting."""
+    """Validate a config dict (from JSON, widgets or Python; with an optional ``"preset"``) into the frozen config of
+    its setting."""
     if not isinstance(raw, dict):
         raise ConfigError("config", f"expected a JSON object, got {type(raw).__name__}")
     setting = raw.get("setting", "linear_regression")
-    if setting not in CONFIG_TYPES:
+    if not isinstance(setting, str) or setting not in CONFIG_TYPES:
         raise ConfigError("setting", f"expected one of {sorted(CONFIG_TYPES)}, got {setting!r}")
-    return CONFIG_TYPES[setting].parse(raw)
+    return CONFIG_TYPES[setting].parse(expand_preset(raw))
 
 
 def loads(text: str) -> dict:
@@ -706,15 +727,14 @@ def to_query(config) -> dict[str, str]:
 
 def from_query(params: dict[str, str]) -> dict:
     """The raw config dict encoded by :func:`to_query` (unknown parameters are ignored; values are validated later)."""
-    keys = {"setting", "dataset", "standardize", "intercept", "w0", "lr", "steps", "batch_sizes", "replicas", "seed",
-            "sampler", "device", "dims", "teacher", "dtype", "hidden", "inits", "epochs", "distortion",
-            "noise_samples", "eval_size", "record_every", "corpus", "tokenizer", "max_len", "vocab", "layers",
-            "heads", "width", "optimizer"}
+    keys = {"setting"} | {k for cls in CONFIG_TYPES.values() for k in cls.DEFAULTS}
+    text_fields = {"setting"} | {k for cls in CONFIG_TYPES.values() for k, v in cls.DEFAULTS.items()
+                                 if isinstance(v, str)}  # written as is by to_query
     raw: dict[str, Any] = {}
     for k, v in params.items():
         if k not in keys:
             continue
-        if k in ("setting", "sampler", "device", "dtype"):
+        if k in text_fields:
             raw[k] = v
             continue
         try:

@@ -9,12 +9,12 @@ import pandas as pd
 
 
 def curves_csv(t: np.ndarray, batch_sizes: list[int], theory_curves: dict | None, sim: dict | None,
-               quantities: tuple[str, ...]) -> str:
-    """One row per (b, t, quantity): exact, estimate, se, lo, hi, finite replicas."""
+               quantities: tuple[str, ...], x_name: str = "t") -> str:
+    """One row per (b, x, quantity), x = t or epoch: exact, estimate, se, lo, hi, finite replicas."""
     frames = []
     for j, b in enumerate(batch_sizes):
         for q in quantities:
-            cols = {"b": b, "t": t, "quantity": q}
+            cols = {"b": b, x_name: t, "quantity": q}
             cols["exact"] = theory_curves[q][j] if theory_curves is not None and q in theory_curves else np.nan
             if sim is not None and q in sim["curves"]:
                 est = sim["curves"][q]

@@ -18,12 +18,11 @@ st.caption("A student W_d⋯W_1 learns a teacher W_d*⋯W_1* by online SGD on fr
            "population L2 loss (paper §3.2, Appendix B.3).")
 ui.theory_link(2, "Gaussian moments, Theorems 4–5, exact values beyond t = 0, heavy tails")
 
-DEFAULTS = cfg.DeepLinearConfig.parse({"setting": "deep_linear"}).to_json()
-raw0, d, k = ui.field_helpers("dl", "deep_linear", DEFAULTS)
+raw0, d, k = ui.field_helpers("dl", "deep_linear")
 
 
 sb = st.sidebar
-ui.presets_and_upload("dl", cfg.DEEP_LINEAR_PRESETS, raw0, "deep_linear")
+ui.presets_and_upload("dl", "deep_linear")
 dims_text = sb.text_input("Widths p, p_1, …, p_d (depth 2 to 4)", ", ".join(map(str, d("dims"))), key=k("dims"),
                           help="e.g. 64, 256, 128 is the paper's teacher; 1, 1, 1 is the scalar network")
 try:

@@ -18,13 +18,12 @@ st.title("Linear regression: variance of SGD against the batch size")
 st.caption("Finite sum, mini-batches drawn without replacement (paper §3.1).")
 ui.theory_link(1, "the exact moment recursion, polynomials in 1/b, Theorems 1–2")
 
-DEFAULTS = cfg.LinearRegressionConfig.parse({"setting": "linear_regression"}).to_json()
-raw0, d, k = ui.field_helpers("lr", "linear_regression", DEFAULTS)
+raw0, d, k = ui.field_helpers("lr", "linear_regression")
 
 
 # -- sidebar: inputs only ----------------------------------------------------------------------------------------
 sb = st.sidebar
-ui.presets_and_upload("lr", cfg.PRESETS, raw0, "linear_regression")
+ui.presets_and_upload("lr", "linear_regression")
 ds0 = d("dataset") if isinstance(d("dataset"), dict) else {"name": d("dataset")}
 sources = ["graduate_admission", "synthetic", "upload CSV"] + (["inline (from config)"] if ds0.get("name") == "inline"
                                                                   else [])

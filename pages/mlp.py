@@ -16,12 +16,11 @@ st.caption("A fully connected ReLU network trained by mini-batch SGD on the cros
            "only, each with its standard error.")
 ui.theory_link(3, "what the replicas measure, the variance split, B_simple")
 
-DEFAULTS = cfg.MLPConfig.parse({"setting": "mlp", "preset": "laptop"}).to_json()
-raw0, d, k = ui.field_helpers("mlp", "mlp", DEFAULTS)
+raw0, d, k = ui.field_helpers("mlp", "mlp")
 
 
 sb = st.sidebar
-ui.presets_and_upload("mlp", {name: {"preset": name} for name in cfg.MLP_PRESETS}, raw0, "mlp")
+ui.presets_and_upload("mlp", "mlp")
 ds0 = d("dataset") if isinstance(d("dataset"), dict) else {"name": d("dataset")}
 names = ["digits", "fashion_mnist", "idx"]
 ds_name = sb.selectbox("Dataset", names, index=names.index(ds0.get("name", "digits")), key=k("ds"),
@@ -72,6 +71,6 @@ meta = sim["meta"]
 st.caption(f"{meta['device']}; sampler: {meta['sampler_label']}; var(g) is the across-replica variance of the "
            "gradient on a fresh uniform mini-batch at the weights reached at each epoch; bands: "
            f"{sim['band']}.")
-ui.classifier_divergence(sim)
+ui.divergence_notice(config, sim)
 
 ui.classifier_results(config, sim, with_gap=True)

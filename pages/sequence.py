@@ -15,12 +15,11 @@ st.caption("A transformer encoder classifier (own attention, no dropout) on the 
            "variance reported is that of the stochastic gradient before clipping and Adam, as in the paper.")
 ui.theory_link(3, "what the replicas measure, the variance split, B_simple")
 
-DEFAULTS = cfg.SequenceConfig.parse({"setting": "sequence", "preset": "laptop"}).to_json()
-raw0, d, k = ui.field_helpers("seq", "sequence", DEFAULTS)
+raw0, d, k = ui.field_helpers("seq", "sequence")
 
 
 sb = st.sidebar
-ui.presets_and_upload("seq", {name: {"preset": name} for name in cfg.SEQUENCE_PRESETS}, raw0, "sequence")
+ui.presets_and_upload("seq", "sequence")
 c0 = d("corpus") if isinstance(d("corpus"), dict) else {"name": d("corpus")}
 names = ["yelp", "amazon", "imdb", "all", "file"]
 corpus_name = sb.selectbox("Corpus", names, index=names.index(c0.get("name", "yelp")), key=k("corpus"),
@@ -67,5 +66,5 @@ if sim is None:
     st.stop()
 st.caption(f"{sim['meta']['device']}; sampler: {sim['meta']['sampler_label']}; vocabulary "
            f"{sim['meta']['vocab_size']} tokens; bands: {sim['band']}.")
-ui.classifier_divergence(sim)
+ui.divergence_notice(config, sim)
 ui.classifier_results(config, sim, with_gap=False)

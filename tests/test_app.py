@@ -196,13 +196,11 @@ def test_sequence_page_small_run():
 def test_every_preset_parses_and_its_theory_and_estimate_are_quick():
     """Presets are complete configs; what the page computes live for them (theory, estimate) takes seconds."""
     from backend import api
-    from backend.config import DEEP_LINEAR_PRESETS, MLP_PRESETS, PRESETS, SEQUENCE_PRESETS, parse_config
+    from backend.config import parse_config
     from backend.errors import ConfigError
 
-    raws = [{"setting": "linear_regression", **p} for p in PRESETS.values()]
-    raws += [{"setting": "deep_linear", **p} for p in DEEP_LINEAR_PRESETS.values()]
-    raws += [{"setting": "mlp", "preset": name} for name in MLP_PRESETS]
-    raws += [{"setting": "sequence", "preset": name} for name in SEQUENCE_PRESETS]
+    raws = [{"setting": s["name"], "preset": name} for s in api.registry() for name in s["presets"]]
+    assert len(raws) == 10
     for raw in raws:
         t0 = time.time()
         try:

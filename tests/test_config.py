@@ -74,3 +74,30 @@ def test_not_json():
     with pytest.raises(ConfigError) as err:
         loads("{steps: 3")
     assert err.value.field == "config"
+
+
+def test_one_preset_mechanism_for_every_setting():
+    """{"setting": s, "preset": name} is the preset's fields over the defaults, and fields given beside it win."""
+    from backend import api
+
+    for s in api.registry():
+        for name in s["presets"]:
+            if s["name"] == "mlp" and name == "paper":
+                continue  # Fashion-MNIST (a Debian package) may be absent
+            cfg = parse_config({"setting": s["name"], "preset": name, "seed": 7})
+            assert cfg.seed == 7
+    fig2b = parse_config({"preset": "paper (Figure 2b)"})
+    assert fig2b.steps == 40 and len(fig2b.batch_sizes) == 21 and fig2b.replicas == 200_000
+    assert parse_config({"setting": "deep_linear", "preset": "paper (Figure 3)"}).dims == (64, 256, 128)
+    assert parse_config({"setting": "sequence"}) == parse_config({"setting": "sequence", "preset": "laptop"})
+    with pytest.raises(ConfigError, match="^preset: expected one of"):
+        parse_config({"setting": "deep_linear", "preset": "huge"})
+
+
+def test_every_setting_round_trips_through_the_url():
+    """to_query / from_query reproduce each setting's config, text fields (tokenizer, sampler, dtype) included."""
+    from backend.config import from_query, to_query
+
+    for raw in ({}, {"setting": "deep_linear"}, {"setting": "mlp"}, {"setting": "sequence", "tokenizer": "char"}):
+        cfg = parse_config(raw)
+        assert parse_config(from_query(to_query(cfg))) == cfg

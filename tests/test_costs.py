@@ -50,18 +50,9 @@ MEASURED_H100 = [
 ]
 
 
-def _deep_preset(raw: dict) -> dict:
-    from backend.config import DEEP_LINEAR_PRESETS
-
-    if raw.get("preset") in DEEP_LINEAR_PRESETS:
-        raw = {**{k: v for k, v in raw.items() if k != "preset"}, **DEEP_LINEAR_PRESETS[raw["preset"]],
-               "batch_sizes": raw["batch_sizes"]}
-    return raw
-
-
 @pytest.mark.parametrize("raw,seconds", MEASURED_H100, ids=lambda x: str(x)[:40])
 def test_gpu_time_model_matches_the_h100_measurements(raw, seconds):
-    est = api.estimate(parse_config(_deep_preset(raw)))
+    est = api.estimate(parse_config(raw))
     assert costs.gpu_seconds(est, H100_RATE) == pytest.approx(seconds, rel=0.2)
 
 

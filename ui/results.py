@@ -20,25 +20,38 @@ def polynomial_table(poly: dict, t: int) -> None:
                        "application/json")
 
 
-def time_chart_with_caption(theory: dict, sim: dict | None, config, quantity: str, label: str, log: bool,
+def time_chart_with_caption(theory: dict | None, sim: dict | None, config, quantity: str, label: str, log: bool,
                             estimate_name: str | None = None):
+    """The one chart path (backend/charts.py) for every setting: the exact curve where there is theory, the replica
+    estimate over its band; ``estimate_name`` draws another estimator of the same quantity (e.g. var_g_rb)."""
     sim_curves = None
     if sim is not None:
         sim_curves = dict(sim["curves"])
         if estimate_name and estimate_name in sim_curves:
             sim_curves[quantity] = sim_curves[estimate_name]
-    df = charts.curves_frame(theory["t"], config.batch_sizes, theory["curves"], sim_curves, quantity,
-                             None if sim is None else sim["finite_count"])
-    chart = charts.time_chart(df, label, log=log)
+    th_curves = theory["curves"] if theory is not None else None
+    x = theory["t"] if theory is not None else sim["x"]
+    x_name = sim["x_name"] if sim is not None else "t"
+    band = sim.get("band", "95 %") if sim is not None else "95 %"
+    df = charts.curves_frame(x, config.batch_sizes, th_curves, sim_curves, quantity,
+                             None if sim is None else sim["finite_count"], x_name=x_name)
+    chart = charts.time_chart(df, label, log=log, x_name=x_name,
+                              x_title="epoch" if x_name == "epoch" else "iteration t", band=band)
     st.altair_chart(chart, width="stretch")
     drawn = charts.drawn_summary(df)
-    st.caption(f"Drawn: exact {drawn['exact']} points; replica estimate {drawn['estimate']} points with 95 % band.")
+    if drawn["exact"]:
+        st.caption(f"Drawn: exact {drawn['exact']} points; replica estimate {drawn['estimate']} points with 95 % band.")
+    else:
+        st.caption(f"Drawn: replica estimate {drawn['estimate']} points with its band ({band}).")
     return chart
 
 
-def downloads(prefix: str, config, theory: dict, sim: dict | None, quantities, chart_by_name: dict) -> None:
-    st.download_button("Curves (CSV)", export.curves_csv(theory["t"], config.batch_sizes, theory["curves"], sim,
-                                                         tuple(quantities)), "batchvar_curves.csv", "text/csv")
+def downloads(prefix: str, config, theory: dict | None, sim: dict | None, quantities, chart_by_name: dict) -> None:
+    """The curves (CSV: exact and estimate with SE and band per b, x and quantity), the config (JSON) and a chart."""
+    x, x_name = (theory["t"], "t") if theory is not None else (sim["x"], sim["x_name"])
+    st.download_button("Curves (CSV)", export.curves_csv(x, config.batch_sizes, None if theory is None else
+                                                         theory["curves"], sim, tuple(quantities), x_name),
+                       "batchvar_curves.csv", "text/csv")
     st.download_button("Config (JSON, reloadable)", export.config_json(config), "batchvar_config.json",
                        "application/json")
     which = st.selectbox("Chart", list(chart_by_name), key=f"{prefix}_dlq")
@@ -53,41 +66,11 @@ def downloads(prefix: str, config, theory: dict, sim: dict | None, quantities, c
 
 def classifier_results(config, sim: dict, with_gap: bool) -> None:
     """Tabs for the replica classifiers (MLP, sequence model): variance, loss/error, gap, the split, downloads."""
-    import json
-
     import altair as alt
-    import numpy as np
     import pandas as pd
 
-    from backend import charts as ch
-
-    def frame(quantity: str, lo: str | None, hi: str | None) -> pd.DataFrame:
-        rows = []
-        for b in config.batch_sizes:
-            c = sim["curves"][b]
-            df = pd.DataFrame({"epoch": sim["epoch"], "b": str(b), "value": c[quantity]})
-            df["lo"] = c[lo] if lo else np.nan
-            df["hi"] = c[hi] if hi else np.nan
-            rows.append(df)
-        return pd.concat(rows, ignore_index=True)
-
-    def chart(df: pd.DataFrame, title: str, log: bool = False) -> alt.Chart:
-        df = df.copy()
-        if log:
-            for col in ("value", "lo", "hi"):
-                df[col] = df[col].where(df[col] > 0)
-        scale = alt.Scale(type="log") if log else alt.Scale(zero=False)
-        sel = alt.selection_point(fields=["b"], bind="legend")
-        base = alt.Chart(df.dropna(subset=["value"])).encode(
-            x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1, format="d")), color=alt.Color("b:N", sort=[str(b) for b in config.batch_sizes], title="b"),
-            opacity=alt.condition(sel, alt.value(1.0), alt.value(0.15)))
-        band = base.mark_area(opacity=0.25).encode(y=alt.Y("lo:Q", scale=scale, title=title), y2="hi:Q")
-        line = base.mark_line(point=len(df) < 200).encode(y=alt.Y("value:Q", scale=scale),
-                                                          tooltip=["b", "epoch", "value"])
-        out = (band + line).add_params(sel).properties(title=title, height=280)
-        st.altair_chart(out, width="stretch")
-        st.caption(f"Drawn: replica estimate {int(df['value'].notna().sum())} points.")
-        return out
+    def chart(quantity: str, title: str, log: bool = False):
+        return time_chart_with_caption(None, sim, config, quantity, title, log)
 
     names = ["Variance", "Loss and error"] + (["Generalization gap"] if with_gap else []) + ["Variance split",
                                                                                               "Downloads"]
@@ -96,20 +79,18 @@ def classifier_results(config, sim: dict, with_gap: bool) -> None:
     tab_g = tabs.get("Generalization gap")
     charts_by_name = {}
     with tab_v:
-        charts_by_name["var(g)"] = chart(frame("var_g", "var_g_lo", "var_g_hi"), "var(g) across replicas (log)",
-                                         True)
+        charts_by_name["var(g)"] = chart("var_g", "var(g) across replicas (log)", True)
         st.caption(f"Line: median over initial weights; band: {sim['band']}.")
         share = api.b_ordering_share(sim)
         st.write(f"var(g) decreases with b at {100 * share:.0f} % of the epochs (all batch sizes ordered).")
     with tab_l:
         for q, title in (("loss_train", "training loss"), ("loss_val", "validation loss"),
                          ("error_train", "training error"), ("error_val", "validation error")):
-            charts_by_name[title] = chart(frame(q, f"{q}_lo", f"{q}_hi"), title)
+            charts_by_name[title] = chart(q, title)
         st.caption(f"Lines: mean over all replicas; bands: {sim['band']}.")
     if tab_g is not None:
         with tab_g:
-            charts_by_name["gap"] = chart(frame("gap_distorted", "gap_distorted_lo", "gap_distorted_hi"),
-                                          "accuracy(train) − accuracy(distorted validation)")
+            charts_by_name["gap"] = chart("gap_distorted", "accuracy(train) − accuracy(distorted validation)")
             st.caption(f"Elastic distortion α = {config.distortion['alpha']}, σ = {config.distortion['sigma']} "
                        f"(Simard et al.), measured every {config.distortion['every']} epochs.")
     with tab_s:
@@ -121,19 +102,19 @@ def classifier_results(config, sim: dict, with_gap: bool) -> None:
                     "the second is the spread of the full gradient across replicas.")
         theory_link(3, "the variance split, the covariance convention and B_simple")
         rows = []
-        for b in config.batch_sizes:
-            c = sim["curves"][b]
-            for name, vals in (("total var(g)", c["var_g"]), ("one-step noise", c["noise_one_step"]),
-                               ("spread of ∇L", c["noise_spread"]),
-                               ("one-step + spread", c["noise_one_step"] + c["noise_spread"])):
+        value = {q: sim["curves"][q]["value"] for q in ("var_g", "noise_one_step", "noise_spread", "b_simple")}
+        for j, b in enumerate(config.batch_sizes):
+            for name, vals in (("total var(g)", value["var_g"][j]), ("one-step noise", value["noise_one_step"][j]),
+                               ("spread of ∇L", value["noise_spread"][j]),
+                               ("one-step + spread", value["noise_one_step"][j] + value["noise_spread"][j])):
                 rows.append(pd.DataFrame({"epoch": sim["epoch"], "b": str(b), "term": name, "value": vals}))
         split = pd.concat(rows, ignore_index=True)
         split = split[split["value"] > 0]
         st.altair_chart(alt.Chart(split).mark_line().encode(
             x="epoch:Q", y=alt.Y("value:Q", scale=alt.Scale(type="log")), color="term:N", strokeDash="b:N",
             tooltip=["b", "term", "epoch", "value"]).properties(height=300), width="stretch")
-        ns = pd.concat([pd.DataFrame({"epoch": sim["epoch"], "b": str(b), "B_simple": sim["curves"][b]["b_simple"]})
-                        for b in config.batch_sizes])
+        ns = pd.concat([pd.DataFrame({"epoch": sim["epoch"], "b": str(b), "B_simple": value["b_simple"][j]})
+                        for j, b in enumerate(config.batch_sizes)])
         rule = pd.DataFrame({"b_line": [float(b) for b in config.batch_sizes], "b": [str(b) for b in config.batch_sizes]})
         st.altair_chart((alt.Chart(ns).mark_line().encode(x="epoch:Q", y=alt.Y("B_simple:Q", scale=alt.Scale(type="log"),
                                                                               title="B_simple = tr Σ / ‖G‖²"), color="b:N")
@@ -144,29 +125,12 @@ def classifier_results(config, sim: dict, with_gap: bool) -> None:
                    "the one-step noise tr Σ / b equals the squared signal ‖∇L‖²), ‖∇L‖² estimated without bias from "
                    "the subsample; median over initial weights. Dashed: the batch sizes run.")
         last = len(sim["epoch"]) - 1
-        st.dataframe(pd.DataFrame([{"b": b, **{f"{label} (epoch {last})": f"{c[q][last]:.4g} ± {c[q + '_se'][last]:.2g}"
+        c = sim["curves"]
+        st.dataframe(pd.DataFrame([{"b": b, **{f"{label} (epoch {last})":
+                                               f"{c[q]['value'][j, last]:.4g} ± {c[q]['se'][j, last]:.2g}"
                                                for q, label in (("var_g", "var(g)"), ("noise_one_step", "one-step"),
                                                                 ("noise_spread", "spread"), ("b_simple", "B_simple"))}}
-                                   for b, c in ((b, sim["curves"][b]) for b in config.batch_sizes)]),
-                     hide_index=True)
+                                   for j, b in enumerate(config.batch_sizes)]), hide_index=True)
         st.caption("± one standard error given the initial weights (replica noise; docs/theory.md §4).")
     with tab_dl:
-        rows = []
-        for b in config.batch_sizes:
-            df = pd.DataFrame({"epoch": sim["epoch"]})
-            df["b"] = b
-            for f in api.quantities(config):
-                df[f] = sim["curves"][b][f]
-                if f"{f}_se" in sim["curves"][b]:
-                    df[f"{f}_se"] = sim["curves"][b][f"{f}_se"]
-            rows.append(df)
-        st.download_button("Curves (CSV)", pd.concat(rows).to_csv(index=False), "batchvar_mlp.csv", "text/csv")
-        st.download_button("Config (JSON, reloadable)", json.dumps(config.to_json(), indent=2),
-                           "batchvar_config.json", "application/json")
-        which = st.selectbox("Chart", list(charts_by_name), key="mlp_dlq")
-        if st.button("Prepare the chart as PNG and SVG", key="mlp_prep"):
-            st.session_state.mlp_png = ch.to_png(charts_by_name[which])
-            st.session_state.mlp_svg = ch.to_svg(charts_by_name[which])
-        if "mlp_png" in st.session_state:
-            st.download_button("Chart (PNG)", st.session_state.mlp_png, "batchvar_chart.png", "image/png")
-            st.download_button("Chart (SVG)", st.session_state.mlp_svg, "batchvar_chart.svg", "image/svg+xml")
+        downloads(config.setting, config, None, sim, api.quantities(config), charts_by_name)

@@ -62,14 +62,8 @@ def run_panel(prefix: str, config, what: str) -> dict | None:
     return sim
 
 
-def classifier_divergence(sim: dict) -> None:
-    for row in sim["meta"]["per_b"]:
-        if row["diverged_at"] is not None:
-            st.warning(f"b = {row['b']}: {row['diverged_replicas']} replica(s) diverged, the first at step "
-                       f"{row['diverged_at']}; later statistics use the replicas that stayed finite.")
-
-
 def divergence_notice(config, sim: dict) -> None:
+    """A warning per batch size whose replicas diverged (any setting: the one result shape's meta)."""
     meta = sim["meta"]
     for j, (b, at, cnt) in enumerate(zip(config.batch_sizes, meta["diverged_at"], meta["diverged_replicas"])):
         if at is not None:

@@ -7,6 +7,7 @@ import re
 
 import streamlit as st
 
+from backend import api
 from backend import config as cfg
 from backend.cache import default_cache
 from backend.errors import ConfigError, one_line
@@ -42,9 +43,10 @@ def initial_raw(prefix: str, setting: str) -> dict:
     return st.session_state[f"{prefix}_raw"]
 
 
-def field_helpers(prefix: str, setting: str, defaults: dict):
+def field_helpers(prefix: str, setting: str):
     """(raw0, d, k): the starting raw config, d(field) → its value or the default, k(name) → a widget key that
     changes when a preset or file is loaded (so the widgets take the new values)."""
+    defaults = api.defaults(setting)
     raw0 = initial_raw(prefix, setting)
     gen = st.session_state[f"{prefix}_gen"]
 
@@ -58,17 +60,19 @@ def field_helpers(prefix: str, setting: str, defaults: dict):
 
 
 def load(prefix: str, raw: dict) -> None:
-    st.session_state[f"{prefix}_raw"] = raw
+    """Start the widgets from ``raw`` (a preset, if it names one, expanded into its fields)."""
+    st.session_state[f"{prefix}_raw"] = api.expand_preset(raw)
     st.session_state[f"{prefix}_gen"] += 1
     st.rerun()
 
 
-def presets_and_upload(prefix: str, presets: dict, raw0: dict, setting: str) -> None:
+def presets_and_upload(prefix: str, setting: str) -> None:
+    """Apply one of the setting's presets (a complete config), or load a config file downloaded earlier."""
     gen = st.session_state[f"{prefix}_gen"]
     with st.sidebar.expander("Presets and saved configs", expanded=False):
-        preset = st.selectbox("Preset", list(presets), key=f"{prefix}_preset_{gen}")
+        preset = st.selectbox("Preset", api.presets(setting), key=f"{prefix}_preset_{gen}")
         if st.button("Apply preset", key=f"{prefix}_apply_{gen}"):
-            load(prefix, {**raw0, "setting": setting, **presets[preset]})
+            load(prefix, {"setting": setting, "preset": preset})
         up = st.file_uploader("Load a config (JSON)", type=["json"], key=f"{prefix}_cfgup_{gen}")
         if up is not None and st.button("Load config", key=f"{prefix}_load_{gen}"):
             try:

@@ -15,6 +15,7 @@ import torch
 
 from backend.cache import CODE_VERSION, ResultCache
 from backend.engine import mlp as engine
+from backend.curves import curves_result
 from backend.errors import ConfigError
 from backend.progress import Progress
 from backend.settings.base import Quantity, cache_key, simulation_key
@@ -115,36 +116,39 @@ MEDIAN_OVER_INITS = ("var_g", "noise_one_step", "noise_spread", "b_simple")  # t
 
 
 def shape_result(config, meta: dict, arrays: dict, hit: bool) -> dict[str, Any]:
-    """Per b, arrays over epochs, for every estimated quantity q (engine.ESTIMATED):
-    - q: the median over initial weights for the variances and B_simple (the paper's summary), the mean over inits for
-      losses, errors and the gap;
-    - q_se: its standard error given the inits (replica noise only): the SE of the median init's estimate (the two
+    """The run as the one result shape (backend/curves.py) over epochs; per estimated quantity q (engine.ESTIMATED),
+    arrays (B, epochs + 1):
+    - value: the median over initial weights for the variances and B_simple (the paper's summary), the mean over
+      inits for losses, errors and the gap;
+    - se: its standard error given the inits (replica noise only): the SE of the median init's estimate (the two
       middle ones averaged for an even count) or sqrt(Σ_k se_k²)/K for the mean;
-    - q_min, q_max over inits; q_lo, q_hi the band: min–max over inits (K > 1) or the 95 % t-interval of the replica
-      estimate (K = 1);
-    - q_per_init, q_per_init_se: arrays (epochs + 1, K) of the per-init estimates and their SEs.
-    Also ``finite`` (replicas alive) and ``per_init`` (every per-init array the engine kept)."""
-    curves: dict[int, dict[str, np.ndarray]] = {}
+    - min, max over inits; lo, hi the band: min–max over inits (K > 1) or the 95 % t-interval of the replica
+      estimate (K = 1) — ``band`` says which;
+    - per_init, per_init_se: (B, epochs + 1, K), the per-init estimates and their SEs.
+    ``per_init`` at the top level keeps every per-init array the engine recorded, per b."""
     t95 = t_quantile(0.95, max(config.replicas - 1, 1))
-    for b in config.batch_sizes:
-        s = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{b}.")}
-        c: dict[str, np.ndarray] = {}
-        for q in engine.ESTIMATED:
-            v, se = s[q], s[f"{q}_se"]
-            c[q], c[f"{q}_se"] = (median_with_se if q in MEDIAN_OVER_INITS else mean_with_se)(v, se)
-            c[f"{q}_min"], c[f"{q}_max"] = nan_reduce(np.nanmin, v), nan_reduce(np.nanmax, v)
+    raw = {b: {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{b}.")} for b in config.batch_sizes}
+    curves: dict[str, dict[str, np.ndarray]] = {}
+    for q in engine.ESTIMATED:
+        rows = []
+        for b in config.batch_sizes:
+            v, se = raw[b][q], raw[b][f"{q}_se"]
+            value, value_se = (median_with_se if q in MEDIAN_OVER_INITS else mean_with_se)(v, se)
+            row = {"value": value, "se": value_se, "min": nan_reduce(np.nanmin, v), "max": nan_reduce(np.nanmax, v),
+                   "per_init": v, "per_init_se": se}
             if config.inits > 1:  # the paper's band: the spread over initial weights
-                c[f"{q}_lo"], c[f"{q}_hi"] = c[f"{q}_min"], c[f"{q}_max"]
+                row["lo"], row["hi"] = row["min"], row["max"]
             else:  # one initial weight: the 95 % interval of the replica estimate
-                c[f"{q}_lo"], c[f"{q}_hi"] = c[q] - t95 * c[f"{q}_se"], c[q] + t95 * c[f"{q}_se"]
-            c[f"{q}_per_init"], c[f"{q}_per_init_se"] = v, se
-        c["finite"] = np.nansum(s["finite"], axis=1)
-        c["per_init"] = s  # type: ignore[assignment]
-        curves[b] = c
+                row["lo"], row["hi"] = value - t95 * value_se, value + t95 * value_se
+            rows.append(row)
+        curves[q] = {stat: np.stack([r[stat] for r in rows]) for stat in rows[0]}
+    finite = np.stack([np.nansum(raw[b]["finite"], axis=1) for b in config.batch_sizes])
+    meta = {**meta, "diverged_at": [row["diverged_at"] for row in meta["per_b"]],
+            "diverged_replicas": [row["diverged_replicas"] for row in meta["per_b"]]}
     band = ("min–max over initial weights" if config.inits > 1 else
             f"95 % interval from the {config.replicas} replicas (one initial weight)")
-    return {"epoch": np.arange(config.epochs + 1), "batch_sizes": list(config.batch_sizes), "curves": curves,
-            "meta": meta, "cached": hit, "band": band}
+    return curves_result("epoch", np.arange(config.epochs + 1), config.batch_sizes, curves, finite, meta, hit,
+                         band=band, per_init=raw)
 
 
 def cached_checkpoint_epoch(config, device: torch.device, cache: ResultCache) -> dict[int, int]:
@@ -159,6 +163,5 @@ def cached_checkpoint_epoch(config, device: torch.device, cache: ResultCache) ->
 
 def b_ordering_share(result: dict[str, Any], quantity: str = "var_g") -> float:
     """Share of epochs (after epoch 0) at which var_g strictly decreases with b across all batch sizes."""
-    bs = result["batch_sizes"]
-    vals = np.stack([result["curves"][b][quantity] for b in bs])[:, 1:]
+    vals = result["curves"][quantity]["value"][:, 1:]
     return float(np.mean(np.all(np.diff(vals, axis=0) < 0, axis=0)))

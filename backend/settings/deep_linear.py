@@ -16,6 +16,7 @@ from backend.cache import CODE_VERSION, ResultCache
 from backend.config import DEEP_LINEAR_PRESETS as PRESETS  # noqa: F401  (the setting's presets, as data)
 from backend.config import DeepLinearConfig
 from backend.costs import combine_costs
+from backend.curves import curves_result, unpack_stats
 from backend.engine import deep_linear as engine
 from backend.errors import ConfigError, TooExpensive
 from backend.exact import fraction_str
@@ -197,14 +198,8 @@ def cached_simulation(config: DeepLinearConfig, device: torch.device, cache: Res
 
 
 def _sim_result(config: DeepLinearConfig, meta: dict, arrays: dict, hit: bool) -> dict[str, Any]:
-    curves: dict[str, dict[str, np.ndarray]] = {}
-    for k, v in arrays.items():
-        if "." in k:
-            name, stat = k.rsplit(".", 1)
-            curves.setdefault(name, {})[stat] = v
-    return {"t": np.asarray(engine.recorded_steps(config.steps, config.record_every)),
-            "batch_sizes": list(config.batch_sizes), "curves": curves, "finite_count": arrays["finite_count"],
-            "meta": meta, "cached": hit}
+    return curves_result("t", np.asarray(engine.recorded_steps(config.steps, config.record_every)),
+                         config.batch_sizes, unpack_stats(arrays), arrays["finite_count"], meta, hit)
 
 
 def heavy_tail_flags(sim: dict[str, Any], quantity: str = "var_g", exact: np.ndarray | None = None) -> np.ndarray:

@@ -15,6 +15,7 @@ from backend.cache import CODE_VERSION, ResultCache, default_cache, make_key
 from backend.config import PRESETS as PRESETS  # noqa: F401  (the setting's presets, as data)
 from backend.config import SAMPLER_LABELS, LinearRegressionConfig
 from backend.costs import combine_costs
+from backend.curves import curves_result, unpack_stats
 from backend.engine import linreg as engine
 from backend.errors import ConfigError, TooExpensive
 from backend.exact import jsonable_number, rational, to_fraction, to_rational_array
@@ -180,13 +181,8 @@ def paper_fit(b: np.ndarray, values: np.ndarray, degree: int = 6) -> np.ndarray:
 
 
 def _sim_result(config, meta: dict, arrays: dict, hit: bool) -> dict[str, Any]:
-    curves: dict[str, dict[str, np.ndarray]] = {}
-    for k, v in arrays.items():
-        if "." in k:
-            name, stat = k.rsplit(".", 1)
-            curves.setdefault(name, {})[stat] = v
-    return {"t": np.arange(config.steps + 1), "batch_sizes": list(config.batch_sizes), "curves": curves,
-            "finite_count": arrays["finite_count"], "meta": meta, "cached": hit}
+    return curves_result("t", np.arange(config.steps + 1), config.batch_sizes, unpack_stats(arrays),
+                         arrays["finite_count"], meta, hit)
 
 
 def simulate(config: LinearRegressionConfig, device: torch.device, cache: ResultCache, progress: Progress,
