@@ -17,10 +17,14 @@ import torch
 
 from backend import settings
 from backend.cache import ResultCache, default_cache
-from backend.config import SAMPLER_LABELS  # noqa: F401  (linear regression's sampler labels)
-from backend.config import expand_preset, parse_config  # noqa: F401
+# what the pages need of the config boundary and the data readers (pages import only this module and the charts)
+from backend.config import (DTYPES, MAX_REPLICAS, MIN_REPLICAS, MLP_SAMPLERS, SAMPLER_LABELS, SAMPLERS,  # noqa: F401
+                            SCHEDULES, expand_preset, from_query, loads, paper_batch_sizes, parse_config, to_query)
+from backend.datasets import MAX_UPLOAD_BYTES, parse_csv_text  # noqa: F401
+from backend.docs import theory_preamble, theory_sections  # noqa: F401
+from backend.exact import jsonable_number  # noqa: F401
 from backend.costs import device_name, device_seconds
-from backend.errors import ConfigError, TooExpensive
+from backend.errors import ConfigError, TooExpensive  # noqa: F401  (ConfigError: the one error a page shows)
 from backend.latex import polynomial_equation, polynomial_latex  # noqa: F401
 from backend.progress import Progress, as_progress
 from backend.settings import base

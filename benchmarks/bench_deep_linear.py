@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backend.config import DEEP_LINEAR_PRESETS, parse_config  # noqa: E402
+from backend.config import parse_config  # noqa: E402
 from backend.engine.deep_linear import SigmaSampler, reduced_dims, run_replicas  # noqa: E402
 
 
@@ -77,7 +77,7 @@ def main() -> None:
             row.append(f"{(time.perf_counter() - t0) / n / R * 1e6:10.1f} µs")
         print(f"    b = {b:5d}: Bartlett {row[0]}   direct {row[1]}")
 
-    cfg = parse_config({"setting": "deep_linear", **DEEP_LINEAR_PRESETS["paper (Figure 3)"]})
+    cfg = parse_config({"setting": "deep_linear", "preset": "paper (Figure 3)"})
     steps = 20 if args.quick else cfg.steps
     W0 = [np.asarray(M, dtype=np.float64) for M in cfg.w0_values]
     T = [np.asarray(M, dtype=np.float64) for M in cfg.teacher_values]

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("BATCHVAR_CACHE_DIR", tempfile.mkdtemp(prefix="batchvar-gpu-cache-"))
 
 from backend import api, costs  # noqa: E402
-from backend.config import DEEP_LINEAR_PRESETS, parse_config  # noqa: E402
+from backend.config import parse_config  # noqa: E402
 from backend.engine import deep_linear as deep  # noqa: E402
 from backend.engine import linreg  # noqa: E402
 from backend.engine import mlp as mlp_engine  # noqa: E402
@@ -132,7 +132,7 @@ def time_deep(dev: torch.device, small: bool) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_deep_linear import naive_loop
 
-    cfg = parse_config({"setting": "deep_linear", **DEEP_LINEAR_PRESETS["paper (Figure 3)"]})
+    cfg = parse_config({"setting": "deep_linear", "preset": "paper (Figure 3)"})
     steps, R = (50, 100) if small else (cfg.steps, cfg.replicas)
     W0 = [np.asarray(M, dtype=np.float64) for M in cfg.w0_values]
     T = [np.asarray(M, dtype=np.float64) for M in cfg.teacher_values]

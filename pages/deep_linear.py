@@ -10,8 +10,6 @@ import streamlit as st
 import ui
 
 from backend import api, charts
-from backend import config as cfg
-from backend.errors import ConfigError
 
 st.title("Deep linear networks: variance of SGD against the batch size")
 st.caption("A student W_d⋯W_1 learns a teacher W_d*⋯W_1* by online SGD on fresh Gaussian samples x ~ N(0, I_p), "
@@ -51,7 +49,7 @@ lr = ui.widgets.schedule(d, k, help="the paper's α_t = 1/(10t) is inverse with 
 steps = sb.slider("Iterations T", 1, 2000, max(1, min(int(d("steps")), 2000)), key=k("steps"))
 batch_sizes = ui.widgets.batch_sizes(d, k, [2**i for i in range(13)])
 replicas, seed = ui.widgets.replicas_and_seed(d, k)
-dtype = sb.selectbox("Precision", cfg.DTYPES, index=cfg.DTYPES.index(d("dtype")), key=k("dtype"))
+dtype = sb.selectbox("Precision", api.DTYPES, index=api.DTYPES.index(d("dtype")), key=k("dtype"))
 record_every = sb.number_input("Record statistics every … steps", 1, 10_000, int(d("record_every")), key=k("rec"),
                                help="1 records every step; larger values make long runs of big networks cheaper")
 ui.clear_cache_button()
@@ -145,7 +143,7 @@ with tab_poly:
             st.write(f"Degree {poly['degree']} in 1/b; method: {poly['method']}; "
                      + (f"b₀ = {poly['b0']:.4g}." if poly["b0"] is not None else ""))
             ui.polynomial_table(poly, int(tp))
-        except ConfigError as e:
+        except api.ConfigError as e:
             st.error(ui.user_text(e))
 
 with tab_z:

@@ -9,10 +9,6 @@ import streamlit as st
 import ui
 
 from backend import api, charts
-from backend import config as cfg
-from backend.datasets import MAX_UPLOAD_BYTES, parse_csv_text
-from backend.errors import ConfigError
-from backend.exact import jsonable_number
 
 st.title("Linear regression: variance of SGD against the batch size")
 st.caption("Finite sum, mini-batches drawn without replacement (paper §3.1).")
@@ -43,19 +39,19 @@ elif source == "upload CSV":
     if f is None:
         st.info("Upload a CSV in the sidebar to continue, or pick another dataset.")
         st.stop()
-    if f.size > MAX_UPLOAD_BYTES:
-        st.error(f"The file is {f.size / 2**20:.1f} MiB; the limit is {MAX_UPLOAD_BYTES / 2**20:.0f} MiB.")
+    if f.size > api.MAX_UPLOAD_BYTES:
+        st.error(f"The file is {f.size / 2**20:.1f} MiB; the limit is {api.MAX_UPLOAD_BYTES / 2**20:.0f} MiB.")
         st.stop()
     text = f.getvalue().decode("utf-8", errors="replace")
     header = text.splitlines()[0].split(",") if text.strip() else []
     target = sb.selectbox("Target column", [h.strip() for h in header][::-1], key=k("target"))
     try:
-        data = parse_csv_text(text, target)
-    except ConfigError as e:
+        data = api.parse_csv_text(text, target)
+    except api.ConfigError as e:
         st.error(f"Cannot use that CSV: {ui.user_text(e.message)}")
         st.stop()
-    dataset = {"name": "inline", "X": [[jsonable_number(v) for v in row] for row in data.X],
-               "y": [jsonable_number(v) for v in data.y], "columns": [*data.feature_names, data.target_name]}
+    dataset = {"name": "inline", "X": [[api.jsonable_number(v) for v in row] for row in data.X],
+               "y": [api.jsonable_number(v) for v in data.y], "columns": [*data.feature_names, data.target_name]}
 else:
     dataset = ds0
 
@@ -76,10 +72,10 @@ else:
 lr = ui.widgets.schedule(d, k, c_label="c (e.g. 1/2 or 0.05)")
 steps = sb.slider("Iterations T", 1, 5000, min(int(d("steps")), 5000) or 1, key=k("steps"))
 n_hint = 500 if source == "graduate_admission" else None
-batch_sizes = ui.widgets.batch_sizes(d, k, cfg.paper_batch_sizes(n_hint or 500) + [1, 2, 4, 8, 16, 32, 64, 128, 256])
+batch_sizes = ui.widgets.batch_sizes(d, k, api.paper_batch_sizes(n_hint or 500) + [1, 2, 4, 8, 16, 32, 64, 128, 256])
 replicas, seed = ui.widgets.replicas_and_seed(d, k)
-sampler = sb.selectbox("Sampler", cfg.SAMPLERS, index=cfg.SAMPLERS.index(d("sampler")), key=k("sampler"),
-                       format_func=lambda s: s.replace("_", " "), help="\n\n".join(cfg.SAMPLER_LABELS.values()))
+sampler = sb.selectbox("Sampler", api.SAMPLERS, index=api.SAMPLERS.index(d("sampler")), key=k("sampler"),
+                       format_func=lambda s: s.replace("_", " "), help="\n\n".join(api.SAMPLER_LABELS.values()))
 ui.clear_cache_button()
 
 raw = {"setting": "linear_regression", "dataset": dataset, "standardize": standardize, "intercept": intercept,
@@ -90,7 +86,7 @@ config = ui.validated(raw)
 # -- theory (live) -------------------------------------------------------------------------------------------------
 theory = api.theory(config)
 st.caption(f"n = {config.n} samples, p = {config.p} weights ({', '.join(config.feature_names)}); "
-           f"{config.lr.describe()}; sampler: {cfg.SAMPLER_LABELS[config.sampler]}.")
+           f"{config.lr.describe()}; sampler: {api.SAMPLER_LABELS[config.sampler]}.")
 if not theory["available"]:
     st.info(f"{theory['note']}: only replica estimates are shown.")
 
@@ -126,7 +122,7 @@ with tab_b:
             fb = np.array(config.batch_sizes)
             fv = sim["curves"]["var_g"]["value"][:, t_sel]
         else:
-            fb = np.array([b for b in cfg.paper_batch_sizes(config.n) if b <= config.n])
+            fb = np.array([b for b in api.paper_batch_sizes(config.n) if b <= config.n])
             fv = exact_t[np.searchsorted(all_b["b"], fb)]
         coef = api.paper_fit(fb, fv, degree=6)
         fits = {f"paper's degree-6 fit ({fit_src})": api.eval_poly_inv_b(list(coef), all_b["b"])}
@@ -159,7 +155,7 @@ with tab_poly:
                      + ("without replacement c_b = (n−b)/(b(n−1)), so the polynomial vanishes at b = n and has a "
                         "constant term in 1/b." if config.sampler == "without_replacement" else "here c = 1/b."))
             ui.polynomial_table(poly, int(t_poly))
-        except ConfigError as e:
+        except api.ConfigError as e:
             st.error(ui.user_text(e))
 
 with tab_z:

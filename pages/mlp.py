@@ -8,7 +8,6 @@ import streamlit as st
 import ui
 
 from backend import api
-from backend import config as cfg
 
 st.title("MLP classifier: variance, loss and generalization against the batch size")
 st.caption("A fully connected ReLU network trained by mini-batch SGD on the cross-entropy from fixed initial weights; "
@@ -45,7 +44,7 @@ replicas = c2.number_input("Replicas per init R", 2, 10_000, int(d("replicas")),
 epochs = sb.slider("Epochs", 1, 1000, min(int(d("epochs")), 1000), key=k("E"))
 lr = ui.widgets.schedule(d, k, c_label="Learning rate c", default="constant", default_c="0.05")
 batch_sizes = ui.widgets.batch_sizes(d, k, [8, 16, 32, 64, 128, 256, 512])
-sampler = sb.selectbox("Sampler", cfg.MLP_SAMPLERS, index=cfg.MLP_SAMPLERS.index(d("sampler")), key=k("sampler"),
+sampler = sb.selectbox("Sampler", api.MLP_SAMPLERS, index=api.MLP_SAMPLERS.index(d("sampler")), key=k("sampler"),
                        format_func=api.CLASSIFIER_SAMPLER_LABELS.get)
 dist0 = d("distortion")
 c1, c2, c3 = sb.columns(3)

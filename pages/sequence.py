@@ -7,7 +7,6 @@ import streamlit as st
 
 import ui
 
-from backend import config as cfg
 
 st.title("Sequence model with Adam: variance, loss and error against the batch size")
 st.caption("A transformer encoder classifier (own attention, no dropout) on the UCI Sentiment Labelled Sentences, "

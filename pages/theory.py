@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from backend.docs import theory_preamble, theory_sections
+from backend import api
 
-sections = theory_sections()
+sections = api.theory_sections()
 st.title("Theory: the mathematics behind the numbers")
-st.markdown(theory_preamble())
+st.markdown(api.theory_preamble())
 wanted = st.query_params.get("section", "0")
 numbers = list(sections)
 start = numbers.index(int(wanted)) if wanted.isdigit() and int(wanted) in sections else 0

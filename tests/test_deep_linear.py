@@ -11,7 +11,8 @@ from scipy.special import roots_genlaguerre
 
 from backend import api
 from backend.settings import deep_linear as api_deep
-from backend.config import DEEP_LINEAR_PRESETS, parse_config
+from backend.config import parse_config
+from backend.settings.deep_linear import PRESETS as DEEP_LINEAR_PRESETS
 from backend.engine import deep_linear as engine_deep
 from backend.engine.deep_linear import (SigmaSampler, _factored_group_m2, _factored_norm2, hidden_bases, reduced_dims,
                                         run_replicas)

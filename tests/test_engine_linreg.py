@@ -130,9 +130,7 @@ def test_cancel_stops_the_run_and_caches_nothing(tmp_path):
 
 
 def test_paper_figure_2b_preset_fits_the_guard():
-    from backend.config import PRESETS
-
-    cfg = parse_config({**PRESETS["paper (Figure 2b)"]})
+    cfg = parse_config({"preset": "paper (Figure 2b)"})
     assert len(cfg.batch_sizes) == 21 and cfg.replicas == 200_000
     est = api.guard(cfg, DEV)
     assert est["memory_bytes"] < 2 * 2**30

@@ -57,3 +57,13 @@ def test_cli_prints_the_registry():
 def test_unknown_setting_is_refused_with_the_known_ones():
     with pytest.raises(Exception, match="expected one of"):
         settings.get("fifth")
+
+
+def test_pages_use_only_the_public_api():
+    """Pages gather inputs, call backend.api and draw (backend.charts); they reach into no other backend module."""
+    import re
+
+    for page in sorted((ROOT / "pages").glob("*.py")):
+        imported = set(re.findall(r"^from backend(?:\.(\w+))? import ([\w, ]+)", page.read_text(), re.MULTILINE))
+        modules = {sub or name.strip() for sub, names in imported for name in names.split(",")}
+        assert modules <= {"api", "charts"}, (page.name, modules)

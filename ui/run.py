@@ -5,7 +5,6 @@ from __future__ import annotations
 import streamlit as st
 
 from backend import api, costs, jobs
-from backend.errors import ConfigError
 from ui.state import user_text
 
 
@@ -29,7 +28,7 @@ def run_panel(prefix: str, config, what: str) -> dict | None:
             job = jobs.start(run_key, lambda progress, cancel: api.simulate(config, progress, cancel),
                              api.Progress(total=1))
             st.session_state[f"{prefix}_job"] = job
-        except ConfigError as e:
+        except api.ConfigError as e:
             st.error(user_text(e))
 
     @st.fragment(run_every=0.5)

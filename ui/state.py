@@ -8,9 +8,8 @@ import re
 import streamlit as st
 
 from backend import api
-from backend import config as cfg
 from backend.cache import default_cache
-from backend.errors import ConfigError, one_line
+from backend.errors import one_line
 
 _MARKDOWN = re.compile(r"([\\`*_{}\[\]()#|<>~$])")
 
@@ -32,10 +31,10 @@ def initial_raw(prefix: str, setting: str) -> dict:
     """The raw config the widgets start from: the URL's query parameters on first load, then presets/uploads."""
     if f"{prefix}_raw" not in st.session_state:
         try:
-            raw = cfg.from_query(dict(st.query_params))
+            raw = api.from_query(dict(st.query_params))
             if raw.get("setting", setting) != setting:
                 raw = {}
-        except ConfigError as e:
+        except api.ConfigError as e:
             st.warning(f"Ignoring the link's config: {user_text(e)}")
             raw = {}
         st.session_state[f"{prefix}_raw"] = raw
@@ -76,8 +75,8 @@ def presets_and_upload(prefix: str, setting: str) -> None:
         up = st.file_uploader("Load a config (JSON)", type=["json"], key=f"{prefix}_cfgup_{gen}")
         if up is not None and st.button("Load config", key=f"{prefix}_load_{gen}"):
             try:
-                load(prefix, cfg.loads(up.getvalue().decode("utf-8")))
-            except (ConfigError, UnicodeDecodeError) as e:
+                load(prefix, api.loads(up.getvalue().decode("utf-8")))
+            except (api.ConfigError, UnicodeDecodeError) as e:
                 st.error(f"Cannot load that file: {user_text(e)}")
 
 
@@ -90,8 +89,8 @@ def clear_cache_button() -> None:
 def validated(raw: dict):
     """The validated config (one boundary for widgets, files and links), or an error box and stop; syncs the URL."""
     try:
-        config = cfg.parse_config(raw)
-    except ConfigError as e:
+        config = api.parse_config(raw)
+    except api.ConfigError as e:
         st.error(f"Check the inputs — {user_text(e)}")
         st.stop()
     sync_url(config)
@@ -99,6 +98,6 @@ def validated(raw: dict):
 
 
 def sync_url(config) -> None:
-    query = cfg.to_query(config)
+    query = api.to_query(config)
     if dict(st.query_params) != query:
         st.query_params.from_dict(query)

@@ -9,7 +9,8 @@ from typing import Any, Callable
 
 import streamlit as st
 
-from backend import config as cfg
+from backend import api
+
 
 SCHEDULE_HELP = "constant: α_t = c; inverse: α_t = c/(t+1); inverse_offset: α_t = c/(t+1+t0)"
 
@@ -20,7 +21,7 @@ def schedule(d: Callable[[str], Any], k: Callable[[str], str], c_label: str = "c
     sb = st.sidebar
     lr0 = d("lr") if isinstance(d("lr"), dict) else {"schedule": "constant", "c": d("lr")}
     c1, c2 = sb.columns(2)
-    name = c1.selectbox("Schedule", cfg.SCHEDULES, index=cfg.SCHEDULES.index(lr0.get("schedule", default)),
+    name = c1.selectbox("Schedule", api.SCHEDULES, index=api.SCHEDULES.index(lr0.get("schedule", default)),
                         key=k("sched"), help=help)
     lr: dict = {"schedule": name, "c": c2.text_input(c_label, str(lr0.get("c", default_c)), key=k("c"))}
     if name == "inverse_offset":
@@ -37,6 +38,6 @@ def batch_sizes(d: Callable[[str], Any], k: Callable[[str], str], options) -> li
 def replicas_and_seed(d: Callable[[str], Any], k: Callable[[str], str]) -> tuple[int, int]:
     """The ``replicas`` and ``seed`` fields of the settings without initial-weight groups."""
     c1, c2 = st.sidebar.columns(2)
-    replicas = c1.number_input("Replicas", cfg.MIN_REPLICAS, cfg.MAX_REPLICAS, int(d("replicas")), step=100,
+    replicas = c1.number_input("Replicas", api.MIN_REPLICAS, api.MAX_REPLICAS, int(d("replicas")), step=100,
                                key=k("R"))
     return replicas, c2.number_input("Seed", 0, 2**31, int(d("seed")), key=k("seed"))

@@ -6,25 +6,153 @@ from __future__ import annotations
 import math
 import threading
 import time
+from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from backend.cache import CODE_VERSION, ResultCache
-from backend.config import DEEP_LINEAR_PRESETS as PRESETS  # noqa: F401  (the setting's presets, as data)
-from backend.config import DeepLinearConfig
+from backend.config import (DEVICES, DTYPES, MAX_REPLICAS, MAX_STEPS, MAX_WIDTH, MIN_REPLICAS, Fields, Schedule,
+                            default_reader, read_batch_sizes, read_choice, read_int, read_positive)
 from backend.costs import combine_costs
 from backend.curves import curves_result, unpack_stats
 from backend.engine import deep_linear as engine
 from backend.errors import ConfigError, TooExpensive
-from backend.exact import fraction_str
+from backend.exact import fraction_str, is_exact, jsonable_number, parse_number
 from backend.progress import Progress
 from backend.settings.base import Quantity, cache_key, simulation_key
 from backend.stats import t_quantile
 from backend.theory import deep_linear as th
 from backend.theory.linreg import eval_polynomial
+
+# -- the config ------------------------------------------------------------------------------------------------
+
+
+def _parse_weights(raw: Any, dims: tuple[int, ...], name: str, default_seed: int) -> tuple[Any, list[np.ndarray]]:
+    """A list of the d matrices [W_1, …, W_d] (W_k of shape p_k × p_{k−1}, nested lists, exact strings allowed),
+    or {"seed": int, "scale": number}: entries N(0, scale² / p_{k−1}) from numpy's default_rng(seed)."""
+    d = len(dims) - 1
+    if isinstance(raw, dict):
+        f = Fields(raw, name)
+        seed = read_int(f.get("seed", default_seed), f"{name}.seed", 0, 2**32 - 1)
+        scale = float(read_positive(f.get("scale", 1.0), f"{name}.scale", allow_zero=True))
+        f.finish()
+        rng = np.random.default_rng(seed)
+        mats = []
+        for k in range(d):
+            W = rng.standard_normal((dims[k + 1], dims[k])) * scale / math.sqrt(dims[k])
+            M = np.empty(W.shape, dtype=object)
+            M[:] = W.tolist()
+            mats.append(M)
+        return {"seed": seed, "scale": scale}, mats
+    if not isinstance(raw, list) or len(raw) != d:
+        raise ConfigError(name, f"expected a list of the {d} matrices [W_1, …, W_{d}] or {{\"seed\": int, \"scale\": "
+                                "number}")
+    mats = []
+    for k, M in enumerate(raw):
+        rows, cols = dims[k + 1], dims[k]
+        field_k = f"{name}[{k}]"
+        if not isinstance(M, list) or len(M) != rows or not all(isinstance(r, list) and len(r) == cols for r in M):
+            raise ConfigError(field_k, f"W_{k + 1} must be a {rows} × {cols} nested list (p_{k + 1} × p_{k})")
+        out = np.empty((rows, cols), dtype=object)
+        for i, r in enumerate(M):
+            for j, v in enumerate(r):
+                out[i, j] = parse_number(v, f"{field_k}[{i}][{j}]")
+        mats.append(out)
+    return [[[jsonable_number(v) for v in row] for row in M] for M in mats], mats
+
+
+@dataclass(frozen=True)
+class DeepLinearConfig:
+    """Deep linear teacher–student network, online Gaussian samples (paper §3.2, Appendix B.3)."""
+
+    setting: ClassVar[str] = "deep_linear"
+    DEFAULTS: ClassVar[dict[str, Any]] = {  # the one statement of the defaults (raw JSON; presets override them)
+        "dims": [3, 4, 2], "teacher": {"seed": 1, "scale": 1.0}, "w0": {"seed": 0, "scale": 1.0},
+        "lr": {"schedule": "inverse", "c": "1/10"}, "steps": 50, "batch_sizes": [1, 2, 4, 8, 16], "replicas": 2000,
+        "seed": 0, "device": "auto", "dtype": "float64", "record_every": 1}
+    dims: tuple[int, ...]
+    teacher: Any
+    w0: Any
+    lr: Schedule
+    steps: int
+    batch_sizes: tuple[int, ...]
+    replicas: int
+    seed: int
+    device: str
+    dtype: str
+    record_every: int
+    teacher_values: list = field(default=None, repr=False, compare=False)
+    w0_values: list = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, raw: dict) -> "DeepLinearConfig":
+        f = Fields(raw)
+        f.get("setting")
+        val = default_reader(f, cls.DEFAULTS)
+        dims_raw = val("dims")
+        if not isinstance(dims_raw, list) or not 3 <= len(dims_raw) <= 5:
+            raise ConfigError("dims", "expected [p, p_1, …, p_d] with depth d from 2 to 4")
+        dims = tuple(read_int(v, f"dims[{i}]", 1, MAX_WIDTH) for i, v in enumerate(dims_raw))
+        teacher_json, teacher = _parse_weights(val("teacher"), dims, "teacher", 1)
+        w0_json, w0 = _parse_weights(val("w0"), dims, "w0", 0)
+        lr = Schedule.parse(val("lr"))
+        steps = read_int(val("steps"), "steps", 0, MAX_STEPS)
+        batch_sizes = read_batch_sizes(val("batch_sizes"), 10**6)
+        replicas = read_int(val("replicas"), "replicas", MIN_REPLICAS, MAX_REPLICAS)
+        seed = read_int(val("seed"), "seed", 0, 2**32 - 1)
+        device = read_choice(val("device"), "device", DEVICES)
+        dtype = read_choice(val("dtype"), "dtype", DTYPES)
+        record_every = read_int(val("record_every"), "record_every", 1, MAX_STEPS)
+        f.finish()
+        return cls(dims, teacher_json, w0_json, lr, steps, batch_sizes, replicas, seed, device, dtype, record_every,
+                   teacher, w0)
+
+    @property
+    def depth(self) -> int:
+        return len(self.dims) - 1
+
+    @property
+    def scalar(self) -> bool:
+        return all(p == 1 for p in self.dims)
+
+    @property
+    def n_params(self) -> int:
+        return sum(self.dims[k] * self.dims[k + 1] for k in range(self.depth))
+
+    @property
+    def exact(self) -> bool:
+        """Weights given as exact numbers and a rational schedule: coefficients are printed as exact fractions."""
+        return (isinstance(self.teacher, list) and isinstance(self.w0, list) and self.lr.exact
+                and all(is_exact(M) for M in self.teacher_values) and all(is_exact(M) for M in self.w0_values))
+
+    def to_json(self) -> dict:
+        return {"setting": self.setting, "dims": list(self.dims), "teacher": self.teacher, "w0": self.w0,
+                "lr": self.lr.to_json(), "steps": self.steps, "batch_sizes": list(self.batch_sizes),
+                "replicas": self.replicas, "seed": self.seed, "device": self.device, "dtype": self.dtype,
+                "record_every": self.record_every}
+
+    def replace(self, **changes: Any) -> "DeepLinearConfig":
+        raw = self.to_json()
+        raw.update({k: (v.to_json() if isinstance(v, Schedule) else v) for k, v in changes.items()})
+        return DeepLinearConfig.parse(raw)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "laptop": {"dims": [3, 4, 2], "steps": 50, "batch_sizes": [1, 2, 4, 8, 16, 32], "replicas": 4000},
+    "scalar network": {"dims": [1, 1, 1], "steps": 3, "batch_sizes": [4, 8, 16, 32, 64], "replicas": 20000,
+                       "w0": [[["1/2"]], [["3/4"]]], "teacher": [[["1"]], [["1"]]],
+                       "lr": {"schedule": "constant", "c": "1/10"}},
+    # the paper does not give its weights' scale; at scale 1 with α_1 = 0.1 most replicas diverge for b ≤ 8
+    "paper (Figure 3)": {"dims": [64, 256, 128], "steps": 1000, "batch_sizes": [4, 8, 16, 32, 64],
+                         "replicas": 1000, "lr": {"schedule": "inverse", "c": "1/10"}, "dtype": "float32",
+                         "record_every": 10, "w0": {"seed": 0, "scale": 0.5}, "teacher": {"seed": 1, "scale": 0.5}},
+}
+
+
+# -- the setting -----------------------------------------------------------------------------------------------
 
 NAME = "deep_linear"
 TITLE = "Deep linear network"

@@ -5,24 +5,185 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from functools import lru_cache
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from backend import datasets
 from backend.cache import CODE_VERSION, ResultCache, default_cache, make_key
-from backend.config import PRESETS as PRESETS  # noqa: F401  (the setting's presets, as data)
-from backend.config import SAMPLER_LABELS, LinearRegressionConfig
+from backend.config import (DEVICES, MAX_REPLICAS, MAX_STEPS, MIN_REPLICAS, SAMPLER_LABELS, SAMPLERS, Fields, Schedule,
+                            default_reader, paper_batch_sizes, read_batch_sizes, read_bool, read_choice, read_int,
+                            read_positive)
 from backend.costs import combine_costs
 from backend.curves import curves_result, unpack_stats
 from backend.engine import linreg as engine
 from backend.errors import ConfigError, TooExpensive
-from backend.exact import jsonable_number, rational, to_fraction, to_rational_array
+from backend.exact import is_exact, jsonable_number, parse_number, rational, to_fraction, to_rational_array
 from backend.progress import Progress
 from backend.settings.base import Quantity, simulation_key
 from backend.stats import first_increase, polyfit_inv_b
 from backend.theory import linreg as th
+
+# -- the config ------------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=8)
+def _builtin_dataset(name: str) -> datasets.RegressionData:
+    return datasets.graduate_admission()
+
+
+def _parse_dataset(raw: Any) -> tuple[dict, datasets.RegressionData]:
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    f = Fields(raw, "dataset")
+    name = f.get("name", "inline" if "X" in raw else None)
+    if name == "graduate_admission":
+        f.finish()
+        return {"name": name}, _builtin_dataset(name)
+    if name == "synthetic":
+        n = read_int(f.get("n", 200), "dataset.n", 2, datasets.MAX_ROWS)
+        p = read_int(f.get("p", 5), "dataset.p", 1, 50)
+        noise = float(read_positive(f.get("noise", 0.5), "dataset.noise", allow_zero=True))
+        seed = read_int(f.get("seed", 0), "dataset.seed", 0, 2**32 - 1)
+        f.finish()
+        return {"name": name, "n": n, "p": p, "noise": noise, "seed": seed}, datasets.synthetic(n, p, noise, seed)
+    if name == "inline":
+        data = datasets.inline(f.get("X"), f.get("y"))
+        names = f.get("columns")
+        if names is not None:
+            if not isinstance(names, list) or len(names) != data.X.shape[1] + 1 or not all(isinstance(s, str) for s in names):
+                raise ConfigError("dataset.columns", "expected the feature names then the target name, as strings")
+            data = datasets.RegressionData(data.X, data.y, tuple(names[:-1]), names[-1])
+        f.finish()
+        norm = {"name": "inline", "X": [[jsonable_number(v) for v in row] for row in data.X],
+                "y": [jsonable_number(v) for v in data.y]}
+        if names is not None:
+            norm["columns"] = list(names)
+        return norm, data
+    raise ConfigError("dataset.name", f"expected 'graduate_admission', 'synthetic' or 'inline', got {name!r}")
+
+
+def _parse_w0(raw: Any, p: int) -> tuple[Any, np.ndarray]:
+    if isinstance(raw, dict):
+        f = Fields(raw, "w0")
+        seed = read_int(f.get("seed", 0), "w0.seed", 0, 2**32 - 1)
+        scale = float(read_positive(f.get("scale", 1.0), "w0.scale", allow_zero=True))
+        f.finish()
+        w = np.random.default_rng(seed).standard_normal(p) * scale
+        vals = np.empty(p, dtype=object)
+        vals[:] = w.tolist()
+        return {"seed": seed, "scale": scale}, vals
+    if isinstance(raw, list):
+        if len(raw) != p:
+            raise ConfigError("w0", f"expected {p} weights (the features, then the intercept last when there is one), "
+                                    f"got {len(raw)}")
+        vals = np.empty(p, dtype=object)
+        for j, v in enumerate(raw):
+            vals[j] = parse_number(v, f"w0[{j}]")
+        return [jsonable_number(v) for v in vals], vals
+    raise ConfigError("w0", 'expected a list of numbers or {"seed": int, "scale": number}')
+
+
+@dataclass(frozen=True)
+class LinearRegressionConfig:
+    """Linear regression, finite sum (paper §3.1). Defaults: the paper's Graduate Admission setting (Appendix A.1.1)."""
+
+    setting: ClassVar[str] = "linear_regression"
+    DEFAULTS: ClassVar[dict[str, Any]] = {  # the one statement of the defaults (raw JSON; presets override them)
+        "dataset": {"name": "graduate_admission"}, "standardize": True, "intercept": True,
+        "w0": {"seed": 0, "scale": 1.0}, "lr": {"schedule": "inverse", "c": "1/2"}, "steps": 200,
+        "batch_sizes": [2, 16, 64, 256], "replicas": 1000, "seed": 0, "sampler": "without_replacement",
+        "device": "auto"}
+    dataset: dict
+    standardize: bool
+    intercept: bool
+    w0: Any
+    lr: Schedule
+    steps: int
+    batch_sizes: tuple[int, ...]
+    replicas: int
+    seed: int
+    sampler: str
+    device: str
+    # derived (not part of the JSON): the design matrix and the weights
+    X: np.ndarray = field(default=None, repr=False, compare=False)
+    y: np.ndarray = field(default=None, repr=False, compare=False)
+    w0_values: np.ndarray = field(default=None, repr=False, compare=False)
+    exact_data: bool = field(default=False, repr=False, compare=False)
+    feature_names: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, raw: dict) -> "LinearRegressionConfig":
+        f = Fields(raw)
+        f.get("setting")
+        val = default_reader(f, cls.DEFAULTS)
+        ds_json, data = _parse_dataset(val("dataset"))
+        standardize = read_bool(val("standardize"), "standardize")
+        intercept = read_bool(val("intercept"), "intercept")
+        X, y, exact = datasets.design_matrix(data, standardize, intercept)
+        n, p = X.shape
+        w0_json, w0_vals = _parse_w0(val("w0"), p)
+        lr = Schedule.parse(val("lr"))
+        steps = read_int(val("steps"), "steps", 0, MAX_STEPS)
+        default_b = [b for b in cls.DEFAULTS["batch_sizes"] if b <= n] or [1]  # a small data set: the b that fit
+        batch_sizes = read_batch_sizes(f.get("batch_sizes", default_b), n)
+        replicas = read_int(val("replicas"), "replicas", MIN_REPLICAS, MAX_REPLICAS)
+        seed = read_int(val("seed"), "seed", 0, 2**32 - 1)
+        sampler = read_choice(val("sampler"), "sampler", SAMPLERS)
+        device = read_choice(val("device"), "device", DEVICES)
+        f.finish()
+        names = tuple(data.feature_names) + (("intercept",) if intercept else ())
+        return cls(ds_json, standardize, intercept, w0_json, lr, steps, batch_sizes, replicas, seed, sampler, device,
+                   X, y, w0_vals, exact, names)
+
+    @property
+    def n(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def p(self) -> int:
+        return int(self.X.shape[1])
+
+    @property
+    def exact(self) -> bool:
+        """True when data, initial weights and schedule are all rational: polynomials then have exact coefficients."""
+        return self.exact_data and is_exact(self.w0_values) and self.lr.exact
+
+    def to_json(self) -> dict:
+        return {
+            "setting": self.setting,
+            "dataset": self.dataset,
+            "standardize": self.standardize,
+            "intercept": self.intercept,
+            "w0": self.w0,
+            "lr": self.lr.to_json(),
+            "steps": self.steps,
+            "batch_sizes": list(self.batch_sizes),
+            "replicas": self.replicas,
+            "seed": self.seed,
+            "sampler": self.sampler,
+            "device": self.device,
+        }
+
+    def replace(self, **changes: Any) -> "LinearRegressionConfig":
+        """A new validated config with some JSON fields changed."""
+        raw = self.to_json()
+        raw.update({k: (v.to_json() if isinstance(v, Schedule) else v) for k, v in changes.items()})
+        return LinearRegressionConfig.parse(raw)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "laptop": {"steps": 200, "batch_sizes": [2, 16, 64, 256], "replicas": 1000},
+    "paper (Figure 2a)": {"steps": 2000, "batch_sizes": [2, 16, 64, 256], "replicas": 1000},
+    "paper (Figure 2b)": {"steps": 40, "batch_sizes": paper_batch_sizes(500), "replicas": 200_000},
+}
+
+
+# -- the setting -----------------------------------------------------------------------------------------------
 
 NAME = "linear_regression"
 TITLE = "Linear regression"

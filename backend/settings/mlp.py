@@ -4,21 +4,125 @@ A Setting (backend/settings/base.py); the run itself is backend/settings/classif
 
 from __future__ import annotations
 
+import json
 import threading
-from typing import Any
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, ClassVar
 
 import torch
 
 from backend.cache import ResultCache
-from backend.config import MLP_PRESETS as PRESETS  # noqa: F401  (the setting's presets, as data)
-from backend.config import MLPConfig
+from backend.config import (MLP_SAMPLERS, Fields, Schedule, default_reader, read_batch_sizes, read_choice, read_int,
+                            read_positive, replica_run_fields)
 from backend.costs import combine_costs
 from backend.engine import mlp as engine
+from backend.errors import ConfigError
 from backend.images import elastic_distort, load_dataset
 from backend.progress import Progress
 from backend.settings.base import Quantity
-from backend.settings.classifier import (THEORY_ONLY_DROPS, cached_classifier, classifier_quantities,  # noqa: F401
-                                         no_polynomial, no_theory, shape_result, simulate_classifier)
+from backend.settings.classifier import THEORY_ONLY_DROPS  # noqa: F401  (part of the Setting protocol)
+from backend.settings.classifier import (cached_classifier, classifier_quantities, no_polynomial, no_theory,
+                                         shape_result, simulate_classifier)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "laptop": {},  # the defaults (MLPConfig.DEFAULTS): digits, 64 → 32 → 16 → 10, 3 × 16 replicas, 12 epochs
+    "paper": {"dataset": {"name": "fashion_mnist"}, "hidden": [1024, 512], "inits": 5, "replicas": 50,
+              "epochs": 1000, "lr": {"schedule": "constant", "c": "0.003"}, "batch_sizes": [64, 128],
+              "distortion": {"alpha": 8, "sigma": 2, "every": 100}, "noise_samples": 256, "eval_size": 10000},
+}
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    """Fully connected ReLU classifier trained by mini-batch SGD (paper §4.1, Appendix A.1.3; Figures 1, 4, 5)."""
+
+    setting: ClassVar[str] = "mlp"
+    DEFAULTS: ClassVar[dict[str, Any]] = {"dataset": {"name": "digits"}, "hidden": [32, 16], "inits": 3, "replicas": 16, "epochs": 12,
+        "lr": {"schedule": "constant", "c": "0.05"}, "batch_sizes": [16, 64], "sampler": "epoch_reshuffle",
+        "distortion": {"alpha": 1.5, "sigma": 1.0, "every": 1}, "noise_samples": 512, "eval_size": 2000,
+        "seed": 0, "device": "auto", "dtype": "float32"}
+    dataset: dict
+    hidden: tuple[int, ...]
+    inits: int
+    replicas: int
+    epochs: int
+    lr: Schedule
+    batch_sizes: tuple[int, ...]
+    sampler: str
+    distortion: dict
+    noise_samples: int
+    eval_size: int
+    seed: int
+    device: str
+    dtype: str
+    n_train: int = field(default=0, repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, raw: dict) -> "MLPConfig":
+        f = Fields(raw)
+        f.get("setting")
+        val = default_reader(f, cls.DEFAULTS)
+        ds_raw = val("dataset")
+        if isinstance(ds_raw, str):
+            ds_raw = {"name": ds_raw}
+        fd = Fields(ds_raw, "dataset")
+        name = read_choice(fd.get("name", "digits"), "dataset.name", ("digits", "fashion_mnist", "idx"))
+        dataset: dict[str, Any] = {"name": name}
+        if name == "idx":
+            path = fd.get("path")
+            if not isinstance(path, str) or not path:
+                raise ConfigError("dataset.path", "the directory holding the IDX files is required for 'idx'")
+            dataset["path"] = path
+        for key in ("train_size", "val_size"):
+            if fd.get(key) is not None:
+                dataset[key] = read_int(fd.raw[key], f"dataset.{key}", 2, 10**7)
+        fd.finish()
+        hidden_raw = val("hidden")
+        if not isinstance(hidden_raw, list) or not 1 <= len(hidden_raw) <= 4:
+            raise ConfigError("hidden", "expected a list of 1 to 4 hidden widths")
+        hidden = tuple(read_int(h, f"hidden[{i}]", 1, 4096) for i, h in enumerate(hidden_raw))
+        inits = read_int(val("inits"), "inits", 1, 50)
+        replicas = read_int(val("replicas"), "replicas", 2, 10_000)
+        epochs = read_int(val("epochs"), "epochs", 1, 100_000)
+        lr = Schedule.parse(val("lr"))
+        sampler = read_choice(val("sampler"), "sampler", MLP_SAMPLERS)
+        dist_raw = val("distortion")
+        fdist = Fields(dist_raw, "distortion")
+        distortion = {"alpha": float(read_positive(fdist.get("alpha", 8), "distortion.alpha", allow_zero=True)),
+                      "sigma": float(read_positive(fdist.get("sigma", 2), "distortion.sigma", allow_zero=True)),
+                      "every": read_int(fdist.get("every", 1), "distortion.every", 1, 100_000)}
+        fdist.finish()
+        common = replica_run_fields(val)
+        n_train = _mlp_train_size(dataset)
+        batch_sizes = read_batch_sizes(val("batch_sizes"), n_train)
+        f.finish()
+        return cls(dataset, hidden, inits, replicas, epochs, lr, batch_sizes, sampler, distortion, n_train=n_train,
+                   **common)
+
+    def to_json(self) -> dict:
+        return {"setting": self.setting, "dataset": self.dataset, "hidden": list(self.hidden), "inits": self.inits,
+                "replicas": self.replicas, "epochs": self.epochs, "lr": self.lr.to_json(),
+                "batch_sizes": list(self.batch_sizes), "sampler": self.sampler, "distortion": self.distortion,
+                "noise_samples": self.noise_samples, "eval_size": self.eval_size, "seed": self.seed,
+                "device": self.device, "dtype": self.dtype}
+
+    def replace(self, **changes: Any) -> "MLPConfig":
+        raw = self.to_json()
+        raw.update({k: (v.to_json() if isinstance(v, Schedule) else v) for k, v in changes.items()})
+        return MLPConfig.parse(raw)
+
+
+@lru_cache(maxsize=16)
+def _mlp_train_size_cached(spec: str) -> int:
+    from backend.images import load_dataset
+
+    return len(load_dataset(json.loads(spec)).x_train)
+
+
+def _mlp_train_size(dataset: dict) -> int:
+    return _mlp_train_size_cached(json.dumps(dataset, sort_keys=True))
+
 
 NAME = "mlp"
 TITLE = "MLP classifier"

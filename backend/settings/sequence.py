@@ -4,22 +4,133 @@ clipping, warm-up then decay). A Setting (backend/settings/base.py); the run is 
 
 from __future__ import annotations
 
+import json
 import threading
-from typing import Any
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, ClassVar
 
 import torch
 
 from backend.cache import ResultCache
-from backend.config import SEQUENCE_PRESETS as PRESETS  # noqa: F401  (the setting's presets, as data)
-from backend.config import SequenceConfig
+from backend.config import (MLP_SAMPLERS, Fields, default_reader, read_batch_sizes, read_choice, read_int,
+                            read_positive, replica_run_fields)
 from backend.engine import mlp as trainer
 from backend.engine import sequence as seq
 from backend.engine.mlp import module_forward
+from backend.errors import ConfigError
 from backend.progress import Progress
 from backend.settings.base import Quantity
-from backend.settings.classifier import (THEORY_ONLY_DROPS, cached_classifier, classifier_quantities,  # noqa: F401
-                                         no_polynomial, no_theory, shape_result, simulate_classifier)
+from backend.settings.classifier import THEORY_ONLY_DROPS  # noqa: F401  (part of the Setting protocol)
+from backend.settings.classifier import (cached_classifier, classifier_quantities, no_polynomial, no_theory,
+                                         shape_result, simulate_classifier)
 from backend.text import Tokenizer, load_corpus
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "laptop": {},  # the defaults (SequenceConfig.DEFAULTS): 2 layers × 64 wide on Yelp, 2 × 6 replicas, 5 epochs
+    "paper": {"max_len": 128, "vocab": 20000, "layers": 6, "heads": 12, "width": 384, "inits": 1, "replicas": 100,
+              "epochs": 20, "optimizer": {"lr": "4e-5", "eps": "1e-8", "beta1": "0.9", "beta2": "0.999",
+                                          "weight_decay": "0", "warmup": 50, "clip": "1"},
+              "batch_sizes": [32, 64]},
+}
+
+
+@dataclass(frozen=True)
+class SequenceConfig:
+    """Transformer encoder classifier on review sentences trained with Adam (paper Appendix A.1.4, Figure 6)."""
+
+    setting: ClassVar[str] = "sequence"
+    DEFAULTS: ClassVar[dict[str, Any]] = {  # the one statement of the defaults (raw JSON; presets override them)
+        "corpus": {"name": "yelp"}, "tokenizer": "word", "max_len": 20, "vocab": 1500, "layers": 2, "heads": 4,
+        "width": 64, "inits": 2, "replicas": 6, "epochs": 5,
+        "optimizer": {"lr": "0.0005", "eps": "1e-8", "beta1": "0.9", "beta2": "0.999", "weight_decay": "0",
+                      "warmup": 5, "clip": "1"},
+        "batch_sizes": [16, 64], "sampler": "epoch_reshuffle", "noise_samples": 16, "eval_size": 800, "seed": 0,
+        "device": "auto", "dtype": "float32"}
+    corpus: dict
+    tokenizer: str
+    max_len: int
+    vocab: int
+    layers: int
+    heads: int
+    width: int
+    inits: int
+    replicas: int
+    epochs: int
+    optimizer: dict
+    batch_sizes: tuple[int, ...]
+    sampler: str
+    noise_samples: int
+    eval_size: int
+    seed: int
+    device: str
+    dtype: str
+    n_train: int = field(default=0, repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, raw: dict) -> "SequenceConfig":
+        f = Fields(raw)
+        f.get("setting")
+        val = default_reader(f, cls.DEFAULTS)
+        c_raw = val("corpus")
+        if isinstance(c_raw, str):
+            c_raw = {"name": c_raw}
+        fc = Fields(c_raw, "corpus")
+        name = read_choice(fc.get("name", "yelp"), "corpus.name", ("yelp", "amazon", "imdb", "all", "file"))
+        corpus: dict[str, Any] = {"name": name}
+        if name == "file":
+            path = fc.get("path")
+            if not isinstance(path, str) or not path:
+                raise ConfigError("corpus.path", "the path of a TSV or CSV file of (text, label) is required")
+            corpus["path"] = path
+            corpus["format"] = read_choice(fc.get("format", "tsv"), "corpus.format", ("tsv", "csv"))
+        fc.finish()
+        tokenizer = read_choice(val("tokenizer"), "tokenizer", ("word", "char"))
+        max_len = read_int(val("max_len"), "max_len", 2, 1024)
+        vocab = read_int(val("vocab"), "vocab", 3, 200_000)
+        layers = read_int(val("layers"), "layers", 1, 24)
+        heads = read_int(val("heads"), "heads", 1, 32)
+        width = read_int(val("width"), "width", 2, 2048)
+        if width % heads:
+            raise ConfigError("width", f"must be a multiple of heads ({heads}), got {width}")
+        inits = read_int(val("inits"), "inits", 1, 50)
+        replicas = read_int(val("replicas"), "replicas", 2, 10_000)
+        epochs = read_int(val("epochs"), "epochs", 1, 10_000)
+        fo = Fields(val("optimizer"), "optimizer")
+        opt = {"lr": float(read_positive(fo.get("lr", "1e-3"), "optimizer.lr")),
+               "eps": float(read_positive(fo.get("eps", "1e-8"), "optimizer.eps")),
+               "beta1": float(read_positive(fo.get("beta1", "0.9"), "optimizer.beta1", allow_zero=True)),
+               "beta2": float(read_positive(fo.get("beta2", "0.999"), "optimizer.beta2", allow_zero=True)),
+               "weight_decay": float(read_positive(fo.get("weight_decay", "0"), "optimizer.weight_decay", True)),
+               "warmup": read_int(fo.get("warmup", 0), "optimizer.warmup", 0, 10**7),
+               "clip": float(read_positive(fo.get("clip", "1"), "optimizer.clip"))}
+        for beta in ("beta1", "beta2"):
+            if not opt[beta] < 1:
+                raise ConfigError(f"optimizer.{beta}", f"must be in [0, 1), got {opt[beta]}")
+        fo.finish()
+        sampler = read_choice(val("sampler"), "sampler", MLP_SAMPLERS)
+        common = replica_run_fields(val)
+        n_train = _sequence_train_size(json.dumps(corpus, sort_keys=True))
+        batch_sizes = read_batch_sizes(val("batch_sizes"), n_train)
+        f.finish()
+        return cls(corpus, tokenizer, max_len, vocab, layers, heads, width, inits, replicas, epochs, opt, batch_sizes,
+                   sampler, n_train=n_train, **common)
+
+    def to_json(self) -> dict:
+        return {"setting": self.setting, "corpus": self.corpus, "tokenizer": self.tokenizer, "max_len": self.max_len,
+                "vocab": self.vocab, "layers": self.layers, "heads": self.heads, "width": self.width,
+                "inits": self.inits, "replicas": self.replicas, "epochs": self.epochs,
+                "optimizer": self.optimizer, "batch_sizes": list(self.batch_sizes), "sampler": self.sampler,
+                "noise_samples": self.noise_samples, "eval_size": self.eval_size, "seed": self.seed,
+                "device": self.device, "dtype": self.dtype}
+
+
+@lru_cache(maxsize=16)
+def _sequence_train_size(spec: str) -> int:
+    from backend.text import load_corpus
+
+    return len(load_corpus(json.loads(spec)).train_text)
+
 
 NAME = "sequence"
 TITLE = "Sequence model (Adam)"
