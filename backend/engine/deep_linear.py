@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from backend.engine.linreg import seed_for
-from backend.errors import Cancelled
+from backend.engine.runner import Divergence, DivergenceLog, check_cancel, report
 from backend.stats import GroupStats, group_m2, group_ranges, group_start, n_groups_equal
 
 DIVERGENCE_LOSS = 1e30
@@ -247,7 +247,7 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
     for M in T:
         T_prod = torch.as_tensor(np.asarray(M, dtype=np.float64), dtype=dtype, device=device) @ T_prod
     finite = np.zeros(len(recorded), dtype=np.int64)
-    bad_steps: list[np.ndarray] = []
+    diverged = DivergenceLog()
     layer_names = [f"layer{k + 1}" for k in range(d)]
     for chunk_no, groups in enumerate(group_ranges(R, K, max_chunk)):
         start, stop = group_start(groups.start, R, K), group_start(groups.stop, R, K)
@@ -256,16 +256,15 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
         sig = SigmaSampler(p, b, Rc, seed_for(seed, b, chunk_no), device, dtype, sampler)
         Ws = [torch.as_tensor(W, dtype=dtype, device=device).expand(Rc, *W.shape).clone()
               for W in W0]
-        alive = torch.ones(Rc, dtype=torch.bool, device=device)
+        div = Divergence(Rc, device)
+        alive = div.alive
         every = True  # every replica of the chunk still alive
-        bad_at = torch.full((Rc,), -1, dtype=torch.long, device=device)
         T_b = T_prod.expand(Rc, *T_prod.shape)
         G_c = len(groups)
         equal = Rc % G_c == 0 and bool((gid == torch.arange(Rc, device=device) // (Rc // G_c)).all())
         rec = _ChunkRecord(Rc, G_c, len(recorded), layer_names, device)
         for t in range(T1):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("cancelled")
+            check_cancel(cancel)
             slot = record_index.get(t)
             acts, deltas, err = _backprop(Ws, T_b, sig.draw_factor())
             last = t == T1 - 1
@@ -273,8 +272,7 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
                 # between recorded steps, every replica finite (a NaN/inf anywhere makes the sum non-finite); a
                 # diverged replica's weights are zero, so its update is exactly zero and it stays out of the way
                 _update_in_place(Ws, acts, deltas, alphas[t] / b)
-                if progress is not None:
-                    progress(Rc)
+                report(progress, Rc)
                 continue
             # ‖g_k‖² per replica with g_k = δ_kᵀ a_{k−1} / b, from m × m Grams (a non-finite one means divergence)
             norms = [_factored_norm2(deltas[k], acts[k]) / b**2 for k in range(d)]
@@ -286,15 +284,11 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
                 ok &= torch.isfinite(loss) & (loss <= DIVERGENCE_LOSS)
                 for cv in conds:
                     ok &= torch.isfinite(cv)
-            newly = alive & ~ok
-            fresh_dead = bool(newly.any())
-            if fresh_dead:
-                bad_at[newly] = t
-                alive &= ok
-                if not bool(alive.any()):  # the whole chunk diverged: its later statistics stay empty
-                    if progress is not None:
-                        progress(Rc * (T1 - t))
-                    break
+            fresh_dead = bool(div.update(ok, t).any())  # this path syncs anyway (it chooses the update below)
+            alive = div.alive
+            if fresh_dead and not bool(alive.any()):  # the whole chunk diverged: its later statistics stay empty
+                report(progress, Rc * (T1 - t))
+                break
             every = bool(alive.all())
             grads: dict[int, torch.Tensor] = {}
 
@@ -321,10 +315,9 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
                 else:  # newly diverged replicas: set to zero (finite, fixed), so the fast path can go on
                     a = alphas[t]
                     Ws = [torch.where(alive[:, None, None], W - a * grad(k), 0.0) for k, W in enumerate(Ws)]
-            if progress is not None:
-                progress(Rc)
+            report(progress, Rc)
         finite += rec.flush(stats, gid, groups, Rc // G_c)
-        bad_steps.append(bad_at[bad_at >= 0].cpu().numpy())
+        diverged.add(div)
     for name in layer_names:
         stats.data[f"var_g_rb_{name}"] = stats.data[f"cond_{name}"] + stats.data[f"var_full_grad_{name}"]
     for q in ("var_g", "var_full_grad", "var_g_rb"):
@@ -335,8 +328,7 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
     for name in layer_names:
         for q in ("var_g", "var_g_rb", "var_full_grad"):
             curves[f"{q}_{name}"] = stats.result(f"{q}_{name}")
-    bad = np.concatenate(bad_steps) if bad_steps else np.array([], dtype=np.int64)
-    return DeepResult(curves, finite, int(bad.min()) if bad.size else None, int(bad.size), K)
+    return DeepResult(curves, finite, diverged.first, diverged.count, K)
 
 
 def generic_reduced_dims(dims: tuple[int, ...]) -> tuple[int, ...]:

@@ -20,11 +20,10 @@ import numpy as np
 import torch
 
 from backend.engine.samplers import make_sampler
-from backend.errors import Cancelled
+from backend.engine.runner import DIVERGENCE_LOSS, Divergence, DivergenceLog, check_cancel, report
 from backend.stats import MeanAccumulator, VarianceAccumulator, group_ids, n_groups
 
 CHUNK_ELEMENTS = 8_000_000  # gathered batch elements (replicas × k × p) per chunk
-DIVERGENCE_LOSS = 1e100  # a replica whose loss exceeds this (or turns non-finite) has diverged
 
 
 @dataclass
@@ -80,7 +79,7 @@ def run_replicas(
     acc_loss = MeanAccumulator(K, T1, device)
     acc_cond = MeanAccumulator(K, T1, device) if c is not None else None
     finite = torch.zeros(T1, dtype=torch.float64, device=device)
-    first_bad = torch.full((R,), -1, dtype=torch.long, device=device)
+    diverged = DivergenceLog()
     step = max(1, chunk_size(R, b, n, p))
     w_init = torch.as_tensor(np.asarray(w0, dtype=np.float64), dtype=dtype, device=device)
     for chunk_no, start in enumerate(range(0, R, step)):
@@ -91,11 +90,9 @@ def run_replicas(
         draw_batch = make_sampler(sampler, n, b, Rc, gen, device)
         gid = group_ids(start, stop, R, K, device)
         W = w_init.expand(Rc, p).clone()
-        alive = torch.ones(Rc, dtype=torch.bool, device=device)
-        bad_at = torch.full((Rc,), -1, dtype=torch.long, device=device)
+        div = Divergence(Rc, device)
         for t in range(T1):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("cancelled")
+            check_cancel(cancel)
             draw = draw_batch.draw()
             XB, yB = Xt[draw.idx], yt[draw.idx]  # (Rc, k, p), (Rc, k)
             r = torch.einsum("rkp,rp->rk", XB, W) - yB
@@ -104,10 +101,8 @@ def run_replicas(
             g = part / b if draw.include else (n * full - part) / b
             loss = 0.5 * ((W @ H) * W).sum(dim=1) - W @ h + half_yy
             ok = torch.isfinite(g).all(dim=1) & (loss.abs() <= DIVERGENCE_LOSS) & torch.isfinite(full).all(dim=1)
-            newly = alive & ~ok
-            if bool(newly.any()):
-                bad_at[newly] = t
-                alive = alive & ok
+            div.update(ok, t)
+            alive = div.alive
             acc_g.update(t, g, gid, alive)
             acc_f.update(t, full, gid, alive)
             acc_loss.update(t, loss, gid, alive)
@@ -118,9 +113,8 @@ def run_replicas(
             finite[t] += alive.sum()
             if t < T1 - 1:
                 W = torch.where(alive[:, None], W - alphas[t] * g, W)
-            if progress is not None:
-                progress(Rc)
-        first_bad[start:stop] = bad_at
+            report(progress, Rc)
+        diverged.add(div)
     curves = {}
     for name, est in (("var_g", acc_g.result()), ("var_full_grad", acc_f.result()), ("loss", acc_loss.result())):
         lo, hi = est.interval()
@@ -137,12 +131,11 @@ def run_replicas(
         value = acc_cond.result().value + curves["var_full_grad"]["value"]
         q = t_quantile(0.95, np.maximum(k - 1, 1))
         curves["var_g_rb"] = {"value": value, "se": se, "lo": value - q * se, "hi": value + q * se}
-    bad = first_bad[first_bad >= 0]
     return ReplicaResult(
         curves=curves,
         finite_count=finite.cpu().numpy().astype(np.int64),
-        diverged_at=int(bad.min()) if bad.numel() else None,
-        diverged_replicas=int(bad.numel()),
+        diverged_at=diverged.first,
+        diverged_replicas=diverged.count,
         groups=K,
     )
 

@@ -32,7 +32,7 @@ from torch.func import functional_call, grad, grad_and_value, vmap
 from backend.engine.linreg import seed_for
 from backend import lemma1
 from backend.engine.samplers import make_sampler
-from backend.errors import Cancelled
+from backend.engine.runner import Divergence, DivergenceLog, check_cancel, report
 from backend.stats import group_mean, group_ratio, group_var
 
 ESTIMATED = ("var_g", "loss_train", "loss_val", "error_train", "error_val", "gap_distorted", "noise_one_step",
@@ -314,20 +314,21 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
         params0 = task.init(K)
         params = {k: v.repeat_interleave(R, dim=0).contiguous() for k, v in params0.items()}
         opt_state = opt.init(params) if opt is not None else {}
-        alive = torch.ones(N, dtype=torch.bool, device=device)
+        div = Divergence(N, device)
         stats = EpochStats.empty(epochs + 1, K)
         gen = torch.Generator(device=device).manual_seed(seed_for(seed, b, 1))
         probe = torch.Generator(device=device).manual_seed(seed_for(seed, b, 2))
-        start_epoch, bad_at = 0, np.full(N, -1)
+        start_epoch = 0
     else:
         params = {k: torch.as_tensor(v, device=device) for k, v in resume["params"].items()}
         opt_state = {k: torch.as_tensor(v, device=device) for k, v in resume.get("opt", {}).items()}
-        alive = torch.as_tensor(resume["alive"], device=device)
+        div = Divergence(N, device, torch.as_tensor(resume["bad_at"], dtype=torch.long, device=device))
         stats = EpochStats({k: v.copy() for k, v in resume["stats"].items()})
         gen, probe = torch.Generator(device=device), torch.Generator(device=device)
         gen.set_state(torch.as_tensor(resume["gen"]))
         probe.set_state(torch.as_tensor(resume["probe"]))
-        start_epoch, bad_at = int(resume["epoch"]) + 1, resume["bad_at"].copy()
+        start_epoch = int(resume["epoch"]) + 1
+    alive = div.alive
     draw = make_sampler(sampler, n, b, N, gen, device)
     probe_draw = make_sampler("without_replacement", n, b, N, probe, device)
 
@@ -372,39 +373,35 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
     last_ckpt = time.monotonic()
     for epoch in range(start_epoch, epochs):
         for s in range(steps_per_epoch):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("cancelled")
+            check_cancel(cancel)
             t = epoch * steps_per_epoch + s
             dr = draw.draw()
             g, loss = rep.grad_and_loss(params, Xtr[dr.idx], Ytr[dr.idx])
-            ok = torch.isfinite(loss)
-            newly = alive & ~ok
-            if bool(newly.any()):
-                bad_at[newly.cpu().numpy()] = t
-                alive = alive & ok
+            div.update(torch.isfinite(loss), t)
+            alive = div.alive
             a = alphas_fn(t)
             if opt is not None:
                 new = opt.step(params, g, opt_state, a, t)
             else:
                 new = {k: params[k] - a * g[k] for k in params}
-            if bool(alive.all()):
+            if bool(alive.all()):  # one host sync per step buys skipping a masked copy of every parameter
                 params = new
             else:
                 params = {k: torch.where(alive.reshape(-1, *([1] * (v.dim() - 1))), v, params[k])
                           for k, v in new.items()}
         record(epoch + 1)
-        if progress is not None:
-            progress(N * steps_per_epoch)
+        report(progress, N * steps_per_epoch)
         if checkpoint is not None and (time.monotonic() - last_ckpt > 20 or epoch == epochs - 1 or
                                        sum(v.numel() for v in params.values()) < 5_000_000):
             checkpoint({"epoch": epoch, "params": {k: v.cpu().numpy() for k, v in params.items()},
                         "opt": {k: v.cpu().numpy() for k, v in opt_state.items()},
                         "alive": alive.cpu().numpy(), "stats": stats.values, "gen": gen.get_state().numpy(),
-                        "probe": probe.get_state().numpy(), "bad_at": bad_at})
+                        "probe": probe.get_state().numpy(), "bad_at": div.bad_at.cpu().numpy()})
             last_ckpt = time.monotonic()
-    bad = bad_at[bad_at >= 0]
-    return {"stats": stats.values, "diverged_at": int(bad.min()) if bad.size else None,
-            "diverged_replicas": int(bad.size), "steps_per_epoch": steps_per_epoch}
+    diverged = DivergenceLog()
+    diverged.add(div)
+    return {"stats": stats.values, "diverged_at": diverged.first, "diverged_replicas": diverged.count,
+            "steps_per_epoch": steps_per_epoch}
 
 
 def estimate_cost(n_train: int, d_in: int, hidden: tuple[int, ...], n_classes: int, K: int, R: int, epochs: int,

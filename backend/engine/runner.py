@@ -1,0 +1,67 @@
+"""What every replica engine's step loop shares: cancellation, progress, and the divergence bookkeeping.
+
+A replica diverges at the first step where one of its quantities is non-finite or explodes; from then on it is left
+out of every statistic, and the run reports the first such step and the count (docs/theory.md §4). The flags and
+first steps stay on the device — updating them needs no host synchronisation — and are read once, when a chunk ends.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from backend.errors import Cancelled
+
+DIVERGENCE_LOSS = 1e100  # a replica whose loss exceeds this (or turns non-finite) has diverged
+
+
+def check_cancel(cancel: threading.Event | None) -> None:
+    """Stop the run (nothing of it is cached) when the user has cancelled it."""
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("cancelled")
+
+
+def report(progress: Callable[[int], None] | None, units: int) -> None:
+    if progress is not None:
+        progress(units)
+
+
+class Divergence:
+    """Alive flags and first bad step of the replicas of one chunk (device tensors)."""
+
+    def __init__(self, n: int, device: torch.device, bad_at: torch.Tensor | None = None) -> None:
+        self.bad_at = torch.full((n,), -1, dtype=torch.long, device=device) if bad_at is None else bad_at
+        self.alive = self.bad_at < 0
+
+    def update(self, ok: torch.Tensor, t: int) -> torch.Tensor:
+        """Record step t's verdict (``ok``: the replica's quantities are finite); returns the replicas that diverged
+        at this step (a device tensor: testing it for any() is the caller's choice of a host sync)."""
+        newly = self.alive & ~ok
+        self.bad_at = torch.where(newly, torch.full_like(self.bad_at, t), self.bad_at)
+        self.alive = self.alive & ok
+        return newly
+
+
+@dataclass
+class DivergenceLog:
+    """The first bad steps of every chunk of a run, and its summary."""
+
+    steps: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, chunk: Divergence) -> None:
+        bad = chunk.bad_at.cpu().numpy()
+        self.steps.append(bad[bad >= 0])
+
+    @property
+    def first(self) -> int | None:
+        """The first step at which some replica diverged (None: none did)."""
+        bad = np.concatenate(self.steps) if self.steps else np.zeros(0, dtype=np.int64)
+        return int(bad.min()) if bad.size else None
+
+    @property
+    def count(self) -> int:
+        return int(sum(s.size for s in self.steps))
