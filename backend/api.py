@@ -61,6 +61,11 @@ def registry() -> list[dict[str, Any]]:
     return settings.describe()
 
 
+def setting_pages() -> list[dict[str, str]]:
+    """Every setting's name, title and icon, in registry order (the app's navigation; cheap: parses nothing)."""
+    return [{"name": m.NAME, "title": m.TITLE, "icon": m.ICON} for m in settings.SETTINGS.values()]
+
+
 def defaults(setting: str) -> dict[str, Any]:
     """The normalised default config of a setting (what its page starts from)."""
     return parse_config({"setting": settings.get(setting).NAME}).to_json()

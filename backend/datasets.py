@@ -10,13 +10,16 @@ import csv
 import io
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from backend.config import Fields, read_int, read_positive
 from backend.errors import ConfigError
-from backend.exact import parse_number, to_float_array
+from backend.exact import jsonable_number, parse_number, to_float_array
 
 DATA_DIR = Path(__file__).parent / "data"
 GRADUATE_ADMISSION = DATA_DIR / "graduate_admission.csv"
@@ -164,3 +167,42 @@ def design_matrix(data: RegressionData, standardize: bool, intercept: bool) -> t
             ones[:] = Fraction(1)
         X = np.concatenate([X, ones], axis=1)
     return X, y, exact
+
+
+# -- the config field ----------------------------------------------------------------------------------------
+
+@lru_cache(maxsize=8)
+def _builtin(name: str) -> RegressionData:
+    return graduate_admission()
+
+
+def parse_dataset(raw: Any) -> tuple[dict, RegressionData]:
+    """The ``dataset`` field of a linear-regression config: its normalised JSON and the data."""
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    f = Fields(raw, "dataset")
+    name = f.get("name", "inline" if "X" in raw else None)
+    if name == "graduate_admission":
+        f.finish()
+        return {"name": name}, _builtin(name)
+    if name == "synthetic":
+        n = read_int(f.get("n", 200), "dataset.n", 2, MAX_ROWS)
+        p = read_int(f.get("p", 5), "dataset.p", 1, 50)
+        noise = float(read_positive(f.get("noise", 0.5), "dataset.noise", allow_zero=True))
+        seed = read_int(f.get("seed", 0), "dataset.seed", 0, 2**32 - 1)
+        f.finish()
+        return {"name": name, "n": n, "p": p, "noise": noise, "seed": seed}, synthetic(n, p, noise, seed)
+    if name == "inline":
+        data = inline(f.get("X"), f.get("y"))
+        names = f.get("columns")
+        if names is not None:
+            if not isinstance(names, list) or len(names) != data.X.shape[1] + 1 or not all(isinstance(s, str) for s in names):
+                raise ConfigError("dataset.columns", "expected the feature names then the target name, as strings")
+            data = RegressionData(data.X, data.y, tuple(names[:-1]), names[-1])
+        f.finish()
+        norm = {"name": "inline", "X": [[jsonable_number(v) for v in row] for row in data.X],
+                "y": [jsonable_number(v) for v in data.y]}
+        if names is not None:
+            norm["columns"] = list(names)
+        return norm, data
+    raise ConfigError("dataset.name", f"expected 'graduate_admission', 'synthetic' or 'inline', got {name!r}")

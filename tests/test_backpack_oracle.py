@@ -13,10 +13,11 @@ import torch
 from backpack import backpack, extend
 from backpack.extensions import BatchGrad, BatchL2Grad
 
-from backend import api
+from backend import api, lemma1
 from backend.cache import ResultCache
 from backend.config import parse_config
 from backend.engine import mlp as engine
+from backend.engine import noise
 from backend.images import load_digits
 
 DEV = torch.device("cpu")
@@ -49,14 +50,14 @@ def test_engine_per_sample_statistics_match_backpack(hidden):
     Y = torch.as_tensor(data.y_train[:n])
     widths = (64, *hidden, 10)
     params = engine.init_params(engine.make_model(64, hidden, 10), 3, 5, torch.float64, DEV)  # three replicas
-    sq = engine.linear_relu_per_sample_sq_norms(params, X, Y, chunk=17)
-    s2, mean = engine.linear_relu_noise_terms(params, X, Y, chunk=17)
+    sq = noise.linear_relu_per_sample_sq_norms(params, X, Y, chunk=17)
+    s2, mean = noise.linear_relu_noise_terms(params, X, Y, chunk=17)
     for r in range(3):
         ref = _oracle({k: v[r] for k, v in params.items()}, X, Y, widths)
         torch.testing.assert_close(ref["grads"].square().sum(1), ref["sq"], rtol=1e-13, atol=0)  # BackPACK agrees
         torch.testing.assert_close(sq[r], ref["sq"], rtol=1e-13, atol=0)
         torch.testing.assert_close(mean[r], ref["mean"], rtol=1e-12, atol=1e-15)
-        pop = engine.lemma1.population_trace(s2[r], n)
+        pop = lemma1.population_trace(s2[r], n)
         assert pop.item() == pytest.approx(ref["trace"].item(), rel=1e-12)
 
 

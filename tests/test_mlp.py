@@ -19,6 +19,7 @@ from backend.settings import classifier as api_mlp
 from backend.cache import ResultCache
 from backend.config import parse_config
 from backend.engine import mlp as engine
+from backend.engine import noise
 from backend.engine.samplers import make_sampler
 from backend.errors import Cancelled, ConfigError
 from backend.images import displacement_fields, elastic_distort, gaussian_kernel, load_digits, load_idx_dir, read_idx
@@ -59,11 +60,11 @@ def test_noise_terms_and_b_simple_against_autograd_loops():
     rep = engine.Replicas(engine.make_model(64, (6,), 10))
     XS = torch.as_tensor(data.x_train[:20].reshape(-1, 64), dtype=torch.float64)
     YS = torch.as_tensor(data.y_train[:20])
-    trace, mean = engine.noise_terms(rep, params, XS, YS, chunk=7)
-    trace1, mean1 = engine.noise_terms(rep, params, XS, YS, chunk=1)  # one point per pass: the same sums
+    trace, mean = noise.noise_terms(rep, params, XS, YS, chunk=7)
+    trace1, mean1 = noise.noise_terms(rep, params, XS, YS, chunk=1)  # one point per pass: the same sums
     torch.testing.assert_close(trace1, trace, rtol=1e-12, atol=0)
     torch.testing.assert_close(mean1, mean, rtol=1e-12, atol=1e-15)
-    fast = engine.linear_relu_noise_terms(params, XS, YS)  # outer-product norms, no per-sample gradients
+    fast = noise.linear_relu_noise_terms(params, XS, YS)  # outer-product norms, no per-sample gradients
     for r in range(2):
         m = engine.make_model(64, (6,), 10).double()
         with torch.no_grad():
@@ -94,9 +95,9 @@ def test_linear_relu_noise_terms_equal_per_sample_gradients_deeper():
         rep = engine.Replicas(engine.make_model(64, (7, 5), 10))
         XS = torch.as_tensor(data.x_train[:50].reshape(-1, 64), dtype=dtype)
         YS = torch.as_tensor(data.y_train[:50])
-        ref = engine.noise_terms(rep, params, XS, YS)
+        ref = noise.noise_terms(rep, params, XS, YS)
         for chunk in (None, 8):
-            got = engine.linear_relu_noise_terms(params, XS, YS, chunk=chunk)
+            got = noise.linear_relu_noise_terms(params, XS, YS, chunk=chunk)
             torch.testing.assert_close(got[0], ref[0], rtol=rtol, atol=0)
             torch.testing.assert_close(got[1], ref[1], rtol=rtol, atol=rtol * ref[1].abs().max().item())
 
@@ -122,7 +123,7 @@ def test_variance_split_adds_up():
     probe = make_sampler("without_replacement", n, b, R, torch.Generator().manual_seed(2), DEV)
     idx = probe.draw().idx
     g = engine.flat(rep.grad_and_loss(params, X[idx], Y[idx])[0])
-    trace, full = engine.noise_terms(rep, params, X, Y)
+    trace, full = noise.noise_terms(rep, params, X, Y)
     c_b = (n - b) / (b * (n - 1))
     per_sample_var = trace * (n - 1) / n  # population variance over the n training points (Lemma 1)
     G = 40
@@ -307,8 +308,8 @@ def test_per_sample_gradients_are_held_in_bounded_chunks():
     """The paper preset (5 × 50 replicas of 784-1024-512-10) would need 85 GB for 64 points of per-sample gradients
     at once; the chunk shrinks to one point (1.3 GB) and the run's memory estimate fits a GPU."""
     P = 784 * 1024 + 1024 + 1024 * 512 + 512 + 512 * 10 + 10
-    assert engine.noise_chunk(250, P) == 1 and engine.noise_chunk(6, 500) == 64
-    assert 250 * P * engine.noise_chunk(250, P) <= max(engine.PER_SAMPLE_ELEMENTS, 250 * P)
+    assert noise.noise_chunk(250, P) == 1 and noise.noise_chunk(6, 500) == 64
+    assert 250 * P * noise.noise_chunk(250, P) <= max(noise.PER_SAMPLE_ELEMENTS, 250 * P)
     est = engine.estimate_cost(60000, 784, (1024, 512), 10, 5, 50, 1, 64, 10000, 10000, 256)
     assert est["memory_bytes"] < 16 * 2**30
 

@@ -67,3 +67,25 @@ def test_pages_use_only_the_public_api():
         imported = set(re.findall(r"^from backend(?:\.(\w+))? import ([\w, ]+)", page.read_text(), re.MULTILINE))
         modules = {sub or name.strip() for sub, names in imported for name in names.split(",")}
         assert modules <= {"api", "charts"}, (page.name, modules)
+
+
+def test_a_setting_is_found_from_its_module_alone(tmp_path, monkeypatch):
+    """The registry discovers every module of backend/settings that defines NAME: a fifth setting needs no edit
+    elsewhere in the backend (the app lists pages/<NAME>.py by itself)."""
+    import importlib
+    import shutil
+
+    import backend.settings as pkg
+
+    fake = tmp_path / "fifth.py"
+    shutil.copy(ROOT / "backend" / "settings" / "linear_regression.py", fake)
+    fake.write_text(fake.read_text().replace('NAME = "linear_regression"', 'NAME = "fifth"')
+                    .replace("ORDER = 1", "ORDER = 5"))
+    monkeypatch.setattr(pkg, "__path__", [*pkg.__path__, str(tmp_path)])
+    try:
+        found = pkg._discover()
+        assert list(found)[-1] == "fifth" and list(found)[:4] == list(settings.SETTINGS)
+    finally:
+        sys.modules.pop("backend.settings.fifth", None)
+    assert [p["name"] for p in api.setting_pages()] == list(settings.SETTINGS)
+    importlib.invalidate_caches()

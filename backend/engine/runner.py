@@ -17,6 +17,7 @@ import torch
 from backend.errors import Cancelled
 
 DIVERGENCE_LOSS = 1e100  # a replica whose loss exceeds this (or turns non-finite) has diverged
+ACTIVATION_ELEMENTS = 2**29  # activations one vectorised call over replicas may hold at once (2 GiB in float32)
 
 
 def check_cancel(cancel: threading.Event | None) -> None:

@@ -1,18 +1,27 @@
 """The registry of settings: name → the module that implements the Setting protocol (backend/settings/base.py).
 
-backend/api.py, the CLI, sweeps and the advisor dispatch through ``get``/``for_config`` only; adding a setting means
-one module here, one entry below, its view and its tests (docs/architecture.md).
+backend/api.py, the CLI, sweeps and the advisor dispatch through ``get``/``for_config`` only. Every module of this
+package that defines NAME is a setting (found by itself, listed by its ORDER): adding a setting means one module here,
+its page ``pages/<NAME>.py`` and its tests (docs/architecture.md).
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from types import ModuleType
 from typing import Any
 
 from backend.errors import ConfigError
-from backend.settings import deep_linear, linear_regression, mlp, sequence
 
-SETTINGS: dict[str, ModuleType] = {m.NAME: m for m in (linear_regression, deep_linear, mlp, sequence)}
+
+def _discover() -> dict[str, ModuleType]:
+    modules = [importlib.import_module(f"{__name__}.{info.name}") for info in pkgutil.iter_modules(__path__)]
+    found = sorted((m for m in modules if hasattr(m, "NAME")), key=lambda m: (m.ORDER, m.NAME))
+    return {m.NAME: m for m in found}
+
+
+SETTINGS: dict[str, ModuleType] = _discover()
 
 
 def get(name: str) -> ModuleType:
@@ -35,6 +44,6 @@ def describe() -> list[dict[str, Any]]:
     out = []
     for name, s in SETTINGS.items():
         default = parse_config({"setting": name})
-        out.append({"name": name, "title": s.TITLE, "x": s.quantities(default)[0].x,
+        out.append({"name": name, "title": s.TITLE, "icon": s.ICON, "x": s.quantities(default)[0].x,
                     "quantities": [q.to_json() for q in s.quantities(default)], "presets": list(s.PRESETS)})
     return out

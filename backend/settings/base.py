@@ -39,6 +39,8 @@ class Setting(Protocol):
 
     NAME: str
     TITLE: str
+    ORDER: int  # position in the registry and the navigation
+    ICON: str  # the app's icon for its page (a Streamlit material icon name)
     CONFIG: type
     PRESETS: Mapping[str, dict]
     THEORY_ONLY_DROPS: tuple[str, ...]  # config fields the exact theory does not read (left out of its cache key)

@@ -155,6 +155,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # -- the setting -----------------------------------------------------------------------------------------------
 
 NAME = "deep_linear"
+ORDER = 2  # position in the registry and the app's navigation
+ICON = ":material/account_tree:"
 TITLE = "Deep linear network"
 CONFIG = DeepLinearConfig
 THEORY_ONLY_DROPS = ("replicas", "seed", "device", "dtype", "batch_sizes")

@@ -7,7 +7,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
-from functools import lru_cache
 from typing import Any, ClassVar
 
 import numpy as np
@@ -29,42 +28,6 @@ from backend.stats import first_increase, polyfit_inv_b
 from backend.theory import linreg as th
 
 # -- the config ------------------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=8)
-def _builtin_dataset(name: str) -> datasets.RegressionData:
-    return datasets.graduate_admission()
-
-
-def _parse_dataset(raw: Any) -> tuple[dict, datasets.RegressionData]:
-    if isinstance(raw, str):
-        raw = {"name": raw}
-    f = Fields(raw, "dataset")
-    name = f.get("name", "inline" if "X" in raw else None)
-    if name == "graduate_admission":
-        f.finish()
-        return {"name": name}, _builtin_dataset(name)
-    if name == "synthetic":
-        n = read_int(f.get("n", 200), "dataset.n", 2, datasets.MAX_ROWS)
-        p = read_int(f.get("p", 5), "dataset.p", 1, 50)
-        noise = float(read_positive(f.get("noise", 0.5), "dataset.noise", allow_zero=True))
-        seed = read_int(f.get("seed", 0), "dataset.seed", 0, 2**32 - 1)
-        f.finish()
-        return {"name": name, "n": n, "p": p, "noise": noise, "seed": seed}, datasets.synthetic(n, p, noise, seed)
-    if name == "inline":
-        data = datasets.inline(f.get("X"), f.get("y"))
-        names = f.get("columns")
-        if names is not None:
-            if not isinstance(names, list) or len(names) != data.X.shape[1] + 1 or not all(isinstance(s, str) for s in names):
-                raise ConfigError("dataset.columns", "expected the feature names then the target name, as strings")
-            data = datasets.RegressionData(data.X, data.y, tuple(names[:-1]), names[-1])
-        f.finish()
-        norm = {"name": "inline", "X": [[jsonable_number(v) for v in row] for row in data.X],
-                "y": [jsonable_number(v) for v in data.y]}
-        if names is not None:
-            norm["columns"] = list(names)
-        return norm, data
-    raise ConfigError("dataset.name", f"expected 'graduate_admission', 'synthetic' or 'inline', got {name!r}")
 
 
 def _parse_w0(raw: Any, p: int) -> tuple[Any, np.ndarray]:
@@ -121,7 +84,7 @@ class LinearRegressionConfig:
         f = Fields(raw)
         f.get("setting")
         val = default_reader(f, cls.DEFAULTS)
-        ds_json, data = _parse_dataset(val("dataset"))
+        ds_json, data = datasets.parse_dataset(val("dataset"))
         standardize = read_bool(val("standardize"), "standardize")
         intercept = read_bool(val("intercept"), "intercept")
         X, y, exact = datasets.design_matrix(data, standardize, intercept)
@@ -186,6 +149,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # -- the setting -----------------------------------------------------------------------------------------------
 
 NAME = "linear_regression"
+ORDER = 1  # position in the registry and the app's navigation
+ICON = ":material/show_chart:"
 TITLE = "Linear regression"
 CONFIG = LinearRegressionConfig
 THEORY_ONLY_DROPS = ("replicas", "seed", "device")

@@ -125,6 +125,8 @@ def _mlp_train_size(dataset: dict) -> int:
 
 
 NAME = "mlp"
+ORDER = 3  # position in the registry and the app's navigation
+ICON = ":material/hub:"
 TITLE = "MLP classifier"
 CONFIG = MLPConfig
 theory = no_theory

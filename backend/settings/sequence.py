@@ -133,6 +133,8 @@ def _sequence_train_size(spec: str) -> int:
 
 
 NAME = "sequence"
+ORDER = 4  # position in the registry and the app's navigation
+ICON = ":material/notes:"
 TITLE = "Sequence model (Adam)"
 CONFIG = SequenceConfig
 theory = no_theory
