@@ -62,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_ in (("theory", "exact curves for every t and batch size"),
                         ("simulate", "replica estimates with standard errors"),
                         ("polynomial", "exact polynomial in 1/b at step t"),
-                        ("check", "Theorems 1-2 on the exact values (non-increasing in b at every t)")):
+                        ("check", "Theorems 1-2 on the exact values (non-increasing in b at every t)"),
+                        ("advise", "which b for a budget of N samples (exact for linear regression)")):
         sp = sub.add_parser(name, help=help_)
         sp.add_argument("config", help="config JSON file (as downloaded from the app), or - for stdin")
         if name == "polynomial":
@@ -71,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--float", dest="force_float", action="store_true", help="float coefficients even if exact")
         if name == "simulate":
             sp.add_argument("--no-cache", action="store_true", help="compute even if a cached result exists")
+        if name == "advise":
+            sp.add_argument("--budget", required=True, help="gradient evaluations N (samples); T_b = N // b steps")
+            sp.add_argument("--scaling", default="none", help="none, sqrt or linear: c_b = c (b / b_ref)^k")
+            sp.add_argument("--b-ref", dest="b_ref", default=None, help="reference batch size (default: the smallest)")
+            sp.add_argument("--target-loss", dest="target_loss", default=None,
+                            help="also the steps and examples to reach E L(w_t) <= EPS, and the frontier fit")
     sub.add_parser("settings", help="the registry of settings: quantities (x-axis, exact theory?) and presets")
     return p
 
@@ -87,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
 
         text = sys.stdin.read() if args.config == "-" else Path(args.config).read_text(encoding="utf-8")
         config = parse_config(loads(text))
+        if args.command == "advise":
+            from backend import advisor
+
+            return _emit(advisor.advise(config, _number(args.budget, "budget", int), args.scaling,
+                                        _number(args.b_ref, "b_ref", float),
+                                        _number(args.target_loss, "target_loss", float)))
         if config.setting in ("mlp", "sequence") and args.command != "simulate":
             raise ConfigError("setting", f"'{args.command}' needs exact theory, which a nonlinear network does not "
                                          "have; use 'simulate'")
@@ -144,6 +157,16 @@ def main(argv: list[str] | None = None) -> int:
         print("error: cancelled", file=sys.stderr)
         return 130
     return _emit(out)
+
+
+def _number(text: str | None, option: str, kind: type):
+    """A command-line number (None stays None); a ConfigError naming the option otherwise."""
+    if text is None:
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(option, f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}") from None
 
 
 def _emit(out: dict) -> int:

@@ -356,6 +356,21 @@ def simulate(config: LinearRegressionConfig, device: torch.device, cache: Result
     return _sim_result(config, meta, arrays, hit)
 
 
+def advise(config: LinearRegressionConfig, b: np.ndarray, steps: np.ndarray, lr_c: np.ndarray, horizon: np.ndarray,
+           target: float | None, grid) -> dict[str, Any]:
+    """The batch-size advisor's quantities, exact (backend/advisor.py; docs/theory.md §7): for each lane j (batch
+    size b[j], the schedule's shape with constant lr_c[j]), E L, var(∇L) and var(g) at t = steps[j], the first
+    t ≤ horizon[j] with E L(w_t) ≤ target, and the exact noise scale along ``grid`` — the moment recursion."""
+    _require_theory(config)
+    T = int(np.max(horizon))
+    shape = np.asarray(config.lr.alphas(T), dtype=np.float64) / float(config.lr.c)
+    alphas = np.asarray(lr_c, dtype=np.float64)[:, None] * shape[None, :]
+    c = th.noise_factor(np.asarray(b), config.n, config.sampler)
+    problem, w0 = _problem(config), _w0(config)
+    out = th.moment_paths(problem, w0, alphas, c, horizon, record_at=steps, grid=grid, target=target)
+    return {**out, "loss0": float(problem.loss(w0)), "exact": True}
+
+
 def cached_simulation(config: LinearRegressionConfig, device: torch.device, cache: ResultCache
                       ) -> dict[str, Any] | None:
     """The cached result of ``simulate(config)`` on ``device`` if there is one (never computes)."""

@@ -1,0 +1,124 @@
+"""The batch-size advisor: which b for a budget of N gradient evaluations (docs/theory.md §7).
+
+For each b of the config: T_b = ⌊N / b⌋ steps, the schedule's constant scaled as c_b = c · (b / b_ref)^k (k = 0, ½, 1
+for the scaling rules ``none``, ``sqrt``, ``linear``; the schedule's shape is the config's), and the quantities at
+t = T_b. A setting answers through the Setting protocol's ``advise`` (exact for linear regression); a setting without
+it cannot be advised yet (replica sweeps, issue 14). Written once, for every setting.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from backend import settings
+from backend.errors import ConfigError
+
+SCALINGS = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
+DIVERGENCE_FACTOR = 1e6  # a b diverges when its expected loss is non-finite or above the loss at w0 times this
+TARGET_HORIZON = 2  # steps_to_target is searched up to TARGET_HORIZON × T_b steps for each b
+MAX_STEPS = 2_000_000  # the longest run a budget may ask for (N / smallest b)
+GRID_POINTS = 60  # points of the noise-scale curve along t
+
+
+def check_request(config, budget: Any, scaling: Any, b_ref: Any, target_loss: Any) -> tuple[int, str, float, float | None]:
+    """The advisor's inputs, validated at the boundary (a ConfigError naming the option)."""
+    if not hasattr(settings.for_config(config), "advise"):
+        raise ConfigError("setting", f"the batch-size advisor is exact for linear regression; {config.setting!r} "
+                                     "needs replica sweeps over b, which are not available yet")
+    b_min = min(config.batch_sizes)
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < b_min:
+        raise ConfigError("budget", f"expected a whole number of samples ≥ the smallest batch size {b_min}, "
+                                    f"got {budget!r}")
+    if budget // b_min > MAX_STEPS:
+        raise ConfigError("budget", f"{budget} samples at b = {b_min} are {budget // b_min} steps; the limit is "
+                                    f"{MAX_STEPS}")
+    if scaling not in SCALINGS:
+        raise ConfigError("scaling", f"expected one of {list(SCALINGS)}, got {scaling!r}")
+    b_ref = b_min if b_ref is None else b_ref
+    if isinstance(b_ref, bool) or not isinstance(b_ref, (int, float, np.integer, np.floating)) or not b_ref > 0 \
+            or not np.isfinite(b_ref):
+        raise ConfigError("b_ref", f"expected a positive number, got {b_ref!r}")
+    if target_loss is not None and (isinstance(target_loss, bool) or not isinstance(target_loss, (int, float))
+                                    or not np.isfinite(target_loss) or target_loss < 0):
+        raise ConfigError("target_loss", f"expected a non-negative number, got {target_loss!r}")
+    return int(budget), scaling, float(b_ref), None if target_loss is None else float(target_loss)
+
+
+def advise(config, budget: int, scaling: str = "none", b_ref: float | None = None,
+           target_loss: float | None = None) -> dict[str, Any]:
+    """The advisor's answer (the CLI's ``advise`` output; see the module doc and docs/theory.md §7)."""
+    return advise_rules(config, budget, (scaling,), b_ref, target_loss)[scaling]
+
+
+def advise_rules(config, budget: int, scalings=tuple(SCALINGS), b_ref: float | None = None,
+                 target_loss: float | None = None) -> dict[str, dict[str, Any]]:
+    """``advise`` for several scaling rules in one pass (one lane per rule and b): {scaling: answer}."""
+    for scaling in scalings:
+        budget, _, b_ref_checked, target_loss = check_request(config, budget, scaling, b_ref, target_loss)
+    b_ref = b_ref_checked
+    bs = np.asarray(config.batch_sizes)
+    steps = budget // bs
+    lr_c = np.concatenate([float(config.lr.c) * (bs / b_ref) ** SCALINGS[s] for s in scalings])
+    grid = np.unique(np.round(np.geomspace(1, steps.max(), GRID_POINTS)).astype(int)) if steps.max() else [0]
+    grid = np.unique(np.concatenate([[0], grid]))
+    lanes = np.tile(steps, len(scalings))
+    horizon = lanes * TARGET_HORIZON if target_loss is not None else lanes
+    res = settings.for_config(config).advise(config, np.tile(bs, len(scalings)), lanes, lr_c, horizon, target_loss, grid)
+    B = len(bs)
+    return {s: _answer(config, budget, s, b_ref, target_loss, steps, lr_c[i * B:(i + 1) * B], horizon[i * B:(i + 1) * B],
+                       grid, {k: (v[i * B:(i + 1) * B] if isinstance(v, np.ndarray) else v) for k, v in res.items()})
+            for i, s in enumerate(scalings)}
+
+
+def _answer(config, budget, scaling, b_ref, target_loss, steps, lr_c, horizon, grid, res) -> dict[str, Any]:
+    bs = np.asarray(config.batch_sizes)
+    loss0 = res["loss0"]
+    diverged = ~np.isfinite(res["loss"]) | (res["loss"] > loss0 * DIVERGENCE_FACTOR)
+    ok = np.flatnonzero(~diverged)
+    best = int(bs[ok[np.argmin(res["loss"][ok])]]) if ok.size else None
+    out: dict[str, Any] = {
+        "setting": config.setting, "budget": budget, "scaling": scaling, "b_ref": b_ref, "exact": res["exact"],
+        "schedule": config.lr.kind, "loss_at_w0": loss0,
+        "curves": {str(b): {"steps": int(steps[j]), "lr_c": float(lr_c[j]), "loss": _num(res["loss"][j]),
+                            "var_full_grad": _num(res["var_full_grad"][j]), "var_g": _num(res["var_g"][j]),
+                            "diverged": bool(diverged[j])} for j, b in enumerate(bs)},
+        "best_b": best,
+        "b_noise": {"t": [int(t) for t in grid],
+                    "curves": {str(b): [_num(v) for v in res["grid_noise_scale"][j]] for j, b in enumerate(bs)},
+                    "at_budget": {str(b): _num(res["noise_scale"][j]) for j, b in enumerate(bs)}},
+    }
+    if target_loss is not None:
+        first = res["first_below"]
+        S = {str(b): (int(first[j]) if first[j] >= 0 else None) for j, b in enumerate(bs)}
+        out["target_loss"] = target_loss
+        out["target_search_steps"] = {str(b): int(horizon[j]) for j, b in enumerate(bs)}
+        out["steps_to_target"] = S
+        out["examples_to_target"] = {k: (None if v is None else int(k) * v) for k, v in S.items()}
+        reached = [(int(k), v) for k, v in S.items() if v is not None and v > 0]
+        out["frontier"] = fit_frontier(np.array([b for b, _ in reached]), np.array([s for _, s in reached]))
+    return out
+
+
+def fit_frontier(b: np.ndarray, steps: np.ndarray) -> dict[str, Any] | None:
+    """McCandlish et al.'s model (S/S_min − 1)(E/E_min − 1) = 1 with E = b·S, fitted to the (b, S_b) pairs.
+
+    The model is S = S_min + E_min / b (then E = E_min + S_min·b, and B_crit = E_min / S_min): linear in (1, 1/b),
+    fitted by least squares on the relative residuals (weights 1/S_b). Needs two distinct b."""
+    b, steps = np.asarray(b, dtype=np.float64), np.asarray(steps, dtype=np.float64)
+    if len(np.unique(b)) < 2:
+        return None
+    A = np.stack([np.ones_like(b), 1.0 / b], axis=1) / steps[:, None]
+    (s_min, e_min), *_ = np.linalg.lstsq(A, np.ones_like(b), rcond=None)
+    fitted = s_min + e_min / b
+    return {"S_min": float(s_min), "E_min": float(e_min),
+            "B_crit": float(e_min / s_min) if s_min > 0 else None,
+            "b": [int(v) for v in b], "steps_fitted": [float(v) for v in fitted],
+            "residuals": [float(v) for v in steps - fitted],
+            "relative_rms": float(np.sqrt(np.mean(((steps - fitted) / steps) ** 2)))}
+
+
+def _num(x) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
