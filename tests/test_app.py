@@ -227,3 +227,20 @@ def test_streamlit_config_keeps_runs_at_full_speed():
     assert conf["runner"]["postScriptGC"] is False
     assert conf["client"]["showSidebarNavigation"] is False
     assert st_config.get_option("runner.postScriptGC") is not None  # the option still exists in this Streamlit
+
+
+def test_advisor_page_shows_the_exact_best_b_for_every_rule():
+    from backend import api
+    from backend.config import parse_config
+
+    at = open_page("pages/advisor.py")
+    assert not at.error, [e.value for e in at.error]
+    by_label(at.sidebar.number_input, "Budget N (samples)").set_value(20000)
+    by_label(at.sidebar.checkbox, "Target loss (steps and examples to reach it)").check()
+    at.run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    metrics = {m.label: m.value for m in at.metric}
+    assert set(metrics) == {"best b (none)", "best b (sqrt)", "best b (linear)"}
+    want = api.advise(parse_config({"setting": "linear_regression"}), 20000, "sqrt")["best_b"]
+    assert metrics["best b (sqrt)"] == str(want)  # the page shows what the API computes for the same inputs
+    assert any("B_noise" in c.value for c in at.caption)

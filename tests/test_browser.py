@@ -128,6 +128,18 @@ def test_theory_page_from_a_settings_link(server, browser):
     page.close()
 
 
+def test_advisor_page(server, browser):
+    """The advisor draws the exact final loss against b for the three scaling rules, live, with the best b."""
+    page = browser.new_page(viewport={"width": 1300, "height": 1100})
+    page.goto(f"{server}/advisor")
+    page.get_by_text("best b (linear)").first.wait_for(timeout=90_000)
+    page.locator("[data-testid='stVegaLiteChart']").first.locator("g.mark-line path").first.wait_for(
+        state="attached", timeout=60_000)
+    no_exception(page)
+    shot(page, "advisor")
+    page.close()
+
+
 def test_linear_regression_page_run(server, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     open_lr(page, server, "?replicas=100")

@@ -1,0 +1,137 @@
+"""The batch-size advisor (docs/theory.md §7): exact for linear regression, checked against the moment recursion run
+step by step with the scaled schedule, against enumeration of every batch sequence in exact rationals, against
+replicas, and through the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from bruteforce import enumerate_moments
+from conftest import ROOT, TINY_W0, TINY_X, TINY_Y, tiny_config_json
+
+from backend import advisor, api
+from backend.cache import ResultCache
+from backend.config import parse_config
+from backend.settings import linear_regression as lr
+from backend.theory import linreg as th
+
+
+@pytest.mark.parametrize("scaling", ["none", "sqrt", "linear"])
+def test_advisor_equals_the_recursion_with_the_scaled_schedule(scaling):
+    cfg = parse_config({"batch_sizes": [4, 32, 100, 500], "lr": {"schedule": "inverse", "c": "1/4"}})
+    res = advisor.advise(cfg, 2000, scaling, b_ref=16)
+    prob, w0 = lr._problem(cfg), lr._w0(cfg)
+    k = {"none": 0, "sqrt": 0.5, "linear": 1}[scaling]
+    for b in cfg.batch_sizes:
+        T, c_b = 2000 // b, 0.25 * (b / 16) ** k
+        row = res["curves"][str(b)]
+        assert row["steps"] == T and row["lr_c"] == pytest.approx(c_b, rel=1e-15)
+        ref = th.moment_curves(prob, w0, [c_b / (t + 1) for t in range(T)], th.noise_factor(np.array([b]), cfg.n))
+        for q in ("loss", "var_full_grad", "var_g"):
+            want = ref[q][0, T]
+            if want == 0:
+                assert row[q] == pytest.approx(0, abs=1e-15)
+            else:
+                assert row[q] == pytest.approx(want, rel=1e-10), (b, q)
+    finite = {int(b): r["loss"] for b, r in res["curves"].items() if not r["diverged"]}
+    assert res["best_b"] == min(finite, key=finite.get)
+
+
+def test_advisor_equals_enumeration_in_exact_rationals():
+    """n = 5, every sequence of mini-batches enumerated in exact arithmetic (tests/bruteforce.py, no shared code)."""
+    cfg = parse_config(tiny_config_json(batch_sizes=[2, 3], lr={"schedule": "inverse", "c": "1/4"}))
+    for scaling in ("none", "linear"):
+        res = advisor.advise(cfg, 6, scaling, b_ref=2)
+        for b in (2, 3):
+            T = 6 // b
+            c_b = Fraction(1, 4) * (Fraction(b, 2) if scaling == "linear" else 1)
+            ref = enumerate_moments(TINY_X, TINY_Y, TINY_W0, [c_b / (t + 1) for t in range(T)], b, T)
+            row = res["curves"][str(b)]
+            for q, key in (("loss", "loss"), ("var_full_grad", "var_full_grad"), ("var_g", "var_g")):
+                assert row[q] == pytest.approx(float(ref[key]), rel=1e-12, abs=1e-15), (scaling, b, q)
+
+
+def test_steps_to_target_is_the_first_crossing_and_the_frontier_is_fitted():
+    cfg = parse_config({"batch_sizes": [2, 8, 32, 128], "lr": {"schedule": "constant", "c": "0.02"}})
+    prob, w0 = lr._problem(cfg), lr._w0(cfg)
+    target = 0.0045
+    res = advisor.advise(cfg, 20000, "none", target_loss=target)
+    reached = 0
+    for b in cfg.batch_sizes:
+        S = res["steps_to_target"][str(b)]
+        horizon = res["target_search_steps"][str(b)]
+        curve = th.moment_curves(prob, w0, [0.02] * horizon, th.noise_factor(np.array([b]), cfg.n))["loss"][0]
+        if S is None:
+            assert np.all(curve > target)
+            continue
+        reached += 1
+        assert curve[S] <= target and np.all(curve[:S] > target), b  # the first crossing, both sides checked
+        assert res["examples_to_target"][str(b)] == b * S
+    assert reached >= 2 and res["frontier"] is not None and res["frontier"]["S_min"] > 0
+
+
+def test_frontier_fit_recovers_the_model():
+    """Points on (S/S_min − 1)(E/E_min − 1) = 1 give back S_min, E_min and B_crit = E_min / S_min."""
+    b = np.array([1, 2, 4, 8, 16, 64, 256, 1024])
+    S = 300.0 * (1 + 40.0 / b)
+    fit = advisor.fit_frontier(b, S)
+    assert fit["S_min"] == pytest.approx(300, rel=1e-12) and fit["E_min"] == pytest.approx(12000, rel=1e-12)
+    assert fit["B_crit"] == pytest.approx(40, rel=1e-12) and fit["relative_rms"] < 1e-12
+    E = b * S
+    assert np.allclose((S / fit["S_min"] - 1) * (E / fit["E_min"] - 1), 1)
+    assert advisor.fit_frontier(np.array([4, 4]), np.array([10, 11])) is None
+
+
+def test_noise_scale_at_t0_is_the_per_sample_gradient_ratio():
+    """B_noise(w0) = tr Σ(w0) / ‖∇L(w0)‖² from the per-sample gradients themselves (population Σ)."""
+    cfg = parse_config({"batch_sizes": [4, 64]})
+    res = advisor.advise(cfg, 640)
+    X, y, w = np.asarray(cfg.X, float), np.asarray(cfg.y, float), np.asarray(cfg.w0_values, float)
+    grads = X * (X @ w - y)[:, None]
+    G = grads.mean(axis=0)
+    want = ((grads - G) ** 2).sum(axis=1).mean() / (G @ G)
+    for b in ("4", "64"):
+        assert res["b_noise"]["t"][0] == 0 and res["b_noise"]["curves"][b][0] == pytest.approx(want, rel=1e-10)
+
+
+def test_replicas_agree_with_the_advisors_exact_loss(tmp_path):
+    cfg = parse_config({"batch_sizes": [16], "steps": 25, "replicas": 4000, "seed": 3, "device": "cpu",
+                        "lr": {"schedule": "inverse", "c": "1/2"}})
+    exact = advisor.advise(cfg, 400, "none")["curves"]["16"]
+    sim = api.simulate(cfg, cache=ResultCache(tmp_path))
+    est = sim["curves"]["loss"]
+    z = (est["value"][0, 25] - exact["loss"]) / est["se"][0, 25]
+    assert exact["steps"] == 25 and abs(z) <= 4, z
+
+
+@pytest.mark.parametrize("args,option", [(["--budget", "1"], "budget"), (["--budget", "x"], "budget"),
+                                         (["--budget", "100", "--scaling", "cube"], "scaling"),
+                                         (["--budget", "100", "--b-ref", "0"], "b_ref"),
+                                         (["--budget", "100", "--target-loss", "-1"], "target_loss")])
+def test_cli_refuses_bad_options_in_one_line(tmp_path, args, option):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"batch_sizes": [2, 16]}))
+    out = subprocess.run([sys.executable, "-m", "backend", "advise", str(path), *args], cwd=ROOT,
+                         capture_output=True, text=True, env=os.environ.copy(), timeout=120)
+    assert out.returncode == 2 and out.stderr.startswith(f"error: {option}:") and out.stderr.count("\n") == 1
+
+
+def test_cli_advises_and_refuses_a_setting_without_exact_theory(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"batch_sizes": [4, 64]}))
+    out = subprocess.run([sys.executable, "-m", "backend", "advise", str(path), "--budget", "6400",
+                          "--scaling", "sqrt", "--target-loss", "0.006"], cwd=ROOT, capture_output=True, text=True,
+                         env=os.environ.copy(), timeout=120)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["exact"] and res["scaling"] == "sqrt" and res["b_ref"] == 4 and set(res["curves"]) == {"4", "64"}
+    assert res["curves"]["64"]["lr_c"] == pytest.approx(0.5 * 4) and res["best_b"] in (4, 64)
+    assert {"steps_to_target", "examples_to_target", "frontier", "b_noise"} <= set(res)
+    path.write_text(json.dumps({"setting": "deep_linear"}))
+    out = subprocess.run([sys.executable, "-m", "backend", "advise", str(path), "--budget", "100"], cwd=ROOT,
+                         capture_output=True, text=True, env=os.environ.copy(), timeout=120)
+    assert out.returncode == 2 and out.stderr.startswith("error: setting:")
