@@ -33,6 +33,7 @@ bench: $(VENV)/.dev
 	$(PY) benchmarks/bench_deep_linear.py
 	$(PY) benchmarks/bench_mlp.py
 	$(PY) benchmarks/bench_sequence.py
+	$(PY) benchmarks/bench_advisor.py
 
 clean-cache:
 	rm -rf cache/results cache/locks
