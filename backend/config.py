@@ -172,6 +172,13 @@ DTYPES = ("float64", "float32")
 MLP_SAMPLERS = ("epoch_reshuffle", "without_replacement")
 
 
+def replace_fields(config, **changes: Any):
+    """A new validated config of the same setting with some JSON fields changed (every config's ``replace``)."""
+    raw = config.to_json()
+    raw.update({k: (v.to_json() if isinstance(v, Schedule) else v) for k, v in changes.items()})
+    return type(config).parse(raw)
+
+
 def default_reader(f: "Fields", defaults: dict[str, Any]):
     """val(key): the field if given, else the config class's default (its DEFAULTS, the one place they are stated)."""
     return lambda key: f.get(key, defaults[key])

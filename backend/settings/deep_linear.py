@@ -15,7 +15,7 @@ import torch
 
 from backend.cache import CODE_VERSION, ResultCache
 from backend.config import (DEVICES, DTYPES, MAX_REPLICAS, MAX_STEPS, MAX_WIDTH, MIN_REPLICAS, Fields, Schedule,
-                            default_reader, read_batch_sizes, read_choice, read_int, read_positive)
+                            default_reader, read_batch_sizes, read_choice, read_int, read_positive, replace_fields)
 from backend.costs import combine_costs
 from backend.curves import curves_result, unpack_stats
 from backend.engine import deep_linear as engine
@@ -134,10 +134,7 @@ class DeepLinearConfig:
                 "replicas": self.replicas, "seed": self.seed, "device": self.device, "dtype": self.dtype,
                 "record_every": self.record_every}
 
-    def replace(self, **changes: Any) -> "DeepLinearConfig":
-        raw = self.to_json()
-        raw.update({k: (v.to_json() if isinstance(v, Schedule) else v) for k, v in changes.items()})
-        return DeepLinearConfig.parse(raw)
+    replace = replace_fields  # a new validated config with some JSON fields changed
 
 
 PRESETS: dict[str, dict[str, Any]] = {

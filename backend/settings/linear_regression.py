@@ -16,7 +16,7 @@ from backend import datasets
 from backend.cache import CODE_VERSION, ResultCache, default_cache, make_key
 from backend.config import (DEVICES, MAX_REPLICAS, MAX_STEPS, MIN_REPLICAS, SAMPLER_LABELS, SAMPLERS, Fields, Schedule,
                             default_reader, paper_batch_sizes, read_batch_sizes, read_bool, read_choice, read_int,
-                            read_positive)
+                            read_positive, replace_fields)
 from backend.costs import combine_costs
 from backend.curves import curves_result, unpack_stats
 from backend.engine import linreg as engine
@@ -132,11 +132,7 @@ class LinearRegressionConfig:
             "device": self.device,
         }
 
-    def replace(self, **changes: Any) -> "LinearRegressionConfig":
-        """A new validated config with some JSON fields changed."""
-        raw = self.to_json()
-        raw.update({k: (v.to_json() if isinstance(v, Schedule) else v) for k, v in changes.items()})
-        return LinearRegressionConfig.parse(raw)
+    replace = replace_fields  # a new validated config with some JSON fields changed
 
 
 PRESETS: dict[str, dict[str, Any]] = {

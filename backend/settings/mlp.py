@@ -14,16 +14,16 @@ import torch
 
 from backend.cache import ResultCache
 from backend.config import (MLP_SAMPLERS, Fields, Schedule, default_reader, read_batch_sizes, read_choice, read_int,
-                            read_positive, replica_run_fields)
+                            read_positive, replace_fields, replica_run_fields)
 from backend.costs import combine_costs
 from backend.engine import mlp as engine
 from backend.errors import ConfigError
 from backend.images import elastic_distort, load_dataset
 from backend.progress import Progress
 from backend.settings.base import Quantity
-from backend.settings.classifier import THEORY_ONLY_DROPS  # noqa: F401  (part of the Setting protocol)
 from backend.settings.classifier import (cached_classifier, classifier_quantities, no_polynomial, no_theory,
                                          shape_result, simulate_classifier)
+from backend.settings.classifier import THEORY_ONLY_DROPS  # noqa: F401  (part of the Setting protocol)
 
 PRESETS: dict[str, dict[str, Any]] = {
     "laptop": {},  # the defaults (MLPConfig.DEFAULTS): digits, 64 → 32 → 16 → 10, 3 × 16 replicas, 12 epochs
@@ -107,10 +107,7 @@ class MLPConfig:
                 "noise_samples": self.noise_samples, "eval_size": self.eval_size, "seed": self.seed,
                 "device": self.device, "dtype": self.dtype}
 
-    def replace(self, **changes: Any) -> "MLPConfig":
-        raw = self.to_json()
-        raw.update({k: (v.to_json() if isinstance(v, Schedule) else v) for k, v in changes.items()})
-        return MLPConfig.parse(raw)
+    replace = replace_fields  # a new validated config with some JSON fields changed
 
 
 @lru_cache(maxsize=16)

@@ -14,16 +14,15 @@ import torch
 
 from backend.cache import ResultCache
 from backend.config import (MLP_SAMPLERS, Fields, default_reader, read_batch_sizes, read_choice, read_int,
-                            read_positive, replica_run_fields)
-from backend.engine import mlp as trainer
-from backend.engine import sequence as seq
+                            read_positive, replace_fields, replica_run_fields)
+from backend.engine import mlp as trainer, sequence as seq
 from backend.engine.mlp import module_forward
 from backend.errors import ConfigError
 from backend.progress import Progress
 from backend.settings.base import Quantity
-from backend.settings.classifier import THEORY_ONLY_DROPS  # noqa: F401  (part of the Setting protocol)
 from backend.settings.classifier import (cached_classifier, classifier_quantities, no_polynomial, no_theory,
                                          shape_result, simulate_classifier)
+from backend.settings.classifier import THEORY_ONLY_DROPS  # noqa: F401  (part of the Setting protocol)
 from backend.text import Tokenizer, load_corpus
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -115,6 +114,8 @@ class SequenceConfig:
         f.finish()
         return cls(corpus, tokenizer, max_len, vocab, layers, heads, width, inits, replicas, epochs, opt, batch_sizes,
                    sampler, n_train=n_train, **common)
+
+    replace = replace_fields  # a new validated config with some JSON fields changed
 
     def to_json(self) -> dict:
         return {"setting": self.setting, "corpus": self.corpus, "tokenizer": self.tokenizer, "max_len": self.max_len,
