@@ -87,10 +87,7 @@ def check_linreg(dev: torch.device, small: bool) -> None:
 def check_deep(dev: torch.device, small: bool) -> None:
     cfg = parse_config({"setting": "deep_linear", "dims": [3, 4, 2], "steps": 1, "batch_sizes": [2, 8, 32],
                         "replicas": 20000 if small else 400000, "device": dev.type})
-    theory, sim = api.theory(cfg), api.simulate(cfg)
-    exact = theory["curves"]["var_g"]
-    est = sim["curves"]["var_g"]
-    z = (est["value"] - exact) / np.sqrt(est["se"] ** 2 + (1e-9 * np.abs(exact)) ** 2)
+    z = api.agreement(api.theory(cfg), api.simulate(cfg))["z"]
     ok = np.isfinite(z[:, 1]).all() and (np.abs(z[:, 1]) <= 4).all()
     check("deep linear t = 1 vs exact polynomial", bool(ok), f"z at t = 1: {np.round(z[:, 1], 2).tolist()}")
 

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from backend.engine.linreg import seed_for
-from backend.engine.runner import Divergence, DivergenceLog, check_cancel, report
-from backend.stats import GroupStats, group_m2, group_ranges, group_start, n_groups_equal
+from backend.engine.runner import Divergence, DivergenceLog, check_cancel, chunks, report
+from backend.stats import GroupStats, group_m2, n_groups_equal
 
 DIVERGENCE_LOSS = 1e30
 CHUNK_ELEMENTS = 40_000_000  # replicas × (params + p²) per chunk
@@ -249,9 +249,8 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
     finite = np.zeros(len(recorded), dtype=np.int64)
     diverged = DivergenceLog()
     layer_names = [f"layer{k + 1}" for k in range(d)]
-    for chunk_no, groups in enumerate(group_ranges(R, K, max_chunk)):
-        start, stop = group_start(groups.start, R, K), group_start(groups.stop, R, K)
-        Rc = stop - start
+    for chunk in chunks(R, max_chunk, K):
+        start, stop, Rc, groups, chunk_no = chunk.start, chunk.stop, chunk.size, chunk.groups, chunk.number
         gid = (torch.arange(start, stop, device=device) * K) // R - groups.start
         sig = SigmaSampler(p, b, Rc, seed_for(seed, b, chunk_no), device, dtype, sampler)
         Ws = [torch.as_tensor(W, dtype=dtype, device=device).expand(Rc, *W.shape).clone()

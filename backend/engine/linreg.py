@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from backend.engine.samplers import make_sampler
-from backend.engine.runner import DIVERGENCE_LOSS, Divergence, DivergenceLog, check_cancel, report
+from backend.engine.runner import DIVERGENCE_LOSS, Divergence, DivergenceLog, check_cancel, chunks, report
 from backend.stats import MeanAccumulator, VarianceAccumulator, group_ids, n_groups
 
 CHUNK_ELEMENTS = 8_000_000  # gathered batch elements (replicas × k × p) per chunk
@@ -80,13 +80,11 @@ def run_replicas(
     acc_cond = MeanAccumulator(K, T1, device) if c is not None else None
     finite = torch.zeros(T1, dtype=torch.float64, device=device)
     diverged = DivergenceLog()
-    step = max(1, chunk_size(R, b, n, p))
     w_init = torch.as_tensor(np.asarray(w0, dtype=np.float64), dtype=dtype, device=device)
-    for chunk_no, start in enumerate(range(0, R, step)):
-        stop = min(R, start + step)
-        Rc = stop - start
+    for chunk in chunks(R, chunk_size(R, b, n, p)):
+        start, stop, Rc = chunk.start, chunk.stop, chunk.size
         gen = torch.Generator(device=device)
-        gen.manual_seed(seed_for(seed, b, chunk_no))
+        gen.manual_seed(seed_for(seed, b, chunk.number))
         draw_batch = make_sampler(sampler, n, b, Rc, gen, device)
         gid = group_ids(start, stop, R, K, device)
         W = w_init.expand(Rc, p).clone()

@@ -1,4 +1,5 @@
-"""What every replica engine's step loop shares: cancellation, progress, and the divergence bookkeeping.
+"""What every replica engine's run shares: its replicas in chunks, cancellation, progress, and the divergence
+bookkeeping.
 
 A replica diverges at the first step where one of its quantities is non-finite or explodes; from then on it is left
 out of every statistic, and the run reports the first such step and the count (docs/theory.md §4). The flags and
@@ -15,9 +16,36 @@ import numpy as np
 import torch
 
 from backend.errors import Cancelled
+from backend.stats import group_ranges, group_start
 
 DIVERGENCE_LOSS = 1e100  # a replica whose loss exceeds this (or turns non-finite) has diverged
 ACTIVATION_ELEMENTS = 2**29  # activations one vectorised call over replicas may hold at once (2 GiB in float32)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Replicas [start, stop) of a run, processed together; ``groups`` the whole replica groups it holds (for
+    engines whose statistics need whole groups), or None."""
+
+    number: int
+    start: int
+    stop: int
+    groups: range | None = None
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+def chunks(R: int, max_size: int, K: int | None = None) -> list[Chunk]:
+    """The run's replicas in consecutive chunks of at most ``max_size`` (at least one replica, or with K groups at
+    least one whole group: chunks then hold whole groups, contiguous blocks of the replica index as in
+    backend.stats). The chunk number seeds the chunk's generators, so results do not depend on how many run at once."""
+    if K is None:
+        step = max(1, max_size)
+        return [Chunk(i, start, min(R, start + step)) for i, start in enumerate(range(0, R, step))]
+    return [Chunk(i, group_start(g.start, R, K), group_start(g.stop, R, K), g)
+            for i, g in enumerate(group_ranges(R, K, max_size))]
 
 
 def check_cancel(cancel: threading.Event | None) -> None:
