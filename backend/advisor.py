@@ -2,8 +2,10 @@
 
 For each b of the config: T_b = ⌊N / b⌋ steps, the schedule's constant scaled as c_b = c · (b / b_ref)^k (k = 0, ½, 1
 for the scaling rules ``none``, ``sqrt``, ``linear``; the schedule's shape is the config's), and the quantities at
-t = T_b. A setting answers through the Setting protocol's ``advise`` (exact for linear regression); a setting without
-it cannot be advised yet (replica sweeps, issue 14). Written once, for every setting.
+t = T_b. Written once, for every setting, against the Setting protocol: a setting with ``advise`` answers exactly
+(linear regression); one with ``advise_cell`` (the config of the run for one b), ``ADVISOR_QUANTITIES`` and
+``advisor_steps`` answers from a sweep of replica runs over b — one cached ``simulate`` per b, run here one after
+another — with standard errors.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ GRID_POINTS = 60  # points of the noise-scale curve along t
 
 def check_request(config, budget: Any, scaling: Any, b_ref: Any, target_loss: Any) -> tuple[int, str, float, float | None]:
     """The advisor's inputs, validated at the boundary (a ConfigError naming the option)."""
-    if not hasattr(settings.for_config(config), "advise"):
-        raise ConfigError("setting", f"the batch-size advisor is exact for linear regression; {config.setting!r} "
-                                     "needs replica sweeps over b, which are not available yet")
+    setting = settings.for_config(config)
+    if not (hasattr(setting, "advise") or hasattr(setting, "advise_cell")):
+        raise ConfigError("setting", f"the batch-size advisor cannot run the setting {config.setting!r}")
     b_min = min(config.batch_sizes)
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < b_min:
         raise ConfigError("budget", f"expected a whole number of samples ≥ the smallest batch size {b_min}, "
@@ -47,17 +49,19 @@ def check_request(config, budget: Any, scaling: Any, b_ref: Any, target_loss: An
 
 
 def advise(config, budget: int, scaling: str = "none", b_ref: float | None = None,
-           target_loss: float | None = None) -> dict[str, Any]:
+           target_loss: float | None = None, progress=None, cancel=None) -> dict[str, Any]:
     """The advisor's answer (the CLI's ``advise`` output; see the module doc and docs/theory.md §7)."""
-    return advise_rules(config, budget, (scaling,), b_ref, target_loss)[scaling]
+    return advise_rules(config, budget, (scaling,), b_ref, target_loss, progress, cancel)[scaling]
 
 
 def advise_rules(config, budget: int, scalings=tuple(SCALINGS), b_ref: float | None = None,
-                 target_loss: float | None = None) -> dict[str, dict[str, Any]]:
+                 target_loss: float | None = None, progress=None, cancel=None) -> dict[str, dict[str, Any]]:
     """``advise`` for several scaling rules in one pass (one lane per rule and b): {scaling: answer}."""
     for scaling in scalings:
         budget, _, b_ref_checked, target_loss = check_request(config, budget, scaling, b_ref, target_loss)
     b_ref = b_ref_checked
+    if not hasattr(settings.for_config(config), "advise"):
+        return {s: replica_answer(config, budget, s, b_ref, target_loss, progress, cancel) for s in scalings}
     bs = np.asarray(config.batch_sizes)
     steps = budget // bs
     lr_c = np.concatenate([float(config.lr.c) * (bs / b_ref) ** SCALINGS[s] for s in scalings])
@@ -98,6 +102,51 @@ def _answer(config, budget, scaling, b_ref, target_loss, steps, lr_c, horizon, g
         out["examples_to_target"] = {k: (None if v is None else int(k) * v) for k, v in S.items()}
         reached = [(int(k), v) for k, v in S.items() if v is not None and v > 0]
         out["frontier"] = fit_frontier(np.array([b for b, _ in reached]), np.array([s for _, s in reached]))
+    return out
+
+
+def replica_answer(config, budget: int, scaling: str, b_ref: float, target_loss: float | None, progress=None,
+                   cancel=None) -> dict[str, Any]:
+    """The advisor from replica runs: one ``simulate`` per b of the cell config ``advise_cell`` gives (cached like
+    any run: a cell computed once is served again), its quantities at the end of the budget with their SEs."""
+    from backend import api  # the runs go through the API: guard, device, cache
+
+    setting = settings.for_config(config)
+    names = setting.ADVISOR_QUANTITIES
+    bs = list(config.batch_sizes)
+    curves, losses, loss0 = {}, [], None
+    first_below: dict[str, int | None] = {}
+    for b in bs:
+        cell = setting.advise_cell(config, b, budget, (b / b_ref) ** SCALINGS[scaling])
+        res = api.simulate(cell, progress, cancel)
+        row: dict[str, Any] = {"steps": int(setting.advisor_steps(cell, b, res["x"])[-1]), "config": cell.to_json(),
+                               "cached": bool(res["cached"])}
+        for out_name, q in names.items():
+            row[out_name] = _num(res["curves"][q]["value"][0, -1])
+            row[f"{out_name}_se"] = _num(res["curves"][q]["se"][0, -1])
+        if "b_simple" in res["curves"]:
+            row["b_simple"], row["b_simple_se"] = (_num(res["curves"]["b_simple"][k][0, -1]) for k in ("value", "se"))
+        loss_path = res["curves"][names["loss"]]["value"][0]
+        loss0 = float(loss_path[0]) if loss0 is None else loss0
+        if target_loss is not None:
+            hit = np.flatnonzero(loss_path <= target_loss)
+            first_below[str(b)] = int(setting.advisor_steps(cell, b, res["x"][hit[0]])) if hit.size else None
+        losses.append(row["loss"])
+        curves[str(b)] = row
+    loss = np.array([np.nan if v is None else v for v in losses])
+    diverged = ~np.isfinite(loss) | (loss > loss0 * DIVERGENCE_FACTOR)
+    for j, b in enumerate(bs):
+        curves[str(b)]["diverged"] = bool(diverged[j])
+    ok = np.flatnonzero(~diverged)
+    out: dict[str, Any] = {"setting": config.setting, "budget": budget, "scaling": scaling, "b_ref": b_ref,
+                           "exact": False, "loss_at_w0": loss0, "curves": curves,
+                           "best_b": int(bs[ok[np.argmin(loss[ok])]]) if ok.size else None}
+    if target_loss is not None:
+        out["target_loss"] = target_loss
+        out["steps_to_target"] = first_below
+        out["examples_to_target"] = {k: (None if v is None else int(k) * v) for k, v in first_below.items()}
+        reached = [(int(k), v) for k, v in first_below.items() if v]
+        out["frontier"] = fit_frontier(np.array([b for b, _ in reached]), np.array([v for _, v in reached]))
     return out
 
 

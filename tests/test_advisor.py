@@ -131,7 +131,34 @@ def test_cli_advises_and_refuses_a_setting_without_exact_theory(tmp_path):
     assert res["exact"] and res["scaling"] == "sqrt" and res["b_ref"] == 4 and set(res["curves"]) == {"4", "64"}
     assert res["curves"]["64"]["lr_c"] == pytest.approx(0.5 * 4) and res["best_b"] in (4, 64)
     assert {"steps_to_target", "examples_to_target", "frontier", "b_noise"} <= set(res)
-    path.write_text(json.dumps({"setting": "deep_linear"}))
-    out = subprocess.run([sys.executable, "-m", "backend", "advise", str(path), "--budget", "100"], cwd=ROOT,
-                         capture_output=True, text=True, env=os.environ.copy(), timeout=120)
-    assert out.returncode == 2 and out.stderr.startswith("error: setting:")
+
+
+def test_a_replica_setting_is_advised_through_a_sweep_of_cached_runs(tmp_path, monkeypatch):
+    """Deep linear network, tiny: each b's answer is exactly the end of ``simulate`` of that b's cell config (same
+    cache), a second call recomputes nothing, the best b minimises the loss, and the CLI prints it with SEs."""
+    monkeypatch.setenv("BATCHVAR_CACHE_DIR", str(tmp_path / "cache"))
+    from backend.settings import deep_linear
+
+    cfg = parse_config({"setting": "deep_linear", "batch_sizes": [2, 8, 32], "replicas": 400, "device": "cpu"})
+    res = advisor.advise(cfg, 320, "sqrt")
+    assert not res["exact"] and res["b_ref"] == 2
+    for b in (2, 8, 32):
+        row = res["curves"][str(b)]
+        cell = deep_linear.advise_cell(cfg, b, 320, (b / 2) ** 0.5)
+        assert row["config"] == cell.to_json() and row["steps"] == 320 // b
+        assert cell.lr.c == pytest.approx(float(cfg.lr.c) * (b / 2) ** 0.5)
+        sim = api.simulate(cell)
+        assert sim["cached"]  # the advisor's run, served again
+        assert row["loss"] == sim["curves"]["loss"]["value"][0, -1] and row["loss_se"] == sim["curves"]["loss"]["se"][0, -1]
+        assert row["var_g"] == sim["curves"]["var_g"]["value"][0, -1] and row["var_g_se"] > 0
+    again = advisor.advise(cfg, 320, "sqrt")
+    assert all(r["cached"] for r in again["curves"].values())
+    finite = {int(b): r["loss"] for b, r in res["curves"].items() if not r["diverged"]}
+    assert res["best_b"] == min(finite, key=finite.get)
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(cfg.to_json()))
+    out = subprocess.run([sys.executable, "-m", "backend", "advise", str(path), "--budget", "320", "--scaling", "sqrt"],
+                         cwd=ROOT, capture_output=True, text=True, env=os.environ.copy(), timeout=300)
+    assert out.returncode == 0, out.stderr
+    cli = json.loads(out.stdout)
+    assert cli["curves"]["8"]["loss"] == res["curves"]["8"]["loss"] and "loss_se" in cli["curves"]["8"]

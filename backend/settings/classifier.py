@@ -50,6 +50,14 @@ def classifier_quantities(with_gap: bool) -> list[Quantity]:
             if with_gap or name != "gap_distorted"]
 
 
+ADVISOR_QUANTITIES = {"loss": "loss_train", "var_full_grad": "noise_spread", "var_g": "var_g"}
+
+
+def advisor_steps(config, b: int, x: np.ndarray) -> np.ndarray:
+    """SGD steps behind the x-axis values of a result (x is the epoch: ⌊n / b⌋ steps each)."""
+    return np.asarray(x) * (config.n_train // b)
+
+
 def no_theory(config, cache: ResultCache | None = None) -> dict[str, Any]:
     return {"t": np.arange(config.epochs + 1), "batch_sizes": list(config.batch_sizes), "curves": None,
             "available": False, "note": "no exact theory for a nonlinear network: replica estimates only"}

@@ -329,6 +329,21 @@ def _sim_result(config: DeepLinearConfig, meta: dict, arrays: dict, hit: bool) -
                          config.batch_sizes, unpack_stats(arrays), arrays["finite_count"], meta, hit)
 
 
+ADVISOR_QUANTITIES = {"loss": "loss", "var_full_grad": "var_full_grad", "var_g": "var_g"}
+
+
+def advise_cell(config: DeepLinearConfig, b: int, budget: int, lr_factor: float) -> DeepLinearConfig:
+    """The batch-size advisor's run for b (backend/advisor.py): ⌊budget / b⌋ steps, the schedule's constant × lr_factor."""
+    lr = config.lr.to_json()
+    lr["c"] = float(config.lr.c) * lr_factor
+    return config.replace(batch_sizes=[b], steps=budget // b, lr=lr)
+
+
+def advisor_steps(config: DeepLinearConfig, b: int, x: np.ndarray) -> np.ndarray:
+    """SGD steps behind the x-axis values of a result (here x is the step t)."""
+    return np.asarray(x)
+
+
 def heavy_tail_flags(sim: dict[str, Any], quantity: str = "var_g", exact: np.ndarray | None = None) -> np.ndarray:
     """(B, T+1) booleans: estimates whose tails make them unreliable.
 

@@ -20,6 +20,7 @@ from backend.engine.mlp import module_forward
 from backend.errors import ConfigError
 from backend.progress import Progress
 from backend.settings.base import Quantity
+from backend.settings.classifier import ADVISOR_QUANTITIES, advisor_steps  # noqa: F401  (the advisor's protocol)
 from backend.settings.classifier import (cached_classifier, classifier_quantities, no_polynomial, no_theory,
                                          shape_result, simulate_classifier)
 from backend.settings.classifier import THEORY_ONLY_DROPS  # noqa: F401  (part of the Setting protocol)
@@ -145,6 +146,12 @@ cached_simulation = cached_classifier
 
 def quantities(config: SequenceConfig) -> list[Quantity]:
     return classifier_quantities(with_gap=False)  # no distorted test set for text
+
+
+def advise_cell(config: SequenceConfig, b: int, budget: int, lr_factor: float) -> SequenceConfig:
+    """The batch-size advisor's run for b: ⌊budget / n⌋ epochs (⌊n/b⌋ steps each), Adam's peak rate × lr_factor."""
+    return config.replace(batch_sizes=[b], epochs=max(1, budget // config.n_train),
+                          optimizer={**config.optimizer, "lr": config.optimizer["lr"] * lr_factor})
 
 
 def encode_corpus(config: SequenceConfig):
