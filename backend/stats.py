@@ -280,13 +280,13 @@ def group_start(g: int, R: int, K: int) -> int:
 def group_var(x: torch.Tensor, K: int, alive: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Per init k: the unbiased across-replica variance V̂ = Σ‖x − x̄‖²/(n − 1) of (N, d) rows (replicas of init k
     contiguous), and its standard error sd(u)/√n with u_r = n‖x_r − x̄‖²/(n − 1) (V̂ = mean u; delta method, exact
-    to O(1/n))."""
+    to O(1/n)). Rows of dead replicas (alive False) are left out, whatever they hold."""
     N = x.shape[0]
     R = N // K
-    v = x.reshape(K, R, -1).to(torch.float64)
     m = alive.reshape(K, R).to(torch.float64)
+    v = torch.where(m[..., None] > 0, x.reshape(K, R, -1).to(torch.float64), 0.0)  # a dead row may hold NaN / inf
     cnt = m.sum(dim=1)
-    mean = (v * m[..., None]).sum(dim=1) / cnt.clamp(min=1)[:, None]
+    mean = v.sum(dim=1) / cnt.clamp(min=1)[:, None]
     u = ((v - mean[:, None]) ** 2).sum(dim=2) * (cnt / (cnt - 1).clamp(min=1))[:, None]
     return _mean_and_se(u, m, cnt, minimum=2)
 

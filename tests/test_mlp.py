@@ -304,6 +304,23 @@ def test_per_init_standard_errors_cover_at_the_nominal_rate():
     assert np.isnan(v[0]) and np.isnan(se[0]) and np.isfinite(v[1:]).all()
 
 
+def test_dead_replicas_are_left_out_whatever_their_rows_hold():
+    """A diverged replica's gradient may be NaN or inf: the per-init statistics equal those of the survivors alone."""
+    K, R = 2, 6
+    x = torch.randn(K * R, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    alive = torch.ones(K * R, dtype=torch.bool)
+    alive[[1, 7, 8]] = False
+    x[1], x[7], x[8, 0] = float("nan"), float("inf"), float("-inf")
+    for fn, arg in ((stats.group_var, x), (stats.group_mean, x[:, 0])):
+        got = fn(arg, K, alive)
+        for k in range(K):
+            keep = alive[k * R:(k + 1) * R]
+            want = fn(arg[k * R:(k + 1) * R][keep], 1, torch.ones(int(keep.sum()), dtype=torch.bool))
+            assert got[0][k] == pytest.approx(want[0][0], rel=1e-12) and got[1][k] == pytest.approx(want[1][0], rel=1e-12)
+    ratio, se = stats.group_ratio(x[:, 0].abs() + 1, x[:, 1].abs() + 1, K, alive)
+    assert np.isfinite(ratio).all() and np.isfinite(se).all()
+
+
 def test_per_sample_gradients_are_held_in_bounded_chunks():
     """The paper preset (5 × 50 replicas of 784-1024-512-10) would need 85 GB for 64 points of per-sample gradients
     at once; the chunk shrinks to one point (1.3 GB) and the run's memory estimate fits a GPU."""

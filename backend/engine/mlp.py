@@ -293,11 +293,9 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
                 new = opt.step(params, g, opt_state, a, t)
             else:
                 new = {k: params[k] - a * g[k] for k in params}
-            if bool(alive.all()):  # one host sync per step buys skipping a masked copy of every parameter
-                params = new
-            else:
-                params = {k: torch.where(alive.reshape(-1, *([1] * (v.dim() - 1))), v, params[k])
-                          for k, v in new.items()}
+            # no host sync: a dead replica keeps stepping (its weights may turn NaN) — replicas never mix, and every
+            # statistic leaves it out through ``alive``
+            params = new
         record(epoch + 1)
         report(progress, N * steps_per_epoch)
         if checkpoint is not None and (time.monotonic() - last_ckpt > 20 or epoch == epochs - 1 or
