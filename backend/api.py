@@ -18,8 +18,9 @@ import torch
 from backend import settings
 from backend.cache import ResultCache, default_cache
 # what the pages need of the config boundary and the data readers (pages import only this module and the charts)
-from backend.config import (DTYPES, MAX_REPLICAS, MIN_REPLICAS, MLP_SAMPLERS, SAMPLER_LABELS, SAMPLERS,  # noqa: F401
-                            SCHEDULES, expand_preset, from_query, loads, paper_batch_sizes, parse_config, to_query)
+from backend.config import (DTYPES, MAX_REPLICAS, MIN_REPLICAS, MLP_SAMPLERS, PRECISIONS, SAMPLER_LABELS,  # noqa: F401
+                            SAMPLERS, SCHEDULES, expand_preset, from_query, loads, paper_batch_sizes, parse_config,
+                            to_query)
 from backend.datasets import MAX_UPLOAD_BYTES, parse_csv_text  # noqa: F401
 from backend.docs import theory_preamble, theory_sections  # noqa: F401
 from backend.advisor import SCALINGS, advise, advise_rules  # noqa: F401  (the batch-size advisor)
@@ -101,7 +102,8 @@ def polynomial(config, t: int, quantity: str = "var_g", exact: bool | None = Non
 def estimate(config) -> dict[str, Any]:
     """Estimated memory (bytes, the largest batch size), time (seconds on 2 CPU cores), FLOPs and sequential device
     steps of ``simulate``, and the setting's name (backend.costs turns them into time on a GPU)."""
-    return {**settings.for_config(config).estimate(config), "setting": config.setting}
+    return {**settings.for_config(config).estimate(config), "setting": config.setting,
+            "precision": getattr(config, "precision", "float32")}
 
 
 def cuda_memory(device: torch.device) -> dict[str, float]:

@@ -184,13 +184,22 @@ def default_reader(f: "Fields", defaults: dict[str, Any]):
     return lambda key: f.get(key, defaults[key])
 
 
+PRECISIONS = ("float32", "tf32", "bf16")  # the replica classifiers' arithmetic for the forward and backward passes
+
+
 def replica_run_fields(val) -> dict[str, Any]:
-    """The fields every replica classifier shares (validated)."""
-    return {"noise_samples": read_int(val("noise_samples"), "noise_samples", 2, 100_000),
-            "eval_size": read_int(val("eval_size"), "eval_size", 2, 10**7),
-            "seed": read_int(val("seed"), "seed", 0, 2**32 - 1),
-            "device": read_choice(val("device"), "device", DEVICES),
-            "dtype": read_choice(val("dtype"), "dtype", DTYPES)}
+    """The fields every replica classifier shares (validated). ``precision`` tf32 / bf16 keeps float32 master weights,
+    so it needs dtype float32."""
+    out = {"noise_samples": read_int(val("noise_samples"), "noise_samples", 2, 100_000),
+           "eval_size": read_int(val("eval_size"), "eval_size", 2, 10**7),
+           "seed": read_int(val("seed"), "seed", 0, 2**32 - 1),
+           "device": read_choice(val("device"), "device", DEVICES),
+           "dtype": read_choice(val("dtype"), "dtype", DTYPES),
+           "precision": read_choice(val("precision"), "precision", PRECISIONS)}
+    if out["precision"] != "float32" and out["dtype"] != "float32":
+        raise ConfigError("precision", f"{out['precision']} runs float32 master weights: it needs dtype float32, "
+                                       f"got {out['dtype']}")
+    return out
 def _setting(name: Any):
     """The setting module called ``name`` (its CONFIG and PRESETS), from the registry (imported on first use: the
     setting modules import this one for the field readers)."""

@@ -50,17 +50,21 @@ def combine_costs(costs: list[dict[str, float]]) -> dict[str, float]:
 
 
 @functools.lru_cache(maxsize=None)
-def matmul_rate(device: str) -> float:
-    """float32 FLOP/s of a 4096³ matrix product on ``device`` (TF32 off, as the engines use it), best of 3."""
+def matmul_rate(device: str, arithmetic: str = "float32") -> float:
+    """FLOP/s of a 4096³ float32 matrix product on ``device`` in ``arithmetic`` (float32 with TF32 off, tf32, or bf16
+    autocast: backend.engine.runner.precision), best of 3."""
+    from backend.engine.runner import precision
+
     dev = torch.device(device)
     a = torch.randn(4096, 4096, device=dev)
     best = float("inf")
-    for _ in range(4):
-        torch.cuda.synchronize(dev)
-        t0 = time.perf_counter()
-        a @ a
-        torch.cuda.synchronize(dev)
-        best = min(best, time.perf_counter() - t0)
+    with precision(arithmetic, dev):
+        for _ in range(4):
+            torch.cuda.synchronize(dev)
+            t0 = time.perf_counter()
+            a @ a
+            torch.cuda.synchronize(dev)
+            best = min(best, time.perf_counter() - t0)
     return 2 * 4096**3 / best
 
 
@@ -74,7 +78,7 @@ def device_seconds(est: dict, device: torch.device) -> float:
     """The estimate's run time on ``device``: the 2-core CPU model, or gpu_seconds at the card's measured rate."""
     if device.type != "cuda":
         return est["seconds"]
-    return gpu_seconds(est, matmul_rate(str(device)))
+    return gpu_seconds(est, matmul_rate(str(device), est.get("precision", "float32")))
 
 
 def device_name(device: torch.device) -> str:
@@ -82,12 +86,13 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "2 CPU cores"
 
 
-def where(device: torch.device) -> str:
-    """How the time was estimated, for the run panel."""
+def where(device: torch.device, arithmetic: str = "float32") -> str:
+    """How the time was estimated, for the run panel (``arithmetic``: the run's precision)."""
     if device.type != "cuda":
-        return "on 2 CPU cores"
-    return (f"on {device_name(device)} (from its measured float32 matmul rate, with the per-setting model calibrated "
-            f"on an {GPU_CALIBRATION_CARD.split(',')[0]}: expect ±30 % on cards like it)")
+        return "on 2 CPU cores" + ("" if arithmetic == "float32" else
+                                   f" (precision {arithmetic}: the CPU model is float32's; there is no TF32 on a CPU)")
+    return (f"on {device_name(device)} (from its measured {arithmetic} matmul rate, with the per-setting model "
+            f"calibrated in float32 on an {GPU_CALIBRATION_CARD.split(',')[0]}: expect ±30 % on cards like it)")
 
 
 def format_duration(seconds: float) -> str:

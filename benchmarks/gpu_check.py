@@ -156,11 +156,17 @@ def write_synthetic_idx(directory: Path, n: int) -> None:
 
 
 def time_mlp(dev: torch.device, small: bool, rate: float) -> None:
+    for arithmetic in ("float32", "tf32", "bf16"):  # issue 13: the paper preset per epoch in each precision
+        time_mlp_precision(dev, small, arithmetic)
+
+
+def time_mlp_precision(dev: torch.device, small: bool, arithmetic: str) -> None:
+    rate = costs.matmul_rate(str(dev), arithmetic) if dev.type == "cuda" else matmul_rate(dev, 1024)
     with tempfile.TemporaryDirectory() as tmp:
         n = 3000 if small else 60000
         write_synthetic_idx(Path(tmp), n)
         over = {"setting": "mlp", "preset": "paper", "epochs": 1, "batch_sizes": [64], "device": dev.type,
-                "dataset": {"name": "idx", "path": tmp}}
+                "dataset": {"name": "idx", "path": tmp}, "precision": arithmetic}
         if small:
             over.update({"hidden": [64, 32], "inits": 2, "replicas": 4, "eval_size": 500})
         cfg = parse_config(over)
@@ -172,10 +178,10 @@ def time_mlp(dev: torch.device, small: bool, rate: float) -> None:
         P = sum(widths[k] * widths[k + 1] + widths[k + 1] for k in range(len(widths) - 1))
         n_train = res["meta"]["n_train"]
         flops = 6 * P * n_train * cfg.inits * cfg.replicas  # one epoch of SGD (forward + backward)
-        say(f"TIME MLP {'-'.join(map(str, widths))}, {cfg.inits} × {cfg.replicas} replicas, b = 64, n_train = "
+        say(f"TIME MLP ({arithmetic}) {'-'.join(map(str, widths))}, {cfg.inits} × {cfg.replicas} replicas, b = 64, n_train = "
             f"{n_train}: epoch 0 statistics + 1 training epoch + statistics in {secs:.1f} s on {dev}; SGD alone "
             f"{flops / 1e12:.1f} TFLOP → ≥ {flops / secs / 1e12:.2f} TFLOP/s achieved vs {rate / 1e12:.1f} TFLOP/s "
-            f"float32 matmul on this device ({flops / secs / rate:.0%}); estimated {costs.device_seconds(est, dev):.1f} s, "
+            f"{arithmetic} matmul on this device ({flops / secs / rate:.0%}); estimated {costs.device_seconds(est, dev):.1f} s, "
             f"{est['memory_bytes'] / 2**30:.1f} GiB")
 
 

@@ -52,12 +52,13 @@ distortion = {"alpha": c1.number_input("α", 0.0, 100.0, float(dist0["alpha"]), 
               "sigma": c2.number_input("σ", 0.0, 20.0, float(dist0["sigma"]), key=k("ds_")),
               "every": c3.number_input("gap every", 1, 100_000, int(dist0["every"]), key=k("de"))}
 seed = sb.number_input("Seed", 0, 2**31, int(d("seed")), key=k("seed"))
+precision = ui.widgets.precision(d, k)
 ui.clear_cache_button()
 
 raw = {"setting": "mlp", "dataset": dataset, "hidden": hidden, "inits": inits, "replicas": replicas, "epochs": epochs,
        "lr": lr, "batch_sizes": batch_sizes, "sampler": sampler, "distortion": distortion,
        "noise_samples": d("noise_samples"), "eval_size": d("eval_size"), "seed": seed, "device": d("device"),
-       "dtype": d("dtype")}
+       "dtype": d("dtype"), "precision": precision}
 config = ui.validated(raw)
 
 sim = ui.run_panel("mlp", config, f"{config.inits} initial weight(s) × {config.replicas} replicas × "

@@ -48,13 +48,14 @@ optimizer = {"lr": c1.text_input("Adam lr", str(o0["lr"]), key=k("lr")),
              "eps": o0["eps"], "beta1": o0["beta1"], "beta2": o0["beta2"], "weight_decay": o0["weight_decay"]}
 batch_sizes = ui.widgets.batch_sizes(d, k, [8, 16, 32, 64, 128])
 seed = sb.number_input("Seed", 0, 2**31, int(d("seed")), key=k("seed"))
+precision = ui.widgets.precision(d, k)
 ui.clear_cache_button()
 
 raw = {"setting": "sequence", "corpus": corpus, "tokenizer": tokenizer, "max_len": max_len, "vocab": d("vocab"),
        "layers": layers, "heads": heads, "width": width, "inits": inits, "replicas": replicas, "epochs": epochs,
        "optimizer": optimizer, "batch_sizes": batch_sizes, "sampler": d("sampler"),
        "noise_samples": d("noise_samples"), "eval_size": d("eval_size"), "seed": seed, "device": d("device"),
-       "dtype": d("dtype")}
+       "dtype": d("dtype"), "precision": precision}
 config = ui.validated(raw)
 
 sim = ui.run_panel("seq", config, f"{config.inits} initial weight(s) × {config.replicas} replicas × "

@@ -16,7 +16,7 @@ def run_panel(prefix: str, config, what: str) -> dict | None:
     est = api.estimate(config)
     device = api.resolve_device(config.device)
     seconds = costs.device_seconds(est, device)
-    where = costs.where(device)
+    where = costs.where(device, est["precision"])
     with st.form(f"{prefix}_run"):
         st.write(f"**Replica run**: {what} — {costs.format_duration(seconds)} and "
                  f"{costs.format_bytes(est['memory_bytes'])} "

@@ -41,3 +41,11 @@ def replicas_and_seed(d: Callable[[str], Any], k: Callable[[str], str]) -> tuple
     replicas = c1.number_input("Replicas", api.MIN_REPLICAS, api.MAX_REPLICAS, int(d("replicas")), step=100,
                                key=k("R"))
     return replicas, c2.number_input("Seed", 0, 2**31, int(d("seed")), key=k("seed"))
+
+
+def precision(d: Callable[[str], Any], k: Callable[[str], str]) -> str:
+    """The ``precision`` field of the replica classifiers (forward and backward arithmetic)."""
+    return st.sidebar.selectbox(
+        "Precision", api.PRECISIONS, index=api.PRECISIONS.index(d("precision")), key=k("precision"),
+        help="float32: as is. bf16: autocast forward/backward in bfloat16, float32 weights, statistics in float64. "
+             "tf32: TF32 tensor cores for CUDA matrix products (a CPU has none: float32 there).")

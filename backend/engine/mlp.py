@@ -32,7 +32,7 @@ from torch.func import functional_call, grad, grad_and_value, vmap
 from backend import lemma1
 from backend.engine.linreg import seed_for
 from backend.engine.noise import linear_relu_noise_terms, noise_terms
-from backend.engine.runner import ACTIVATION_ELEMENTS, Divergence, DivergenceLog, check_cancel, report
+from backend.engine.runner import ACTIVATION_ELEMENTS, Divergence, DivergenceLog, check_cancel, precision, report
 from backend.engine.samplers import make_sampler
 from backend.stats import group_mean, group_ratio, group_var
 
@@ -208,8 +208,11 @@ def mlp_task(data, hidden, seed: int, dtype: torch.dtype, device: torch.device, 
 def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[[int], float], b: int,
                    sampler: str, seed: int, device: torch.device, gap_every: int, noise_samples: int,
                    eval_size: int, progress: Callable[[int], None] | None = None, cancel=None,
-                   checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None) -> dict:
-    """Train K·R replicas for ``epochs`` epochs at batch size b; per-epoch per-init statistics (see module doc)."""
+                   checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None,
+                   arithmetic: str = "float32") -> dict:
+    """Train K·R replicas for ``epochs`` epochs at batch size b; per-epoch per-init statistics (see module doc). The
+    training steps and the probe gradient run in ``arithmetic`` (float32, tf32 or bf16: backend.engine.runner.precision);
+    the noise terms, evaluations and every statistic stay in full precision."""
     Xtr, Ytr, Xva, Yva, Xdi = task.Xtr, task.Ytr, task.Xva, task.Yva, task.Xdist
     n = Xtr.shape[0]
     Xev, Yev = Xtr[:eval_size], Ytr[:eval_size]
@@ -248,7 +251,8 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
             mask = torch.ones((N, n), dtype=torch.bool, device=device)
             mask.scatter_(1, d.idx, False)
             idx = mask.nonzero()[:, 1].reshape(N, b)
-        g, _ = rep.grad_and_loss(params, Xtr[idx], Ytr[idx])
+        with precision(arithmetic, device):  # the stochastic gradient as training computes it
+            g, _ = rep.grad_and_loss(params, Xtr[idx], Ytr[idx])
         put = stats.values
 
         def keep(name: str, value_se: tuple[np.ndarray, np.ndarray]) -> None:
@@ -285,7 +289,8 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
             check_cancel(cancel)
             t = epoch * steps_per_epoch + s
             dr = draw.draw()
-            g, loss = rep.grad_and_loss(params, Xtr[dr.idx], Ytr[dr.idx])
+            with precision(arithmetic, device):
+                g, loss = rep.grad_and_loss(params, Xtr[dr.idx], Ytr[dr.idx])
             div.update(torch.isfinite(loss), t)
             alive = div.alive
             a = alphas_fn(t)

@@ -8,6 +8,7 @@ first steps stay on the device â€” updating them needs no host synchronisation â
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, field
 from typing import Callable
@@ -46,6 +47,25 @@ def chunks(R: int, max_size: int, K: int | None = None) -> list[Chunk]:
         return [Chunk(i, start, min(R, start + step)) for i, start in enumerate(range(0, R, step))]
     return [Chunk(i, group_start(g.start, R, K), group_start(g.stop, R, K), g)
             for i, g in enumerate(group_ranges(R, K, max_size))]
+
+
+@contextlib.contextmanager
+def precision(name: str, device: torch.device):
+    """The arithmetic of a forward/backward pass: ``float32`` as is; ``bf16`` autocast to bfloat16 (weights, their
+    gradients and every statistic stay float32 / float64); ``tf32`` lets CUDA matrix products use TF32 tensor cores
+    (on a CPU there is no TF32: the pass is float32)."""
+    if name == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+    elif name == "tf32" and device.type == "cuda":
+        before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    else:
+        yield
 
 
 def check_cancel(cancel: threading.Event | None) -> None:

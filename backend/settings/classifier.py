@@ -97,7 +97,7 @@ def simulate_classifier(config, device: torch.device, cache: ResultCache, progre
 
             out = engine.run_batch_size(task_for_b(b), config.inits, config.replicas, config.epochs, lr_for_b(b), b,
                                         config.sampler, config.seed, device, gap_every, config.noise_samples,
-                                        config.eval_size, advance, cancel, save, resume)
+                                        config.eval_size, advance, cancel, save, resume, config.precision)
             for name, v in out["stats"].items():
                 arrays[f"{b}.{name}"] = v
             meta_b.append({"b": b, "diverged_at": out["diverged_at"], "diverged_replicas": out["diverged_replicas"],

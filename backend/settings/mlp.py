@@ -42,7 +42,7 @@ class MLPConfig:
     DEFAULTS: ClassVar[dict[str, Any]] = {"dataset": {"name": "digits"}, "hidden": [32, 16], "inits": 3, "replicas": 16, "epochs": 12,
         "lr": {"schedule": "constant", "c": "0.05"}, "batch_sizes": [16, 64], "sampler": "epoch_reshuffle",
         "distortion": {"alpha": 1.5, "sigma": 1.0, "every": 1}, "noise_samples": 512, "eval_size": 2000,
-        "seed": 0, "device": "auto", "dtype": "float32"}
+        "seed": 0, "device": "auto", "dtype": "float32", "precision": "float32"}
     dataset: dict
     hidden: tuple[int, ...]
     inits: int
@@ -57,6 +57,7 @@ class MLPConfig:
     seed: int
     device: str
     dtype: str
+    precision: str
     n_train: int = field(default=0, repr=False, compare=False)
 
     @classmethod
@@ -106,7 +107,7 @@ class MLPConfig:
                 "replicas": self.replicas, "epochs": self.epochs, "lr": self.lr.to_json(),
                 "batch_sizes": list(self.batch_sizes), "sampler": self.sampler, "distortion": self.distortion,
                 "noise_samples": self.noise_samples, "eval_size": self.eval_size, "seed": self.seed,
-                "device": self.device, "dtype": self.dtype}
+                "device": self.device, "dtype": self.dtype, "precision": self.precision}
 
     replace = replace_fields  # a new validated config with some JSON fields changed
 

@@ -46,7 +46,7 @@ class SequenceConfig:
         "optimizer": {"lr": "0.0005", "eps": "1e-8", "beta1": "0.9", "beta2": "0.999", "weight_decay": "0",
                       "warmup": 5, "clip": "1"},
         "batch_sizes": [16, 64], "sampler": "epoch_reshuffle", "noise_samples": 16, "eval_size": 800, "seed": 0,
-        "device": "auto", "dtype": "float32"}
+        "device": "auto", "dtype": "float32", "precision": "float32"}
     corpus: dict
     tokenizer: str
     max_len: int
@@ -65,6 +65,7 @@ class SequenceConfig:
     seed: int
     device: str
     dtype: str
+    precision: str
     n_train: int = field(default=0, repr=False, compare=False)
 
     @classmethod
@@ -124,7 +125,7 @@ class SequenceConfig:
                 "inits": self.inits, "replicas": self.replicas, "epochs": self.epochs,
                 "optimizer": self.optimizer, "batch_sizes": list(self.batch_sizes), "sampler": self.sampler,
                 "noise_samples": self.noise_samples, "eval_size": self.eval_size, "seed": self.seed,
-                "device": self.device, "dtype": self.dtype}
+                "device": self.device, "dtype": self.dtype, "precision": self.precision}
 
 
 @lru_cache(maxsize=16)
