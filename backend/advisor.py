@@ -61,7 +61,7 @@ def advise_rules(config, budget: int, scalings=tuple(SCALINGS), b_ref: float | N
         budget, _, b_ref_checked, target_loss = check_request(config, budget, scaling, b_ref, target_loss)
     b_ref = b_ref_checked
     if not hasattr(settings.for_config(config), "advise"):
-        return {s: replica_answer(config, budget, s, b_ref, target_loss, progress, cancel) for s in scalings}
+        return sweep(config, budget, scalings, b_ref, target_loss, progress, cancel)
     bs = np.asarray(config.batch_sizes)
     steps = budget // bs
     lr_c = np.concatenate([float(config.lr.c) * (bs / b_ref) ** SCALINGS[s] for s in scalings])
@@ -103,6 +103,23 @@ def _answer(config, budget, scaling, b_ref, target_loss, steps, lr_c, horizon, g
         reached = [(int(k), v) for k, v in S.items() if v is not None and v > 0]
         out["frontier"] = fit_frontier(np.array([b for b, _ in reached]), np.array([s for _, s in reached]))
     return out
+
+
+def sweep(config, budget: int, scalings=tuple(SCALINGS), b_ref: float | None = None,
+          target_loss: float | None = None, progress=None, cancel=None) -> dict[str, dict[str, Any]]:
+    """The advisor from replica runs for every rule (any setting with ``advise_cell``; for linear regression it is
+    the replica check of the exact answer): {scaling: answer}."""
+    for scaling in scalings:
+        budget, _, b_ref, target_loss = check_request(config, budget, scaling, b_ref, target_loss)
+    return {s: replica_answer(config, budget, s, b_ref, target_loss, progress, cancel) for s in scalings}
+
+
+def sweep_cells(config, budget: int, scalings=tuple(SCALINGS), b_ref: float | None = None) -> list:
+    """The run configs of a sweep (one per rule and b), e.g. for its cost estimate."""
+    setting = settings.for_config(config)
+    b_ref = float(b_ref or min(config.batch_sizes))
+    return [setting.advise_cell(config, b, budget, (b / b_ref) ** SCALINGS[s]) for s in scalings
+            for b in config.batch_sizes]
 
 
 def replica_answer(config, budget: int, scaling: str, b_ref: float, target_loss: float | None, progress=None,

@@ -23,7 +23,7 @@ from backend.config import (DTYPES, MAX_REPLICAS, MIN_REPLICAS, MLP_SAMPLERS, PR
                             to_query)
 from backend.datasets import MAX_UPLOAD_BYTES, parse_csv_text  # noqa: F401
 from backend.docs import theory_preamble, theory_sections  # noqa: F401
-from backend.advisor import SCALINGS, advise, advise_rules  # noqa: F401  (the batch-size advisor)
+from backend.advisor import SCALINGS, advise, advise_rules, sweep, sweep_cells  # noqa: F401  (the batch-size advisor)
 from backend.exact import jsonable_number  # noqa: F401
 from backend.costs import device_name, device_seconds
 from backend.errors import ConfigError, TooExpensive  # noqa: F401  (ConfigError: the one error a page shows)

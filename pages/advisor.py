@@ -13,13 +13,21 @@ import ui
 from backend import api
 
 st.title("Batch-size advisor: which b for my budget?")
-st.caption("Linear regression on a finite sum: for a budget of N gradient evaluations each batch size b takes "
-           "T_b = ⌊N/b⌋ steps, with the learning rate's constant scaled as c_b = c·(b/b_ref)^k. Everything here is the "
-           "exact expectation over the mini-batch draws (no simulation), recomputed as the inputs move.")
+st.caption("For a budget of N gradient evaluations each batch size b takes T_b = ⌊N/b⌋ steps, with the learning "
+           "rate's constant scaled as c_b = c·(b/b_ref)^k. Linear regression: the exact expectation over the "
+           "mini-batch draws, recomputed as the inputs move (a replica run checks it on demand). The other settings: "
+           "one replica run per b and rule (Run), each estimate with its standard error.")
 ui.theory_link(7, "the advisor, the frontier of McCandlish et al. and the noise scale")
 
-raw0, d, k = ui.field_helpers("adv", "linear_regression")
 sb = st.sidebar
+pages = {p["name"]: p["title"] for p in api.setting_pages()}
+setting = sb.selectbox("Setting", list(pages), format_func=pages.get, key="adv_setting")
+if setting != "linear_regression":
+    import ui.advisor_sweep as sweep_view
+
+    sweep_view.show(setting)
+    st.stop()
+raw0, d, k = ui.field_helpers("adv", "linear_regression")
 ds0 = d("dataset") if isinstance(d("dataset"), dict) else {"name": d("dataset")}
 source = sb.selectbox("Dataset", ["graduate_admission", "synthetic"],
                       index=1 if ds0.get("name") == "synthetic" else 0, key=k("source"))
@@ -125,5 +133,18 @@ st.altair_chart(alt.Chart(noise).mark_line().encode(
 st.caption("B_noise = E tr Σ(w_t)/E‖∇L(w_t)‖² with Σ the population covariance of the per-sample gradients: the "
            "batch size at which the one-step noise equals the squared signal — the critical batch size the gradient "
            "noise predicts, to set beside the exact optimum above.")
+st.subheader("Replica check")
+replicas = st.number_input("Replicas per b and rule", 100, 100_000, 1000, step=100, key="adv_check_R")
+checked = ui.job_panel("adv_check", json.dumps([config.to_json(), budget, rules, b_ref, target, replicas]),
+                       f"Run {replicas:,} replicas of SGD for each b and rule with its budget and learning rate, "
+                       "and compare their final loss with the exact value above.",
+                       lambda: (lambda progress, cancel: api.sweep(config.replace(replicas=replicas), budget,
+                                                                    tuple(rules), b_ref, target, progress, cancel)))
+if checked is not None:
+    rows = [{"rule": r, "b": int(b), "exact": answers[r]["curves"][b]["loss"], "replicas": row["loss"],
+             "SE": row["loss_se"], "z": (row["loss"] - answers[r]["curves"][b]["loss"]) / row["loss_se"]
+             if row["loss_se"] else None} for r, ans in checked.items() for b, row in ans["curves"].items()]
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
+    st.caption("z = (replica estimate − exact) / SE: |z| ≤ 4 is agreement.")
 st.download_button("Advice (JSON)", json.dumps(answers, indent=2), "batchvar_advice.json", "application/json")
 st.download_button("Table (CSV)", table.to_csv(index=False), "batchvar_advice.csv", "text/csv")

@@ -162,3 +162,16 @@ def test_a_replica_setting_is_advised_through_a_sweep_of_cached_runs(tmp_path, m
     assert out.returncode == 0, out.stderr
     cli = json.loads(out.stdout)
     assert cli["curves"]["8"]["loss"] == res["curves"]["8"]["loss"] and "loss_se" in cli["curves"]["8"]
+
+
+def test_the_replica_check_of_the_exact_advice_agrees(tmp_path, monkeypatch):
+    """Linear regression: the sweep of replica runs (the page's 'Replica check') agrees with the exact answer."""
+    monkeypatch.setenv("BATCHVAR_CACHE_DIR", str(tmp_path))
+    cfg = parse_config({"batch_sizes": [8, 32], "replicas": 3000, "seed": 5, "device": "cpu"})
+    exact = advisor.advise_rules(cfg, 480, ("none", "sqrt"))
+    check = advisor.sweep(cfg, 480, ("none", "sqrt"))
+    for rule in ("none", "sqrt"):
+        for b in ("8", "32"):
+            est, want = check[rule]["curves"][b], exact[rule]["curves"][b]
+            assert est["steps"] == want["steps"] and est["config"]["lr"]["c"] == pytest.approx(want["lr_c"])
+            assert abs(est["loss"] - want["loss"]) <= 4 * est["loss_se"], (rule, b, est, want)

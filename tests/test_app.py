@@ -244,3 +244,23 @@ def test_advisor_page_shows_the_exact_best_b_for_every_rule():
     want = api.advise(parse_config({"setting": "linear_regression"}), 20000, "sqrt")["best_b"]
     assert metrics["best b (sqrt)"] == str(want)  # the page shows what the API computes for the same inputs
     assert any("B_noise" in c.value for c in at.caption)
+
+
+def test_advisor_page_sweeps_a_replica_setting():
+    """Deep linear network: Run starts one replica run per b; the page shows the best b and the loss with its SE."""
+    at = open_page("pages/advisor.py")
+    by_label(at.sidebar.selectbox, "Setting").set_value("deep_linear")
+    at.run()
+    by_label(at.sidebar.multiselect, "Batch sizes b").set_value([4, 16])
+    at.run()
+    by_label(at.sidebar.number_input, "Budget N (samples)").set_value(256)
+    at.run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    by_label(at.button, "Run").click()
+    at.run()
+    wait_for_run(at, "advs_deep_linear")
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics.get("best b (none)") in ("4", "16")
+    table = at.dataframe[0].value
+    assert set(table["b"]) == {4, 16} and (table["loss_se"] > 0).all() and list(table["steps"]) == [64, 16]

@@ -11,22 +11,31 @@ from ui.state import user_text
 def run_panel(prefix: str, config, what: str) -> dict | None:
     """The Run form (estimate shown first), the background job with progress, ETA and Cancel; returns the result."""
     run_key = api.simulation_key(config)
-    job = st.session_state.get(f"{prefix}_job")
     sim = st.session_state.get(f"{prefix}_results", {}).get(run_key) or api.cached_simulation(config)
     est = api.estimate(config)
     device = api.resolve_device(config.device)
-    seconds = costs.device_seconds(est, device)
-    where = costs.where(device, est["precision"])
+    header = (f"**Replica run**: {what} — {costs.format_duration(costs.device_seconds(est, device))} and "
+              f"{costs.format_bytes(est['memory_bytes'])} {costs.where(device, est['precision'])}"
+              + (" (cached: instant)" if sim is not None else "") + ".")
+
+    def start():
+        api.guard(config, device)
+        return lambda progress, cancel: api.simulate(config, progress, cancel)
+
+    return job_panel(prefix, run_key, header, start) or sim
+
+
+def job_panel(prefix: str, key: str, header: str, start) -> object | None:
+    """A Run form under ``header``; Run calls ``start()`` (which may refuse with a ConfigError, shown) for the work
+    ``work(progress, cancel)``, run in a background job with a progress bar, ETA and Cancel. Returns the job's result
+    once it has finished (kept in the session, by ``key``), else None."""
+    job = st.session_state.get(f"{prefix}_job")
     with st.form(f"{prefix}_run"):
-        st.write(f"**Replica run**: {what} — {costs.format_duration(seconds)} and "
-                 f"{costs.format_bytes(est['memory_bytes'])} "
-                 f"{where}" + (" (cached: instant)" if sim is not None else "") + ".")
+        st.write(header)
         run = st.form_submit_button("Run", type="primary", disabled=bool(job and job.running))
     if run and not (job and job.running):
         try:
-            api.guard(config, api.resolve_device(config.device))
-            job = jobs.start(run_key, lambda progress, cancel: api.simulate(config, progress, cancel),
-                             api.Progress(total=1))
+            job = jobs.start(key, start(), api.Progress(total=1))
             st.session_state[f"{prefix}_job"] = job
         except api.ConfigError as e:
             st.error(user_text(e))
@@ -51,14 +60,12 @@ def run_panel(prefix: str, config, what: str) -> dict | None:
         else:
             if job.state == "done":
                 st.session_state.setdefault(f"{prefix}_results", {})[job.key] = job.result
-                if job.key == run_key:
-                    sim = job.result
             elif job.state == "cancelled":
                 st.warning("The run was cancelled; nothing was cached.")
             elif job.state == "failed":
                 st.error(f"The run failed: {user_text(job.error)}")
             st.session_state[f"{prefix}_job"] = None
-    return sim
+    return st.session_state.get(f"{prefix}_results", {}).get(key)
 
 
 def divergence_notice(config, sim: dict) -> None:

@@ -367,6 +367,20 @@ def advise(config: LinearRegressionConfig, b: np.ndarray, steps: np.ndarray, lr_
     return {**out, "loss0": float(problem.loss(w0)), "exact": True}
 
 
+ADVISOR_QUANTITIES = {"loss": "loss", "var_full_grad": "var_full_grad", "var_g": "var_g"}
+
+
+def advise_cell(config: LinearRegressionConfig, b: int, budget: int, lr_factor: float) -> LinearRegressionConfig:
+    """The replica run that checks the exact advice for b: ⌊budget / b⌋ steps, the schedule's constant × lr_factor."""
+    lr = config.lr.to_json()
+    lr["c"] = float(config.lr.c) * lr_factor
+    return config.replace(batch_sizes=[b], steps=budget // b, lr=lr)
+
+
+def advisor_steps(config: LinearRegressionConfig, b: int, x: np.ndarray) -> np.ndarray:
+    return np.asarray(x)
+
+
 def cached_simulation(config: LinearRegressionConfig, device: torch.device, cache: ResultCache
                       ) -> dict[str, Any] | None:
     """The cached result of ``simulate(config)`` on ``device`` if there is one (never computes)."""

@@ -1,0 +1,69 @@
+"""The batch-size advisor for a setting without exact theory: one replica run per b and scaling rule (Run, with the
+estimate, progress and Cancel), drawn with standard errors; B_simple at the end of training beside the best b."""
+
+from __future__ import annotations
+
+import json
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from backend import api, costs
+from ui.run import job_panel
+from ui.state import field_helpers, presets_and_upload, validated
+from ui.widgets import batch_sizes
+
+
+def show(setting: str) -> None:
+    prefix = f"advs_{setting}"
+    raw0, d, k = field_helpers(prefix, setting)
+    presets_and_upload(prefix, setting)
+    sb = st.sidebar
+    bs = batch_sizes(d, k, [1, 2, 4, 8, 16, 32, 64, 128, 256])
+    config = validated({**api.defaults(setting), **raw0, "setting": setting, "batch_sizes": bs})
+    budget = int(sb.number_input("Budget N (samples)", min(config.batch_sizes), 10**9,
+                                 max(min(config.batch_sizes), 64 * max(config.batch_sizes)), key=f"{prefix}_budget"))
+    rules = sb.multiselect("Scaling rules", list(api.SCALINGS), default=["none"], key=f"{prefix}_rules")
+    b_ref = sb.number_input("b_ref", 1, 10**6, int(min(config.batch_sizes)), key=f"{prefix}_bref")
+    use_target = sb.checkbox("Target loss", False, key=f"{prefix}_use_target")
+    target = sb.number_input("target loss", 0.0, 1e9, 0.5, format="%.6g", key=f"{prefix}_target") if use_target else None
+    if not rules:
+        st.info("Pick at least one scaling rule.")
+        return
+    try:
+        cells = api.sweep_cells(config, budget, tuple(rules), b_ref)
+        device = api.resolve_device(config.device)
+        seconds = sum(costs.device_seconds(api.estimate(c), device) for c in cells)
+    except api.ConfigError as e:
+        st.error(f"Check the inputs — {e}")
+        return
+    key = json.dumps([config.to_json(), budget, rules, b_ref, target])
+    answers = job_panel(prefix, key, f"**Sweep**: {len(cells)} replica runs ({len(rules)} rule(s) × "
+                        f"{len(config.batch_sizes)} batch sizes) — {costs.format_duration(seconds)} "
+                        f"{costs.where(device)}; runs already cached are instant.",
+                        lambda: (lambda progress, cancel: api.sweep(config, budget, tuple(rules), b_ref, target,
+                                                                     progress, cancel)))
+    if answers is None:
+        st.info("Press Run: every (rule, b) is one cached replica run of the budget's length.")
+        return
+    rows = [{"rule": r, "b": int(b), **{q: row.get(q) for q in ("steps", "loss", "loss_se", "var_g", "var_g_se",
+                                                                  "b_simple", "diverged")},
+             "lo": row["loss"] - 1.96 * row["loss_se"] if row["loss"] is not None and row["loss_se"] else None,
+             "hi": row["loss"] + 1.96 * row["loss_se"] if row["loss"] is not None and row["loss_se"] else None}
+            for r, ans in answers.items() for b, row in ans["curves"].items()]
+    table = pd.DataFrame(rows)
+    for col, (rule, ans) in zip(st.columns(len(answers)), answers.items()):
+        col.metric(f"best b ({rule})", "none" if ans["best_b"] is None else str(ans["best_b"]))
+    ok = table[~table["diverged"]].dropna(subset=["loss"])
+    base = alt.Chart(ok).encode(x=alt.X("b:Q", scale=alt.Scale(type="log"), title="batch size b"), color="rule:N")
+    chart = (base.mark_line(point=True).encode(y=alt.Y("loss:Q", title=f"loss after N = {budget:,} samples"),
+                                               tooltip=["rule", "b", "steps", "loss", "loss_se"])
+             + base.mark_errorbar().encode(y="lo:Q", y2="hi:Q"))
+    st.altair_chart(chart.properties(title="Final loss against b (95 % intervals of the replica estimates)",
+                                     height=320), width="stretch")
+    st.dataframe(table.drop(columns=["lo", "hi"]), hide_index=True)
+    if table["b_simple"].notna().any():
+        st.caption("b_simple: the gradient noise scale B_simple = tr Σ / ‖∇L‖² measured at the end of training, to set "
+                   "beside the best b (McCandlish et al.'s critical batch size).")
+    st.download_button("Advice (JSON)", json.dumps(answers, indent=2), "batchvar_advice.json", "application/json")
