@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+import numpy as np
+
 from backend.errors import ConfigError
 from backend.exact import jsonable_number, parse_number
 
@@ -127,6 +129,13 @@ class Schedule:
         if exact:
             return [Fraction(v) for v in vals]
         return [float(v) for v in vals]
+
+    def shape(self, T: int) -> np.ndarray:
+        """α_t / c for t < T as float64: 1, 1/(t+1) or 1/(t+1+t0) — the schedule without its constant."""
+        t = np.arange(T, dtype=np.float64)
+        if self.kind == "constant":
+            return np.ones(T)
+        return 1.0 / (t + 1 + (self.t0 if self.kind == "inverse_offset" else 0))
 
     @property
     def exact(self) -> bool:

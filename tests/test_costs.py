@@ -74,7 +74,7 @@ def test_guard_counts_memory_held_by_torchs_cache(monkeypatch):
     cfg = parse_config({"setting": "sequence", "preset": "paper", "epochs": 1, "batch_sizes": [32]})
     assert 20 * GiB < api.estimate(cfg)["memory_bytes"] < 30 * GiB
     cuda = torch.device("cuda")
-    monkeypatch.setattr(costs, "matmul_rate", lambda device: H100_RATE)
+    monkeypatch.setattr(costs, "matmul_rate", lambda device, arithmetic="float32": H100_RATE)
     monkeypatch.setattr(api, "device_name", lambda device: "NVIDIA H100 80GB HBM3")
     held = {"free": 14.4 * GiB, "total": 79.1 * GiB, "reserved": 60 * GiB, "allocated": 0.0}
     monkeypatch.setattr(api, "cuda_memory", lambda device: held)

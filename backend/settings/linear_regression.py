@@ -359,8 +359,7 @@ def advise(config: LinearRegressionConfig, b: np.ndarray, steps: np.ndarray, lr_
     t ≤ horizon[j] with E L(w_t) ≤ target, and the exact noise scale along ``grid`` — the moment recursion."""
     _require_theory(config)
     T = int(np.max(horizon))
-    shape = np.asarray(config.lr.alphas(T), dtype=np.float64) / float(config.lr.c)
-    alphas = np.asarray(lr_c, dtype=np.float64)[:, None] * shape[None, :]
+    alphas = np.asarray(lr_c, dtype=np.float64)[:, None] * config.lr.shape(T)[None, :]
     c = th.noise_factor(np.asarray(b), config.n, config.sampler)
     problem, w0 = _problem(config), _w0(config)
     out = th.moment_paths(problem, w0, alphas, c, horizon, record_at=steps, grid=grid, target=target)
