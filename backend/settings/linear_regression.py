@@ -26,6 +26,7 @@ from backend.progress import Progress
 from backend.settings.base import Quantity, simulation_key
 from backend.stats import first_increase, polyfit_inv_b
 from backend.theory import linreg as th
+from backend.theory.paths import moment_paths
 
 # -- the config ------------------------------------------------------------------------------------------------
 
@@ -362,7 +363,7 @@ def advise(config: LinearRegressionConfig, b: np.ndarray, steps: np.ndarray, lr_
     alphas = np.asarray(lr_c, dtype=np.float64)[:, None] * config.lr.shape(T)[None, :]
     c = th.noise_factor(np.asarray(b), config.n, config.sampler)
     problem, w0 = _problem(config), _w0(config)
-    out = th.moment_paths(problem, w0, alphas, c, horizon, record_at=steps, grid=grid, target=target)
+    out = moment_paths(problem, w0, alphas, c, horizon, record_at=steps, grid=grid, target=target)
     return {**out, "loss0": float(problem.loss(w0)), "exact": True}
 
 
