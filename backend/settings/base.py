@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
+import numpy as np
 import torch
 
 from backend.cache import ResultCache, make_key
@@ -70,3 +71,25 @@ def cache_key(kind: str, config, extra: dict | None = None, drop: tuple[str, ...
 def simulation_key(config, device: torch.device) -> str:
     """The key under which ``simulate(config)`` on ``device`` is cached."""
     return cache_key(f"simulate_{config.setting}", config, {"device": device.type})
+
+
+# -- the batch-size advisor's hooks shared by the settings that run in SGD steps (backend/advisor.py) -----------
+
+STEP_ADVISOR_QUANTITIES = {"loss": "loss", "var_full_grad": "var_full_grad", "var_g": "var_g"}
+
+
+def scaled_lr(config, lr_factor: float) -> dict:
+    """The config's schedule (JSON) with its constant c multiplied by ``lr_factor``."""
+    lr = config.lr.to_json()
+    lr["c"] = float(config.lr.c) * lr_factor
+    return lr
+
+
+def step_advise_cell(config, b: int, budget: int, lr_factor: float):
+    """The advisor's run for b: ⌊budget / b⌋ steps, the schedule's constant × lr_factor."""
+    return config.replace(batch_sizes=[b], steps=budget // b, lr=scaled_lr(config, lr_factor))
+
+
+def step_advisor_steps(config, b: int, x):
+    """SGD steps behind the x-axis values of a result (x is the step t)."""
+    return np.asarray(x)

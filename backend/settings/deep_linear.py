@@ -22,7 +22,8 @@ from backend.engine import deep_linear as engine
 from backend.errors import ConfigError, TooExpensive
 from backend.exact import fraction_str, is_exact, jsonable_number, parse_number
 from backend.progress import Progress
-from backend.settings.base import Quantity, cache_key, simulation_key
+from backend.settings.base import (STEP_ADVISOR_QUANTITIES, Quantity, cache_key, simulation_key, step_advise_cell,
+                                   step_advisor_steps)
 from backend.stats import t_quantile
 from backend.theory import deep_linear as th
 from backend.theory.linreg import eval_polynomial
@@ -329,19 +330,9 @@ def _sim_result(config: DeepLinearConfig, meta: dict, arrays: dict, hit: bool) -
                          config.batch_sizes, unpack_stats(arrays), arrays["finite_count"], meta, hit)
 
 
-ADVISOR_QUANTITIES = {"loss": "loss", "var_full_grad": "var_full_grad", "var_g": "var_g"}
-
-
-def advise_cell(config: DeepLinearConfig, b: int, budget: int, lr_factor: float) -> DeepLinearConfig:
-    """The batch-size advisor's run for b (backend/advisor.py): ⌊budget / b⌋ steps, the schedule's constant × lr_factor."""
-    lr = config.lr.to_json()
-    lr["c"] = float(config.lr.c) * lr_factor
-    return config.replace(batch_sizes=[b], steps=budget // b, lr=lr)
-
-
-def advisor_steps(config: DeepLinearConfig, b: int, x: np.ndarray) -> np.ndarray:
-    """SGD steps behind the x-axis values of a result (here x is the step t)."""
-    return np.asarray(x)
+ADVISOR_QUANTITIES = STEP_ADVISOR_QUANTITIES  # the batch-size advisor's hooks (backend/advisor.py)
+advise_cell = step_advise_cell
+advisor_steps = step_advisor_steps
 
 
 def heavy_tail_flags(sim: dict[str, Any], quantity: str = "var_g", exact: np.ndarray | None = None) -> np.ndarray:

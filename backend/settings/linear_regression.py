@@ -23,7 +23,8 @@ from backend.engine import linreg as engine
 from backend.errors import ConfigError, TooExpensive
 from backend.exact import is_exact, jsonable_number, parse_number, rational, to_fraction, to_rational_array
 from backend.progress import Progress
-from backend.settings.base import Quantity, simulation_key
+from backend.settings.base import (STEP_ADVISOR_QUANTITIES, Quantity, simulation_key, step_advise_cell,
+                                   step_advisor_steps)
 from backend.stats import first_increase, polyfit_inv_b
 from backend.theory import linreg as th
 from backend.theory.paths import moment_paths
@@ -367,18 +368,9 @@ def advise(config: LinearRegressionConfig, b: np.ndarray, steps: np.ndarray, lr_
     return {**out, "loss0": float(problem.loss(w0)), "exact": True}
 
 
-ADVISOR_QUANTITIES = {"loss": "loss", "var_full_grad": "var_full_grad", "var_g": "var_g"}
-
-
-def advise_cell(config: LinearRegressionConfig, b: int, budget: int, lr_factor: float) -> LinearRegressionConfig:
-    """The replica run that checks the exact advice for b: ⌊budget / b⌋ steps, the schedule's constant × lr_factor."""
-    lr = config.lr.to_json()
-    lr["c"] = float(config.lr.c) * lr_factor
-    return config.replace(batch_sizes=[b], steps=budget // b, lr=lr)
-
-
-def advisor_steps(config: LinearRegressionConfig, b: int, x: np.ndarray) -> np.ndarray:
-    return np.asarray(x)
+ADVISOR_QUANTITIES = STEP_ADVISOR_QUANTITIES  # the batch-size advisor's hooks (backend/advisor.py)
+advise_cell = step_advise_cell
+advisor_steps = step_advisor_steps
 
 
 def cached_simulation(config: LinearRegressionConfig, device: torch.device, cache: ResultCache

@@ -20,10 +20,10 @@ from backend.engine import mlp as engine
 from backend.errors import ConfigError
 from backend.images import elastic_distort, load_dataset
 from backend.progress import Progress
-from backend.settings.base import Quantity
-from backend.settings.classifier import ADVISOR_QUANTITIES, advisor_steps  # noqa: F401  (the advisor's protocol)
+from backend.settings.base import Quantity, scaled_lr
 from backend.settings.classifier import (cached_classifier, classifier_quantities, no_polynomial, no_theory,
                                          shape_result, simulate_classifier)
+from backend.settings.classifier import ADVISOR_QUANTITIES, advisor_steps  # noqa: F401  (the advisor's protocol)
 from backend.settings.classifier import THEORY_ONLY_DROPS  # noqa: F401  (part of the Setting protocol)
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -139,9 +139,7 @@ def quantities(config: MLPConfig) -> list[Quantity]:
 
 def advise_cell(config: MLPConfig, b: int, budget: int, lr_factor: float) -> MLPConfig:
     """The batch-size advisor's run for b: ⌊budget / n⌋ epochs (⌊n/b⌋ steps each), the learning rate × lr_factor."""
-    lr = config.lr.to_json()
-    lr["c"] = float(config.lr.c) * lr_factor
-    return config.replace(batch_sizes=[b], epochs=max(1, budget // config.n_train), lr=lr)
+    return config.replace(batch_sizes=[b], epochs=max(1, budget // config.n_train), lr=scaled_lr(config, lr_factor))
 
 
 def estimate(config: MLPConfig) -> dict[str, float]:
