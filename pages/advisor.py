@@ -96,29 +96,7 @@ if len(diverged):
 st.dataframe(table, hide_index=True)
 
 if target is not None:
-    st.subheader("Steps against examples to reach the target")
-    fr_rows, fit_rows = [], []
-    for rule, ans in answers.items():
-        for b, S in ans["steps_to_target"].items():
-            if S is not None:
-                fr_rows.append({"rule": rule, "b": int(b), "steps": S, "examples": int(b) * S})
-        fit = ans["frontier"]
-        if fit is not None and fit["B_crit"] is not None:
-            for bb in sorted(set(fit["b"])):
-                s = fit["S_min"] + fit["E_min"] / bb
-                fit_rows.append({"rule": rule, "steps": s, "examples": s * bb})
-            st.write(f"**{rule}**: S_min = {fit['S_min']:.4g}, E_min = {fit['E_min']:.4g}, "
-                     f"B_crit = E_min/S_min = {fit['B_crit']:.4g} (relative rms of the fit {fit['relative_rms']:.2g}).")
-    if fr_rows:
-        pts = alt.Chart(pd.DataFrame(fr_rows)).mark_point(filled=True, size=60).encode(
-            x=alt.X("examples:Q", scale=alt.Scale(type="log")), y=alt.Y("steps:Q", scale=alt.Scale(type="log")),
-            color="rule:N", tooltip=["rule", "b", "steps", "examples"])
-        layers = pts if not fit_rows else pts + alt.Chart(pd.DataFrame(fit_rows)).mark_line(strokeDash=[5, 3]).encode(
-            x="examples:Q", y="steps:Q", color="rule:N")
-        st.altair_chart(layers.properties(title="(S/S_min − 1)(E/E_min − 1) = 1 fitted (dashed)", height=300),
-                        width="stretch")
-    else:
-        st.info("No batch size reaches the target within twice its budget of steps.")
+    ui.frontier(answers, "within twice its budget of steps")
 
 st.subheader("The exact gradient noise scale along training")
 rule0 = next(iter(answers))

@@ -264,3 +264,22 @@ def test_advisor_page_sweeps_a_replica_setting():
     assert metrics.get("best b (none)") in ("4", "16")
     table = at.dataframe[0].value
     assert set(table["b"]) == {4, 16} and (table["loss_se"] > 0).all() and list(table["steps"]) == [64, 16]
+
+
+def test_advisor_page_sweeps_a_classifier_with_b_simple():
+    """MLP (tiny): the sweep's table carries B_simple and its chart is drawn beside the best b."""
+    at = open_page("pages/advisor.py")
+    by_label(at.sidebar.selectbox, "Setting").set_value("mlp")
+    at.run()
+    by_label(at.sidebar.multiselect, "Batch sizes b").set_value([16, 64])
+    at.run()
+    by_label(at.sidebar.number_input, "Budget N (samples)").set_value(1500)
+    at.run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    by_label(at.button, "Run").click()
+    at.run()
+    wait_for_run(at, "advs_mlp", timeout=600)
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    table = at.dataframe[0].value
+    assert set(table["b"]) == {16, 64} and (table["b_simple"] > 0).all() and (table["loss_se"] > 0).all()
+    assert any("B_simple" in c.value for c in at.caption)

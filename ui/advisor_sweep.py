@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from backend import api, costs
+from ui.advisor_view import frontier
 from ui.run import job_panel
 from ui.state import field_helpers, presets_and_upload, validated
 from ui.widgets import batch_sizes
@@ -63,7 +64,17 @@ def show(setting: str) -> None:
     st.altair_chart(chart.properties(title="Final loss against b (95 % intervals of the replica estimates)",
                                      height=320), width="stretch")
     st.dataframe(table.drop(columns=["lo", "hi"]), hide_index=True)
+    if target is not None:
+        frontier(answers, "within its budget (the run's recorded steps)")
     if table["b_simple"].notna().any():
+        best = pd.DataFrame([{"rule": r, "best b": a["best_b"]} for r, a in answers.items() if a["best_b"]])
+        noise = alt.Chart(table.dropna(subset=["b_simple"])).mark_line(point=True).encode(
+            x=alt.X("b:Q", scale=alt.Scale(type="log"), title="batch size b"),
+            y=alt.Y("b_simple:Q", scale=alt.Scale(type="log"), title="B_simple at the end of training"),
+            color="rule:N", tooltip=["rule", "b", "b_simple"])
+        rules = alt.Chart(best).mark_rule(strokeDash=[4, 4]).encode(x="best b:Q", color="rule:N")
+        st.altair_chart((noise + rules).properties(title="B_simple beside the best b (dashed)", height=260),
+                        width="stretch")
         st.caption("b_simple: the gradient noise scale B_simple = tr Σ / ‖∇L‖² measured at the end of training, to set "
                    "beside the best b (McCandlish et al.'s critical batch size).")
     st.download_button("Advice (JSON)", json.dumps(answers, indent=2), "batchvar_advice.json", "application/json")
