@@ -361,10 +361,9 @@ def advise(config: LinearRegressionConfig, b: np.ndarray, steps: np.ndarray, lr_
     t ≤ horizon[j] with E L(w_t) ≤ target, and the exact noise scale along ``grid`` — the moment recursion."""
     _require_theory(config)
     T = int(np.max(horizon))
-    alphas = np.asarray(lr_c, dtype=np.float64)[:, None] * config.lr.shape(T)[None, :]
     c = th.noise_factor(np.asarray(b), config.n, config.sampler)
     problem, w0 = _problem(config), _w0(config)
-    out = moment_paths(problem, w0, alphas, c, horizon, record_at=steps, grid=grid, target=target)
+    out = moment_paths(problem, w0, lr_c, config.lr.shape(T), c, horizon, record_at=steps, grid=grid, target=target)
     return {**out, "loss0": float(problem.loss(w0)), "exact": True}
 
 

@@ -11,11 +11,12 @@ import numpy as np
 from backend.theory.linreg import LinRegProblem
 
 
-def moment_paths(problem: LinRegProblem, w0: np.ndarray, alphas: np.ndarray, c: np.ndarray, horizon: np.ndarray,
-                 record_at: np.ndarray | None = None, grid: Sequence[int] = (), target: float | None = None
-                 ) -> dict[str, np.ndarray]:
-    """Exact moments along L lanes of mini-batch SGD: lane l takes the step sizes ``alphas[l]`` (shape (L, max
-    horizon)) with noise factor ``c[l]`` for ``horizon[l]`` steps. float64. Returns, per lane:
+def moment_paths(problem: LinRegProblem, w0: np.ndarray, scales: np.ndarray, shape: np.ndarray, c: np.ndarray,
+                 horizon: np.ndarray, record_at: np.ndarray | None = None, grid: Sequence[int] = (),
+                 target: float | None = None) -> dict[str, np.ndarray]:
+    """Exact moments along L lanes of mini-batch SGD: lane l takes the step sizes α_t = ``scales[l]`` · ``shape[t]``
+    (one schedule shape, a constant per lane) with noise factor ``c[l]`` for ``horizon[l]`` steps. float64. Memory
+    O(L p⁴ + T), whatever the horizon. Returns, per lane:
     - var_g, var_full_grad, loss, noise_scale at t = ``record_at[l]`` (default: the horizon), each (L,);
     - grid_loss, grid_noise_scale at the steps of ``grid`` (L, G), NaN past the lane's horizon;
     - first_below: the first t ≤ horizon with E L(w_t) ≤ ``target`` (−1: none), when a target is given.
@@ -54,7 +55,8 @@ def moment_paths(problem: LinRegProblem, w0: np.ndarray, alphas: np.ndarray, c: 
     record_at = horizon if record_at is None else np.asarray(record_at, dtype=np.int64)
     order = np.argsort(-horizon, kind="stable")  # longest horizon first: the active lanes are a prefix
     hz, rec = horizon[order], record_at[order]
-    al = np.ascontiguousarray(np.asarray(alphas, dtype=np.float64)[order].T)  # (T, L): step t's sizes contiguous
+    lane_scale = np.asarray(scales, dtype=np.float64)[order]
+    shape = np.asarray(shape, dtype=np.float64)
     cs = np.asarray(c, dtype=np.float64)[order]
     L, Gn = len(order), len(grid)
     hz_list = hz.tolist()
@@ -100,7 +102,7 @@ def moment_paths(problem: LinRegProblem, w0: np.ndarray, alphas: np.ndarray, c: 
             if t == hz_list[0]:
                 break
             k = active if hz_list[active - 1] > t else int(np.count_nonzero(hz[:active] > t))  # lanes taking step t
-            a = al[t, :k][:, None]
+            a = (lane_scale[:k] * shape[t])[:, None]
             A = 1.0 - a * lam  # (k, p): A_t in the eigenbasis
             V[:k] = v[:k] * (A[:, :, None] * A[:, None, :]).reshape(k, -1) \
                 + (a * a) * cs[:k, None] * (v[:k] @ Kv + Z[:k] @ Kz)
