@@ -188,9 +188,12 @@ def replace_fields(config, **changes: Any):
     return type(config).parse(raw)
 
 
-def default_reader(f: "Fields", defaults: dict[str, Any]):
-    """val(key): the field if given, else the config class's default (its DEFAULTS, the one place they are stated)."""
-    return lambda key: f.get(key, defaults[key])
+def config_fields(raw: Any, defaults: dict[str, Any]):
+    """(fields, val) for a config class's ``parse``: the raw dict's reader (``"setting"`` read) and val(key) — the field
+    if given, else the class's default (its DEFAULTS, the one place they are stated)."""
+    f = Fields(raw)
+    f.get("setting")
+    return f, lambda key: f.get(key, defaults[key])
 
 
 PRECISIONS = ("float32", "tf32", "bf16")  # the replica classifiers' arithmetic for the forward and backward passes

@@ -246,20 +246,26 @@ def test_advisor_page_shows_the_exact_best_b_for_every_rule():
     assert any("B_noise" in c.value for c in at.caption)
 
 
-def test_advisor_page_sweeps_a_replica_setting():
-    """Deep linear network: Run starts one replica run per b; the page shows the best b and the loss with its SE."""
+def sweep_on_advisor_page(setting: str, batch_sizes: list[int], budget: int, timeout: float = 180) -> AppTest:
+    """The advisor page in replica mode: pick the setting, batch sizes and budget, press Run, wait for the sweep."""
     at = open_page("pages/advisor.py")
-    by_label(at.sidebar.selectbox, "Setting").set_value("deep_linear")
+    by_label(at.sidebar.selectbox, "Setting").set_value(setting)
     at.run()
-    by_label(at.sidebar.multiselect, "Batch sizes b").set_value([4, 16])
+    by_label(at.sidebar.multiselect, "Batch sizes b").set_value(batch_sizes)
     at.run()
-    by_label(at.sidebar.number_input, "Budget N (samples)").set_value(256)
+    by_label(at.sidebar.number_input, "Budget N (samples)").set_value(budget)
     at.run()
     assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
     by_label(at.button, "Run").click()
     at.run()
-    wait_for_run(at, "advs_deep_linear")
+    wait_for_run(at, f"advs_{setting}", timeout=timeout)
     assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    return at
+
+
+def test_advisor_page_sweeps_a_replica_setting():
+    """Deep linear network: Run starts one replica run per b; the page shows the best b and the loss with its SE."""
+    at = sweep_on_advisor_page("deep_linear", [4, 16], 256)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics.get("best b (none)") in ("4", "16")
     table = at.dataframe[0].value
@@ -268,18 +274,7 @@ def test_advisor_page_sweeps_a_replica_setting():
 
 def test_advisor_page_sweeps_a_classifier_with_b_simple():
     """MLP (tiny): the sweep's table carries B_simple and its chart is drawn beside the best b."""
-    at = open_page("pages/advisor.py")
-    by_label(at.sidebar.selectbox, "Setting").set_value("mlp")
-    at.run()
-    by_label(at.sidebar.multiselect, "Batch sizes b").set_value([16, 64])
-    at.run()
-    by_label(at.sidebar.number_input, "Budget N (samples)").set_value(1500)
-    at.run()
-    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
-    by_label(at.button, "Run").click()
-    at.run()
-    wait_for_run(at, "advs_mlp", timeout=600)
-    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    at = sweep_on_advisor_page("mlp", [16, 64], 1500, timeout=600)
     table = at.dataframe[0].value
     assert set(table["b"]) == {16, 64} and (table["b_simple"] > 0).all() and (table["loss_se"] > 0).all()
     assert any("B_simple" in c.value for c in at.caption)

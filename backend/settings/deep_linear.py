@@ -15,7 +15,7 @@ import torch
 
 from backend.cache import CODE_VERSION, ResultCache
 from backend.config import (DEVICES, DTYPES, MAX_REPLICAS, MAX_STEPS, MAX_WIDTH, MIN_REPLICAS, Fields, Schedule,
-                            default_reader, read_batch_sizes, read_choice, read_int, read_positive, replace_fields)
+                            config_fields, read_batch_sizes, read_choice, read_int, read_positive, replace_fields)
 from backend.costs import combine_costs
 from backend.curves import curves_result, unpack_stats
 from backend.engine import deep_linear as engine
@@ -90,9 +90,7 @@ class DeepLinearConfig:
 
     @classmethod
     def parse(cls, raw: dict) -> "DeepLinearConfig":
-        f = Fields(raw)
-        f.get("setting")
-        val = default_reader(f, cls.DEFAULTS)
+        f, val = config_fields(raw, cls.DEFAULTS)
         dims_raw = val("dims")
         if not isinstance(dims_raw, list) or not 3 <= len(dims_raw) <= 5:
             raise ConfigError("dims", "expected [p, p_1, …, p_d] with depth d from 2 to 4")

@@ -15,7 +15,7 @@ import torch
 from backend import datasets
 from backend.cache import CODE_VERSION, ResultCache, default_cache, make_key
 from backend.config import (DEVICES, MAX_REPLICAS, MAX_STEPS, MIN_REPLICAS, SAMPLER_LABELS, SAMPLERS, Fields, Schedule,
-                            default_reader, paper_batch_sizes, read_batch_sizes, read_bool, read_choice, read_int,
+                            config_fields, paper_batch_sizes, read_batch_sizes, read_bool, read_choice, read_int,
                             read_positive, replace_fields)
 from backend.costs import combine_costs
 from backend.curves import curves_result, unpack_stats
@@ -83,9 +83,7 @@ class LinearRegressionConfig:
 
     @classmethod
     def parse(cls, raw: dict) -> "LinearRegressionConfig":
-        f = Fields(raw)
-        f.get("setting")
-        val = default_reader(f, cls.DEFAULTS)
+        f, val = config_fields(raw, cls.DEFAULTS)
         ds_json, data = datasets.parse_dataset(val("dataset"))
         standardize = read_bool(val("standardize"), "standardize")
         intercept = read_bool(val("intercept"), "intercept")

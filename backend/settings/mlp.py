@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 
 from backend.cache import ResultCache
-from backend.config import (MLP_SAMPLERS, Fields, Schedule, default_reader, read_batch_sizes, read_choice, read_int,
+from backend.config import (MLP_SAMPLERS, Fields, Schedule, config_fields, read_batch_sizes, read_choice, read_int,
                             read_positive, replace_fields, replica_run_fields)
 from backend.costs import combine_costs
 from backend.engine import mlp as engine
@@ -62,9 +62,7 @@ class MLPConfig:
 
     @classmethod
     def parse(cls, raw: dict) -> "MLPConfig":
-        f = Fields(raw)
-        f.get("setting")
-        val = default_reader(f, cls.DEFAULTS)
+        f, val = config_fields(raw, cls.DEFAULTS)
         ds_raw = val("dataset")
         if isinstance(ds_raw, str):
             ds_raw = {"name": ds_raw}

@@ -13,16 +13,16 @@ from typing import Any, ClassVar
 import torch
 
 from backend.cache import ResultCache
-from backend.config import (MLP_SAMPLERS, Fields, default_reader, read_batch_sizes, read_choice, read_int,
+from backend.config import (MLP_SAMPLERS, Fields, config_fields, read_batch_sizes, read_choice, read_int,
                             read_positive, replace_fields, replica_run_fields)
 from backend.engine import mlp as trainer, sequence as seq
 from backend.engine.mlp import module_forward
 from backend.errors import ConfigError
 from backend.progress import Progress
 from backend.settings.base import Quantity
-from backend.settings.classifier import ADVISOR_QUANTITIES, advisor_steps  # noqa: F401  (the advisor's protocol)
 from backend.settings.classifier import (cached_classifier, classifier_quantities, no_polynomial, no_theory,
                                          shape_result, simulate_classifier)
+from backend.settings.classifier import ADVISOR_QUANTITIES, advisor_steps  # noqa: F401  (the advisor's protocol)
 from backend.settings.classifier import THEORY_ONLY_DROPS  # noqa: F401  (part of the Setting protocol)
 from backend.text import Tokenizer, load_corpus
 
@@ -70,9 +70,7 @@ class SequenceConfig:
 
     @classmethod
     def parse(cls, raw: dict) -> "SequenceConfig":
-        f = Fields(raw)
-        f.get("setting")
-        val = default_reader(f, cls.DEFAULTS)
+        f, val = config_fields(raw, cls.DEFAULTS)
         c_raw = val("corpus")
         if isinstance(c_raw, str):
             c_raw = {"name": c_raw}
