@@ -34,6 +34,7 @@ bench: $(VENV)/.dev
 	$(PY) benchmarks/bench_mlp.py
 	$(PY) benchmarks/bench_sequence.py
 	$(PY) benchmarks/bench_advisor.py
+	$(PY) benchmarks/bench_sweep.py
 
 clean-cache:
 	rm -rf cache/results cache/locks

@@ -11,6 +11,7 @@ PAGES = [st.Page("pages/home.py", title="Home", icon=":material/home:", default=
          *(st.Page(f"pages/{s['name']}.py", title=s["title"], icon=s["icon"], url_path=s["name"])
            for s in api.setting_pages()),
          st.Page("pages/advisor.py", title="Batch-size advisor", icon=":material/tune:", url_path="advisor"),
+         st.Page("pages/sweeps.py", title="Sweeps", icon=":material/grid_on:", url_path="sweeps"),
          st.Page("pages/theory.py", title="Theory", icon=":material/functions:", url_path="theory")]
 
 page = st.navigation(PAGES, position="hidden")

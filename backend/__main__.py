@@ -1,5 +1,5 @@
-"""Command line: ``python -m backend {theory,simulate,polynomial,check} CONFIG.json`` and ``python -m backend
-settings``; JSON on stdout.
+"""Command line: ``python -m backend {theory,simulate,polynomial,check,advise} CONFIG.json``, ``python -m backend
+sweep SWEEP.json`` and ``python -m backend settings``; JSON on stdout, progress on stderr.
 
 A bad config or argument exits with status 2 and one line on stderr naming the field; never a traceback.
 """
@@ -10,50 +10,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from backend.errors import Cancelled, ConfigError, one_line
-
-
-def _list(a: np.ndarray) -> list:
-    return [None if not np.isfinite(v) else float(v) for v in np.asarray(a, dtype=np.float64)]
-
-
-def _curves_json(batch_sizes, curves: dict | None, quantities, with_se: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for j, b in enumerate(batch_sizes):
-        entry: dict[str, Any] = {}
-        for q in quantities:
-            if curves is None:
-                entry[q] = None
-                continue
-            if with_se:
-                if q not in curves:
-                    continue
-                entry[q] = _list(curves[q]["value"][j])
-                entry[f"{q}_se"] = _list(curves[q]["se"][j])
-            else:
-                entry[q] = _list(curves[q][j])
-        out[str(b)] = entry
-    return out
-
-
-def _classifier_curves_json(curves: dict, j: int, fields, per_init: bool) -> dict[str, Any]:
-    """Batch size number j of an MLP / sequence result: each field q over epochs with q_se, var_g_min / var_g_max
-    (the spread over initial weights), and with several initial weights q_per_init and q_per_init_se (one list over
-    epochs per init)."""
-    entry: dict[str, Any] = {}
-    for f in fields:
-        c = curves[f]
-        entry[f] = _list(c["value"][j])
-        entry[f"{f}_se"] = _list(c["se"][j])
-        if per_init:
-            for suffix in ("per_init", "per_init_se"):
-                entry[f"{f}_{suffix}"] = [_list(col) for col in np.asarray(c[suffix][j]).T]
-    entry["var_g_min"], entry["var_g_max"] = _list(curves["var_g"]["min"][j]), _list(curves["var_g"]["max"][j])
-    return entry
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,19 +36,45 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--b-ref", dest="b_ref", default=None, help="reference batch size (default: the smallest)")
             sp.add_argument("--target-loss", dest="target_loss", default=None,
                             help="also the steps and examples to reach E L(w_t) <= EPS, and the frontier fit")
+            _executor_options(sp, "the replica runs of a setting without exact theory")
+    sp = sub.add_parser("sweep", help="a grid of replica runs, one cached simulate per cell (local or on Ray)")
+    sp.add_argument("sweep", help='sweep JSON: {"base": CONFIG, "grid": {"FIELD": [values], ...}}, or - for stdin')
+    _executor_options(sp, "the cells")
+    sp.add_argument("--no-cache", action="store_true", help="compute every cell, into a fresh temporary cache")
     sub.add_parser("settings", help="the registry of settings: quantities (x-axis, exact theory?) and presets")
     return p
+
+
+def _executor_options(sp, what: str) -> None:
+    sp.add_argument("--executor", default="local", choices=("local", "ray"),
+                    help=f"where {what} run — local: one after another here; ray: an embedded Ray on 127.0.0.1, or "
+                         "--address")
+    sp.add_argument("--address", default=None, help="join this Ray cluster (e.g. HEAD_IP:6379) instead")
+    sp.add_argument("--threads", default=None, help="CPU threads per cell on Ray (default: torch's count here)")
+
+
+def _executor(args):
+    """The sweep executor the options name (None: the local default, run through the API as before)."""
+    if args.address is not None and args.executor != "ray":
+        raise ConfigError("address", "--address joins a Ray cluster: use it with --executor ray")
+    if args.executor != "ray":
+        return None
+    from backend.cluster import RayExecutor
+
+    return RayExecutor(args.address, _number(args.threads, "threads", int))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)
-        from backend import api
+        from backend import api, report
         from backend.config import loads, parse_config
 
         if args.command == "settings":
             return _emit({"settings": api.registry()})
+        if args.command == "sweep":
+            return _sweep(args)
 
         text = sys.stdin.read() if args.config == "-" else Path(args.config).read_text(encoding="utf-8")
         config = parse_config(loads(text))
@@ -99,17 +83,13 @@ def main(argv: list[str] | None = None) -> int:
 
             return _emit(advisor.advise(config, _number(args.budget, "budget", int), args.scaling,
                                         _number(args.b_ref, "b_ref", float),
-                                        _number(args.target_loss, "target_loss", float)))
+                                        _number(args.target_loss, "target_loss", float),
+                                        executor=_executor(args)))
         if config.setting in ("mlp", "sequence") and args.command != "simulate":
             raise ConfigError("setting", f"'{args.command}' needs exact theory, which a nonlinear network does not "
                                          "have; use 'simulate'")
         if args.command == "theory":
-            res = api.theory(config)
-            out = {"setting": config.setting, "t": res["t"].tolist(), "available": res["available"],
-                   "note": res["note"],
-                   "curves": _curves_json(config.batch_sizes, res["curves"], api.quantities(config), with_se=False)}
-            if "methods" in res:
-                out["exact_methods"] = {str(t): m for t, m in res["methods"].items()}
+            out = report.theory_output(config, api.theory(config))
         elif args.command == "simulate":
             cache = None
             if args.no_cache:
@@ -117,22 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 from backend.cache import ResultCache
                 cache = ResultCache(tempfile.mkdtemp(prefix="batchvar-"))
-            res = api.simulate(config, cache=cache)
-            meta = res["meta"]
-            if config.setting in ("mlp", "sequence"):
-                out = {"setting": config.setting, "epoch": res["epoch"].tolist(),
-                       "curves": {str(b): _classifier_curves_json(res["curves"], j, api.quantities(config),
-                                                                  config.inits > 1)
-                                  for j, b in enumerate(config.batch_sizes)},
-                       "inits": config.inits, "replicas": config.replicas, "band": res["band"],
-                       "sampler": meta["sampler_label"], "device": meta["device"],
-                       "diverged_at": {str(x["b"]): x["diverged_at"] for x in meta["per_b"]}}
-                return _emit(out)
-            out = {"setting": config.setting, "t": res["t"].tolist(),
-                   "curves": _curves_json(config.batch_sizes, res["curves"], (*api.quantities(config), "var_g_rb"), True),
-                   "finite_count": {str(b): res["finite_count"][j].tolist() for j, b in enumerate(config.batch_sizes)},
-                   "diverged_at": dict(zip(map(str, config.batch_sizes), meta["diverged_at"])),
-                   "sampler": meta["sampler_label"], "device": meta["device"], "groups": meta["groups"]}
+            out = report.simulate_output(config, api.simulate(config, cache=cache))
         elif args.command == "polynomial":
             out = api.polynomial(config, args.t, args.quantity, exact=False if args.force_float else None)
         elif config.setting == "deep_linear":
@@ -157,6 +122,39 @@ def main(argv: list[str] | None = None) -> int:
         print("error: cancelled", file=sys.stderr)
         return 130
     return _emit(out)
+
+
+def _sweep(args) -> int:
+    """``sweep``: validate every cell (exit 2 naming the cell and field), print the estimate and one line per
+    finished cell to stderr, the sweep document to stdout; exit 1 if a cell failed, 130 if cancelled (Ctrl-C)."""
+    import signal
+    import tempfile
+    import threading
+    import time
+
+    from backend import sweep
+    from backend.cache import ResultCache
+    from backend.costs import format_duration
+
+    executor = _executor(args) or sweep.LocalExecutor()
+    text = sys.stdin.read() if args.sweep == "-" else Path(args.sweep).read_text(encoding="utf-8")
+    spec = sweep.load_sweep(text)
+    cache = ResultCache(tempfile.mkdtemp(prefix="batchvar-")) if args.no_cache else None
+    est = sweep.estimate(spec, executor, cache)
+    print(f"sweep: {est['cells']} cells ({est['cached']} cached) on {args.executor}: about "
+          f"{format_duration(est['seconds'])} of device time, {format_duration(est['seconds_per_worker'])} on each of "
+          f"{est['workers']} worker(s)", file=sys.stderr, flush=True)
+    cancel = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())
+    started = time.monotonic()
+    try:
+        out = sweep.run(spec, executor, cache, lambda k, n, entry: print(
+            sweep.progress_line(k, n, entry, started), file=sys.stderr, flush=True), cancel)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    out["estimate"] = est
+    _emit(out)
+    return 130 if cancel.is_set() else 1 if out["failed"] else 0
 
 
 def _number(text: str | None, option: str, kind: type):

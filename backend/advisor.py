@@ -49,19 +49,21 @@ def check_request(config, budget: Any, scaling: Any, b_ref: Any, target_loss: An
 
 
 def advise(config, budget: int, scaling: str = "none", b_ref: float | None = None,
-           target_loss: float | None = None, progress=None, cancel=None) -> dict[str, Any]:
+           target_loss: float | None = None, progress=None, cancel=None, executor=None) -> dict[str, Any]:
     """The advisor's answer (the CLI's ``advise`` output; see the module doc and docs/theory.md §7)."""
-    return advise_rules(config, budget, (scaling,), b_ref, target_loss, progress, cancel)[scaling]
+    return advise_rules(config, budget, (scaling,), b_ref, target_loss, progress, cancel, executor)[scaling]
 
 
 def advise_rules(config, budget: int, scalings=tuple(SCALINGS), b_ref: float | None = None,
-                 target_loss: float | None = None, progress=None, cancel=None) -> dict[str, dict[str, Any]]:
-    """``advise`` for several scaling rules in one pass (one lane per rule and b): {scaling: answer}."""
+                 target_loss: float | None = None, progress=None, cancel=None, executor=None
+                 ) -> dict[str, dict[str, Any]]:
+    """``advise`` for several scaling rules in one pass (one lane per rule and b): {scaling: answer}. ``executor``
+    (a sweep executor) runs the replica cells of a setting without exact theory (``sweep``)."""
     for scaling in scalings:
         budget, _, b_ref_checked, target_loss = check_request(config, budget, scaling, b_ref, target_loss)
     b_ref = b_ref_checked
     if not hasattr(settings.for_config(config), "advise"):
-        return sweep(config, budget, scalings, b_ref, target_loss, progress, cancel)
+        return sweep(config, budget, scalings, b_ref, target_loss, progress, cancel, executor)
     bs = np.asarray(config.batch_sizes)
     steps = budget // bs
     lr_c = np.concatenate([float(config.lr.c) * (bs / b_ref) ** SCALINGS[s] for s in scalings])
@@ -106,12 +108,37 @@ def _answer(config, budget, scaling, b_ref, target_loss, steps, lr_c, horizon, g
 
 
 def sweep(config, budget: int, scalings=tuple(SCALINGS), b_ref: float | None = None,
-          target_loss: float | None = None, progress=None, cancel=None) -> dict[str, dict[str, Any]]:
+          target_loss: float | None = None, progress=None, cancel=None, executor=None) -> dict[str, dict[str, Any]]:
     """The advisor from replica runs for every rule (any setting with ``advise_cell``; for linear regression it is
-    the replica check of the exact answer): {scaling: answer}."""
+    the replica check of the exact answer): {scaling: answer}. With an ``executor`` (backend/sweep.py: local or
+    Ray) every (rule, b) cell first runs as one sweep there — in parallel on a cluster — and the answers are read
+    from the cache; a cell that fails raises a ConfigError naming it."""
     for scaling in scalings:
         budget, _, b_ref, target_loss = check_request(config, budget, scaling, b_ref, target_loss)
-    return {s: replica_answer(config, budget, s, b_ref, target_loss, progress, cancel) for s in scalings}
+    fetch = None
+    if executor is not None:
+        fetch = _run_cells(config, budget, scalings, b_ref, executor, progress, cancel)
+    return {s: replica_answer(config, budget, s, b_ref, target_loss, progress, cancel, fetch) for s in scalings}
+
+
+def _run_cells(config, budget, scalings, b_ref, executor, progress, cancel):
+    """Run the advisor's cells as one sweep on ``executor``; returns how to read a cell's result (from the cache,
+    under the key of the device it ran on)."""
+    from backend import api
+    from backend import sweep as sweeps
+    from backend.progress import as_progress
+
+    cells = tuple(sweeps.Cell(i, {"scaling": s, "b": int(b)}, cell) for i, ((s, b), cell) in enumerate(zip(
+        [(s, b) for s in scalings for b in config.batch_sizes], sweep_cells(config, budget, scalings, b_ref))))
+    spec = sweeps.Sweep(config.setting, config.to_json(), ("scaling", "b"), cells)
+    progress = as_progress(progress)
+    progress.total = len(cells)
+    out = sweeps.run(spec, executor, None, lambda done, total, entry: progress.advance(1), cancel)
+    if out["failed"]:
+        first = out["failed"][0]
+        raise ConfigError("sweep", f"{len(out['failed'])} cell(s) did not finish; the first "
+                                   f"{first['overrides']}: {first['error']}")
+    return lambda cell: api.cached_simulation(cell, device=executor.device(cell))
 
 
 def sweep_cells(config, budget: int, scalings=tuple(SCALINGS), b_ref: float | None = None) -> list:
@@ -123,9 +150,10 @@ def sweep_cells(config, budget: int, scalings=tuple(SCALINGS), b_ref: float | No
 
 
 def replica_answer(config, budget: int, scaling: str, b_ref: float, target_loss: float | None, progress=None,
-                   cancel=None) -> dict[str, Any]:
+                   cancel=None, fetch=None) -> dict[str, Any]:
     """The advisor from replica runs: one ``simulate`` per b of the cell config ``advise_cell`` gives (cached like
-    any run: a cell computed once is served again), its quantities at the end of the budget with their SEs."""
+    any run: a cell computed once is served again; ``fetch(cell)``, if given, reads a cell run elsewhere), its
+    quantities at the end of the budget with their SEs."""
     from backend import api  # the runs go through the API: guard, device, cache
 
     setting = settings.for_config(config)
@@ -135,7 +163,7 @@ def replica_answer(config, budget: int, scaling: str, b_ref: float, target_loss:
     first_below: dict[str, int | None] = {}
     for b in bs:
         cell = setting.advise_cell(config, b, budget, (b / b_ref) ** SCALINGS[scaling])
-        res = api.simulate(cell, progress, cancel)
+        res = (fetch(cell) if fetch is not None else None) or api.simulate(cell, progress, cancel)
         row: dict[str, Any] = {"steps": int(setting.advisor_steps(cell, b, res["x"])[-1]), "config": cell.to_json(),
                                "cached": bool(res["cached"])}
         for out_name, q in names.items():

@@ -25,7 +25,7 @@ from backend.datasets import MAX_UPLOAD_BYTES, parse_csv_text  # noqa: F401
 from backend.docs import theory_preamble, theory_sections  # noqa: F401
 from backend.advisor import SCALINGS, advise, advise_rules, sweep, sweep_cells  # noqa: F401  (the batch-size advisor)
 from backend.exact import jsonable_number  # noqa: F401
-from backend.costs import device_name, device_seconds
+from backend.costs import device_name, device_seconds, format_duration  # noqa: F401  (format_duration: pages)
 from backend.errors import ConfigError, TooExpensive  # noqa: F401  (ConfigError: the one error a page shows)
 from backend.latex import polynomial_equation, polynomial_latex  # noqa: F401
 from backend.progress import Progress, as_progress
@@ -152,14 +152,17 @@ def guard(config, device: torch.device) -> dict[str, float]:
     return est
 
 
-def simulation_key(config) -> str:
-    """The cache key of ``simulate(config)`` on the device it would run on."""
-    return base.simulation_key(config, resolve_device(config.device))
+def simulation_key(config, device: torch.device | None = None) -> str:
+    """The cache key of ``simulate(config)`` on ``device`` (default: the one it would run on here)."""
+    return base.simulation_key(config, device if device is not None else resolve_device(config.device))
 
 
-def cached_simulation(config, cache: ResultCache | None = None) -> dict[str, Any] | None:
-    """The cached result of ``simulate(config)`` if there is one (never computes)."""
-    return settings.for_config(config).cached_simulation(config, resolve_device(config.device), _cache(cache))
+def cached_simulation(config, cache: ResultCache | None = None, device: torch.device | None = None
+                      ) -> dict[str, Any] | None:
+    """The cached result of ``simulate(config)`` on ``device`` (default: the one it would run on here) if there is
+    one (never computes)."""
+    device = device if device is not None else resolve_device(config.device)
+    return settings.for_config(config).cached_simulation(config, device, _cache(cache))
 
 
 def simulate(config, progress: Progress | Callable[[int], None] | None = None,
@@ -193,3 +196,72 @@ def agreement(theory_res: dict, sim_res: dict, quantity: str = "var_g", estimate
         "within_4": float((np.abs(z[finite]) <= 4).mean()) if k else math.nan,
         "max_abs": float(np.abs(z[finite]).max()) if k else math.nan,
     }
+
+
+# -- sweeps (backend/sweep.py, backend/cluster.py): imported when used (they build on this module) ---------------
+
+def sweep_fields(config) -> list[str]:
+    """The fields a sweep can vary for this config: every top-level field but the setting, and one level of dotted
+    paths into the object-valued ones (``lr.c``, ``w0.seed``, …)."""
+    out = []
+    for key, value in config.to_json().items():
+        if key == "setting":
+            continue
+        if isinstance(value, dict):
+            out.extend(f"{key}.{sub}" for sub in value)
+        out.append(key)
+    return out
+
+
+def sweep_spec(raw: dict, plain: dict | None = None):
+    """A validated sweep ``{"base": CONFIG, "grid": {FIELD: [values]}}`` (a ConfigError names the cell and field);
+    ``raw`` read with exact decimals (``loads``), ``plain`` the same read by ``json.loads`` (the overrides shown)."""
+    from backend import sweep
+
+    return sweep.parse_sweep(raw, plain)
+
+
+def sweep_executor(kind: str = "local", address: str | None = None, threads: int | None = None):
+    """Where a sweep runs: ``local`` (this process), ``ray`` (embedded on 127.0.0.1, or joining ``address``)."""
+    from backend import sweep
+
+    if kind == "local":
+        return sweep.LocalExecutor()
+    if kind != "ray":
+        raise ConfigError("executor", f"expected 'local' or 'ray', got {kind!r}")
+    from backend.cluster import RayExecutor
+
+    return RayExecutor(address or None, threads)
+
+
+def sweep_estimate(spec, executor) -> dict[str, Any]:
+    """The cost model of a sweep's uncached cells: total device seconds and per worker of the executor."""
+    from backend import sweep
+
+    return sweep.estimate(spec, executor)
+
+
+def run_sweep(spec, executor, progress: Progress | None = None, cancel: threading.Event | None = None
+              ) -> dict[str, Any]:
+    """Run a sweep (cached cells served from the cache); ``progress`` counts finished cells and its message is the
+    last cell's line."""
+    import time
+
+    from backend import sweep
+
+    progress = progress or Progress()
+    progress.total = len(spec.cells)
+    started = time.monotonic()
+
+    def on_cell(done: int, total: int, entry: dict) -> None:
+        progress.message = sweep.progress_line(done, total, entry, started)
+        progress.advance(1)
+
+    return sweep.run(spec, executor, None, on_cell, cancel)
+
+
+def sweep_table(out: dict, with_theory: bool = True) -> list[dict[str, Any]]:
+    """A sweep's results as one long table (cell overrides, b, x, quantity, value, se, lo, hi, exact)."""
+    from backend import sweep
+
+    return sweep.table(out, with_theory)

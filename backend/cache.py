@@ -131,6 +131,11 @@ class ResultCache:
     def set(self, key: str, meta: dict, arrays: dict[str, np.ndarray]) -> None:
         self._cache.set(key, encode(meta, arrays))
 
+    def put_blob(self, key: str, blob: bytes) -> None:
+        """Store a finished entry computed elsewhere (a sweep's worker), after checking its checksum and format."""
+        decode(blob)  # raises CorruptEntry on a damaged or foreign blob
+        self._cache.set(key, blob)
+
     @contextmanager
     def _key_lock(self, key: str) -> Iterator[None]:
         try:
@@ -172,6 +177,9 @@ class ResultCache:
 
     def __len__(self) -> int:
         return len(self._cache)
+
+    def __bool__(self) -> bool:  # an empty cache is still a cache (``cache or default`` must not replace it)
+        return True
 
     def raw(self) -> diskcache.Cache:
         """The underlying diskcache (tests corrupt entries through it)."""

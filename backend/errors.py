@@ -19,6 +19,9 @@ class ConfigError(ValueError):
         self.message = one_line(message)
         super().__init__(f"{self.field}: {self.message}" if self.field else self.message)
 
+    def __reduce__(self):  # picklable (a Ray worker sends it back to the driver)
+        return type(self), (self.field, self.message)
+
 
 class Cancelled(RuntimeError):
     """A run was cancelled by the user before it finished; nothing was cached."""

@@ -42,7 +42,7 @@ sampler = sb.selectbox("Sampler", ["without_replacement", "with_replacement"],
                        index=0 if d("sampler") != "with_replacement" else 1, key=k("sampler"),
                        format_func=lambda s: s.replace("_", " "))
 config = ui.validated({"setting": "linear_regression", "dataset": dataset, "lr": lr, "batch_sizes": batch_sizes,
-                       "sampler": sampler, "device": d("device")})
+                       "sampler": sampler, "device": d("device")}, remember=False)
 
 sb.divider()
 unit = sb.radio("Budget in", ["samples", "epochs"], horizontal=True, key="adv_unit")

@@ -278,3 +278,41 @@ def test_advisor_page_sweeps_a_classifier_with_b_simple():
     table = at.dataframe[0].value
     assert set(table["b"]) == {16, 64} and (table["b_simple"] > 0).all() and (table["loss_se"] > 0).all()
     assert any("B_simple" in c.value for c in at.caption)
+
+
+def test_sweeps_page_runs_a_tiny_grid_from_the_setting_page_config():
+    """Sweeps page, local executor: the base config is the one last set on the setting's page; two fields × two
+    values run as four cached replica runs; the chart, the cells' table and the downloads are drawn."""
+    import json
+
+    from backend import api, report
+
+    at = open_page("pages/sweeps.py")
+    at.session_state["last_config_linear_regression"] = {"setting": "linear_regression", "steps": 8, "replicas": 50,
+                                                         "batch_sizes": [2, 16]}
+    at.run()
+    by_label(at.sidebar.text_input, "Values 1 (JSON list)").set_value("[0, 1]")
+    at.run()
+    by_label(at.sidebar.selectbox, "Field 2").set_value("lr.c")
+    at.run()
+    by_label(at.sidebar.text_input, "Values 2 (JSON list)").set_value("[0.05, 0.5]")
+    at.run()
+    assert any("4 cells (0 cached) in this process" in m.value for m in at.markdown)
+    by_label(at.button, "Run").click()
+    at.run()
+    wait_for_run(at, "sw")
+    assert not at.exception and not at.error and not at.warning, (at.exception, [e.value for e in at.error])
+    cells = at.dataframe[0].value
+    assert list(cells["seed"]) == [0, 0, 1, 1] and list(cells["lr.c"]) == [0.05, 0.5, 0.05, 0.5]
+    out = next(iter(at.session_state["sw_results"].values()))
+    for cell in out["cells"]:  # what the page drew is simulate's cached result for the cell's config
+        config = api.parse_config(cell["config"])
+        assert config.steps == 8 and config.seed == cell["overrides"]["seed"]
+        assert report.simulate_output(config, api.cached_simulation(config)) == cell["result"]
+    chart = json.loads(at.get("vega_lite_chart")[0].proto.spec)
+    assert "dashed: exact" in json.dumps(chart.get("title", ""))
+    assert {d.proto.label for d in at.get("download_button")} >= {"Results (CSV)", "Sweep (JSON)"}
+    # a bad value list is refused with the cell and the field named, before anything runs
+    by_label(at.sidebar.text_input, "Values 2 (JSON list)").set_value("[0.05, -1]")
+    at.run()
+    assert any("lr.c: must be positive" in e.value and "cell 1" in e.value for e in at.error)

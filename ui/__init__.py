@@ -3,6 +3,6 @@
 from ui.results import classifier_results, downloads, polynomial_table, time_chart_with_caption  # noqa: F401
 from ui.run import divergence_notice, job_panel, reduction_note, run_panel  # noqa: F401
 from ui.state import (clear_cache_button, field_helpers, initial_raw, load, presets_and_upload, sync_url,  # noqa: F401
-                      theory_link, user_text, validated)
+                      last_config_key, theory_link, user_text, validated)
 from ui import widgets  # noqa: F401
 from ui.advisor_view import frontier  # noqa: F401

@@ -12,8 +12,8 @@ import streamlit as st
 from backend import api, costs
 from ui.advisor_view import frontier
 from ui.run import job_panel
-from ui.state import field_helpers, presets_and_upload, validated
-from ui.widgets import batch_sizes
+from ui.state import field_helpers, presets_and_upload, user_text, validated
+from ui.widgets import batch_sizes, executor
 
 
 def show(setting: str) -> None:
@@ -22,7 +22,7 @@ def show(setting: str) -> None:
     presets_and_upload(prefix, setting)
     sb = st.sidebar
     bs = batch_sizes(d, k, [1, 2, 4, 8, 16, 32, 64, 128, 256])
-    config = validated({**api.defaults(setting), **raw0, "setting": setting, "batch_sizes": bs})
+    config = validated({**api.defaults(setting), **raw0, "setting": setting, "batch_sizes": bs}, remember=False)
     budget = int(sb.number_input("Budget N (samples)", min(config.batch_sizes), 10**9,
                                  max(min(config.batch_sizes), 64 * max(config.batch_sizes)), key=f"{prefix}_budget"))
     rules = sb.multiselect("Scaling rules", list(api.SCALINGS), default=["none"], key=f"{prefix}_rules")
@@ -32,19 +32,22 @@ def show(setting: str) -> None:
     if not rules:
         st.info("Pick at least one scaling rule.")
         return
+    runner = executor(prefix)
+    runner = None if runner.name == "local" else runner  # local: through the API, progress per step
     try:
         cells = api.sweep_cells(config, budget, tuple(rules), b_ref)
-        device = api.resolve_device(config.device)
-        seconds = sum(costs.device_seconds(api.estimate(c), device) for c in cells)
+        device = api.resolve_device(config.device) if runner is None else None
+        seconds = sum(costs.device_seconds(api.estimate(c), device or runner.device(c)) for c in cells)
     except api.ConfigError as e:
-        st.error(f"Check the inputs — {e}")
+        st.error(f"Check the inputs — {user_text(e)}")
         return
-    key = json.dumps([config.to_json(), budget, rules, b_ref, target])
+    key = json.dumps([config.to_json(), budget, rules, b_ref, target, runner is None])
     answers = job_panel(prefix, key, f"**Sweep**: {len(cells)} replica runs ({len(rules)} rule(s) × "
                         f"{len(config.batch_sizes)} batch sizes) — {costs.format_duration(seconds)} "
-                        f"{costs.where(device)}; runs already cached are instant.",
+                        + (costs.where(device) if runner is None else f"of device time on Ray ({runner.workers([])} "
+                           "at once)") + "; runs already cached are instant.",
                         lambda: (lambda progress, cancel: api.sweep(config, budget, tuple(rules), b_ref, target,
-                                                                     progress, cancel)))
+                                                                     progress, cancel, runner)))
     if answers is None:
         st.info("Press Run: every (rule, b) is one cached replica run of the budget's length.")
         return

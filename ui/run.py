@@ -49,6 +49,8 @@ def job_panel(prefix: str, key: str, header: str, start) -> object | None:
             eta = j.progress.eta_seconds
             left = f", {costs.format_duration(eta)} left" if eta is not None else ""
             st.progress(j.progress.fraction, text=f"Running… {100 * j.progress.fraction:.0f} %{left}")
+            if j.progress.message:
+                st.caption(user_text(j.progress.message))
             if st.button("Cancel run", key=f"{prefix}_cancel"):
                 j.cancel.set()
         else:

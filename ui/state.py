@@ -86,15 +86,23 @@ def clear_cache_button() -> None:
         st.sidebar.success(f"Cleared {removed} cached results.")
 
 
-def validated(raw: dict):
-    """The validated config (one boundary for widgets, files and links), or an error box and stop; syncs the URL."""
+def validated(raw: dict, remember: bool = True):
+    """The validated config (one boundary for widgets, files and links), or an error box and stop; syncs the URL.
+    ``remember``: a setting page's config, kept as that setting's last config (the Sweeps page starts from it)."""
     try:
         config = api.parse_config(raw)
     except api.ConfigError as e:
         st.error(f"Check the inputs — {user_text(e)}")
         st.stop()
     sync_url(config)
+    if remember:
+        st.session_state[last_config_key(config.setting)] = config.to_json()
     return config
+
+
+def last_config_key(setting: str) -> str:
+    """The session key of the config last set on a setting's page."""
+    return f"last_config_{setting}"
 
 
 def sync_url(config) -> None:

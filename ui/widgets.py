@@ -10,6 +10,7 @@ from typing import Any, Callable
 import streamlit as st
 
 from backend import api
+from ui.state import user_text
 
 
 SCHEDULE_HELP = "constant: α_t = c; inverse: α_t = c/(t+1); inverse_offset: α_t = c/(t+1+t0)"
@@ -49,3 +50,27 @@ def precision(d: Callable[[str], Any], k: Callable[[str], str]) -> str:
         "Precision", api.PRECISIONS, index=api.PRECISIONS.index(d("precision")), key=k("precision"),
         help="float32: as is. bf16: autocast forward/backward in bfloat16, float32 weights, statistics in float64. "
              "tf32: TF32 tensor cores for CUDA matrix products (a CPU has none: float32 there).")
+
+
+EXECUTORS = {"this process": "local", "embedded Ray (127.0.0.1)": "ray", "a Ray cluster": "ray"}
+
+
+def executor(prefix: str):
+    """Where replica runs go (Sweeps page, advisor): this process, an embedded Ray on 127.0.0.1, or a Ray cluster's
+    address. Returns the executor (connecting to Ray when chosen: a spinner, an error box and stop on failure)."""
+    choice = st.sidebar.radio("Run on", list(EXECUTORS), key=f"{prefix}_exec",
+                              help="this process: one run after another; Ray: one task per run, in parallel")
+    address = None
+    if choice == "a Ray cluster":
+        address = st.sidebar.text_input("Ray address (HEAD_IP:6379)", key=f"{prefix}_address")
+        if not address:
+            st.info("Give the Ray cluster's address.")
+            st.stop()
+    try:
+        with st.spinner("Connecting to Ray…"):
+            return api.sweep_executor(EXECUTORS[choice], address)
+    except api.ConfigError as e:
+        st.error(f"Check the inputs — {user_text(e)}")
+    except (RuntimeError, ConnectionError) as e:
+        st.error(f"Ray: {user_text(e)}")
+    st.stop()

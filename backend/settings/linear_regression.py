@@ -224,7 +224,7 @@ def theory_all_b(config: LinearRegressionConfig, cache: ResultCache | None = Non
     def compute():
         return {"kind": "theory_all_b"}, theory_curves(config, b, config.steps)
 
-    _, arrays, hit = (cache or default_cache()).get_or_compute(_key("theory_all_b", config), compute)
+    _, arrays, hit = (cache if cache is not None else default_cache()).get_or_compute(_key("theory_all_b", config), compute)
     return {"b": b, "curves": arrays, "cached": hit}
 
 

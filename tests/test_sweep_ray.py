@@ -1,0 +1,173 @@
+"""Sweeps on a real embedded Ray (2 CPUs, 127.0.0.1 only, token authentication on): each cell's result equals
+simulate's, the driver writes simulate's cache entry, a rerun is all cache hits, a failing cell is listed with its
+error, and the CLI's ``--executor ray`` runs end to end. One Ray for the module (start-up kept off the fast path)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT
+
+from backend import api, cluster, report, sweep
+from backend.cache import ResultCache
+
+BASE = {"setting": "linear_regression", "steps": 10, "replicas": 50, "batch_sizes": [2, 16]}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    info = cluster.connect(None, num_cpus=2)
+    yield info
+    cluster.shutdown()
+
+
+def _listening_sockets() -> dict[int, str]:
+    """{socket inode: local address} of every listening TCP socket on this machine (IPv4 and IPv6)."""
+    out = {}
+    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+        if not Path(table).exists():
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            parts = line.split()
+            if parts[3] != "0A":  # LISTEN
+                continue
+            addr = parts[1].split(":")[0]
+            if v6:
+                ip = "::ffff:" + ".".join(str(int(addr[24:][i:i + 2], 16)) for i in (6, 4, 2, 0)) \
+                    if addr[:24] == "0000000000000000FFFF0000" else addr
+            else:
+                ip = ".".join(str(int(addr[i:i + 2], 16)) for i in (6, 4, 2, 0))
+            out[int(parts[9])] = ip
+    return out
+
+
+def _ray_process_sockets() -> dict[str, set[str]]:
+    """{process name: listening addresses} for the Ray processes (GCS, raylet, workers, agents) on this machine."""
+    listening = _listening_sockets()
+    found: dict[str, set[str]] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if not any(k in cmd for k in ("gcs_server", "raylet", "ray::", "default_worker", "ray/_private",
+                                          "ray/dashboard")):
+                continue
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:[") and int(link[8:-1]) in listening:
+                    found.setdefault(cmd.split()[0], set()).add(listening[int(link[8:-1])])
+        except (FileNotFoundError, PermissionError, ProcessLookupError):
+            continue
+    return found
+
+
+def test_embedded_ray_listens_on_loopback_only_with_token_auth(ray_cluster):
+    from ray._raylet import AuthenticationMode, get_authentication_mode
+
+    assert [n["address"] for n in ray_cluster["nodes"]] == ["127.0.0.1"] and ray_cluster["embedded"]
+    sockets = _ray_process_sockets()
+    assert any("gcs_server" in name for name in sockets) and any("raylet" in name for name in sockets), sockets
+    addresses = set().union(*sockets.values())
+    assert addresses <= {"127.0.0.1", "::ffff:127.0.0.1"}, sockets
+    assert get_authentication_mode() == AuthenticationMode.TOKEN
+
+
+def test_ray_cells_equal_simulate_and_rerun_is_cached(ray_cluster, tmp_path):
+    cache = ResultCache(tmp_path)
+    spec = sweep.parse_sweep({"base": BASE, "grid": {"seed": [1, 2], "lr.c": [0.1, 0.5]}})
+    executor = cluster.RayExecutor(threads=1)
+    assert executor.workers(list(spec.cells)) == 2
+    seen = []
+    out = sweep.run(spec, executor, cache, on_cell=lambda k, n, e: seen.append(k))
+    assert out["executor"] == "ray" and out["failed"] == [] and len(out["cells"]) == 4 and seen == [1, 2, 3, 4]
+    node = ray_cluster["nodes"][0]["node"]
+    assert all(not c["cached"] and c["node"] == node for c in out["cells"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the cells ran with one thread each: compare like with like
+    try:
+        for cell, entry in zip(spec.cells, out["cells"]):
+            # the driver wrote simulate's own cache entry …
+            hit = api.cached_simulation(cell.config, cache)
+            assert hit is not None and report.simulate_output(cell.config, hit) == entry["result"]
+            # … and it equals simulate computed here, from scratch
+            fresh = api.simulate(cell.config, cache=ResultCache(tmp_path / f"fresh{cell.index}"))
+            assert report.simulate_output(cell.config, fresh) == entry["result"]
+    finally:
+        torch.set_num_threads(threads)
+    again = sweep.run(spec, executor, cache)
+    assert all(c["cached"] and c["node"] == "cache" for c in again["cells"])
+    assert [c["result"] for c in again["cells"]] == [c["result"] for c in out["cells"]]
+
+
+def test_ray_failing_cell_is_listed_and_the_rest_cached(ray_cluster, tmp_path):
+    cache = ResultCache(tmp_path)
+    spec = sweep.parse_sweep({"base": {**BASE, "steps": 20000}, "grid": {"replicas": [1000000, 40]}})
+    out = sweep.run(spec, cluster.RayExecutor(threads=1), cache)
+    assert [f["overrides"] for f in out["failed"]] == [{"replicas": 1000000}]
+    assert out["failed"][0]["error"].startswith("replicas: the run would take about")
+    assert [c["overrides"] for c in out["cells"]] == [{"replicas": 40}]
+    assert api.cached_simulation(spec.cells[1].config, cache) is not None
+
+
+def test_a_cell_asking_for_cuda_is_refused_on_a_cluster_without_gpus(ray_cluster, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the embedded cluster has one")  # the CUDA box runs the GPU path
+    executor = cluster.RayExecutor(threads=1)
+    spec = sweep.parse_sweep({"base": {**BASE, "device": "cpu"}, "grid": {"seed": [1]}})
+    assert executor.device(spec.cells[0].config).type == "cpu"
+    with pytest.raises(api.ConfigError, match="device: the cell asks for CUDA"):
+        executor.device(_cuda_config())
+
+
+def _cuda_config():
+    """A config that names CUDA, built without the CUDA check of the boundary (this machine has none)."""
+    import dataclasses
+
+    return dataclasses.replace(api.parse_config(BASE), device="cuda")
+
+
+def test_threads_beyond_the_largest_node_are_refused(ray_cluster):
+    with pytest.raises(api.ConfigError, match="threads: each cell asks for 64 CPU thread"):
+        cluster.RayExecutor(threads=64)
+
+
+def test_cli_ray_executor_end_to_end(tmp_path):
+    (tmp_path / "sweep.json").write_text(json.dumps({"base": BASE, "grid": {"seed": [7, 8]}}))
+    env = {**os.environ, "BATCHVAR_CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-m", "backend", "sweep", "--executor", "ray", "--threads", "1",
+                          str(tmp_path / "sweep.json")], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["executor"] == "ray" and len(res["cells"]) == 2 and not any(c["cached"] for c in res["cells"])
+    assert "on ray" in out.stderr.splitlines()[0] and len(out.stderr.strip().splitlines()) == 3
+    (tmp_path / "cell.json").write_text(json.dumps(res["cells"][1]["config"]))
+    sim = subprocess.run([sys.executable, "-m", "backend", "simulate", str(tmp_path / "cell.json")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300, env={**env, "OMP_NUM_THREADS": "1"})
+    assert json.loads(sim.stdout) == res["cells"][1]["result"]
+
+
+def test_the_advisor_sweeps_a_replica_setting_on_ray(ray_cluster, tmp_path, monkeypatch):
+    """Deep linear network, tiny: `advise --executor ray` runs every (rule, b) cell as a Ray task; its answer equals
+    the local advisor's (one thread on both sides), with the cells then served from the cache."""
+    from backend import advisor
+
+    monkeypatch.setenv("BATCHVAR_CACHE_DIR", str(tmp_path / "ray"))
+    cfg = api.parse_config({"setting": "deep_linear", "batch_sizes": [2, 8], "replicas": 200, "device": "cpu"})
+    on_ray = advisor.advise_rules(cfg, 64, ("none", "sqrt"), executor=cluster.RayExecutor(threads=1))
+    monkeypatch.setenv("BATCHVAR_CACHE_DIR", str(tmp_path / "local"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = advisor.advise_rules(cfg, 64, ("none", "sqrt"))
+    finally:
+        torch.set_num_threads(threads)
+    for rule in ("none", "sqrt"):
+        assert on_ray[rule]["best_b"] == local[rule]["best_b"]
+        for b in ("2", "8"):
+            ray_row, local_row = on_ray[rule]["curves"][b], local[rule]["curves"][b]
+            for q in ("loss", "loss_se", "var_g", "var_g_se", "steps"):
+                assert ray_row[q] == local_row[q], (rule, b, q)

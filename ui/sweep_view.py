@@ -1,0 +1,61 @@
+"""A sweep's results: failed cells named, every quantity at a chosen t (or epoch) against a swept field with 95 %
+intervals, one line per combination of the other fields, the exact value drawn where the setting has theory; the
+cells' table and the downloads (CSV, JSON)."""
+
+from __future__ import annotations
+
+import json
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from backend import api
+from ui.state import user_text
+
+
+def results(out: dict, fields: tuple[str, ...]) -> None:
+    for f in out["failed"]:
+        st.warning(f"Cell {user_text(json.dumps(f['overrides']))} did not finish: {user_text(f['error'])}")
+    if not out["cells"]:
+        st.info("No cell finished.")
+        return
+    table = pd.DataFrame(api.sweep_table(out, with_theory=True))
+    x_name = table["x_name"].iloc[0]
+    c1, c2, c3 = st.columns(3)
+    quantity = c1.selectbox("Quantity", list(dict.fromkeys(table["quantity"])), key="sw_q")
+    xs = sorted(set(table["x"]))
+    at = c2.select_slider(f"At {x_name}", xs, value=xs[-1], key="sw_x")
+    axis = c3.selectbox("Against", [*fields, "b"], key="sw_axis")
+    sel = table[(table["quantity"] == quantity) & (table["x"] == at)].copy()
+    others = [f for f in (*fields, "b") if f != axis]
+    sel["line"] = sel[others].astype(str).agg(", ".join, axis=1) if others else "all"
+    sel["axis"] = sel[axis]
+    numeric = pd.api.types.is_numeric_dtype(sel["axis"])
+    enc_x = alt.X("axis:Q" if numeric else "axis:N", title=axis,
+                  scale=alt.Scale(type="log") if numeric and (sel["axis"] > 0).all() else alt.Undefined)
+    color = alt.Color("line:N", title=" · ".join(others) or None)
+    base = alt.Chart(sel).encode(x=enc_x, color=color)
+    y_title = f"{quantity} at {x_name} = {at}"
+    chart = (base.mark_line(point=True).encode(y=alt.Y("value:Q", title=y_title),
+                                               tooltip=[*fields, "b", "value", "se"])
+             + base.mark_errorbar().encode(y=alt.Y("lo:Q", title=y_title), y2="hi:Q"))
+    if sel["exact"].notna().any():
+        chart += base.transform_filter("isValid(datum.exact)").mark_line(strokeDash=[5, 3], opacity=0.7).encode(
+            y=alt.Y("exact:Q", title=y_title))
+    st.altair_chart(chart.properties(height=340, title=f"{quantity} against {axis} (95 % intervals"
+                                     + ("; dashed: exact" if sel["exact"].notna().any() else "") + ")"),
+                    width="stretch")
+    st.caption(f"{len(out['cells'])} cells; each point is a replica estimate with its 95 % normal interval "
+               "(value ± 1.96 SE); where the setting has exact theory at that step, the dashed line is the exact value.")
+    cells = pd.DataFrame([{**{f: _cell_value(c["overrides"][f]) for f in fields}, "cached": c["cached"],
+                           "node": c["node"], "seconds": c["seconds"]} for c in out["cells"]])
+    st.dataframe(cells, hide_index=True)
+    c1, c2 = st.columns(2)
+    c1.download_button("Results (CSV)", table.to_csv(index=False), "batchvar_sweep.csv", "text/csv")
+    c2.download_button("Sweep (JSON)", json.dumps(out, indent=1), "batchvar_sweep.json", "application/json")
+
+
+def _cell_value(value):
+    """An override as a table cell: numbers and strings as they are, lists and objects as JSON."""
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
