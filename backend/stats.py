@@ -39,21 +39,28 @@ class VarianceAccumulator:
         self.m2 = torch.zeros((K, T1), dtype=torch.float64, device=device)
 
     def update(self, t: int, x: torch.Tensor, gid: torch.Tensor, valid: torch.Tensor) -> None:
-        K = self.K
-        x = torch.where(valid[:, None], x.to(torch.float64), 0.0)
+        """Add the vectors x (R, d) of the replicas with ``valid`` (R,) at step t."""
+        self.update_block(t, x[None], gid, valid[None])
+
+    def update_block(self, t0: int, x: torch.Tensor, gid: torch.Tensor, valid: torch.Tensor) -> None:
+        """Add S steps at once: x (S, R, d) and valid (S, R) at steps t0 … t0 + S − 1. Each step's numbers are those
+        of S separate ``update`` calls (the same sums in the same order), in a fixed number of tensor operations."""
+        K, S = self.K, x.shape[0]
+        x = torch.where(valid[..., None], x.to(torch.float64), 0.0)
         w = valid.to(torch.float64)
-        cnt = torch.zeros(K, dtype=torch.float64, device=x.device).index_add_(0, gid, w)
-        s = torch.zeros((K, x.shape[1]), dtype=torch.float64, device=x.device).index_add_(0, gid, x)
-        mean_b = s / cnt.clamp(min=1.0)[:, None]
-        dev = (x - mean_b[gid]).square().sum(dim=1) * w
-        m2_b = torch.zeros(K, dtype=torch.float64, device=x.device).index_add_(0, gid, dev)
-        n_a, mean_a, m2_a = self.count[:, t], self.mean[:, t], self.m2[:, t]
+        cnt = torch.zeros((S, K), dtype=torch.float64, device=x.device).index_add_(1, gid, w)
+        s = torch.zeros((S, K, x.shape[2]), dtype=torch.float64, device=x.device).index_add_(1, gid, x)
+        mean_b = s / cnt.clamp(min=1.0)[..., None]
+        dev = (x - mean_b[:, gid]).square().sum(dim=2) * w
+        m2_b = torch.zeros((S, K), dtype=torch.float64, device=x.device).index_add_(1, gid, dev)
+        steps = slice(t0, t0 + S)
+        n_a, mean_a, m2_a = self.count[:, steps].T, self.mean[:, steps].transpose(0, 1), self.m2[:, steps].T
         n = n_a + cnt
         frac = torch.where(n > 0, cnt / n.clamp(min=1.0), 0.0)
         delta = mean_b - mean_a
-        self.mean[:, t] = mean_a + delta * frac[:, None]
-        self.m2[:, t] = m2_a + m2_b + delta.square().sum(dim=1) * n_a * frac
-        self.count[:, t] = n
+        self.mean[:, steps] = (mean_a + delta * frac[..., None]).transpose(0, 1)
+        self.m2[:, steps] = (m2_a + m2_b + delta.square().sum(dim=2) * n_a * frac).T
+        self.count[:, steps] = n.T
 
     def result(self) -> "VarianceEstimate":
         count = self.count.cpu().numpy()
@@ -77,9 +84,16 @@ class MeanAccumulator:
         self.sum = torch.zeros((K, T1), dtype=torch.float64, device=device)
 
     def update(self, t: int, x: torch.Tensor, gid: torch.Tensor, valid: torch.Tensor) -> None:
+        """Add the scalars x (R,) of the replicas with ``valid`` at step t."""
+        self.update_block(t, x[None], gid, valid[None])
+
+    def update_block(self, t0: int, x: torch.Tensor, gid: torch.Tensor, valid: torch.Tensor) -> None:
+        """Add S steps at once: x and valid (S, R) at steps t0 … t0 + S − 1 (the numbers of S ``update`` calls)."""
+        S = x.shape[0]
         x = torch.where(valid, x.to(torch.float64), 0.0)
-        self.count[:, t].index_add_(0, gid, valid.to(torch.float64))
-        self.sum[:, t].index_add_(0, gid, x)
+        steps = slice(t0, t0 + S)
+        self.count[:, steps].T.index_add_(1, gid, valid.to(torch.float64))  # in place, through the view
+        self.sum[:, steps].T.index_add_(1, gid, x)
 
     def group_means(self) -> np.ndarray:
         count = self.count.cpu().numpy()

@@ -143,3 +143,21 @@ def test_resource_guard_refuses_with_the_estimate():
     with pytest.raises(TooExpensive) as err:
         api.simulate(cfg)
     assert err.value.field == "replicas" and ("minutes" in str(err.value) or "GiB" in str(err.value))
+
+
+@pytest.mark.parametrize("sampler", ["without_replacement", "with_replacement", "epoch_reshuffle"])
+def test_block_of_steps_gives_the_numbers_of_step_by_step(monkeypatch, sampler):
+    """The engine draws indices and accumulates statistics a block of steps at a time; with blocks of one step the
+    numbers are identical (bitwise), for a T that is not a multiple of the block, several chunks and a divergence."""
+    monkeypatch.setattr(engine, "CHUNK_ELEMENTS", 16 * 9 * 70)
+    cfg = parse_config({"steps": 45, "batch_sizes": [16], "sampler": sampler,
+                        "lr": {"schedule": "constant", "c": "1.9"}})
+    blocked = run(cfg, 16, R=200, seed=2, c=sampler != "epoch_reshuffle")
+    monkeypatch.setattr(engine, "STEP_BLOCK", 1)
+    stepwise = run(cfg, 16, R=200, seed=2, c=sampler != "epoch_reshuffle")
+    assert blocked.curves.keys() == stepwise.curves.keys()
+    for q in blocked.curves:
+        for stat in ("value", "se"):
+            np.testing.assert_array_equal(blocked.curves[q][stat], stepwise.curves[q][stat])
+    np.testing.assert_array_equal(blocked.finite_count, stepwise.finite_count)
+    assert blocked.diverged_at == stepwise.diverged_at

@@ -40,8 +40,36 @@ def test_without_replacement_b_equals_n_is_the_full_set():
     assert torch.all(batch_counts(d, 5) == 1)
 
 
+@pytest.mark.parametrize("n,b", [(6, 2), (7, 3), (6, 5)])
+def test_stream_path_uniform_over_subsets(monkeypatch, n, b):
+    """The stream path (used for k > FLOYD_MAX) on small cases, forced."""
+    monkeypatch.setattr(samplers, "FLOYD_MAX", 0)
+    counts = subset_counts("without_replacement", n, b, R=2000, draws=10, seed=n * 100 + b)
+    assert chisquare(counts).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("source", ["numpy", "torch"])  # the CPU's exact draws, and the GPU's (run here on a CPU)
+def test_floyd_rows_are_uniform_subsets(source):
+    """Floyd's subsets: each of the C(7, 3) subsets equally often (a row is a set: its order carries no meaning);
+    rows drawn in one call or in two are the same subsets."""
+    def draw(rows_per_call, calls):
+        gen = torch.Generator().manual_seed(3)
+        rng = np.random.default_rng(3) if source == "numpy" else None
+        return torch.cat([samplers.floyd_subsets(rows_per_call, 7, 3, gen, DEV, rng) for _ in range(calls)])
+
+    idx = draw(42_000, 1)
+    assert torch.equal(idx, draw(21_000, 2))
+    index = {c: k for k, c in enumerate(itertools.combinations(range(7), 3))}
+    counts = np.zeros(len(index))
+    for row in idx.tolist():
+        assert len(set(row)) == 3
+        counts[index[tuple(sorted(row))]] += 1
+    assert chisquare(counts).pvalue > 1e-3
+
+
 def test_rejection_path_stays_uniform(monkeypatch):
     """Force short streams so most rows are redrawn: the conditioning is symmetric and keeps the draw uniform."""
+    monkeypatch.setattr(samplers, "FLOYD_MAX", 0)
     monkeypatch.setattr(samplers, "_stream_length", lambda k, n: k + 1)
     counts = subset_counts("without_replacement", 6, 3, R=2000, draws=10, seed=5)
     assert chisquare(counts).pvalue > 1e-3
@@ -92,3 +120,50 @@ def test_cost_does_not_grow_with_n():
     """The subset draw reads O(b) random numbers per replica, not O(n): the stream length is flat in n."""
     lengths = [samplers._stream_length(16, n) for n in (500, 5_000, 500_000)]
     assert lengths[0] >= lengths[1] >= lengths[2] >= 16 and lengths[0] < 60
+
+
+def _stacked(name, n, b, R, steps, block, seed):
+    s = make_sampler(name, n, b, R, torch.Generator().manual_seed(seed), DEV, block)
+    draws = [s.draw() for _ in range(steps)]
+    return torch.stack([d.idx for d in draws]), {d.include for d in draws}
+
+
+@pytest.mark.parametrize("name, n, b", [("without_replacement", 500, 16), ("without_replacement", 500, 400),
+                                        ("without_replacement", 500, 64), ("without_replacement", 100, 45),
+                                        ("with_replacement", 50, 8)])
+def test_blocks_of_steps_draw_the_same_indices_as_step_by_step(name, n, b):
+    """Drawing the indices of a block of steps at once (one large operation) gives the draws of step by step:
+    the same for every block size (and, without a rejected row, the same as block 1)."""
+    one, inc1 = _stacked(name, n, b, 300, 40, 1, seed=b)
+    for block in (2, 7, 32):
+        got, inc = _stacked(name, n, b, 300, 40, block, seed=b)
+        assert torch.equal(got, one) and inc == inc1
+
+
+def test_blocks_agree_when_rows_are_rejected(monkeypatch):
+    """Force short streams (most rows rejected and redrawn): every block size > 1 still gives the same draws, and
+    they stay uniform over the subsets (chi-square)."""
+    monkeypatch.setattr(samplers, "FLOYD_MAX", 0)
+    monkeypatch.setattr(samplers, "_stream_length", lambda k, n: k + 1)
+    ref, _ = _stacked("without_replacement", 6, 3, 500, 12, 2, seed=9)
+    for block in (3, 12):
+        got, _ = _stacked("without_replacement", 6, 3, 500, 12, block, seed=9)
+        assert torch.equal(got, ref)
+    index = {c: k for k, c in enumerate(itertools.combinations(range(6), 3))}
+    counts = np.zeros(len(index))
+    for row in ref.reshape(-1, 3).tolist():
+        counts[index[tuple(sorted(row))]] += 1
+    assert chisquare(counts).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("k, n", [(16, 500), (30, 40), (120, 500)])  # pairwise (short streams) and sorting paths
+def test_first_distinct_values_in_stream_order(k, n):
+    """The k chosen values are the first k distinct values of the stream, in order (checked row by row in Python)."""
+    m = samplers._stream_length(k, n)
+    stream = torch.randint(0, n, (200, m), generator=torch.Generator().manual_seed(k))
+    chosen, ok = samplers._first_distinct(stream, k)
+    for row, got, fine in zip(stream.tolist(), chosen.tolist(), ok.tolist()):
+        want = list(dict.fromkeys(row))
+        assert fine == (len(want) >= k)
+        if fine:
+            assert got == want[:k]

@@ -137,3 +137,33 @@ def test_simulate_output_is_the_cli_document(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps(config.to_json()))
     out = cli("simulate", str(tmp_path / "c.json"), env={"BATCHVAR_CACHE_DIR": str(tmp_path)})
     assert json.loads(out.stdout) == doc and out.stderr == ""
+
+
+def test_ctrl_c_cancels_the_rest_and_prints_what_finished(tmp_path):
+    """SIGINT after the first finished cell: exit 130, the finished cells in the document (and in the cache), the
+    others listed as cancelled."""
+    import signal
+    import time
+
+    (tmp_path / "sweep.json").write_text(json.dumps({"base": {**BASE, "steps": 400, "replicas": 400},
+                                                    "grid": {"seed": [41, 42, 43, 44, 45, 46]}}))
+    env = {**os.environ, "BATCHVAR_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "backend", "sweep", str(tmp_path / "sweep.json")], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines = []
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        lines.append(line)
+        if line.startswith("[1/6]"):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (lines, err)
+    res = json.loads(out)
+    done = [c["overrides"]["seed"] for c in res["cells"]]
+    cancelled = [f["overrides"]["seed"] for f in res["failed"] if f["error"] == "cancelled"]
+    assert done[:1] == [41] and sorted(done + cancelled) == [41, 42, 43, 44, 45, 46] and cancelled
+    cache = ResultCache(tmp_path / "cache")
+    for cell in res["cells"]:
+        assert api.cached_simulation(api.parse_config(cell["config"]), cache) is not None

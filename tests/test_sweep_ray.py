@@ -171,3 +171,20 @@ def test_the_advisor_sweeps_a_replica_setting_on_ray(ray_cluster, tmp_path, monk
             ray_row, local_row = on_ray[rule]["curves"][b], local[rule]["curves"][b]
             for q in ("loss", "loss_se", "var_g", "var_g_se", "steps"):
                 assert ray_row[q] == local_row[q], (rule, b, q)
+
+
+def test_a_client_without_the_token_is_refused(ray_cluster):
+    """Token authentication is on: a process that joins the embedded cluster with a wrong token is turned away."""
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    code = ("import ray, sys\n"
+            "try:\n"
+            f"    ray.init(address={address!r}, log_to_driver=False)\n"
+            "except Exception as e:\n"
+            "    print('refused', type(e).__name__); sys.exit(3)\n"
+            "print('joined'); sys.exit(0)\n")
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token-" + "0" * 20}
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 3 and "refused" in out.stdout, (out.stdout, out.stderr[-500:])

@@ -94,6 +94,15 @@ class Divergence:
         self.alive = self.alive & ok
         return newly
 
+    def update_block(self, ok: torch.Tensor, t0: int) -> torch.Tensor:
+        """Record the verdicts ``ok`` (S, n) of steps t0 … t0 + S − 1 at once; returns (S, n): whether each replica
+        was still finite after each step's verdict (what S calls of ``update`` would have left in ``alive``)."""
+        alive = self.alive[None] & (ok.to(torch.uint8).cumprod(dim=0) > 0)
+        newly = self.alive & ~alive[-1]
+        self.bad_at = torch.where(newly, t0 + alive.sum(dim=0), self.bad_at)
+        self.alive = alive[-1]
+        return alive
+
 
 @dataclass
 class DivergenceLog:

@@ -2,10 +2,11 @@
 (``include``) or its complement (``exclude``): for b > n/2 it is cheaper to draw the n − b left-out samples.
 
 - ``without_replacement`` (paper §3.1): each replica draws a uniform b-subset of [n], independently at every step.
-  We draw k = min(b, n − b) distinct indices as the first k distinct values of an i.i.d. uniform stream (by symmetry of
-  the labels the set of the first k distinct values is a uniform k-subset); rows whose stream held fewer than k distinct
-  values are redrawn whole, which conditions on an event symmetric in the labels and so keeps the draw uniform.
-  Cost O(R · m log m) with m ≈ k(1 + k/(2n)) + margin: it does not grow with n for a fixed b (argsort costs O(R n log n)).
+  We draw k = min(b, n − b) distinct indices: for k ≤ FLOYD_MAX by Floyd's algorithm (O(k²) per row, no rejection),
+  else as the first k distinct values of an i.i.d. uniform stream (by symmetry of the labels the set of the first k
+  distinct values is a uniform k-subset); rows whose stream held fewer than k distinct values are redrawn whole, which
+  conditions on an event symmetric in the labels and so keeps the draw uniform. Neither cost grows with n for a fixed b
+  (argsort costs O(R n log n)).
 - ``with_replacement``: b i.i.d. uniform indices per replica and step.
 - ``epoch_reshuffle``: each replica shuffles [n] once per epoch and walks the permutation in batches of b; the last
   partial batch is dropped so every step has exactly b samples (n // b steps per epoch). Not independent across steps.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -32,57 +34,133 @@ def _stream_length(k: int, n: int) -> int:
     return int(math.ceil(mean + 6.0 * math.sqrt(var) + 4))
 
 
-def distinct_uniform(R: int, n: int, k: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """(R, k) indices; each row a uniform k-subset of [n] (in order of first appearance in its stream)."""
+PAIRWISE_MAX = 40  # streams up to this length find first occurrences by pairwise comparison, longer ones by sorting
+FLOYD_MAX = 32  # subsets of up to this many indices by Floyd's algorithm (cost O(k²) per row), larger by streams
+
+
+def floyd_subsets(rows: int, n: int, k: int, generator: torch.Generator, device: torch.device,
+                  numpy_rng: np.random.Generator | None = None) -> torch.Tensor:
+    """(rows, k) indices, each row a uniform k-subset of [n], by Floyd's algorithm: for j = n − k, …, n − 1 draw t
+    uniform in {0, …, j}; take t unless it is taken already, then take j. Every k-subset has probability 1/C(n, k)
+    (induction on j); no rejection, no host synchronisation. The draws t come in row order (k per row), so rows drawn
+    in one call or several get the same subsets. On a CPU (``numpy_rng``) they are numpy's exact bounded integers
+    (Lemire's method, 64-bit words) and the comparisons run in the narrowest integer type; on a GPU, t = u mod (j + 1)
+    from 62 random bits u (uniform up to a bias below (j + 1)/2⁶² < 10⁻¹⁶ for n < 500 000)."""
+    if numpy_rng is not None:
+        draws = numpy_rng.integers(0, np.arange(n - k + 1, n + 1), size=(rows, k), dtype=np.int64)
+        small = np.int16 if n <= np.iinfo(np.int16).max else np.int32 if n <= np.iinfo(np.int32).max else np.int64
+        draws = draws.astype(small).T.copy()
+        chosen = np.empty((k, rows), dtype=small)
+        for i in range(k):
+            t = draws[i]
+            chosen[i] = np.where((chosen[:i] == t).any(axis=0), n - k + i, t) if i else t
+        return torch.from_numpy(np.ascontiguousarray(chosen.T, dtype=np.int64))
+    raw = torch.randint(0, 2**62, (rows, k), generator=generator, device=device).T.contiguous()
+    chosen_t = torch.empty((k, rows), dtype=torch.long, device=device)
+    for i in range(k):
+        j = n - k + i
+        t = raw[i] % (j + 1)
+        chosen_t[i] = torch.where((chosen_t[:i] == t).any(dim=0), j, t) if i else t
+    return chosen_t.T.contiguous()
+
+
+def _first_occurrences(stream: torch.Tensor) -> torch.Tensor:
+    """(r, m) bool: True where a value appears for the first time in its row."""
+    m = stream.shape[1]
+    if m <= PAIRWISE_MAX:  # O(m²) comparisons, no sort: faster for the short streams of small batches
+        earlier = torch.ones((m, m), dtype=torch.bool, device=stream.device).tril(-1)  # [j, i]: i < j
+        return ~((stream[:, :, None] == stream[:, None, :]) & earlier).any(dim=2)
+    vals, order = torch.sort(stream, dim=1, stable=True)
+    first_sorted = torch.ones_like(vals, dtype=torch.bool)
+    first_sorted[:, 1:] = vals[:, 1:] != vals[:, :-1]
+    return torch.zeros_like(first_sorted).scatter_(1, order, first_sorted)
+
+
+def _first_distinct(stream: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first k distinct values of each row of ``stream`` (r, m), in stream order, and whether the row had k."""
+    first = _first_occurrences(stream)
+    rank = first.cumsum(dim=1)  # distinct values seen up to and including each position
+    take = first & (rank <= k)
+    out = torch.empty((stream.shape[0], k + 1), dtype=stream.dtype, device=stream.device)
+    out.scatter_(1, torch.where(take, rank - 1, k), stream)  # column k collects what is not taken
+    return out[:, :k], rank[:, -1] >= k
+
+
+def distinct_uniform(R: int, n: int, k: int, generator: torch.Generator, device: torch.device,
+                     redraw: torch.Generator | None = None) -> torch.Tensor:
+    """(R, k) indices; each row a uniform k-subset of [n] (in order of first appearance in its stream).
+
+    One stream of m draws per row from ``generator`` (R·m values in row order: R rows drawn at once are the same as
+    the rows drawn in several calls); a row whose stream held fewer than k distinct values — rare by the choice of m —
+    is redrawn alone, from ``redraw`` (default: ``generator``), until it has k, in row order."""
     if k == 0:
         return torch.empty((R, 0), dtype=torch.long, device=device)
     m = _stream_length(k, n)
-    out = torch.empty((R, k), dtype=torch.long, device=device)
-    todo = torch.arange(R, device=device)
-    while todo.numel():
-        r = todo.numel()
-        stream = torch.randint(0, n, (r, m), generator=generator, device=device)
-        vals, order = torch.sort(stream, dim=1, stable=True)
-        first = torch.ones_like(vals, dtype=torch.bool)
-        first[:, 1:] = vals[:, 1:] != vals[:, :-1]
-        # position in the stream of every first occurrence; the others get m (never chosen)
-        key = torch.full((r, m), m, dtype=torch.long, device=device)
-        key.scatter_(1, order, torch.where(first, order, torch.full_like(order, m)))
-        pos = torch.topk(key, k, dim=1, largest=False, sorted=True).values
-        ok = pos[:, -1] < m
-        chosen = torch.gather(stream, 1, pos.clamp(max=m - 1))
-        out[todo[ok]] = chosen[ok]
-        todo = todo[~ok]
+    out, ok = _first_distinct(torch.randint(0, n, (R, m), generator=generator, device=device), k)
+    bad = torch.nonzero(~ok).flatten().tolist()  # one host synchronisation per call
+    for row in bad:
+        while True:
+            again, fine = _first_distinct(torch.randint(0, n, (1, m), generator=redraw or generator, device=device), k)
+            if bool(fine[0]):
+                out[row] = again[0]
+                break
     return out
 
 
 class Sampler:
-    """Draws mini-batch indices for R replicas, step after step, from an explicit torch generator."""
+    """Draws mini-batch indices for R replicas, step after step, from an explicit torch generator. With
+    ``block`` > 1 the indices of ``block`` steps are drawn at once (fewer, larger operations, one host
+    synchronisation per block) and handed out step by step. With blocks, the rare rejected rows of the
+    without-replacement sampler are redrawn from a second generator (seeded from the first one's seed), so that the
+    main stream does not depend on the blocking: on a CPU the draws are the same for every block size > 1 (tested),
+    and the same as step by step unless a row was rejected."""
 
     name: str
 
-    def __init__(self, n: int, b: int, R: int, generator: torch.Generator, device: torch.device) -> None:
-        self.n, self.b, self.R, self.g, self.device = n, b, R, generator, device
+    def __init__(self, n: int, b: int, R: int, generator: torch.Generator, device: torch.device,
+                 block: int = 1) -> None:
+        self.n, self.b, self.R, self.g, self.device, self.block = n, b, R, generator, device, max(1, int(block))
+        self.redraw: torch.Generator | None = None  # step by step: rejected rows are redrawn from the main stream
+        if self.block > 1:  # seeded from the main generator's seed without drawing from it
+            self.redraw = torch.Generator(device=device)
+            self.redraw.manual_seed((generator.initial_seed() * 6364136223846793005 + 1442695040888963407) % 2**63)
+        # on a CPU the subsets are drawn with numpy's generator, seeded from the torch generator's seed
+        self.numpy_rng = np.random.default_rng(generator.initial_seed()) if device.type == "cpu" else None
+        self._buffer: list[Draw] = []
 
-    def draw(self) -> Draw:  # pragma: no cover - interface
+    def draw(self) -> Draw:
+        if not self._buffer:
+            self._buffer = list(reversed(self.draw_block(self.block)))
+        return self._buffer.pop()
+
+    def draw_block(self, steps: int) -> list[Draw]:
+        """The draws of the next ``steps`` steps."""
+        return [self._draw_one() for _ in range(steps)]
+
+    def _draw_one(self) -> Draw:  # pragma: no cover - interface
         raise NotImplementedError
 
 
 class WithoutReplacement(Sampler):
     name = "without_replacement"
 
-    def draw(self) -> Draw:
+    def draw_block(self, steps: int) -> list[Draw]:
         n, b = self.n, self.b
-        if b <= n - b:
-            return Draw(distinct_uniform(self.R, n, b, self.g, self.device), True)
-        return Draw(distinct_uniform(self.R, n, n - b, self.g, self.device), False)
+        include = b <= n - b
+        k = b if include else n - b
+        if k <= FLOYD_MAX:
+            idx = floyd_subsets(steps * self.R, n, k, self.g, self.device, self.numpy_rng)
+        else:
+            idx = distinct_uniform(steps * self.R, n, k, self.g, self.device, self.redraw)
+        return [Draw(part, include) for part in idx.reshape(steps, self.R, -1)]
 
 
 class WithReplacement(Sampler):
     name = "with_replacement"
 
-    def draw(self) -> Draw:
-        return Draw(torch.randint(0, self.n, (self.R, self.b), generator=self.g, device=self.device), True)
+    def draw_block(self, steps: int) -> list[Draw]:
+        idx = torch.randint(0, self.n, (steps, self.R, self.b), generator=self.g, device=self.device)
+        return [Draw(part, True) for part in idx]
 
 
 class EpochReshuffle(Sampler):
@@ -94,7 +172,7 @@ class EpochReshuffle(Sampler):
         self.pos = self.steps_per_epoch  # forces a shuffle at the first draw
         self.perm: torch.Tensor | None = None
 
-    def draw(self) -> Draw:
+    def _draw_one(self) -> Draw:
         if self.pos == self.steps_per_epoch:
             self.perm = torch.rand((self.R, self.n), generator=self.g, device=self.device).argsort(dim=1)
             self.pos = 0
@@ -106,8 +184,10 @@ class EpochReshuffle(Sampler):
 SAMPLER_CLASSES = {c.name: c for c in (WithoutReplacement, WithReplacement, EpochReshuffle)}
 
 
-def make_sampler(name: str, n: int, b: int, R: int, generator: torch.Generator, device: torch.device) -> Sampler:
-    return SAMPLER_CLASSES[name](n, b, R, generator, device)
+def make_sampler(name: str, n: int, b: int, R: int, generator: torch.Generator, device: torch.device,
+                 block: int = 1) -> Sampler:
+    """The named sampler; ``block`` steps of indices are drawn at once (see Sampler)."""
+    return SAMPLER_CLASSES[name](n, b, R, generator, device, block)
 
 
 def batch_counts(draw: Draw, n: int) -> torch.Tensor:
