@@ -1,4 +1,4 @@
-"""One prepared GPU check (≈ 5 min on an H100): correctness of every engine on the device, then the GPU timings
+"""One prepared GPU check (≈ 8 min on an H100): correctness of every engine on the device, then the GPU timings
 the issues ask for. Not a test; prints one line per result and writes them to ``--out``/gpu_check.txt.
 
 Run on the device machine (the backend needs python-flint and diskcache there; ``scripts/fetch_gpu_wheels.sh`` puts
@@ -11,7 +11,7 @@ their wheels in .whl/ here, carried with the call):
 
 Checks (each prints PASS/FAIL): linear regression and the deep linear network at t = 1 against their exact theory on
 the device (|z| ≤ 4 wherever defined), MLP replica gradients (vmap) against separate module copies on the device.
-Timings: linear-regression engine (R = 1 000, T = 2 000, b = 16); deep-linear paper preset (1 000 replicas, 1 000 steps,
+Timings: linear-regression engine (R = 10³, 10⁴, 10⁵, T = 2 000, b = 16); deep-linear paper preset (1 000 replicas, 1 000 steps,
 b = 16) against the naive per-replica loop on the same device; one epoch of the MLP paper preset (5 × 50 replicas of
 784-1024-512-10, b = 64, on a synthetic 60 000-image IDX set: timing does not depend on pixel values) with achieved
 FLOP/s against this card's float32 matmul rate; sequence paper-preset throughput.
@@ -202,13 +202,16 @@ def time_sequence(dev: torch.device, small: bool) -> None:
     for line in buf.getvalue().splitlines():
         say(f"TIME sequence {line}")
     preset = "laptop" if small else "paper"
-    cfg = parse_config({"setting": "sequence", "preset": preset, "epochs": 1, "batch_sizes": [32],
-                        "device": dev.type})
-    est = api.estimate(cfg)
-    res = api.simulate(cfg)
-    say(f"TIME sequence {preset} preset, {cfg.inits * cfg.replicas} replicas, b = 32: epoch 0 statistics + 1 epoch + "
-        f"statistics in {res['meta']['seconds']:.1f} s on {dev} (estimated {costs.device_seconds(est, dev):.1f} s, "
-        f"{est['memory_bytes'] / 2**30:.1f} GiB)")
+    for arithmetic in ("float32", "tf32", "bf16"):  # issue 13: the paper preset per epoch in each precision
+        cfg = parse_config({"setting": "sequence", "preset": preset, "epochs": 1, "batch_sizes": [32],
+                            "device": dev.type, "precision": arithmetic})
+        est = api.estimate(cfg)
+        res = api.simulate(cfg)
+        var_g = res["curves"]["var_g"]
+        say(f"TIME sequence ({arithmetic}) {preset} preset, {cfg.inits * cfg.replicas} replicas, b = 32: epoch 0 "
+            f"statistics + 1 epoch + statistics in {res['meta']['seconds']:.1f} s on {dev} (estimated "
+            f"{costs.device_seconds(est, dev):.1f} s, {est['memory_bytes'] / 2**30:.1f} GiB); var(g) after the epoch "
+            f"{var_g['value'][0][-1]:.4g} ± {var_g['se'][0][-1]:.2g}")
 
 
 def main() -> None:

@@ -265,11 +265,16 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
         for t in range(T1):
             check_cancel(cancel)
             slot = record_index.get(t)
-            acts, deltas, err = _backprop(Ws, T_b, sig.draw_factor())
             last = t == T1 - 1
-            if slot is None and not last and bool(torch.isfinite(err.sum())):
-                # between recorded steps, every replica finite (a NaN/inf anywhere makes the sum non-finite); a
-                # diverged replica's weights are zero, so its update is exactly zero and it stays out of the way
+            if (slot is not None or last) and not bool(div.alive.all()):  # a recorded step syncs anyway
+                for W in Ws:  # replicas that diverged since: zero weights (finite, fixed, out of the statistics)
+                    W.masked_fill_(~div.alive[:, None, None], 0.0)
+            acts, deltas, err = _backprop(Ws, T_b, sig.draw_factor())
+            if slot is None and not last:
+                # between recorded steps, no host synchronisation: the verdicts stay on the device and every replica
+                # steps in place (one that diverged runs on in its own slice of the batch, apart from the others,
+                # until the next recorded step zeroes it)
+                div.update(torch.isfinite(err.sum(dim=(1, 2))), t)
                 _update_in_place(Ws, acts, deltas, alphas[t] / b)
                 report(progress, Rc)
                 continue
