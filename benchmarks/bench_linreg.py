@@ -119,14 +119,15 @@ def main() -> None:
 
     # 4. subset sampler vs argsort
     g = torch.Generator().manual_seed(0)
-    s = make_sampler("without_replacement", 500, 16, R, g, dev, block=engine.STEP_BLOCK)  # as the engine draws
+    # as the engine draws: blocks of steps, numpy's exact integers
+    s = make_sampler("without_replacement", 500, 16, R, g, dev, block=engine.STEP_BLOCK, numpy_draws=True)
     steps = 256
     t_ours = timed(lambda: [s.draw() for _ in range(steps)], repeat=3) / steps
     t_arg = timed(lambda: [torch.rand(R, 500, generator=g).argsort(dim=1)[:, :16] for _ in range(steps)]) / steps
     print(f"[4] b-subsets for R = {R}, n = 500, b = 16: ours {t_ours * 1e3:.2f} ms/step, argsort "
           f"{t_arg * 1e3:.2f} ms/step (×{t_arg / t_ours:.1f})")
     for n in (5_000, 50_000):
-        s = make_sampler("without_replacement", n, 16, R, g, dev, block=engine.STEP_BLOCK)
+        s = make_sampler("without_replacement", n, 16, R, g, dev, block=engine.STEP_BLOCK, numpy_draws=True)
         t_n = timed(lambda: [s.draw() for _ in range(64)]) / 64
         print(f"    n = {n}: ours {t_n * 1e3:.2f} ms/step (flat in n)")
 

@@ -222,9 +222,10 @@ def test_elastic_distortion_identity_and_statistics():
     assert interior.var() == pytest.approx(expected_var, rel=0.05)
 
 
-def test_cancel_then_resume_gives_the_uninterrupted_result(tmp_path):
+@pytest.mark.parametrize("b", [64, 16])  # the probe's subsets by streams (k = 64) and by Floyd's algorithm (k = 16)
+def test_cancel_then_resume_gives_the_uninterrupted_result(tmp_path, b):
     cfg = parse_config({"setting": "mlp", "preset": "laptop", "epochs": 3, "inits": 2, "replicas": 4,
-                        "batch_sizes": [64], "dataset": {"name": "digits", "train_size": 300}, "noise_samples": 50,
+                        "batch_sizes": [b], "dataset": {"name": "digits", "train_size": 300}, "noise_samples": 50,
                         "eval_size": 100})
     full = api.simulate(cfg, cache=ResultCache(tmp_path / "a"))
     device = torch.device(full["meta"]["device"])  # the run resolves "auto": cuda on a GPU box, else cpu
@@ -241,7 +242,7 @@ def test_cancel_then_resume_gives_the_uninterrupted_result(tmp_path):
     progress.on_advance = advance
     with pytest.raises(Cancelled):
         api.simulate(cfg, progress=progress, cancel=cancel, cache=cache)
-    assert api_mlp.cached_checkpoint_epoch(cfg, device, cache) == {64: 2}
+    assert api_mlp.cached_checkpoint_epoch(cfg, device, cache) == {b: 2}
     resumed = api.simulate(cfg, cache=cache)
     assert resumed["meta"]["per_b"][0]["resumed_from_epoch"] == 2
     for f in ("var_g", "loss_train", "error_val", "noise_spread"):

@@ -122,21 +122,22 @@ def test_cost_does_not_grow_with_n():
     assert lengths[0] >= lengths[1] >= lengths[2] >= 16 and lengths[0] < 60
 
 
-def _stacked(name, n, b, R, steps, block, seed):
-    s = make_sampler(name, n, b, R, torch.Generator().manual_seed(seed), DEV, block)
+def _stacked(name, n, b, R, steps, block, seed, numpy_draws=False):
+    s = make_sampler(name, n, b, R, torch.Generator().manual_seed(seed), DEV, block, numpy_draws)
     draws = [s.draw() for _ in range(steps)]
     return torch.stack([d.idx for d in draws]), {d.include for d in draws}
 
 
+@pytest.mark.parametrize("numpy_draws", [False, True])
 @pytest.mark.parametrize("name, n, b", [("without_replacement", 500, 16), ("without_replacement", 500, 400),
                                         ("without_replacement", 500, 64), ("without_replacement", 100, 45),
                                         ("with_replacement", 50, 8)])
-def test_blocks_of_steps_draw_the_same_indices_as_step_by_step(name, n, b):
+def test_blocks_of_steps_draw_the_same_indices_as_step_by_step(name, n, b, numpy_draws):
     """Drawing the indices of a block of steps at once (one large operation) gives the draws of step by step:
-    the same for every block size (and, without a rejected row, the same as block 1)."""
-    one, inc1 = _stacked(name, n, b, 300, 40, 1, seed=b)
+    the same for every block size (and, without a rejected row, the same as block 1), from either source."""
+    one, inc1 = _stacked(name, n, b, 300, 40, 1, seed=b, numpy_draws=numpy_draws)
     for block in (2, 7, 32):
-        got, inc = _stacked(name, n, b, 300, 40, block, seed=b)
+        got, inc = _stacked(name, n, b, 300, 40, block, seed=b, numpy_draws=numpy_draws)
         assert torch.equal(got, one) and inc == inc1
 
 

@@ -97,7 +97,7 @@ def run_replicas(
         start, stop, Rc = chunk.start, chunk.stop, chunk.size
         gen = torch.Generator(device=device)
         gen.manual_seed(seed_for(seed, b, chunk.number))
-        draw_batch = make_sampler(sampler, n, b, Rc, gen, device, block=STEP_BLOCK)
+        draw_batch = make_sampler(sampler, n, b, Rc, gen, device, block=STEP_BLOCK, numpy_draws=True)
         gid = group_ids(start, stop, R, K, device)
         div = Divergence(Rc, device)
         block = StepBlock(STEP_BLOCK, Rc, p, dtype, device)

@@ -113,19 +113,22 @@ class Sampler:
     synchronisation per block) and handed out step by step. With blocks, the rare rejected rows of the
     without-replacement sampler are redrawn from a second generator (seeded from the first one's seed), so that the
     main stream does not depend on the blocking: on a CPU the draws are the same for every block size > 1 (tested),
-    and the same as step by step unless a row was rejected."""
+    and the same as step by step unless a row was rejected. ``numpy_draws`` (the linear-regression engine, on a CPU)
+    takes Floyd's draws from numpy's exact bounded integers; without it every draw comes from the torch generator, so
+    its saved state is all a checkpoint needs (the MLP and sequence engines resume from it)."""
 
     name: str
 
     def __init__(self, n: int, b: int, R: int, generator: torch.Generator, device: torch.device,
-                 block: int = 1) -> None:
+                 block: int = 1, numpy_draws: bool = False) -> None:
         self.n, self.b, self.R, self.g, self.device, self.block = n, b, R, generator, device, max(1, int(block))
         self.redraw: torch.Generator | None = None  # step by step: rejected rows are redrawn from the main stream
         if self.block > 1:  # seeded from the main generator's seed without drawing from it
             self.redraw = torch.Generator(device=device)
             self.redraw.manual_seed((generator.initial_seed() * 6364136223846793005 + 1442695040888963407) % 2**63)
-        # on a CPU the subsets are drawn with numpy's generator, seeded from the torch generator's seed
-        self.numpy_rng = np.random.default_rng(generator.initial_seed()) if device.type == "cpu" else None
+        # numpy_draws (on a CPU): Floyd's subsets from numpy's exact bounded integers, with a numpy generator seeded
+        # from the torch generator's seed; otherwise from the torch generator alone (whose state a checkpoint saves)
+        self.numpy_rng = np.random.default_rng(generator.initial_seed()) if numpy_draws and device.type == "cpu" else None
         self._buffer: list[Draw] = []
 
     def draw(self) -> Draw:
@@ -185,9 +188,10 @@ SAMPLER_CLASSES = {c.name: c for c in (WithoutReplacement, WithReplacement, Epoc
 
 
 def make_sampler(name: str, n: int, b: int, R: int, generator: torch.Generator, device: torch.device,
-                 block: int = 1) -> Sampler:
-    """The named sampler; ``block`` steps of indices are drawn at once (see Sampler)."""
-    return SAMPLER_CLASSES[name](n, b, R, generator, device, block)
+                 block: int = 1, numpy_draws: bool = False) -> Sampler:
+    """The named sampler; ``block`` steps of indices are drawn at once, ``numpy_draws`` takes Floyd's draws from
+    numpy on a CPU (see Sampler)."""
+    return SAMPLER_CLASSES[name](n, b, R, generator, device, block, numpy_draws)
 
 
 def batch_counts(draw: Draw, n: int) -> torch.Tensor:
