@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+from ui.shell import guard
+
+guard()  # opened by its URL in a fresh session: run inside the app frame
+
 import json
 
 import altair as alt

@@ -3,6 +3,10 @@ Theorem 4 fits and Theorem 5's b_0. Inputs → backend → charts."""
 
 from __future__ import annotations
 
+from ui.shell import guard
+
+guard()  # opened by its URL in a fresh session: run inside the app frame
+
 import numpy as np
 import pandas as pd
 import streamlit as st

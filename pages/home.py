@@ -1,5 +1,9 @@
 """Home: the paper's claims in plain words and formulas, and a link to every page."""
 
+from ui.shell import guard
+
+guard()  # opened by its URL in a fresh session: run inside the app frame
+
 import streamlit as st
 
 st.title("batchvar — the mini-batch size and the dynamics of SGD")

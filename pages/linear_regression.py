@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from ui.shell import guard
+
+guard()  # opened by its URL in a fresh session: run inside the app frame
+
 import numpy as np
 import pandas as pd
 import streamlit as st

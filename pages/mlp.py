@@ -3,6 +3,10 @@ epoch, over several initial weights. Inputs → backend → charts."""
 
 from __future__ import annotations
 
+from ui.shell import guard
+
+guard()  # opened by its URL in a fresh session: run inside the app frame
+
 import streamlit as st
 
 import ui

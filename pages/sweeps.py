@@ -4,6 +4,10 @@ each cell one cached ``simulate``; results as a table and charts against the swe
 
 from __future__ import annotations
 
+from ui.shell import guard
+
+guard()  # opened by its URL in a fresh session: run inside the app frame
+
 import json
 
 import streamlit as st

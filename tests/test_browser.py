@@ -124,6 +124,21 @@ def test_home_page(server, browser):
     page.close()
 
 
+def test_a_page_opened_by_its_url_has_the_navigation(server, browser):
+    """A fresh session that opens /sweeps directly gets the app's frame: every page's link in the sidebar (Streamlit
+    alone would run pages/sweeps.py without app.py), and the page itself."""
+    context = browser.new_context(viewport={"width": 1300, "height": 900})  # a fresh session, no earlier visit
+    page = context.new_page()
+    page.goto(f"{server}/sweeps")
+    page.get_by_text("Sweeps: a grid of replica runs").first.wait_for(timeout=90_000)
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    for name in ("Home", "Linear regression", "Deep linear network", "MLP classifier", "Batch-size advisor", "Theory"):
+        sidebar.get_by_role("link", name=re.compile(name)).first.wait_for(timeout=30_000)
+    assert page.title() == "batchvar"
+    no_exception(page)
+    context.close()
+
+
 def test_theory_page_from_a_settings_link(server, browser):
     """The MLP page's theory link opens the Theory page at §3 (docs/theory.md, shipped with the app)."""
     page = browser.new_page(viewport={"width": 1300, "height": 900})
