@@ -90,6 +90,22 @@ def read_choice(value: Any, field_name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def read_source(raw: Any, key: str, choices: tuple[str, ...], default: str, path_for: str,
+                path_message: str) -> tuple[Fields, dict[str, Any]]:
+    """A named data source (``"name"`` or ``{"name": …, …}``): its name validated, ``"path"`` required when the name
+    is ``path_for`` (``path_message`` otherwise). Returns its Fields (for the caller's further keys, then ``finish``)
+    and the normalised ``{"name"[, "path"]}``."""
+    fields = Fields({"name": raw} if isinstance(raw, str) else raw, key)
+    name = read_choice(fields.get("name", default), f"{key}.name", choices)
+    source: dict[str, Any] = {"name": name}
+    if name == path_for:
+        path = fields.get("path")
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"{key}.path", path_message)
+        source["path"] = path
+    return fields, source
+
+
 def read_positive(value: Any, field_name: str, allow_zero: bool = False) -> Fraction | float:
     x = parse_number(value, field_name)
     if x < 0 or (x == 0 and not allow_zero):

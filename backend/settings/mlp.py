@@ -14,7 +14,7 @@ import torch
 
 from backend.cache import ResultCache
 from backend.config import (MLP_SAMPLERS, Fields, Schedule, config_fields, read_batch_sizes, read_choice, read_int,
-                            read_positive, replace_fields, replica_run_fields)
+                            read_positive, read_source, replace_fields, replica_run_fields)
 from backend.costs import combine_costs
 from backend.engine import mlp as engine
 from backend.errors import ConfigError
@@ -63,17 +63,8 @@ class MLPConfig:
     @classmethod
     def parse(cls, raw: dict) -> "MLPConfig":
         f, val = config_fields(raw, cls.DEFAULTS)
-        ds_raw = val("dataset")
-        if isinstance(ds_raw, str):
-            ds_raw = {"name": ds_raw}
-        fd = Fields(ds_raw, "dataset")
-        name = read_choice(fd.get("name", "digits"), "dataset.name", ("digits", "fashion_mnist", "idx"))
-        dataset: dict[str, Any] = {"name": name}
-        if name == "idx":
-            path = fd.get("path")
-            if not isinstance(path, str) or not path:
-                raise ConfigError("dataset.path", "the directory holding the IDX files is required for 'idx'")
-            dataset["path"] = path
+        fd, dataset = read_source(val("dataset"), "dataset", ("digits", "fashion_mnist", "idx"), "digits", "idx",
+                                  "the directory holding the IDX files is required for 'idx'")
         for key in ("train_size", "val_size"):
             if fd.get(key) is not None:
                 dataset[key] = read_int(fd.raw[key], f"dataset.{key}", 2, 10**7)

@@ -14,7 +14,7 @@ import torch
 
 from backend.cache import ResultCache
 from backend.config import (MLP_SAMPLERS, Fields, config_fields, read_batch_sizes, read_choice, read_int,
-                            read_positive, replace_fields, replica_run_fields)
+                            read_positive, read_source, replace_fields, replica_run_fields)
 from backend.engine import mlp as trainer, sequence as seq
 from backend.engine.mlp import module_forward
 from backend.errors import ConfigError
@@ -71,17 +71,9 @@ class SequenceConfig:
     @classmethod
     def parse(cls, raw: dict) -> "SequenceConfig":
         f, val = config_fields(raw, cls.DEFAULTS)
-        c_raw = val("corpus")
-        if isinstance(c_raw, str):
-            c_raw = {"name": c_raw}
-        fc = Fields(c_raw, "corpus")
-        name = read_choice(fc.get("name", "yelp"), "corpus.name", ("yelp", "amazon", "imdb", "all", "file"))
-        corpus: dict[str, Any] = {"name": name}
-        if name == "file":
-            path = fc.get("path")
-            if not isinstance(path, str) or not path:
-                raise ConfigError("corpus.path", "the path of a TSV or CSV file of (text, label) is required")
-            corpus["path"] = path
+        fc, corpus = read_source(val("corpus"), "corpus", ("yelp", "amazon", "imdb", "all", "file"), "yelp", "file",
+                                 "the path of a TSV or CSV file of (text, label) is required")
+        if corpus["name"] == "file":
             corpus["format"] = read_choice(fc.get("format", "tsv"), "corpus.format", ("tsv", "csv"))
         fc.finish()
         tokenizer = read_choice(val("tokenizer"), "tokenizer", ("word", "char"))
