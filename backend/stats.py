@@ -23,10 +23,31 @@ def n_groups(R: int, wanted: int = DEFAULT_GROUPS) -> int:
     return max(2, min(wanted, R // 2))
 
 
-def group_ids(start: int, stop: int, R: int, K: int, device: torch.device) -> torch.Tensor:
-    """Group of each global replica index in [start, stop): contiguous blocks, sizes differing by at most one."""
-    r = torch.arange(start, stop, device=device)
-    return (r * K) // R
+@dataclass(frozen=True)
+class Groups:
+    """The statistics groups of a chunk of replicas: ``ids`` (Rc,) the group of each replica, sorted (groups are
+    contiguous blocks of the replica index), and ``lengths`` (G,) the replicas of each group in the chunk (0 for a
+    group outside it)."""
+
+    ids: torch.Tensor
+    lengths: torch.Tensor
+
+    def sum(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """Σ over each group's replicas along ``dim`` (size Rc → G). A segmented sum: deterministic on every device
+        (index_add_ adds with atomics on CUDA, in an order that changes from run to run), on a CPU the sums of
+        index_add_ bit for bit (the same sequential order)."""
+        dim = dim % x.dim()
+        lengths = self.lengths.expand(*x.shape[:dim], len(self.lengths)).contiguous()
+        return torch.segment_reduce(x, "sum", lengths=lengths, axis=dim, unsafe=True, initial=0.0)
+
+
+def group_ids(start: int, stop: int, R: int, K: int, device: torch.device, first: int = 0,
+              G: int | None = None) -> Groups:
+    """Groups of the global replica indices [start, stop) among K groups of R replicas: contiguous blocks, sizes
+    differing by at most one; numbered from group ``first``, G of them (default: K − first)."""
+    G = K - first if G is None else G
+    ids = (np.arange(start, stop, dtype=np.int64) * K) // R - first
+    return Groups(torch.as_tensor(ids, device=device), torch.as_tensor(np.bincount(ids, minlength=G), device=device))
 
 
 class VarianceAccumulator:
@@ -38,21 +59,21 @@ class VarianceAccumulator:
         self.mean = torch.zeros((K, T1, d), dtype=torch.float64, device=device)
         self.m2 = torch.zeros((K, T1), dtype=torch.float64, device=device)
 
-    def update(self, t: int, x: torch.Tensor, gid: torch.Tensor, valid: torch.Tensor) -> None:
+    def update(self, t: int, x: torch.Tensor, gid: Groups, valid: torch.Tensor) -> None:
         """Add the vectors x (R, d) of the replicas with ``valid`` (R,) at step t."""
         self.update_block(t, x[None], gid, valid[None])
 
-    def update_block(self, t0: int, x: torch.Tensor, gid: torch.Tensor, valid: torch.Tensor) -> None:
+    def update_block(self, t0: int, x: torch.Tensor, gid: Groups, valid: torch.Tensor) -> None:
         """Add S steps at once: x (S, R, d) and valid (S, R) at steps t0 … t0 + S − 1. Each step's numbers are those
         of S separate ``update`` calls (the same sums in the same order), in a fixed number of tensor operations."""
         K, S = self.K, x.shape[0]
         x = torch.where(valid[..., None], x.to(torch.float64), 0.0)
         w = valid.to(torch.float64)
-        cnt = torch.zeros((S, K), dtype=torch.float64, device=x.device).index_add_(1, gid, w)
-        s = torch.zeros((S, K, x.shape[2]), dtype=torch.float64, device=x.device).index_add_(1, gid, x)
+        cnt = gid.sum(w, 1)
+        s = gid.sum(x, 1)
         mean_b = s / cnt.clamp(min=1.0)[..., None]
-        dev = (x - mean_b[:, gid]).square().sum(dim=2) * w
-        m2_b = torch.zeros((S, K), dtype=torch.float64, device=x.device).index_add_(1, gid, dev)
+        dev = (x - mean_b[:, gid.ids]).square().sum(dim=2) * w
+        m2_b = gid.sum(dev, 1)
         steps = slice(t0, t0 + S)
         n_a, mean_a, m2_a = self.count[:, steps].T, self.mean[:, steps].transpose(0, 1), self.m2[:, steps].T
         n = n_a + cnt
@@ -83,17 +104,17 @@ class MeanAccumulator:
         self.count = torch.zeros((K, T1), dtype=torch.float64, device=device)
         self.sum = torch.zeros((K, T1), dtype=torch.float64, device=device)
 
-    def update(self, t: int, x: torch.Tensor, gid: torch.Tensor, valid: torch.Tensor) -> None:
+    def update(self, t: int, x: torch.Tensor, gid: Groups, valid: torch.Tensor) -> None:
         """Add the scalars x (R,) of the replicas with ``valid`` at step t."""
         self.update_block(t, x[None], gid, valid[None])
 
-    def update_block(self, t0: int, x: torch.Tensor, gid: torch.Tensor, valid: torch.Tensor) -> None:
+    def update_block(self, t0: int, x: torch.Tensor, gid: Groups, valid: torch.Tensor) -> None:
         """Add S steps at once: x and valid (S, R) at steps t0 … t0 + S − 1 (the numbers of S ``update`` calls)."""
         S = x.shape[0]
         x = torch.where(valid, x.to(torch.float64), 0.0)
         steps = slice(t0, t0 + S)
-        self.count[:, steps].T.index_add_(1, gid, valid.to(torch.float64))  # in place, through the view
-        self.sum[:, steps].T.index_add_(1, gid, x)
+        self.count[:, steps] += gid.sum(valid.to(torch.float64), 1).T
+        self.sum[:, steps] += gid.sum(x, 1).T
 
     def group_means(self) -> np.ndarray:
         count = self.count.cpu().numpy()
@@ -202,12 +223,11 @@ class GroupStats:
         return self.data[name]
 
     @staticmethod
-    def _group_moments(x: torch.Tensor, gid: torch.Tensor, valid: torch.Tensor, G: int):
+    def _group_moments(x: torch.Tensor, gid: Groups, valid: torch.Tensor):
         w = valid.to(torch.float64)
         x = torch.where(valid.reshape(-1, *([1] * (x.dim() - 1))), x, 0).to(torch.float64).reshape(len(w), -1)
-        cnt = torch.zeros(G, dtype=torch.float64, device=x.device).index_add_(0, gid, w)
-        mean = torch.zeros((G, x.shape[1]), dtype=torch.float64, device=x.device).index_add_(0, gid, x)
-        mean = mean / cnt.clamp(min=1.0)[:, None]
+        cnt = gid.sum(w, 0)
+        mean = gid.sum(x, 0) / cnt.clamp(min=1.0)[:, None]
         return x, w, cnt, mean
 
     def store_variance(self, name: str, slots: list[int], groups: range, m2: torch.Tensor, n: int) -> None:
@@ -215,19 +235,17 @@ class GroupStats:
         self._slot(name)[groups.start:groups.stop, slots] = (m2.to(torch.float64) / (n - 1)).cpu().numpy()
         self.counts[groups.start:groups.stop, slots] = n
 
-    def mean_block(self, name: str, x: torch.Tensor, gid: torch.Tensor, valid: torch.Tensor, groups: range) -> None:
+    def mean_block(self, name: str, x: torch.Tensor, gid: Groups, valid: torch.Tensor, groups: range) -> None:
         """Group means of per-replica scalars x (Rc, T) over the replicas valid at each t (valid: (Rc, T))."""
-        G = len(groups)
-        cnt = torch.zeros((G, x.shape[1]), dtype=torch.float64, device=x.device).index_add_(
-            0, gid, valid.to(torch.float64))
-        tot = torch.zeros_like(cnt).index_add_(0, gid, torch.where(valid, x.to(torch.float64), 0.0))
+        cnt = gid.sum(valid.to(torch.float64), 0)
+        tot = gid.sum(torch.where(valid, x.to(torch.float64), 0.0), 0)
         cnt_np = cnt.cpu().numpy()
         with np.errstate(invalid="ignore", divide="ignore"):
             v = tot.cpu().numpy() / cnt_np
         v[cnt_np < 1] = np.nan
         self._slot(name)[groups.start:groups.stop, :] = v
 
-    def variance(self, name: str, t: int, x: torch.Tensor, gid: torch.Tensor, valid: torch.Tensor,
+    def variance(self, name: str, t: int, x: torch.Tensor, gid: Groups, valid: torch.Tensor,
                  groups: range, all_valid: bool = False, consume: bool = False) -> None:
         """x: (Rc, ...) vectors of the replicas of ``groups`` (gid local, 0..len(groups)−1).
 
@@ -237,12 +255,11 @@ class GroupStats:
         """
         G = len(groups)
         Rc = x.shape[0]
-        if all_valid and Rc % G == 0 and bool((gid == torch.arange(Rc, device=gid.device) // (Rc // G)).all()):
+        if all_valid and Rc % G == 0 and bool((gid.lengths == Rc // G).all()):
             self.store_variance(name, [t], groups, group_m2(x, G, consume)[:, None], Rc // G)
             return
-        x, w, cnt, mean = self._group_moments(x, gid, valid, G)
-        m2 = torch.zeros(G, dtype=torch.float64, device=x.device).index_add_(
-            0, gid, (x - mean[gid]).square().sum(dim=1) * w)
+        x, w, cnt, mean = self._group_moments(x, gid, valid)
+        m2 = gid.sum((x - mean[gid.ids]).square().sum(dim=1) * w, 0)
         with np.errstate(invalid="ignore", divide="ignore"):
             v = (m2 / (cnt - 1)).cpu().numpy()
         v[cnt.cpu().numpy() < 2] = np.nan

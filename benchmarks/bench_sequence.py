@@ -20,9 +20,14 @@ from backend.settings.sequence import encode_corpus  # noqa: E402
 from backend.config import parse_config  # noqa: E402
 from backend.engine import mlp as trainer  # noqa: E402
 from backend.engine import sequence as seq  # noqa: E402
+from backend.engine.runner import precision  # noqa: E402
 
 
-def bench(preset: str, steps: int, device: torch.device) -> None:
+def bench(preset: str, steps: int, device: torch.device, arithmetic: str = "float32",
+          loop: bool = True) -> dict[str, float]:
+    """Times ``steps`` vmap steps (in ``arithmetic``: backend.engine.runner.precision) and, with ``loop``, the
+    per-replica loop (float32); prints one line, returns sequences per second ("vmap", "loop") and the model's
+    parameter count, sequence length and replicas."""
     cfg = parse_config({"setting": "sequence", "preset": preset})
     # the run's sequence length: the longest sentence of the corpus (up to max_len; see backend/settings/sequence.py: encode_corpus)
     R, b, L, V = cfg.inits * cfg.replicas, cfg.batch_sizes[0], encode_corpus(cfg)[1].shape[1], cfg.vocab
@@ -35,14 +40,25 @@ def bench(preset: str, steps: int, device: torch.device) -> None:
     y = torch.randint(0, 2, (steps, R, b), generator=gen).to(device)
     opt = seq.AdamW(clip=1.0)
     state = opt.init(params)
-    rep.grad_and_loss(params, ids[0], y[0])
+    with precision(arithmetic, device):
+        rep.grad_and_loss(params, ids[0], y[0])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
     for s in range(steps):
-        g, _ = rep.grad_and_loss(params, ids[s], y[s])
+        with precision(arithmetic, device):
+            g, _ = rep.grad_and_loss(params, ids[s], y[s])
         params = opt.step(params, g, state, 1e-3, s)
     if device.type == "cuda":
         torch.cuda.synchronize()
     t_vmap = time.perf_counter() - t0
+    seqs = steps * R * b
+    out = {"vmap": seqs / t_vmap, "params": float(sum(v[0].numel() for v in params.values())), "length": float(L),
+           "replicas": float(R), "b": float(b)}
+    if not loop:
+        print(f"{preset} model ({cfg.layers} layers, width {cfg.width}, {cfg.heads} heads, length {L}), {R} replicas, "
+              f"b = {b}, {steps} steps on {device} in {arithmetic}: vmap {seqs / t_vmap:,.0f} sequences/s")
+        return out
     modules = [seq.Encoder(V, L, cfg.width, cfg.heads, cfg.layers).to(device) for _ in range(R)]
     opts = [torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.0) for m in modules]
     for s in (0, -1):  # warm-up, as for vmap (first calls and the optimizers' state creation are slower)
@@ -60,10 +76,11 @@ def bench(preset: str, steps: int, device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
     t_loop = time.perf_counter() - t0
-    seqs = steps * R * b
+    out["loop"] = seqs / t_loop
     print(f"{preset} model ({cfg.layers} layers, width {cfg.width}, {cfg.heads} heads, length {L}), {R} replicas, "
           f"b = {b}, {steps} steps on {device}: vmap {seqs / t_vmap:,.0f} sequences/s, per-replica loop "
           f"{seqs / t_loop:,.0f} sequences/s (×{t_loop / t_vmap:.2f})")
+    return out
 
 
 def main() -> None:

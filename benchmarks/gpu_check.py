@@ -1,5 +1,6 @@
-"""One prepared GPU check (≈ 8 min on an H100): correctness of every engine on the device, then the GPU timings
-the issues ask for. Not a test; prints one line per result and writes them to ``--out``/gpu_check.txt.
+"""One prepared GPU check (≈ 6 min on an H100, parts skipped past ``--budget`` seconds): correctness of every engine on
+the device, then the GPU timings the issues ask for. Not a test; prints one line per result and appends each line to
+``--out``/gpu_check.txt as it comes (a run cut short keeps what it measured).
 
 Run on the device machine (the backend needs python-flint and diskcache there; ``scripts/fetch_gpu_wheels.sh`` puts
 their wheels in .whl/ here, carried with the call):
@@ -9,18 +10,25 @@ their wheels in .whl/ here, carried with the call):
 
 ``--small`` shrinks every part so the script's code paths can be checked on a CPU in about a minute.
 
-Checks (each prints PASS/FAIL): linear regression and the deep linear network at t = 1 against their exact theory on
-the device (|z| ≤ 4 wherever defined), MLP replica gradients (vmap) against separate module copies on the device.
-Timings: linear-regression engine (R = 10³, 10⁴, 10⁵, T = 2 000, b = 16); deep-linear paper preset (1 000 replicas, 1 000 steps,
-b = 16) against the naive per-replica loop on the same device; one epoch of the MLP paper preset (5 × 50 replicas of
-784-1024-512-10, b = 64, on a synthetic 60 000-image IDX set: timing does not depend on pixel values) with achieved
-FLOP/s against this card's float32 matmul rate; sequence paper-preset throughput.
+Checks (each prints PASS/FAIL): tests/test_cuda_graphs.py (the captured CUDA graphs of the linear-regression and
+deep-linear steps give the eager numbers bitwise); linear regression and the deep linear network at t = 1 against
+their exact theory on the device (|z| ≤ 4 wherever defined), MLP replica gradients (vmap) against separate module
+copies on the device.
+Timings, each with a ``CAL`` line (the estimate's steps and FLOPs beside the measured seconds: what backend/costs.py's
+GPU models are fitted to): linear-regression engine (R = 10³, 10⁴, 10⁵, T = 2 000, b = 16), graph and eager;
+deep-linear paper preset (1 000 replicas, 1 000 steps, b = 16), graph and eager, against the naive per-replica loop;
+one epoch of the MLP paper preset (5 × 50 replicas of 784-1024-512-10, b = 64, on a synthetic 60 000-image IDX set:
+timing does not depend on pixel values) in float32, tf32 and bf16 with achieved FLOP/s against this card's matmul
+rate in that precision; the sequence paper preset's vmap+AdamW throughput in each precision (extrapolated to an
+epoch) and against the per-replica loop.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,12 +48,22 @@ from backend.engine import mlp as mlp_engine  # noqa: E402
 from backend.engine.samplers import make_sampler  # noqa: E402
 from backend.theory import linreg as th  # noqa: E402
 
-LINES: list[str] = []
+ROOT = Path(__file__).resolve().parent.parent
+OUT_FILE: Path | None = None
 
 
 def say(line: str) -> None:
     print(line, flush=True)
-    LINES.append(line)
+    if OUT_FILE is not None:
+        with OUT_FILE.open("a") as fh:
+            fh.write(line + "\n")
+
+
+def calibration(est: dict, seconds: float, label: str) -> None:
+    """One line for backend/costs.py's GPU model of the setting: the estimate's sequential steps and FLOPs, and the
+    measured time."""
+    say(f"CAL {est['setting']} [{label}] precision={est.get('precision', 'float32')} steps={est['steps']:.0f} "
+        f"flops={est['flops']:.4g} seconds={seconds:.3f}")
 
 
 def sync(dev: torch.device) -> None:
@@ -74,6 +92,19 @@ def matmul_rate(dev: torch.device, n: int) -> float:
 
 def check(name: str, ok: bool, detail: str) -> None:
     say(f"{'PASS' if ok else 'FAIL'} {name}: {detail}")
+
+
+def check_graphs(dev: torch.device) -> None:
+    """tests/test_cuda_graphs.py under pytest: CUDA graph replay = eager path, bitwise (skipped without CUDA)."""
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda_graphs.py"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=400)
+    lines = (run.stdout + run.stderr).strip().splitlines()
+    summary = lines[-1] if lines else "no output"
+    ok = run.returncode == 0 and (dev.type != "cuda" or "skipped" not in summary)
+    check("CUDA graph replay = eager numbers (tests/test_cuda_graphs.py)", ok, summary)
+    if not ok:
+        for line in lines[-40:]:
+            say(f"  | {line}")
 
 
 def check_linreg(dev: torch.device, small: bool) -> None:
@@ -116,17 +147,24 @@ def check_mlp_grads(dev: torch.device) -> None:
 
 def time_linreg(dev: torch.device, small: bool) -> None:
     """The linear-regression engine at R = 10³, 10⁴, 10⁵ (T = 2 000, b = 16; issue #13's targets on a GPU: ≤ 0.5 s
-    at 10³ and ≤ 3 s at 10⁵)."""
+    at 10³ and ≤ 3 s at 10⁵), with the block's steps replayed as a CUDA graph and eagerly."""
     T, sizes = (200, (200, 2000)) if small else (2000, (1000, 10_000, 100_000))
     cfg = parse_config({"steps": T, "batch_sizes": [16]})
     X, y, w0 = np.asarray(cfg.X, float), np.asarray(cfg.y, float), np.asarray(cfg.w0_values, float)
     alphas = cfg.lr.alphas(T)
     c = float(th.noise_factor(16, cfg.n))
     for R in sizes:
-        linreg.run_replicas(X, y, w0, alphas[:40], 16, R, "without_replacement", 0, dev, c)  # warm-up
-        t = timed(lambda: linreg.run_replicas(X, y, w0, alphas, 16, R, "without_replacement", 0, dev, c), dev)
-        say(f"TIME linear regression engine, R = {R}, T = {T}, b = 16: {t:.2f} s on {dev} "
-            f"({t / (T + 1) * 1e3:.2f} ms per step)")
+        est = api.estimate(parse_config({"steps": T, "batch_sizes": [16], "replicas": R, "device": dev.type}))
+        secs = {}
+        for graph in (True, False):
+            run = lambda: linreg.run_replicas(X, y, w0, alphas, 16, R, "without_replacement", 0, dev, c,  # noqa: E731
+                                              cuda_graph=graph)
+            linreg.run_replicas(X, y, w0, alphas[:80], 16, R, "without_replacement", 0, dev, c, cuda_graph=graph)
+            secs[graph] = timed(run, dev)
+            calibration(est, secs[graph], f"R = {R}, {'graph' if graph else 'eager'}")
+        say(f"TIME linear regression engine, R = {R}, T = {T}, b = 16 on {dev}: CUDA graph {secs[True]:.2f} s "
+            f"({secs[True] / (T + 1) * 1e3:.3f} ms per step), eager {secs[False]:.2f} s "
+            f"({secs[False] / (T + 1) * 1e3:.3f} ms per step); estimated {costs.device_seconds(est, dev):.2f} s")
 
 
 def time_deep(dev: torch.device, small: bool) -> None:
@@ -138,15 +176,22 @@ def time_deep(dev: torch.device, small: bool) -> None:
     W0 = [np.asarray(M, dtype=np.float64) for M in cfg.w0_values]
     T = [np.asarray(M, dtype=np.float64) for M in cfg.teacher_values]
     alphas = cfg.lr.alphas(steps)
-    deep.run_replicas(W0, T, alphas[:5], 16, R, 0, dev, torch.float32, record_every=cfg.record_every)  # warm-up
-    t = timed(lambda: deep.run_replicas(W0, T, alphas, 16, R, 0, dev, torch.float32,
-                                        record_every=cfg.record_every), dev)
+    est = api.estimate(parse_config({"setting": "deep_linear", "preset": "paper (Figure 3)", "batch_sizes": [16],
+                                     "steps": steps, "replicas": R, "device": dev.type}))
+    secs = {}
+    for graph in (True, False):
+        deep.run_replicas(W0, T, alphas[:25], 16, R, 0, dev, torch.float32, record_every=cfg.record_every,
+                          cuda_graph=graph)  # warm-up
+        secs[graph] = timed(lambda: deep.run_replicas(W0, T, alphas, 16, R, 0, dev, torch.float32,
+                                                      record_every=cfg.record_every, cuda_graph=graph), dev)
+        calibration(est, secs[graph], f"paper preset, b = 16, {'graph' if graph else 'eager'}")
     r_naive = 2
     naive_loop(W0, T, alphas[:20], 16, 1, device=dev)  # warm-up
     t_naive = timed(lambda: naive_loop(W0, T, alphas, 16, r_naive, device=dev), dev) * R / r_naive
     say(f"TIME deep linear paper preset, {R} replicas, {steps} steps, b = 16, statistics every {cfg.record_every}: "
-        f"engine {t:.1f} s, naive per-replica loop ≈ {t_naive:.0f} s ({r_naive} replicas timed, scaled) on {dev}: "
-        f"×{t_naive / t:.1f} (target ≥ 20 on 2 CPU cores)")
+        f"engine with CUDA graphs {secs[True]:.2f} s, eager {secs[False]:.2f} s, naive per-replica loop ≈ "
+        f"{t_naive:.0f} s ({r_naive} replicas timed, scaled) on {dev}: ×{t_naive / secs[True]:.1f}; estimated "
+        f"{costs.device_seconds(est, dev):.2f} s")
 
 
 def write_synthetic_idx(directory: Path, n: int) -> None:
@@ -161,7 +206,38 @@ def write_synthetic_idx(directory: Path, n: int) -> None:
 
 def time_mlp(dev: torch.device, small: bool, rate: float) -> None:
     for arithmetic in ("float32", "tf32", "bf16"):  # issue 13: the paper preset per epoch in each precision
+        time_mlp_steps(dev, small, arithmetic)
         time_mlp_precision(dev, small, arithmetic)
+
+
+def time_mlp_steps(dev: torch.device, small: bool, arithmetic: str) -> None:
+    """The training steps alone (vmap gradient in ``arithmetic`` + SGD update, batches gathered from the device):
+    what one epoch of the paper preset costs without its statistics."""
+    from backend.engine.runner import precision
+
+    hidden, N, n, steps = ((64, 32), 8, 3000, 10) if small else ((1024, 512), 250, 48000, 60)
+    model = mlp_engine.make_model(784, hidden, 10).to(dev)
+    params = mlp_engine.init_params(model, N, 0, torch.float32, dev)
+    rep = mlp_engine.Replicas(mlp_engine.make_model(784, hidden, 10).to(dev))
+    gen = torch.Generator(device=dev).manual_seed(0)
+    X = torch.rand((n, 784), device=dev)
+    Y = torch.randint(0, 10, (n,), device=dev)
+
+    def run(k: int) -> None:
+        nonlocal params
+        for _ in range(k):
+            idx = torch.randint(0, n, (N, 64), generator=gen, device=dev)
+            with precision(arithmetic, dev):
+                g, _ = rep.grad_and_loss(params, X[idx], Y[idx])
+            params = {name: params[name] - 0.01 * g[name] for name in params}
+
+    run(3)
+    t = timed(lambda: run(steps), dev) / steps
+    widths = [784, *hidden, 10]
+    P = sum(widths[k] * widths[k + 1] + widths[k + 1] for k in range(len(widths) - 1))
+    flops = 6 * P * 64 * N
+    say(f"TIME MLP steps ({arithmetic}) {'-'.join(map(str, widths))}, {N} replicas, b = 64 on {dev}: {t * 1e3:.2f} ms "
+        f"per step → {t * (n // 64):.2f} s per epoch of {n} images without statistics; {flops / t / 1e12:.1f} TFLOP/s")
 
 
 def time_mlp_precision(dev: torch.device, small: bool, arithmetic: str) -> None:
@@ -173,57 +249,72 @@ def time_mlp_precision(dev: torch.device, small: bool, arithmetic: str) -> None:
                 "dataset": {"name": "idx", "path": tmp}, "precision": arithmetic}
         if small:
             over.update({"hidden": [64, 32], "inits": 2, "replicas": 4, "eval_size": 500})
-        cfg = parse_config(over)
-        est = api.estimate(cfg)
-        res = api.simulate(cfg)
-        secs = res["meta"]["seconds"]
-        d_in, P = 784, 0
-        widths = [d_in, *cfg.hidden, 10]
+        secs, est = {}, {}
+        for epochs in (1, 2):  # one epoch's cost is the difference: the statistics at each epoch end are apart
+            cfg = parse_config({**over, "epochs": epochs})
+            est[epochs] = api.estimate(cfg)
+            res = api.simulate(cfg)
+            secs[epochs] = res["meta"]["seconds"]
+            calibration(est[epochs], secs[epochs], f"paper preset, {epochs} epochs, b = 64")
+        epoch = secs[2] - secs[1]
+        widths = [784, *cfg.hidden, 10]
         P = sum(widths[k] * widths[k + 1] + widths[k + 1] for k in range(len(widths) - 1))
         n_train = res["meta"]["n_train"]
         flops = 6 * P * n_train * cfg.inits * cfg.replicas  # one epoch of SGD (forward + backward)
-        say(f"TIME MLP ({arithmetic}) {'-'.join(map(str, widths))}, {cfg.inits} × {cfg.replicas} replicas, b = 64, n_train = "
-            f"{n_train}: epoch 0 statistics + 1 training epoch + statistics in {secs:.1f} s on {dev}; SGD alone "
-            f"{flops / 1e12:.1f} TFLOP → ≥ {flops / secs / 1e12:.2f} TFLOP/s achieved vs {rate / 1e12:.1f} TFLOP/s "
-            f"{arithmetic} matmul on this device ({flops / secs / rate:.0%}); estimated {costs.device_seconds(est, dev):.1f} s, "
-            f"{est['memory_bytes'] / 2**30:.1f} GiB")
+        say(f"TIME MLP ({arithmetic}) {'-'.join(map(str, widths))}, {cfg.inits} × {cfg.replicas} replicas, b = 64, "
+            f"n_train = {n_train} on {dev}: 1 epoch with its statistics {secs[1]:.1f} s, 2 epochs {secs[2]:.1f} s → "
+            f"one more epoch (training + its statistics) {epoch:.2f} s; SGD alone {flops / 1e12:.1f} TFLOP → "
+            f"≥ {flops / max(epoch, 1e-9) / 1e12:.2f} TFLOP/s vs {rate / 1e12:.1f} TFLOP/s {arithmetic} matmul "
+            f"({flops / max(epoch, 1e-9) / rate:.0%}); estimated {costs.device_seconds(est[2], dev):.1f} s for 2 epochs, "
+            f"{est[2]['memory_bytes'] / 2**30:.1f} GiB")
 
 
 def time_sequence(dev: torch.device, small: bool) -> None:
+    """The sequence preset's vmap+AdamW throughput in each precision, extrapolated to one epoch (a whole epoch of
+    the paper preset takes minutes), and against the per-replica loop in float32."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_sequence import bench
 
     import contextlib
     import io
 
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        bench("laptop" if small else "paper", 3, dev)
-    for line in buf.getvalue().splitlines():
-        say(f"TIME sequence {line}")
     preset = "laptop" if small else "paper"
+    cfg = parse_config({"setting": "sequence", "preset": preset, "device": dev.type})
     for arithmetic in ("float32", "tf32", "bf16"):  # issue 13: the paper preset per epoch in each precision
-        cfg = parse_config({"setting": "sequence", "preset": preset, "epochs": 1, "batch_sizes": [32],
-                            "device": dev.type, "precision": arithmetic})
-        est = api.estimate(cfg)
-        res = api.simulate(cfg)
-        var_g = res["curves"]["var_g"]
-        say(f"TIME sequence ({arithmetic}) {preset} preset, {cfg.inits * cfg.replicas} replicas, b = 32: epoch 0 "
-            f"statistics + 1 epoch + statistics in {res['meta']['seconds']:.1f} s on {dev} (estimated "
-            f"{costs.device_seconds(est, dev):.1f} s, {est['memory_bytes'] / 2**30:.1f} GiB); var(g) after the epoch "
-            f"{var_g['value'][0][-1]:.4g} ± {var_g['se'][0][-1]:.2g}")
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            out = bench(preset, 3 if small else 6, dev, arithmetic, loop=arithmetic == "float32")
+        for line in buf.getvalue().splitlines():
+            say(f"TIME sequence {line}")
+        rate = costs.matmul_rate(str(dev), arithmetic) if dev.type == "cuda" else matmul_rate(dev, 1024)
+        b = int(out["b"])
+        epoch_seqs = (cfg.n_train // b) * b * out["replicas"]
+        epoch_s = epoch_seqs / out["vmap"]
+        flops = 6 * out["params"] * out["length"] * epoch_seqs  # dense parameters only: a lower bound
+        say(f"TIME sequence ({arithmetic}) {preset} preset, {out['replicas']:.0f} replicas, b = {b}: one epoch of "
+            f"training ≈ {epoch_s:.1f} s on {dev} (extrapolated from the timed steps; without the statistics); "
+            f"≥ {flops / epoch_s / 1e12:.2f} TFLOP/s vs {rate / 1e12:.1f} TFLOP/s {arithmetic} matmul "
+            f"({flops / epoch_s / rate:.0%})")
 
 
 def main() -> None:
+    global OUT_FILE
     ap = argparse.ArgumentParser()
     ap.add_argument("--small", action="store_true", help="shrink everything (a CPU smoke run of the code paths)")
     ap.add_argument("--out", default=None, help="directory for gpu_check.txt")
+    ap.add_argument("--budget", type=float, default=480.0, help="seconds after which the remaining parts are skipped")
     args = ap.parse_args()
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        OUT_FILE = Path(args.out, "gpu_check.txt")
+        OUT_FILE.write_text("")
+    start = time.perf_counter()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name(0) if dev.type == "cuda" else "CPU"
     rate = matmul_rate(dev, 1024 if args.small else 8192)
     say(f"device {name}, torch {torch.__version__}; float32 matmul {rate / 1e12:.2f} TFLOP/s")
-    steps = [("linear regression check", lambda: check_linreg(dev, args.small)),
+    steps = [("CUDA graph tests", lambda: check_graphs(dev)),
+             ("linear regression check", lambda: check_linreg(dev, args.small)),
              ("deep linear check", lambda: check_deep(dev, args.small)),
              ("MLP gradient check", lambda: check_mlp_grads(dev)),
              ("linear regression timing", lambda: time_linreg(dev, args.small)),
@@ -231,15 +322,18 @@ def main() -> None:
              ("MLP timing", lambda: time_mlp(dev, args.small, rate)),
              ("sequence timing", lambda: time_sequence(dev, args.small))]
     for label, fn in steps:
+        if time.perf_counter() - start > args.budget:
+            say(f"SKIP {label}: past the {args.budget:.0f} s budget")
+            continue
         t0 = time.perf_counter()
+        gc.collect()  # each part starts with the card's memory free of the last one's
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
         try:
             fn()
         except Exception as exc:  # one failing part must not hide the others' results
             say(f"FAIL {label}: {type(exc).__name__}: {exc}")
-        print(f"  ({label}: {time.perf_counter() - t0:.0f} s)", flush=True)
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-    Path(args.out, "gpu_check.txt").write_text("\n".join(LINES) + "\n")
+        say(f"  ({label}: {time.perf_counter() - t0:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -25,9 +25,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from backend.engine.graphs import Replay
 from backend.engine.linreg import seed_for
 from backend.engine.runner import Divergence, DivergenceLog, check_cancel, chunks, report
-from backend.stats import GroupStats, group_m2, n_groups_equal
+from backend.stats import Groups, GroupStats, group_ids, group_m2, n_groups_equal
 
 DIVERGENCE_LOSS = 1e30
 CHUNK_ELEMENTS = 40_000_000  # replicas × (params + p²) per chunk
@@ -129,10 +130,11 @@ def _backprop(Ws: list[torch.Tensor], T_prod: torch.Tensor, Z: torch.Tensor):
     return acts, deltas, err
 
 
-def _update_in_place(Ws: list[torch.Tensor], acts, deltas, step: float) -> None:
-    """W_k ← W_k − (α/b) δ_kᵀ a_{k−1} in place (no gradient tensor is formed)."""
+def _update_in_place(Ws: list[torch.Tensor], acts, deltas, neg_step: torch.Tensor) -> None:
+    """W_k ← W_k + (−α/b) δ_kᵀ a_{k−1} in place (no gradient tensor is formed); ``neg_step`` = −α_t/b is a device
+    scalar, so the same kernels serve every step (and a captured CUDA graph)."""
     for k, W in enumerate(Ws):
-        W.baddbmm_(deltas[k].transpose(1, 2), acts[k], alpha=-step)
+        W.baddbmm_((deltas[k] * neg_step).transpose(1, 2), acts[k])
 
 
 def _norm2(x: torch.Tensor) -> torch.Tensor:
@@ -215,7 +217,7 @@ class _ChunkRecord:
         self.m2s[name][:, slot] = value
         self.m2_slots[name].append(slot)
 
-    def flush(self, stats: GroupStats, gid: torch.Tensor, groups: range, per_group: int) -> np.ndarray:
+    def flush(self, stats: GroupStats, gid: Groups, groups: range, per_group: int) -> np.ndarray:
         """Write into ``stats``; returns the number of replicas alive at each recorded step."""
         for name, slots in self.m2_slots.items():
             if slots:
@@ -225,12 +227,41 @@ class _ChunkRecord:
         return self.alive_at.sum(dim=0).cpu().numpy()
 
 
+class _PlainStep:
+    """One step between recorded steps, on buffers fixed for the chunk (so that CUDA replays it as a graph,
+    backend.engine.graphs): the factor Z of Σ̂_t, −α_t/b and t are loaded, then ``body`` back-propagates, records
+    the divergence verdict on the device and updates the weights in place."""
+
+    def __init__(self, Ws: list[torch.Tensor], T_b: torch.Tensor, div: Divergence, Rc: int, sig: "SigmaSampler",
+                 dtype: torch.dtype, device: torch.device) -> None:
+        self.Ws, self.T_b, self.div = Ws, T_b, div
+        m = sig.b if sig.method == "direct" else sig.p
+        self.Z = torch.empty((Rc, m, sig.p), dtype=dtype, device=device)
+        self.neg_step = torch.empty((), dtype=dtype, device=device)
+        self.t = torch.empty((), dtype=torch.long, device=device)
+
+    def load(self, Z: torch.Tensor, neg_step: torch.Tensor, t: torch.Tensor, static: bool) -> None:
+        if static:
+            self.Z.copy_(Z)
+            self.neg_step.copy_(neg_step)
+            self.t.copy_(t)
+        else:
+            self.Z, self.neg_step, self.t = Z, neg_step, t
+
+    def body(self) -> None:
+        acts, deltas, err = _backprop(self.Ws, self.T_b, self.Z)
+        self.div.update(torch.isfinite(err.sum(dim=(1, 2))), self.t)
+        _update_in_place(self.Ws, acts, deltas, self.neg_step)
+
+
 def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float], b: int, R: int, seed: int,
                  device: torch.device, dtype: torch.dtype = torch.float64,
                  progress: Callable[[int], None] | None = None, cancel=None,
-                 sampler: str = "auto", record_every: int = 1, reduce_hidden: bool = True) -> DeepResult:
+                 sampler: str = "auto", record_every: int = 1, reduce_hidden: bool = True,
+                 cuda_graph: bool = True) -> DeepResult:
     """Statistics at the recorded steps t = 0, r, 2r, …, T (r = record_every; T always included), on the exactly
-    reduced hidden widths unless ``reduce_hidden`` is False."""
+    reduced hidden widths unless ``reduce_hidden`` is False; ``cuda_graph`` (on CUDA) replays the steps between
+    recorded ones as a captured graph — the same numbers, fewer launches."""
     d = len(W0)
     p = W0[0].shape[1]
     W0 = [np.asarray(W, dtype=np.float64) for W in W0]
@@ -248,10 +279,12 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
         T_prod = torch.as_tensor(np.asarray(M, dtype=np.float64), dtype=dtype, device=device) @ T_prod
     finite = np.zeros(len(recorded), dtype=np.int64)
     diverged = DivergenceLog()
+    neg_steps = torch.as_tensor(-np.asarray(alphas, dtype=np.float64) / b, dtype=dtype, device=device)  # −α_t/b
+    step_numbers = torch.arange(T1, device=device)
     layer_names = [f"layer{k + 1}" for k in range(d)]
     for chunk in chunks(R, max_chunk, K):
         start, stop, Rc, groups, chunk_no = chunk.start, chunk.stop, chunk.size, chunk.groups, chunk.number
-        gid = (torch.arange(start, stop, device=device) * K) // R - groups.start
+        gid = group_ids(start, stop, R, K, device, first=groups.start, G=len(groups))
         sig = SigmaSampler(p, b, Rc, seed_for(seed, b, chunk_no), device, dtype, sampler)
         Ws = [torch.as_tensor(W, dtype=dtype, device=device).expand(Rc, *W.shape).clone()
               for W in W0]
@@ -260,24 +293,26 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
         every = True  # every replica of the chunk still alive
         T_b = T_prod.expand(Rc, *T_prod.shape)
         G_c = len(groups)
-        equal = Rc % G_c == 0 and bool((gid == torch.arange(Rc, device=device) // (Rc // G_c)).all())
+        equal = Rc % G_c == 0 and bool((gid.lengths == Rc // G_c).all())
         rec = _ChunkRecord(Rc, G_c, len(recorded), layer_names, device)
+        plain = _PlainStep(Ws, T_b, div, Rc, sig, dtype, device)
+        replay = Replay(plain.body, device, cuda_graph)
         for t in range(T1):
             check_cancel(cancel)
             slot = record_index.get(t)
             last = t == T1 - 1
-            if (slot is not None or last) and not bool(div.alive.all()):  # a recorded step syncs anyway
-                for W in Ws:  # replicas that diverged since: zero weights (finite, fixed, out of the statistics)
-                    W.masked_fill_(~div.alive[:, None, None], 0.0)
-            acts, deltas, err = _backprop(Ws, T_b, sig.draw_factor())
             if slot is None and not last:
                 # between recorded steps, no host synchronisation: the verdicts stay on the device and every replica
                 # steps in place (one that diverged runs on in its own slice of the batch, apart from the others,
-                # until the next recorded step zeroes it)
-                div.update(torch.isfinite(err.sum(dim=(1, 2))), t)
-                _update_in_place(Ws, acts, deltas, alphas[t] / b)
+                # until the next recorded step zeroes it); on CUDA the step is a replayed graph
+                plain.load(sig.draw_factor(), neg_steps[t], step_numbers[t], static=replay.enabled)
+                replay()
                 report(progress, Rc)
                 continue
+            if not bool(div.alive.all()):  # a recorded step syncs anyway
+                for W in Ws:  # replicas that diverged since: zero weights (finite, fixed, out of the statistics)
+                    W.masked_fill_(~div.alive[:, None, None], 0.0)
+            acts, deltas, err = _backprop(Ws, T_b, sig.draw_factor())
             # ‖g_k‖² per replica with g_k = δ_kᵀ a_{k−1} / b, from m × m Grams (a non-finite one means divergence)
             norms = [_factored_norm2(deltas[k], acts[k]) / b**2 for k in range(d)]
             ok = torch.isfinite(err.sum(dim=(1, 2)))
@@ -315,10 +350,11 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
                         stats.variance(f"var_full_grad_{name}", slot, G, gid, alive, groups)
             if not last:
                 if not fresh_dead:  # the dead, if any, hold zero weights: their update is exactly zero
-                    _update_in_place(Ws, acts, deltas, alphas[t] / b)
+                    _update_in_place(Ws, acts, deltas, neg_steps[t])
                 else:  # newly diverged replicas: set to zero (finite, fixed), so the fast path can go on
                     a = alphas[t]
-                    Ws = [torch.where(alive[:, None, None], W - a * grad(k), 0.0) for k, W in enumerate(Ws)]
+                    for k, W in enumerate(Ws):  # in place: the weights are the buffers a captured step reads
+                        W.copy_(torch.where(alive[:, None, None], W - a * grad(k), 0.0))
             report(progress, Rc)
         finite += rec.flush(stats, gid, groups, Rc // G_c)
         diverged.add(div)

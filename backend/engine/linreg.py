@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from backend.engine.graphs import Replay
 from backend.engine.samplers import FLOYD_MAX, _stream_length, make_sampler
 from backend.engine.runner import DIVERGENCE_LOSS, Divergence, DivergenceLog, check_cancel, chunks, report
 from backend.stats import MeanAccumulator, VarianceAccumulator, group_ids, n_groups
@@ -28,14 +29,50 @@ STEP_BLOCK = 32  # steps whose indices are drawn at once and whose statistics ar
 
 
 class StepBlock:
-    """The weights w_t and stochastic gradients g_t of up to ``steps`` consecutive steps, kept on the device; their
-    statistics (∇L, L, Lemma 1's conditional variance, the divergence verdicts) are computed and accumulated for the
-    whole block at once (backend.stats ``update_block``: the numbers of step by step, in fewer, larger operations)."""
+    """The weights w_t and stochastic gradients g_t of up to ``steps`` consecutive steps, with the block's indices
+    and step sizes, kept on the device; their statistics (∇L, L, Lemma 1's conditional variance, the divergence
+    verdicts) are computed and accumulated for the whole block at once (backend.stats ``update_block``: the numbers
+    of step by step, in fewer, larger operations). ``steps`` reads and writes these buffers only, so on CUDA it is
+    captured as a graph (backend.engine.graphs) and replayed block after block."""
 
-    def __init__(self, steps: int, R: int, p: int, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, steps: int, R: int, p: int, dtype: torch.dtype, device: torch.device, include: bool) -> None:
         self.W = torch.empty((steps, R, p), dtype=dtype, device=device)
         self.g = torch.empty((steps, R, p), dtype=dtype, device=device)
-        self.size = 0
+        self.idx: torch.Tensor | None = None  # (steps, R, k) indices of the block's batches (or complements)
+        self.alpha: torch.Tensor | None = None  # (steps,) step sizes α_t of the block
+        self.include = include
+
+    def load(self, idx: torch.Tensor, alpha: torch.Tensor, static: bool) -> None:
+        """The next block's indices and step sizes; ``static``: copied into the buffers a captured graph reads."""
+        if static and self.idx is not None:
+            self.idx.copy_(idx)
+            self.alpha.copy_(alpha)
+        else:
+            self.idx = idx.to(self.W.device).clone() if static else idx.to(self.W.device)
+            self.alpha = alpha.clone() if static else alpha
+
+    def gradient(self, s: int, X: torch.Tensor, y: torch.Tensor, H: torch.Tensor, h: torch.Tensor, n: int,
+                 b: int) -> None:
+        """g_s = (1/b) Σ_{i∈B} x_i (x_iᵀ w_s − y_i), or (1/b)(n ∇L(w_s) − Σ_{i∉B} …) for a complement draw."""
+        R, p = self.W.shape[1], self.W.shape[2]
+        flat = self.idx[s].reshape(-1)
+        W = self.W[s]
+        XB = X.index_select(0, flat).view(R, -1, p)  # (R, k, p)
+        r = torch.bmm(XB, W[:, :, None]).squeeze(2) - y.index_select(0, flat).view(R, -1)
+        part = torch.bmm(r[:, None, :], XB).squeeze(1)  # Σ_i x_i r_i over the drawn samples
+        torch.div(part if self.include else n * (W @ H - h) - part, b, out=self.g[s])
+
+    def update(self, s: int, dst: int) -> None:
+        """w_{s+1} = w_s − α_s g_s, into slot ``dst``."""
+        torch.addcmul(self.W[s], self.g[s], self.alpha[s], value=-1.0, out=self.W[dst])
+
+    def steps(self, S: int, X: torch.Tensor, y: torch.Tensor, H: torch.Tensor, h: torch.Tensor, n: int,
+              b: int) -> None:
+        """The block's S gradients and the S − 1 updates between them (the last update follows its statistics)."""
+        for s in range(S):
+            self.gradient(s, X, y, H, h, n, b)
+            if s < S - 1:
+                self.update(s, s + 1)
 
 
 @dataclass
@@ -74,8 +111,10 @@ def run_replicas(
     progress: Callable[[int], None] | None = None,
     cancel=None,
     dtype: torch.dtype = torch.float64,
+    cuda_graph: bool = True,
 ) -> ReplicaResult:
-    """Run R replicas for T = len(alphas) updates; statistics at t = 0..T. ``c`` enables the Rao–Blackwellised estimate."""
+    """Run R replicas for T = len(alphas) updates; statistics at t = 0..T. ``c`` enables the Rao–Blackwellised estimate;
+    ``cuda_graph`` (on CUDA) replays each block's steps as a captured graph — the same numbers, fewer launches."""
     n, p = X.shape
     T1 = len(alphas) + 1
     Xt = torch.as_tensor(X, dtype=dtype, device=device)
@@ -93,6 +132,9 @@ def run_replicas(
     finite = torch.zeros(T1, dtype=torch.float64, device=device)
     diverged = DivergenceLog()
     w_init = torch.as_tensor(np.asarray(w0, dtype=np.float64), dtype=dtype, device=device)
+    # α_t as a device tensor, padded past T so that every block reads STEP_BLOCK of them (the last one unused)
+    alphas_t = torch.zeros(T1 + STEP_BLOCK, dtype=dtype, device=device)
+    alphas_t[:T1 - 1] = torch.as_tensor(np.asarray(alphas, dtype=np.float64), dtype=dtype)
     for chunk in chunks(R, chunk_size(R, b, n, p)):
         start, stop, Rc = chunk.start, chunk.stop, chunk.size
         gen = torch.Generator(device=device)
@@ -100,38 +142,33 @@ def run_replicas(
         draw_batch = make_sampler(sampler, n, b, Rc, gen, device, block=STEP_BLOCK, numpy_draws=True)
         gid = group_ids(start, stop, R, K, device)
         div = Divergence(Rc, device)
-        block = StepBlock(STEP_BLOCK, Rc, p, dtype, device)
+        block = StepBlock(STEP_BLOCK, Rc, p, dtype, device, draw_batch.includes)
         block.W[0] = w_init  # w_t lives in the block's slot for step t; each update writes the next slot
-        for t in range(T1):
+        replay = Replay(lambda: block.steps(STEP_BLOCK, Xt, yt, H, h, n, b), device, cuda_graph)
+        for t0 in range(0, T1, STEP_BLOCK):
             check_cancel(cancel)
-            draw = draw_batch.draw()
-            flat = draw.idx.reshape(-1)
-            s = block.size
-            W, g = block.W[s], block.g[s]
-            XB = Xt.index_select(0, flat).view(Rc, -1, p)  # (Rc, k, p)
-            r = torch.bmm(XB, W[:, :, None]).squeeze(2) - yt.index_select(0, flat).view(Rc, -1)
-            part = torch.bmm(r[:, None, :], XB).squeeze(1)  # Σ_i x_i r_i over the drawn samples
-            torch.div(part if draw.include else n * (W @ H - h) - part, b, out=g)
-            block.size = s + 1
-            if block.size == STEP_BLOCK or t == T1 - 1:
-                S, t0 = block.size, t + 1 - block.size
-                Wb, gb = block.W[:S], block.g[:S]
-                WH = Wb @ H
-                full = WH - h
-                loss = 0.5 * (WH * Wb).sum(dim=2) - Wb @ h + half_yy
-                ok = torch.isfinite(gb).all(dim=2) & (loss.abs() <= DIVERGENCE_LOSS) & torch.isfinite(full).all(dim=2)
-                alive = div.update_block(ok, t0)  # (S, Rc): finite up to and including each step
-                acc_g.update_block(t0, gb, gid, alive)
-                acc_f.update_block(t0, full, gid, alive)
-                acc_loss.update_block(t0, loss, gid, alive)
-                if acc_cond is not None:
-                    Z = torch.cat([Wb, torch.ones((S, Rc, 1), dtype=dtype, device=device)], dim=2)
-                    acc_cond.update_block(t0, c * (((Z @ P) * Z).sum(dim=2) - full.square().sum(dim=2)), gid, alive)
-                finite[t0:t + 1] += alive.sum(dim=1)
-                block.size = 0
-                report(progress, Rc * S)
-            if t < T1 - 1:  # every replica steps; one that diverged is left out of the statistics from then on
-                torch.sub(W, g, alpha=alphas[t], out=block.W[block.size])
+            S, t1 = min(STEP_BLOCK, T1 - t0), min(T1, t0 + STEP_BLOCK)
+            block.load(draw_batch.draw_steps(), alphas_t[t0:t0 + STEP_BLOCK], static=replay.enabled)
+            if S == STEP_BLOCK:
+                replay()  # on CUDA a captured graph of the block's steps; elsewhere the same code, eagerly
+            else:
+                block.steps(S, Xt, yt, H, h, n, b)
+            Wb, gb = block.W[:S], block.g[:S]
+            WH = Wb @ H
+            full = WH - h
+            loss = 0.5 * (WH * Wb).sum(dim=2) - Wb @ h + half_yy
+            ok = torch.isfinite(gb).all(dim=2) & (loss.abs() <= DIVERGENCE_LOSS) & torch.isfinite(full).all(dim=2)
+            alive = div.update_block(ok, t0)  # (S, Rc): finite up to and including each step
+            acc_g.update_block(t0, gb, gid, alive)
+            acc_f.update_block(t0, full, gid, alive)
+            acc_loss.update_block(t0, loss, gid, alive)
+            if acc_cond is not None:
+                Z = torch.cat([Wb, torch.ones((S, Rc, 1), dtype=dtype, device=device)], dim=2)
+                acc_cond.update_block(t0, c * (((Z @ P) * Z).sum(dim=2) - full.square().sum(dim=2)), gid, alive)
+            finite[t0:t1] += alive.sum(dim=1)
+            report(progress, Rc * S)
+            if t1 < T1:  # every replica steps; one that diverged is left out of the statistics from then on
+                block.update(S - 1, 0)
         diverged.add(div)
     curves = {}
     for name, est in (("var_g", acc_g.result()), ("var_full_grad", acc_f.result()), ("loss", acc_loss.result())):

@@ -86,12 +86,13 @@ class Divergence:
         self.bad_at = torch.full((n,), -1, dtype=torch.long, device=device) if bad_at is None else bad_at
         self.alive = self.bad_at < 0
 
-    def update(self, ok: torch.Tensor, t: int) -> torch.Tensor:
-        """Record step t's verdict (``ok``: the replica's quantities are finite); returns the replicas that diverged
-        at this step (a device tensor: testing it for any() is the caller's choice of a host sync)."""
+    def update(self, ok: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """Record step t's verdict (``ok``: the replica's quantities are finite; t a number or a device scalar);
+        returns the replicas that diverged at this step (a device tensor: testing it for any() is the caller's
+        choice of a host sync). The flags are updated in place (a captured CUDA graph may hold them)."""
         newly = self.alive & ~ok
-        self.bad_at = torch.where(newly, torch.full_like(self.bad_at, t), self.bad_at)
-        self.alive = self.alive & ok
+        self.bad_at.copy_(torch.where(newly, t, self.bad_at))
+        self.alive &= ok
         return newly
 
     def update_block(self, ok: torch.Tensor, t0: int) -> torch.Tensor:

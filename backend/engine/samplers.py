@@ -136,9 +136,19 @@ class Sampler:
             self._buffer = list(reversed(self.draw_block(self.block)))
         return self._buffer.pop()
 
+    @property
+    def includes(self) -> bool:
+        """Whether the drawn indices are the batch (True) or its complement (see Draw)."""
+        return True
+
     def draw_block(self, steps: int) -> list[Draw]:
         """The draws of the next ``steps`` steps."""
         return [self._draw_one() for _ in range(steps)]
+
+    def draw_steps(self) -> torch.Tensor:
+        """The indices of the next ``block`` steps as one tensor (block, R, k): the draws of ``block`` calls of
+        ``draw``, for engines that hand a whole block of steps to the device at once."""
+        return torch.stack([d.idx for d in self.draw_block(self.block)])
 
     def _draw_one(self) -> Draw:  # pragma: no cover - interface
         raise NotImplementedError
@@ -147,23 +157,36 @@ class Sampler:
 class WithoutReplacement(Sampler):
     name = "without_replacement"
 
-    def draw_block(self, steps: int) -> list[Draw]:
-        n, b = self.n, self.b
-        include = b <= n - b
-        k = b if include else n - b
+    @property
+    def includes(self) -> bool:
+        return self.b <= self.n - self.b
+
+    def _indices(self, steps: int) -> torch.Tensor:
+        n, k = self.n, self.b if self.includes else self.n - self.b
         if k <= FLOYD_MAX:
             idx = floyd_subsets(steps * self.R, n, k, self.g, self.device, self.numpy_rng)
         else:
             idx = distinct_uniform(steps * self.R, n, k, self.g, self.device, self.redraw)
-        return [Draw(part, include) for part in idx.reshape(steps, self.R, -1)]
+        return idx.reshape(steps, self.R, k)
+
+    def draw_block(self, steps: int) -> list[Draw]:
+        return [Draw(part, self.includes) for part in self._indices(steps)]
+
+    def draw_steps(self) -> torch.Tensor:
+        return self._indices(self.block)
 
 
 class WithReplacement(Sampler):
     name = "with_replacement"
 
     def draw_block(self, steps: int) -> list[Draw]:
-        idx = torch.randint(0, self.n, (steps, self.R, self.b), generator=self.g, device=self.device)
-        return [Draw(part, True) for part in idx]
+        return [Draw(part, True) for part in self._indices(steps)]
+
+    def _indices(self, steps: int) -> torch.Tensor:
+        return torch.randint(0, self.n, (steps, self.R, self.b), generator=self.g, device=self.device)
+
+    def draw_steps(self) -> torch.Tensor:
+        return self._indices(self.block)
 
 
 class EpochReshuffle(Sampler):

@@ -1,0 +1,104 @@
+"""CUDA graph replay of the engines' step code (backend.engine.graphs, issue #13): on a GPU the captured path gives
+the eager path's numbers bitwise — same seeds, same draws — for linear regression (each sampler, a partial last
+block, several chunks, a divergence; two eager runs agree too: the group sums are deterministic segmented sums)
+and the deep linear network (both Σ̂ samplers, thinned recording, a divergence).
+On a CPU there is no graph: the Replay helper runs its body at every call, and the engines' eager path is what the
+rest of the suite tests. The CUDA tests run on a CUDA box (``benchmarks/gpu_check.py`` runs this file there)."""
+
+import numpy as np
+import pytest
+import torch
+
+from backend.config import parse_config
+from backend.engine import deep_linear as engine_deep
+from backend.engine import linreg as engine_linreg
+from backend.engine.graphs import Replay
+from backend.theory import linreg as th
+
+CUDA = torch.device("cuda")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+
+
+def test_without_cuda_the_body_runs_at_every_call():
+    calls = []
+    replay = Replay(lambda: calls.append(len(calls)), torch.device("cpu"))
+    for _ in range(4):
+        replay()
+    assert calls == [0, 1, 2, 3] and not replay.enabled and not replay.captured
+
+
+@pytest.fixture
+def replays(monkeypatch):
+    """Counts graph replays, so a test knows the captured path ran."""
+    count = {"n": 0}
+    original = torch.cuda.CUDAGraph.replay
+
+    def counted(self):
+        count["n"] += 1
+        return original(self)
+
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", counted)
+    return count
+
+
+@needs_cuda
+def test_replay_warms_up_then_captures_and_replays_on_the_same_buffers(replays):
+    x = torch.zeros(4, device=CUDA)
+    step = torch.ones((), device=CUDA)
+    replay = Replay(lambda: x.add_(step), CUDA)
+    for _ in range(3):
+        replay()
+    step.fill_(10.0)  # a replay reads the buffer's current value
+    replay()
+    torch.cuda.synchronize()
+    assert replay.captured and replays["n"] == 3
+    assert x.tolist() == [13.0] * 4  # warm-up 1, capture+replay 1, replay 1, replay 10
+
+
+def _same(a, b):
+    assert a.curves.keys() == b.curves.keys()
+    for q in a.curves:
+        for stat in ("value", "se"):
+            np.testing.assert_array_equal(a.curves[q][stat], b.curves[q][stat], err_msg=q)
+    np.testing.assert_array_equal(a.finite_count, b.finite_count)
+    assert a.diverged_at == b.diverged_at and a.diverged_replicas == b.diverged_replicas
+
+
+@needs_cuda
+@pytest.mark.parametrize("sampler,b,c", [("without_replacement", 16, "0.5"), ("without_replacement", 16, "1.9"),
+                                         ("without_replacement", 460, "0.5"), ("with_replacement", 4, "0.5"),
+                                         ("epoch_reshuffle", 8, "0.5")])
+def test_linear_regression_graph_gives_the_eager_numbers(monkeypatch, replays, sampler, b, c):
+    monkeypatch.setattr(engine_linreg, "CHUNK_ELEMENTS", 100 * max(1, min(b, 500 - b)) * 4)  # several chunks
+    cfg = parse_config({"steps": 100, "batch_sizes": [b], "sampler": sampler,
+                        "lr": {"schedule": "constant", "c": c}})
+    args = (np.asarray(cfg.X, float), np.asarray(cfg.y, float), np.asarray(cfg.w0_values, float),
+            cfg.lr.alphas(cfg.steps), b, 300, sampler, 3, CUDA,
+            float(th.noise_factor(b, cfg.n, sampler)) if sampler != "epoch_reshuffle" else None)
+    eager = engine_linreg.run_replicas(*args, cuda_graph=False)
+    assert replays["n"] == 0
+    graph = engine_linreg.run_replicas(*args, cuda_graph=True)
+    assert replays["n"] > 0
+    _same(graph, eager)
+    if sampler == "with_replacement":  # the statistics' group sums are deterministic too (no atomics)
+        _same(engine_linreg.run_replicas(*args, cuda_graph=False), eager)
+    if c == "1.9":
+        assert eager.diverged_at is not None  # the divergence bookkeeping inside the graph is exercised
+
+
+@needs_cuda
+@pytest.mark.parametrize("b,every,diverge", [(2, 1, False), (2, 7, False), (8, 5, False), (1, 7, True)])
+def test_deep_linear_graph_gives_the_eager_numbers(replays, b, every, diverge):
+    over = {"setting": "deep_linear", "dims": [3, 4, 2], "steps": 60}
+    if diverge:
+        over.update({"dims": [2, 2, 2], "lr": {"schedule": "constant", "c": 3}, "w0": {"seed": 0, "scale": 3}})
+    cfg = parse_config(over)
+    W0 = [np.asarray(W, float) for W in cfg.w0_values]
+    T = [np.asarray(W, float) for W in cfg.teacher_values]
+    args = (W0, T, cfg.lr.alphas(60), b, 64, 5, CUDA)
+    eager = engine_deep.run_replicas(*args, record_every=every, cuda_graph=False)
+    graph = engine_deep.run_replicas(*args, record_every=every, cuda_graph=True)
+    assert (replays["n"] > 0) == (every > 1)  # with every step recorded there is no plain step to capture
+    _same(graph, eager)
+    if diverge:
+        assert eager.diverged_at is not None
