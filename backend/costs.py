@@ -3,8 +3,9 @@
 Each setting's estimate gives ``memory_bytes``, ``seconds`` (calibrated on this project's 2-core CPU box), ``flops``
 (arithmetic of the whole run), ``steps`` (sequential device steps, each a few dozen kernel launches) and ``setting``.
 On a CUDA device the time is
-    fixed_seconds + steps · step_seconds + flops / (efficiency · r),
-r this device's float32 matmul rate (measured once per process), with one GpuModel per setting in GPU_MODELS.
+    fixed_seconds + steps · step_seconds + flops / (efficiency · r)   (or the max of the last two: GpuModel.overlap),
+r this device's matmul rate in the run's precision (measured once per process), with one GpuModel per setting in
+GPU_MODELS, calibrated from ``benchmarks/gpu_check.py``'s CAL lines.
 """
 
 from __future__ import annotations
@@ -12,34 +13,47 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 
 @dataclass(frozen=True)
 class GpuModel:
-    """GPU time of one setting's run: ``efficiency`` is the share of the card's float32 matmul rate reached on the
-    estimate's FLOPs, ``step_seconds`` the cost of one sequential step (kernel launches, small reductions, host
-    syncs), ``fixed_seconds`` the start-up of a run (data, CUDA context, the epoch-0 statistics)."""
+    """GPU time of one setting's run: ``efficiency`` the share of the card's matmul rate reached on the estimate's
+    FLOPs, per precision (a precision without its own figure is timed as float32: its statistics, in float32/64,
+    dominate or it was not measured), ``step_seconds`` the cost of one sequential step (kernel launches, small
+    reductions), ``fixed_seconds`` the start-up of a run (data, CUDA context, the epoch-0 statistics). With
+    ``overlap`` the step cost and the arithmetic overlap (a replayed CUDA graph's launches hide behind its kernels):
+    steps · max(step_seconds, FLOPs per step / rate) instead of their sum."""
 
-    efficiency: float
+    efficiency: dict[str, float]
     step_seconds: float
     fixed_seconds: float = 0.0
+    overlap: bool = False
+
+    def precision(self, arithmetic: str) -> str:
+        """The precision whose rate and efficiency time a run in ``arithmetic``."""
+        return arithmetic if arithmetic in self.efficiency else "float32"
 
 
-# The one calibration, and the card it came from (issue 11; float32, TF32 off, batchvar at 6c619bc):
-GPU_CALIBRATION_CARD = "NVIDIA H100 80GB HBM3, torch 2.11+cu130, float32 matmul 51.6 TFLOP/s"
+# The one calibration, and the card it came from (issue 13, batchvar with CUDA graphs; TF32 off unless tf32):
+GPU_CALIBRATION_CARD = ("NVIDIA H100 80GB HBM3, torch 2.11+cu130, matmul 51.6 (float32) / 358 (tf32) / 529 (bf16) "
+                        "TFLOP/s")
 GPU_MODELS: dict[str, GpuModel] = {
-    # R = 10³ and 10⁴ replicas, T = 2 000, b = 16: 4.65 s and 4.49 s (≈ 2.3 ms per step whatever R: launch- and
-    # sync-bound); R = 10⁵ (two chunks): 11.2 s. The engine is memory-bound, hence the tiny "efficiency".
-    "linear_regression": GpuModel(efficiency=0.0025, step_seconds=2.3e-3),
-    # the paper preset (1 000 replicas × 1 000 steps, b = 16, statistics every 10 steps): 1.0 s
-    "deep_linear": GpuModel(efficiency=0.25, step_seconds=2.7e-4),
-    # the paper preset (5 × 50 replicas, b = 64, 48 000 training images): 1 epoch 17.7 s, 3 epochs 25.6 s
-    "mlp": GpuModel(efficiency=0.60, step_seconds=3e-4, fixed_seconds=13.6),
-    # the paper preset (100 replicas, b = 32), 1 epoch with the epoch-0 and epoch-1 statistics: 105 s (one figure:
-    # start-up and per-epoch cost are not told apart)
-    "sequence": GpuModel(efficiency=0.018, step_seconds=3e-4),
+    # R = 10³, 10⁴, 10⁵ replicas, T = 2 000, b = 16 (float64, one chunk each): 0.338, 0.416, 3.50 s — launch-bound
+    # (0.17 ms per step) up to 10⁴ replicas, then bound by the gather of the drawn rows of X
+    "linear_regression": GpuModel(efficiency={"float32": 0.00142}, step_seconds=1.69e-4, overlap=True),
+    # the paper preset (1 000 replicas × 1 000 steps, b = 16, statistics every 10 steps): 0.98 s
+    "deep_linear": GpuModel(efficiency={"float32": 0.25}, step_seconds=2.7e-4),
+    # the paper preset (5 × 50 replicas, b = 64, 48 000 training images), 1 and 2 epochs: float32 13.5 / 17.9 s,
+    # tf32 11.7 / 15.8 s, bf16 13.0 / 19.2 s (training is memory-bound: 250 replicas × 1.33 M float32 weights read
+    # and written every step; bf16 autocast adds a cast of every weight)
+    "mlp": GpuModel(efficiency={"float32": 0.55, "tf32": 0.134, "bf16": 0.060}, step_seconds=3e-4,
+                    fixed_seconds=9.0),
+    # the paper preset (100 replicas, b = 32), 1 epoch with the epoch-0 and epoch-1 statistics: 105 s in float32
+    # (one figure: start-up and per-epoch cost are not told apart; the training alone is ≈ 10 s of it)
+    "sequence": GpuModel(efficiency={"float32": 0.018}, step_seconds=3e-4),
 }
 
 
@@ -68,17 +82,21 @@ def matmul_rate(device: str, arithmetic: str = "float32") -> float:
     return 2 * 4096**3 / best
 
 
-def gpu_seconds(est: dict, rate: float) -> float:
-    """The estimate's run time on a GPU whose float32 matmul rate is ``rate`` FLOP/s (GPU_MODELS[est["setting"]])."""
+def gpu_seconds(est: dict, rate: Callable[[str], float]) -> float:
+    """The estimate's run time on a GPU whose matmul rate in a precision is ``rate(precision)`` FLOP/s
+    (GPU_MODELS[est["setting"]])."""
     model = GPU_MODELS[est["setting"]]
-    return model.fixed_seconds + est["steps"] * model.step_seconds + est["flops"] / (model.efficiency * rate)
+    arithmetic = model.precision(est.get("precision", "float32"))
+    compute = est["flops"] / (model.efficiency[arithmetic] * rate(arithmetic))
+    steps = est["steps"] * model.step_seconds
+    return model.fixed_seconds + (max(steps, compute) if model.overlap else steps + compute)
 
 
 def device_seconds(est: dict, device: torch.device) -> float:
-    """The estimate's run time on ``device``: the 2-core CPU model, or gpu_seconds at the card's measured rate."""
+    """The estimate's run time on ``device``: the 2-core CPU model, or gpu_seconds at the card's measured rates."""
     if device.type != "cuda":
         return est["seconds"]
-    return gpu_seconds(est, matmul_rate(str(device), est.get("precision", "float32")))
+    return gpu_seconds(est, lambda arithmetic: matmul_rate(str(device), arithmetic))
 
 
 def device_name(device: torch.device) -> str:
@@ -92,7 +110,7 @@ def where(device: torch.device, arithmetic: str = "float32") -> str:
         return "on 2 CPU cores" + ("" if arithmetic == "float32" else
                                    f" (precision {arithmetic}: the CPU model is float32's; there is no TF32 on a CPU)")
     return (f"on {device_name(device)} (from its measured {arithmetic} matmul rate, with the per-setting model "
-            f"calibrated in float32 on an {GPU_CALIBRATION_CARD.split(',')[0]}: expect ±30 % on cards like it)")
+            f"calibrated on an {GPU_CALIBRATION_CARD.split(',')[0]}: expect ±30 % on cards like it)")
 
 
 def format_duration(seconds: float) -> str:

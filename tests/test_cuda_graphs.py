@@ -69,7 +69,7 @@ def _same(a, b):
                                          ("without_replacement", 460, "0.5"), ("with_replacement", 4, "0.5"),
                                          ("epoch_reshuffle", 8, "0.5")])
 def test_linear_regression_graph_gives_the_eager_numbers(monkeypatch, replays, sampler, b, c):
-    monkeypatch.setattr(engine_linreg, "CHUNK_ELEMENTS", 100 * max(1, min(b, 500 - b)) * 4)  # several chunks
+    monkeypatch.setitem(engine_linreg.CHUNK_ELEMENTS, "cuda", 100 * max(1, min(b, 500 - b)) * 9)  # several chunks
     cfg = parse_config({"steps": 100, "batch_sizes": [b], "sampler": sampler,
                         "lr": {"schedule": "constant", "c": c}})
     args = (np.asarray(cfg.X, float), np.asarray(cfg.y, float), np.asarray(cfg.w0_values, float),

@@ -24,7 +24,9 @@ from backend.engine.samplers import FLOYD_MAX, _stream_length, make_sampler
 from backend.engine.runner import DIVERGENCE_LOSS, Divergence, DivergenceLog, check_cancel, chunks, report
 from backend.stats import MeanAccumulator, VarianceAccumulator, group_ids, n_groups
 
-CHUNK_ELEMENTS = 8_000_000  # gathered batch elements (replicas × k × p) per chunk
+# gathered batch elements (replicas × k × (p + 1)) per chunk: on a CPU a chunk's batches stay small; a GPU takes
+# R = 10⁵ at b = 16 in one chunk (fewer, larger steps: 3.73 → 3.50 s on an H100 for T = 2 000)
+CHUNK_ELEMENTS = {"cpu": 8_000_000, "cuda": 64_000_000}
 STEP_BLOCK = 32  # steps whose indices are drawn at once and whose statistics are accumulated at once
 
 
@@ -57,8 +59,8 @@ class StepBlock:
         R, p = self.W.shape[1], self.W.shape[2]
         flat = self.idx[s].reshape(-1)
         W = self.W[s]
-        XB = X.index_select(0, flat).view(R, -1, p)  # (R, k, p)
-        r = torch.bmm(XB, W[:, :, None]).squeeze(2) - y.index_select(0, flat).view(R, -1)
+        XB, yB = X.index_select(0, flat).view(R, -1, p), y.index_select(0, flat).view(R, -1)  # (R, k, p), (R, k)
+        r = torch.bmm(XB, W[:, :, None]).squeeze(2) - yB
         part = torch.bmm(r[:, None, :], XB).squeeze(1)  # Σ_i x_i r_i over the drawn samples
         torch.div(part if self.include else n * (W @ H - h) - part, b, out=self.g[s])
 
@@ -92,9 +94,10 @@ def seed_for(seed: int, *keys: int) -> int:
     return int(np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-def chunk_size(R: int, b: int, n: int, p: int) -> int:
+def chunk_size(R: int, b: int, n: int, p: int, device_type: str = "cpu") -> int:
+    """Replicas per chunk on a device of this type ("cpu" or "cuda")."""
     k = max(1, min(b, n - b))
-    return int(max(2, min(R, CHUNK_ELEMENTS // (k * (p + 1)))))
+    return int(max(2, min(R, CHUNK_ELEMENTS.get(device_type, CHUNK_ELEMENTS["cpu"]) // (k * (p + 1)))))
 
 
 def run_replicas(
@@ -135,7 +138,7 @@ def run_replicas(
     # α_t as a device tensor, padded past T so that every block reads STEP_BLOCK of them (the last one unused)
     alphas_t = torch.zeros(T1 + STEP_BLOCK, dtype=dtype, device=device)
     alphas_t[:T1 - 1] = torch.as_tensor(np.asarray(alphas, dtype=np.float64), dtype=dtype)
-    for chunk in chunks(R, chunk_size(R, b, n, p)):
+    for chunk in chunks(R, chunk_size(R, b, n, p, device.type)):
         start, stop, Rc = chunk.start, chunk.stop, chunk.size
         gen = torch.Generator(device=device)
         gen.manual_seed(seed_for(seed, b, chunk.number))
@@ -195,17 +198,22 @@ def run_replicas(
     )
 
 
-def estimate_cost(R: int, T: int, b: int, n: int, p: int) -> dict[str, float]:
-    """Rough memory (bytes) and time (seconds, 2 CPU cores) of one batch size's run, for the resource guard."""
+def estimate_cost(R: int, T: int, b: int, n: int, p: int, device_type: str = "cpu") -> dict[str, float]:
+    """Rough memory (bytes) and time (seconds, 2 CPU cores) of one batch size's run on a device of this type, for
+    the resource guard."""
     k = max(1, min(b, n - b))
-    Rc = chunk_size(R, b, n, p)
+    Rc = chunk_size(R, b, n, p, device_type)
     K = n_groups(R)
-    memory = 8.0 * (Rc * k * (p + 2) * 3 + 2 * K * (T + 1) * (p + 2))
+    # the gathered batches, the accumulators, a block's weights, gradients and statistics, and the sampler's block
+    # of draws (Floyd: k per row; the stream: m per row, sorted); peak RSS on a CPU, largest chunks of Graduate
+    # Admission: 3.29 / 1.26 / 1.86 / 3.03 GB at b = 4 / 16 / 250 / 500, modelled 4.08 / 1.81 / 2.21 / 3.48
+    m = _stream_length(k, n)
+    sampler_words = 3 * k if k <= FLOYD_MAX else 5 * m
+    memory = 8.0 * (Rc * k * (p + 2) * 3 + 2 * K * (T + 1) * (p + 2) + STEP_BLOCK * Rc * (8 * p + sampler_words))
     chunks = math.ceil(R / Rc)
     # per step: fixed overhead, the gathers and products, and the sampler (Floyd's O(k²) comparisons for k ≤ 32, the
     # stream's sort above); calibrated on 2 CPU cores (R = 1 000: ≈ 0.8 / 4.9 / 25 ms measured at b = 16 / 64 / 256,
     # 1.0 / 4.4 / 24 ms modelled)
-    m = _stream_length(k, n)
     sampler_s = 1e-9 * Rc * k * k if k <= FLOYD_MAX else 5.5e-9 * Rc * m * math.log2(m)
     time_s = chunks * (T + 1) * (2e-4 + 4e-9 * Rc * k * (p + 1) + sampler_s)
     return {"memory_bytes": memory, "seconds": time_s, "flops": 8.0 * R * (T + 1) * k * (p + 2),

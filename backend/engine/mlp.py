@@ -30,7 +30,7 @@ import torch
 from torch.func import functional_call, grad, grad_and_value, vmap
 
 from backend import lemma1
-from backend.engine.linreg import seed_for
+from backend.engine.linreg import STEP_BLOCK, seed_for
 from backend.engine.noise import linear_relu_noise_terms, noise_terms
 from backend.engine.runner import ACTIVATION_ELEMENTS, Divergence, DivergenceLog, check_cancel, precision, report
 from backend.engine.samplers import make_sampler
@@ -285,10 +285,14 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
         record(0)
     last_ckpt = time.monotonic()
     for epoch in range(start_epoch, epochs):
+        draws: list = []
         for s in range(steps_per_epoch):
             check_cancel(cancel)
             t = epoch * steps_per_epoch + s
-            dr = draw.draw()
+            if not draws:  # indices for a block of steps at once, within the epoch (a checkpoint's generator state
+                # at the epoch's end is then the same whether the run was resumed or not)
+                draws = draw.draw_block(min(STEP_BLOCK, steps_per_epoch - s))[::-1]
+            dr = draws.pop()
             with precision(arithmetic, device):
                 g, loss = rep.grad_and_loss(params, Xtr[dr.idx], Ytr[dr.idx])
             div.update(torch.isfinite(loss), t)
@@ -296,8 +300,8 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
             a = alphas_fn(t)
             if opt is not None:
                 new = opt.step(params, g, opt_state, a, t)
-            else:
-                new = {k: params[k] - a * g[k] for k in params}
+            else:  # one fused pass per tensor: w − α g
+                new = {k: torch.add(params[k], g[k], alpha=-a) for k in params}
             # no host sync: a dead replica keeps stepping (its weights may turn NaN) — replicas never mix, and every
             # statistic leaves it out through ``alive``
             params = new

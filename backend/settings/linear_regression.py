@@ -378,8 +378,9 @@ def cached_simulation(config: LinearRegressionConfig, device: torch.device, cach
 
 
 def estimate(config: LinearRegressionConfig) -> dict[str, float]:
-    return combine_costs([engine.estimate_cost(config.replicas, config.steps, b, config.n, config.p)
-                          for b in config.batch_sizes])
+    on_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    return combine_costs([engine.estimate_cost(config.replicas, config.steps, b, config.n, config.p,
+                                               "cuda" if on_cuda else "cpu") for b in config.batch_sizes])
 
 
 def _key(kind: str, config: LinearRegressionConfig, extra: dict | None = None) -> str:
