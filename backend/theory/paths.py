@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import functools
+
 import numpy as np
 
 from backend.theory.linreg import LinRegProblem
+
 
 
 def moment_paths(problem: LinRegProblem, w0: np.ndarray, scales: np.ndarray, shape: np.ndarray, c: np.ndarray,
@@ -59,53 +62,110 @@ def moment_paths(problem: LinRegProblem, w0: np.ndarray, scales: np.ndarray, sha
     shape = np.asarray(shape, dtype=np.float64)
     cs = np.asarray(c, dtype=np.float64)[order]
     L, Gn = len(order), len(grid)
-    hz_list = hz.tolist()
-    grid_index = {int(t): j for j, t in enumerate(grid)}
-    z = np.concatenate([np.tile(np.asarray(w0, dtype=np.float64) @ U, (L, 1)), np.ones((L, 1))], axis=1)
-    V = np.zeros((L, p * p))
-    out = {k: np.full(L, np.nan) for k in ("var_g", "var_full_grad", "loss", "noise_scale")}
-    out.update(grid_loss=np.full((L, Gn), np.nan), grid_noise_scale=np.full((L, Gn), np.nan),
-               first_below=np.full(L, -1, dtype=np.int64))
-    at_step: dict[int, list[int]] = {}
-    for k, t in enumerate(rec):
-        at_step.setdefault(int(t), []).append(k)
-    gsq = G.T @ G  # ‖∇L(μ)‖² = zᵀ GᵀG z
+    P2, Q2 = p * p, q * q
+    # The state of lane l is one row X[l] = [vec Z | vec V | μ | 1] (Z = z zᵀ, z = [μ; 1], so z is X's last q
+    # columns). Everything the recursion needs is linear in it: with K's columns [Q(V, μ) | h̃],
+    #   X·K = [Z·Kz + V·Kv | h̃],   W = [vec V | μ] ← D_t ⊙ W + M_t ⊙ (X·K),
+    # D_t = [vec(A_t ⊗ A_t) | A_t] (A_t = I − α_t Λ, diagonal here) and M_t = [α_t² c | α_t] per lane: one GEMM and a
+    # few elementwise products per step, whatever the number of lanes; E L = X·[lz | lv | 0].
+    X = np.zeros((L, Q2 + P2 + q))
+    X[:, Q2 + P2:Q2 + P2 + p] = np.asarray(w0, dtype=np.float64) @ U
+    X[:, -1] = 1.0
+    K = np.zeros((Q2 + P2 + q, P2 + p))
+    K[:Q2, :P2], K[Q2:Q2 + P2, :P2], K[-1, P2:] = Kz, Kv, he
+    zeros_mu = np.zeros(q)
 
-    def outer_z(zk: np.ndarray) -> np.ndarray:
-        return (zk[:, :, None] * zk[:, None, :]).reshape(len(zk), -1)
+    def on_state(v_part: np.ndarray, z_part: np.ndarray) -> np.ndarray:  # a linear functional of X
+        return np.concatenate([z_part, v_part, zeros_mu])
 
-    def moments(zk: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, ...]:
-        Z = outer_z(zk)
-        var_full = v @ hv
-        trace_sigma = v @ sv + Z @ sz  # E tr Σ(w_t) = tr Q_V(V) + tr Q_m(μ)
-        return var_full, trace_sigma, trace_sigma / (Z @ gsq.reshape(-1) + var_full), Z @ lz + v @ lv
-
-    active = L
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a diverging lane runs to inf / NaN
-        for t in range(int(hz[0]) + 1 if L else 0):
-            while active and hz_list[active - 1] < t:
-                active -= 1
-            if t in at_step:
-                ks = np.asarray(at_step[t])
-                var_full, trace_sigma, scale, loss = moments(z[ks], V[ks])
-                out["var_full_grad"][ks], out["noise_scale"][ks], out["loss"][ks] = var_full, scale, loss
-                out["var_g"][ks] = var_full + cs[ks] * trace_sigma
-            if t in grid_index:
-                _, _, scale, loss = moments(z[:active], V[:active])
-                out["grid_loss"][:active, grid_index[t]] = loss
-                out["grid_noise_scale"][:active, grid_index[t]] = scale
-            zk, v = z[:active], V[:active]
-            Z = outer_z(zk)
-            if target is not None:
-                first = out["first_below"][:active]
-                first[(Z @ lz + v @ lv <= target) & (first < 0)] = t
-            if t == hz_list[0]:
-                break
-            k = active if hz_list[active - 1] > t else int(np.count_nonzero(hz[:active] > t))  # lanes taking step t
-            a = (lane_scale[:k] * shape[t])[:, None]
-            A = 1.0 - a * lam  # (k, p): A_t in the eigenbasis
-            V[:k] = v[:k] * (A[:, :, None] * A[:, None, :]).reshape(k, -1) \
-                + (a * a) * cs[:k, None] * (v[:k] @ Kv + Z[:k] @ Kz)
-            z[:k, :p] = zk[:k, :p] - a * (zk[:k, :p] * lam - he)
+    l_loss = on_state(lv, lz)
+    l_var_full = on_state(hv, np.zeros(Q2))  # E‖∇L − E∇L‖² = tr HVH = V·hv
+    l_trace = on_state(sv, sz)  # E tr Σ(w_t) = tr Q_V(V) + tr Q_m(μ)
+    l_grad2 = on_state(hv, (G.T @ G).reshape(-1))  # E‖∇L(w_t)‖² = tr HVH + ‖∇L(μ)‖²
+    F = np.stack([l_loss, l_var_full, l_trace, l_grad2])  # the functionals read at recorded and grid steps
+    rec_out = np.full((L, 4), np.nan)  # per lane at its recorded step: E L, var ∇L, E tr Σ, E‖∇L‖²
+    grid_out = np.full((L, Gn, 4), np.nan)
+    first_below = np.full(L, -1, dtype=np.int64)
+    _run_lanes(X, K, F, lam, lane_scale, shape, cs, hz, rec, np.asarray(grid, dtype=np.int64),
+               np.inf if target is None else float(target), target is not None, p, rec_out, grid_out, first_below)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = {"loss": rec_out[:, 0], "var_full_grad": rec_out[:, 1], "var_g": rec_out[:, 1] + cs * rec_out[:, 2],
+               "noise_scale": rec_out[:, 2] / rec_out[:, 3], "grid_loss": grid_out[:, :, 0],
+               "grid_noise_scale": grid_out[:, :, 2] / grid_out[:, :, 3], "first_below": first_below}
     inverse = np.argsort(order)
     return {key: val[inverse] for key, val in out.items()}
+
+
+@functools.cache
+def _compiled():
+    """The time loop compiled by numba (on first use; the machine code is cached on disk, so later processes load
+    it in a fraction of a second): 50 000 sequential steps cost microseconds each instead of numpy's per-call
+    overhead (0.97 → 0.21 s for the advisor benchmark)."""
+    import numba
+
+    return numba.njit(cache=True, nogil=True)(_lanes_loop)
+
+
+def _run_lanes(*args) -> None:
+    _compiled()(*args)
+
+
+def warm_up() -> None:
+    """Compile the time loop now (≈ 4 s once per install; ``make run`` and ``make test`` call this after installing)
+    rather than at a user's first advice."""
+    X = np.array([[1.0, 0.5], [0.2, 1.0], [-1.0, 0.3]])
+    moment_paths(LinRegProblem(X, np.array([1.0, 0.0, -1.0])), np.zeros(2), np.array([0.1, 0.2]), np.ones(4),
+                 np.array([0.5, 0.0]), np.array([4, 2]), grid=[0, 2], target=0.1)
+
+
+def _lanes_loop(X, K, F, lam, lane_scale, shape, cs, hz, rec, grid, target, has_target, p, rec_out, grid_out,
+                first_below):
+    """The time loop of moment_paths, compiled: X (L, q² + p² + q) the lanes' states [vec Z | vec V | μ | 1], sorted
+    by horizon (longest first, so the active lanes are a prefix); K = [Kz; Kv; 0; (0 | h̃)]; F the functionals
+    (E L, var ∇L, E tr Σ, E‖∇L‖²) read at each lane's recorded step (rec_out) and at the grid steps (grid_out)."""
+    L, width = X.shape
+    q = p + 1
+    Q2, P2 = q * q, p * p
+    A = np.empty(p)
+    active = L
+    gi = 0
+    for t in range(hz[0] + 1 if L else 0):
+        while active > 0 and hz[active - 1] < t:
+            active -= 1
+        for l in range(active):  # Z_t = z zᵀ from z = X[l, −q:]
+            for i in range(q):
+                zi = X[l, width - q + i]
+                for j in range(q):
+                    X[l, i * q + j] = zi * X[l, width - q + j]
+        on_grid = gi < len(grid) and grid[gi] == t
+        for l in range(active):
+            if rec[l] == t or on_grid or has_target:
+                vals = F @ X[l]
+                if rec[l] == t:
+                    rec_out[l, :] = vals
+                if on_grid:
+                    grid_out[l, gi, :] = vals
+                if has_target and first_below[l] < 0 and vals[0] <= target:
+                    first_below[l] = t
+        if on_grid:
+            gi += 1
+        if t == hz[0]:
+            break
+        k = active
+        while k > 0 and hz[k - 1] <= t:  # lanes taking step t
+            k -= 1
+        if k == 0:
+            continue
+        R = X[:k] @ K  # [Q(V_t, μ_t) | h̃] per lane
+        for l in range(k):
+            a = lane_scale[l] * shape[t]
+            noise = a * a * cs[l]
+            for i in range(p):
+                A[i] = 1.0 - a * lam[i]
+            for i in range(p):  # V_{t+1} = A V A + α² c Q(V, μ)
+                for j in range(p):
+                    c = Q2 + i * p + j
+                    X[l, c] = X[l, c] * A[i] * A[j] + noise * R[l, i * p + j]
+            for i in range(p):  # μ_{t+1} = A μ + α h̃
+                c = Q2 + P2 + i
+                X[l, c] = X[l, c] * A[i] + a * R[l, P2 + i]
