@@ -1,6 +1,7 @@
 """No host synchronisation inside the step loops: the linear-regression and deep-linear engines read device values
 back (Tensor.__bool__, .item(), .tolist(), .cpu()) a number of times that does not grow with the steps between
-recorded steps or blocks — counted on the CPU, where the same code runs."""
+recorded steps or blocks, and the MLP/sequence loop once per block of steps at most — counted on the CPU, where the
+same code runs."""
 
 import numpy as np
 import pytest
