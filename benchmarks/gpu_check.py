@@ -1,4 +1,4 @@
-"""One prepared GPU check (≈ 6 min on an H100, parts skipped past ``--budget`` seconds): correctness of every engine on
+"""One prepared GPU check (≈ 3 min on an H100, parts skipped past ``--budget`` seconds): correctness of every engine on
 the device, then the GPU timings the issues ask for. Not a test; prints one line per result and appends each line to
 ``--out``/gpu_check.txt as it comes (a run cut short keeps what it measured).
 
