@@ -66,7 +66,7 @@ class VarianceAccumulator:
     def update_block(self, t0: int, x: torch.Tensor, gid: Groups, valid: torch.Tensor) -> None:
         """Add S steps at once: x (S, R, d) and valid (S, R) at steps t0 … t0 + S − 1. Each step's numbers are those
         of S separate ``update`` calls (the same sums in the same order), in a fixed number of tensor operations."""
-        K, S = self.K, x.shape[0]
+        S = x.shape[0]
         x = torch.where(valid[..., None], x.to(torch.float64), 0.0)
         w = valid.to(torch.float64)
         cnt = gid.sum(w, 1)

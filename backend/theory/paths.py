@@ -4,14 +4,12 @@ eigenbasis of H with every map precomputed as a Kronecker matrix."""
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import functools
+from typing import Sequence
 
 import numpy as np
 
 from backend.theory.linreg import LinRegProblem
-
 
 
 def moment_paths(problem: LinRegProblem, w0: np.ndarray, scales: np.ndarray, shape: np.ndarray, c: np.ndarray,
@@ -73,10 +71,10 @@ def moment_paths(problem: LinRegProblem, w0: np.ndarray, scales: np.ndarray, sha
     X[:, -1] = 1.0
     K = np.zeros((Q2 + P2 + q, P2 + p))
     K[:Q2, :P2], K[Q2:Q2 + P2, :P2], K[-1, P2:] = Kz, Kv, he
-    zeros_mu = np.zeros(q)
+    zeros_tail = np.zeros(q)  # μ and the constant 1 enter no functional below
 
     def on_state(v_part: np.ndarray, z_part: np.ndarray) -> np.ndarray:  # a linear functional of X
-        return np.concatenate([z_part, v_part, zeros_mu])
+        return np.concatenate([z_part, v_part, zeros_tail])
 
     l_loss = on_state(lv, lz)
     l_var_full = on_state(hv, np.zeros(Q2))  # E‖∇L − E∇L‖² = tr HVH = V·hv
