@@ -87,6 +87,20 @@ def test_linear_regression_graph_gives_the_eager_numbers(monkeypatch, replays, s
 
 
 @needs_cuda
+@pytest.mark.parametrize("b", [16, 460])
+def test_linear_regression_column_major_gather_gives_the_row_major_numbers(monkeypatch, b):
+    """On CUDA the drawn rows of X are gathered from a column-major copy (engine GATHER_LAYOUT: the elementwise
+    gather kernel instead of the row kernel); the numbers are those of the row-major gather, bit for bit."""
+    assert engine_linreg.GATHER_LAYOUT["cuda"] == "columns"
+    cfg = parse_config({"steps": 70, "batch_sizes": [b]})
+    args = (np.asarray(cfg.X, float), np.asarray(cfg.y, float), np.asarray(cfg.w0_values, float),
+            cfg.lr.alphas(cfg.steps), b, 500, "without_replacement", 4, CUDA, float(th.noise_factor(b, cfg.n)))
+    columns = engine_linreg.run_replicas(*args)
+    monkeypatch.setitem(engine_linreg.GATHER_LAYOUT, "cuda", "rows")
+    _same(engine_linreg.run_replicas(*args), columns)
+
+
+@needs_cuda
 @pytest.mark.parametrize("b,every,diverge", [(2, 1, False), (2, 7, False), (8, 5, False), (1, 7, True)])
 def test_deep_linear_graph_gives_the_eager_numbers(replays, b, every, diverge):
     over = {"setting": "deep_linear", "dims": [3, 4, 2], "steps": 60}

@@ -162,3 +162,24 @@ def test_block_of_steps_gives_the_numbers_of_step_by_step(monkeypatch, sampler):
     np.testing.assert_array_equal(blocked.finite_count, stepwise.finite_count)
     assert blocked.diverged_at == stepwise.diverged_at
 
+
+
+@pytest.mark.parametrize("b", [16, 460])
+def test_column_major_gather_gives_the_row_major_numbers(monkeypatch, b):
+    """CUDA gathers the drawn rows of X from a column-major copy (GATHER_LAYOUT; the fast kernel there): the rows,
+    and so every statistic, are bit for bit those of the row-major gather — here on a CPU, for a batch and a
+    complement draw (b = 460 of n = 500), several chunks and a divergence (tests/test_cuda_graphs.py checks the same
+    on CUDA)."""
+    monkeypatch.setitem(engine.CHUNK_ELEMENTS, "cpu", min(b, 500 - b) * 9 * 70)
+    cfg = parse_config({"steps": 40, "batch_sizes": [b], "lr": {"schedule": "constant", "c": "10"}})
+    assert engine.GATHER_LAYOUT["cpu"] == "rows"
+    rows = run(cfg, b, R=200, seed=5)
+    monkeypatch.setitem(engine.GATHER_LAYOUT, "cpu", "columns")
+    Xg = engine.gather_source(torch.as_tensor(np.asarray(cfg.X, float)), "cpu")
+    assert not Xg.is_contiguous() and Xg.T.is_contiguous()  # the column-major copy is really the one gathered from
+    columns = run(cfg, b, R=200, seed=5)
+    for q in rows.curves:
+        for stat in ("value", "se"):
+            np.testing.assert_array_equal(columns.curves[q][stat], rows.curves[q][stat], err_msg=q)
+    np.testing.assert_array_equal(columns.finite_count, rows.finite_count)
+    assert rows.diverged_at is not None and columns.diverged_at == rows.diverged_at
