@@ -12,12 +12,14 @@ their wheels in .whl/ here, carried with the call):
 
 Checks (each prints PASS/FAIL): tests/test_cuda_graphs.py (the captured CUDA graphs of the linear-regression and
 deep-linear steps give the eager numbers bitwise); linear regression and the deep linear network at t = 1 against
-their exact theory on the device (|z| ≤ 4 wherever defined), MLP replica gradients (vmap) against separate module
-copies on the device.
+their exact theory on the device (|z| ≤ 4 wherever defined), MLP replica gradients (vmap) and the engine's fused SGD
+step against separate module copies (torch.optim.SGD) on the device.
 Timings, each with a ``CAL`` line (the estimate's steps and FLOPs beside the measured seconds: what backend/costs.py's
-GPU models are fitted to): linear-regression engine (R = 10³, 10⁴, 10⁵, T = 2 000, b = 16), graph and eager;
+GPU models are fitted to): linear-regression engine (R = 10³, 10⁴, 10⁵, T = 2 000, b = 16), graph and eager, and the
+graph gathering X's rows from the other memory layout;
 deep-linear paper preset (1 000 replicas, 1 000 steps, b = 16), graph and eager, against the naive per-replica loop;
-one epoch of the MLP paper preset (5 × 50 replicas of 784-1024-512-10, b = 64, on a synthetic 60 000-image IDX set:
+the MLP paper preset's training steps (the engine's fused step beside the vmap gradient + update) and one epoch of
+it (5 × 50 replicas of 784-1024-512-10, b = 64, on a synthetic 60 000-image IDX set:
 timing does not depend on pixel values) in float32, tf32 and bf16 with achieved FLOP/s against this card's matmul
 rate in that precision; the sequence paper preset's vmap+AdamW throughput in each precision (extrapolated to an
 epoch) and against the per-replica loop.
@@ -144,28 +146,53 @@ def check_mlp_grads(dev: torch.device) -> None:
         for name, p in m.named_parameters():
             worst = max(worst, float((p.grad - g[name][r]).abs().max()))
     check("MLP vmap gradients vs module copies", worst < 1e-10, f"max |difference| = {worst:.2e}")
+    from backend.engine import linear_relu
+
+    worst = 0.0
+    for r in range(6):  # the engine's training step (update fused into the gradient products) vs torch.optim.SGD
+        m = mlp_engine.make_model(20, (16, 8), 4).double().to(dev)
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                p.copy_(params[name][r])
+        m.zero_grad()
+        torch.nn.functional.cross_entropy(m(X[idx[r]]), Y[idx[r]]).backward()
+        torch.optim.SGD(m.parameters(), lr=0.3).step()
+        stepped = {k: v[r:r + 1].clone() for k, v in params.items()}
+        linear_relu.sgd_step(stepped, X[idx[r:r + 1]], Y[idx[r:r + 1]], 0.3)
+        for name, p in m.named_parameters():
+            worst = max(worst, float((p.detach() - stepped[name][0]).abs().max()))
+    check("MLP fused SGD step vs torch.optim.SGD on module copies", worst < 1e-10, f"max |difference| = {worst:.2e}")
 
 
 def time_linreg(dev: torch.device, small: bool) -> None:
     """The linear-regression engine at R = 10³, 10⁴, 10⁵ (T = 2 000, b = 16; issue #13's targets on a GPU: ≤ 0.5 s
-    at 10³ and ≤ 3 s at 10⁵), with the block's steps replayed as a CUDA graph and eagerly."""
+    at 10³ and ≤ 3 s at 10⁵), with the block's steps replayed as a CUDA graph and eagerly, each gathering X's rows
+    from the device's layout (linreg.GATHER_LAYOUT: column-major on CUDA); and, side by side, the graph gathering
+    from a row-major X (the layout before; torch's row-gather kernel)."""
     T, sizes = (200, (200, 2000)) if small else (2000, (1000, 10_000, 100_000))
     cfg = parse_config({"steps": T, "batch_sizes": [16]})
     X, y, w0 = np.asarray(cfg.X, float), np.asarray(cfg.y, float), np.asarray(cfg.w0_values, float)
     alphas = cfg.lr.alphas(T)
     c = float(th.noise_factor(16, cfg.n))
+    layout = linreg.GATHER_LAYOUT.get(dev.type, "rows")
     for R in sizes:
         est = api.estimate(parse_config({"steps": T, "batch_sizes": [16], "replicas": R, "device": dev.type}))
         secs = {}
-        for graph in (True, False):
-            run = lambda: linreg.run_replicas(X, y, w0, alphas, 16, R, "without_replacement", 0, dev, c,  # noqa: E731
-                                              cuda_graph=graph)
-            linreg.run_replicas(X, y, w0, alphas[:80], 16, R, "without_replacement", 0, dev, c, cuda_graph=graph)
-            secs[graph] = timed(run, dev)
-            calibration(est, secs[graph], f"R = {R}, {'graph' if graph else 'eager'}")
-        say(f"TIME linear regression engine, R = {R}, T = {T}, b = 16 on {dev}: CUDA graph {secs[True]:.2f} s "
-            f"({secs[True] / (T + 1) * 1e3:.3f} ms per step), eager {secs[False]:.2f} s "
-            f"({secs[False] / (T + 1) * 1e3:.3f} ms per step); estimated {costs.device_seconds(est, dev):.2f} s")
+        for graph, gather in ((True, layout), (False, layout), (True, "rows" if layout == "columns" else "columns")):
+            linreg.GATHER_LAYOUT[dev.type] = gather
+            try:
+                run = lambda: linreg.run_replicas(X, y, w0, alphas, 16, R, "without_replacement", 0, dev,  # noqa: E731
+                                                  c, cuda_graph=graph)
+                linreg.run_replicas(X, y, w0, alphas[:80], 16, R, "without_replacement", 0, dev, c, cuda_graph=graph)
+                secs[graph, gather] = timed(run, dev)
+            finally:
+                linreg.GATHER_LAYOUT[dev.type] = layout
+            calibration(est, secs[graph, gather], f"R = {R}, {'graph' if graph else 'eager'}, {gather}")
+        other = [key for key in secs if key[1] != layout][0]
+        say(f"TIME linear regression engine, R = {R}, T = {T}, b = 16 on {dev}: CUDA graph {secs[True, layout]:.2f} s "
+            f"({secs[True, layout] / (T + 1) * 1e3:.3f} ms per step), eager {secs[False, layout]:.2f} s "
+            f"({secs[False, layout] / (T + 1) * 1e3:.3f} ms per step), X gathered from {layout}; the graph gathering "
+            f"from {other[1]}: {secs[other]:.2f} s; estimated {costs.device_seconds(est, dev):.2f} s")
 
 
 def time_deep(dev: torch.device, small: bool) -> None:
@@ -212,8 +239,11 @@ def time_mlp(dev: torch.device, small: bool, rate: float) -> None:
 
 
 def time_mlp_steps(dev: torch.device, small: bool, arithmetic: str) -> None:
-    """The training steps alone (vmap gradient in ``arithmetic`` + SGD update, batches gathered from the device):
-    what one epoch of the paper preset costs without its statistics."""
+    """The training steps alone (batches gathered from the device), in ``arithmetic``: the engine's step for the MLP
+    (backend.engine.linear_relu.sgd_step: the update accumulated into each layer's weight-gradient product, in
+    place) and, side by side, the generic one (vmap gradient + the fused update pass): what one epoch of the paper
+    preset costs without its statistics."""
+    from backend.engine import linear_relu
     from backend.engine.runner import precision
 
     hidden, N, n, steps = ((64, 32), 8, 3000, 10) if small else ((1024, 512), 250, 48000, 60)
@@ -224,21 +254,32 @@ def time_mlp_steps(dev: torch.device, small: bool, arithmetic: str) -> None:
     X = torch.rand((n, 784), device=dev)
     Y = torch.randint(0, 10, (n,), device=dev)
 
-    def run(k: int) -> None:
+    def vmap_steps(k: int) -> None:
         nonlocal params
         for _ in range(k):
             idx = torch.randint(0, n, (N, 64), generator=gen, device=dev)
             with precision(arithmetic, dev):
                 g, _ = rep.grad_and_loss(params, X[idx], Y[idx])
-            params = {name: torch.add(params[name], g[name], alpha=-0.01) for name in params}  # as the engine
+            params = {name: torch.add(params[name], g[name], alpha=-0.01) for name in params}
 
-    run(3)
-    t = timed(lambda: run(steps), dev) / steps
+    def fused_steps(k: int) -> None:
+        for _ in range(k):
+            idx = torch.randint(0, n, (N, 64), generator=gen, device=dev)
+            with precision(arithmetic, dev):
+                linear_relu.sgd_step(params, X[idx], Y[idx], 0.01)
+
+    secs = {}
+    for name, run in (("engine (fused)", fused_steps), ("vmap + update", vmap_steps)):
+        run(3)
+        secs[name] = timed(lambda: run(steps), dev) / steps
     widths = [784, *hidden, 10]
     P = sum(widths[k] * widths[k + 1] + widths[k + 1] for k in range(len(widths) - 1))
     flops = 6 * P * 64 * N
+    t = secs["engine (fused)"]
     say(f"TIME MLP steps ({arithmetic}) {'-'.join(map(str, widths))}, {N} replicas, b = 64 on {dev}: {t * 1e3:.2f} ms "
-        f"per step → {t * (n // 64):.2f} s per epoch of {n} images without statistics; {flops / t / 1e12:.1f} TFLOP/s")
+        f"per step → {t * (n // 64):.2f} s per epoch of {n} images without statistics; {flops / t / 1e12:.1f} TFLOP/s; "
+        f"the vmap step + update {secs['vmap + update'] * 1e3:.2f} ms ({secs['vmap + update'] * (n // 64):.2f} s per "
+        f"epoch)")
 
 
 def time_mlp_precision(dev: torch.device, small: bool, arithmetic: str) -> None:

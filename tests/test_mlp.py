@@ -372,3 +372,101 @@ def test_replica_blocks_give_the_same_results(monkeypatch):
         want = runs[0]["curves"][q]["value"]  # the noise pass also runs in smaller chunks of points: float64
         np.testing.assert_allclose(runs[1]["curves"][q]["value"], want, rtol=1e-12,  # rounding, at the curve's scale
                                    atol=1e-12 * np.nanmax(np.abs(want)), err_msg=q)
+
+
+@pytest.mark.parametrize("hidden", [(6,), (7, 5)])
+def test_fused_sgd_step_matches_torch_optim_sgd_on_module_copies(hidden):
+    """The Linear–ReLU stack's own SGD step (backend.engine.linear_relu.sgd_step: the update accumulated into each
+    layer's gradient product, in place) takes the steps torch.optim.SGD takes on separate nn.Module copies, each
+    replica on its own batches; float64, three steps, and the batch losses it reports are the modules' losses."""
+    from backend.engine import linear_relu
+
+    data, model, params = small_setup(hidden=hidden)
+    params = {k: v.clone() for k, v in params.items()}
+    X = torch.as_tensor(data.x_train.reshape(-1, 64), dtype=torch.float64)
+    Y = torch.as_tensor(data.y_train)
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randint(0, len(X), (6, 9), generator=gen) for _ in range(3)]
+    modules = []
+    for r in range(6):
+        m = engine.make_model(64, hidden, 10).double()
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                p.copy_(params[name][r])
+        modules.append((m, torch.optim.SGD(m.parameters(), lr=0.3)))
+    for idx in batches:
+        losses = linear_relu.sgd_step(params, X[idx], Y[idx], 0.3)
+        for r, (m, opt) in enumerate(modules):
+            opt.zero_grad()
+            out = torch.nn.functional.cross_entropy(m(X[idx[r]]), Y[idx[r]])
+            out.backward()
+            opt.step()
+            assert losses[r].item() == pytest.approx(out.item(), rel=1e-12)
+    for r, (m, _) in enumerate(modules):
+        for name, p in m.named_parameters():
+            torch.testing.assert_close(params[name][r], p.detach(), rtol=1e-11, atol=1e-13)
+
+
+def test_fused_sgd_step_in_bf16_is_as_close_to_float32_as_the_autograd_step():
+    """Under bf16 autocast the fused step's products run in bf16 like the autograd path's, on float32 master weights:
+    measured against the float32 step, its error is of the autograd bf16 step's size (bf16 rounding, and hidden
+    units whose pre-activation rounds to the other side of 0), over eight batches."""
+    from backend.engine import linear_relu
+    from backend.engine.runner import precision
+
+    data, model, params = small_setup(hidden=(32,), dtype=torch.float32)
+    X = torch.as_tensor(data.x_train.reshape(-1, 64), dtype=torch.float32)
+    Y = torch.as_tensor(data.y_train)
+    rep = engine.Replicas(engine.make_model(64, (32,), 10))
+    norm = torch.linalg.vector_norm
+    errors = {"fused": [], "autograd": []}
+    for seed in range(8):
+        idx = torch.randint(0, len(X), (6, 16), generator=torch.Generator().manual_seed(seed))
+        g32, loss32 = rep.grad_and_loss(params, X[idx], Y[idx])
+        fused = {k: v.clone() for k, v in params.items()}
+        with precision("bf16", DEV):
+            g16, _ = rep.grad_and_loss(params, X[idx], Y[idx])
+            loss = linear_relu.sgd_step(fused, X[idx], Y[idx], 0.5)
+        torch.testing.assert_close(loss, loss32, rtol=2e-2, atol=0)
+        for k in params:
+            assert fused[k].dtype == torch.float32
+            want = params[k] - 0.5 * g32[k]
+            errors["fused"].append(float(norm(fused[k] - want) / norm(0.5 * g32[k])))
+            errors["autograd"].append(float(norm(params[k] - 0.5 * g16[k] - want) / norm(0.5 * g32[k])))
+    assert 0 < max(errors["fused"]) <= 0.1 and max(errors["autograd"]) <= 0.1
+    assert np.mean(errors["fused"]) <= 2 * np.mean(errors["autograd"])
+
+
+def test_training_loop_uses_the_fused_step_and_gets_the_autograd_numbers(monkeypatch):
+    """The MLP task's training steps go through its fused SGD step (counted), and a run gives the statistics of the
+    vmap(grad) path to float64 rounding (the steps' products are associated differently)."""
+    from backend.engine import linear_relu
+
+    cfg = {"setting": "mlp", "epochs": 2, "inits": 2, "replicas": 4, "hidden": [8], "dtype": "float64",
+           "dataset": {"name": "digits", "train_size": 120}, "batch_sizes": [16], "noise_samples": 32,
+           "eval_size": 60}
+    calls = {"n": 0}
+    original = linear_relu.sgd_step
+
+    def counted(*args):
+        calls["n"] += 1
+        return original(*args)
+
+    monkeypatch.setattr(linear_relu, "sgd_step", counted)
+    fused = api.simulate(parse_config(cfg), cache=ResultCache(tempfile.mkdtemp()))
+    assert calls["n"] == 2 * (120 // 16)
+    monkeypatch.setattr(engine.Task, "sgd_step", None)
+    real_task = engine.mlp_task
+
+    def autograd_task(*args, **kw):
+        task = real_task(*args, **kw)
+        task.sgd_step = None
+        return task
+
+    monkeypatch.setattr(engine, "mlp_task", autograd_task)
+    plain = api.simulate(parse_config(cfg), cache=ResultCache(tempfile.mkdtemp()))
+    assert calls["n"] == 2 * (120 // 16)  # the second run did not step through it
+    for q in ("var_g", "loss_train", "error_val", "noise_spread", "b_simple"):
+        want = plain["curves"][q]["value"]
+        np.testing.assert_allclose(fused["curves"][q]["value"], want, rtol=1e-9, atol=1e-12 * np.nanmax(np.abs(want)),
+                                   err_msg=q)

@@ -30,6 +30,7 @@ import torch
 from torch.func import functional_call, grad, grad_and_value, vmap
 
 from backend import lemma1
+from backend.engine import linear_relu
 from backend.engine.linreg import STEP_BLOCK, seed_for
 from backend.engine.noise import linear_relu_noise_terms, noise_terms
 from backend.engine.runner import ACTIVATION_ELEMENTS, Divergence, DivergenceLog, check_cancel, precision, report
@@ -93,7 +94,8 @@ class Replicas:
         self._per_sample_replicas = vmap(self.per_sample, in_dims=(0, None, None))
         self._logits = vmap(lambda p, x: forward(p, x), in_dims=(0, None))
 
-    def _blocks(self, fn, params, *per_replica, shared=()):
+    def in_blocks(self, fn, params, *per_replica, shared=()):
+        """fn(params, *per_replica, *shared) over all replicas at once, or block by block (``replica_chunk``)."""
         N = next(iter(params.values())).shape[0]
         c = self.replica_chunk
         if c is None or c >= N:
@@ -104,15 +106,15 @@ class Replicas:
 
     def grad_and_loss(self, params, xb, yb):
         """({name: (N, …)} gradients, (N,) losses) of each replica on its own batch xb[r], yb[r]."""
-        return self._blocks(self._grad_and_loss, params, xb, yb)
+        return self.in_blocks(self._grad_and_loss, params, xb, yb)
 
     def per_sample_replicas(self, params, X, Y):
         """{name: (N, m, …)}: every replica's gradient on each of the shared points (X, Y)."""
-        return self._blocks(self._per_sample_replicas, params, shared=(X, Y))
+        return self.in_blocks(self._per_sample_replicas, params, shared=(X, Y))
 
     def logits(self, params, X):
         """(N, m, C): every replica's logits on the shared points X."""
-        return self._blocks(self._logits, params, shared=(X,))
+        return self.in_blocks(self._logits, params, shared=(X,))
 
 
 def _concat(parts):
@@ -170,7 +172,8 @@ class Task:
     after the gradient is recorded — the variance reported is that of the raw stochastic gradient).
     ``act_per_sample``: activations one sample keeps for the backward pass (floats; 0 = small), which sets how many
     replicas one vectorised call may hold (ACTIVATION_ELEMENTS). ``noise_terms``: a model-specific way to the
-    one-step noise terms (same sums as noise_terms)."""
+    one-step noise terms (same sums as noise_terms). ``sgd_step``: a model-specific plain SGD step (the gradient of
+    vmap(grad) and w − α g, with the update fused into the gradient's product; used when ``optimizer`` is None)."""
 
     Xtr: torch.Tensor
     Ytr: torch.Tensor
@@ -182,6 +185,7 @@ class Task:
     optimizer: object | None = None
     act_per_sample: int = 0
     noise_terms: Callable | None = None  # (params, XS, YS) → (trace, mean); None: per-sample gradients by vmap
+    sgd_step: Callable | None = None  # (params, xb, yb, α) → batch losses, the plain SGD step in place; None: vmap
 
 
 def replica_chunk(task: Task, N: int, b: int) -> int | None:
@@ -202,7 +206,8 @@ def mlp_task(data, hidden, seed: int, dtype: torch.dtype, device: torch.device, 
                 torch.as_tensor(data.y_val, device=device), None if distorted_val is None else as_t(distorted_val),
                 module_forward(make_model(d_in, hidden, data.n_classes)),
                 lambda K: init_params(model, K, seed, dtype, device),
-                act_per_sample=d_in + 2 * sum(hidden) + 2 * data.n_classes, noise_terms=linear_relu_noise_terms)
+                act_per_sample=d_in + 2 * sum(hidden) + 2 * data.n_classes, noise_terms=linear_relu_noise_terms,
+                sgd_step=linear_relu.sgd_step)
 
 
 def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[[int], float], b: int,
@@ -232,7 +237,7 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
         probe = torch.Generator(device=device).manual_seed(seed_for(seed, b, 2))
         start_epoch = 0
     else:
-        params = {k: torch.as_tensor(v, device=device) for k, v in resume["params"].items()}
+        params = {k: torch.tensor(v, device=device) for k, v in resume["params"].items()}  # own copies: stepped in place
         opt_state = {k: torch.as_tensor(v, device=device) for k, v in resume.get("opt", {}).items()}
         div = Divergence(N, device, torch.as_tensor(resume["bad_at"], dtype=torch.long, device=device))
         stats = EpochStats({k: v.copy() for k, v in resume["stats"].items()})
@@ -241,6 +246,7 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
         probe.set_state(torch.as_tensor(resume["probe"]))
         start_epoch = int(resume["epoch"]) + 1
     alive = div.alive
+    fused = task.sgd_step is not None and opt is None
     draw = make_sampler(sampler, n, b, N, gen, device)
     probe_draw = make_sampler("without_replacement", n, b, N, probe, device)
 
@@ -293,23 +299,26 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
                 # at the epoch's end is then the same whether the run was resumed or not)
                 draws = draw.draw_block(min(STEP_BLOCK, steps_per_epoch - s))[::-1]
             dr = draws.pop()
-            with precision(arithmetic, device):
-                g, loss = rep.grad_and_loss(params, Xtr[dr.idx], Ytr[dr.idx])
-            div.update(torch.isfinite(loss), t)
-            alive = div.alive
             a = alphas_fn(t)
-            if opt is not None:
-                new = opt.step(params, g, opt_state, a, t)
-            else:  # one fused pass per tensor: w − α g
-                new = {k: torch.add(params[k], g[k], alpha=-a) for k in params}
+            if fused:  # the model's own step: the update accumulated into each layer's gradient product, in place
+                with precision(arithmetic, device):
+                    loss = rep.in_blocks(task.sgd_step, params, Xtr[dr.idx], Ytr[dr.idx], shared=(a,))
+            else:
+                with precision(arithmetic, device):
+                    g, loss = rep.grad_and_loss(params, Xtr[dr.idx], Ytr[dr.idx])
+                if opt is not None:
+                    params = opt.step(params, g, opt_state, a, t)
+                else:  # one fused pass per tensor: w − α g
+                    params = {k: torch.add(params[k], g[k], alpha=-a) for k in params}
             # no host sync: a dead replica keeps stepping (its weights may turn NaN) — replicas never mix, and every
             # statistic leaves it out through ``alive``
-            params = new
+            div.update(torch.isfinite(loss), t)
+            alive = div.alive
         record(epoch + 1)
         report(progress, N * steps_per_epoch)
         if checkpoint is not None and (time.monotonic() - last_ckpt > 20 or epoch == epochs - 1 or
                                        sum(v.numel() for v in params.values()) < 5_000_000):
-            checkpoint({"epoch": epoch, "params": {k: v.cpu().numpy() for k, v in params.items()},
+            checkpoint({"epoch": epoch, "params": {k: v.cpu().numpy().copy() for k, v in params.items()},
                         "opt": {k: v.cpu().numpy() for k, v in opt_state.items()},
                         "alive": alive.cpu().numpy(), "stats": stats.values, "gen": gen.get_state().numpy(),
                         "probe": probe.get_state().numpy(), "bad_at": div.bad_at.cpu().numpy()})
@@ -327,7 +336,7 @@ def estimate_cost(n_train: int, d_in: int, hidden: tuple[int, ...], n_classes: i
     N = K * R
     train_flops = 6 * P * n_train * N  # per epoch: every sample once per replica, forward + backward
     eval_flops = 2 * P * N * (min(eval_size, n_train) + 2 * n_val) + 6 * P * N * (b + min(noise_samples, n_train))
-    seconds = epochs * ((train_flops + eval_flops) / 5e10 + (n_train // b) * 2.6e-3)  # calibrated: laptop preset, 2 cores
+    seconds = epochs * ((train_flops + eval_flops) / 5e10 + (n_train // b) * 6e-4)  # calibrated: laptop preset, 2 cores
     m = min(noise_samples, n_train)
     chunk = max(1, min(m, ACTIVATION_ELEMENTS // (3 * N * sum(widths))))  # linear_relu_noise_terms' pass
     memory = (4.0 * N * (3 * P + b * d_in + b * sum(widths)) + 4.0 * 3 * N * chunk * sum(widths)  # activations

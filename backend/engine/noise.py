@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from backend.engine import linear_relu
 from backend.engine.runner import ACTIVATION_ELEMENTS
 
 if TYPE_CHECKING:
@@ -53,23 +54,20 @@ def _linear_relu_passes(params: dict[str, torch.Tensor], XS: torch.Tensor, YS: t
     (per-sample squared gradient norms (N, c) float64, {name: the chunk's summed gradient (N, …) float64}).
 
     A Linear layer's per-sample gradient is the outer product δ_{l,i} a_{l−1,i}ᵀ (bias: δ_{l,i}), δ the back-propagated
-    error of the per-sample loss (softmax − one-hot at the logits, δ_l = (δ_{l+1} W_{l+1}) ⊙ 1[z_l > 0] below), so
+    error of the per-sample loss (backend.engine.linear_relu: softmax − one-hot at the logits, δ_l = (δ_{l+1} W_{l+1})
+    ⊙ 1[z_l > 0] below), so
     ‖∇L_i‖² = Σ_l ‖δ_{l,i}‖² (‖a_{l−1,i}‖² + 1) and Σ_i ∇L_i = Σ_l [δ_lᵀ a_{l−1}, Σ_i δ_{l,i}]: one forward and one
     backward pass per replica, O(N·m·P), never N·m·P stored per-sample entries (default chunk: as many points as
     ACTIVATION_ELEMENTS allows)."""
     names = list(params)
-    layers = [(params[names[i]], params[names[i + 1]]) for i in range(0, len(names), 2)]
-    N, m, L = layers[0][0].shape[0], XS.shape[0], len(layers)
-    width_sum = XS.shape[1] + sum(W.shape[1] for W, _ in layers)
+    stack = linear_relu.layers(params)
+    N, m, L = stack[0][0].shape[0], XS.shape[0], len(stack)
+    width_sum = XS.shape[1] + sum(W.shape[1] for W, _ in stack)
     chunk = chunk or max(1, min(m, ACTIVATION_ELEMENTS // (3 * N * width_sum)))
     for s in range(0, m, chunk):
         x, y = XS[s:s + chunk], YS[s:s + chunk]
-        acts, zs = [x], []
-        for W, bias in layers:
-            zs.append(torch.matmul(acts[-1], W.transpose(1, 2)) + bias[:, None, :])  # (N, c, out)
-            acts.append(torch.relu(zs[-1]))
-        delta = torch.softmax(zs[-1], dim=-1)
-        delta[:, torch.arange(len(y), device=y.device), y] -= 1
+        acts, zs = linear_relu.forward(stack, x)
+        delta = linear_relu.output_error(zs[-1], y)
         sq = torch.zeros(N, len(y), dtype=torch.float64, device=XS.device)
         sums: dict[str, torch.Tensor] = {}
         for ell in range(L - 1, -1, -1):
@@ -79,7 +77,7 @@ def _linear_relu_passes(params: dict[str, torch.Tensor], XS: torch.Tensor, YS: t
             sums[names[2 * ell]] = torch.matmul(delta.transpose(1, 2), a).to(torch.float64)
             sums[names[2 * ell + 1]] = delta.sum(1, dtype=torch.float64)
             if ell > 0:
-                delta = torch.bmm(delta, layers[ell][0]) * (zs[ell - 1] > 0)
+                delta = torch.bmm(delta, stack[ell][0]) * (zs[ell - 1] > 0)
         yield sq, sums
 
 
