@@ -23,31 +23,57 @@ def n_groups(R: int, wanted: int = DEFAULT_GROUPS) -> int:
     return max(2, min(wanted, R // 2))
 
 
+# replicas per first-level piece of a group sum, per device type (0: one level). torch's CUDA segmented sum gives
+# one thread to each (segment, lane) and walks the segment serially: 32 groups of 3 000 replicas leave a few
+# thousand threads each waiting on 3 000 dependent loads (≈ 0.44 ms per call at 55 000 replicas, 15 % of the
+# linear-regression step at R = 10⁵ on an H100, profiled); pieces of 64 then a sum over each group's pieces keep
+# every thread's walk short. On a CPU one pass is faster (the two-level sum: 0.60 vs 0.29 ms at 1 000 replicas).
+SUM_PIECE = {"cpu": 0, "cuda": 64}
+
+
+def _segment_sum(x: torch.Tensor, lengths: torch.Tensor, dim: int) -> torch.Tensor:
+    lengths = lengths.expand(*x.shape[:dim], len(lengths)).contiguous()
+    return torch.segment_reduce(x, "sum", lengths=lengths, axis=dim, unsafe=True, initial=0.0)
+
+
 @dataclass(frozen=True)
 class Groups:
     """The statistics groups of a chunk of replicas: ``ids`` (Rc,) the group of each replica, sorted (groups are
     contiguous blocks of the replica index), and ``lengths`` (G,) the replicas of each group in the chunk (0 for a
-    group outside it)."""
+    group outside it); ``pieces`` and ``per_group``, when set, split each group into consecutive pieces (their
+    lengths, and the pieces of each group) for a two-level sum."""
 
     ids: torch.Tensor
     lengths: torch.Tensor
+    pieces: torch.Tensor | None = None
+    per_group: torch.Tensor | None = None
 
     def sum(self, x: torch.Tensor, dim: int) -> torch.Tensor:
-        """Σ over each group's replicas along ``dim`` (size Rc → G). A segmented sum: deterministic on every device
-        (index_add_ adds with atomics on CUDA, in an order that changes from run to run), on a CPU the sums of
-        index_add_ bit for bit (the same sequential order)."""
+        """Σ over each group's replicas along ``dim`` (size Rc → G). Segmented sums, in a fixed order: deterministic
+        on every device (index_add_ adds with atomics on CUDA, in an order that changes from run to run); with one
+        level (a CPU) the sums of index_add_ bit for bit (the same sequential order), with two (SUM_PIECE) the sums
+        of each group's pieces, summed."""
         dim = dim % x.dim()
-        lengths = self.lengths.expand(*x.shape[:dim], len(self.lengths)).contiguous()
-        return torch.segment_reduce(x, "sum", lengths=lengths, axis=dim, unsafe=True, initial=0.0)
+        if self.pieces is None:
+            return _segment_sum(x, self.lengths, dim)
+        return _segment_sum(_segment_sum(x, self.pieces, dim), self.per_group, dim)
 
 
 def group_ids(start: int, stop: int, R: int, K: int, device: torch.device, first: int = 0,
               G: int | None = None) -> Groups:
     """Groups of the global replica indices [start, stop) among K groups of R replicas: contiguous blocks, sizes
-    differing by at most one; numbered from group ``first``, G of them (default: K − first)."""
+    differing by at most one; numbered from group ``first``, G of them (default: K − first). Split into pieces of
+    SUM_PIECE replicas on a device whose segmented sum walks each segment serially."""
     G = K - first if G is None else G
     ids = (np.arange(start, stop, dtype=np.int64) * K) // R - first
-    return Groups(torch.as_tensor(ids, device=device), torch.as_tensor(np.bincount(ids, minlength=G), device=device))
+    lengths = np.bincount(ids, minlength=G)
+    piece = SUM_PIECE.get(device.type, 0)
+    as_t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64), device=device)  # noqa: E731
+    if not piece or lengths.max(initial=0) <= piece:
+        return Groups(as_t(ids), as_t(lengths))
+    per_group = -(-lengths // piece)
+    pieces = [np.minimum(piece, L - piece * np.arange(m)) for L, m in zip(lengths, per_group)]
+    return Groups(as_t(ids), as_t(lengths), as_t(np.concatenate(pieces)), as_t(per_group))
 
 
 class VarianceAccumulator:

@@ -16,7 +16,7 @@ their exact theory on the device (|z| ≤ 4 wherever defined), MLP replica gradi
 step against separate module copies (torch.optim.SGD) on the device.
 Timings, each with a ``CAL`` line (the estimate's steps and FLOPs beside the measured seconds: what backend/costs.py's
 GPU models are fitted to): linear-regression engine (R = 10³, 10⁴, 10⁵, T = 2 000, b = 16), graph and eager, and the
-graph gathering X's rows from the other memory layout;
+graph gathering X's rows from the other memory layout and with the group sums in the other number of levels;
 deep-linear paper preset (1 000 replicas, 1 000 steps, b = 16), graph and eager, against the naive per-replica loop;
 the MLP paper preset's training steps (the engine's fused step beside the vmap gradient + update) and one epoch of
 it (5 × 50 replicas of 784-1024-512-10, b = 64, on a synthetic 60 000-image IDX set:
@@ -166,33 +166,41 @@ def check_mlp_grads(dev: torch.device) -> None:
 
 def time_linreg(dev: torch.device, small: bool) -> None:
     """The linear-regression engine at R = 10³, 10⁴, 10⁵ (T = 2 000, b = 16; issue #13's targets on a GPU: ≤ 0.5 s
-    at 10³ and ≤ 3 s at 10⁵), with the block's steps replayed as a CUDA graph and eagerly, each gathering X's rows
-    from the device's layout (linreg.GATHER_LAYOUT: column-major on CUDA); and, side by side, the graph gathering
-    from a row-major X (the layout before; torch's row-gather kernel)."""
+    at 10³ and ≤ 3 s at 10⁵), with the block's steps replayed as a CUDA graph and eagerly, as the engine runs on this
+    device (linreg.GATHER_LAYOUT: X's rows gathered from a column-major copy on CUDA; stats.SUM_PIECE: group sums in
+    two levels on CUDA); and, side by side, the graph with each of these as before (row-major X; one-level sums)."""
+    from backend import stats
+
     T, sizes = (200, (200, 2000)) if small else (2000, (1000, 10_000, 100_000))
     cfg = parse_config({"steps": T, "batch_sizes": [16]})
     X, y, w0 = np.asarray(cfg.X, float), np.asarray(cfg.y, float), np.asarray(cfg.w0_values, float)
     alphas = cfg.lr.alphas(T)
     c = float(th.noise_factor(16, cfg.n))
-    layout = linreg.GATHER_LAYOUT.get(dev.type, "rows")
+    layout, piece = linreg.GATHER_LAYOUT.get(dev.type, "rows"), stats.SUM_PIECE.get(dev.type, 0)
+    other_layout, other_piece = ("rows" if layout == "columns" else "columns"), (0 if piece else 64)
+    variants = {"graph": (True, layout, piece), "eager": (False, layout, piece),
+                f"graph, X {other_layout}": (True, other_layout, piece),
+                f"graph, sums in pieces of {other_piece}" if other_piece else "graph, one-level sums":
+                    (True, layout, other_piece)}
     for R in sizes:
         est = api.estimate(parse_config({"steps": T, "batch_sizes": [16], "replicas": R, "device": dev.type}))
         secs = {}
-        for graph, gather in ((True, layout), (False, layout), (True, "rows" if layout == "columns" else "columns")):
-            linreg.GATHER_LAYOUT[dev.type] = gather
+        for label, (graph, gather, sum_piece) in variants.items():
+            linreg.GATHER_LAYOUT[dev.type], stats.SUM_PIECE[dev.type] = gather, sum_piece
             try:
                 run = lambda: linreg.run_replicas(X, y, w0, alphas, 16, R, "without_replacement", 0, dev,  # noqa: E731
                                                   c, cuda_graph=graph)
                 linreg.run_replicas(X, y, w0, alphas[:80], 16, R, "without_replacement", 0, dev, c, cuda_graph=graph)
-                secs[graph, gather] = timed(run, dev)
+                secs[label] = timed(run, dev)
             finally:
-                linreg.GATHER_LAYOUT[dev.type] = layout
-            calibration(est, secs[graph, gather], f"R = {R}, {'graph' if graph else 'eager'}, {gather}")
-        other = [key for key in secs if key[1] != layout][0]
-        say(f"TIME linear regression engine, R = {R}, T = {T}, b = 16 on {dev}: CUDA graph {secs[True, layout]:.2f} s "
-            f"({secs[True, layout] / (T + 1) * 1e3:.3f} ms per step), eager {secs[False, layout]:.2f} s "
-            f"({secs[False, layout] / (T + 1) * 1e3:.3f} ms per step), X gathered from {layout}; the graph gathering "
-            f"from {other[1]}: {secs[other]:.2f} s; estimated {costs.device_seconds(est, dev):.2f} s")
+                linreg.GATHER_LAYOUT[dev.type], stats.SUM_PIECE[dev.type] = layout, piece
+            calibration(est, secs[label], f"R = {R}, {label}")
+        others = "; ".join(f"{label} {t:.2f} s" for label, t in secs.items() if label not in ("graph", "eager"))
+        say(f"TIME linear regression engine, R = {R}, T = {T}, b = 16 on {dev}: CUDA graph {secs['graph']:.2f} s "
+            f"({secs['graph'] / (T + 1) * 1e3:.3f} ms per step), eager {secs['eager']:.2f} s "
+            f"({secs['eager'] / (T + 1) * 1e3:.3f} ms per step) (X {layout}, sums in "
+            f"{'pieces of ' + str(piece) if piece else 'one level'}); {others}; "
+            f"estimated {costs.device_seconds(est, dev):.2f} s")
 
 
 def time_deep(dev: torch.device, small: bool) -> None:

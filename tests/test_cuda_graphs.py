@@ -101,6 +101,28 @@ def test_linear_regression_column_major_gather_gives_the_row_major_numbers(monke
 
 
 @needs_cuda
+def test_linear_regression_two_level_group_sums_on_cuda(monkeypatch, replays):
+    """With groups longer than SUM_PIECE (R = 4 000: 125 replicas per group) the CUDA group sums run in two levels:
+    graph = eager bitwise, two runs agree bitwise, and the one-level sums give the same statistics to rounding."""
+    from backend import stats
+
+    assert stats.SUM_PIECE["cuda"] == 64
+    cfg = parse_config({"steps": 70, "batch_sizes": [16]})
+    args = (np.asarray(cfg.X, float), np.asarray(cfg.y, float), np.asarray(cfg.w0_values, float),
+            cfg.lr.alphas(cfg.steps), 16, 4000, "without_replacement", 6, CUDA, float(th.noise_factor(16, cfg.n)))
+    assert stats.group_ids(0, 4000, 4000, 32, CUDA).pieces is not None
+    eager = engine_linreg.run_replicas(*args, cuda_graph=False)
+    _same(engine_linreg.run_replicas(*args, cuda_graph=True), eager)
+    assert replays["n"] > 0
+    _same(engine_linreg.run_replicas(*args, cuda_graph=False), eager)
+    monkeypatch.setitem(stats.SUM_PIECE, "cuda", 0)
+    one_level = engine_linreg.run_replicas(*args, cuda_graph=False)
+    for q in eager.curves:
+        want = one_level.curves[q]["value"]
+        np.testing.assert_allclose(eager.curves[q]["value"], want, rtol=1e-10, atol=1e-13 * np.abs(want).max(), err_msg=q)
+
+
+@needs_cuda
 @pytest.mark.parametrize("b,every,diverge", [(2, 1, False), (2, 7, False), (8, 5, False), (1, 7, True)])
 def test_deep_linear_graph_gives_the_eager_numbers(replays, b, every, diverge):
     over = {"setting": "deep_linear", "dims": [3, 4, 2], "steps": 60}

@@ -70,9 +70,15 @@ def test_chunked_run_streams_and_agrees(monkeypatch):
     assert np.all(np.abs(z(res.curves["var_g"], exact["var_g"][0])[1:]) <= 4)
 
 
-def test_streaming_variance_equals_direct_computation():
-    """The chunk-merged group statistics equal numpy's two-pass variance of the same gradients."""
+@pytest.mark.parametrize("piece", [0, 8])
+def test_streaming_variance_equals_direct_computation(monkeypatch, piece):
+    """The chunk-merged group statistics equal numpy's two-pass variance of the same gradients — with the group sums
+    in one level (a CPU) and in two (pieces of 8 replicas, then the pieces of each group: CUDA's way)."""
+    from backend import stats
     from backend.stats import VarianceAccumulator, group_ids
+
+    monkeypatch.setitem(stats.SUM_PIECE, "cpu", piece)
+    assert (group_ids(0, 130, 1000, 10, DEV).pieces is not None) == bool(piece)
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1000, 3)) * 1e3 + 1e6  # large mean: a naive E‖x‖² − ‖E x‖² would lose digits
@@ -86,6 +92,23 @@ def test_streaming_variance_equals_direct_computation():
     assert est.value[0] == pytest.approx(direct, rel=1e-12)
     groups = [((g - g.mean(0)) ** 2).sum() / (len(g) - 1) for g in np.split(x, 10)]
     assert est.se[0] == pytest.approx(np.std(groups, ddof=1) / np.sqrt(10), rel=1e-10)
+
+
+@pytest.mark.parametrize("start,stop,R,K,first,G", [(0, 1000, 1000, 8, 0, None), (130, 7000, 10000, 32, 0, None),
+                                                     (250, 600, 1000, 10, 2, 5), (0, 300, 300, 2, 0, None)])
+def test_two_level_group_sums_are_the_group_sums(monkeypatch, start, stop, R, K, first, G):
+    """Groups.sum in pieces (SUM_PIECE, CUDA's way) gives each group's sum — numpy's, to float64 rounding — for
+    groups cut by the chunk's edges, groups outside the chunk (0) and a window of groups (first, G)."""
+    from backend import stats
+
+    monkeypatch.setitem(stats.SUM_PIECE, "cpu", 16)
+    groups = stats.group_ids(start, stop, R, K, DEV, first=first, G=G)
+    assert groups.pieces is not None and int(groups.pieces.sum()) == stop - start
+    x = np.random.default_rng(start).standard_normal((3, stop - start, 4)) + 5
+    got = groups.sum(torch.as_tensor(x), 1).numpy()
+    owner = (np.arange(start, stop) * K) // R - first
+    want = np.stack([x[:, owner == g].sum(axis=1) for g in range(K - first if G is None else G)], axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=0)
 
 
 def test_divergence_is_detected_and_reported():
