@@ -1,5 +1,6 @@
-"""One prepared GPU check (≈ 3 min on an H100, parts skipped past ``--budget`` seconds): correctness of every engine on
-the device, then the GPU timings the issues ask for. Not a test; prints one line per result and appends each line to
+"""One prepared GPU check (≈ 3.5 min on an H100 — 3 min at its last measured run, before the side-by-side variants and
+the profile were added; parts are skipped past ``--budget`` seconds): correctness of every engine on the device, then
+the GPU timings the issues ask for. Not a test; prints one line per result and appends each line to
 ``--out``/gpu_check.txt as it comes (a run cut short keeps what it measured).
 
 Run on the device machine (the backend needs python-flint and diskcache there; ``scripts/fetch_gpu_wheels.sh`` puts
@@ -22,7 +23,8 @@ the MLP paper preset's training steps (the engine's fused step beside the vmap g
 it (5 × 50 replicas of 784-1024-512-10, b = 64, on a synthetic 60 000-image IDX set:
 timing does not depend on pixel values) in float32, tf32 and bf16 with achieved FLOP/s against this card's matmul
 rate in that precision; the sequence paper preset's vmap+AdamW throughput in each precision (extrapolated to an
-epoch) and against the per-replica loop.
+epoch) and against the per-replica loop. Last, a profile (torch.profiler, the kernels with the most device time) of
+the linear-regression step at R = 10⁵ and of the MLP paper preset's tf32 step.
 """
 
 from __future__ import annotations
@@ -347,6 +349,50 @@ def time_sequence(dev: torch.device, small: bool) -> None:
             f"({flops / epoch_s / rate:.0%})")
 
 
+def profile_steps(dev: torch.device, small: bool) -> None:
+    """Where the device time goes (torch.profiler, the kernels with the most self time): 64 eager steps of the
+    linear-regression engine at R = 10⁵, b = 16, and 20 of the MLP paper preset's training steps in tf32 — the two
+    GPU targets issue #13 has left, for whoever tunes them next."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from backend.engine import linear_relu
+    from backend.engine.runner import precision
+
+    from torch.autograd import DeviceType
+
+    activity = ProfilerActivity.CUDA if dev.type == "cuda" else ProfilerActivity.CPU
+    key = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    kind = DeviceType.CUDA if dev.type == "cuda" else DeviceType.CPU  # kernels on a GPU (ops would count them twice)
+    cfg = parse_config({"steps": 64, "batch_sizes": [16]})
+    X, y, w0 = np.asarray(cfg.X, float), np.asarray(cfg.y, float), np.asarray(cfg.w0_values, float)
+    R = 2000 if small else 100_000
+    run = lambda: linreg.run_replicas(X, y, w0, cfg.lr.alphas(64), 16, R, "without_replacement", 0, dev,  # noqa: E731
+                                      float(th.noise_factor(16, cfg.n)), cuda_graph=False)
+    hidden, N, n = ((64, 32), 8, 3000) if small else ((1024, 512), 250, 48000)
+    params = mlp_engine.init_params(mlp_engine.make_model(784, hidden, 10), N, 0, torch.float32, dev)
+    Xi, Yi = torch.rand((n, 784), device=dev), torch.randint(0, 10, (n,), device=dev)
+
+    def mlp_steps() -> None:
+        for _ in range(20):
+            idx = torch.randint(0, n, (N, 64), device=dev)
+            with precision("tf32", dev):
+                linear_relu.sgd_step(params, Xi[idx], Yi[idx], 0.01)
+
+    for label, fn in ((f"linear regression, R = {R}, 64 eager steps", run),
+                      (f"MLP {'-'.join(map(str, (784, *hidden, 10)))}, {N} replicas, 20 tf32 steps", mlp_steps)):
+        fn()
+        sync(dev)
+        with profile(activities=[activity]) as prof:
+            fn()
+            sync(dev)
+        events = sorted((e for e in prof.key_averages() if e.device_type == kind), key=lambda e: getattr(e, key),
+                        reverse=True)
+        total = sum(getattr(e, key) for e in events) or 1.0
+        top = "; ".join(f"{e.key[:60]} {getattr(e, key) / 1e3:.1f} ms ({getattr(e, key) / total:.0%}, {e.count}×)"
+                        for e in events[:8])
+        say(f"PROFILE {label} on {dev}: self time {total / 1e3:.1f} ms; {top}")
+
+
 def main() -> None:
     global OUT_FILE
     ap = argparse.ArgumentParser()
@@ -372,7 +418,8 @@ def main() -> None:
              ("linear regression timing", lambda: time_linreg(dev, args.small)),
              ("deep linear timing", lambda: time_deep(dev, args.small)),
              ("MLP timing", lambda: time_mlp(dev, args.small, rate)),
-             ("sequence timing", lambda: time_sequence(dev, args.small))]
+             ("sequence timing", lambda: time_sequence(dev, args.small)),
+             ("profile", lambda: profile_steps(dev, args.small))]
     PRECISIONS[:] = args.precisions.split(",")
     wanted = [w.strip() for w in args.only.split(",") if w.strip()]
     for label, fn in steps:
