@@ -455,7 +455,6 @@ def test_training_loop_uses_the_fused_step_and_gets_the_autograd_numbers(monkeyp
     monkeypatch.setattr(linear_relu, "sgd_step", counted)
     fused = api.simulate(parse_config(cfg), cache=ResultCache(tempfile.mkdtemp()))
     assert calls["n"] == 2 * (120 // 16)
-    monkeypatch.setattr(engine.Task, "sgd_step", None)
     real_task = engine.mlp_task
 
     def autograd_task(*args, **kw):

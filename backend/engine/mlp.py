@@ -172,8 +172,9 @@ class Task:
     after the gradient is recorded — the variance reported is that of the raw stochastic gradient).
     ``act_per_sample``: activations one sample keeps for the backward pass (floats; 0 = small), which sets how many
     replicas one vectorised call may hold (ACTIVATION_ELEMENTS). ``noise_terms``: a model-specific way to the
-    one-step noise terms (same sums as noise_terms). ``sgd_step``: a model-specific plain SGD step (the gradient of
-    vmap(grad) and w − α g, with the update fused into the gradient's product; used when ``optimizer`` is None)."""
+    one-step noise terms (same sums as noise_terms). ``sgd_step``: a model-specific plain SGD step, in place (the
+    step vmap(grad) and w − α g take, with the update fused into the gradient's product; used when ``optimizer`` is
+    None)."""
 
     Xtr: torch.Tensor
     Ytr: torch.Tensor

@@ -54,11 +54,10 @@ def _linear_relu_passes(params: dict[str, torch.Tensor], XS: torch.Tensor, YS: t
     (per-sample squared gradient norms (N, c) float64, {name: the chunk's summed gradient (N, …) float64}).
 
     A Linear layer's per-sample gradient is the outer product δ_{l,i} a_{l−1,i}ᵀ (bias: δ_{l,i}), δ the back-propagated
-    error of the per-sample loss (backend.engine.linear_relu: softmax − one-hot at the logits, δ_l = (δ_{l+1} W_{l+1})
-    ⊙ 1[z_l > 0] below), so
-    ‖∇L_i‖² = Σ_l ‖δ_{l,i}‖² (‖a_{l−1,i}‖² + 1) and Σ_i ∇L_i = Σ_l [δ_lᵀ a_{l−1}, Σ_i δ_{l,i}]: one forward and one
-    backward pass per replica, O(N·m·P), never N·m·P stored per-sample entries (default chunk: as many points as
-    ACTIVATION_ELEMENTS allows)."""
+    error of the per-sample loss (backend.engine.linear_relu's pass: softmax − one-hot at the logits, below
+    δ_l = (δ_{l+1} W_{l+1}) ⊙ 1[z_l > 0]), so ‖∇L_i‖² = Σ_l ‖δ_{l,i}‖² (‖a_{l−1,i}‖² + 1) and
+    Σ_i ∇L_i = Σ_l [δ_lᵀ a_{l−1}, Σ_i δ_{l,i}]: one forward and one backward pass per replica, O(N·m·P), never N·m·P
+    stored per-sample entries (default chunk: as many points as ACTIVATION_ELEMENTS allows)."""
     names = list(params)
     stack = linear_relu.layers(params)
     N, m, L = stack[0][0].shape[0], XS.shape[0], len(stack)
