@@ -55,6 +55,14 @@ def test_replay_warms_up_then_captures_and_replays_on_the_same_buffers(replays):
     assert x.tolist() == [13.0] * 4  # warm-up 1, capture+replay 1, replay 1, replay 10
 
 
+def linreg_args(cfg, b: int, R: int, seed: int) -> tuple:
+    """engine_linreg.run_replicas's arguments for config ``cfg`` at batch size b on CUDA (the Rao–Blackwellised
+    estimate wherever Lemma 1 applies)."""
+    c = float(th.noise_factor(b, cfg.n, cfg.sampler)) if cfg.sampler != "epoch_reshuffle" else None
+    return (np.asarray(cfg.X, float), np.asarray(cfg.y, float), np.asarray(cfg.w0_values, float),
+            cfg.lr.alphas(cfg.steps), b, R, cfg.sampler, seed, CUDA, c)
+
+
 def _same(a, b):
     assert a.curves.keys() == b.curves.keys()
     for q in a.curves:
@@ -72,9 +80,7 @@ def test_linear_regression_graph_gives_the_eager_numbers(monkeypatch, replays, s
     monkeypatch.setitem(engine_linreg.CHUNK_ELEMENTS, "cuda", 100 * max(1, min(b, 500 - b)) * 9)  # several chunks
     cfg = parse_config({"steps": 100, "batch_sizes": [b], "sampler": sampler,
                         "lr": {"schedule": "constant", "c": c}})
-    args = (np.asarray(cfg.X, float), np.asarray(cfg.y, float), np.asarray(cfg.w0_values, float),
-            cfg.lr.alphas(cfg.steps), b, 300, sampler, 3, CUDA,
-            float(th.noise_factor(b, cfg.n, sampler)) if sampler != "epoch_reshuffle" else None)
+    args = linreg_args(cfg, b, 300, 3)
     eager = engine_linreg.run_replicas(*args, cuda_graph=False)
     assert replays["n"] == 0
     graph = engine_linreg.run_replicas(*args, cuda_graph=True)
@@ -93,8 +99,7 @@ def test_linear_regression_column_major_gather_gives_the_row_major_numbers(monke
     gather kernel instead of the row kernel); the numbers are those of the row-major gather, bit for bit."""
     assert engine_linreg.GATHER_LAYOUT["cuda"] == "columns"
     cfg = parse_config({"steps": 70, "batch_sizes": [b]})
-    args = (np.asarray(cfg.X, float), np.asarray(cfg.y, float), np.asarray(cfg.w0_values, float),
-            cfg.lr.alphas(cfg.steps), b, 500, "without_replacement", 4, CUDA, float(th.noise_factor(b, cfg.n)))
+    args = linreg_args(cfg, b, 500, 4)
     columns = engine_linreg.run_replicas(*args)
     monkeypatch.setitem(engine_linreg.GATHER_LAYOUT, "cuda", "rows")
     _same(engine_linreg.run_replicas(*args), columns)
@@ -108,8 +113,7 @@ def test_linear_regression_two_level_group_sums_on_cuda(monkeypatch, replays):
 
     assert stats.SUM_PIECE["cuda"] == 64
     cfg = parse_config({"steps": 70, "batch_sizes": [16]})
-    args = (np.asarray(cfg.X, float), np.asarray(cfg.y, float), np.asarray(cfg.w0_values, float),
-            cfg.lr.alphas(cfg.steps), 16, 4000, "without_replacement", 6, CUDA, float(th.noise_factor(16, cfg.n)))
+    args = linreg_args(cfg, 16, 4000, 6)
     assert stats.group_ids(0, 4000, 4000, 32, CUDA).pieces is not None
     eager = engine_linreg.run_replicas(*args, cuda_graph=False)
     _same(engine_linreg.run_replicas(*args, cuda_graph=True), eager)
