@@ -14,12 +14,13 @@ their wheels in .whl/ here, carried with the call):
 Checks (each prints PASS/FAIL): tests/test_cuda_graphs.py (the captured CUDA graphs of the linear-regression and
 deep-linear steps give the eager numbers bitwise); linear regression and the deep linear network at t = 1 against
 their exact theory on the device (|z| ≤ 4 wherever defined), MLP replica gradients (vmap) and the engine's fused SGD
-step against separate module copies (torch.optim.SGD) on the device.
+step, alone and with held updates, against separate module copies (torch.optim.SGD) on the device.
 Timings, each with a ``CAL`` line (the estimate's steps and FLOPs beside the measured seconds: what backend/costs.py's
 GPU models are fitted to): linear-regression engine (R = 10³, 10⁴, 10⁵, T = 2 000, b = 16), graph and eager, and the
 graph gathering X's rows from the other memory layout and with the group sums in the other number of levels;
 deep-linear paper preset (1 000 replicas, 1 000 steps, b = 16), graph and eager, against the naive per-replica loop;
-the MLP paper preset's training steps (the engine's fused step beside the vmap gradient + update) and one epoch of
+the MLP paper preset's training steps (the engine's fused step with its updates held as on this device, beside the
+same step applying each update at once and the vmap gradient + update) and one epoch of
 it (5 × 50 replicas of 784-1024-512-10, b = 64, on a synthetic 60 000-image IDX set:
 timing does not depend on pixel values) in float32, tf32 and bf16 with achieved FLOP/s against this card's matmul
 rate in that precision; the sequence paper preset's vmap+AdamW throughput in each precision (extrapolated to an
@@ -164,6 +165,30 @@ def check_mlp_grads(dev: torch.device) -> None:
         for name, p in m.named_parameters():
             worst = max(worst, float((p.detach() - stepped[name][0]).abs().max()))
     check("MLP fused SGD step vs torch.optim.SGD on module copies", worst < 1e-10, f"max |difference| = {worst:.2e}")
+    hidden = (64, 48)  # wide enough for its first two layers to hold their updates at b = 2
+    params = mlp_engine.init_params(mlp_engine.make_model(20, hidden, 4), 6, 1, torch.float64, dev)
+    modules = []
+    for r in range(6):
+        m = mlp_engine.make_model(20, hidden, 4).double().to(dev)
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                p.copy_(params[name][r])
+        modules.append((m, torch.optim.SGD(m.parameters(), lr=0.1)))
+    steps = linear_relu.SGDSteps(hold=3)
+    gen = torch.Generator(device=dev).manual_seed(1)
+    for t in range(7):  # two applications of 3 held updates, then one settled
+        idx = torch.randint(0, 64, (6, 2), generator=gen, device=dev)
+        steps.step(params, X[idx], Y[idx], 0.3 / (1 + t))
+        for r, (m, opt) in enumerate(modules):
+            opt.param_groups[0]["lr"] = 0.3 / (1 + t)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m(X[idx[r]]), Y[idx[r]]).backward()
+            opt.step()
+    steps.settle(params)
+    worst = max(float((p.detach() - params[name][r]).abs().max())
+                for r, (m, _) in enumerate(modules) for name, p in m.named_parameters())
+    check(f"MLP held updates ({len(steps.held) // 2} layers, 3 steps) vs torch.optim.SGD on module copies",
+          worst < 1e-10 and len(steps.held) == 4, f"max |difference| = {worst:.2e}")
 
 
 def time_linreg(dev: torch.device, small: bool) -> None:
@@ -250,19 +275,21 @@ def time_mlp(dev: torch.device, small: bool, rate: float) -> None:
 
 def time_mlp_steps(dev: torch.device, small: bool, arithmetic: str) -> None:
     """The training steps alone (batches gathered from the device), in ``arithmetic``: the engine's step for the MLP
-    (backend.engine.linear_relu.sgd_step: the update accumulated into each layer's weight-gradient product, in
-    place) and, side by side, the generic one (vmap gradient + the fused update pass): what one epoch of the paper
-    preset costs without its statistics."""
+    (backend.engine.linear_relu.SGDSteps: the update accumulated into each layer's weight-gradient product, in
+    place, held for linear_relu.hold_steps steps on this device) and, side by side, the same step applying every
+    update at once and the generic one (vmap gradient + the fused update pass): what one epoch of the paper preset
+    costs without its statistics."""
     from backend.engine import linear_relu
     from backend.engine.runner import precision
 
-    hidden, N, n, steps = ((64, 32), 8, 3000, 10) if small else ((1024, 512), 250, 48000, 60)
+    hidden, N, n, steps = ((64, 32), 8, 3000, 12) if small else ((1024, 512), 250, 48000, 60)
     model = mlp_engine.make_model(784, hidden, 10).to(dev)
     params = mlp_engine.init_params(model, N, 0, torch.float32, dev)
     rep = mlp_engine.Replicas(mlp_engine.make_model(784, hidden, 10).to(dev))
     gen = torch.Generator(device=dev).manual_seed(0)
     X = torch.rand((n, 784), device=dev)
     Y = torch.randint(0, 10, (n,), device=dev)
+    hold = linear_relu.hold_steps(dev.type, arithmetic)
 
     def vmap_steps(k: int) -> None:
         nonlocal params
@@ -272,24 +299,30 @@ def time_mlp_steps(dev: torch.device, small: bool, arithmetic: str) -> None:
                 g, _ = rep.grad_and_loss(params, X[idx], Y[idx])
             params = {name: torch.add(params[name], g[name], alpha=-0.01) for name in params}
 
-    def fused_steps(k: int) -> None:
-        for _ in range(k):
-            idx = torch.randint(0, n, (N, 64), generator=gen, device=dev)
-            with precision(arithmetic, dev):
-                linear_relu.sgd_step(params, X[idx], Y[idx], 0.01)
+    def engine_steps(h: int):
+        def run(k: int) -> None:
+            stepper = linear_relu.SGDSteps(h)
+            for _ in range(k):
+                idx = torch.randint(0, n, (N, 64), generator=gen, device=dev)
+                with precision(arithmetic, dev):
+                    stepper.step(params, X[idx], Y[idx], 0.01)
+            stepper.settle(params)
+        return run
 
     secs = {}
-    for name, run in (("engine (fused)", fused_steps), ("vmap + update", vmap_steps)):
+    variants = [(f"engine (held {hold})", engine_steps(hold)), ("engine (applied each step)", engine_steps(1)),
+                ("vmap + update", vmap_steps)]
+    for name, run in variants[1:] if hold == 1 else variants:
         run(3)
         secs[name] = timed(lambda: run(steps), dev) / steps
     widths = [784, *hidden, 10]
     P = sum(widths[k] * widths[k + 1] + widths[k + 1] for k in range(len(widths) - 1))
     flops = 6 * P * 64 * N
-    t = secs["engine (fused)"]
+    t = secs[f"engine (held {hold})" if hold > 1 else "engine (applied each step)"]
+    others = "; ".join(f"{name} {s * 1e3:.2f} ms ({s * (n // 64):.2f} s per epoch)" for name, s in secs.items())
     say(f"TIME MLP steps ({arithmetic}) {'-'.join(map(str, widths))}, {N} replicas, b = 64 on {dev}: {t * 1e3:.2f} ms "
-        f"per step → {t * (n // 64):.2f} s per epoch of {n} images without statistics; {flops / t / 1e12:.1f} TFLOP/s; "
-        f"the vmap step + update {secs['vmap + update'] * 1e3:.2f} ms ({secs['vmap + update'] * (n // 64):.2f} s per "
-        f"epoch)")
+        f"per step → {t * (n // 64):.2f} s per epoch of {n} images without statistics; {flops / t / 1e12:.1f} TFLOP/s "
+        f"(updates held {hold} steps); side by side: {others}")
 
 
 def time_mlp_precision(dev: torch.device, small: bool, arithmetic: str) -> None:
@@ -373,10 +406,12 @@ def profile_steps(dev: torch.device, small: bool) -> None:
     Xi, Yi = torch.rand((n, 784), device=dev), torch.randint(0, 10, (n,), device=dev)
 
     def mlp_steps() -> None:
+        stepper = linear_relu.SGDSteps(linear_relu.hold_steps(dev.type, "tf32"))
         for _ in range(20):
             idx = torch.randint(0, n, (N, 64), device=dev)
             with precision("tf32", dev):
-                linear_relu.sgd_step(params, Xi[idx], Yi[idx], 0.01)
+                stepper.step(params, Xi[idx], Yi[idx], 0.01)
+        stepper.settle(params)
 
     for label, fn in ((f"linear regression, R = {R}, 64 eager steps", run),
                       (f"MLP {'-'.join(map(str, (784, *hidden, 10)))}, {N} replicas, 20 tf32 steps", mlp_steps)):

@@ -407,6 +407,54 @@ def test_fused_sgd_step_matches_torch_optim_sgd_on_module_copies(hidden):
             torch.testing.assert_close(params[name][r], p.detach(), rtol=1e-11, atol=1e-13)
 
 
+def test_held_updates_take_the_steps_of_torch_optim_sgd():
+    """SGDSteps holding each wide layer's update as factors for up to 3 steps (the forward and backward products
+    then take W̄ plus a low-rank correction; the CUDA default, linear_relu.HOLD_STEPS) steps as torch.optim.SGD
+    on separate nn.Module copies: float64, ten steps with a different α each, settled once in mid-cycle (as
+    before the statistics of an epoch) and at the end, the replicas in blocks of 2 as Replicas.in_blocks cuts
+    them; the batch losses it reports are the modules' losses. The last layer (30 → 10) is too narrow to hold."""
+    from backend.engine import linear_relu
+
+    hidden, b = (40, 30), 3
+    data, model, params = small_setup(hidden=hidden)
+    params = {k: v.clone() for k, v in params.items()}
+    assert linear_relu.held_layers(linear_relu.layers(params), b, 3) == [0, 1]
+    X = torch.as_tensor(data.x_train.reshape(-1, 64), dtype=torch.float64)
+    Y = torch.as_tensor(data.y_train)
+    gen = torch.Generator().manual_seed(2)
+    modules = []
+    for r in range(6):
+        m = engine.make_model(64, hidden, 10).double()
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                p.copy_(params[name][r])
+        modules.append((m, torch.optim.SGD(m.parameters(), lr=0.1)))
+    steps = linear_relu.SGDSteps(hold=3)
+    rep = engine.Replicas(engine.make_model(64, hidden, 10), replica_chunk=2)
+    for t in range(10):
+        lr = 0.4 / (1 + t)
+        idx = torch.randint(0, len(X), (6, b), generator=gen)
+        losses = steps.step(params, X[idx], Y[idx], lr, blocks=rep.in_blocks)
+        for r, (m, opt) in enumerate(modules):
+            opt.param_groups[0]["lr"] = lr
+            opt.zero_grad()
+            out = torch.nn.functional.cross_entropy(m(X[idx[r]]), Y[idx[r]])
+            out.backward()
+            opt.step()
+            assert losses[r].item() == pytest.approx(out.item(), rel=1e-12)
+        if t == 4:  # mid-cycle: 2 updates held
+            assert steps.slot == 2
+            steps.settle(params)
+            for r, (m, _) in enumerate(modules):
+                for name, p in m.named_parameters():
+                    torch.testing.assert_close(params[name][r], p.detach(), rtol=1e-11, atol=1e-13)
+    assert steps.slot == 2  # 5 more steps after the settle: one application, two held
+    steps.settle(params)
+    for r, (m, _) in enumerate(modules):
+        for name, p in m.named_parameters():
+            torch.testing.assert_close(params[name][r], p.detach(), rtol=1e-11, atol=1e-13)
+
+
 def test_fused_sgd_step_in_bf16_is_as_close_to_float32_as_the_autograd_step():
     """Under bf16 autocast the fused step's products run in bf16 like the autograd path's, on float32 master weights:
     measured against the float32 step, its error is of the autograd bf16 step's size (bf16 rounding, and hidden
@@ -459,7 +507,7 @@ def test_training_loop_uses_the_fused_step_and_gets_the_autograd_numbers(monkeyp
 
     def autograd_task(*args, **kw):
         task = real_task(*args, **kw)
-        task.sgd_step = None
+        task.sgd_steps = None
         return task
 
     monkeypatch.setattr(engine, "mlp_task", autograd_task)
@@ -468,4 +516,62 @@ def test_training_loop_uses_the_fused_step_and_gets_the_autograd_numbers(monkeyp
     for q in ("var_g", "loss_train", "error_val", "noise_spread", "b_simple"):
         want = plain["curves"][q]["value"]
         np.testing.assert_allclose(fused["curves"][q]["value"], want, rtol=1e-9, atol=1e-12 * np.nanmax(np.abs(want)),
+                                   err_msg=q)
+
+
+def test_a_run_with_held_updates_gives_the_plain_steps_statistics(monkeypatch):
+    """A run whose wide layer holds its updates for 3 steps (as on CUDA, linear_relu.HOLD_STEPS; 31 steps per
+    epoch, so an epoch ends with updates held and they are applied before its statistics), its replicas in blocks
+    of two, gives the statistics of the run that applies every update at once, to float64 rounding."""
+    from backend.engine import linear_relu
+
+    cfg = {"setting": "mlp", "epochs": 2, "inits": 2, "replicas": 3, "hidden": [48], "dtype": "float64",
+           "dataset": {"name": "digits", "train_size": 126}, "batch_sizes": [4], "noise_samples": 32,
+           "eval_size": 60}
+    plain = api.simulate(parse_config(cfg), cache=ResultCache(tempfile.mkdtemp()))
+    held_keys, block_sizes = set(), set()
+    original = linear_relu.sgd_step
+
+    def spy(params, xb, yb, lr, held=None, slot=0):
+        held_keys.update(held or {})
+        block_sizes.add(xb.shape[0])
+        return original(params, xb, yb, lr, held, slot)
+
+    monkeypatch.setattr(linear_relu, "sgd_step", spy)
+    monkeypatch.setattr(linear_relu, "HOLD_STEPS", {"cpu": 3})
+    monkeypatch.setattr(engine, "ACTIVATION_ELEMENTS", 2 * 4 * 180)  # blocks of two replicas (180 floats a sample)
+    held = api.simulate(parse_config(cfg), cache=ResultCache(tempfile.mkdtemp()))
+    assert held_keys == {"0.D", "0.A"} and block_sizes == {2}  # 64 → 48 held; 48 → 10 too narrow
+    for q in ("var_g", "loss_train", "error_val", "noise_spread", "b_simple", "loss_val"):
+        want = plain["curves"][q]["value"]
+        np.testing.assert_allclose(held["curves"][q]["value"], want, rtol=1e-9, atol=1e-12 * np.nanmax(np.abs(want)),
+                                   err_msg=q)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA default (held updates) needs a CUDA device")
+def test_on_cuda_a_run_holds_updates_and_gives_the_plain_steps_statistics(monkeypatch):
+    """On CUDA the wide layers hold their updates (linear_relu.HOLD_STEPS['cuda'] steps): a float64 run there gives
+    the statistics of the run that applies every update at once, to float64 rounding, and it did hold them."""
+    from backend.engine import linear_relu
+
+    cfg = {"setting": "mlp", "epochs": 2, "inits": 2, "replicas": 3, "hidden": [48], "dtype": "float64",
+           "dataset": {"name": "digits", "train_size": 126}, "batch_sizes": [4], "noise_samples": 32,
+           "eval_size": 60, "device": "cuda"}
+    assert linear_relu.hold_steps("cuda", "float32") > 1
+    held_keys = set()
+    original = linear_relu.sgd_step
+
+    def spy(params, xb, yb, lr, held=None, slot=0):
+        assert xb.device.type == "cuda"
+        held_keys.update(held or {})
+        return original(params, xb, yb, lr, held, slot)
+
+    monkeypatch.setattr(linear_relu, "sgd_step", spy)
+    held = api.simulate(parse_config(cfg), cache=ResultCache(tempfile.mkdtemp()))
+    assert held_keys == {"0.D", "0.A"}
+    monkeypatch.setattr(linear_relu, "HOLD_STEPS", {"cuda": 1})
+    plain = api.simulate(parse_config(cfg), cache=ResultCache(tempfile.mkdtemp()))
+    for q in ("var_g", "loss_train", "error_val", "noise_spread", "b_simple", "loss_val"):
+        want = plain["curves"][q]["value"]
+        np.testing.assert_allclose(held["curves"][q]["value"], want, rtol=1e-9, atol=1e-12 * np.nanmax(np.abs(want)),
                                    err_msg=q)

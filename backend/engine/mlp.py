@@ -95,13 +95,14 @@ class Replicas:
         self._logits = vmap(lambda p, x: forward(p, x), in_dims=(0, None))
 
     def in_blocks(self, fn, params, *per_replica, shared=()):
-        """fn(params, *per_replica, *shared) over all replicas at once, or block by block (``replica_chunk``)."""
+        """fn(params, *per_replica, *shared) over all replicas at once, or block by block (``replica_chunk``; a
+        per-replica argument is a tensor or a dict of tensors with the replicas first)."""
         N = next(iter(params.values())).shape[0]
         c = self.replica_chunk
         if c is None or c >= N:
             return fn(params, *per_replica, *shared)
-        parts = [fn({k: v[s:s + c] for k, v in params.items()}, *(a[s:s + c] for a in per_replica), *shared)
-                 for s in range(0, N, c)]
+        cut = lambda a, s: {k: v[s:s + c] for k, v in a.items()} if isinstance(a, dict) else a[s:s + c]  # noqa: E731
+        parts = [fn(cut(params, s), *(cut(a, s) for a in per_replica), *shared) for s in range(0, N, c)]
         return _concat(parts)
 
     def grad_and_loss(self, params, xb, yb):
@@ -172,9 +173,9 @@ class Task:
     after the gradient is recorded — the variance reported is that of the raw stochastic gradient).
     ``act_per_sample``: activations one sample keeps for the backward pass (floats; 0 = small), which sets how many
     replicas one vectorised call may hold (ACTIVATION_ELEMENTS). ``noise_terms``: a model-specific way to the
-    one-step noise terms (same sums as noise_terms). ``sgd_step``: a model-specific plain SGD step, in place (the
-    step vmap(grad) and w − α g take, with the update fused into the gradient's product; used when ``optimizer`` is
-    None)."""
+    one-step noise terms (same sums as noise_terms). ``sgd_steps(hold)``: a model-specific plain SGD stepper
+    (linear_relu.SGDSteps: the steps vmap(grad) and w − α g take, in place, with the update fused into the gradient's
+    product and held for up to ``hold`` steps; used when ``optimizer`` is None)."""
 
     Xtr: torch.Tensor
     Ytr: torch.Tensor
@@ -186,7 +187,7 @@ class Task:
     optimizer: object | None = None
     act_per_sample: int = 0
     noise_terms: Callable | None = None  # (params, XS, YS) → (trace, mean); None: per-sample gradients by vmap
-    sgd_step: Callable | None = None  # (params, xb, yb, α) → batch losses, the plain SGD step in place; None: vmap
+    sgd_steps: Callable | None = None  # hold → a stepper (linear_relu.SGDSteps) of plain SGD in place; None: vmap
 
 
 def replica_chunk(task: Task, N: int, b: int) -> int | None:
@@ -208,7 +209,7 @@ def mlp_task(data, hidden, seed: int, dtype: torch.dtype, device: torch.device, 
                 module_forward(make_model(d_in, hidden, data.n_classes)),
                 lambda K: init_params(model, K, seed, dtype, device),
                 act_per_sample=d_in + 2 * sum(hidden) + 2 * data.n_classes, noise_terms=linear_relu_noise_terms,
-                sgd_step=linear_relu.sgd_step)
+                sgd_steps=linear_relu.SGDSteps)
 
 
 def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[[int], float], b: int,
@@ -247,7 +248,8 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
         probe.set_state(torch.as_tensor(resume["probe"]))
         start_epoch = int(resume["epoch"]) + 1
     alive = div.alive
-    fused = task.sgd_step is not None and opt is None
+    sgd = (task.sgd_steps(linear_relu.hold_steps(device.type, arithmetic))
+           if task.sgd_steps is not None and opt is None else None)
     draw = make_sampler(sampler, n, b, N, gen, device)
     probe_draw = make_sampler("without_replacement", n, b, N, probe, device)
 
@@ -301,9 +303,9 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
                 draws = draw.draw_block(min(STEP_BLOCK, steps_per_epoch - s))[::-1]
             dr = draws.pop()
             a = alphas_fn(t)
-            if fused:  # the model's own step: the update accumulated into each layer's gradient product, in place
+            if sgd is not None:  # the model's own step: the update accumulated into each layer's gradient product
                 with precision(arithmetic, device):
-                    loss = rep.in_blocks(task.sgd_step, params, Xtr[dr.idx], Ytr[dr.idx], shared=(a,))
+                    loss = sgd.step(params, Xtr[dr.idx], Ytr[dr.idx], a, blocks=rep.in_blocks)
             else:
                 with precision(arithmetic, device):
                     g, loss = rep.grad_and_loss(params, Xtr[dr.idx], Ytr[dr.idx])
@@ -315,6 +317,8 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
             # statistic leaves it out through ``alive``
             div.update(torch.isfinite(loss), t)
             alive = div.alive
+        if sgd is not None:
+            sgd.settle(params)  # the updates still held, applied before the weights are read
         record(epoch + 1)
         report(progress, N * steps_per_epoch)
         if checkpoint is not None and (time.monotonic() - last_ckpt > 20 or epoch == epochs - 1 or
@@ -341,7 +345,8 @@ def estimate_cost(n_train: int, d_in: int, hidden: tuple[int, ...], n_classes: i
     m = min(noise_samples, n_train)
     chunk = max(1, min(m, ACTIVATION_ELEMENTS // (3 * N * sum(widths))))  # linear_relu_noise_terms' pass
     memory = (4.0 * N * (3 * P + b * d_in + b * sum(widths)) + 4.0 * 3 * N * chunk * sum(widths)  # activations
-              + 12.0 * N * P)  # the float64 sums of the noise terms and one float32 layer gradient
+              + 12.0 * N * P  # the float64 sums of the noise terms and one float32 layer gradient
+              + 4.0 * N * P)  # updates held as factors on CUDA (fewer numbers than the weights: held_layers)
     return {"memory_bytes": memory, "seconds": seconds, "flops": float(epochs * (train_flops + eval_flops)),
             "steps": float(epochs * (n_train // b + 3 + -(-m // chunk)))}
 
