@@ -1,6 +1,7 @@
 """MLP benchmark (not a test): the engine's training step for 50 replicas of the paper's MLP (784 → 1024 → 512 → 10;
 backend.engine.linear_relu.sgd_step, the update accumulated into each layer's gradient product), the generic vmap
-gradient + update, and a per-replica loop of nn.Module + torch.optim.SGD, same batches, in one run on this machine.
+gradient + update, and a per-replica loop of nn.Module + torch.optim.SGD, same batches, in one run on this machine;
+also the engine step with its updates held for 4 steps as on CUDA (linear_relu.HOLD_STEPS), which a CPU does not use.
 Run: ``python benchmarks/bench_mlp.py [--steps N]``.
 """
 
@@ -56,6 +57,16 @@ def main() -> None:
         linear_relu.sgd_step(params, X[idx[s]], Y[idx[s]], 3e-3)
     t_fused = time.perf_counter() - t0
 
+    params = {k: v.repeat_interleave(R, dim=0).contiguous() for k, v in params0.items()}
+    held = linear_relu.SGDSteps(hold=4)  # the CUDA default (linear_relu.HOLD_STEPS): is it worth it on a CPU?
+    held.step(params, X[idx[0]], Y[idx[0]], 3e-3)  # warm-up
+    held.settle(params)
+    t0 = time.perf_counter()
+    for s in range(steps):
+        held.step(params, X[idx[s]], Y[idx[s]], 3e-3)
+    held.settle(params)
+    t_held = time.perf_counter() - t0
+
     modules = []
     for _ in range(R):
         m = engine.make_model(784, (1024, 512), 10)
@@ -78,7 +89,8 @@ def main() -> None:
     print(f"{R} replicas of 784-1024-512-10 ({P:,} parameters), b = {b}, {steps} steps: engine step "
           f"{t_fused:.2f} s ({flops / t_fused / 1e9:.1f} GFLOP/s), vmap gradient + update {t_vmap:.2f} s "
           f"({flops / t_vmap / 1e9:.1f} GFLOP/s), per-replica loop {t_loop:.2f} s ({flops / t_loop / 1e9:.1f} GFLOP/s); "
-          f"engine ×{t_loop / t_fused:.2f} the loop, ×{t_vmap / t_fused:.2f} the vmap step")
+          f"engine ×{t_loop / t_fused:.2f} the loop, ×{t_vmap / t_fused:.2f} the vmap step; the engine step with its "
+          f"updates held 4 steps (the CUDA default) {t_held:.2f} s, ×{t_fused / t_held:.2f} the engine's CPU step")
 
 
 if __name__ == "__main__":
