@@ -575,3 +575,22 @@ def test_on_cuda_a_run_holds_updates_and_gives_the_plain_steps_statistics(monkey
         want = plain["curves"][q]["value"]
         np.testing.assert_allclose(held["curves"][q]["value"], want, rtol=1e-9, atol=1e-12 * np.nanmax(np.abs(want)),
                                    err_msg=q)
+
+
+def test_the_cuda_memory_estimate_covers_the_held_factors():
+    """On CUDA the paper's MLP holds its updates (linear_relu.hold_steps): the run's memory estimate there exceeds
+    the CPU one by at least the bytes of the factors a stepper allocates for 10 replicas at b = 64; under bf16
+    (nothing held) and on a CPU it is the same."""
+    from backend.engine import linear_relu
+
+    N, b = 10, 64
+    params = engine.init_params(engine.make_model(784, (1024, 512), 10), N, 0, torch.float32, torch.device("cpu"))
+    X, Y = torch.rand(N, b, 784), torch.randint(0, 10, (N, b))
+    steps = linear_relu.SGDSteps(linear_relu.hold_steps("cuda", "tf32"))
+    steps.step(params, X, Y, 0.01)
+    held = sum(v.numel() * v.element_size() for v in steps.held.values())
+    assert held > 0
+    est = {(dev, a): engine.estimate_cost(60000, 784, (1024, 512), 10, 2, 5, 1, b, 10000, 10000, 256, dev, a)
+           ["memory_bytes"] for dev in ("cpu", "cuda") for a in ("tf32", "bf16")}
+    assert est["cuda", "tf32"] - est["cpu", "tf32"] >= held
+    assert est["cuda", "bf16"] == est["cpu", "bf16"] == est["cpu", "tf32"]

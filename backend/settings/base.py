@@ -68,6 +68,12 @@ def cache_key(kind: str, config, extra: dict | None = None, drop: tuple[str, ...
     return make_key(kind, cfg, extra)
 
 
+def run_device_type(config) -> str:
+    """The device type a run of this config takes, for its cost estimate: 'cuda' when its ``device`` field asks for
+    it or is 'auto' on a machine with CUDA, else 'cpu' (api.resolve_device picks the device itself)."""
+    return "cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu"
+
+
 def simulation_key(config, device: torch.device) -> str:
     """The key under which ``simulate(config)`` on ``device`` is cached."""
     return cache_key(f"simulate_{config.setting}", config, {"device": device.type})

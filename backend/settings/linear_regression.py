@@ -23,8 +23,8 @@ from backend.engine import linreg as engine
 from backend.errors import ConfigError, TooExpensive
 from backend.exact import is_exact, jsonable_number, parse_number, rational, to_fraction, to_rational_array
 from backend.progress import Progress
-from backend.settings.base import (STEP_ADVISOR_QUANTITIES, Quantity, simulation_key, step_advise_cell,
-                                   step_advisor_steps)
+from backend.settings.base import (STEP_ADVISOR_QUANTITIES, Quantity, run_device_type, simulation_key,
+                                   step_advise_cell, step_advisor_steps)
 from backend.stats import first_increase, polyfit_inv_b
 from backend.theory import linreg as th
 from backend.theory.paths import moment_paths
@@ -378,9 +378,8 @@ def cached_simulation(config: LinearRegressionConfig, device: torch.device, cach
 
 
 def estimate(config: LinearRegressionConfig) -> dict[str, float]:
-    on_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
     return combine_costs([engine.estimate_cost(config.replicas, config.steps, b, config.n, config.p,
-                                               "cuda" if on_cuda else "cpu") for b in config.batch_sizes])
+                                               run_device_type(config)) for b in config.batch_sizes])
 
 
 def _key(kind: str, config: LinearRegressionConfig, extra: dict | None = None) -> str:

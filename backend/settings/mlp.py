@@ -20,7 +20,7 @@ from backend.engine import mlp as engine
 from backend.errors import ConfigError
 from backend.images import elastic_distort, load_dataset
 from backend.progress import Progress
-from backend.settings.base import Quantity, scaled_lr
+from backend.settings.base import Quantity, run_device_type, scaled_lr
 from backend.settings.classifier import (cached_classifier, classifier_quantities, no_polynomial, no_theory,
                                          shape_result, simulate_classifier)
 from backend.settings.classifier import ADVISOR_QUANTITIES, advisor_steps  # noqa: F401  (the advisor's protocol)
@@ -136,7 +136,8 @@ def estimate(config: MLPConfig) -> dict[str, float]:
     h, w = data.shape
     costs = [engine.estimate_cost(len(data.x_train), h * w, config.hidden, data.n_classes, config.inits,
                                   config.replicas, config.epochs, b, config.eval_size, len(data.x_val),
-                                  config.noise_samples) for b in config.batch_sizes]
+                                  config.noise_samples, run_device_type(config), config.precision)
+             for b in config.batch_sizes]
     return combine_costs(costs)
 
 
