@@ -11,8 +11,8 @@ their wheels in .whl/ here, carried with the call):
 
 ``--small`` shrinks every part so the script's code paths can be checked on a CPU in about a minute.
 
-Checks (each prints PASS/FAIL): tests/test_cuda_graphs.py (the captured CUDA graphs of the linear-regression and
-deep-linear steps give the eager numbers bitwise); linear regression and the deep linear network at t = 1 against
+Checks (each prints PASS/FAIL): the CUDA-only tests — tests/test_cuda_graphs.py (the captured CUDA graphs of the
+linear-regression and deep-linear steps give the eager numbers bitwise) and the MLP run with held updates; linear regression and the deep linear network at t = 1 against
 their exact theory on the device (|z| ≤ 4 wherever defined), MLP replica gradients (vmap) and the engine's fused SGD
 step, alone and with held updates, against separate module copies (torch.optim.SGD) on the device.
 Timings, each with a ``CAL`` line (the estimate's steps and FLOPs beside the measured seconds: what backend/costs.py's
@@ -101,13 +101,15 @@ def check(name: str, ok: bool, detail: str) -> None:
 
 
 def check_graphs(dev: torch.device) -> None:
-    """tests/test_cuda_graphs.py under pytest: CUDA graph replay = eager path, bitwise (skipped without CUDA)."""
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda_graphs.py"],
+    """The CUDA-only tests under pytest (skipped without CUDA): tests/test_cuda_graphs.py (CUDA graph replay = eager
+    path, bitwise) and the MLP run with its updates held on CUDA = the plain steps' statistics."""
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda_graphs.py",
+                          "tests/test_mlp.py::test_on_cuda_a_run_holds_updates_and_gives_the_plain_steps_statistics"],
                          cwd=ROOT, capture_output=True, text=True, timeout=400)
     lines = (run.stdout + run.stderr).strip().splitlines()
     summary = lines[-1] if lines else "no output"
     ok = run.returncode == 0 and (dev.type != "cuda" or "skipped" not in summary)
-    check("CUDA graph replay = eager numbers (tests/test_cuda_graphs.py)", ok, summary)
+    check("CUDA-only tests (graph replay = eager numbers; MLP held updates = plain steps)", ok, summary)
     if not ok:
         for line in lines[-40:]:
             say(f"  | {line}")
