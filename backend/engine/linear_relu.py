@@ -1,6 +1,6 @@
 """The forward and backward pass of make_model's Linear–ReLU stack with the cross-entropy, written out for all
 replicas at once (docs/theory.md §3): the one home of the pass that the one-step noise terms (backend.engine.noise)
-and the plain-SGD training step share.
+and the plain-SGD training step (SGDSteps; on CUDA each wide layer's updates held as low-rank factors) share.
 
 For layers l = 1..L with weights W_l (N, out, in) and biases c_l (N, out): z_l = a_{l−1} W_lᵀ + c_l, a_l = relu(z_l)
 (a_0 = x; the logits are z_L). The error at the logits of the per-sample loss ℓ_i = −log softmax(z_{L,i})_{y_i} is
