@@ -387,21 +387,37 @@ def test_fused_sgd_step_matches_torch_optim_sgd_on_module_copies(hidden):
     Y = torch.as_tensor(data.y_train)
     gen = torch.Generator().manual_seed(1)
     batches = [torch.randint(0, len(X), (6, 9), generator=gen) for _ in range(3)]
+    modules = module_copies(params, hidden)
+    for idx in batches:
+        losses = linear_relu.sgd_step(params, X[idx], Y[idx], 0.3)
+        step_modules(modules, X, Y, idx, 0.3, losses)
+    assert_module_weights(params, modules)
+
+
+def module_copies(params: dict, hidden: tuple) -> list:
+    """One float64 nn.Module (make_model) per replica, with its weights, and a torch.optim.SGD for it."""
     modules = []
-    for r in range(6):
+    for r in range(next(iter(params.values())).shape[0]):
         m = engine.make_model(64, hidden, 10).double()
         with torch.no_grad():
             for name, p in m.named_parameters():
                 p.copy_(params[name][r])
-        modules.append((m, torch.optim.SGD(m.parameters(), lr=0.3)))
-    for idx in batches:
-        losses = linear_relu.sgd_step(params, X[idx], Y[idx], 0.3)
-        for r, (m, opt) in enumerate(modules):
-            opt.zero_grad()
-            out = torch.nn.functional.cross_entropy(m(X[idx[r]]), Y[idx[r]])
-            out.backward()
-            opt.step()
-            assert losses[r].item() == pytest.approx(out.item(), rel=1e-12)
+        modules.append((m, torch.optim.SGD(m.parameters(), lr=0.1)))
+    return modules
+
+
+def step_modules(modules: list, X, Y, idx, lr: float, losses) -> None:
+    """One torch.optim.SGD step of each module on its replica's batch idx[r]; its batch loss must equal losses[r]."""
+    for r, (m, opt) in enumerate(modules):
+        opt.param_groups[0]["lr"] = lr
+        opt.zero_grad()
+        out = torch.nn.functional.cross_entropy(m(X[idx[r]]), Y[idx[r]])
+        out.backward()
+        opt.step()
+        assert losses[r].item() == pytest.approx(out.item(), rel=1e-12)
+
+
+def assert_module_weights(params: dict, modules: list) -> None:
     for r, (m, _) in enumerate(modules):
         for name, p in m.named_parameters():
             torch.testing.assert_close(params[name][r], p.detach(), rtol=1e-11, atol=1e-13)
@@ -422,37 +438,21 @@ def test_held_updates_take_the_steps_of_torch_optim_sgd():
     X = torch.as_tensor(data.x_train.reshape(-1, 64), dtype=torch.float64)
     Y = torch.as_tensor(data.y_train)
     gen = torch.Generator().manual_seed(2)
-    modules = []
-    for r in range(6):
-        m = engine.make_model(64, hidden, 10).double()
-        with torch.no_grad():
-            for name, p in m.named_parameters():
-                p.copy_(params[name][r])
-        modules.append((m, torch.optim.SGD(m.parameters(), lr=0.1)))
+    modules = module_copies(params, hidden)
     steps = linear_relu.SGDSteps(hold=3)
     rep = engine.Replicas(engine.make_model(64, hidden, 10), replica_chunk=2)
     for t in range(10):
         lr = 0.4 / (1 + t)
         idx = torch.randint(0, len(X), (6, b), generator=gen)
         losses = steps.step(params, X[idx], Y[idx], lr, blocks=rep.in_blocks)
-        for r, (m, opt) in enumerate(modules):
-            opt.param_groups[0]["lr"] = lr
-            opt.zero_grad()
-            out = torch.nn.functional.cross_entropy(m(X[idx[r]]), Y[idx[r]])
-            out.backward()
-            opt.step()
-            assert losses[r].item() == pytest.approx(out.item(), rel=1e-12)
+        step_modules(modules, X, Y, idx, lr, losses)
         if t == 4:  # mid-cycle: 2 updates held
             assert steps.slot == 2
             steps.settle(params)
-            for r, (m, _) in enumerate(modules):
-                for name, p in m.named_parameters():
-                    torch.testing.assert_close(params[name][r], p.detach(), rtol=1e-11, atol=1e-13)
+            assert_module_weights(params, modules)
     assert steps.slot == 2  # 5 more steps after the settle: one application, two held
     steps.settle(params)
-    for r, (m, _) in enumerate(modules):
-        for name, p in m.named_parameters():
-            torch.testing.assert_close(params[name][r], p.detach(), rtol=1e-11, atol=1e-13)
+    assert_module_weights(params, modules)
 
 
 def test_fused_sgd_step_in_bf16_is_as_close_to_float32_as_the_autograd_step():
