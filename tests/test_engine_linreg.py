@@ -206,3 +206,16 @@ def test_column_major_gather_gives_the_row_major_numbers(monkeypatch, b):
             np.testing.assert_array_equal(columns.curves[q][stat], rows.curves[q][stat], err_msg=q)
     np.testing.assert_array_equal(columns.finite_count, rows.finite_count)
     assert rows.diverged_at is not None and columns.diverged_at == rows.diverged_at
+
+
+def test_every_step_gathers_from_the_laid_out_copy_of_x(monkeypatch):
+    """The steps of full blocks (replayed: a CUDA graph there) and of the last, partial block all gather their rows
+    from gather_source's copy: with that copy zeroed every drawn x_i is 0, so every g_t = (1/b) Σ x_i r_i = 0 and
+    var(g_t) = 0 at each t = 0..40 (two blocks of 32), while the run with X's own rows has var(g_t) > 0 throughout."""
+    cfg = parse_config({"steps": 40, "batch_sizes": [16]})
+    plain = run(cfg, 16, R=50, seed=1)
+    assert (plain.curves["var_g"]["value"] > 0).all()
+    monkeypatch.setattr(engine, "gather_source", lambda X, device_type: torch.zeros_like(X))
+    zeroed = run(cfg, 16, R=50, seed=1)
+    assert zeroed.curves["var_g"]["value"].shape == (41,)
+    np.testing.assert_array_equal(zeroed.curves["var_g"]["value"], 0.0)
