@@ -557,7 +557,7 @@ def test_on_cuda_a_run_holds_updates_and_gives_the_plain_steps_statistics(monkey
     cfg = {"setting": "mlp", "epochs": 2, "inits": 2, "replicas": 3, "hidden": [48], "dtype": "float64",
            "dataset": {"name": "digits", "train_size": 126}, "batch_sizes": [4], "noise_samples": 32,
            "eval_size": 60, "device": "cuda"}
-    assert linear_relu.hold_steps("cuda", "float32") > 1
+    assert linear_relu.hold_steps("cuda") > 1
     held_keys = set()
     original = linear_relu.sgd_step
 
@@ -579,18 +579,83 @@ def test_on_cuda_a_run_holds_updates_and_gives_the_plain_steps_statistics(monkey
 
 def test_the_cuda_memory_estimate_covers_the_held_factors():
     """On CUDA the paper's MLP holds its updates (linear_relu.hold_steps): the run's memory estimate there exceeds
-    the CPU one by at least the bytes of the factors a stepper allocates for 10 replicas at b = 64; under bf16
-    (nothing held) and on a CPU it is the same."""
+    the CPU one by at least the bytes a stepper allocates for 10 replicas at b = 64 — the factors, and under bf16
+    autocast the bf16 factors and bf16 copies of the held weights."""
     from backend.engine import linear_relu
+    from backend.engine.runner import precision
 
     N, b = 10, 64
     params = engine.init_params(engine.make_model(784, (1024, 512), 10), N, 0, torch.float32, torch.device("cpu"))
     X, Y = torch.rand(N, b, 784), torch.randint(0, 10, (N, b))
-    steps = linear_relu.SGDSteps(linear_relu.hold_steps("cuda", "tf32"))
-    steps.step(params, X, Y, 0.01)
-    held = sum(v.numel() * v.element_size() for v in steps.held.values())
-    assert held > 0
-    est = {(dev, a): engine.estimate_cost(60000, 784, (1024, 512), 10, 2, 5, 1, b, 10000, 10000, 256, dev, a)
-           ["memory_bytes"] for dev in ("cpu", "cuda") for a in ("tf32", "bf16")}
-    assert est["cuda", "tf32"] - est["cpu", "tf32"] >= held
-    assert est["cuda", "bf16"] == est["cpu", "bf16"] == est["cpu", "tf32"]
+    held = {}
+    for arithmetic in ("tf32", "bf16"):
+        steps = linear_relu.SGDSteps(linear_relu.hold_steps("cuda"))
+        with precision(arithmetic, DEV):
+            steps.step({k: v.clone() for k, v in params.items()}, X, Y, 0.01)
+        held[arithmetic] = sum(v.numel() * v.element_size() for v in steps.held.values())
+        assert held[arithmetic] > 0 and ("0.S" in steps.held) == (arithmetic == "bf16")
+    cpu, cuda = (engine.estimate_cost(60000, 784, (1024, 512), 10, 2, 5, 1, b, 10000, 10000, 256, dev)["memory_bytes"]
+                 for dev in ("cpu", "cuda"))
+    assert cuda - cpu >= max(held.values())
+
+
+def test_held_updates_under_bf16_are_as_close_to_float32_as_the_plain_bf16_steps():
+    """Under bf16 autocast the held updates are bf16 factors and the products read a bf16 copy of each held weight
+    (as on CUDA): over ten steps (a different α each, settled in mid-cycle and at the end, replicas in blocks of 2)
+    the float32 weights stay as close to those of float32 steps as the plain bf16 steps' do, measured against the
+    size of the ten updates, and the bf16 copy is the rounded weight after each settle."""
+    from backend.engine import linear_relu
+    from backend.engine.runner import precision
+
+    hidden, b = (40, 30), 3
+    data, model, params = small_setup(hidden=hidden, dtype=torch.float32)
+    X = torch.as_tensor(data.x_train.reshape(-1, 64), dtype=torch.float32)
+    Y = torch.as_tensor(data.y_train)
+    gen = torch.Generator().manual_seed(3)
+    runs = {name: {k: v.clone() for k, v in params.items()} for name in ("float32", "bf16", "bf16 held")}
+    steps = linear_relu.SGDSteps(hold=3)
+    rep = engine.Replicas(engine.make_model(64, hidden, 10), replica_chunk=2)
+    for t in range(10):
+        lr = 0.4 / (1 + t)
+        idx = torch.randint(0, len(X), (6, b), generator=gen)
+        loss32 = linear_relu.sgd_step(runs["float32"], X[idx], Y[idx], lr)
+        with precision("bf16", DEV):
+            linear_relu.sgd_step(runs["bf16"], X[idx], Y[idx], lr)
+            loss = steps.step(runs["bf16 held"], X[idx], Y[idx], lr, blocks=rep.in_blocks)
+        torch.testing.assert_close(loss, loss32, rtol=3e-2, atol=0)
+        if t in (4, 9):
+            steps.settle(runs["bf16 held"])
+            for ell in (0, 1):
+                W = runs["bf16 held"][f"{2 * ell}.weight"]
+                assert steps.held[f"{ell}.D"].dtype == torch.bfloat16
+                torch.testing.assert_close(steps.held[f"{ell}.S"], W.to(torch.bfloat16), rtol=0, atol=0)
+    assert set(steps.held) == {"0.D", "0.A", "0.S", "1.D", "1.A", "1.S"}
+    norm = torch.linalg.vector_norm
+    error = {name: max(float(norm(runs[name][k] - runs["float32"][k]) / norm(runs["float32"][k] - params[k]))
+                       for k in params) for name in ("bf16", "bf16 held")}
+    assert 0 < error["bf16 held"] <= max(2 * error["bf16"], 0.02) and error["bf16"] <= 0.1, error
+
+
+def test_a_bf16_run_with_held_updates_keeps_the_variance_estimates(monkeypatch, tmp_path):
+    """A bf16 run whose wide layer holds its updates (2 steps here; on CUDA linear_relu.HOLD_STEPS) as bf16 factors
+    estimates what the float32 run does: var(g) per epoch agrees within the standard errors."""
+    from backend.engine import linear_relu
+
+    base = {"setting": "mlp", "dataset": {"name": "digits", "train_size": 300}, "hidden": [64], "inits": 1,
+            "replicas": 200, "epochs": 2, "batch_sizes": [16], "device": "cpu", "eval_size": 100,
+            "noise_samples": 64}
+    f32 = api.simulate(parse_config(base), cache=ResultCache(tmp_path / "f32"))["curves"]["var_g"]
+    held_keys = set()
+    original = linear_relu.sgd_step
+
+    def spy(params, xb, yb, lr, held=None, slot=0):
+        held_keys.update(k for k, v in (held or {}).items() if v.dtype == torch.bfloat16)
+        return original(params, xb, yb, lr, held, slot)
+
+    monkeypatch.setattr(linear_relu, "sgd_step", spy)
+    monkeypatch.setattr(linear_relu, "HOLD_STEPS", {"cpu": 2})
+    b16 = api.simulate(parse_config({**base, "precision": "bf16"}), cache=ResultCache(tmp_path / "b16"))
+    assert held_keys == {"0.D", "0.A", "0.S"}  # 64 → 64 held (2·16·128 ≤ 64²); 64 → 10 too narrow
+    b16 = b16["curves"]["var_g"]
+    z = (b16["value"] - f32["value"]) / np.hypot(b16["se"], f32["se"])
+    assert np.all(np.abs(z) <= 4) and not np.array_equal(b16["value"], f32["value"])

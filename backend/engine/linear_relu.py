@@ -50,13 +50,13 @@ def output_error(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 HOLD_STEPS = {"cpu": 1, "cuda": 4}  # steps a layer's SGD update is held as factors before it is applied (1: never)
 
 
-def hold_steps(device_type: str, arithmetic: str) -> int:
-    """How many steps SGDSteps holds each layer's update on this device (HOLD_STEPS; bf16 autocast: 1, its products
-    do not run in place). On a GPU a step of the paper's MLP is bound by memory traffic (the weights are read by the
-    forward and backward products and read and written by the update: ≈ 4.5 GB per step at 250 replicas against
-    ≈ 0.1 TFLOP), and holding 4 updates cuts that traffic by ≈ 30 % for ≈ 15 % more arithmetic; on a CPU it gains
-    nothing (measured: 117 vs 116 ms per step, 50 replicas, 2 cores), and a CPU run keeps its numbers."""
-    return 1 if arithmetic == "bf16" else HOLD_STEPS.get(device_type, 1)
+def hold_steps(device_type: str) -> int:
+    """How many steps SGDSteps holds each layer's update on this device (HOLD_STEPS), in every precision. On a GPU a
+    step of the paper's MLP is bound by memory traffic (the weights are read by the forward and backward products
+    and read and written by the update: ≈ 4.5 GB per step at 250 replicas against ≈ 0.1 TFLOP), and holding 4
+    updates cuts that traffic by ≈ 30 % for ≈ 15 % more arithmetic; on a CPU it gains nothing (measured: 117 vs
+    116 ms per step, 50 replicas, 2 cores), and a CPU run keeps its numbers."""
+    return HOLD_STEPS.get(device_type, 1)
 
 
 def held_layers(stack: Layers, b: int, hold: int) -> list[int]:
@@ -81,9 +81,15 @@ def sgd_step(params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor
     W_l = W̄_l − D_lᵀ A_l = W̄_l − Σ_k α_k (δ_{l,k}/b)ᵀ a_{l−1,k} (rows of the first slot·b of each buffer). The
     products with it are taken as W̄_l's plus a rank-slot·b correction — z_l = a W̄_lᵀ − (a A_lᵀ) D_l + c_l and
     δ_l W_l = δ_l W̄_l − (δ_l D_lᵀ) A_l — the same numbers up to rounding; this step's factors go to rows
-    slot·b … (slot + 1)·b, and at slot = h − 1 the h updates are applied to W̄_l in one product."""
-    stack = layers(params)
+    slot·b … (slot + 1)·b, and at slot = h − 1 the h updates are applied to W̄_l in one product (apply_held).
+    Under bf16 autocast the factors are bf16 and ``held`` also holds S_l = bf16(W̄_l), the copy of the weight
+    that autocast would otherwise cast from the float32 W̄_l at every product, refreshed when W̄_l changes."""
+    masters = layers(params)
     held = held or {}
+    stack = [(held.get(f"{ell}.S", W), bias) for ell, (W, bias) in enumerate(masters)]  # the weights products read
+    mixed = torch.is_autocast_enabled(xb.device.type)
+    if mixed:  # cast once: autocast would cast the batch at each product with it (the same values)
+        xb = xb.to(torch.get_autocast_dtype(xb.device.type))
     b = xb.shape[1]
     rows = slot * b
     pending = {ell: (held[f"{ell}.D"][:, :rows], held[f"{ell}.A"][:, :rows])
@@ -92,22 +98,21 @@ def sgd_step(params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor
     z = zs[-1].float() if zs[-1].dtype in (torch.bfloat16, torch.float16) else zs[-1]
     loss = (torch.logsumexp(z, dim=-1) - z.gather(2, yb[..., None])[..., 0]).mean(dim=1)
     delta = output_error(z, yb).div_(b)
-    mixed = torch.is_autocast_enabled(xb.device.type)
     for ell in range(len(stack) - 1, -1, -1):
-        W, bias = stack[ell]
+        W, bias = masters[ell]
         below = None
         if ell > 0:  # δ_{l−1}, from the old W_l
-            below = torch.bmm(delta, W)
+            below = torch.bmm(delta, stack[ell][0])
             if ell in pending:
                 D, A = pending[ell]
                 below.baddbmm_(torch.bmm(delta, D.transpose(1, 2)), A, alpha=-1)
             below.mul_(zs[ell - 1] > 0)
         if f"{ell}.D" in held:
             D, A = held[f"{ell}.D"], held[f"{ell}.A"]
-            torch.mul(delta, lr, out=D[:, rows:rows + b])
+            torch.mul(delta, lr, out=D[:, rows:rows + b])  # (rounded once to the buffer's dtype)
             A[:, rows:rows + b].copy_(acts[ell])
             if rows + b == D.shape[1]:
-                W.baddbmm_(D.transpose(1, 2), A, alpha=-1)
+                apply_held(W, D, A, held.get(f"{ell}.S"))
         elif mixed:  # in-place products are not autocast: the bf16 product, then added
             W.add_(torch.bmm(delta.transpose(1, 2), acts[ell]), alpha=-lr)
         else:
@@ -117,29 +122,45 @@ def sgd_step(params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor
     return loss
 
 
+def apply_held(W: torch.Tensor, D: torch.Tensor, A: torch.Tensor, shadow: torch.Tensor | None) -> None:
+    """W̄ ← W̄ − Dᵀ A, the held updates (rows of D and A) applied in one product. bf16 factors (``shadow`` S, the
+    bf16 copy of W̄ the products read): their product in bf16 like the plain bf16 step's, subtracted from the
+    float32 W̄, and S ← bf16(W̄)."""
+    if shadow is None:
+        W.baddbmm_(D.transpose(1, 2), A, alpha=-1)
+    else:
+        W.sub_(torch.bmm(D.transpose(1, 2), A))
+        shadow.copy_(W)
+
+
 class SGDSteps:
     """Plain SGD steps of every replica on the stack (sgd_step), each wide layer's update held for up to ``hold``
     steps (hold_steps, held_layers). ``step`` takes one step — all replicas, or block by block through ``blocks``
     (Replicas.in_blocks: params and the held buffers cut into the same replica blocks) — and ``settle`` applies
-    what is held, after which the weights are those of plain SGD (to rounding); call it before reading them."""
+    what is held, after which the weights are those of plain SGD (to rounding); call it before reading them, and
+    step on no other weights in between (under bf16 the products read the stepper's bf16 copies of them)."""
 
     def __init__(self, hold: int = 1):
         self.hold, self.slot, self.b = hold, 0, 0
+        self.dtype: torch.dtype | None = None
         self.held: dict[str, torch.Tensor] = {}
 
     def step(self, params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, lr: float,
              blocks=None) -> torch.Tensor:
         """Every replica's batch loss before the step (N,); the weights are stepped in place."""
-        if self.hold > 1 and torch.is_autocast_enabled(xb.device.type):
-            raise ValueError("updates are not held under autocast (hold_steps gives 1 for bf16)")
-        if xb.shape[1] != self.b:  # the buffers for this batch size (allocated once per run)
+        device_type = xb.device.type
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+        if xb.shape[1] != self.b or dtype != self.dtype:  # the buffers for this batch size and arithmetic
             self.settle(params)
-            self.b, self.held = xb.shape[1], {}
+            self.b, self.dtype, self.held = xb.shape[1], dtype, {}
             stack = layers(params)
             for ell in held_layers(stack, self.b, self.hold):
-                N, out, d_in = stack[ell][0].shape
-                self.held[f"{ell}.D"] = stack[ell][0].new_empty(N, self.hold * self.b, out)
-                self.held[f"{ell}.A"] = stack[ell][0].new_empty(N, self.hold * self.b, d_in)
+                W = stack[ell][0]
+                N, out, d_in = W.shape
+                self.held[f"{ell}.D"] = W.new_empty(N, self.hold * self.b, out, dtype=dtype or W.dtype)
+                self.held[f"{ell}.A"] = W.new_empty(N, self.hold * self.b, d_in, dtype=dtype or W.dtype)
+                if dtype is not None:
+                    self.held[f"{ell}.S"] = W.to(dtype)
         if blocks is None:
             loss = sgd_step(params, xb, yb, lr, self.held, self.slot)
         else:
@@ -153,6 +174,6 @@ class SGDSteps:
         for key in self.held if rows else ():
             if key.endswith(".D"):
                 ell = int(key[:-2])
-                stack[ell][0].baddbmm_(self.held[key][:, :rows].transpose(1, 2), self.held[f"{ell}.A"][:, :rows],
-                                       alpha=-1)
+                apply_held(stack[ell][0], self.held[key][:, :rows], self.held[f"{ell}.A"][:, :rows],
+                           self.held.get(f"{ell}.S"))
         self.slot = 0

@@ -248,7 +248,7 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
         probe.set_state(torch.as_tensor(resume["probe"]))
         start_epoch = int(resume["epoch"]) + 1
     alive = div.alive
-    sgd = (task.sgd_steps(linear_relu.hold_steps(device.type, arithmetic))
+    sgd = (task.sgd_steps(linear_relu.hold_steps(device.type))
            if task.sgd_steps is not None and opt is None else None)
     draw = make_sampler(sampler, n, b, N, gen, device)
     probe_draw = make_sampler("without_replacement", n, b, N, probe, device)
@@ -335,8 +335,8 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
 
 
 def estimate_cost(n_train: int, d_in: int, hidden: tuple[int, ...], n_classes: int, K: int, R: int, epochs: int,
-                  b: int, eval_size: int, n_val: int, noise_samples: int, device_type: str = "cpu",
-                  arithmetic: str = "float32") -> dict[str, float]:
+                  b: int, eval_size: int, n_val: int, noise_samples: int, device_type: str = "cpu"
+                  ) -> dict[str, float]:
     widths = (d_in, *hidden, n_classes)
     P = sum(widths[i] * widths[i + 1] + widths[i + 1] for i in range(len(widths) - 1))
     N = K * R
@@ -347,8 +347,9 @@ def estimate_cost(n_train: int, d_in: int, hidden: tuple[int, ...], n_classes: i
     chunk = max(1, min(m, ACTIVATION_ELEMENTS // (3 * N * sum(widths))))  # linear_relu_noise_terms' pass
     memory = (4.0 * N * (3 * P + b * d_in + b * sum(widths)) + 4.0 * 3 * N * chunk * sum(widths)  # activations
               + 12.0 * N * P)  # the float64 sums of the noise terms and one float32 layer gradient
-    if linear_relu.hold_steps(device_type, arithmetic) > 1:
-        memory += 4.0 * N * P  # the updates held as factors (fewer numbers than the weights: held_layers)
+    if linear_relu.hold_steps(device_type) > 1:
+        memory += 4.0 * N * P  # the updates held as factors (fewer numbers than the weights: held_layers); under
+        # bf16, factors and the weights' bf16 copies at 2 bytes each
     return {"memory_bytes": memory, "seconds": seconds, "flops": float(epochs * (train_flops + eval_flops)),
             "steps": float(epochs * (n_train // b + 3 + -(-m // chunk)))}
 

@@ -136,7 +136,7 @@ def estimate(config: MLPConfig) -> dict[str, float]:
     h, w = data.shape
     costs = [engine.estimate_cost(len(data.x_train), h * w, config.hidden, data.n_classes, config.inits,
                                   config.replicas, config.epochs, b, config.eval_size, len(data.x_val),
-                                  config.noise_samples, run_device_type(config), config.precision)
+                                  config.noise_samples, run_device_type(config))
              for b in config.batch_sizes]
     return combine_costs(costs)
 
