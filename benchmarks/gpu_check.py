@@ -1,7 +1,6 @@
-"""One prepared GPU check (≈ 3.5 min on an H100 — 3 min at its last measured run, before the side-by-side variants and
-the profile were added; parts are skipped past ``--budget`` seconds): correctness of every engine on the device, then
-the GPU timings the issues ask for. Not a test; prints one line per result and appends each line to
-``--out``/gpu_check.txt as it comes (a run cut short keeps what it measured).
+"""One prepared GPU check (≈ 3.5 min on an H100; parts are skipped past ``--budget`` seconds): correctness of every
+engine on the device, then the GPU timings the issues ask for. Not a test; prints one line per result and appends
+each line to ``--out``/gpu_check.txt as it comes (a run cut short keeps what it measured).
 
 Run on the device machine (the backend needs python-flint and diskcache there; ``scripts/fetch_gpu_wheels.sh`` puts
 their wheels in .whl/ here, carried with the call):
@@ -21,12 +20,13 @@ GPU models are fitted to): linear-regression engine (R = 10³, 10⁴, 10⁵, T =
 graph gathering X's rows from the other memory layout and with the group sums in the other number of levels;
 deep-linear paper preset (1 000 replicas, 1 000 steps, b = 16), graph and eager, against the naive per-replica loop;
 the MLP paper preset's training steps (the engine's fused step with its updates held as on this device, beside the
-same step applying each update at once and the vmap gradient + update) and one epoch of
-it (5 × 50 replicas of 784-1024-512-10, b = 64, on a synthetic 60 000-image IDX set:
-timing does not depend on pixel values) in float32, tf32 and bf16 with achieved FLOP/s against this card's matmul
-rate in that precision; the sequence paper preset's vmap+AdamW throughput in each precision (extrapolated to an
-epoch) and against the per-replica loop. Last, a profile (torch.profiler, the kernels with the most device time) of
-the linear-regression step at R = 10⁵ and of the MLP paper preset's tf32 step.
+same step holding 2, applying each update at once, and the vmap gradient + update) and a 3-epoch run of it, its
+start-up and per-epoch cost told apart by the epoch ends (5 × 50 replicas of 784-1024-512-10, b = 64, on a
+synthetic 60 000-image IDX set: timing does not depend on pixel values), in float32, tf32 and bf16 with achieved
+FLOP/s against this card's matmul rate in that precision; the sequence paper preset's vmap+AdamW throughput in each
+precision (extrapolated to an epoch) and against the per-replica loop. Last, a profile (torch.profiler, the kernels
+with the most device time) of the linear-regression step at R = 10⁵ and of the MLP paper preset's tf32 and bf16
+steps.
 """
 
 from __future__ import annotations
@@ -292,7 +292,7 @@ def time_mlp_steps(dev: torch.device, small: bool, arithmetic: str) -> None:
     gen = torch.Generator(device=dev).manual_seed(0)
     X = torch.rand((n, 784), device=dev)
     Y = torch.randint(0, 10, (n,), device=dev)
-    hold = linear_relu.hold_steps(dev.type, arithmetic)
+    hold = linear_relu.hold_steps(dev.type)
 
     def vmap_steps(k: int) -> None:
         nonlocal params
@@ -313,9 +313,9 @@ def time_mlp_steps(dev: torch.device, small: bool, arithmetic: str) -> None:
         return run
 
     secs = {}
-    variants = [(f"engine (held {hold})", engine_steps(hold)), ("engine (applied each step)", engine_steps(1)),
-                ("vmap + update", vmap_steps)]
-    for name, run in variants[1:] if hold == 1 else variants:
+    variants = [(f"engine (held {h})", engine_steps(h)) for h in sorted({hold, 2}, reverse=True) if 1 < h <= hold]
+    variants += [("engine (applied each step)", engine_steps(1)), ("vmap + update", vmap_steps)]
+    for name, run in variants:
         run(3)
         secs[name] = timed(lambda: run(steps), dev) / steps
     widths = [784, *hidden, 10]
@@ -329,32 +329,37 @@ def time_mlp_steps(dev: torch.device, small: bool, arithmetic: str) -> None:
 
 
 def time_mlp_precision(dev: torch.device, small: bool, arithmetic: str) -> None:
+    """The MLP paper preset run end to end for 3 epochs in ``arithmetic``: its start-up (data, replicas, the epoch-0
+    statistics) and the cost of one more epoch with its statistics, told apart by the time of each epoch's end
+    (the run's progress reports)."""
     rate = costs.matmul_rate(str(dev), arithmetic) if dev.type == "cuda" else matmul_rate(dev, 1024)
+    epochs = 3
     with tempfile.TemporaryDirectory() as tmp:
         n = 3000 if small else 60000
         write_synthetic_idx(Path(tmp), n)
-        over = {"setting": "mlp", "preset": "paper", "epochs": 1, "batch_sizes": [64], "device": dev.type,
+        over = {"setting": "mlp", "preset": "paper", "epochs": epochs, "batch_sizes": [64], "device": dev.type,
                 "dataset": {"name": "idx", "path": tmp}, "precision": arithmetic}
         if small:
             over.update({"hidden": [64, 32], "inits": 2, "replicas": 4, "eval_size": 500})
-        secs, est = {}, {}
-        for epochs in (1, 2):  # one epoch's cost is the difference: the statistics at each epoch end are apart
-            cfg = parse_config({**over, "epochs": epochs})
-            est[epochs] = api.estimate(cfg)
-            res = api.simulate(cfg)
-            secs[epochs] = res["meta"]["seconds"]
-            calibration(est[epochs], secs[epochs], f"paper preset, {epochs} epochs, b = 64")
-        epoch = secs[2] - secs[1]
-        widths = [784, *cfg.hidden, 10]
-        P = sum(widths[k] * widths[k + 1] + widths[k + 1] for k in range(len(widths) - 1))
-        n_train = res["meta"]["n_train"]
-        flops = 6 * P * n_train * cfg.inits * cfg.replicas  # one epoch of SGD (forward + backward)
-        say(f"TIME MLP ({arithmetic}) {'-'.join(map(str, widths))}, {cfg.inits} × {cfg.replicas} replicas, b = 64, "
-            f"n_train = {n_train} on {dev}: 1 epoch with its statistics {secs[1]:.1f} s, 2 epochs {secs[2]:.1f} s → "
-            f"one more epoch (training + its statistics) {epoch:.2f} s; SGD alone {flops / 1e12:.1f} TFLOP → "
-            f"≥ {flops / max(epoch, 1e-9) / 1e12:.2f} TFLOP/s vs {rate / 1e12:.1f} TFLOP/s {arithmetic} matmul "
-            f"({flops / max(epoch, 1e-9) / rate:.0%}); estimated {costs.device_seconds(est[2], dev):.1f} s for 2 epochs, "
-            f"{est[2]['memory_bytes'] / 2**30:.1f} GiB")
+        cfg = parse_config(over)
+        est = api.estimate(cfg)
+        ends: list[float] = []
+        start = time.perf_counter()
+        res = api.simulate(cfg, progress=lambda units: ends.append(time.perf_counter()))
+        total = time.perf_counter() - start
+    epoch = float(np.median(np.diff(ends[-epochs:])))  # each epoch's training and its statistics
+    calibration(est, total, f"paper preset, {epochs} epochs, b = 64, one more epoch {epoch:.3f} s")
+    widths = [784, *cfg.hidden, 10]
+    P = sum(widths[k] * widths[k + 1] + widths[k + 1] for k in range(len(widths) - 1))
+    n_train = res["meta"]["n_train"]
+    flops = 6 * P * n_train * cfg.inits * cfg.replicas  # one epoch of SGD (forward + backward)
+    say(f"TIME MLP ({arithmetic}) {'-'.join(map(str, widths))}, {cfg.inits} × {cfg.replicas} replicas, b = 64, "
+        f"n_train = {n_train} on {dev}: {epochs} epochs {total:.1f} s = start-up {total - epochs * epoch:.1f} s + "
+        f"{epochs} × {epoch:.2f} s per epoch (training + its statistics; epoch ends at "
+        f"{', '.join(f'{t - start:.1f}' for t in ends)} s); SGD alone {flops / 1e12:.1f} TFLOP → "
+        f"≥ {flops / epoch / 1e12:.2f} TFLOP/s vs {rate / 1e12:.1f} TFLOP/s {arithmetic} matmul "
+        f"({flops / epoch / rate:.0%}); estimated {costs.device_seconds(est, dev):.1f} s, "
+        f"{est['memory_bytes'] / 2**30:.1f} GiB")
 
 
 def time_sequence(dev: torch.device, small: bool) -> None:
@@ -387,8 +392,8 @@ def time_sequence(dev: torch.device, small: bool) -> None:
 
 def profile_steps(dev: torch.device, small: bool) -> None:
     """Where the device time goes (torch.profiler, the kernels with the most self time): 64 eager steps of the
-    linear-regression engine at R = 10⁵, b = 16, and 20 of the MLP paper preset's training steps in tf32 — the two
-    GPU targets issue #13 has left, for whoever tunes them next."""
+    linear-regression engine at R = 10⁵, b = 16, and 20 of the MLP paper preset's training steps in tf32 and in
+    bf16 — issue #13's two hardest GPU targets, for whoever tunes them next."""
     from torch.profiler import ProfilerActivity, profile
 
     from backend.engine import linear_relu
@@ -408,16 +413,19 @@ def profile_steps(dev: torch.device, small: bool) -> None:
     params = mlp_engine.init_params(mlp_engine.make_model(784, hidden, 10), N, 0, torch.float32, dev)
     Xi, Yi = torch.rand((n, 784), device=dev), torch.randint(0, 10, (n,), device=dev)
 
-    def mlp_steps() -> None:
-        stepper = linear_relu.SGDSteps(linear_relu.hold_steps(dev.type, "tf32"))
-        for _ in range(20):
-            idx = torch.randint(0, n, (N, 64), device=dev)
-            with precision("tf32", dev):
-                stepper.step(params, Xi[idx], Yi[idx], 0.01)
-        stepper.settle(params)
+    def mlp_steps(arithmetic: str):
+        def run_steps() -> None:
+            stepper = linear_relu.SGDSteps(linear_relu.hold_steps(dev.type))
+            for _ in range(20):
+                idx = torch.randint(0, n, (N, 64), device=dev)
+                with precision(arithmetic, dev):
+                    stepper.step(params, Xi[idx], Yi[idx], 0.01)
+            stepper.settle(params)
+        return run_steps
 
-    for label, fn in ((f"linear regression, R = {R}, 64 eager steps", run),
-                      (f"MLP {'-'.join(map(str, (784, *hidden, 10)))}, {N} replicas, 20 tf32 steps", mlp_steps)):
+    mlp = f"MLP {'-'.join(map(str, (784, *hidden, 10)))}, {N} replicas, 20"
+    for label, fn in ((f"linear regression, R = {R}, 64 eager steps", run), (f"{mlp} tf32 steps", mlp_steps("tf32")),
+                      (f"{mlp} bf16 steps", mlp_steps("bf16"))):
         fn()
         sync(dev)
         with profile(activities=[activity]) as prof:
