@@ -41,16 +41,17 @@ class GpuModel:
 GPU_CALIBRATION_CARD = ("NVIDIA H100 80GB HBM3, torch 2.11+cu130, matmul 51.6 (float32) / 358 (tf32) / 529 (bf16) "
                         "TFLOP/s")
 GPU_MODELS: dict[str, GpuModel] = {
-    # R = 10³, 10⁴, 10⁵ replicas, T = 2 000, b = 16 (float64, one chunk each): 0.338, 0.416, 3.50 s — launch-bound
-    # (0.17 ms per step) up to 10⁴ replicas, then bound by the gather of the drawn rows of X
-    "linear_regression": GpuModel(efficiency={"float32": 0.00142}, step_seconds=1.69e-4, overlap=True),
-    # the paper preset (1 000 replicas × 1 000 steps, b = 16, statistics every 10 steps): 0.98 s
+    # R = 10³, 10⁴, 10⁵ replicas, T = 2 000, b = 16 (float64, one chunk each): 0.31, 0.37, 1.35 s — launch-bound
+    # (0.16 ms per step) up to 10⁴ replicas, then bound by the gathers and products of the drawn rows of X
+    "linear_regression": GpuModel(efficiency={"float32": 0.00367}, step_seconds=1.69e-4, overlap=True),
+    # the paper preset (1 000 replicas × 1 000 steps, b = 16, statistics every 10 steps): 0.88 and 1.11 s (two runs)
     "deep_linear": GpuModel(efficiency={"float32": 0.25}, step_seconds=2.7e-4),
-    # the paper preset (5 × 50 replicas, b = 64, 48 000 training images), 1 and 2 epochs: float32 13.5 / 17.9 s,
-    # tf32 11.7 / 15.8 s, bf16 13.0 / 19.2 s (training is memory-bound: 250 replicas × 1.33 M float32 weights read
-    # and written every step; bf16 autocast adds a cast of every weight)
-    "mlp": GpuModel(efficiency={"float32": 0.55, "tf32": 0.134, "bf16": 0.060}, step_seconds=3e-4,
-                    fixed_seconds=9.0),
+    # the paper preset (5 × 50 replicas, b = 64, 48 000 training images), 3 epochs: float32 18.5 s (3.39 s per
+    # epoch), tf32 16.4 s (2.28 s), bf16 16.0 s (1.98 s); start-up 8.3–10.1 s. Training is memory-bound (250
+    # replicas × 1.33 M float32 weights read every step; on CUDA the updates are held 4 steps, bf16 reads bf16
+    # copies), and each epoch's statistics (≈ 0.55 s) run in float32/64 whatever the precision
+    "mlp": GpuModel(efficiency={"float32": 0.73, "tf32": 0.162, "bf16": 0.129}, step_seconds=3e-4,
+                    fixed_seconds=9.3),
     # the paper preset (100 replicas, b = 32), 1 epoch with the epoch-0 and epoch-1 statistics: 105 s in float32
     # (one figure: start-up and per-epoch cost are not told apart; the training alone is ≈ 10 s of it)
     "sequence": GpuModel(efficiency={"float32": 0.018}, step_seconds=3e-4),
