@@ -64,8 +64,9 @@ def registry() -> list[dict[str, Any]]:
 
 
 def setting_pages() -> list[dict[str, str]]:
-    """Every setting's name, title and icon, in registry order (the app's navigation; cheap: parses nothing)."""
-    return [{"name": m.NAME, "title": m.TITLE, "icon": m.ICON} for m in settings.SETTINGS.values()]
+    """Every setting's name, title, icon and Home card, in registry order (the app's navigation; cheap: parses
+    nothing)."""
+    return [{"name": m.NAME, "title": m.TITLE, "icon": m.ICON, "card": m.CARD} for m in settings.SETTINGS.values()]
 
 
 def defaults(setting: str) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Home: the paper's claims in plain words and formulas, and a link to every page."""
 
-from ui.shell import guard
+from ui.shell import HOME, guard, nav_pages
 
 guard()  # opened by its URL in a fresh session: run inside the app frame
 
@@ -38,18 +38,7 @@ st.markdown(
     "exact rational polynomials in $1/b$), and check each estimate against it with a $z$-score."
 )
 st.subheader("Pages")
-st.page_link("pages/linear_regression.py", label="Linear regression — Graduate Admission, synthetic data or your CSV "
-                                                 "(paper §3.1, Figure 2)", icon=":material/show_chart:")
-st.page_link("pages/deep_linear.py", label="Deep linear network — teacher–student, online Gaussian samples; exact "
-                                           "polynomials in 1/b beyond t = 0, Theorem 4 fits, b₀ (paper §3.2, Figure 3)",
-             icon=":material/account_tree:")
-st.page_link("pages/mlp.py", label="MLP classifier — digits, Fashion-MNIST or IDX; variance, loss, error, the gap "
-                                   "on distorted images, the variance split (paper §4.1, Figures 1, 4, 5)",
-             icon=":material/hub:")
-st.page_link("pages/sequence.py", label="Sequence model (Adam) — a small transformer on Yelp/Amazon/IMDb review "
-                                        "sentences; variance, loss and error per epoch (paper Appendix A.1.4, Figure 6)",
-             icon=":material/notes:")
-st.page_link("pages/theory.py", label="Theory — the mathematics behind every number: conventions, the exact "
-                                      "recursions, the variance split, the standard errors and how each is checked",
-             icon=":material/functions:")
+for page in nav_pages():  # the navigation's own list: every page there is linked here
+    if page != HOME:
+        st.page_link(page.path, label=f"{page.title} — {page.card}", icon=page.icon)
 st.caption("Data: Graduate Admission 2 (Acharya, Armaan, Antony, IEEE ICCIDS 2019).")

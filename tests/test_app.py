@@ -40,9 +40,20 @@ def wait_for_run(at: AppTest, prefix: str = "lr", timeout: float = 180) -> None:
 
 
 def test_home_renders_and_links_every_page():
+    """Home links every page of the app's navigation (and every page script is in the navigation), each link
+    labelled with the page's title and its card."""
+    from ui.shell import HOME, nav_pages
+
     at = open_page()
     assert "batchvar" in at.title[0].value
     assert any("Theorems 1–2" in m.value for m in at.markdown)
+    links = at.main.get("page_link")
+    others = [p for p in nav_pages() if p != HOME]
+    assert sorted(link.proto.page for link in links) == sorted(p.url_path for p in others)
+    assert {p.path for p in nav_pages()} == {f"pages/{f.name}" for f in (ROOT / "pages").glob("*.py")}
+    labels = {link.proto.page: link.proto.label for link in links}
+    for p in others:
+        assert labels[p.url_path].startswith(p.title) and len(labels[p.url_path]) > len(p.title) + 10, labels
 
 
 def test_linear_regression_defaults_then_small_run():

@@ -8,6 +8,7 @@ therefore starts with ``guard()``: run on its own, it runs the frame instead, wh
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import streamlit as st
 
@@ -16,20 +17,50 @@ from backend import api
 _inside = threading.local()  # set while the frame runs a page (one script run per thread)
 
 
-def pages() -> list:
-    return [st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-            *(st.Page(f"pages/{s['name']}.py", title=s["title"], icon=s["icon"], url_path=s["name"])
+@dataclass(frozen=True)
+class NavPage:
+    """One page of the app: its script, title (also the browser tab's), icon, URL path ("" for Home, the default
+    page) and its card, the line that Home shows after the title."""
+
+    path: str
+    title: str
+    icon: str
+    url_path: str
+    card: str
+
+
+HOME = NavPage("pages/home.py", "Home", ":material/home:", "",
+               "the paper's claims in plain words and formulas, and a link to every page")
+
+
+def nav_pages() -> list[NavPage]:
+    """The app's pages in navigation order: Home, one per registered setting (its card from its settings module),
+    the advisor, the sweeps, the theory. The navigation, the sidebar's links and Home's list are all built from it."""
+    return [HOME,
+            *(NavPage(f"pages/{s['name']}.py", s["title"], s["icon"], s["name"], s["card"])
               for s in api.setting_pages()),
-            st.Page("pages/advisor.py", title="Batch-size advisor", icon=":material/tune:", url_path="advisor"),
-            st.Page("pages/sweeps.py", title="Sweeps", icon=":material/grid_on:", url_path="sweeps"),
-            st.Page("pages/theory.py", title="Theory", icon=":material/functions:", url_path="theory")]
+            NavPage("pages/advisor.py", "Batch-size advisor", ":material/tune:", "advisor",
+                    "I can afford N gradient evaluations: which b, and how should the learning rate scale with it? "
+                    "Exact for linear regression, replica runs for the other settings"),
+            NavPage("pages/sweeps.py", "Sweeps", ":material/grid_on:", "sweeps",
+                    "a grid of replica runs over any config fields, in this process or on Ray; any quantity against "
+                    "any swept field, with 95 % intervals"),
+            NavPage("pages/theory.py", "Theory", ":material/functions:", "theory",
+                    "the mathematics behind every number: conventions, the exact recursions, the variance split, the "
+                    "standard errors and how each is checked")]
+
+
+def pages() -> list:
+    """The navigation's st.Page objects, one per ``nav_pages()`` entry."""
+    return [st.Page(p.path, title=p.title, icon=p.icon, default=True) if p.url_path == "" else
+            st.Page(p.path, title=p.title, icon=p.icon, url_path=p.url_path) for p in nav_pages()]
 
 
 def run() -> None:
     """The frame: page config, navigation, the sidebar's links, then the chosen page."""
-    st.set_page_config(page_title="batchvar", page_icon="📉", layout="wide")
     listed = pages()
     page = st.navigation(listed, position="hidden")
+    st.set_page_config(page_title=f"{page.title} · batchvar", page_icon="📉", layout="wide")  # the browser tab
     with st.sidebar:
         for p in listed:
             st.page_link(p)

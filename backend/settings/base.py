@@ -42,6 +42,7 @@ class Setting(Protocol):
     TITLE: str
     ORDER: int  # position in the registry and the navigation
     ICON: str  # the app's icon for its page (a Streamlit material icon name)
+    CARD: str  # one line on the Home page: what its page shows (after the title)
     CONFIG: type
     PRESETS: Mapping[str, dict]
     THEORY_ONLY_DROPS: tuple[str, ...]  # config fields the exact theory does not read (left out of its cache key)

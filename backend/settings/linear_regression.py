@@ -148,6 +148,8 @@ NAME = "linear_regression"
 ORDER = 1  # position in the registry and the app's navigation
 ICON = ":material/show_chart:"
 TITLE = "Linear regression"
+CARD = ("Graduate Admission, synthetic data or your CSV: the exact variance at every step as a polynomial in "
+        "1/b, drawn over replica runs (paper §3.1, Figure 2)")  # its card on the Home page
 CONFIG = LinearRegressionConfig
 THEORY_ONLY_DROPS = ("replicas", "seed", "device")
 QUANTITIES = (
