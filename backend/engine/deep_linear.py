@@ -26,8 +26,7 @@ import numpy as np
 import torch
 
 from backend.engine.graphs import Replay
-from backend.engine.linreg import seed_for
-from backend.engine.runner import Divergence, DivergenceLog, check_cancel, chunks, report
+from backend.engine.runner import Divergence, DivergenceLog, check_cancel, chunks, report, seed_for
 from backend.stats import Groups, GroupStats, group_ids, group_m2, n_groups_equal
 
 DIVERGENCE_LOSS = 1e30

@@ -21,7 +21,8 @@ import torch
 
 from backend.engine.graphs import Replay
 from backend.engine.samplers import FLOYD_MAX, _stream_length, make_sampler
-from backend.engine.runner import DIVERGENCE_LOSS, Divergence, DivergenceLog, check_cancel, chunks, report
+from backend.engine.runner import (DIVERGENCE_LOSS, STEP_BLOCK, Divergence, DivergenceLog, check_cancel, chunks, report,
+                                   seed_for)
 from backend.stats import MeanAccumulator, VarianceAccumulator, group_ids, n_groups
 
 # gathered batch elements (replicas × k × (p + 1)) per chunk: on a CPU a chunk's batches stay small; a GPU takes
@@ -34,7 +35,6 @@ CHUNK_ELEMENTS = {"cpu": 8_000_000, "cuda": 64_000_000}
 # T = 2 000 in 1.35 s instead of 3.18 s (H100, side by side). On a CPU the row-major copy gathers 4–10× faster
 # (measured on the 2-core box).
 GATHER_LAYOUT = {"cpu": "rows", "cuda": "columns"}
-STEP_BLOCK = 32  # steps whose indices are drawn at once and whose statistics are accumulated at once
 
 
 class StepBlock:
@@ -94,11 +94,6 @@ class ReplicaResult:
     diverged_replicas: int
     groups: int
     extra: dict = field(default_factory=dict)
-
-
-def seed_for(seed: int, *keys: int) -> int:
-    """A 63-bit seed derived from (seed, keys...) by numpy's SeedSequence (independent streams per b and chunk)."""
-    return int(np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 def gather_source(X: torch.Tensor, device_type: str) -> torch.Tensor:

@@ -27,13 +27,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.func import functional_call, grad, grad_and_value, vmap
 
 from backend import lemma1
 from backend.engine import linear_relu
-from backend.engine.linreg import STEP_BLOCK, seed_for
 from backend.engine.noise import linear_relu_noise_terms, noise_terms
-from backend.engine.runner import ACTIVATION_ELEMENTS, Divergence, DivergenceLog, check_cancel, precision, report
+from backend.engine.replicas import Replicas, module_forward  # noqa: F401  (module_forward: the settings)
+from backend.engine.runner import (ACTIVATION_ELEMENTS, STEP_BLOCK, Divergence, DivergenceLog, check_cancel, precision,
+                                   report, seed_for)
 from backend.engine.samplers import make_sampler
 from backend.stats import group_mean, group_ratio, group_var
 
@@ -64,66 +64,6 @@ def init_params(model: torch.nn.Module, K: int, seed: int, dtype: torch.dtype, d
             bound = 1.0 / math.sqrt(fan_in)
             stacked[name].append((torch.rand(p.shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound)
     return {n: torch.stack(v).to(dtype=dtype, device=device) for n, v in stacked.items()}
-
-
-def module_forward(model: torch.nn.Module) -> Callable:
-    """forward(params, x) for an nn.Module through torch.func.functional_call (the module itself stays on 'meta')."""
-    meta = model.to("meta")
-    return lambda params, x: functional_call(meta, params, (x,))
-
-
-
-
-class Replicas:
-    """A functional classifier forward(params, x) → logits and its batched gradient, loss and per-sample gradients.
-
-    Every batched call runs over all replicas at once, or over consecutive blocks of ``replica_chunk`` replicas (each
-    block vectorised) when the activations of all of them would not fit: results are concatenated, identical."""
-
-    def __init__(self, model, replica_chunk: int | None = None) -> None:
-        forward = module_forward(model) if isinstance(model, torch.nn.Module) else model
-        self.forward = forward
-        self.replica_chunk = replica_chunk
-
-        def loss(params, x, y):
-            return torch.nn.functional.cross_entropy(forward(params, x), y)
-
-        self.loss = loss
-        self.per_sample = vmap(grad(lambda p, x, y: loss(p, x[None], y[None])), in_dims=(None, 0, 0))
-        self._grad_and_loss = vmap(grad_and_value(loss))  # over replicas: (params, xb, yb)
-        self._per_sample_replicas = vmap(self.per_sample, in_dims=(0, None, None))
-        self._logits = vmap(lambda p, x: forward(p, x), in_dims=(0, None))
-
-    def in_blocks(self, fn, params, *per_replica, shared=()):
-        """fn(params, *per_replica, *shared) over all replicas at once, or block by block (``replica_chunk``; a
-        per-replica argument is a tensor or a dict of tensors with the replicas first)."""
-        N = next(iter(params.values())).shape[0]
-        c = self.replica_chunk
-        if c is None or c >= N:
-            return fn(params, *per_replica, *shared)
-        cut = lambda a, s: {k: v[s:s + c] for k, v in a.items()} if isinstance(a, dict) else a[s:s + c]  # noqa: E731
-        parts = [fn(cut(params, s), *(cut(a, s) for a in per_replica), *shared) for s in range(0, N, c)]
-        return _concat(parts)
-
-    def grad_and_loss(self, params, xb, yb):
-        """({name: (N, …)} gradients, (N,) losses) of each replica on its own batch xb[r], yb[r]."""
-        return self.in_blocks(self._grad_and_loss, params, xb, yb)
-
-    def per_sample_replicas(self, params, X, Y):
-        """{name: (N, m, …)}: every replica's gradient on each of the shared points (X, Y)."""
-        return self.in_blocks(self._per_sample_replicas, params, shared=(X, Y))
-
-    def logits(self, params, X):
-        """(N, m, C): every replica's logits on the shared points X."""
-        return self.in_blocks(self._logits, params, shared=(X,))
-
-
-def _concat(parts):
-    if isinstance(parts[0], torch.Tensor):
-        return torch.cat(parts)
-    if isinstance(parts[0], dict):
-        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-    return tuple(_concat([p[i] for p in parts]) for i in range(len(parts[0])))
 
 
 def flat(grads: dict[str, torch.Tensor], lead: int = 1) -> torch.Tensor:
@@ -206,7 +146,7 @@ def mlp_task(data, hidden, seed: int, dtype: torch.dtype, device: torch.device, 
     model = make_model(d_in, hidden, data.n_classes)
     return Task(as_t(data.x_train), torch.as_tensor(data.y_train, device=device), as_t(data.x_val),
                 torch.as_tensor(data.y_val, device=device), None if distorted_val is None else as_t(distorted_val),
-                module_forward(make_model(d_in, hidden, data.n_classes)),
+                module_forward(model),
                 lambda K: init_params(model, K, seed, dtype, device),
                 act_per_sample=d_in + 2 * sum(hidden) + 2 * data.n_classes, noise_terms=linear_relu_noise_terms,
                 sgd_steps=linear_relu.SGDSteps)

@@ -13,7 +13,7 @@ from backend.engine import linear_relu
 from backend.engine.runner import ACTIVATION_ELEMENTS
 
 if TYPE_CHECKING:
-    from backend.engine.mlp import Replicas
+    from backend.engine.replicas import Replicas
 
 
 PER_SAMPLE_ELEMENTS = 2**27  # per-sample gradient entries held at once (0.5 GiB in float32)

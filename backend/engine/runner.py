@@ -21,6 +21,12 @@ from backend.stats import group_ranges, group_start
 
 DIVERGENCE_LOSS = 1e100  # a replica whose loss exceeds this (or turns non-finite) has diverged
 ACTIVATION_ELEMENTS = 2**29  # activations one vectorised call over replicas may hold at once (2 GiB in float32)
+STEP_BLOCK = 32  # steps whose indices are drawn at once and whose statistics are accumulated at once
+
+
+def seed_for(seed: int, *keys: int) -> int:
+    """A 63-bit seed derived from (seed, keys...) by numpy's SeedSequence (independent streams per b and chunk)."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 @dataclass(frozen=True)

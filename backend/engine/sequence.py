@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from backend.engine.linreg import seed_for
+from backend.engine.runner import seed_for
 
 
 class Encoder(torch.nn.Module):
