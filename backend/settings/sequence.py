@@ -171,7 +171,7 @@ def build_task(config: SequenceConfig, device: torch.device, total_steps: int) -
     task = trainer.Task(
         torch.as_tensor(tr, device=device), torch.as_tensor(data.y_train, device=device),
         torch.as_tensor(va, device=device), torch.as_tensor(data.y_val, device=device), None,
-        module_forward(seq.Encoder(tok.size, config.max_len, config.width, config.heads, config.layers).to(dtype)),
+        module_forward(model),
         lambda K: seq.init_params(model, K, config.seed, dtype, device),
         seq.AdamW((opt["beta1"], opt["beta2"]), opt["eps"], opt["weight_decay"], opt["clip"]),
         act_per_sample=activations_per_sequence(config, tr.shape[1]))
