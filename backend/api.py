@@ -18,9 +18,9 @@ import torch
 from backend import settings
 from backend.cache import ResultCache, default_cache
 # what the pages need of the config boundary and the data readers (pages import only this module and the charts)
-from backend.config import (DTYPES, MAX_REPLICAS, MIN_REPLICAS, MLP_SAMPLERS, PRECISIONS, SAMPLER_LABELS,  # noqa: F401
-                            SAMPLERS, SCHEDULES, expand_preset, from_query, loads, paper_batch_sizes, parse_config,
-                            to_query)
+from backend.config import expand_preset, from_query, loads, parse_config, to_query  # noqa: F401
+from backend.fields import (DTYPES, MAX_REPLICAS, MIN_REPLICAS, MLP_SAMPLERS, PRECISIONS, SAMPLER_LABELS,  # noqa: F401
+                            SAMPLERS, SCHEDULES, paper_batch_sizes)
 from backend.datasets import MAX_UPLOAD_BYTES, parse_csv_text  # noqa: F401
 from backend.docs import theory_preamble, theory_sections  # noqa: F401
 from backend.advisor import SCALINGS, advise, advise_rules, sweep, sweep_cells  # noqa: F401  (the batch-size advisor)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from backend.config import Fields, read_int, read_positive
+from backend.fields import Fields, read_int, read_positive
 from backend.errors import ConfigError
 from backend.exact import jsonable_number, parse_number, to_float_array
 

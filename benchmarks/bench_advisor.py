@@ -11,7 +11,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backend import advisor  # noqa: E402
-from backend.config import paper_batch_sizes, parse_config  # noqa: E402
+from backend.config import parse_config  # noqa: E402
+from backend.fields import paper_batch_sizes  # noqa: E402
 
 
 def best_of(fn, repeat: int = 3) -> float:

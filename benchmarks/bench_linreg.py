@@ -25,7 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backend import api  # noqa: E402
-from backend.config import paper_batch_sizes, parse_config  # noqa: E402
+from backend.config import parse_config  # noqa: E402
+from backend.fields import paper_batch_sizes  # noqa: E402
 from backend.engine import linreg as engine  # noqa: E402
 from backend.engine.samplers import make_sampler  # noqa: E402
 from backend.theory import linreg as th  # noqa: E402

@@ -39,11 +39,9 @@ def for_config(config) -> ModuleType:
 def describe() -> list[dict[str, Any]]:
     """The registry as JSON: per setting its name, title, quantities (for its default config: name, label, LaTeX,
     x-axis, whether exact theory exists, how it is estimated) and preset names."""
-    from backend.config import parse_config
-
     out = []
     for name, s in SETTINGS.items():
-        default = parse_config({"setting": name})
+        default = s.CONFIG.parse({"setting": name})
         out.append({"name": name, "title": s.TITLE, "icon": s.ICON, "x": s.quantities(default)[0].x,
                     "quantities": [q.to_json() for q in s.quantities(default)], "presets": list(s.PRESETS)})
     return out

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from backend.cache import CODE_VERSION, ResultCache
-from backend.config import (DEVICES, DTYPES, MAX_REPLICAS, MAX_STEPS, MAX_WIDTH, MIN_REPLICAS, Fields, Schedule,
+from backend.fields import (DEVICES, DTYPES, MAX_REPLICAS, MAX_STEPS, MAX_WIDTH, MIN_REPLICAS, Fields, Schedule,
                             config_fields, read_batch_sizes, read_choice, read_int, read_positive, replace_fields)
 from backend.costs import combine_costs
 from backend.curves import curves_result, unpack_stats
@@ -302,7 +302,7 @@ def simulate(config: DeepLinearConfig, device: torch.device, cache: ResultCache,
                  for b in config.batch_sizes]
         arrays = {}
         for name in per_b[0].curves:
-            for stat in ("value", "se", "lo", "hi", "tail_share"):
+            for stat in ("value", "se", "lo", "hi", "tail_share", "skew"):
                 arrays[f"{name}.{stat}"] = np.stack([r.curves[name][stat] for r in per_b])
         arrays["finite_count"] = np.stack([r.finite_count for r in per_b])
         meta = {"kind": "simulate_deep", "device": str(device), "groups": per_b[0].groups,

@@ -14,7 +14,7 @@ import torch
 
 from backend import datasets
 from backend.cache import CODE_VERSION, ResultCache, default_cache, make_key
-from backend.config import (DEVICES, MAX_REPLICAS, MAX_STEPS, MIN_REPLICAS, SAMPLER_LABELS, SAMPLERS, Fields, Schedule,
+from backend.fields import (DEVICES, MAX_REPLICAS, MAX_STEPS, MIN_REPLICAS, SAMPLER_LABELS, SAMPLERS, Fields, Schedule,
                             config_fields, paper_batch_sizes, read_batch_sizes, read_bool, read_choice, read_int,
                             read_positive, replace_fields)
 from backend.costs import combine_costs
@@ -331,7 +331,7 @@ def simulate(config: LinearRegressionConfig, device: torch.device, cache: Result
                 progress=progress.advance, cancel=cancel))
         arrays = {}
         for name in per_b[0].curves:
-            for stat in ("value", "se", "lo", "hi"):
+            for stat in ("value", "se", "lo", "hi", "tail_share", "skew"):
                 arrays[f"{name}.{stat}"] = np.stack([r.curves[name][stat] for r in per_b])
         arrays["finite_count"] = np.stack([r.finite_count for r in per_b])
         meta = {

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 
 from backend.cache import ResultCache
-from backend.config import (MLP_SAMPLERS, Fields, config_fields, read_batch_sizes, read_choice, read_int,
+from backend.fields import (MLP_SAMPLERS, Fields, config_fields, read_batch_sizes, read_choice, read_int,
                             read_positive, read_source, replace_fields, replica_run_fields)
 from backend.engine import mlp as trainer, sequence as seq
 from backend.engine.mlp import module_forward
