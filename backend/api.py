@@ -33,17 +33,17 @@ from backend.settings import base
 from backend.settings.classifier import SAMPLER_LABELS as CLASSIFIER_SAMPLER_LABELS  # noqa: F401
 from backend.settings.classifier import b_ordering_share, cached_checkpoint_epoch  # noqa: F401
 from backend.settings.deep_linear import (decreasing_everywhere, describe_methods, eval_inv_b,  # noqa: F401
-                                          eval_theorem4, fit_theorem4, heavy_tail_flags)
+                                          eval_theorem4, fit_theorem4)
 from backend.settings.linear_regression import (EXACT_MAX_T, FLOAT_POLY_MAX_T, QUANTITY_LABELS,  # noqa: F401
                                                 all_b_grid, check_monotone, eval_poly_inv_b, paper_fit,
                                                 theory_all_b, theory_curves)
-from backend.stats import z_scores
+from backend.curves import flag_message, flagged_points, per_b_table, unreliable  # noqa: F401  (flags, per-b table)
+from backend.stats import exact_z
 from backend.theory.deep_linear import decrease_threshold  # noqa: F401
 
 MAX_SIM_SECONDS = 3600.0
 MAX_RESUMABLE_SECONDS = 12 * 3600.0  # MLP / sequence runs checkpoint every epoch: a cancelled run resumes
 RESUMABLE = ("mlp", "sequence")
-Z_ROUNDING = 1e-9  # relative float64 rounding floor added to the SE in z-scores (deterministic quantities at t = 0)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -186,8 +186,7 @@ def agreement(theory_res: dict, sim_res: dict, quantity: str = "var_g", estimate
     """
     exact = theory_res["curves"][quantity]
     est = sim_res["curves"][estimate_name or quantity]
-    se = np.sqrt(est["se"] ** 2 + (Z_ROUNDING * np.abs(exact)) ** 2)
-    z = z_scores(est["value"], se, exact)
+    z = exact_z(est["value"], est["se"], exact)
     finite = np.isfinite(z)
     k = int(finite.sum())
     return {

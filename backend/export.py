@@ -26,3 +26,8 @@ def curves_csv(t: np.ndarray, batch_sizes: list[int], theory_curves: dict | None
 
 def config_json(config) -> str:
     return json.dumps(config.to_json(), indent=2)
+
+
+def table_csv(rows: list[dict]) -> str:
+    """A table of rows (e.g. api.per_b_table's) as CSV; None becomes an empty field."""
+    return pd.DataFrame(rows).to_csv(index=False)

@@ -67,9 +67,22 @@ def simulate_output(config, res: dict) -> dict[str, Any]:
                 "diverged_at": {str(x["b"]): x["diverged_at"] for x in meta["per_b"]}}
     return {"setting": config.setting, "t": res["t"].tolist(),
             "curves": curves_json(config.batch_sizes, res["curves"], (*api.quantities(config), "var_g_rb"), True),
+            **flags_json(config, res),
             "finite_count": {str(b): res["finite_count"][j].tolist() for j, b in enumerate(config.batch_sizes)},
             "diverged_at": dict(zip(map(str, config.batch_sizes), meta["diverged_at"])),
             "sampler": meta["sampler_label"], "device": meta["device"], "groups": meta["groups"]}
+
+
+def flags_json(config, res: dict) -> dict[str, Any]:
+    """``flags``: per quantity, the (b, t) whose estimate cannot be trusted (api.flagged_points: heavy tails or
+    |z| > 4 against the exact value) with the replicas that would make the SE trustworthy; ``flag_note``: why (or
+    None when nothing is flagged)."""
+    th = api.theory(config)
+    exact = th["curves"] if th["available"] and th["curves"] is not None else {}
+    of = {q: q for q in api.quantities(config)} | {"var_g_rb": "var_g"}  # estimator → the quantity it estimates
+    flags = {q: api.flagged_points(res, of[q], exact.get(of[q]), q) for q in of if q in res["curves"]}
+    worst = [p for ps in flags.values() for p in ps]
+    return {"flags": flags, "flag_note": api.flag_message(worst, config.replicas) if worst else None}
 
 
 def theory_output(config, res: dict) -> dict[str, Any]:

@@ -119,7 +119,7 @@ class VarianceAccumulator:
         with np.errstate(invalid="ignore", divide="ignore"):
             var = (m2.sum(axis=0) + between) / (N - 1)
             group_var = np.where(count >= 2, m2 / (count - 1), np.nan)
-        return VarianceEstimate(var, *batch_means_se(group_var), N)
+        return VarianceEstimate(var, *batch_means_se(group_var), N, *group_shape(group_var))
 
 
 class MeanAccumulator:
@@ -152,22 +152,32 @@ class MeanAccumulator:
         N = count.sum(axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = self.sum.cpu().numpy().sum(axis=0) / N
-        se, k_eff = batch_means_se(self.group_means())
-        return VarianceEstimate(mean, se, k_eff, N)
+        groups = self.group_means()
+        se, k_eff = batch_means_se(groups)
+        return VarianceEstimate(mean, se, k_eff, N, *group_shape(groups))
 
 
 @dataclass
 class VarianceEstimate:
-    """An estimate per t with its batch-means SE, the number of groups behind the SE, and the replicas counted."""
+    """An estimate per t with its batch-means SE, the number of groups behind the SE, the replicas counted, and the
+    shape of the group estimates (group_shape: the largest group's share, their skewness)."""
 
     value: np.ndarray
     se: np.ndarray
     groups: np.ndarray
     count: np.ndarray
+    tail_share: np.ndarray | None = None
+    skew: np.ndarray | None = None
 
     def interval(self, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
         q = t_quantile(level, np.maximum(self.groups - 1, 1))
         return self.value - q * self.se, self.value + q * self.se
+
+    def curve(self, level: float = 0.95) -> dict[str, np.ndarray]:
+        """{"value", "se", "lo", "hi", "tail_share", "skew"}: the arrays of a result's curve (backend/curves.py)."""
+        lo, hi = self.interval(level)
+        return {"value": self.value, "se": self.se, "lo": lo, "hi": hi, "tail_share": self.tail_share,
+                "skew": self.skew}
 
 
 def batch_means_se(group_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -182,6 +192,22 @@ def batch_means_se(group_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(k >= 2, se, np.nan), k
 
 
+def group_shape(group_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column (groups on axis 0, finite entries only): ``tail_share`` = max_k |v_k| / Σ_k |v_k|, the share of the
+    largest group (≈ 1/K when the tails are light), and ``skew`` = m₃ / m₂^{3/2}, the sample skewness of the K group
+    estimates (m_j the central moments over the groups; NaN below 3 groups or when they are all equal)."""
+    finite = np.isfinite(group_values)
+    k = finite.sum(axis=0)
+    v = np.where(finite, group_values, 0.0)
+    absg = np.abs(v)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(k > 0, absg.max(axis=0, initial=0.0) / absg.sum(axis=0), np.nan)
+        dev = np.where(finite, v - v.sum(axis=0) / k, 0.0)
+        m2, m3 = (dev ** 2).sum(axis=0) / k, (dev ** 3).sum(axis=0) / k
+        skew = np.where((k >= 3) & (m2 > 0), m3 / m2 ** 1.5, np.nan)
+    return share, skew
+
+
 def t_quantile(level: float, dof: np.ndarray) -> np.ndarray:
     """Two-sided Student-t quantile t_{dof, (1+level)/2}."""
     from scipy.stats import t as student_t
@@ -194,6 +220,67 @@ def z_scores(estimate: np.ndarray, se: np.ndarray, exact: np.ndarray) -> np.ndar
     with np.errstate(invalid="ignore", divide="ignore"):
         z = (np.asarray(estimate) - np.asarray(exact)) / np.asarray(se)
     return np.where(np.asarray(se) > 0, z, np.nan)
+
+
+Z_ROUNDING = 1e-9  # relative float64 rounding floor added to the SE in z-scores (deterministic quantities at t = 0)
+
+
+def exact_z(estimate: np.ndarray, se: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """z against an exact value with SE² enlarged by (Z_ROUNDING · exact)² for float64 rounding (docs/theory.md §4).
+    NaN where the exact value is zero (a deterministic quantity: b = n, or var(∇L) at t = 0) and the estimate is
+    zero up to rounding, |estimate| ≤ Z_ROUNDING × the largest |exact| along the last axis (the curve's scale)."""
+    exact = np.asarray(exact, dtype=np.float64)
+    z = z_scores(estimate, np.sqrt(np.asarray(se) ** 2 + (Z_ROUNDING * np.abs(exact)) ** 2), exact)
+    finite = np.where(np.isfinite(exact), np.abs(exact), 0.0)
+    scale = finite.max(axis=-1, keepdims=True, initial=0.0) if exact.ndim else finite
+    rounding = (exact == 0) & (np.abs(np.asarray(estimate)) <= Z_ROUNDING * scale)
+    return np.where(rounding, np.nan, z)
+
+
+# -- flags: estimates whose batch-means SE cannot be trusted (docs/theory.md §4) --------------------------------
+
+HEAVY_TAIL_SHARE = 0.25  # one of the K groups carries more than a quarter of the summed group estimates
+FLAG_Z = 4.0  # |z| against a known exact value beyond which the SE is not believed (a false alarm ≈ 1 in 16 000)
+TRUSTED_SKEW = 0.1  # skewness of the whole estimate below which its normal (t) interval is trusted
+
+
+def estimate_flags(curve: dict[str, np.ndarray], exact: np.ndarray | None, replicas: np.ndarray, groups: int
+                   ) -> dict[str, np.ndarray]:
+    """Per (b, x): whether the estimate of a curve (value, se, tail_share, skew over (B, X)) is unreliable, and how
+    many replicas would make its SE trustworthy.
+
+    Flagged (``flag``) when one of the K replica groups carries more than HEAVY_TAIL_SHARE of the summed group
+    estimates (``heavy_tail``: a few huge samples dominate), or when an exact value is known and the estimate lies
+    more than FLAG_Z standard errors from it (``far``; z by exact_z). Either way the batch-means SE of a strongly
+    skewed distribution is too small at this number of replicas: the groups rarely contain the rare large samples.
+
+    ``replicas_needed`` (where flagged): the mean of the K group estimates has skewness γ_G/√K, γ_G the skewness of
+    one group estimate (stats.group_shape); a mean's skewness falls like 1/√(replicas), so with R' replicas it is
+    γ_G √(R/R') / √K, and the t-interval is trusted (Edgeworth: its tail error is O(skewness)) once that is below
+    TRUSTED_SKEW: R' = R γ_G² / (K · TRUSTED_SKEW²). Since a skewness measured from K groups that missed the rare
+    samples is too small, R' is at least 10 R: a lower bound, not a guarantee (``replicas`` (B, X) counts the live
+    replicas behind each estimate)."""
+    value, se = np.asarray(curve["value"], dtype=np.float64), np.asarray(curve["se"], dtype=np.float64)
+    share = curve.get("tail_share")
+    heavy = (np.nan_to_num(np.asarray(share, dtype=np.float64), nan=0.0) > HEAVY_TAIL_SHARE if share is not None
+             else np.zeros(value.shape, dtype=bool))
+    z = exact_z(value, se, exact) if exact is not None else np.full(value.shape, np.nan)
+    far = np.nan_to_num(np.abs(z), nan=0.0) > FLAG_Z
+    flag = heavy | far
+    skew = curve.get("skew")
+    g2 = np.nan_to_num(np.asarray(skew, dtype=np.float64), nan=0.0) ** 2 if skew is not None else np.zeros(value.shape)
+    R = np.asarray(replicas, dtype=np.float64)
+    needed = np.maximum(R * g2 / (groups * TRUSTED_SKEW ** 2), 10 * R)
+    needed = np.where(flag, nice_ceiling(needed), np.nan)
+    return {"flag": flag, "heavy_tail": heavy, "far": far, "z": z, "replicas_needed": needed}
+
+
+def nice_ceiling(x: np.ndarray) -> np.ndarray:
+    """The smallest of 1, 2, 5 × 10^k at or above x (a replica count to suggest)."""
+    x = np.maximum(np.asarray(x, dtype=np.float64), 1.0)
+    p = 10.0 ** np.floor(np.log10(x))
+    out = np.where(x <= p, p, np.where(x <= 2 * p, 2 * p, np.where(x <= 5 * p, 5 * p, 10 * p)))
+    return out
 
 
 def polyfit_inv_b(b: np.ndarray, values: np.ndarray, degree: int, weights: np.ndarray | None = None) -> np.ndarray:
@@ -300,11 +387,9 @@ class GroupStats:
             value = np.where(finite, g, 0.0).sum(axis=0) / k
         se, k = batch_means_se(g)
         q = t_quantile(level, np.maximum(k - 1, 1))
-        # heavy-tail diagnostic: the share of the largest group in the total (≈ 1/K when tails are light)
-        absg = np.where(finite, np.abs(g), 0.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            share = np.where(k > 0, absg.max(axis=0) / absg.sum(axis=0), np.nan)
-        return {"value": value, "se": se, "lo": value - q * se, "hi": value + q * se, "tail_share": share}
+        share, skew = group_shape(g)  # heavy-tail diagnostics (estimate_flags)
+        return {"value": value, "se": se, "lo": value - q * se, "hi": value + q * se, "tail_share": share,
+                "skew": skew}
 
 
 def n_groups_equal(R: int, wanted: int = DEFAULT_GROUPS) -> int:

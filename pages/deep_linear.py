@@ -76,16 +76,14 @@ if sim is not None:
                f"over {sim['meta']['groups']} groups, 95 % bands; {sim['meta']['sampler']}."
                + ui.reduction_note(list(config.dims), sim["meta"].get("simulated_dims")))
     ui.divergence_notice(config, sim)
-    flags = api.heavy_tail_flags(sim, "var_g", theory["curves"]["var_g"])
-    if flags.any():
-        where = [(config.batch_sizes[j], t) for j, t in zip(*np.nonzero(flags))][:8]
-        st.warning("Unreliable estimates (heavy tails) at (b, t) = " + ", ".join(f"({b}, {t})" for b, t in where)
-                   + ". The update is polynomial in the Gaussian samples, so rare huge samples dominate var(g_t): "
-                     "the exact variance can be orders of magnitude above any feasible replica estimate, and the "
-                     "sample SE is wrong too — a finding that fitted Monte Carlo curves (as in the paper) cannot see.")
+    flagged = api.flag_message(api.flagged_points(sim, "var_g", theory["curves"]["var_g"]), config.replicas)
+    if flagged:
+        st.warning(flagged + " Here the update is polynomial in the Gaussian samples, so rare huge samples dominate "
+                   "var(g_t): the exact variance can be orders of magnitude above any feasible replica estimate — a "
+                   "finding that fitted Monte Carlo curves (as in the paper) cannot see.")
 
-tab_t, tab_b, tab_poly, tab_z, tab_dl = st.tabs(["Against t", "Against b", "Polynomial in 1/b", "Agreement",
-                                                 "Downloads"])
+tab_t, tab_b, tab_poly, tab_z, tab_table, tab_dl = st.tabs(["Against t", "Against b", "Polynomial in 1/b",
+                                                            "Agreement", "Per-b table", "Downloads"])
 with tab_t:
     use_rb = st.checkbox("Rao–Blackwellised estimator (conditional variance in closed form; smaller SE)", key="dl_rb",
                          disabled=sim is None)
@@ -162,5 +160,9 @@ with tab_z:
         c3.metric("max |z|", f"{agr['max_abs']:.2f}", help=f"over {agr['count']} (b, t) pairs with exact values")
         st.altair_chart(charts.z_chart(agr["z"], theory["t"], config.batch_sizes), width="stretch")
 
+with tab_table:
+    table_rows = ui.per_b_table("dl", theory, sim, api.quantities(config), labels, default_x=1)
+
 with tab_dl:
-    ui.downloads("dl", config, theory, sim, api.quantities(config), time_charts)
+    ui.downloads("dl", config, theory, sim, api.quantities(config), time_charts,
+                 {"Per-b table": table_rows} if table_rows else None)

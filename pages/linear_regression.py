@@ -102,9 +102,13 @@ if sim is not None:
     st.caption(f"Replica estimates: {config.replicas:,} replicas per b on {meta['device']}, SE by batch means over "
                f"{meta['groups']} groups, 95 % bands; sampler: {meta['sampler_label']}.")
     ui.divergence_notice(config, sim)
+    flagged = api.flag_message(api.flagged_points(sim, "var_g", None if theory["curves"] is None else
+                                                  theory["curves"]["var_g"]), config.replicas)
+    if flagged:
+        st.warning(flagged)
 
-tab_t, tab_b, tab_poly, tab_z, tab_thm, tab_dl = st.tabs(
-    ["Against t", "Against b", "Polynomial in 1/b", "Agreement", "Theorems 1–2", "Downloads"])
+tab_t, tab_b, tab_poly, tab_z, tab_table, tab_thm, tab_dl = st.tabs(
+    ["Against t", "Against b", "Polynomial in 1/b", "Agreement", "Per-b table", "Theorems 1–2", "Downloads"])
 tcurves = theory["curves"]
 with tab_t:
     use_rb = st.checkbox("Use the Rao–Blackwellised estimator for var(g_t | F_0) (same expectation, smaller SE)",
@@ -177,6 +181,9 @@ with tab_z:
         st.caption("z is NaN (blank) where the quantity is deterministic (t = 0 for var(∇L), b = n). Neighbouring t "
                    "share replicas, so z is correlated along t.")
 
+with tab_table:
+    table_rows = ui.per_b_table("lr", theory, sim, [*api.quantities(config), "var_g_rb"], api.QUANTITY_LABELS)
+
 with tab_thm:
     if tcurves is None:
         st.info("Needs exact theory.")
@@ -194,4 +201,5 @@ with tab_thm:
 
 with tab_dl:
     ui.downloads("lr", config, theory, sim, api.quantities(config),
-                     {api.QUANTITY_LABELS[q]: c for q, c in time_charts.items()})
+                     {api.QUANTITY_LABELS[q]: c for q, c in time_charts.items()},
+                     {"Per-b table": table_rows} if table_rows else None)

@@ -5,4 +5,5 @@ from ui.run import divergence_notice, job_panel, reduction_note, run_panel  # no
 from ui.state import (clear_cache_button, field_helpers, initial_raw, load, presets_and_upload, sync_url,  # noqa: F401
                       last_config_key, theory_link, user_text, validated)
 from ui import widgets  # noqa: F401
+from ui.tables import per_b_table  # noqa: F401
 from ui.advisor_view import frontier  # noqa: F401

@@ -186,20 +186,18 @@ def run_replicas(
         diverged.add(div)
     curves = {}
     for name, est in (("var_g", acc_g.result()), ("var_full_grad", acc_f.result()), ("loss", acc_loss.result())):
-        lo, hi = est.interval()
-        curves[name] = {"value": est.value, "se": est.se, "lo": lo, "hi": hi}
+        curves[name] = est.curve()
     if acc_cond is not None:
         # Rao–Blackwellised: mean_r var(g_t | F_t^{(r)}) + sample variance_r of E[g_t | F_t^{(r)}] = ∇L(w_t^{(r)}).
-        from backend.stats import batch_means_se, t_quantile
+        from backend.stats import VarianceEstimate, batch_means_se, group_shape
 
         fcount = acc_f.count.cpu().numpy()
         with np.errstate(invalid="ignore", divide="ignore"):
             group_var_f = np.where(fcount >= 2, acc_f.m2.cpu().numpy() / (fcount - 1), np.nan)
         groups_rb = acc_cond.group_means() + group_var_f
-        se, k = batch_means_se(groups_rb)
         value = acc_cond.result().value + curves["var_full_grad"]["value"]
-        q = t_quantile(0.95, np.maximum(k - 1, 1))
-        curves["var_g_rb"] = {"value": value, "se": se, "lo": value - q * se, "hi": value + q * se}
+        curves["var_g_rb"] = VarianceEstimate(value, *batch_means_se(groups_rb), acc_cond.count.cpu().numpy().sum(0),
+                                              *group_shape(groups_rb)).curve()
     return ReplicaResult(
         curves=curves,
         finite_count=finite.cpu().numpy().astype(np.int64),

@@ -159,8 +159,6 @@ CARD = ("teacher–student on online Gaussian samples; exact polynomials in 1/b 
 CONFIG = DeepLinearConfig
 THEORY_ONLY_DROPS = ("replicas", "seed", "device", "dtype", "batch_sizes")
 
-HEAVY_TAIL_SHARE = 0.25  # one of the K groups carries more than a quarter of the summed group variances
-
 
 def quantities(config: DeepLinearConfig) -> list[Quantity]:
     """var(g_{t,k} | F_0) per layer k, their sum, and the population loss; exact where an exact method applies."""
@@ -333,21 +331,6 @@ def _sim_result(config: DeepLinearConfig, meta: dict, arrays: dict, hit: bool) -
 ADVISOR_QUANTITIES = STEP_ADVISOR_QUANTITIES  # the batch-size advisor's hooks (backend/advisor.py)
 advise_cell = step_advise_cell
 advisor_steps = step_advisor_steps
-
-
-def heavy_tail_flags(sim: dict[str, Any], quantity: str = "var_g", exact: np.ndarray | None = None) -> np.ndarray:
-    """(B, T+1) booleans: estimates whose tails make them unreliable.
-
-    Flagged when one of the K replica groups carries more than HEAVY_TAIL_SHARE of the summed group variances (a
-    handful of huge samples dominate), or when an exact value is known and the estimate is more than 4 SE away.
-    """
-    c = sim["curves"][quantity]
-    flags = np.nan_to_num(c["tail_share"], nan=0.0) > HEAVY_TAIL_SHARE
-    if exact is not None:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            z = (c["value"] - exact) / np.sqrt(c["se"] ** 2 + (1e-9 * np.abs(exact)) ** 2)
-        flags |= np.nan_to_num(np.abs(z), nan=0.0) > 4
-    return flags
 
 
 def fit_theorem4(b: np.ndarray, values: np.ndarray, se: np.ndarray | None, degree: int) -> dict[str, Any]:
