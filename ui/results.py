@@ -46,12 +46,18 @@ def time_chart_with_caption(theory: dict | None, sim: dict | None, config, quant
     return chart
 
 
-def downloads(prefix: str, config, theory: dict | None, sim: dict | None, quantities, chart_by_name: dict) -> None:
-    """The curves (CSV: exact and estimate with SE and band per b, x and quantity), the config (JSON) and a chart."""
+def downloads(prefix: str, config, theory: dict | None, sim: dict | None, quantities, chart_by_name: dict,
+              tables: dict[str, list[dict]] | None = None) -> None:
+    """The curves (CSV: exact and estimate with SE and band per b, x and quantity), the config (JSON), a chart, and
+    any ``tables`` (name → rows, e.g. the per-b table) as CSV."""
     x, x_name = (theory["t"], "t") if theory is not None else (sim["x"], sim["x_name"])
     st.download_button("Curves (CSV)", export.curves_csv(x, config.batch_sizes, None if theory is None else
                                                          theory["curves"], sim, tuple(quantities), x_name),
                        "batchvar_curves.csv", "text/csv")
+    for i, (name, rows) in enumerate((tables or {}).items()):
+        if rows:
+            st.download_button(f"{name} (CSV)", export.table_csv(rows), f"batchvar_table{i}.csv", "text/csv",
+                               key=f"{prefix}_dltab{i}")
     st.download_button("Config (JSON, reloadable)", export.config_json(config), "batchvar_config.json",
                        "application/json")
     which = st.selectbox("Chart", list(chart_by_name), key=f"{prefix}_dlq")
