@@ -41,20 +41,22 @@ def weights_widget(name: str, label: str):
         raw = {}
     raw = raw or {}
     c1, c2 = sb.columns(2)
-    return {"seed": c1.number_input(f"{label} seed", 0, 2**31, int(raw.get("seed", 0 if name == "w0" else 1)),
+    return {"seed": c1.number_input(f"{label} seed", 0, 2**32 - 1, int(raw.get("seed", 0 if name == "w0" else 1)),
                                     key=k(f"{name}seed")),
-            "scale": c2.number_input(f"{label} scale", 0.0, 100.0, float(raw.get("scale", 1.0)), key=k(f"{name}sc"),
+            "scale": ui.widgets.number(c2, f"{label} scale", f"{name}.scale", float(raw.get("scale", 1.0)), 0.0, 100.0,
+                                     key=k(f"{name}sc"),
                                      help="entries N(0, scale² / fan-in)")}
 
 
 teacher = weights_widget("teacher", "Teacher")
 w0 = weights_widget("w0", "Student w0")
 lr = ui.widgets.schedule(d, k, help="the paper's α_t = 1/(10t) is inverse with c = 1/10", default_c="1/10")
-steps = sb.slider("Iterations T", 1, 2000, max(1, min(int(d("steps")), 2000)), key=k("steps"))
+steps = ui.widgets.slider(sb, "Iterations T", "steps", int(d("steps")), 1, 2000, key=k("steps"))
 batch_sizes = ui.widgets.batch_sizes(d, k, [2**i for i in range(13)])
 replicas, seed = ui.widgets.replicas_and_seed(d, k)
 dtype = sb.selectbox("Precision", api.DTYPES, index=api.DTYPES.index(d("dtype")), key=k("dtype"))
-record_every = sb.number_input("Record statistics every … steps", 1, 10_000, int(d("record_every")), key=k("rec"),
+record_every = ui.widgets.number(sb, "Record statistics every … steps", "record_every", int(d("record_every")), 1,
+                                 10_000, key=k("rec"),
                                help="1 records every step; larger values make long runs of big networks cheaper")
 ui.clear_cache_button()
 

@@ -36,8 +36,9 @@ elif source == "synthetic":
     c1, c2 = sb.columns(2)
     dataset = {"name": "synthetic", "n": c1.number_input("n", 2, 100_000, int(ds0.get("n", 200)), key=k("sn")),
                "p": c2.number_input("p", 1, 50, int(ds0.get("p", 5)), key=k("sp")),
-               "noise": c1.number_input("noise", 0.0, 100.0, float(ds0.get("noise", 0.5)), key=k("snoise")),
-               "seed": c2.number_input("data seed", 0, 2**31, int(ds0.get("seed", 0)), key=k("sseed"))}
+               "noise": ui.widgets.number(c1, "noise", "dataset.noise", float(ds0.get("noise", 0.5)), 0.0, 100.0,
+                                           key=k("snoise")),
+               "seed": c2.number_input("data seed", 0, 2**32 - 1, int(ds0.get("seed", 0)), key=k("sseed"))}
 elif source == "upload CSV":
     f = sb.file_uploader("CSV with a header row (numeric columns)", type=["csv"], key=k("csv"))
     if f is None:
@@ -71,10 +72,11 @@ if use_list:
 else:
     c1, c2 = sb.columns(2)
     w0s = w0_raw if isinstance(w0_raw, dict) else {}
-    w0 = {"seed": c1.number_input("w0 seed", 0, 2**31, int(w0s.get("seed", 0)), key=k("w0seed")),
-          "scale": c2.number_input("w0 scale", 0.0, 1e6, float(w0s.get("scale", 1.0)), key=k("w0scale"))}
+    w0 = {"seed": c1.number_input("w0 seed", 0, 2**32 - 1, int(w0s.get("seed", 0)), key=k("w0seed")),
+          "scale": ui.widgets.number(c2, "w0 scale", "w0.scale", float(w0s.get("scale", 1.0)), 0.0, 1e6,
+                                     key=k("w0scale"))}
 lr = ui.widgets.schedule(d, k, c_label="c (e.g. 1/2 or 0.05)")
-steps = sb.slider("Iterations T", 1, 5000, min(int(d("steps")), 5000) or 1, key=k("steps"))
+steps = ui.widgets.slider(sb, "Iterations T", "steps", int(d("steps")), 1, 5000, key=k("steps"))
 n_hint = 500 if source == "graduate_admission" else None
 batch_sizes = ui.widgets.batch_sizes(d, k, api.paper_batch_sizes(n_hint or 500) + [1, 2, 4, 8, 16, 32, 64, 128, 256])
 replicas, seed = ui.widgets.replicas_and_seed(d, k)

@@ -45,17 +45,19 @@ except ValueError:
 c1, c2 = sb.columns(2)
 inits = c1.number_input("Initial weights K", 1, 50, int(d("inits")), key=k("K"))
 replicas = c2.number_input("Replicas per init R", 2, 10_000, int(d("replicas")), key=k("R"))
-epochs = sb.slider("Epochs", 1, 1000, min(int(d("epochs")), 1000), key=k("E"))
+epochs = ui.widgets.slider(sb, "Epochs", "epochs", int(d("epochs")), 1, 1000, key=k("E"))
 lr = ui.widgets.schedule(d, k, c_label="Learning rate c", default="constant", default_c="0.05")
 batch_sizes = ui.widgets.batch_sizes(d, k, [8, 16, 32, 64, 128, 256, 512])
 sampler = sb.selectbox("Sampler", api.MLP_SAMPLERS, index=api.MLP_SAMPLERS.index(d("sampler")), key=k("sampler"),
                        format_func=api.CLASSIFIER_SAMPLER_LABELS.get)
 dist0 = d("distortion")
 c1, c2, c3 = sb.columns(3)
-distortion = {"alpha": c1.number_input("α", 0.0, 100.0, float(dist0["alpha"]), key=k("da")),
-              "sigma": c2.number_input("σ", 0.0, 20.0, float(dist0["sigma"]), key=k("ds_")),
+distortion = {"alpha": ui.widgets.number(c1, "α", "distortion.alpha", float(dist0["alpha"]), 0.0, 100.0,
+                                       key=k("da")),
+              "sigma": ui.widgets.number(c2, "σ", "distortion.sigma", float(dist0["sigma"]), 0.0, 20.0,
+                                       key=k("ds_")),
               "every": c3.number_input("gap every", 1, 100_000, int(dist0["every"]), key=k("de"))}
-seed = sb.number_input("Seed", 0, 2**31, int(d("seed")), key=k("seed"))
+seed = sb.number_input("Seed", 0, 2**32 - 1, int(d("seed")), key=k("seed"))
 precision = ui.widgets.precision(d, k)
 ui.clear_cache_button()
 

@@ -43,15 +43,16 @@ width = c3.number_input("Width", 2, 2048, int(d("width")), key=k("D"))
 c1, c2 = sb.columns(2)
 inits = c1.number_input("Initial weights K", 1, 50, int(d("inits")), key=k("K"))
 replicas = c2.number_input("Replicas per init R", 2, 10_000, int(d("replicas")), key=k("R"))
-epochs = sb.slider("Epochs", 1, 100, min(int(d("epochs")), 100), key=k("E"))
+epochs = ui.widgets.slider(sb, "Epochs", "epochs", int(d("epochs")), 1, 100, key=k("E"))
 o0 = d("optimizer")
 c1, c2, c3 = sb.columns(3)
 optimizer = {"lr": c1.text_input("Adam lr", str(o0["lr"]), key=k("lr")),
-             "warmup": c2.number_input("Warm-up steps", 0, 10**6, int(o0["warmup"]), key=k("wu")),
+             "warmup": ui.widgets.number(c2, "Warm-up steps", "optimizer.warmup", int(o0["warmup"]), 0, 10**6,
+                                       key=k("wu")),
              "clip": c3.text_input("Clip", str(o0["clip"]), key=k("clip")),
              "eps": o0["eps"], "beta1": o0["beta1"], "beta2": o0["beta2"], "weight_decay": o0["weight_decay"]}
 batch_sizes = ui.widgets.batch_sizes(d, k, [8, 16, 32, 64, 128])
-seed = sb.number_input("Seed", 0, 2**31, int(d("seed")), key=k("seed"))
+seed = sb.number_input("Seed", 0, 2**32 - 1, int(d("seed")), key=k("seed"))
 precision = ui.widgets.precision(d, k)
 ui.clear_cache_button()
 

@@ -123,6 +123,62 @@ def test_url_query_parameters_reproduce_a_view():
     assert by_label(at.sidebar.selectbox, "Sampler").value == "with_replacement"
 
 
+def open_link(page: str, params: dict[str, str]) -> AppTest:
+    """A fresh session that opens ``page`` by a link carrying ``params``."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    for key, value in params.items():
+        at.query_params[key] = value
+    at.run()
+    at.switch_page(page)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_a_link_beyond_a_limit_is_named_never_clamped_silently():
+    """A link's value beyond the config's limit is refused (a one-line warning naming the field and the limit, the
+    rest of the link kept); one the config takes but a widget cannot show starts the widget at its limit with a
+    warning naming both; a value of the wrong type is refused the same way, never a traceback."""
+    from backend import api
+
+    at = open_link("pages/linear_regression.py", {"steps": "999999", "replicas": "300"})
+    notes = [w.value for w in at.warning]
+    assert [n for n in notes if "steps" in n and re.search(r"20,?000", n) and "999999" in n], notes
+    assert by_label(at.sidebar.slider, "Iterations T").value == api.defaults("linear_regression")["steps"]
+    assert by_label(at.sidebar.number_input, "Replicas").value == 300  # the rest of the link is kept
+    by_label(at.sidebar.number_input, "Replicas").set_value(400)
+    at.run()
+    assert any("steps" in w.value and "999999" in w.value for w in at.warning)  # still said after a rerun
+
+    at = open_link("pages/linear_regression.py", {"steps": "8000"})
+    notes = [w.value for w in at.warning]
+    assert [n for n in notes if "steps = 8,000" in n and "5,000" in n], notes
+    assert by_label(at.sidebar.slider, "Iterations T").value == 5000
+
+    at = open_link("pages/mlp.py", {"setting": "mlp", "epochs": "5000"})
+    assert [w.value for w in at.warning if "epochs = 5,000" in w.value and "1,000" in w.value]
+    assert by_label(at.sidebar.slider, "Epochs").value == 1000
+
+    at = open_link("pages/linear_regression.py", {"steps": "1.5", "lr": '{"schedule": "nope", "c": "1/2"}'})
+    notes = " ".join(w.value for w in at.warning)
+    assert "steps" in notes and "lr.schedule" in notes and not at.error, notes
+
+
+def test_the_applied_preset_stays_selected():
+    from backend import api
+
+    at = open_page("pages/linear_regression.py")
+    by_label(at.sidebar.selectbox, "Preset").set_value("paper (Figure 2b)")
+    at.run()
+    by_label(at.sidebar.button, "Apply preset").click()
+    at.run()
+    assert not at.exception, at.exception
+    assert by_label(at.sidebar.selectbox, "Preset").value == "paper (Figure 2b)"
+    preset = api.expand_preset({"setting": "linear_regression", "preset": "paper (Figure 2b)"})
+    assert by_label(at.sidebar.slider, "Iterations T").value == preset["steps"]
+    assert by_label(at.sidebar.multiselect, "Batch sizes b").value == preset["batch_sizes"]
+
+
 def test_charts_draw_theory_and_estimate_and_skip_rounding_zeros():
     import numpy as np
 

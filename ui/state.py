@@ -30,16 +30,40 @@ def theory_link(section: int, what: str) -> None:
 def initial_raw(prefix: str, setting: str) -> dict:
     """The raw config the widgets start from: the URL's query parameters on first load, then presets/uploads."""
     if f"{prefix}_raw" not in st.session_state:
+        notes: list[str] = []
         try:
             raw = api.from_query(dict(st.query_params))
             if raw.get("setting", setting) != setting:
                 raw = {}
+            raw = valid_fields(raw, setting, notes)
         except api.ConfigError as e:
-            st.warning(f"Ignoring the link's config: {user_text(e)}")
+            notes.append(f"Ignoring the link's config: {user_text(e)}")
             raw = {}
         st.session_state[f"{prefix}_raw"] = raw
         st.session_state[f"{prefix}_gen"] = 0
+        st.session_state[f"{prefix}_link_notes"] = notes
+    for note in st.session_state.get(f"{prefix}_link_notes", []):  # shown until a preset or a file is loaded
+        st.warning(note)
     return st.session_state[f"{prefix}_raw"]
+
+
+def valid_fields(raw: dict, setting: str, notes: list[str]) -> dict:
+    """The link's raw config without the fields that do not validate; each one left out is named with the reason
+    in ``notes`` (one line each), so a link's value is never changed or dropped silently."""
+    raw = dict(raw)
+    if not set(raw) - {"setting"}:
+        return raw
+    while True:
+        try:
+            api.parse_config({**raw, "setting": setting})
+            return raw
+        except api.ConfigError as e:
+            top = e.field.split(".")[0].split("[")[0]
+            if top not in raw or top == "setting":
+                notes.append(f"Ignoring the link's config: {user_text(e)}")
+                return {}
+            notes.append(f"Ignoring the link's {user_text(top)} (the default is used): {user_text(e)}")
+            del raw[top]
 
 
 def field_helpers(prefix: str, setting: str):
@@ -62,15 +86,20 @@ def load(prefix: str, raw: dict) -> None:
     """Start the widgets from ``raw`` (a preset, if it names one, expanded into its fields)."""
     st.session_state[f"{prefix}_raw"] = api.expand_preset(raw)
     st.session_state[f"{prefix}_gen"] += 1
+    st.session_state[f"{prefix}_link_notes"] = []
     st.rerun()
 
 
 def presets_and_upload(prefix: str, setting: str) -> None:
     """Apply one of the setting's presets (a complete config), or load a config file downloaded earlier."""
     gen = st.session_state[f"{prefix}_gen"]
+    names = api.presets(setting)
+    applied = st.session_state.get(f"{prefix}_preset_applied")  # the selector shows the preset last applied
     with st.sidebar.expander("Presets and saved configs", expanded=False):
-        preset = st.selectbox("Preset", api.presets(setting), key=f"{prefix}_preset_{gen}")
+        preset = st.selectbox("Preset", names, index=names.index(applied) if applied in names else 0,
+                              key=f"{prefix}_preset_{gen}")
         if st.button("Apply preset", key=f"{prefix}_apply_{gen}"):
+            st.session_state[f"{prefix}_preset_applied"] = preset
             load(prefix, {"setting": setting, "preset": preset})
         up = st.file_uploader("Load a config (JSON)", type=["json"], key=f"{prefix}_cfgup_{gen}")
         if up is not None and st.button("Load config", key=f"{prefix}_load_{gen}"):

@@ -13,6 +13,28 @@ from backend import api
 from ui.state import user_text
 
 
+def within(field: str, value, lo, hi):
+    """A widget's starting value from the config (a link, a preset or a file): itself when the widget's range
+    [lo, hi] holds it, else the nearest bound, with a one-line warning naming the field and the limit (a value the
+    page cannot show is never changed silently)."""
+    if lo <= value <= hi:
+        return value
+    bound, side = (hi, "at most") if value > hi else (lo, "at least")
+    st.warning(f"{field} = {value:,} is beyond this page's limit ({side} {bound:,}): the page starts at {bound:,}. "
+               "The CLI (python -m backend) runs the config as it is.")
+    return bound
+
+
+def number(container, label: str, field: str, value, lo, hi, **kwargs):
+    """A number input over [lo, hi] that starts from the config's ``field`` value (``within``)."""
+    return container.number_input(label, lo, hi, within(field, value, lo, hi), **kwargs)
+
+
+def slider(container, label: str, field: str, value, lo, hi, **kwargs):
+    """A slider over [lo, hi] that starts from the config's ``field`` value (``within``)."""
+    return container.slider(label, lo, hi, within(field, value, lo, hi), **kwargs)
+
+
 SCHEDULE_HELP = "constant: α_t = c; inverse: α_t = c/(t+1); inverse_offset: α_t = c/(t+1+t0)"
 
 
@@ -41,7 +63,7 @@ def replicas_and_seed(d: Callable[[str], Any], k: Callable[[str], str]) -> tuple
     c1, c2 = st.sidebar.columns(2)
     replicas = c1.number_input("Replicas", api.MIN_REPLICAS, api.MAX_REPLICAS, int(d("replicas")), step=100,
                                key=k("R"))
-    return replicas, c2.number_input("Seed", 0, 2**31, int(d("seed")), key=k("seed"))
+    return replicas, c2.number_input("Seed", 0, 2**32 - 1, int(d("seed")), key=k("seed"))
 
 
 def precision(d: Callable[[str], Any], k: Callable[[str], str]) -> str:
