@@ -1,7 +1,9 @@
 """Altair chart builders: Result → chart. Only aggregated rows (steps × curves) are sent, never per-replica data.
 
-Theory is a solid line, the replica estimate a dashed line over its 95 % band, one colour per batch size; clicking a
-legend entry highlights one b. Log scales clip the lower bound above zero.
+Every chart of the app is built here (pages and ui/ only call these builders). Theory is a solid line drawn on top,
+the replica estimate a dashed line with open markers over its see-through band, one colour per batch size (sequential
+over b when there are many); a key names exact / replica estimate / band. Log axes never receive a non-positive value:
+such values are dropped and the chart says how many. Colours are explicit, so the page and the exported PNG/SVG agree.
 """
 
 from __future__ import annotations
@@ -48,12 +50,6 @@ def curves_frame(t: np.ndarray, batch_sizes: list[int], theory_curves: dict | No
     return df
 
 
-def drawn_summary(df: pd.DataFrame) -> dict[str, int]:
-    """How many finite points each source contributes (shown under the chart; the browser test reads it)."""
-    ok = df[np.isfinite(df["value"].to_numpy(dtype=float))]
-    return {"exact": int((ok["source"] == "exact").sum()), "estimate": int((ok["source"] == "estimate").sum())}
-
-
 def _positive_floor(df: pd.DataFrame, cols: tuple[str, ...]) -> float:
     vals = pd.concat([df[c] for c in cols if c in df]).to_numpy(dtype=float)
     vals = vals[np.isfinite(vals) & (vals > 0)]
@@ -64,60 +60,265 @@ def _b_order(df: pd.DataFrame) -> list[str]:
     return sorted(df["b"].unique(), key=int)
 
 
-def time_chart(df: pd.DataFrame, title: str, log: bool = True, x_name: str = "t", x_title: str = "iteration t",
-               band: str = "95 %") -> alt.Chart:
-    """Quantity against t (or epoch): exact line where there is theory, the estimate dashed over its band (``band``
-    says what it is), colour = b, legend-bound highlight. The one chart path of every setting."""
-    df = df.copy()
+# -- shared pieces: colours, log axes, the key ------------------------------------------------------------------------
+
+# Explicit palettes: the page (Streamlit's theme) and the exported PNG/SVG (vl-convert) draw the same colours.
+CATEGORY = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+            "#17becf"]  # Tableau 10: well separated hues, no two near-identical blues
+MAX_CATEGORICAL = len(CATEGORY)  # more batch sizes than this: a sequential scale over b (ordered, never repeating)
+SEQUENTIAL = {"name": "viridis", "extent": [0.0, 0.88]}  # the yellow end is left out: it vanishes on white
+EXACT_LABEL, ESTIMATE_LABEL = "exact", "replica estimate"
+BAND_OPACITY, DIM_OPACITY = 0.25, 0.06  # the band's opacity, its b selected or not: always see-through (≤ 0.5)
+LOG_FLOOR_REL = 1e-12  # on a log axis, values below this fraction of the largest are float rounding of an exact zero
+NONNEGATIVE_PREFIXES = ("var", "loss", "error", "noise", "b_simple")  # quantity names that cannot be negative
+
+
+def is_nonnegative(quantity: str) -> bool:
+    """Whether a reported quantity is ≥ 0 by definition (variances, losses, error rates, noise terms, B_simple)."""
+    return quantity.startswith(NONNEGATIVE_PREFIXES)
+
+
+def b_color(order: list[str], title: str = "batch size b", field: str = "b") -> alt.Color:
+    """Colour by b: Tableau 10 for up to ten batch sizes, otherwise a sequential (viridis) scale over b in order;
+    the legend never drops entries and wraps into two columns when long."""
+    if len(order) <= MAX_CATEGORICAL:
+        scale = alt.Scale(domain=order, range=CATEGORY[:len(order)])
+    else:
+        scale = alt.Scale(domain=order, scheme=SEQUENTIAL)
+    legend = alt.Legend(symbolLimit=0, columns=2 if len(order) > 12 else 1, labelLimit=80)
+    return alt.Color(f"{field}:O", sort=order, scale=scale, title=title, legend=legend)
+
+
+def log_axis_format(values) -> str:
+    """One number format for every tick of a log axis: plain numbers when the range lies within [1e-4, 1e5],
+    exponent notation ("1e+19", "5e-3") otherwise — never a mix of the two."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    if not len(v) or (v.min() >= 1e-4 and v.max() <= 1e5):
+        return "~g"
+    return "~e"
+
+
+def log_safe(values: pd.Series) -> tuple[pd.Series, int]:
+    """Values for a log axis: non-positive ones (and float rounding of an exact zero, below 1e-12 of the largest)
+    become missing. Returns the kept series and how many finite values were dropped."""
+    v = pd.to_numeric(values, errors="coerce").astype(float)
+    finite = np.isfinite(v.to_numpy())
+    top = float(np.nanmax(np.abs(v.to_numpy()))) if finite.any() else 1.0
+    keep = v > LOG_FLOOR_REL * top
+    return v.where(keep), int((finite & ~keep.to_numpy()).sum())
+
+
+def dropped_note(count: int, what: str = "values") -> str:
+    """The sentence a chart carries when a log axis left values out."""
+    if not count:
+        return ""
+    return f"{count} non-positive {what if count > 1 else what.rstrip('s')} not drawn on the log axis."
+
+
+def _title(text: str, notes: list[str]) -> alt.TitleParams:
+    notes = [n for n in notes if n]
+    return alt.TitleParams(text, subtitle=notes) if notes else alt.TitleParams(text)
+
+
+def message_chart(text: str, height: int = 120) -> alt.Chart:
+    """A chart that says why there is nothing to draw (instead of an empty frame with no axes)."""
+    return alt.Chart(pd.DataFrame({"message": [text]})).mark_text(fontSize=14, color="#b00020").encode(
+        text="message:N").properties(height=height)
+
+
+def _y_scale(log: bool, nonnegative: bool) -> alt.Scale:
     if log:
-        # values below 1e-12 of the largest are float64 rounding of an exact zero (e.g. var(∇L(w_0)) = 0): not drawn
-        top = np.nanmax(np.abs(df["value"].to_numpy(dtype=float))) if len(df) else 1.0
-        for col in ("value", "lo", "hi"):
-            df[col] = df[col].where(df[col] > 1e-12 * top)
-        floor = _positive_floor(df, ("value", "lo"))
-        df["lo"] = df["lo"].clip(lower=floor)
+        return alt.Scale(type="log")
+    return alt.Scale(zero=False, domainMin=0) if nonnegative else alt.Scale(zero=False)
+
+
+def _y_axis(log: bool, values) -> alt.Axis:
+    return alt.Axis(format=log_axis_format(values)) if log else alt.Axis(format="~g")
+
+
+# -- against t: the one chart path of every setting ----------------------------------------------------------------
+
+
+def drawable_frame(df: pd.DataFrame, log: bool, nonnegative: bool = True) -> tuple[pd.DataFrame, int]:
+    """What ``time_chart`` draws: on a log axis non-positive values (and rounding of exact zeros) dropped and the band
+    clipped at the smallest drawn value; on a linear axis a non-negative quantity's band clipped at 0. Returns the
+    frame and how many values were dropped."""
+    df = df.copy()
+    dropped = 0
+    if log:
+        df["value"], dropped = log_safe(df["value"])
+        top = float(np.nanmax(np.abs(df["value"].to_numpy(dtype=float)))) if df["value"].notna().any() else 1.0
+        for col in ("lo", "hi"):
+            df[col] = df[col].where(df[col] > LOG_FLOOR_REL * top)
+        df["lo"] = df["lo"].clip(lower=_positive_floor(df, ("value", "lo")))
+    elif nonnegative:
+        df["lo"] = df["lo"].clip(lower=0.0)
+    return df, dropped
+
+
+def drawn_summary(df: pd.DataFrame, log: bool = False) -> dict[str, int]:
+    """How many finite points each source contributes (shown under the chart; the browser test reads it), and how
+    many values a log axis dropped."""
+    shown, dropped = drawable_frame(df, log) if log else (df, 0)
+    ok = shown[np.isfinite(shown["value"].to_numpy(dtype=float))]
+    return {"exact": int((ok["source"] == "exact").sum()), "estimate": int((ok["source"] == "estimate").sum()),
+            "dropped": dropped}
+
+
+def drawn_caption(drawn: dict[str, int], ran: bool, band: str = "95 %") -> str:
+    """The caption under a chart of ``time_chart``: what is drawn, and what a log axis left out."""
+    if drawn["exact"] and ran:
+        text = (f"Drawn: exact {drawn['exact']} points; replica estimate {drawn['estimate']} points with its band "
+                f"({band}).")
+    elif drawn["exact"]:
+        text = f"Drawn: exact {drawn['exact']} points; no replica estimate yet (press Run)."
+    elif ran:
+        text = f"Drawn: replica estimate {drawn['estimate']} points with its band ({band})."
+    else:
+        text = "Nothing to draw yet: press Run."
+    note = dropped_note(drawn.get("dropped", 0))
+    return f"{text} {note}" if note else text
+
+
+def _every_kth(df: pd.DataFrame, x_name: str, per_curve: int = 24) -> pd.Series:
+    """Marks about ``per_curve`` evenly spaced finite points of each b's curve (where the estimate gets a marker)."""
+    flag = pd.Series(False, index=df.index)
+    for _, g in df[np.isfinite(df["value"].to_numpy(dtype=float))].groupby("b"):
+        g = g.sort_values(x_name)
+        step = max(1, int(np.ceil(len(g) / per_curve)))
+        flag.loc[g.index[::step]] = True
+    return flag
+
+
+def _isolated(df: pd.DataFrame, x_name: str) -> pd.Series:
+    """Finite points whose neighbours on the same curve are missing: a line cannot draw them, a marker does."""
+    flag = pd.Series(False, index=df.index)
+    for _, g in df.groupby("b"):
+        g = g.sort_values(x_name)
+        ok = pd.Series(np.isfinite(g["value"].to_numpy(dtype=float)), index=g.index)
+        prev = ok.shift(1, fill_value=False)
+        nxt = ok.shift(-1, fill_value=False)
+        flag.loc[g.index] = ok & ~prev & ~nxt
+    return flag
+
+
+def time_chart(df: pd.DataFrame, title: str, log: bool = True, x_name: str = "t", x_title: str = "iteration t",
+               band: str = "95 %", nonnegative: bool = True) -> alt.LayerChart:
+    """Quantity against t (or epoch), one colour per b (sequential over b when there are many): the exact value a
+    solid line on top (isolated exact points, e.g. t = 0 alone, as filled dots), the replica estimate a dashed line
+    with open-circle markers over its see-through band (``band`` says what it is). A key above the chart names the
+    three; clicking a b in the legend highlights it (the band stays ≤ 0.5 opaque either way). The one chart path of
+    every setting."""
+    df, dropped = drawable_frame(df, log, nonnegative)
+    band_label = f"{ESTIMATE_LABEL} ○ (shaded: {band + ' band' if band.endswith('%') else band})"
+    df["curve"] = df["source"].map({"exact": EXACT_LABEL, "estimate": band_label})
+    df["marker"] = False
+    df["dot"] = False
+    est_rows, ex_rows = df["source"] == "estimate", df["source"] == "exact"
+    if est_rows.any():
+        df.loc[est_rows, "marker"] = _every_kth(df[est_rows], x_name)
+    if ex_rows.any():
+        df.loc[ex_rows, "dot"] = _isolated(df[ex_rows], x_name)
+    has_exact, has_est = bool(ex_rows.any()), bool(est_rows.any())
+    line_domain = ([EXACT_LABEL] if has_exact else []) + ([band_label] if has_est else [])
+    key = alt.StrokeDash("curve:N", title=None, scale=alt.Scale(domain=line_domain, range=[
+        [1, 0] if k == EXACT_LABEL else [5, 3] for k in line_domain]), legend=alt.Legend(
+        orient="top", symbolType="stroke", symbolStrokeWidth=2, symbolSize=500, symbolStrokeColor="#444",
+        labelLimit=400))
+    values = pd.concat([df[c] for c in ("value", "lo", "hi")]).to_numpy(dtype=float)
+    scale = _y_scale(log, nonnegative)
+    y_axis = _y_axis(log, values)
     sel = alt.selection_point(fields=["b"], bind="legend")
-    scale = alt.Scale(type="log") if log else alt.Scale(zero=False)
-    color = alt.Color("b:N", sort=_b_order(df), title="batch size b")
-    axis = alt.Axis(tickMinStep=1, format="d")  # steps and epochs are whole numbers
-    base = alt.Chart(df).encode(x=alt.X(f"{x_name}:Q", title=x_title, axis=axis), color=color,
-                                opacity=alt.condition(sel, alt.value(1.0), alt.value(0.15)))
-    band_layer = base.transform_filter(alt.datum.source == "estimate").mark_area(opacity=0.25).encode(
-        y=alt.Y("lo:Q", scale=scale, title=title), y2="hi:Q")
-    est = base.transform_filter(alt.datum.source == "estimate").mark_line(strokeDash=[4, 3], strokeWidth=1.5).encode(
-        y=alt.Y("value:Q", scale=scale), tooltip=["b", x_name, "value", "lo", "hi", "se", "replicas"])
-    exact = base.transform_filter(alt.datum.source == "exact").mark_line(strokeWidth=2).encode(
-        y=alt.Y("value:Q", scale=scale), tooltip=["b", x_name, "value"])
-    has_exact = bool((df["source"] == "exact").any()) if len(df) else False
-    legend = "solid: exact; dashed with band" if has_exact else "dashed with band"
-    return (band_layer + est + exact).add_params(sel).properties(
-        title=f"{title} ({legend}: replica estimate, {band})", height=320)
+    color = b_color(_b_order(df))
+    x = alt.X(f"{x_name}:Q", title=x_title, axis=alt.Axis(tickMinStep=1, format="d"))  # whole steps and epochs
+
+    def opacity(on: float, off: float = 0.15):
+        return alt.condition(sel, alt.value(on), alt.value(off))
+
+    base = alt.Chart(df).encode(x=x, color=color)
+    layers = []
+    if has_est:
+        est = base.transform_filter(alt.datum.source == "estimate")
+        tooltip = ["b", x_name, "value", "lo", "hi", "se", "replicas"]
+        layers.append(est.mark_area(strokeWidth=0).encode(
+            y=alt.Y("lo:Q", scale=scale, title=title, axis=y_axis), y2="hi:Q",
+            opacity=opacity(BAND_OPACITY, DIM_OPACITY)))
+        layers.append(est.mark_line(strokeWidth=1.5).encode(
+            y=alt.Y("value:Q", scale=scale, title=title, axis=y_axis), strokeDash=key, opacity=opacity(0.9),
+            tooltip=tooltip))
+        layers.append(est.transform_filter(alt.datum.marker).mark_point(shape="circle", filled=False, size=30,
+                                                                         strokeWidth=1.2).encode(
+            y=alt.Y("value:Q", scale=scale, title=title, axis=y_axis), opacity=opacity(0.9), tooltip=tooltip))
+    if has_exact:
+        ex = base.transform_filter(alt.datum.source == "exact")
+        layers.append(ex.mark_line(strokeWidth=2.2).encode(
+            y=alt.Y("value:Q", scale=scale, title=title, axis=y_axis), strokeDash=key, opacity=opacity(1.0),
+            tooltip=["b", x_name, "value"]))
+        layers.append(ex.transform_filter(alt.datum.dot).mark_point(shape="circle", filled=True, size=70).encode(
+            y=alt.Y("value:Q", scale=scale, title=title, axis=y_axis), opacity=opacity(1.0),
+            tooltip=["b", x_name, "value"]))
+    if not layers:
+        return alt.layer(message_chart(f"{title}: nothing to draw yet")).properties(height=120)
+    return alt.layer(*layers).add_params(sel).properties(title=_title(title, [dropped_note(dropped)]), height=320)
+
+
+# -- against b -------------------------------------------------------------------------------------------------------
+
+REPLICA_KEY = "replica estimate (95 % interval)"
 
 
 def b_chart(b_grid: np.ndarray, exact_values: np.ndarray, t: int, estimates: pd.DataFrame | None = None,
-            fits: dict[str, np.ndarray] | None = None, title: str = "var(g_t | F_0)") -> alt.Chart:
-    """Log–log quantity against b at step t: exact for every b (line), estimates with intervals, fitted polynomials."""
-    layers = []
-    ex = pd.DataFrame({"b": b_grid, "value": exact_values, "curve": "exact"})
-    lines = [ex]
+            fits: dict[str, np.ndarray] | None = None, title: str = "var(g_t | F_0)",
+            b_max: float | None = None) -> alt.LayerChart:
+    """Log–log quantity against b at step t: the exact value for every b (solid blue line), fitted polynomials
+    (dashed, other colours), replica estimates (black dots with 95 % intervals); one key names them. The x axis
+    spans exactly the b drawn (at most ``b_max``, e.g. n); values ≤ 0 (var = 0 at b = n without replacement) are
+    dropped and counted in the subtitle."""
+    lines = [pd.DataFrame({"b": b_grid, "value": exact_values, "curve": EXACT_LABEL})]
     for name, vals in (fits or {}).items():
         lines.append(pd.DataFrame({"b": b_grid, "value": vals, "curve": name}))
     line_df = pd.concat(lines, ignore_index=True)
-    line_df = line_df[line_df["value"] > 0]
-    xs = alt.Scale(type="log")
-    ys = alt.Scale(type="log")
-    layers.append(alt.Chart(line_df).mark_line().encode(
-        x=alt.X("b:Q", scale=xs, title="batch size b"), y=alt.Y("value:Q", scale=ys, title=title),
-        color=alt.Color("curve:N", title="curve"),
-        strokeDash=alt.condition(alt.datum.curve == "exact", alt.value([1, 0]), alt.value([5, 3])),
-        tooltip=["curve", "b", "value"]))
+    if b_max is not None:
+        line_df = line_df[line_df["b"] <= b_max]
+    line_df["value"], dropped = log_safe(line_df["value"])
+    line_df = line_df.dropna(subset=["value"])
+    est = None
     if estimates is not None and len(estimates):
-        est = estimates[estimates["value"] > 0].copy()
-        est["lo"] = est["lo"].clip(lower=est["value"].min() * 1e-3)
-        layers.append(alt.Chart(est).mark_errorbar().encode(x="b:Q", y=alt.Y("lo:Q", scale=ys), y2="hi:Q"))
-        layers.append(alt.Chart(est).mark_point(filled=True, size=40, color="black").encode(
-            x="b:Q", y=alt.Y("value:Q", scale=ys), tooltip=["b", "value", "lo", "hi", "se"]))
-    return alt.layer(*layers).properties(title=f"{title} at t = {t} against b (log–log)", height=320)
+        est = estimates.copy()
+        est["value"], dropped_est = log_safe(est["value"])
+        dropped += dropped_est
+        est = est.dropna(subset=["value"])
+        est["lo"] = est["lo"].where(est["lo"] > 0, est["value"].min() * 1e-3)
+        est["curve"] = REPLICA_KEY
+    names = [EXACT_LABEL, *(fits or {})]
+    domain = [n for n in names if (line_df["curve"] == n).any()] + ([REPLICA_KEY] if est is not None and len(est)
+                                                                     else [])
+    palette = {EXACT_LABEL: CATEGORY[0], REPLICA_KEY: "#000000"}
+    others = iter(CATEGORY[1:])
+    color = alt.Color("curve:N", title=None, scale=alt.Scale(domain=domain, range=[
+        palette.get(n) or next(others) for n in domain]), legend=alt.Legend(orient="top", labelLimit=320))
+    bs = pd.concat([line_df["b"], est["b"] if est is not None else pd.Series(dtype=float)]).to_numpy(dtype=float)
+    if not len(bs):
+        return alt.layer(message_chart(f"{title} at t = {t}: no positive value to draw")).properties(height=120)
+    lo_b, hi_b = float(bs.min()), float(bs.max())
+    xs = alt.Scale(type="log", domain=[lo_b, hi_b], nice=False)
+    x = alt.X("b:Q", scale=xs, title="batch size b", axis=alt.Axis(format=log_axis_format([lo_b, hi_b])))
+    yvals = pd.concat([line_df["value"]] + ([est["lo"], est["hi"]] if est is not None else [])).to_numpy(dtype=float)
+    ys = alt.Scale(type="log")
+    y_axis = alt.Axis(format=log_axis_format(yvals))
+    layers = [alt.Chart(line_df).mark_line(strokeWidth=2).encode(
+        x=x, y=alt.Y("value:Q", scale=ys, title=title, axis=y_axis), color=color,
+        strokeDash=alt.condition(alt.datum.curve == EXACT_LABEL, alt.value([1, 0]), alt.value([6, 3])),
+        tooltip=["curve", "b", "value"])]
+    if est is not None and len(est):
+        layers.append(alt.Chart(est).mark_errorbar(ticks=True).encode(
+            x=x, y=alt.Y("lo:Q", scale=ys, title=title, axis=y_axis), y2="hi:Q", color=color))
+        layers.append(alt.Chart(est).mark_point(filled=True, size=45).encode(
+            x=x, y=alt.Y("value:Q", scale=ys, title=title, axis=y_axis), color=color,
+            tooltip=["b", "value", "lo", "hi", "se"]))
+    return alt.layer(*layers).properties(title=_title(f"{title} at t = {t} against b (log–log)",
+                                                      [dropped_note(dropped)]), height=320)
 
 
 def z_chart(z: np.ndarray, t: np.ndarray, batch_sizes: list[int]) -> alt.Chart:
@@ -130,6 +331,320 @@ def z_chart(z: np.ndarray, t: np.ndarray, batch_sizes: list[int]) -> alt.Chart:
         y=alt.Y("b:N", sort=[str(b) for b in batch_sizes], title="b"),
         color=alt.Color("z:Q", scale=alt.Scale(scheme="redblue", domain=[-4, 4], clamp=True), title="z"),
         tooltip=["t", "b", "z"]).properties(title="z = (estimate − exact) / SE", height={"step": 24})
+
+
+# -- the classifiers' variance split and noise scale --------------------------------------------------------------
+
+SPLIT_TERMS = {"total var(g)": "var_g", "one-step noise": "noise_one_step", "spread of ∇L": "noise_spread"}
+SUM_TERM = "one-step + spread"
+
+
+def split_chart(x: np.ndarray, x_name: str, batch_sizes: list[int], curves: dict, band: str = "95 %"
+                ) -> alt.LayerChart:
+    """Law of total variance on a log axis, one colour per term, one dash per b: the measured terms with their bands
+    (``curves[q]`` has value, lo, hi), and the sum of the two parts (a line: its SE is not the sum of theirs).
+    Exact zeros (the spread of ∇L at epoch 0, where every replica sits at w_0) are dropped and counted."""
+    rows = []
+    for j, b in enumerate(batch_sizes):
+        for term, q in SPLIT_TERMS.items():
+            c = curves[q]
+            rows.append(pd.DataFrame({x_name: x, "b": str(b), "term": term, "value": c["value"][j],
+                                      "lo": c["lo"][j], "hi": c["hi"][j], "se": c["se"][j]}))
+        rows.append(pd.DataFrame({x_name: x, "b": str(b), "term": SUM_TERM, "value": curves["noise_one_step"]["value"][j]
+                                  + curves["noise_spread"]["value"][j], "lo": np.nan, "hi": np.nan, "se": np.nan}))
+    df = pd.concat(rows, ignore_index=True)
+    df["value"], dropped = log_safe(df["value"])
+    df["lo"] = df["lo"].where(df["lo"] > 0)
+    df["lo"] = df["lo"].fillna(df["value"]).clip(lower=_positive_floor(df, ("value",)))
+    df["hi"] = df["hi"].where(df["hi"] > 0)
+    if not df["value"].notna().any():
+        return alt.layer(message_chart("Variance split: no positive value to draw")).properties(height=120)
+    terms = [*SPLIT_TERMS, SUM_TERM]
+    color = alt.Color("term:N", title="term", sort=terms, scale=alt.Scale(domain=terms, range=CATEGORY[:len(terms)]))
+    dashes = [[1, 0], [6, 3], [2, 2], [8, 2, 2, 2]]
+    order = sorted({str(b) for b in batch_sizes}, key=int)
+    dash = alt.StrokeDash("b:O", sort=order, title="batch size b", scale=alt.Scale(
+        domain=order, range=[dashes[i % len(dashes)] for i in range(len(order))]))
+    ys = alt.Scale(type="log")
+    y_axis = alt.Axis(format=log_axis_format(df["value"]))
+    y_title = "variance (log)"
+    base = alt.Chart(df).encode(x=alt.X(f"{x_name}:Q", title=x_name, axis=alt.Axis(tickMinStep=1, format="d")),
+                                color=color)
+    band = base.transform_filter(alt.datum.term != SUM_TERM).mark_area(opacity=BAND_OPACITY * 0.6, strokeWidth=0).encode(
+        y=alt.Y("lo:Q", scale=ys, title=y_title, axis=y_axis), y2="hi:Q", detail="b:N")
+    lines = base.mark_line(strokeWidth=2, point=alt.OverlayMarkDef(size=25, filled=True)).encode(
+        y=alt.Y("value:Q", scale=ys, title=y_title, axis=y_axis), strokeDash=dash,
+        tooltip=["b", "term", x_name, "value", "se"])
+    return alt.layer(band, lines).properties(
+        title=_title(f"var(g) = one-step noise + spread of ∇L (shaded: {band})", [dropped_note(dropped)]),
+        height=300)
+
+
+def b_simple_chart(x: np.ndarray, x_name: str, batch_sizes: list[int], curve: dict, band: str = "95 %"
+                   ) -> alt.LayerChart:
+    """B_simple = tr Σ / ‖∇L‖² along training on a log axis, one colour per b with its band, the batch sizes run
+    as dashed horizontal rules of the same colour. Non-positive estimates (‖∇L‖² below its noise) are dropped and
+    counted."""
+    df = pd.concat([pd.DataFrame({x_name: x, "b": str(b), "value": curve["value"][j], "lo": curve["lo"][j],
+                                  "hi": curve["hi"][j], "se": curve["se"][j]}) for j, b in enumerate(batch_sizes)],
+                   ignore_index=True)
+    df["value"], dropped = log_safe(df["value"])
+    df["lo"] = df["lo"].where(df["lo"] > 0).fillna(df["value"])
+    df["hi"] = df["hi"].where(df["hi"] > 0)
+    order = sorted({str(b) for b in batch_sizes}, key=int)
+    color = b_color(order)
+    rule = pd.DataFrame({"b_line": [float(b) for b in batch_sizes], "b": [str(b) for b in batch_sizes]})
+    if not df["value"].notna().any():
+        return alt.layer(message_chart("B_simple: no positive estimate to draw (‖∇L‖² below its noise)")).properties(
+            height=120)
+    ys = alt.Scale(type="log")
+    y_title = "B_simple = tr Σ / ‖∇L‖²"
+    y_axis = alt.Axis(format=log_axis_format(pd.concat([df["value"], rule["b_line"]])))
+    base = alt.Chart(df).encode(x=alt.X(f"{x_name}:Q", title=x_name, axis=alt.Axis(tickMinStep=1, format="d")),
+                                color=color)
+    return alt.layer(
+        base.mark_area(opacity=BAND_OPACITY, strokeWidth=0).encode(y=alt.Y("lo:Q", scale=ys, title=y_title,
+                                                                           axis=y_axis), y2="hi:Q"),
+        base.mark_line(strokeWidth=2, point=alt.OverlayMarkDef(size=25, filled=True)).encode(
+            y=alt.Y("value:Q", scale=ys, title=y_title, axis=y_axis), tooltip=["b", x_name, "value", "se"]),
+        alt.Chart(rule).mark_rule(strokeDash=[4, 4]).encode(y=alt.Y("b_line:Q", scale=ys, title=y_title), color=color),
+    ).properties(title=_title(f"gradient noise scale (McCandlish et al.; shaded: {band}); dashed: the batch sizes run",
+                              [dropped_note(dropped, "estimates")]), height=260)
+
+
+# -- the batch-size advisor -----------------------------------------------------------------------------------------
+
+
+def _rule_color(rules: list[str]) -> alt.Color:
+    return alt.Color("rule:N", title="scaling rule", sort=rules,
+                     scale=alt.Scale(domain=rules, range=[CATEGORY[i % len(CATEGORY)] for i in range(len(rules))]))
+
+
+def _b_axis(b) -> alt.X:
+    b = np.asarray(b, dtype=float)
+    return alt.X("b:Q", title="batch size b", scale=alt.Scale(type="log", domain=[float(b.min()), float(b.max())],
+                                                              nice=False),
+                 axis=alt.Axis(format=log_axis_format(b)))
+
+
+ALL_DIVERGED = "Every rule diverged at every b: nothing to draw. Lower the learning rate's constant or the budget."
+
+
+def advisor_frame(answers: dict) -> pd.DataFrame:
+    """The rows the advisor's charts draw from ``api.advise_rules`` / ``api.sweep`` answers: rule, b, steps, loss,
+    its SE and 95 % interval where it is a replica estimate, B_simple where measured, diverged, best."""
+    rows = []
+    for rule, ans in answers.items():
+        for b, row in ans["curves"].items():
+            loss, se = row.get("loss"), row.get("loss_se")
+            rows.append({"rule": rule, "b": int(b), "steps": row.get("steps"), "c_b": row.get("lr_c"),
+                         "loss": np.nan if loss is None else loss, "loss_se": np.nan if se is None else se,
+                         "lo": loss - 1.96 * se if loss is not None and se else np.nan,
+                         "hi": loss + 1.96 * se if loss is not None and se else np.nan,
+                         "b_simple": row.get("b_simple"), "diverged": bool(row.get("diverged")),
+                         "best": ans.get("best_b") == int(b)})
+    return pd.DataFrame(rows)
+
+
+def advisor_chart(answers: dict, y_title: str, title: str, log: bool = True) -> alt.LayerChart:
+    """Final loss against b at a fixed budget, one colour per scaling rule, the rows that did not diverge; 95 %
+    error bars where the loss is a replica estimate; the best b of each rule an open diamond — several rules' best
+    at the same point as concentric diamonds with one tooltip naming them all. When every rule diverged at every b
+    the chart says so."""
+    table = advisor_frame(answers)
+    rules = list(dict.fromkeys(table["rule"])) if len(table) else []
+    ok = table[~table["diverged"].astype(bool)].copy() if len(table) else table
+    ok = ok[pd.to_numeric(ok["loss"], errors="coerce").notna()] if len(ok) else ok
+    dropped = 0
+    if log and len(ok):
+        ok["loss"], dropped = log_safe(ok["loss"])
+        ok = ok.dropna(subset=["loss"])
+    if not len(ok):
+        return alt.layer(message_chart(ALL_DIVERGED)).properties(title=title, height=120)
+    color = _rule_color(rules)
+    x = _b_axis(ok["b"])
+    vals = [ok["loss"], ok["lo"], ok["hi"]]
+    yvals = pd.concat(vals).to_numpy(dtype=float)
+    ys = alt.Scale(type="log") if log else alt.Scale(zero=False)
+    y_axis = alt.Axis(format=log_axis_format(yvals) if log else "~g")
+    tooltip = [c for c in ("rule", "b", "steps", "c_b", "loss", "loss_se") if ok[c].notna().any()]
+    layers = [alt.Chart(ok).mark_line(point=alt.OverlayMarkDef(size=30, filled=True)).encode(
+        x=x, y=alt.Y("loss:Q", scale=ys, title=y_title, axis=y_axis), color=color, tooltip=tooltip)]
+    if ok["lo"].notna().any():
+        bars = ok.dropna(subset=["lo", "hi"])
+        if log:
+            bars = bars.assign(lo=bars["lo"].where(bars["lo"] > 0, bars["loss"] * 1e-3))
+        layers.append(alt.Chart(bars).mark_errorbar(ticks=True).encode(
+            x=x, y=alt.Y("lo:Q", scale=ys, title=y_title, axis=y_axis), y2="hi:Q", color=color))
+    if ok["best"].any():
+        best = ok[ok["best"]].copy()
+        spot = best["b"].astype(str) + "|" + best["loss"].map(lambda v: f"{v:.6g}")
+        best["best for"] = spot.map(best.groupby(spot)["rule"].agg(", ".join))
+        best["size"] = 170 + 150 * best.groupby(spot).cumcount()  # the second rule's diamond rings the first's
+        layers.append(alt.Chart(best).mark_point(shape="diamond", filled=False, strokeWidth=2.5).encode(
+            x=x, y=alt.Y("loss:Q", scale=ys, title=y_title, axis=y_axis), color=color,
+            size=alt.Size("size:Q", scale=None, legend=None), tooltip=["best for", "b", "loss"]))
+    return alt.layer(*layers).properties(title=_title(title, [dropped_note(dropped)]), height=340)
+
+
+def advisor_b_simple_chart(answers: dict) -> alt.LayerChart:
+    """B_simple at the end of training against b per rule (log–log), the best b of the rules as dashed vertical
+    rules, one per distinct b, labelled with every rule whose best it is."""
+    table = advisor_frame(answers)
+    best = {r: a["best_b"] for r, a in answers.items() if a.get("best_b")}
+    rules = list(dict.fromkeys(table["rule"]))
+    df = table[["rule", "b", "b_simple"]].copy() if len(table) else pd.DataFrame(columns=["rule", "b", "b_simple"])
+    df["b_simple"], dropped = log_safe(df["b_simple"])
+    df = df.dropna(subset=["b_simple"])
+    if not len(df):
+        return alt.layer(message_chart("B_simple: no positive estimate to draw")).properties(height=120)
+    color = _rule_color(rules)
+    x = _b_axis(pd.concat([df["b"], pd.Series(list(best.values()), dtype=float)]))
+    ys = alt.Scale(type="log")
+    y_axis = alt.Axis(format=log_axis_format(df["b_simple"]))
+    layers = [alt.Chart(df).mark_line(point=alt.OverlayMarkDef(size=30, filled=True)).encode(
+        x=x, y=alt.Y("b_simple:Q", scale=ys, title="B_simple at the end of training", axis=y_axis), color=color,
+        tooltip=["rule", "b", "b_simple"])]
+    marks = pd.DataFrame([{"b": b, "best for": ", ".join(r for r, bb in best.items() if bb == b)}
+                          for b in sorted(set(best.values()))])
+    if len(marks):
+        marks["label"] = "best b: " + marks["best for"]
+        layers.append(alt.Chart(marks).mark_rule(strokeDash=[4, 4], color="#444").encode(x=x, tooltip=["best for",
+                                                                                                           "b"]))
+        layers.append(alt.Chart(marks).mark_text(align="left", dx=4, dy=-4, baseline="top", color="#444",
+                                                 y=0).encode(x=x, text="label:N"))
+    return alt.layer(*layers).properties(title=_title("B_simple beside the best b (dashed)",
+                                                      [dropped_note(dropped, "estimates")]), height=260)
+
+
+def frontier_chart(points: pd.DataFrame, fit: pd.DataFrame | None) -> alt.LayerChart:
+    """Steps against examples to reach a target (log–log), one colour and shape per rule (coinciding points of two
+    rules stay visible), McCandlish et al.'s fitted frontier dashed."""
+    rules = list(dict.fromkeys(points["rule"]))
+    color = _rule_color(rules)
+    shape = alt.Shape("rule:N", sort=rules, title="scaling rule", scale=alt.Scale(
+        domain=rules, range=["circle", "square", "triangle-up", "diamond", "cross"][:len(rules)] or ["circle"]))
+    xs, ys = alt.Scale(type="log"), alt.Scale(type="log")
+    x = alt.X("examples:Q", scale=xs, title="examples b·S to reach the target",
+              axis=alt.Axis(format=log_axis_format(points["examples"])))
+    y = alt.Y("steps:Q", scale=ys, title="steps S to reach the target",
+              axis=alt.Axis(format=log_axis_format(points["steps"])))
+    layers = [alt.Chart(points).mark_point(filled=False, size=80, strokeWidth=2).encode(
+        x=x, y=y, color=color, shape=shape, tooltip=["rule", "b", "steps", "examples"])]
+    if fit is not None and len(fit):
+        layers.append(alt.Chart(fit).mark_line(strokeDash=[5, 3]).encode(x=x, y=y, color=color))
+    return alt.layer(*layers).properties(title="(S/S_min − 1)(E/E_min − 1) = 1 fitted (dashed)", height=300)
+
+
+def b_noise_chart(b_noise: dict, batch_sizes: list[int], rule: str) -> alt.LayerChart:
+    """The exact gradient noise scale E tr Σ(w_t)/E‖∇L(w_t)‖² along each b's trajectory (``b_noise`` of an
+    ``api.advise_rules`` answer), log–log: t = 0 and non-positive values cannot be drawn there and are counted."""
+    df = pd.concat([pd.DataFrame({"t": b_noise["t"], "b": str(b), "B_noise": pd.to_numeric(pd.Series(vals),
+                                                                                           errors="coerce")})
+                    for b, vals in b_noise["curves"].items()], ignore_index=True)
+    df["B_noise"], dropped = log_safe(df["B_noise"])
+    at_zero = int((df["t"] <= 0).sum())
+    df = df[df["B_noise"].notna() & (df["t"] > 0)]
+    if not len(df):
+        return alt.layer(message_chart("B_noise: no positive value to draw")).properties(height=120)
+    order = [str(b) for b in sorted(batch_sizes)]
+    df["b"] = df["b"].astype(str)
+    notes = [dropped_note(dropped), "t = 0 is not on the log t axis." if at_zero else ""]
+    return alt.Chart(df).mark_line(strokeWidth=2).encode(
+        x=alt.X("t:Q", scale=alt.Scale(type="log"), title="iteration t", axis=alt.Axis(format=log_axis_format(df["t"]))),
+        y=alt.Y("B_noise:Q", scale=alt.Scale(type="log"), title="E tr Σ(w_t) / E‖∇L(w_t)‖²",
+                axis=alt.Axis(format=log_axis_format(df["B_noise"]))),
+        color=b_color(order), tooltip=["b", "t", "B_noise"]).properties(
+        title=_title(f"B_noise along each b's trajectory ({rule} scaling)", notes), height=300)
+
+
+# -- sweeps ---------------------------------------------------------------------------------------------------------
+
+
+def _as_number(value) -> float | None:
+    """A sweep value as a number: ints, floats and fraction strings ("1/4"); None for anything else."""
+    from fractions import Fraction
+
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(Fraction(str(value)))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def is_discrete_field(field: str) -> bool:
+    """Fields whose numbers are labels, not magnitudes (seeds): drawn on a nominal axis."""
+    return field.split(".")[-1].endswith("seed")
+
+
+def _natural_order(labels) -> list[str]:
+    """Labels ordered by their numbers ("2, 16, 64, 256"; "1/4, 1/2, 1"), text last."""
+    def key(label: str):
+        parts = [p.strip() for p in str(label).split(",")]
+        return tuple((0, n, "") if (n := _as_number(p)) is not None else (1, 0.0, p) for p in parts)
+    return sorted(dict.fromkeys(str(v) for v in labels), key=key)
+
+
+def sweep_frame(table: pd.DataFrame, quantity: str, at, axis: str, fields: tuple[str, ...]
+                ) -> tuple[pd.DataFrame, list[str]]:
+    """The rows of a sweep's table (``api.sweep_table``) that ``sweep_chart`` draws: one quantity at one x, the
+    swept ``axis`` as column "axis", each combination of the other fields (and b) a "line" label."""
+    sel = table[(table["quantity"] == quantity) & (table["x"] == at)].copy()
+    others = [f for f in (*fields, "b") if f != axis]
+    sel["line"] = sel[others].astype(str).agg(", ".join, axis=1) if others else "all"
+    sel["axis"] = sel[axis]
+    return sel, others
+
+
+def sweep_chart(sel: pd.DataFrame, axis: str, others: list[str], y_title: str, log_y: bool,
+                nonnegative: bool = True) -> alt.LayerChart:
+    """A sweep's quantity against one field: one line per combination of the others (legend in numeric order),
+    95 % error bars, the exact value dashed where there is theory. A seed or a text/fraction field is an ordinal axis
+    ordered by value; other numbers a continuous axis (log when positive and spanning ≥ 4×). ``log_y`` draws y on a
+    log axis (non-positive values dropped and counted); a linear y of a non-negative quantity starts at 0."""
+    df = sel.copy()
+    nums = df["axis"].map(_as_number)
+    continuous = (not is_discrete_field(axis) and nums.notna().all()
+                  and pd.api.types.is_numeric_dtype(df["axis"]) and df["axis"].nunique() > 1)
+    if continuous:
+        positive = bool((nums > 0).all()) and nums.max() / nums.min() >= 4
+        x = alt.X("axis:Q", title=axis, scale=alt.Scale(type="log" if positive else "linear", nice=not positive,
+                                                        domain=[float(nums.min()), float(nums.max())]),
+                  axis=alt.Axis(format=log_axis_format(nums) if positive else "~g"))
+    else:
+        df["axis"] = df["axis"].map(str)
+        x = alt.X("axis:O", title=axis, sort=_natural_order(df["axis"]), axis=alt.Axis(labelAngle=0))
+    order = _natural_order(df["line"])
+    color = alt.Color("line:N", title=" · ".join(others) or None, sort=order, scale=alt.Scale(
+        domain=order, range=[CATEGORY[i % len(CATEGORY)] for i in range(len(order))] if len(order) <= MAX_CATEGORICAL
+        else alt.Undefined, scheme=alt.Undefined if len(order) <= MAX_CATEGORICAL else SEQUENTIAL),
+        legend=alt.Legend(symbolLimit=0, labelLimit=300))
+    dropped = 0
+    if log_y:
+        df["value"], dropped = log_safe(df["value"])
+        df["exact"], dropped_ex = log_safe(df["exact"])
+        dropped += dropped_ex
+        df["lo"] = df["lo"].where(df["lo"] > 0, df["value"] * 1e-3)
+        ys = alt.Scale(type="log")
+        vals = pd.concat([df["value"], df["lo"], df["hi"], df["exact"]]).to_numpy(dtype=float)
+        y_axis = alt.Axis(format=log_axis_format(vals))
+    else:
+        if nonnegative:
+            df["lo"] = df["lo"].clip(lower=0)
+        ys = alt.Scale(zero=nonnegative)
+        y_axis = alt.Axis(format="~g")
+    base = alt.Chart(df).encode(x=x, color=color)
+    tooltip = ["line", alt.Tooltip("axis:N", title=axis), "value", "se", "exact"]
+    layers = [base.mark_line(point=alt.OverlayMarkDef(size=40, filled=True)).encode(
+                  y=alt.Y("value:Q", title=y_title, scale=ys, axis=y_axis), tooltip=tooltip),
+              base.mark_errorbar(ticks=True).encode(y=alt.Y("lo:Q", title=y_title, scale=ys, axis=y_axis), y2="hi:Q")]
+    has_exact = bool(df["exact"].notna().any())
+    if has_exact:
+        layers.append(base.transform_filter("isValid(datum.exact)").mark_line(strokeDash=[5, 3], strokeWidth=2).encode(
+            y=alt.Y("exact:Q", title=y_title, scale=ys, axis=y_axis)))
+    title = f"{y_title} against {axis} (95 % intervals" + ("; dashed: exact" if has_exact else "") + ")"
+    return alt.layer(*layers).properties(title=_title(title, [dropped_note(dropped)]), height=340)
 
 
 def to_png(chart: alt.TopLevelMixin, scale: float = 2.0) -> bytes:

@@ -9,12 +9,11 @@ guard()  # opened by its URL in a fresh session: run inside the app frame
 
 import json
 
-import altair as alt
 import pandas as pd
 import streamlit as st
 
 import ui
-from backend import api
+from backend import api, charts
 
 st.title("Batch-size advisor: which b for my budget?")
 st.caption("For a budget of N gradient evaluations each batch size b takes T_b = ⌊N/b⌋ steps, with the learning "
@@ -83,16 +82,8 @@ for col, (rule, ans) in zip(cols, answers.items()):
     best = ans["best_b"]
     col.metric(f"best b ({rule})", "none" if best is None else str(best),
                help=None if best is None else f"E L(w_T) = {ans['curves'][str(best)]['loss']:.4g}")
-ok = table[~table["diverged"] & (table["loss"] > 0)]
-scale_y = alt.Scale(type="log")
-lines = alt.Chart(ok).mark_line(point=True).encode(
-    x=alt.X("b:Q", scale=alt.Scale(type="log"), title="batch size b"),
-    y=alt.Y("loss:Q", scale=scale_y, title=f"E L(w_T) after N = {budget:,} samples"), color="rule:N",
-    tooltip=["rule", "b", "steps", "c_b", "loss"])
-best_marks = alt.Chart(ok[ok["best"]]).mark_point(shape="diamond", size=160, filled=True).encode(
-    x="b:Q", y=alt.Y("loss:Q", scale=scale_y), color="rule:N", tooltip=["rule", "b", "loss"])
-st.altair_chart((lines + best_marks).properties(title="Expected final loss against b at a fixed budget (◆ best b)",
-                                                height=340), width="stretch")
+st.altair_chart(charts.advisor_chart(answers, f"E L(w_T) after N = {budget:,} samples",
+                                     "Expected final loss against b at a fixed budget (◇ best b)"), width="stretch")
 diverged = table[table["diverged"]]
 if len(diverged):
     st.warning("Diverged (expected loss non-finite or above 10⁶ × the loss at w₀): "
@@ -104,14 +95,7 @@ if target is not None:
 
 st.subheader("The exact gradient noise scale along training")
 rule0 = next(iter(answers))
-bn = answers[rule0]["b_noise"]
-noise = pd.concat([pd.DataFrame({"t": bn["t"], "b": b, "B_noise": vals}) for b, vals in bn["curves"].items()])
-noise = noise[noise["B_noise"].notna() & (noise["B_noise"] > 0) & (noise["t"] > 0)]
-st.altair_chart(alt.Chart(noise).mark_line().encode(
-    x=alt.X("t:Q", scale=alt.Scale(type="log"), title="iteration t"),
-    y=alt.Y("B_noise:Q", scale=alt.Scale(type="log"), title="E tr Σ(w_t) / E‖∇L(w_t)‖²"),
-    color=alt.Color("b:N", sort=[str(b) for b in config.batch_sizes]), tooltip=["b", "t", "B_noise"])
-    .properties(title=f"B_noise along each b's trajectory ({rule0} scaling)", height=300), width="stretch")
+st.altair_chart(charts.b_noise_chart(answers[rule0]["b_noise"], config.batch_sizes, rule0), width="stretch")
 st.caption("B_noise = E tr Σ(w_t)/E‖∇L(w_t)‖² with Σ the population covariance of the per-sample gradients: the "
            "batch size at which the one-step noise equals the squared signal — the critical batch size the gradient "
            "noise predicts, to set beside the exact optimum above.")

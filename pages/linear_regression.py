@@ -141,7 +141,7 @@ with tab_b:
             e = sim["curves"]["var_g"]
             est_df = pd.DataFrame({"b": config.batch_sizes, "value": e["value"][:, t_sel], "lo": e["lo"][:, t_sel],
                                    "hi": e["hi"][:, t_sel], "se": e["se"][:, t_sel]})
-        st.altair_chart(charts.b_chart(all_b["b"], exact_t, t_sel, est_df, fits), width="stretch")
+        st.altair_chart(charts.b_chart(all_b["b"], exact_t, t_sel, est_df, fits, b_max=config.n), width="stretch")
         st.caption("The paper fits a degree-6 polynomial in 1/b (with a constant term) to Monte Carlo values at 21 batch "
                    f"sizes; the exact variance at t = {t_sel} is a polynomial of degree {t_sel + 1} with no constant "
                    "term. Fit coefficients (lowest power first): "

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 
-import altair as alt
 import pandas as pd
 import streamlit as st
 
-from backend import api, costs
+from backend import api, charts, costs
 from ui.advisor_view import frontier
 from ui.run import job_panel
 from ui.state import field_helpers, presets_and_upload, user_text, validated
@@ -59,25 +58,14 @@ def show(setting: str) -> None:
     table = pd.DataFrame(rows)
     for col, (rule, ans) in zip(st.columns(len(answers)), answers.items()):
         col.metric(f"best b ({rule})", "none" if ans["best_b"] is None else str(ans["best_b"]))
-    ok = table[~table["diverged"]].dropna(subset=["loss"])
-    base = alt.Chart(ok).encode(x=alt.X("b:Q", scale=alt.Scale(type="log"), title="batch size b"), color="rule:N")
-    chart = (base.mark_line(point=True).encode(y=alt.Y("loss:Q", title=f"loss after N = {budget:,} samples"),
-                                               tooltip=["rule", "b", "steps", "loss", "loss_se"])
-             + base.mark_errorbar().encode(y="lo:Q", y2="hi:Q"))
-    st.altair_chart(chart.properties(title="Final loss against b (95 % intervals of the replica estimates)",
-                                     height=320), width="stretch")
+    st.altair_chart(charts.advisor_chart(answers, f"loss after N = {budget:,} samples",
+                                         "Final loss against b (95 % intervals of the replica estimates; ◇ best b)",
+                                         log=False), width="stretch")
     st.dataframe(table.drop(columns=["lo", "hi"]), hide_index=True)
     if target is not None:
         frontier(answers, "within its budget (the run's recorded steps)")
     if table["b_simple"].notna().any():
-        best = pd.DataFrame([{"rule": r, "best b": a["best_b"]} for r, a in answers.items() if a["best_b"]])
-        noise = alt.Chart(table.dropna(subset=["b_simple"])).mark_line(point=True).encode(
-            x=alt.X("b:Q", scale=alt.Scale(type="log"), title="batch size b"),
-            y=alt.Y("b_simple:Q", scale=alt.Scale(type="log"), title="B_simple at the end of training"),
-            color="rule:N", tooltip=["rule", "b", "b_simple"])
-        rules = alt.Chart(best).mark_rule(strokeDash=[4, 4]).encode(x="best b:Q", color="rule:N")
-        st.altair_chart((noise + rules).properties(title="B_simple beside the best b (dashed)", height=260),
-                        width="stretch")
+        st.altair_chart(charts.advisor_b_simple_chart(answers), width="stretch")
         st.caption("b_simple: the gradient noise scale B_simple = tr Σ / ‖∇L‖² measured at the end of training, to set "
                    "beside the best b (McCandlish et al.'s critical batch size).")
     st.download_button("Advice (JSON)", json.dumps(answers, indent=2), "batchvar_advice.json", "application/json")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import altair as alt
 import pandas as pd
 import streamlit as st
+
+from backend import charts
 
 
 def frontier(answers: dict, search: str) -> None:
@@ -25,10 +26,5 @@ def frontier(answers: dict, search: str) -> None:
     if not fr_rows:
         st.info(f"No batch size reaches the target {search}.")
         return
-    pts = alt.Chart(pd.DataFrame(fr_rows)).mark_point(filled=True, size=60).encode(
-        x=alt.X("examples:Q", scale=alt.Scale(type="log")), y=alt.Y("steps:Q", scale=alt.Scale(type="log")),
-        color="rule:N", tooltip=["rule", "b", "steps", "examples"])
-    layers = pts if not fit_rows else pts + alt.Chart(pd.DataFrame(fit_rows)).mark_line(strokeDash=[5, 3]).encode(
-        x="examples:Q", y="steps:Q", color="rule:N")
-    st.altair_chart(layers.properties(title="(S/S_min − 1)(E/E_min − 1) = 1 fitted (dashed)", height=300),
+    st.altair_chart(charts.frontier_chart(pd.DataFrame(fr_rows), pd.DataFrame(fit_rows) if fit_rows else None),
                     width="stretch")

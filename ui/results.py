@@ -36,13 +36,10 @@ def time_chart_with_caption(theory: dict | None, sim: dict | None, config, quant
     df = charts.curves_frame(x, config.batch_sizes, th_curves, sim_curves, quantity,
                              None if sim is None else sim["finite_count"], x_name=x_name)
     chart = charts.time_chart(df, label, log=log, x_name=x_name,
-                              x_title="epoch" if x_name == "epoch" else "iteration t", band=band)
+                              x_title="epoch" if x_name == "epoch" else "iteration t", band=band,
+                              nonnegative=charts.is_nonnegative(quantity))
     st.altair_chart(chart, width="stretch")
-    drawn = charts.drawn_summary(df)
-    if drawn["exact"]:
-        st.caption(f"Drawn: exact {drawn['exact']} points; replica estimate {drawn['estimate']} points with 95 % band.")
-    else:
-        st.caption(f"Drawn: replica estimate {drawn['estimate']} points with its band ({band}).")
+    st.caption(charts.drawn_caption(charts.drawn_summary(df, log), sim is not None, band))
     return chart
 
 
@@ -72,7 +69,6 @@ def downloads(prefix: str, config, theory: dict | None, sim: dict | None, quanti
 
 def classifier_results(config, sim: dict, with_gap: bool) -> None:
     """Tabs for the replica classifiers (MLP, sequence model): variance, loss/error, gap, the split, downloads."""
-    import altair as alt
     import pandas as pd
 
     def chart(quantity: str, title: str, log: bool = False):
@@ -107,26 +103,12 @@ def classifier_results(config, sim: dict, with_gap: bool) -> None:
                     f"{min(config.noise_samples, config.n_train)} training points (exact when it is the whole set); "
                     "the second is the spread of the full gradient across replicas.")
         theory_link(3, "the variance split, the covariance convention and B_simple")
-        rows = []
-        value = {q: sim["curves"][q]["value"] for q in ("var_g", "noise_one_step", "noise_spread", "b_simple")}
-        for j, b in enumerate(config.batch_sizes):
-            for name, vals in (("total var(g)", value["var_g"][j]), ("one-step noise", value["noise_one_step"][j]),
-                               ("spread of ∇L", value["noise_spread"][j]),
-                               ("one-step + spread", value["noise_one_step"][j] + value["noise_spread"][j])):
-                rows.append(pd.DataFrame({"epoch": sim["epoch"], "b": str(b), "term": name, "value": vals}))
-        split = pd.concat(rows, ignore_index=True)
-        split = split[split["value"] > 0]
-        st.altair_chart(alt.Chart(split).mark_line().encode(
-            x="epoch:Q", y=alt.Y("value:Q", scale=alt.Scale(type="log")), color="term:N", strokeDash="b:N",
-            tooltip=["b", "term", "epoch", "value"]).properties(height=300), width="stretch")
-        ns = pd.concat([pd.DataFrame({"epoch": sim["epoch"], "b": str(b), "B_simple": value["b_simple"][j]})
-                        for j, b in enumerate(config.batch_sizes)])
-        rule = pd.DataFrame({"b_line": [float(b) for b in config.batch_sizes], "b": [str(b) for b in config.batch_sizes]})
-        st.altair_chart((alt.Chart(ns).mark_line().encode(x="epoch:Q", y=alt.Y("B_simple:Q", scale=alt.Scale(type="log"),
-                                                                              title="B_simple = tr Σ / ‖G‖²"), color="b:N")
-                         + alt.Chart(rule).mark_rule(strokeDash=[4, 4]).encode(y="b_line:Q", color="b:N"))
-                        .properties(title="gradient noise scale (McCandlish et al.) with the batch sizes", height=260),
-                        width="stretch")
+        charts_by_name["variance split"] = charts.split_chart(sim["epoch"], "epoch", config.batch_sizes,
+                                                              sim["curves"], sim["band"])
+        st.altair_chart(charts_by_name["variance split"], width="stretch")
+        charts_by_name["B_simple"] = charts.b_simple_chart(sim["epoch"], "epoch", config.batch_sizes,
+                                                           sim["curves"]["b_simple"], sim["band"])
+        st.altair_chart(charts_by_name["B_simple"], width="stretch")
         st.caption("B_simple = tr Σ / ‖∇L‖² with the same population Σ as McCandlish et al. (the batch size at which "
                    "the one-step noise tr Σ / b equals the squared signal ‖∇L‖²), ‖∇L‖² estimated without bias from "
                    "the subsample; median over initial weights. Dashed: the batch sizes run.")

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 
-import altair as alt
 import pandas as pd
 import streamlit as st
 
-from backend import api
+from backend import api, charts
 from ui.state import user_text
 
 
@@ -22,30 +21,18 @@ def results(out: dict, fields: tuple[str, ...]) -> None:
         return
     table = pd.DataFrame(api.sweep_table(out, with_theory=True))
     x_name = table["x_name"].iloc[0]
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3, c4 = st.columns([3, 3, 3, 1])
     quantity = c1.selectbox("Quantity", list(dict.fromkeys(table["quantity"])), key="sw_q")
     xs = sorted(set(table["x"]))
     at = c2.select_slider(f"At {x_name}", xs, value=xs[-1], key="sw_x")
     axis = c3.selectbox("Against", [*fields, "b"], key="sw_axis")
-    sel = table[(table["quantity"] == quantity) & (table["x"] == at)].copy()
-    others = [f for f in (*fields, "b") if f != axis]
-    sel["line"] = sel[others].astype(str).agg(", ".join, axis=1) if others else "all"
-    sel["axis"] = sel[axis]
-    numeric = pd.api.types.is_numeric_dtype(sel["axis"])
-    enc_x = alt.X("axis:Q" if numeric else "axis:N", title=axis,
-                  scale=alt.Scale(type="log") if numeric and (sel["axis"] > 0).all() else alt.Undefined)
-    color = alt.Color("line:N", title=" · ".join(others) or None)
-    base = alt.Chart(sel).encode(x=enc_x, color=color)
-    y_title = f"{quantity} at {x_name} = {at}"
-    chart = (base.mark_line(point=True).encode(y=alt.Y("value:Q", title=y_title),
-                                               tooltip=[*fields, "b", "value", "se"])
-             + base.mark_errorbar().encode(y=alt.Y("lo:Q", title=y_title), y2="hi:Q"))
-    if sel["exact"].notna().any():
-        chart += base.transform_filter("isValid(datum.exact)").mark_line(strokeDash=[5, 3], opacity=0.7).encode(
-            y=alt.Y("exact:Q", title=y_title))
-    st.altair_chart(chart.properties(height=340, title=f"{quantity} against {axis} (95 % intervals"
-                                     + ("; dashed: exact" if sel["exact"].notna().any() else "") + ")"),
-                    width="stretch")
+    sel, others = charts.sweep_frame(table, quantity, at, axis, fields)
+    values = pd.to_numeric(sel["value"], errors="coerce")
+    spread = bool((values > 0).all()) and values.max() > 20 * values.min()
+    log_y = c4.checkbox("Log y", spread, key="sw_logy", help="a log y axis (non-positive values are not drawn)")
+    chart = charts.sweep_chart(sel, axis, others, f"{quantity} at {x_name} = {at}", log_y,
+                               nonnegative=charts.is_nonnegative(quantity))
+    st.altair_chart(chart, width="stretch")
     st.caption(f"{len(out['cells'])} cells; each point is a replica estimate with its 95 % normal interval "
                "(value ± 1.96 SE); where the setting has exact theory at that step, the dashed line is the exact value.")
     cells = pd.DataFrame([{**{f: _cell_value(c["overrides"][f]) for f in fields}, "cached": c["cached"],

@@ -1,0 +1,313 @@
+"""Chart specs (``chart.to_dict()``) of backend/charts.py on real results of small configs run through backend.api:
+the band stays see-through under every selection state, the estimate and the exact value are drawn differently,
+no log axis receives a non-positive value, many batch sizes get a sequential colour scale, the against-b axis stays
+within [1, n], a sweep's discrete field is an ordinal axis in numeric order, and the advisor says when everything
+diverged."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from backend import api, charts
+from backend.config import parse_config
+
+
+# -- reading specs ----------------------------------------------------------------------------------------------
+
+def layers(spec: dict):
+    """Every unit layer of a (possibly nested) layered spec."""
+    if "layer" in spec:
+        for layer in spec["layer"]:
+            yield from layers(layer)
+    else:
+        yield spec
+
+
+def mark_type(layer: dict) -> str:
+    mark = layer["mark"]
+    return mark if isinstance(mark, str) else mark["type"]
+
+
+def rows(spec: dict, layer: dict) -> list[dict]:
+    """The data rows a layer reads (its own named dataset or the top level's)."""
+    data = layer.get("data") or spec.get("data")
+    return spec["datasets"][data["name"]] if "name" in data else data["values"]
+
+
+def source_filter(layer: dict) -> str | None:
+    """'exact' / 'estimate' when the layer keeps only that source (transform_filter on datum.source)."""
+    for tr in layer.get("transform", []):
+        text = json.dumps(tr.get("filter", ""))
+        for source in ("exact", "estimate"):
+            if f"'{source}'" in text or f'\\"{source}\\"' in text:
+                return source
+    return None
+
+
+def opacities(layer: dict) -> list[float]:
+    """Every opacity a layer can take: the mark's own, the encoding's value and each condition's value."""
+    found = []
+    mark = layer["mark"] if isinstance(layer["mark"], dict) else {}
+    for key in ("opacity", "fillOpacity"):
+        if key in mark:
+            found.append(mark[key])
+        enc = layer.get("encoding", {}).get(key)
+        if enc is not None:
+            if "value" in enc:
+                found.append(enc["value"])
+            conds = enc.get("condition", [])
+            for cond in conds if isinstance(conds, list) else [conds]:
+                if "value" in cond:
+                    found.append(cond["value"])
+            if "scale" in enc and "range" in enc["scale"]:
+                found.extend(enc["scale"]["range"])
+    return found
+
+
+def log_fields(layer: dict, channels=("y", "y2", "x", "x2")) -> list[str]:
+    """Fields of the layer drawn on a log scale (y2 shares y's scale, x2 x's)."""
+    enc = layer.get("encoding", {})
+    out = []
+    for ch in channels:
+        main = enc.get(ch[0]) or {}
+        if (main.get("scale") or {}).get("type") == "log" and ch in enc and "field" in enc[ch]:
+            out.append(enc[ch]["field"])
+    return out
+
+
+def assert_log_axes_positive(spec: dict) -> int:
+    """No row a log-scaled layer reads has a non-positive value in a log-scaled field; returns how many were read."""
+    checked = 0
+    for layer in layers(spec):
+        fields = log_fields(layer)
+        if not fields:
+            continue
+        source = source_filter(layer)
+        for row in rows(spec, layer):
+            if source is not None and row.get("source") != source:
+                continue
+            for f in fields:
+                v = row.get(f)
+                if v is None or (isinstance(v, float) and math.isnan(v)):
+                    continue
+                assert v > 0, (f, row)
+                checked += 1
+    return checked
+
+
+# -- real results -----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def linreg():
+    cfg = parse_config({"steps": 8, "batch_sizes": [2, 16, 64], "replicas": 200, "seed": 3})
+    return cfg, api.theory(cfg), api.simulate(cfg)
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    cfg = parse_config({"setting": "mlp", "dataset": {"name": "digits", "train_size": 200}, "hidden": [8],
+                        "inits": 2, "replicas": 4, "epochs": 2, "batch_sizes": [16, 64]})
+    return cfg, api.simulate(cfg)
+
+
+def linreg_chart(linreg, quantity="var_g", log=True):
+    cfg, th, sim = linreg
+    df = charts.curves_frame(th["t"], cfg.batch_sizes, th["curves"], sim["curves"], quantity, sim["finite_count"])
+    return df, charts.time_chart(df, quantity, log=log, nonnegative=charts.is_nonnegative(quantity)).to_dict()
+
+
+def test_band_is_see_through_under_every_selection_state(linreg, mlp):
+    _, spec = linreg_chart(linreg)
+    cfg, sim = mlp
+    df = charts.curves_frame(sim["x"], cfg.batch_sizes, None, sim["curves"], "var_g", sim["finite_count"], "epoch")
+    specs = [spec, charts.time_chart(df, "var(g)", x_name="epoch", band=sim["band"]).to_dict(),
+             charts.split_chart(sim["epoch"], "epoch", cfg.batch_sizes, sim["curves"], sim["band"]).to_dict(),
+             charts.b_simple_chart(sim["epoch"], "epoch", cfg.batch_sizes, sim["curves"]["b_simple"]).to_dict()]
+    for s in specs:
+        areas = [layer for layer in layers(s) if mark_type(layer) == "area"]
+        assert areas, "every one of these charts draws a band"
+        for layer in areas:
+            values = opacities(layer)
+            assert values, "the band's opacity is set explicitly"
+            assert all(0 < v <= 0.5 for v in values), values
+
+
+def test_estimate_and_exact_drawn_with_different_strokes_and_exact_on_top(linreg):
+    _, spec = linreg_chart(linreg)
+    lines = {source_filter(layer): layer for layer in layers(spec) if mark_type(layer) == "line"}
+    assert set(lines) == {"exact", "estimate"}
+    dash = lines["exact"]["encoding"]["strokeDash"]
+    assert dash == lines["estimate"]["encoding"]["strokeDash"]  # one key names both
+    by_label = dict(zip(dash["scale"]["domain"], dash["scale"]["range"]))
+    data = rows(spec, lines["exact"])
+    exact_label = {r["curve"] for r in data if r["source"] == "exact"}
+    estimate_label = {r["curve"] for r in data if r["source"] == "estimate"}
+    assert len(exact_label) == len(estimate_label) == 1
+    (e,), (s,) = exact_label, estimate_label
+    assert by_label[e] != by_label[s] and by_label[e] in ([1, 0], None) and len(by_label[s]) == 2
+    assert "band" in s and "replica estimate" in s and e == "exact"  # the key says which is which
+    # the estimate also carries open markers, so it shows where it sits on the exact line
+    points = [layer for layer in layers(spec) if mark_type(layer) == "point" and source_filter(layer) == "estimate"]
+    assert points and points[0]["mark"]["filled"] is False
+    order = [source_filter(layer) for layer in layers(spec) if mark_type(layer) == "line"]
+    assert order[-1] == "exact"  # drawn last: on top of the estimate and its band
+
+
+def test_no_non_positive_value_reaches_a_log_axis(linreg, mlp):
+    # var(∇L(w_0)) is exactly zero at t = 0, and var(g_t) = 0 at b = n without replacement
+    df, spec = linreg_chart(linreg, "var_full_grad")
+    assert (df.loc[df["t"] == 0, "value"].abs() < 1e-9).all()
+    assert assert_log_axes_positive(spec) > 0
+    drawn = charts.drawn_summary(df, log=True)
+    assert drawn["dropped"] >= 3 and "non-positive values not drawn" in charts.drawn_caption(drawn, True)
+    cfg, th, sim = linreg
+    all_b = api.theory_all_b(cfg)
+    exact = all_b["curves"]["var_g"][:, 4]
+    assert exact[-1] == pytest.approx(0, abs=1e-12) and all_b["b"][-1] == cfg.n
+    est = pd.DataFrame({"b": cfg.batch_sizes, **{k: sim["curves"]["var_g"][k][:, 4] for k in ("value", "lo", "hi",
+                                                                                               "se")}})
+    bspec = charts.b_chart(all_b["b"], exact, 4, est, b_max=cfg.n).to_dict()
+    assert assert_log_axes_positive(bspec) > 0
+    assert "not drawn on the log axis" in json.dumps(bspec["title"])
+    mcfg, msim = mlp  # the spread of ∇L at epoch 0 is an exact zero: every replica of an init starts at w_0
+    assert (msim["curves"]["noise_spread"]["value"][:, 0] == 0).all()
+    sspec = charts.split_chart(msim["epoch"], "epoch", mcfg.batch_sizes, msim["curves"]).to_dict()
+    assert assert_log_axes_positive(sspec) > 0
+    assert "not drawn on the log axis" in json.dumps(sspec["title"])
+    assert assert_log_axes_positive(charts.b_simple_chart(msim["epoch"], "epoch", mcfg.batch_sizes,
+                                                          msim["curves"]["b_simple"]).to_dict()) > 0
+
+
+def test_log_axes_use_one_number_format():
+    assert charts.log_axis_format([1e-3, 5.0, 2e4]) == "~g"
+    assert charts.log_axis_format([3.0, 1e19]) == "~e"
+    assert charts.log_axis_format([1e-35, 1.0]) == "~e"
+
+
+def test_linear_axis_of_a_non_negative_quantity_stays_above_zero(linreg):
+    df, spec = linreg_chart(linreg, "var_g", log=False)
+    assert (df["lo"] < 0).any(), "at b = 2 the raw 95 % band reaches below 0"
+    for layer in layers(spec):
+        enc = layer["encoding"]
+        if mark_type(layer) == "area":
+            assert enc["y"]["scale"].get("domainMin") == 0
+            assert all(r["lo"] is None or r["lo"] >= 0 for r in rows(spec, layer))
+
+
+def test_many_batch_sizes_get_a_sequential_scale_and_a_full_legend():
+    cfg = parse_config({"setting": "linear_regression", "preset": "paper (Figure 2b)"})
+    assert len(cfg.batch_sizes) > charts.MAX_CATEGORICAL
+    th = api.theory(cfg)
+    df = charts.curves_frame(th["t"], cfg.batch_sizes, th["curves"], None, "var_g")
+    spec = charts.time_chart(df, "var(g_t | F_0)").to_dict()
+    colors = [layer["encoding"]["color"] for layer in layers(spec)]
+    for color in colors:
+        assert color["type"] == "ordinal" and "scheme" in color["scale"] and "range" not in color["scale"]
+        assert color["scale"]["domain"] == [str(b) for b in sorted(cfg.batch_sizes)]
+        assert color["legend"]["symbolLimit"] == 0  # no entry dropped
+    caption = charts.drawn_caption(charts.drawn_summary(df, True), ran=False)
+    assert "no replica estimate yet" in caption and not re.search(r"\b0 points", caption)
+
+
+def test_isolated_exact_points_are_drawn_as_markers():
+    """Deep linear, Figure 3 preset before a run: exact values only at t = 0 (a line of one point draws nothing)."""
+    cfg = parse_config({"setting": "deep_linear", "preset": "paper (Figure 3)"})
+    th = api.theory(cfg)
+    df = charts.curves_frame(th["t"], cfg.batch_sizes, th["curves"], None, "var_g")
+    finite = df[np.isfinite(df["value"].to_numpy(dtype=float))]
+    spec = charts.time_chart(df, "var(g_t | F_0)").to_dict()
+    dots = [layer for layer in layers(spec) if mark_type(layer) == "point" and source_filter(layer) == "exact"]
+    assert dots and dots[0]["mark"]["filled"] is True
+    drawn_as_dots = {r["b"] for r in rows(spec, dots[0]) if r["source"] == "exact" and r["dot"]
+                     and r["value"] is not None}
+    alone = {b for b, size in finite.groupby("b").size().items() if size == 1}
+    assert alone and alone <= drawn_as_dots
+
+
+def test_b_chart_titles_axis_domain_and_key(linreg):
+    cfg, th, sim = linreg
+    all_b = api.theory_all_b(cfg)
+    t = 5
+    est = pd.DataFrame({"b": cfg.batch_sizes, **{k: sim["curves"]["var_g"][k][:, t] for k in ("value", "lo", "hi",
+                                                                                               "se")}})
+    fit = api.eval_poly_inv_b(list(api.paper_fit(np.array(cfg.batch_sizes), est["value"].to_numpy(), degree=2)),
+                              all_b["b"])
+    spec = charts.b_chart(all_b["b"], all_b["curves"]["var_g"][:, t], t, est, {"fit": fit}, b_max=cfg.n).to_dict()
+    for layer in layers(spec):
+        enc = layer["encoding"]
+        assert enc["y"]["title"] == "var(g_t | F_0)"  # the errorbar's lo must not add ", lo" to the axis title
+        xs = enc["x"]["scale"]
+        assert xs["nice"] is False and 1 <= xs["domain"][0] and xs["domain"][1] <= cfg.n
+    color = next(iter(layers(spec)))["encoding"]["color"]
+    named = dict(zip(color["scale"]["domain"], color["scale"]["range"]))
+    assert set(named) == {"exact", "fit", charts.REPLICA_KEY}  # the replica dots have a legend entry
+    assert len(set(named.values())) == 3
+    points = [layer for layer in layers(spec) if mark_type(layer) == "point"]
+    assert points and points[0]["encoding"]["color"]["field"] == "curve"
+    line = next(layer for layer in layers(spec) if mark_type(layer) == "line")
+    dash = line["encoding"]["strokeDash"]
+    assert dash["condition"]["value"] != dash["value"]  # exact solid, fits dashed
+
+
+@pytest.fixture(scope="module")
+def seed_sweep():
+    spec = api.sweep_spec({"base": {"setting": "linear_regression", "steps": 4, "replicas": 40,
+                                    "batch_sizes": [2, 16, 64, 256]},
+                           "grid": {"seed": [0, 1, 2], "lr.c": ["1/4", "1/2", "1"]}})
+    out = api.run_sweep(spec, api.sweep_executor("local"))
+    return pd.DataFrame(api.sweep_table(out, with_theory=True))
+
+
+def test_sweep_discrete_field_is_ordinal_and_legends_are_numeric(seed_sweep):
+    x_at = seed_sweep["x"].max()
+    sel, others = charts.sweep_frame(seed_sweep, "var_g", x_at, "seed", ("seed", "lr.c"))
+    spec = charts.sweep_chart(sel, "seed", others, "var_g", log_y=True).to_dict()
+    first = next(iter(layers(spec)))
+    assert first["encoding"]["x"]["type"] == "ordinal" and first["encoding"]["x"]["sort"] == ["0", "1", "2"]
+    order = first["encoding"]["color"]["sort"]
+    cs = [line.split(", ")[0] for line in order]
+    bs = [int(line.split(", ")[1]) for line in order]
+    assert cs[0] == "1/4" and cs[-1] == "1"  # fractions by value, not as text
+    assert bs[:4] == [2, 16, 64, 256]  # numbers by value, not "16, 2, 256, 64"
+    assert first["encoding"]["y"]["scale"]["type"] == "log" and assert_log_axes_positive(spec) > 0
+    # against the fractions: an ordinal axis in value order; a linear y of a variance starts at 0
+    sel, others = charts.sweep_frame(seed_sweep, "var_g", x_at, "lr.c", ("seed", "lr.c"))
+    spec = charts.sweep_chart(sel, "lr.c", others, "var_g", log_y=False).to_dict()
+    first = next(iter(layers(spec)))
+    assert first["encoding"]["x"]["sort"] == ["1/4", "1/2", "1"]
+    assert first["encoding"]["y"]["scale"]["zero"] is True
+    # against b: a continuous log axis
+    sel, others = charts.sweep_frame(seed_sweep, "var_g", x_at, "b", ("seed", "lr.c"))
+    first = next(iter(layers(charts.sweep_chart(sel, "b", others, "var_g", log_y=True).to_dict())))
+    assert first["encoding"]["x"]["type"] == "quantitative" and first["encoding"]["x"]["scale"]["type"] == "log"
+
+
+def test_advisor_chart_says_when_every_rule_diverged():
+    cfg = parse_config({"setting": "linear_regression", "batch_sizes": [4, 16, 64],
+                        "lr": {"schedule": "constant", "c": "50"}})
+    answers = api.advise_rules(cfg, 2000, ("none", "sqrt"))
+    assert all(row["diverged"] for ans in answers.values() for row in ans["curves"].values())
+    spec = charts.advisor_chart(answers, "loss", "title").to_dict()
+    texts = [layer for layer in layers(spec) if mark_type(layer) == "text"]
+    assert texts and "diverged" in json.dumps(rows(spec, texts[0]))
+
+
+def test_advisor_best_markers_of_two_rules_at_one_b_stay_visible():
+    """One batch size: it is every rule's best, at the same loss (c_b = c at b = b_ref for every rule)."""
+    cfg = parse_config({"setting": "linear_regression", "batch_sizes": [8]})
+    answers = api.advise_rules(cfg, 4000, ("none", "sqrt", "linear"), 8)
+    assert {ans["best_b"] for ans in answers.values()} == {8}
+    spec = charts.advisor_chart(answers, "E L(w_T)", "title").to_dict()
+    best = [layer for layer in layers(spec) if mark_type(layer) == "point" and layer["mark"].get("shape") == "diamond"]
+    assert best
+    marks = rows(spec, best[0])
+    marks = [r for r in marks if r.get("best")]
+    assert len(marks) == 3 and len({r["size"] for r in marks}) == 3  # concentric, none hidden
+    assert all(set(r["best for"].split(", ")) == {"none", "sqrt", "linear"} for r in marks)
+    assert assert_log_axes_positive(spec) > 0
