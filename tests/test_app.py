@@ -194,7 +194,7 @@ def test_charts_draw_theory_and_estimate_and_skip_rounding_zeros():
     t0 = [r for r in data if r["t"] == 0]
     assert all(r["value"] is None or (isinstance(r["value"], float) and np.isnan(r["value"])) for r in t0)
     marks = {layer["mark"]["type"] for layer in spec["layer"]}
-    assert marks == {"area", "line"}
+    assert marks == {"area", "line", "point"}  # the band, the lines, the estimate's markers and isolated exact points
 
 
 def test_deep_linear_page_defaults_then_small_run():

@@ -84,7 +84,7 @@ def wait_for_estimates(page, n_charts: int = 3, timeout_s: float = 180) -> list[
     while time.time() < deadline:
         texts = page.get_by_text(re.compile(r"^Drawn: exact")).all_inner_texts()
         pairs = [tuple(int(x) for x in re.findall(r"(\d+) points", t)) for t in texts]
-        if len(pairs) == n_charts and all(e > 0 and s > 0 for e, s in pairs):
+        if len(pairs) == n_charts and all(len(p) == 2 and p[0] > 0 and p[1] > 0 for p in pairs):
             return pairs
         time.sleep(0.5)
     raise AssertionError(f"estimates not drawn in time: {pairs}")
