@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
                                         _number(args.b_ref, "b_ref", float),
                                         _number(args.target_loss, "target_loss", float),
                                         executor=_executor(args)))
-        if config.setting in ("mlp", "sequence") and args.command != "simulate":
-            raise ConfigError("setting", f"'{args.command}' needs exact theory, which a nonlinear network does not "
-                                         "have; use 'simulate'")
+        if not api.has_theory(config) and args.command != "simulate":
+            raise ConfigError("setting", f"'{args.command}' needs exact theory, which the setting {config.setting!r} "
+                                         "does not have (replica estimates only); use 'simulate'")
         if args.command == "theory":
             out = report.theory_output(config, api.theory(config))
         elif args.command == "simulate":
@@ -100,15 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             out = report.simulate_output(config, api.simulate(config, cache=cache))
         elif args.command == "polynomial":
             out = api.polynomial(config, args.t, args.quantity, exact=False if args.force_float else None)
-        elif config.setting == "deep_linear":
-            th_res = api.theory(config)
-            out = {"setting": config.setting, "checks": {
-                str(t): {q: {"no_constant_term": c[0] == 0 if q != "loss" else None,
-                             "b0": api.decrease_threshold(c) if q != "loss" else None,
-                             "method": th_res["methods"][t]}
-                         for q, c in qs.items()} for t, qs in th_res["polynomials"].items()}}
         else:
-            out = {"setting": config.setting, "checks": api.check_monotone(config)}
+            out = {"setting": config.setting, "checks": api.check(config)}
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from backend import settings
+from backend import core, settings
 from backend.errors import ConfigError
 
 SCALINGS = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
@@ -124,7 +124,6 @@ def sweep(config, budget: int, scalings=tuple(SCALINGS), b_ref: float | None = N
 def _run_cells(config, budget, scalings, b_ref, executor, progress, cancel):
     """Run the advisor's cells as one sweep on ``executor``; returns how to read a cell's result (from the cache,
     under the key of the device it ran on)."""
-    from backend import api
     from backend import sweep as sweeps
     from backend.progress import as_progress
 
@@ -138,7 +137,7 @@ def _run_cells(config, budget, scalings, b_ref, executor, progress, cancel):
         first = out["failed"][0]
         raise ConfigError("sweep", f"{len(out['failed'])} cell(s) did not finish; the first "
                                    f"{first['overrides']}: {first['error']}")
-    return lambda cell: api.cached_simulation(cell, device=executor.device(cell))
+    return lambda cell: core.cached_simulation(cell, device=executor.device(cell))
 
 
 def sweep_cells(config, budget: int, scalings=tuple(SCALINGS), b_ref: float | None = None) -> list:
@@ -154,8 +153,6 @@ def replica_answer(config, budget: int, scaling: str, b_ref: float, target_loss:
     """The advisor from replica runs: one ``simulate`` per b of the cell config ``advise_cell`` gives (cached like
     any run: a cell computed once is served again; ``fetch(cell)``, if given, reads a cell run elsewhere), its
     quantities at the end of the budget with their SEs."""
-    from backend import api  # the runs go through the API: guard, device, cache
-
     setting = settings.for_config(config)
     names = setting.ADVISOR_QUANTITIES
     bs = list(config.batch_sizes)
@@ -163,7 +160,8 @@ def replica_answer(config, budget: int, scaling: str, b_ref: float, target_loss:
     first_below: dict[str, int | None] = {}
     for b in bs:
         cell = setting.advise_cell(config, b, budget, (b / b_ref) ** SCALINGS[scaling])
-        res = (fetch(cell) if fetch is not None else None) or api.simulate(cell, progress, cancel)
+        # a run goes through the core: guard, device, cache
+        res = (fetch(cell) if fetch is not None else None) or core.simulate(cell, progress, cancel)
         row: dict[str, Any] = {"steps": int(setting.advisor_steps(cell, b, res["x"])[-1]), "config": cell.to_json(),
                                "cached": bool(res["cached"])}
         for out_name, q in names.items():

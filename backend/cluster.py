@@ -24,7 +24,9 @@ from typing import Any, Iterator
 
 import torch
 
+from backend import core, report
 from backend.cache import ResultCache
+from backend.config import parse_config
 from backend.errors import ConfigError, one_line
 from backend.sweep import Cell
 
@@ -105,20 +107,17 @@ def compute_cell(config_json: dict, threads: int) -> dict[str, Any]:
     ``simulate`` document, the seconds it took, the device and the node."""
     import ray
 
-    from backend import api, report
-    from backend.config import parse_config
-
     torch.set_num_threads(threads)
     config = parse_config(config_json)
     with tempfile.TemporaryDirectory(prefix="batchvar-cell-") as tmp:
         cache = ResultCache(tmp)
         start = time.perf_counter()
         try:
-            res = api.simulate(config, cache=cache)
+            res = core.simulate(config, cache=cache)
         except ConfigError as e:  # refused by the guard on this worker's device: the cell's error, not a crash
             return {"error": str(e)}
         seconds = time.perf_counter() - start
-        key = api.simulation_key(config)
+        key = core.simulation_key(config)
         blob = cache.raw().get(key)
         cache.close()
     ctx = ray.get_runtime_context()
@@ -158,8 +157,6 @@ class RayExecutor:
         return max(1, int(self.cpus // self.threads))
 
     def run(self, cells: list[Cell], cache: ResultCache, cancel: threading.Event) -> Iterator[tuple[Cell, dict]]:
-        from backend import api
-
         ray = _ray()
         task = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(compute_cell)
         refs = {}
@@ -190,7 +187,7 @@ class RayExecutor:
                 if "error" in out:
                     yield cell, {"error": one_line(out["error"])}
                     continue
-                expected = api.simulation_key(cell.config, self.device(cell.config))
+                expected = core.simulation_key(cell.config, self.device(cell.config))
                 if out["key"] != expected:
                     yield cell, {"error": "the worker runs different batchvar code (its cache key differs)"}
                     continue

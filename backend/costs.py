@@ -4,8 +4,8 @@ Each setting's estimate gives ``memory_bytes``, ``seconds`` (calibrated on this 
 (arithmetic of the whole run), ``steps`` (sequential device steps, each a few dozen kernel launches) and ``setting``.
 On a CUDA device the time is
     fixed_seconds + steps · step_seconds + flops / (efficiency · r)   (or the max of the last two: GpuModel.overlap),
-r this device's matmul rate in the run's precision (measured once per process), with one GpuModel per setting in
-GPU_MODELS, calibrated from ``benchmarks/gpu_check.py``'s CAL lines.
+r this device's matmul rate in the run's precision (measured once per process), with the setting's own GpuModel (its
+module's GPU_MODEL), calibrated from ``benchmarks/gpu_check.py``'s CAL lines.
 """
 
 from __future__ import annotations
@@ -37,25 +37,10 @@ class GpuModel:
         return arithmetic if arithmetic in self.efficiency else "float32"
 
 
-# The one calibration, and the card it came from (issue 13, batchvar with CUDA graphs; TF32 off unless tf32):
+# The one calibration of the settings' GPU models (each setting's GPU_MODEL), and the card it came from (TF32 off
+# unless tf32; the runs behind each figure are in benchmarks/gpu_check.py):
 GPU_CALIBRATION_CARD = ("NVIDIA H100 80GB HBM3, torch 2.11+cu130, matmul 51.6 (float32) / 358 (tf32) / 529 (bf16) "
                         "TFLOP/s")
-GPU_MODELS: dict[str, GpuModel] = {
-    # R = 10³, 10⁴, 10⁵ replicas, T = 2 000, b = 16 (float64, one chunk each): 0.31, 0.37, 1.35 s — launch-bound
-    # (0.16 ms per step) up to 10⁴ replicas, then bound by the gathers and products of the drawn rows of X
-    "linear_regression": GpuModel(efficiency={"float32": 0.00367}, step_seconds=1.69e-4, overlap=True),
-    # the paper preset (1 000 replicas × 1 000 steps, b = 16, statistics every 10 steps): 0.88 and 1.11 s (two runs)
-    "deep_linear": GpuModel(efficiency={"float32": 0.25}, step_seconds=2.7e-4),
-    # the paper preset (5 × 50 replicas, b = 64, 48 000 training images), 3 epochs: float32 18.5 s (3.39 s per
-    # epoch), tf32 16.4 s (2.28 s), bf16 16.0 s (1.98 s); start-up 8.3–10.1 s. Training is memory-bound (250
-    # replicas × 1.33 M float32 weights read every step; on CUDA the updates are held 4 steps, bf16 reads bf16
-    # copies), and each epoch's statistics (≈ 0.55 s) run in float32/64 whatever the precision
-    "mlp": GpuModel(efficiency={"float32": 0.73, "tf32": 0.162, "bf16": 0.129}, step_seconds=3e-4,
-                    fixed_seconds=9.3),
-    # the paper preset (100 replicas, b = 32), 1 epoch with the epoch-0 and epoch-1 statistics: 105 s in float32
-    # (one figure: start-up and per-epoch cost are not told apart; the training alone is ≈ 10 s of it)
-    "sequence": GpuModel(efficiency={"float32": 0.018}, step_seconds=3e-4),
-}
 
 
 def combine_costs(costs: list[dict[str, float]]) -> dict[str, float]:
@@ -84,9 +69,9 @@ def matmul_rate(device: str, arithmetic: str = "float32") -> float:
 
 
 def gpu_seconds(est: dict, rate: Callable[[str], float]) -> float:
-    """The estimate's run time on a GPU whose matmul rate in a precision is ``rate(precision)`` FLOP/s
-    (GPU_MODELS[est["setting"]])."""
-    model = GPU_MODELS[est["setting"]]
+    """The estimate's run time on a GPU whose matmul rate in a precision is ``rate(precision)`` FLOP/s, by the
+    setting's model ``est["gpu_model"]`` (its GPU_MODEL, put there by backend.core.estimate)."""
+    model: GpuModel = est["gpu_model"]
     arithmetic = model.precision(est.get("precision", "float32"))
     compute = est["flops"] / (model.efficiency[arithmetic] * rate(arithmetic))
     steps = est["steps"] * model.step_seconds

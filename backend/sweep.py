@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 import torch
 
-from backend import api, costs, report
+from backend import core, costs, report
 from backend.cache import ResultCache, default_cache
 from backend.config import expand_preset, loads, parse_config
 from backend.errors import Cancelled, ConfigError, one_line
@@ -134,12 +134,12 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """The cells one after another in this process, through ``api.simulate`` (guard, device, cache)."""
+    """The cells one after another in this process, through ``core.simulate`` (guard, device, cache)."""
 
     name = "local"
 
     def device(self, config) -> torch.device:
-        return api.resolve_device(config.device)
+        return core.resolve_device(config.device)
 
     def workers(self, cells: list[Cell]) -> int:
         return 1
@@ -151,7 +151,7 @@ class LocalExecutor:
                 return
             start = time.perf_counter()
             try:
-                res = api.simulate(cell.config, cancel=cancel, cache=cache)
+                res = core.simulate(cell.config, cancel=cancel, cache=cache)
             except Cancelled:
                 yield from ((c, {"error": "cancelled"}) for c in cells[k:])
                 return
@@ -171,14 +171,14 @@ def estimate(sweep: Sweep, executor: Executor, cache: ResultCache | None = None)
     """The cost model (backend.costs) of the cells not yet cached: total device seconds, and per worker."""
     cache = cache if cache is not None else default_cache()
     pending = [c for c in sweep.cells if _cached(c, executor, cache) is None]
-    seconds = sum(costs.device_seconds(api.estimate(c.config), executor.device(c.config)) for c in pending)
+    seconds = sum(costs.device_seconds(core.estimate(c.config), executor.device(c.config)) for c in pending)
     workers = max(1, min(executor.workers(pending), len(pending))) if pending else 1
     return {"cells": len(sweep.cells), "cached": len(sweep.cells) - len(pending), "seconds": seconds,
             "workers": workers, "seconds_per_worker": seconds / workers}
 
 
 def _cached(cell: Cell, executor: Executor, cache: ResultCache) -> dict | None:
-    return api.cached_simulation(cell.config, cache, device=executor.device(cell.config))
+    return core.cached_simulation(cell.config, cache, device=executor.device(cell.config))
 
 
 def run(sweep: Sweep, executor: Executor | None = None, cache: ResultCache | None = None,
@@ -235,13 +235,13 @@ def table(out: dict[str, Any], with_theory: bool = True) -> list[dict[str, Any]]
     rows: list[dict[str, Any]] = []
     for cell in out["cells"]:
         config = parse_config(cell["config"])
-        quantities = api.quantity_table(config)
+        quantities = core.quantity_table(config)
         res = cell["result"]
         x_name = quantities[0].x
         xs = res[x_name]
         exact = None
         if with_theory and any(q.exact for q in quantities):
-            exact = api.theory(config)["curves"]
+            exact = core.theory(config)["curves"]
         for j, b in enumerate(config.batch_sizes):
             per_b = res["curves"][str(b)]
             for q in quantities:

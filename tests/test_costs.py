@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from backend import api, costs
+from backend import api, core, costs, settings
 from backend.config import parse_config
 from backend.errors import TooExpensive
 
@@ -68,7 +68,7 @@ def test_gpu_time_model_matches_the_mlp_paper_preset_on_an_h100(arithmetic, meas
     from backend.engine import mlp as engine
 
     est = {epochs: {**engine.estimate_cost(48000, 784, (1024, 512), 10, 5, 50, epochs, 64, 10000, 12000, 256),
-                    "setting": "mlp", "precision": arithmetic} for epochs in (2, 3)}
+                    "gpu_model": settings.get("mlp").GPU_MODEL, "precision": arithmetic} for epochs in (2, 3)}
     assert costs.gpu_seconds(est[3], H100_RATE) == pytest.approx(measured, rel=0.2)
     one_more = costs.gpu_seconds(est[3], H100_RATE) - costs.gpu_seconds(est[2], H100_RATE)
     assert one_more == pytest.approx(per_epoch, rel=0.2)
@@ -88,12 +88,12 @@ def test_guard_counts_memory_held_by_torchs_cache(monkeypatch):
     assert 20 * GiB < api.estimate(cfg)["memory_bytes"] < 30 * GiB
     cuda = torch.device("cuda")
     monkeypatch.setattr(costs, "matmul_rate", lambda device, arithmetic="float32": H100_RATES[arithmetic])
-    monkeypatch.setattr(api, "device_name", lambda device: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(costs, "device_name", lambda device: "NVIDIA H100 80GB HBM3")
     held = {"free": 14.4 * GiB, "total": 79.1 * GiB, "reserved": 60 * GiB, "allocated": 0.0}
-    monkeypatch.setattr(api, "cuda_memory", lambda device: held)
+    monkeypatch.setattr(core, "cuda_memory", lambda device: held)
     assert api.available_memory(cuda) == pytest.approx(74.4 * GiB)
     est = api.guard(cfg, cuda)
     assert est["seconds"] == pytest.approx(costs.gpu_seconds(api.estimate(cfg), H100_RATE))
-    monkeypatch.setattr(api, "cuda_memory", lambda device: {**held, "allocated": 60 * GiB})
+    monkeypatch.setattr(core, "cuda_memory", lambda device: {**held, "allocated": 60 * GiB})
     with pytest.raises(TooExpensive, match=r"14\.4 GiB are available on NVIDIA H100 80GB HBM3"):
         api.guard(cfg, cuda)

@@ -10,7 +10,7 @@ import sys
 import pytest
 from conftest import ROOT
 
-from backend import api, settings
+from backend import api, core, settings
 from backend.config import parse_config
 from backend.settings.base import Quantity, Setting
 
@@ -27,14 +27,16 @@ def test_every_setting_implements_the_protocol(name):
     table = module.quantities(config)
     assert table and all(isinstance(q, Quantity) and q.x in ("t", "epoch") for q in table)
     assert len({q.name for q in table}) == len(table)
-    for method in ("theory", "simulate", "cached_simulation", "estimate", "polynomial", "quantities"):
+    for method in ("theory", "simulate", "cached_simulation", "estimate", "polynomial", "quantities", "check",
+                   "simulate_document"):
         assert callable(getattr(module, method))
     assert set(module.PRESETS) and all(isinstance(p, dict) for p in module.PRESETS.values())
 
 
-def test_api_is_a_thin_dispatcher():
-    """No per-setting branching in the API: it names no config class and asks no isinstance."""
-    source = inspect.getsource(api)
+@pytest.mark.parametrize("module", [api, core], ids=lambda m: m.__name__)
+def test_api_and_core_are_thin_dispatchers(module):
+    """No per-setting branching in the API or the run core: they name no config class and ask no isinstance."""
+    source = inspect.getsource(module)
     assert "isinstance(config" not in source and "Config)" not in source
 
 
@@ -43,7 +45,7 @@ def test_cli_prints_the_registry():
                          env=os.environ.copy(), timeout=120)
     assert out.returncode == 0, out.stderr
     reg = {s["name"]: s for s in json.loads(out.stdout)["settings"]}
-    assert set(reg) == {"linear_regression", "deep_linear", "mlp", "sequence"}
+    assert list(reg) == list(settings.SETTINGS)
     lr = {q["name"]: q for q in reg["linear_regression"]["quantities"]}
     assert set(lr) == {"var_g", "var_full_grad", "loss"} and all(q["exact"] and q["x"] == "t" for q in lr.values())
     mlp = {q["name"]: q for q in reg["mlp"]["quantities"]}

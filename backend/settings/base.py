@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from backend.cache import ResultCache, make_key
+from backend.costs import GpuModel
 from backend.progress import Progress
 
 
@@ -36,7 +37,9 @@ class Quantity:
 
 
 class Setting(Protocol):
-    """The interface of a setting module (structural: a module with these names is a Setting)."""
+    """The interface of a setting module (structural: a module with these names is a Setting). What is a setting's own
+    lives here and nowhere else: its GPU time model, whether its runs resume, its CLI document, its checks, its Home
+    card; nothing outside backend/settings and pages/ names a setting."""
 
     NAME: str
     TITLE: str
@@ -46,6 +49,8 @@ class Setting(Protocol):
     CONFIG: type
     PRESETS: Mapping[str, dict]
     THEORY_ONLY_DROPS: tuple[str, ...]  # config fields the exact theory does not read (left out of its cache key)
+    GPU_MODEL: GpuModel  # its time on a GPU from the estimate's FLOPs and steps (backend/costs.py)
+    RESUMABLE: bool  # its runs checkpoint in the cache and resume after a cancel (the guard allows 12 h, else 1 h)
 
     def quantities(self, config) -> list[Quantity]: ...
 
@@ -59,6 +64,29 @@ class Setting(Protocol):
     def estimate(self, config) -> dict[str, float]: ...
 
     def polynomial(self, config, t: int, quantity: str, exact: bool | None) -> dict[str, Any]: ...
+
+    def check(self, config, cache: ResultCache) -> dict[str, Any]: ...  # Theorems 1–2 (a ConfigError if it has none)
+
+    def simulate_document(self, config, res: dict[str, Any]) -> dict[str, Any]: ...  # the CLI's simulate JSON
+
+
+class ExactAdvisor(Protocol):
+    """The advisor's hook of a setting that answers exactly (backend/advisor.py: ``advise`` for every lane j: batch
+    size b[j], steps[j], the schedule's constant lr_c[j], the search horizon, the target loss and the t grid)."""
+
+    def advise(self, config, b: np.ndarray, steps: np.ndarray, lr_c: np.ndarray, horizon: np.ndarray,
+               target: float | None, grid) -> dict[str, Any]: ...
+
+
+class ReplicaAdvisor(Protocol):
+    """The advisor's hooks of a setting answered from replica runs: the run for one b, the quantities it reads
+    (advisor name → the setting's quantity) and the SGD steps behind a result's x values."""
+
+    ADVISOR_QUANTITIES: Mapping[str, str]
+
+    def advise_cell(self, config, b: int, budget: int, lr_factor: float): ...
+
+    def advisor_steps(self, config, b: int, x) -> np.ndarray: ...
 
 
 def cache_key(kind: str, config, extra: dict | None = None, drop: tuple[str, ...] = ()) -> str:
@@ -100,3 +128,42 @@ def step_advise_cell(config, b: int, budget: int, lr_factor: float):
 def step_advisor_steps(config, b: int, x):
     """SGD steps behind the x-axis values of a result (x is the step t)."""
     return np.asarray(x)
+
+
+# -- the CLI's documents (backend/report.py): strict JSON, NaN and ±inf as null ------------------------------------
+
+def json_list(a) -> list:
+    """A float array as a JSON list (NaN and ±inf → None)."""
+    return [None if not np.isfinite(v) else float(v) for v in np.asarray(a, dtype=np.float64)]
+
+
+def curves_json(batch_sizes, curves: dict | None, quantities, with_se: bool) -> dict[str, Any]:
+    """Per batch size, each quantity over t (with ``q_se`` for estimates); None everywhere without curves."""
+    out: dict[str, Any] = {}
+    for j, b in enumerate(batch_sizes):
+        entry: dict[str, Any] = {}
+        for q in quantities:
+            if curves is None:
+                entry[q] = None
+                continue
+            if with_se:
+                if q not in curves:
+                    continue
+                entry[q] = json_list(curves[q]["value"][j])
+                entry[f"{q}_se"] = json_list(curves[q]["se"][j])
+            else:
+                entry[q] = json_list(curves[q][j])
+        out[str(b)] = entry
+    return out
+
+
+def step_document(config, res: dict, names) -> dict[str, Any]:
+    """The ``simulate`` document of a setting run in SGD steps: per b each quantity in ``names`` (and the
+    Rao–Blackwellised var_g_rb where reported) over t with its SE, the finite replicas at each t, the first divergence
+    per b, the sampler, the device and the replica groups."""
+    meta = res["meta"]
+    return {"t": res["t"].tolist(),
+            "curves": curves_json(config.batch_sizes, res["curves"], (*names, "var_g_rb"), True),
+            "finite_count": {str(b): res["finite_count"][j].tolist() for j, b in enumerate(config.batch_sizes)},
+            "diverged_at": dict(zip(map(str, config.batch_sizes), meta["diverged_at"])),
+            "sampler": meta["sampler_label"], "device": meta["device"], "groups": meta["groups"]}

@@ -18,7 +18,7 @@ from backend.engine import mlp as engine
 from backend.curves import curves_result
 from backend.errors import ConfigError
 from backend.progress import Progress
-from backend.settings.base import Quantity, cache_key, simulation_key
+from backend.settings.base import Quantity, cache_key, json_list, simulation_key
 from backend.stats import mean_with_se, median_with_se, nan_reduce, t_quantile
 
 SAMPLER_LABELS = {"epoch_reshuffle": "reshuffle each epoch (the paper's training), n // b steps per epoch",
@@ -173,3 +173,32 @@ def b_ordering_share(result: dict[str, Any], quantity: str = "var_g") -> float:
     """Share of epochs (after epoch 0) at which var_g strictly decreases with b across all batch sizes."""
     vals = result["curves"][quantity]["value"][:, 1:]
     return float(np.mean(np.all(np.diff(vals, axis=0) < 0, axis=0)))
+
+
+def no_check(config, cache: ResultCache | None = None) -> dict[str, Any]:
+    raise ConfigError("setting", f"no exact theory for a nonlinear network: the setting {config.setting!r} has no "
+                                 "Theorems 1-2 check; use 'simulate'")
+
+
+def classifier_document(config, res: dict[str, Any], names) -> dict[str, Any]:
+    """The ``simulate`` document of a replica classifier: per b each quantity in ``names`` over epochs with its SE,
+    var_g_min / var_g_max (the spread over initial weights), and with several initial weights q_per_init and
+    q_per_init_se (one list over epochs per init); the band, the sampler, the device and the first divergence per b."""
+    meta = res["meta"]
+    per_init = config.inits > 1
+    curves: dict[str, Any] = {}
+    for j, b in enumerate(config.batch_sizes):
+        entry: dict[str, Any] = {}
+        for f in names:
+            c = res["curves"][f]
+            entry[f] = json_list(c["value"][j])
+            entry[f"{f}_se"] = json_list(c["se"][j])
+            if per_init:
+                for suffix in ("per_init", "per_init_se"):
+                    entry[f"{f}_{suffix}"] = [json_list(col) for col in np.asarray(c[suffix][j]).T]
+        var_g = res["curves"]["var_g"]
+        entry["var_g_min"], entry["var_g_max"] = json_list(var_g["min"][j]), json_list(var_g["max"][j])
+        curves[str(b)] = entry
+    return {"epoch": res["epoch"].tolist(), "curves": curves, "inits": config.inits, "replicas": config.replicas,
+            "band": res["band"], "sampler": meta["sampler_label"], "device": meta["device"],
+            "diverged_at": {str(x["b"]): x["diverged_at"] for x in meta["per_b"]}}

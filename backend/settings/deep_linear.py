@@ -16,14 +16,14 @@ import torch
 from backend.cache import CODE_VERSION, ResultCache
 from backend.fields import (DEVICES, DTYPES, MAX_REPLICAS, MAX_STEPS, MAX_WIDTH, MIN_REPLICAS, Fields, Schedule,
                             config_fields, read_batch_sizes, read_choice, read_int, read_positive, replace_fields)
-from backend.costs import combine_costs
+from backend.costs import GpuModel, combine_costs
 from backend.curves import curves_result, unpack_stats
 from backend.engine import deep_linear as engine
 from backend.errors import ConfigError, TooExpensive
 from backend.exact import fraction_str, is_exact, jsonable_number, parse_number
 from backend.progress import Progress
 from backend.settings.base import (STEP_ADVISOR_QUANTITIES, Quantity, cache_key, simulation_key, step_advise_cell,
-                                   step_advisor_steps)
+                                   step_advisor_steps, step_document)
 from backend.stats import t_quantile
 from backend.theory import deep_linear as th
 from backend.theory.linreg import eval_polynomial
@@ -158,6 +158,10 @@ CARD = ("teacher–student on online Gaussian samples; exact polynomials in 1/b 
         "b₀ (paper §3.2, Figure 3)")  # its card on the Home page
 CONFIG = DeepLinearConfig
 THEORY_ONLY_DROPS = ("replicas", "seed", "device", "dtype", "batch_sizes")
+RESUMABLE = False  # a run starts again from t = 0
+# GPU time (backend/costs.py; calibrated on costs.GPU_CALIBRATION_CARD): the paper preset (1 000 replicas × 1 000
+# steps, b = 16, statistics every 10 steps; benchmarks/gpu_check.py)
+GPU_MODEL = GpuModel(efficiency={"float32": 0.25}, step_seconds=2.7e-4)
 
 
 def quantities(config: DeepLinearConfig) -> list[Quantity]:
@@ -173,6 +177,21 @@ def quantities(config: DeepLinearConfig) -> list[Quantity]:
 
 def _names(config: DeepLinearConfig) -> list[str]:
     return [q.name for q in quantities(config)]
+
+
+def simulate_document(config: DeepLinearConfig, res: dict[str, Any]) -> dict[str, Any]:
+    """The CLI's ``simulate`` document (backend/report.py): per b each quantity over t with its SE."""
+    return step_document(config, res, _names(config))
+
+
+def check(config: DeepLinearConfig, cache: ResultCache) -> dict[str, Any]:
+    """The CLI's ``check``: at each t with an exact method, per variance whether its polynomial in 1/b has no
+    constant term (Theorem 4) and the threshold b₀ beyond which it decreases in b (Theorem 5); the method used."""
+    res = theory(config, cache)
+    return {str(t): {q: {"no_constant_term": c[0] == 0 if q != "loss" else None,
+                         "b0": th.decrease_threshold(c) if q != "loss" else None,
+                         "method": res["methods"][t]}
+                     for q, c in qs.items()} for t, qs in res["polynomials"].items()}
 
 
 def exact_method(config: DeepLinearConfig, t: int) -> str | None:

@@ -17,14 +17,14 @@ from backend.cache import CODE_VERSION, ResultCache, default_cache, make_key
 from backend.fields import (DEVICES, MAX_REPLICAS, MAX_STEPS, MIN_REPLICAS, SAMPLER_LABELS, SAMPLERS, Fields, Schedule,
                             config_fields, paper_batch_sizes, read_batch_sizes, read_bool, read_choice, read_int,
                             read_positive, replace_fields)
-from backend.costs import combine_costs
+from backend.costs import GpuModel, combine_costs
 from backend.curves import curves_result, unpack_stats
 from backend.engine import linreg as engine
 from backend.errors import ConfigError, TooExpensive
 from backend.exact import is_exact, jsonable_number, parse_number, rational, to_fraction, to_rational_array
 from backend.progress import Progress
 from backend.settings.base import (STEP_ADVISOR_QUANTITIES, Quantity, run_device_type, simulation_key,
-                                   step_advise_cell, step_advisor_steps)
+                                   step_advise_cell, step_advisor_steps, step_document)
 from backend.stats import first_increase, polyfit_inv_b
 from backend.theory import linreg as th
 from backend.theory.paths import moment_paths
@@ -152,6 +152,11 @@ CARD = ("Graduate Admission, synthetic data or your CSV: the exact variance at e
         "1/b, drawn over replica runs (paper §3.1, Figure 2)")  # its card on the Home page
 CONFIG = LinearRegressionConfig
 THEORY_ONLY_DROPS = ("replicas", "seed", "device")
+RESUMABLE = False  # a run starts again from t = 0
+# GPU time (backend/costs.py; calibrated on costs.GPU_CALIBRATION_CARD): R = 10³, 10⁴, 10⁵ replicas, T = 2 000, b = 16
+# (float64, one chunk each; benchmarks/gpu_check.py) — launch-bound up to 10⁴ replicas, then bound by the gathers and
+# products of the drawn rows of X; a replayed CUDA graph's launches hide behind its kernels (overlap)
+GPU_MODEL = GpuModel(efficiency={"float32": 0.00367}, step_seconds=1.69e-4, overlap=True)
 QUANTITIES = (
     Quantity("var_g", "var(g_t | F_0)", r"\operatorname{var}(g_t \mid \mathcal F_0)", "t", True,
              "across-replica variance of the mini-batch gradient, batch-means SE; also var_g_rb (Rao–Blackwellised: "
@@ -168,6 +173,16 @@ FLOAT_POLY_MAX_T = 400
 
 def quantities(config: LinearRegressionConfig) -> list[Quantity]:
     return list(QUANTITIES)
+
+
+def simulate_document(config: LinearRegressionConfig, res: dict[str, Any]) -> dict[str, Any]:
+    """The CLI's ``simulate`` document (backend/report.py): per b each quantity over t with its SE."""
+    return step_document(config, res, [q.name for q in quantities(config)])
+
+
+def check(config: LinearRegressionConfig, cache: ResultCache | None = None) -> dict[str, Any]:
+    """The CLI's ``check``: Theorems 1–2 on the exact values at every b ≤ n (check_monotone)."""
+    return check_monotone(config)
 
 
 def _problem(config: LinearRegressionConfig, exact: bool = False) -> th.LinRegProblem:

@@ -15,14 +15,14 @@ import torch
 from backend.cache import ResultCache
 from backend.fields import (MLP_SAMPLERS, Fields, Schedule, config_fields, read_batch_sizes, read_choice, read_int,
                             read_positive, read_source, replace_fields, replica_run_fields)
-from backend.costs import combine_costs
+from backend.costs import GpuModel, combine_costs
 from backend.engine import mlp as engine
 from backend.errors import ConfigError
 from backend.images import elastic_distort, load_dataset
 from backend.progress import Progress
 from backend.settings.base import Quantity, run_device_type, scaled_lr
-from backend.settings.classifier import (cached_classifier, classifier_quantities, no_polynomial, no_theory,
-                                         shape_result, simulate_classifier)
+from backend.settings.classifier import (cached_classifier, classifier_document, classifier_quantities, no_check,
+                                         no_polynomial, no_theory, shape_result, simulate_classifier)
 from backend.settings.classifier import ADVISOR_QUANTITIES, advisor_steps  # noqa: F401  (the advisor's protocol)
 from backend.settings.classifier import THEORY_ONLY_DROPS  # noqa: F401  (part of the Setting protocol)
 
@@ -122,10 +122,23 @@ CONFIG = MLPConfig
 theory = no_theory
 polynomial = no_polynomial
 cached_simulation = cached_classifier
+check = no_check
+RESUMABLE = True  # checkpointed in the cache at every epoch: a cancelled run resumes
+# GPU time (backend/costs.py; calibrated on costs.GPU_CALIBRATION_CARD). The paper preset (5 × 50 replicas, b = 64,
+# 48 000 training images), 3 epochs in float32, tf32 and bf16, whole run and per epoch (benchmarks/gpu_check.py).
+# Training is memory-bound (250 replicas × 1.33 M float32 weights read every step; on CUDA the updates are held 4
+# steps, bf16 reads bf16 copies), and each epoch's statistics run in float32/64 whatever the precision; the start-up
+# (data, CUDA context, the epoch-0 statistics) is fixed_seconds
+GPU_MODEL = GpuModel(efficiency={"float32": 0.73, "tf32": 0.162, "bf16": 0.129}, step_seconds=3e-4, fixed_seconds=9.3)
 
 
 def quantities(config: MLPConfig) -> list[Quantity]:
     return classifier_quantities(with_gap=True)
+
+
+def simulate_document(config, res: dict[str, Any]) -> dict[str, Any]:
+    """The CLI's ``simulate`` document (backend/report.py): per b each quantity over epochs with its SE."""
+    return classifier_document(config, res, [q.name for q in quantities(config)])
 
 
 def advise_cell(config: MLPConfig, b: int, budget: int, lr_factor: float) -> MLPConfig:

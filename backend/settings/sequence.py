@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import torch
 
 from backend.cache import ResultCache
+from backend.costs import GpuModel
 from backend.fields import (MLP_SAMPLERS, Fields, config_fields, read_batch_sizes, read_choice, read_int,
                             read_positive, read_source, replace_fields, replica_run_fields)
 from backend.engine import mlp as trainer, sequence as seq
@@ -20,8 +21,8 @@ from backend.engine.mlp import module_forward
 from backend.errors import ConfigError
 from backend.progress import Progress
 from backend.settings.base import Quantity
-from backend.settings.classifier import (cached_classifier, classifier_quantities, no_polynomial, no_theory,
-                                         shape_result, simulate_classifier)
+from backend.settings.classifier import (cached_classifier, classifier_document, classifier_quantities, no_check,
+                                         no_polynomial, no_theory, shape_result, simulate_classifier)
 from backend.settings.classifier import ADVISOR_QUANTITIES, advisor_steps  # noqa: F401  (the advisor's protocol)
 from backend.settings.classifier import THEORY_ONLY_DROPS  # noqa: F401  (part of the Setting protocol)
 from backend.text import Tokenizer, load_corpus
@@ -135,10 +136,21 @@ CONFIG = SequenceConfig
 theory = no_theory
 polynomial = no_polynomial
 cached_simulation = cached_classifier
+check = no_check
+RESUMABLE = True  # checkpointed in the cache at every epoch: a cancelled run resumes
+# GPU time (backend/costs.py; calibrated on costs.GPU_CALIBRATION_CARD): the paper preset (100 replicas, b = 32), 1
+# epoch with the epoch-0 and epoch-1 statistics, in float32 (one figure: start-up and per-epoch cost are not told
+# apart; benchmarks/gpu_check.py)
+GPU_MODEL = GpuModel(efficiency={"float32": 0.018}, step_seconds=3e-4)
 
 
 def quantities(config: SequenceConfig) -> list[Quantity]:
     return classifier_quantities(with_gap=False)  # no distorted test set for text
+
+
+def simulate_document(config, res: dict[str, Any]) -> dict[str, Any]:
+    """The CLI's ``simulate`` document (backend/report.py): per b each quantity over epochs with its SE."""
+    return classifier_document(config, res, [q.name for q in quantities(config)])
 
 
 def advise_cell(config: SequenceConfig, b: int, budget: int, lr_factor: float) -> SequenceConfig:
