@@ -48,6 +48,13 @@ def check_request(config, budget: Any, scaling: Any, b_ref: Any, target_loss: An
     return int(budget), scaling, float(b_ref), None if target_loss is None else float(target_loss)
 
 
+def check_scalings(scalings) -> None:
+    """At least one scaling rule is asked for (each is validated by check_request)."""
+    if isinstance(scalings, str) or not len(scalings):
+        raise ConfigError("scaling", f"expected a non-empty list of scaling rules from {list(SCALINGS)}, "
+                                     f"got {scalings!r}")
+
+
 def advise(config, budget: int, scaling: str = "none", b_ref: float | None = None,
            target_loss: float | None = None, progress=None, cancel=None, executor=None) -> dict[str, Any]:
     """The advisor's answer (the CLI's ``advise`` output; see the module doc and docs/theory.md §7)."""
@@ -59,6 +66,7 @@ def advise_rules(config, budget: int, scalings=tuple(SCALINGS), b_ref: float | N
                  ) -> dict[str, dict[str, Any]]:
     """``advise`` for several scaling rules in one pass (one lane per rule and b): {scaling: answer}. ``executor``
     (a sweep executor) runs the replica cells of a setting without exact theory (``sweep``)."""
+    check_scalings(scalings)
     for scaling in scalings:
         budget, _, b_ref_checked, target_loss = check_request(config, budget, scaling, b_ref, target_loss)
     b_ref = b_ref_checked
@@ -113,6 +121,7 @@ def sweep(config, budget: int, scalings=tuple(SCALINGS), b_ref: float | None = N
     the replica check of the exact answer): {scaling: answer}. With an ``executor`` (backend/sweep.py: local or
     Ray) every (rule, b) cell first runs as one sweep there — in parallel on a cluster — and the answers are read
     from the cache; a cell that fails raises a ConfigError naming it."""
+    check_scalings(scalings)
     for scaling in scalings:
         budget, _, b_ref, target_loss = check_request(config, budget, scaling, b_ref, target_loss)
     fetch = None

@@ -175,3 +175,12 @@ def test_the_replica_check_of_the_exact_advice_agrees(tmp_path, monkeypatch):
             est, want = check[rule]["curves"][b], exact[rule]["curves"][b]
             assert est["steps"] == want["steps"] and est["config"]["lr"]["c"] == pytest.approx(want["lr_c"])
             assert abs(est["loss"] - want["loss"]) <= 4 * est["loss_se"], (rule, b, est, want)
+
+
+@pytest.mark.parametrize("scalings", [(), []])
+def test_no_scaling_rule_is_a_clear_error(scalings):
+    cfg = parse_config(tiny_config_json())
+    with pytest.raises(api.ConfigError, match="scaling: expected a non-empty list of scaling rules"):
+        advisor.advise_rules(cfg, 480, scalings)
+    with pytest.raises(api.ConfigError, match="scaling"):
+        advisor.sweep(cfg, 480, scalings)

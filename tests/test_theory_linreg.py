@@ -135,3 +135,22 @@ def test_first_increase_detects_a_violation():
 
     assert first_increase(np.array([1, 2, 3, 4]), np.array([4.0, 3.0, 3.5, 1.0])) == 1
     assert first_increase(np.array([1, 2, 3]), np.array([4.0, 3.0, 3.0])) is None
+
+
+def test_the_polynomial_docstring_states_its_limits():
+    """The t limits polynomial's docstring states are the ones it enforces (it said t ≤ 40 for exact coefficients)."""
+    import re
+
+    from conftest import tiny_config_json
+
+    from backend.config import parse_config
+    from backend.errors import TooExpensive
+    from backend.settings import linear_regression as lr
+
+    exact_max, float_max = (int(x) for x in re.findall(r"t ≤ (\d+)", lr.polynomial.__doc__))
+    cfg = parse_config(tiny_config_json())
+    assert cfg.exact
+    with pytest.raises(TooExpensive, match=f"t ≤ {exact_max} "):
+        lr.polynomial(cfg, exact_max + 1, exact=True)
+    with pytest.raises(TooExpensive, match=f"t ≤ {float_max};"):
+        lr.polynomial(cfg, float_max + 1, exact=False)

@@ -272,8 +272,9 @@ def polynomial(config: LinearRegressionConfig, t: int, quantity: str = "var_g", 
                ) -> dict[str, Any]:
     """Coefficients of ``quantity`` at step t as a polynomial in 1/b (and in the noise factor c).
 
-    Exact rational coefficients when data, w0 and schedule are rational (and ``exact`` is not False), for t ≤ 40;
-    float64 otherwise (accurate to t ≈ 50 in the 1/b basis; the c basis stays well conditioned).
+    Exact rational coefficients when data, w0 and schedule are rational (and ``exact`` is not False), for t ≤ 30
+    (EXACT_MAX_T); float64 otherwise, for t ≤ 400 (FLOAT_POLY_MAX_T; accurate to t ≈ 50 in the 1/b basis, the c basis
+    stays well conditioned). Beyond either limit a TooExpensive names it.
     """
     _require_theory(config)
     if quantity not in EXACT_QUANTITIES:

@@ -80,9 +80,10 @@ class MLPConfig:
         sampler = read_choice(val("sampler"), "sampler", MLP_SAMPLERS)
         dist_raw = val("distortion")
         fdist = Fields(dist_raw, "distortion")
-        distortion = {"alpha": float(read_positive(fdist.get("alpha", 8), "distortion.alpha", allow_zero=True)),
-                      "sigma": float(read_positive(fdist.get("sigma", 2), "distortion.sigma", allow_zero=True)),
-                      "every": read_int(fdist.get("every", 1), "distortion.every", 1, 100_000)}
+        d0 = cls.DEFAULTS["distortion"]  # a partial object takes the rest from the defaults
+        distortion = {"alpha": float(read_positive(fdist.get("alpha", d0["alpha"]), "distortion.alpha", True)),
+                      "sigma": float(read_positive(fdist.get("sigma", d0["sigma"]), "distortion.sigma", True)),
+                      "every": read_int(fdist.get("every", d0["every"]), "distortion.every", 1, 100_000)}
         fdist.finish()
         common = replica_run_fields(val)
         n_train = _mlp_train_size(dataset)

@@ -89,13 +89,15 @@ class SequenceConfig:
         replicas = read_int(val("replicas"), "replicas", 2, 10_000)
         epochs = read_int(val("epochs"), "epochs", 1, 10_000)
         fo = Fields(val("optimizer"), "optimizer")
-        opt = {"lr": float(read_positive(fo.get("lr", "1e-3"), "optimizer.lr")),
-               "eps": float(read_positive(fo.get("eps", "1e-8"), "optimizer.eps")),
-               "beta1": float(read_positive(fo.get("beta1", "0.9"), "optimizer.beta1", allow_zero=True)),
-               "beta2": float(read_positive(fo.get("beta2", "0.999"), "optimizer.beta2", allow_zero=True)),
-               "weight_decay": float(read_positive(fo.get("weight_decay", "0"), "optimizer.weight_decay", True)),
-               "warmup": read_int(fo.get("warmup", 0), "optimizer.warmup", 0, 10**7),
-               "clip": float(read_positive(fo.get("clip", "1"), "optimizer.clip"))}
+        o0 = cls.DEFAULTS["optimizer"]  # a partial object takes the rest from the defaults
+        opt = {"lr": float(read_positive(fo.get("lr", o0["lr"]), "optimizer.lr")),
+               "eps": float(read_positive(fo.get("eps", o0["eps"]), "optimizer.eps")),
+               "beta1": float(read_positive(fo.get("beta1", o0["beta1"]), "optimizer.beta1", allow_zero=True)),
+               "beta2": float(read_positive(fo.get("beta2", o0["beta2"]), "optimizer.beta2", allow_zero=True)),
+               "weight_decay": float(read_positive(fo.get("weight_decay", o0["weight_decay"]), "optimizer.weight_decay",
+                                                   True)),
+               "warmup": read_int(fo.get("warmup", o0["warmup"]), "optimizer.warmup", 0, 10**7),
+               "clip": float(read_positive(fo.get("clip", o0["clip"]), "optimizer.clip"))}
         for beta in ("beta1", "beta2"):
             if not opt[beta] < 1:
                 raise ConfigError(f"optimizer.{beta}", f"must be in [0, 1), got {opt[beta]}")
