@@ -157,6 +157,60 @@ def sweep_cells(config, budget: int, scalings=tuple(SCALINGS), b_ref: float | No
             for b in config.batch_sizes]
 
 
+def replica_plan(config, budget: int, scalings=tuple(SCALINGS), b_ref: float | None = None) -> dict[str, Any]:
+    """What a replica run of the advisor (the replica check, or the sweep of a setting without exact theory) can run,
+    before anything runs: each b's cells (one per rule: ``advise_cell``) validated and passed through the resource
+    guard on the device they would run on. Returns {"seconds": {b: estimated seconds of its cells} for the b that fit,
+    "refused": {b: one line — why, and the largest budget at which that b would fit}}."""
+    from backend import api  # the guard and the device are the API's
+
+    budget, _, b_ref, _ = check_request(config, budget, scalings[0] if scalings else "none", b_ref, None)
+    setting = settings.for_config(config)
+
+    def cost(b: int, n: int) -> float:
+        """Estimated seconds of b's cells at budget n (a ConfigError when one is refused)."""
+        total = 0.0
+        for s in scalings:
+            cell = setting.advise_cell(config, b, n, (b / b_ref) ** SCALINGS[s])
+            total += api.guard(cell, api.resolve_device(cell.device))["seconds"]
+        return total
+
+    seconds: dict[int, float] = {}
+    refused: dict[int, str] = {}
+    for b in config.batch_sizes:
+        try:
+            seconds[int(b)] = cost(b, budget)
+        except ConfigError as e:
+            lo, hi = int(b), budget  # the largest budget that fits, by bisection (the cost grows with the budget)
+            try:
+                cost(b, lo)
+            except ConfigError:
+                lo = None
+            while lo is not None and hi - lo > 1:
+                mid = (lo + hi) // 2
+                try:
+                    cost(b, mid)
+                    lo = mid
+                except ConfigError:
+                    hi = mid
+            refused[int(b)] = (f"b = {b} left out: {e}" + ("" if lo is None else
+                               f" (b = {b} fits a budget of up to {lo:,} samples)"))
+    return {"seconds": seconds, "refused": refused}
+
+
+def reachable_target(answers: dict[str, dict[str, Any]]) -> float | None:
+    """A target loss the exact curves reach within the budget: the median final loss E L(w_{T_b}) over the rules and
+    b that did not diverge, rounded up to two significant digits — so at least half of those (rule, b) reach it
+    (None when every one diverged)."""
+    finals = [row["loss"] for ans in answers.values() for row in ans["curves"].values()
+              if not row["diverged"] and row["loss"] is not None and row["loss"] > 0]
+    if not finals:
+        return None
+    median = float(np.median(finals))
+    scale = 10.0 ** (np.floor(np.log10(median)) - 1)
+    return float(f"{np.ceil(median / scale) * scale:.2g}")
+
+
 def replica_answer(config, budget: int, scaling: str, b_ref: float, target_loss: float | None, progress=None,
                    cancel=None, fetch=None) -> dict[str, Any]:
     """The advisor from replica runs: one ``simulate`` per b of the cell config ``advise_cell`` gives (cached like

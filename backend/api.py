@@ -25,9 +25,11 @@ from backend.fields import (DTYPES, MAX_REPLICAS, MIN_REPLICAS, MLP_SAMPLERS, PR
                             SAMPLERS, SCHEDULES, paper_batch_sizes)
 from backend.datasets import MAX_UPLOAD_BYTES, parse_csv_text  # noqa: F401
 from backend.docs import theory_preamble, theory_sections  # noqa: F401
-from backend.advisor import SCALINGS, advise, advise_rules, sweep, sweep_cells  # noqa: F401  (the batch-size advisor)
+from backend.advisor import (SCALINGS, advise, advise_rules, reachable_target, replica_plan, sweep,  # noqa: F401
+                             sweep_cells)  # (the batch-size advisor)
 from backend.exact import jsonable_number  # noqa: F401
 from backend.costs import device_name, device_seconds, format_duration  # noqa: F401  (format_duration: pages)
+from backend.costs import where as estimate_where  # noqa: F401  (pages: how a time estimate was made)
 from backend.errors import ConfigError, TooExpensive  # noqa: F401  (ConfigError: the one error a page shows)
 from backend.latex import polynomial_equation, polynomial_latex  # noqa: F401
 from backend.progress import Progress

@@ -59,13 +59,18 @@ rules = sb.multiselect("Scaling rules", list(api.SCALINGS), default=list(api.SCA
                        help="none: c_b = c; sqrt: c_b = c·√(b/b_ref); linear: c_b = c·b/b_ref")
 b_ref = sb.number_input("b_ref", 1, 10**6, int(min(config.batch_sizes)), key="adv_bref")
 use_target = sb.checkbox("Target loss (steps and examples to reach it)", False, key="adv_use_target")
-target = sb.number_input("target E L(w_t)", 0.0, 1e9, 0.005, format="%.6g", key="adv_target") if use_target else None
 if not rules:
     st.info("Pick at least one scaling rule.")
     st.stop()
 try:
     with st.spinner("Exact moments for every b and rule…"):
-        answers = api.advise_rules(config, budget, tuple(rules), b_ref, target)
+        answers = api.advise_rules(config, budget, tuple(rules), b_ref, None)
+        target = None
+        if use_target:  # starts at a target the exact curves reach (the median final loss over rules and b)
+            target = sb.number_input("target E L(w_t)", 0.0, 1e9, api.reachable_target(answers) or 0.0, format="%.6g",
+                                     key="adv_target", help="starts at the median exact final loss over the rules "
+                                     "and b that do not diverge: at least half of them reach it within the budget")
+            answers = api.advise_rules(config, budget, tuple(rules), b_ref, target)
 except api.ConfigError as e:
     st.error(ui.user_text(e))
     st.stop()
@@ -101,10 +106,27 @@ st.caption("B_noise = E tr Σ(w_t)/E‖∇L(w_t)‖² with Σ the population cov
            "noise predicts, to set beside the exact optimum above.")
 st.subheader("Replica check")
 replicas = st.number_input("Replicas per b and rule", 100, 100_000, 1000, step=100, key="adv_check_R")
-checked = ui.job_panel("adv_check", json.dumps([config.to_json(), budget, rules, b_ref, target, replicas]),
-                       f"Run {replicas:,} replicas of SGD for each b and rule with its budget and learning rate, "
-                       "and compare their final loss with the exact value above.",
-                       lambda: (lambda progress, cancel: api.sweep(config.replace(replicas=replicas), budget,
+try:  # every cell validated and guarded before Run: the b whose runs fit are offered, the others named
+    plan = api.replica_plan(config.replace(replicas=replicas), budget, tuple(rules), b_ref)
+except api.ConfigError as e:
+    st.error(f"Check the inputs — {ui.user_text(e)}")
+    st.stop()
+for why in plan["refused"].values():
+    st.caption(ui.user_text(why) + " — lower the budget to check it.")
+fits = list(plan["seconds"])
+check_bs = st.multiselect("Batch sizes to check", fits, default=fits, key="adv_check_bs",
+                          help="the b whose replica runs fit the engine's limits and the resource guard at this budget")
+if not check_bs:
+    st.info("No batch size to check: pick one, or lower the budget so that a run of every b fits.")
+    st.stop()
+check_device = api.resolve_device(config.device)
+checked = ui.job_panel("adv_check", json.dumps([config.to_json(), budget, rules, b_ref, target, replicas, check_bs]),
+                       f"Run {replicas:,} replicas of SGD for b = {', '.join(map(str, check_bs))} and each rule with "
+                       "its budget and learning rate, and compare their final loss with the exact value above — "
+                       f"{api.format_duration(sum(plan['seconds'][b] for b in check_bs))} "
+                       f"{api.estimate_where(check_device)}; runs already cached are instant.",
+                       lambda: (lambda progress, cancel: api.sweep(config.replace(replicas=replicas,
+                                                                                  batch_sizes=check_bs), budget,
                                                                     tuple(rules), b_ref, target, progress, cancel)))
 if checked is not None:
     rows = [{"rule": r, "b": int(b), "exact": answers[r]["curves"][b]["loss"], "replicas": row["loss"],
