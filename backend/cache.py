@@ -22,7 +22,7 @@ import os
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import diskcache
 import numpy as np
@@ -198,8 +198,3 @@ def default_cache() -> ResultCache:
             Path(os.environ.get("BATCHVAR_CACHE_DIR") or ROOT / "cache").resolve()):
         _default = ResultCache()
     return _default
-
-
-def jsonify(meta: Any) -> Any:
-    """Make metadata JSON-safe (numpy scalars → Python)."""
-    return json.loads(json.dumps(meta, default=lambda o: o.item() if hasattr(o, "item") else str(o)))

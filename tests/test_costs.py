@@ -41,9 +41,9 @@ def test_guard_allows_long_resumable_runs_only():
 GiB = 2**30
 H100_RATES = {"float32": 51.6e12, "tf32": 358.3e12, "bf16": 529.2e12}  # matmul rates measured on the card
 H100_RATE = H100_RATES.__getitem__
-# Wall times measured on one NVIDIA H100 80GB (torch 2.11+cu130) by benchmarks/gpu_check.py, issue 13 (CUDA graphs;
-# linear regression with X's rows gathered from a column-major copy); the sequence figure is issue 11's (its engine
-# has not changed since)
+# Wall times measured on one NVIDIA H100 80GB (torch 2.11+cu130) by benchmarks/gpu_check.py (CUDA graphs; linear
+# regression with X's rows gathered from a column-major copy; the sequence figure from an earlier run of the same
+# engine); benchmarks/TIMINGS.md lists them
 MEASURED_H100 = [
     ({"steps": 2000, "replicas": 1000, "batch_sizes": [16], "device": "cuda"}, 0.313),
     ({"steps": 2000, "replicas": 10_000, "batch_sizes": [16], "device": "cuda"}, 0.372),

@@ -41,5 +41,5 @@ def test_the_sequence_task_builds_its_model_once(monkeypatch):
             super().__init__(*a, **k)
 
     monkeypatch.setattr(sequence.seq, "Encoder", Counted)
-    sequence.build_task(parse_config({"setting": "sequence", "preset": "laptop"}), torch.device("cpu"), 1)
+    sequence.build_task(parse_config({"setting": "sequence", "preset": "laptop"}), torch.device("cpu"))
     assert len(built) == 1

@@ -65,7 +65,7 @@ def reduced_dims(W0: list[np.ndarray]) -> tuple[int, ...]:
 
 def chunk_replicas(dims: tuple[int, ...], b: int, device: torch.device, itemsize: int) -> int:
     """Replicas per chunk: bounded by memory everywhere and, on CPU, by cache size (the steps are memory-bound on
-    a chunk that does not fit: 87 → 41 µs per replica-step for the paper preset on 2 cores)."""
+    a chunk that does not fit in cache; benchmarks/TIMINGS.md)."""
     p, m = dims[0], min(b, dims[0])
     n_params = sum(dims[k] * dims[k + 1] for k in range(len(dims) - 1))
     limit = CHUNK_ELEMENTS // (n_params + p * p + b * p)

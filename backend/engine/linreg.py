@@ -13,7 +13,7 @@ does not grow with R. A replica whose gradient or loss becomes non-finite is dro
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -26,7 +26,7 @@ from backend.engine.runner import (DIVERGENCE_LOSS, STEP_BLOCK, Divergence, Dive
 from backend.stats import MeanAccumulator, VarianceAccumulator, group_ids, n_groups
 
 # gathered batch elements (replicas × k × (p + 1)) per chunk: on a CPU a chunk's batches stay small; a GPU takes
-# R = 10⁵ at b = 16 in one chunk (fewer, larger steps: 3.73 → 3.50 s on an H100 for T = 2 000, with the row gather)
+# R = 10⁵ at b = 16 in one chunk (fewer, larger steps are faster there; benchmarks/TIMINGS.md)
 CHUNK_ELEMENTS = {"cpu": 8_000_000, "cuda": 64_000_000}
 # memory order of the copy of X whose rows each step gathers (the same rows, bit for bit, either way). On CUDA,
 # index_select of contiguous 64-byte rows (p = 8 doubles) goes to torch's vectorized row-gather kernel, one thread
@@ -93,7 +93,6 @@ class ReplicaResult:
     diverged_at: int | None  # first step at which some replica became non-finite
     diverged_replicas: int
     groups: int
-    extra: dict = field(default_factory=dict)
 
 
 def gather_source(X: torch.Tensor, device_type: str) -> torch.Tensor:

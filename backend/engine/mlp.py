@@ -40,8 +40,6 @@ from backend.stats import group_mean, group_ratio, group_var
 ESTIMATED = ("var_g", "loss_train", "loss_val", "error_train", "error_val", "gap_distorted", "noise_one_step",
              "noise_spread", "b_simple")  # the per-init estimates reported, each with its standard error
 WITH_SE = (*ESTIMATED, "trace_sigma", "grad_sq")
-FIELDS = ("var_g", "var_g_min", "var_g_max", "loss_train", "loss_val", "error_train", "error_val", "gap_distorted",
-          "noise_one_step", "noise_spread", "b_simple")
 
 
 def make_model(d_in: int, hidden: tuple[int, ...], n_classes: int) -> torch.nn.Sequential:
@@ -82,8 +80,8 @@ class EpochStats:
         return cls({n: np.full((E1, K), np.nan) for n in names})
 
 
-CPU_EVAL_ELEMENTS = 2**26  # on CPU, smaller passes: each fresh GB of activations costs page faults (sequence laptop
-# preset: evaluation 2.4 s → 0.9 s per epoch)
+CPU_EVAL_ELEMENTS = 2**26  # on CPU, smaller passes: each fresh GB of activations costs page faults
+# (benchmarks/TIMINGS.md)
 
 
 def evaluate(rep: Replicas, params, X: torch.Tensor, Y: torch.Tensor, chunk: int = 4096, act_per_sample: int = 0):

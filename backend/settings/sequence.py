@@ -177,7 +177,7 @@ def activations_per_sequence(config: SequenceConfig, tokens: int) -> int:
     return tokens * config.layers * (16 * config.width + 2 * config.heads * tokens)
 
 
-def build_task(config: SequenceConfig, device: torch.device, total_steps: int) -> tuple[trainer.Task, int]:
+def build_task(config: SequenceConfig, device: torch.device) -> tuple[trainer.Task, int]:
     tok, tr, va, data = encode_corpus(config)
     dtype = torch.float32 if config.dtype == "float32" else torch.float64
     model = seq.Encoder(tok.size, config.max_len, config.width, config.heads, config.layers).to(dtype)
@@ -225,7 +225,7 @@ def simulate(config: SequenceConfig, device: torch.device, cache: ResultCache, p
     opt = config.optimizer
 
     def task_for_b(b: int) -> trainer.Task:
-        return build_task(config, device, config.epochs * (config.n_train // b))[0]
+        return build_task(config, device)[0]
 
     def lr_for_b(b: int):
         total = config.epochs * (config.n_train // b)

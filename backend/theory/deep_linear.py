@@ -73,12 +73,6 @@ def variance_t0(Ws, Ts) -> list:
     return [fro2(P @ R) + fro2(P) * fro2(R) for P, R in PR]
 
 
-def conditional_moments(Ws, Ts, b: float):
-    """Per layer: E[g_k | W] = P_k R_k and var(g_k | W) = (1/b)(‖P_k R_k‖² + ‖P_k‖²‖R_k‖²)."""
-    _, PR = products(Ws, Ts)
-    return [(P @ R, (fro2(P @ R) + fro2(P) * fro2(R)) / b) for P, R in PR]
-
-
 # -- exact polynomials -------------------------------------------------------------------------------------------
 
 def _q(x) -> flint.fmpq:

@@ -98,7 +98,7 @@ def moment_paths(problem: LinRegProblem, w0: np.ndarray, scales: np.ndarray, sha
 def _compiled():
     """The time loop compiled by numba (on first use; the machine code is cached on disk, so later processes load
     it in a fraction of a second): 50 000 sequential steps cost microseconds each instead of numpy's per-call
-    overhead (0.97 → 0.21 s for the advisor benchmark)."""
+    overhead (benchmarks/TIMINGS.md)."""
     import numba
 
     return numba.njit(cache=True, nogil=True)(_lanes_loop)
