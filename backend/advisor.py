@@ -162,8 +162,6 @@ def replica_plan(config, budget: int, scalings=tuple(SCALINGS), b_ref: float | N
     before anything runs: each b's cells (one per rule: ``advise_cell``) validated and passed through the resource
     guard on the device they would run on. Returns {"seconds": {b: estimated seconds of its cells} for the b that fit,
     "refused": {b: one line — why, and the largest budget at which that b would fit}}."""
-    from backend import api  # the guard and the device are the API's
-
     budget, _, b_ref, _ = check_request(config, budget, scalings[0] if scalings else "none", b_ref, None)
     setting = settings.for_config(config)
 
@@ -172,7 +170,7 @@ def replica_plan(config, budget: int, scalings=tuple(SCALINGS), b_ref: float | N
         total = 0.0
         for s in scalings:
             cell = setting.advise_cell(config, b, n, (b / b_ref) ** SCALINGS[s])
-            total += api.guard(cell, api.resolve_device(cell.device))["seconds"]
+            total += core.guard(cell, core.resolve_device(cell.device))["seconds"]  # the run core's guard
         return total
 
     seconds: dict[int, float] = {}
