@@ -76,3 +76,19 @@ def test_a_fifth_setting_runs_through_the_core_from_its_module_alone(tmp_path, m
         assert set(core.check(config)) == {"var_g", "var_full_grad", "loss"}
     finally:
         sys.modules.pop("backend.settings.fifth", None)
+
+
+def test_the_batchvar_command_is_the_cli_of_python_m_backend():
+    """pyproject.toml: ``pip install -e .`` gives a ``batchvar`` command bound to the main that ``python -m backend``
+    runs, with requirements.txt as its dependencies and the backend package (its data included) installed."""
+    import importlib
+    import tomllib
+
+    import backend.__main__ as cli  # what `python -m backend` runs
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    module, _, name = meta["project"]["scripts"]["batchvar"].partition(":")
+    assert getattr(importlib.import_module(module), name) is cli.main
+    tool = meta["tool"]["setuptools"]
+    assert tool["dynamic"]["dependencies"] == {"file": ["requirements.txt"]} and "dependencies" in meta["project"]["dynamic"]
+    assert "backend" in tool["packages"]["find"]["include"] and tool["package-data"]["backend"] == ["data/**/*"]
