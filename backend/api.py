@@ -34,7 +34,8 @@ from backend.errors import ConfigError, TooExpensive  # noqa: F401  (ConfigError
 from backend.latex import polynomial_equation, polynomial_latex  # noqa: F401
 from backend.progress import Progress
 from backend.settings.classifier import SAMPLER_LABELS as CLASSIFIER_SAMPLER_LABELS  # noqa: F401
-from backend.settings.classifier import b_ordering_share, cached_checkpoint_epoch  # noqa: F401
+from backend.settings.classifier import (b_ordering_share, b_simple_note, cached_checkpoint_epoch,  # noqa: F401
+                                         split_note, variance_split)
 from backend.settings.deep_linear import (decreasing_everywhere, describe_methods, eval_inv_b,  # noqa: F401
                                           eval_theorem4, fit_theorem4)
 from backend.settings.linear_regression import (EXACT_MAX_T, FLOAT_POLY_MAX_T, QUANTITY_LABELS,  # noqa: F401

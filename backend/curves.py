@@ -61,10 +61,10 @@ def flagged_points(sim: dict[str, Any], quantity: str, exact: np.ndarray | None 
     c = sim["curves"][estimate_name or quantity]
     out = []
     for j, i in zip(*np.nonzero(f["flag"])):
-        out.append({"b": int(sim["batch_sizes"][j]), sim["x_name"]: int(sim["x"][i]), "estimate": _num(c["value"][j, i]),
-                    "se": _num(c["se"][j, i]), "exact": None if exact is None else _num(exact[j, i]),
-                    "z": _num(f["z"][j, i]), "heavy_tail": bool(f["heavy_tail"][j, i]),
-                    "replicas_needed": int(f["replicas_needed"][j, i])})
+        out.append({"b": int(sim["batch_sizes"][j]), sim["x_name"]: int(sim["x"][i]),
+                    "estimate": _num(c["value"][j, i]), "se": _num(c["se"][j, i]),
+                    "exact": None if exact is None else _num(exact[j, i]), "z": _num(f["z"][j, i]),
+                    "heavy_tail": bool(f["heavy_tail"][j, i]), "replicas_needed": int(f["replicas_needed"][j, i])})
     return out
 
 

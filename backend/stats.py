@@ -457,6 +457,63 @@ def group_ratio(a: torch.Tensor, b: torch.Tensor, K: int, alive: torch.Tensor) -
     return ratio, se
 
 
+RESOLVED_Z = 2.0  # B_simple is resolved when the debiased ‖∇L‖² lies more than 2 SE above zero
+
+
+def subsample_noise(sq: torch.Tensor, dots: torch.Tensor, mean: torch.Tensor, K: int, alive: torch.Tensor, n: int,
+                    b: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per init k: tr Σ̂, ‖G‖²^, Lemma 1's one-step noise c_b tr Σ̂ and B_simple = tr Σ̂ / ‖G‖²^ (docs/theory.md §3),
+    each as (value, SE) with an SE that counts both the replicas and the fixed subsample S of m of the n points.
+
+    Inputs per replica r (N = K·R, replicas of init k contiguous) and point i of S: sq = ‖g_ri‖² (N, m), the subsample
+    gradient ḡ_r (N, P) and dots = g_ri · ḡ_r (N, m). With dev_ri = ‖g_ri − ḡ_r‖² = sq − 2 dots + ‖ḡ_r‖²,
+      a_r = κ Σ_i dev_ri/(m − 1)  (κ = (n−1)/n: tr Σ̂),    β_r = ‖ḡ_r‖² − c_m a_r  (‖G‖²^),
+    A_k, B_k their means over the live replicas, θ_k = A_k/B_k.
+    - replica part: sd/√R for A, B (group_mean) and the ratio's delta-method SE (group_ratio);
+    - subsample part (delta method over S): each statistic is a smooth function of the sample means over S of ‖g_i‖²
+      and g_i, so stat(S) ≈ stat + (1/m) Σ_{i∈S} ψ_i with the influences
+        ψ^a_ri = κ m/(m−1) (dev_ri − mean_i dev_ri),   ψ^β_ri = 2 (dots_ri − ‖ḡ_r‖²) − c_m ψ^a_ri,
+      averaged over the replicas of init k (Ψ^A_i, Ψ^B_i; Ψ^θ_i = (Ψ^A_i − θ_k Ψ^B_i)/B_k), and for S a uniform
+      m-subset without replacement var = (1 − m/n) s²(Ψ)/m, s² the sample variance over i ∈ S (zero at m = n);
+    - SE = √(SE_replicas² + var_subsample): the two errors are uncorrelated to first order (given the replicas the
+      subsample error has mean zero).
+    Every replica of an init at the same weights (epoch 0) has a zero replica part; the subsample part remains."""
+    from backend import lemma1
+
+    N, m = sq.shape
+    R = N // K
+    kappa, c_m = lemma1.population_trace(1.0, n), float(lemma1.noise_factor(m, n))
+    cnt = alive.reshape(K, R).to(torch.float64).sum(1).clamp(min=1)
+    G = mean.square().sum(1)
+    dev = sq - 2 * dots + G[:, None]
+    a = lemma1.population_trace(dev.sum(1) / (m - 1), n)
+    beta = lemma1.squared_full_gradient(G, a, m, n)
+    psi_a = kappa * m / (m - 1) * (dev - dev.mean(1, keepdim=True))
+    psi_b = 2 * (dots - G[:, None]) - c_m * psi_a
+
+    def per_init(x: torch.Tensor) -> torch.Tensor:  # mean over each init's live replicas: (N, …) → (K, …)
+        ones = [1] * (x.dim() - 1)
+        x = torch.where(alive.reshape(N, *ones), x, 0.0)  # a dead replica may hold NaN
+        return x.reshape(K, R, *x.shape[1:]).sum(1) / cnt.reshape(K, *ones)
+
+    A, B = per_init(a), per_init(beta)
+    theta = A / B
+    Psi_a, Psi_b = per_init(psi_a), per_init(psi_b)
+    fpc = (1 - m / n) / m
+
+    def sub_var(psi: torch.Tensor) -> np.ndarray:
+        return (fpc * psi.var(dim=1, correction=1)).cpu().numpy()
+
+    var_sub = {"trace_sigma": sub_var(Psi_a), "grad_sq": sub_var(Psi_b),
+               "b_simple": sub_var((Psi_a - theta[:, None] * Psi_b) / B[:, None])}
+    rep = {"trace_sigma": group_mean(a, K, alive), "grad_sq": group_mean(beta, K, alive),
+           "b_simple": group_ratio(a, beta, K, alive)}
+    out = {name: (value, np.sqrt(se ** 2 + var_sub[name])) for name, (value, se) in rep.items()}
+    c_b = float(lemma1.noise_factor(b, n))
+    out["noise_one_step"] = (c_b * out["trace_sigma"][0], c_b * out["trace_sigma"][1])
+    return out
+
+
 def _mean_and_se(u: torch.Tensor, m: torch.Tensor, cnt: torch.Tensor, minimum: int) -> tuple[np.ndarray, np.ndarray]:
     u = torch.where(m > 0, u, 0.0)
     mean = (u * m).sum(dim=1) / cnt.clamp(min=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import streamlit as st
 
 from backend import api, charts, export
@@ -112,13 +113,25 @@ def classifier_results(config, sim: dict, with_gap: bool) -> None:
         st.caption("B_simple = tr Σ / ‖∇L‖² with the same population Σ as McCandlish et al. (the batch size at which "
                    "the one-step noise tr Σ / b equals the squared signal ‖∇L‖²), ‖∇L‖² estimated without bias from "
                    "the subsample; median over initial weights. Dashed: the batch sizes run.")
+        for note in (api.b_simple_note(config, sim), api.split_note(sim)):
+            if note:
+                st.info(note)
         last = len(sim["epoch"]) - 1
         c = sim["curves"]
+        split = api.variance_split(sim)
+
+        def pm(value: float, se: float) -> str:
+            return f"{value:.4g} ± {se:.2g}" if np.isfinite(value) else "not resolved"
+
         st.dataframe(pd.DataFrame([{"b": b, **{f"{label} (epoch {last})":
-                                               f"{c[q]['value'][j, last]:.4g} ± {c[q]['se'][j, last]:.2g}"
+                                               pm(c[q]["value"][j, last], c[q]["se"][j, last])
                                                for q, label in (("var_g", "var(g)"), ("noise_one_step", "one-step"),
-                                                                ("noise_spread", "spread"), ("b_simple", "B_simple"))}}
+                                                                ("noise_spread", "spread"), ("b_simple", "B_simple"))},
+                                    f"total − one-step (epoch {last})": pm(split["difference"][j, last],
+                                                                           split["difference_se"][j, last])
+                                    + ("" if split["resolved"][j, last] else " (not resolved)")}
                                    for j, b in enumerate(config.batch_sizes)]), hide_index=True)
-        st.caption("± one standard error given the initial weights (replica noise; docs/theory.md §4).")
+        st.caption("± one standard error given the initial weights: replica noise and, for the one-step noise and "
+                   "B_simple, the sampling error of the noise subsample (docs/theory.md §3–§4).")
     with tab_dl:
         downloads(config.setting, config, None, sim, api.quantities(config), charts_by_name)

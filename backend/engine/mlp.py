@@ -12,7 +12,9 @@ At every epoch boundary e = 0..E, per initial weight k (over its R replicas):
     n ≤ noise_samples, which makes the term exact);
     noise_spread = the across-replica variance of ∇L_S(w_r) (of ∇L(w_r) when S is the whole training set);
 - b_simple = mean_r tr Σ̂(w_r) / mean_r ‖G‖²^(w_r) (McCandlish et al.'s gradient noise scale with their population
-  convention; ‖G‖²^ = ‖∇L_S‖² − c_m tr Σ̂ is unbiased for ‖∇L‖², exact at m = n), with a delta-method SE;
+  convention; ‖G‖²^ = ‖∇L_S‖² − c_m tr Σ̂ is unbiased for ‖∇L‖², exact at m = n), with a delta-method SE over the
+  replicas and over the subsample S (backend.stats.subsample_noise: a second pass gives each ∇L_i · ∇L_S); the
+  one-step noise, tr Σ̂ and ‖G‖²^ carry the subsample's error in their SEs too;
 - loss and error on the training set (first eval_size points) and on the validation set, and every ``every`` epochs
   the accuracy gap between the training set and the elastically distorted validation set.
 A replica whose loss turns non-finite is dropped from that step on and reported.
@@ -28,14 +30,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from backend import lemma1
 from backend.engine import linear_relu
-from backend.engine.noise import linear_relu_noise_terms, noise_terms
+from backend.engine.noise import (linear_relu_per_sample_dots, linear_relu_per_sample_terms, per_sample_dots,
+                                  per_sample_terms)
 from backend.engine.replicas import Replicas, module_forward  # noqa: F401  (module_forward: the settings)
 from backend.engine.runner import (ACTIVATION_ELEMENTS, STEP_BLOCK, Divergence, DivergenceLog, check_cancel, precision,
                                    report, seed_for)
 from backend.engine.samplers import make_sampler
-from backend.stats import group_mean, group_ratio, group_var
+from backend.stats import group_mean, group_var, subsample_noise
 
 ESTIMATED = ("var_g", "loss_train", "loss_val", "error_train", "error_val", "gap_distorted", "noise_one_step",
              "noise_spread", "b_simple")  # the per-init estimates reported, each with its standard error
@@ -110,8 +112,9 @@ class Task:
     ``init(params)``, ``step(params, grads, state, lr, t)`` and ``clip`` (per-replica gradient-norm clipping, applied
     after the gradient is recorded — the variance reported is that of the raw stochastic gradient).
     ``act_per_sample``: activations one sample keeps for the backward pass (floats; 0 = small), which sets how many
-    replicas one vectorised call may hold (ACTIVATION_ELEMENTS). ``noise_terms``: a model-specific way to the
-    one-step noise terms (same sums as noise_terms). ``sgd_steps(hold)``: a model-specific plain SGD stepper
+    replicas one vectorised call may hold (ACTIVATION_ELEMENTS). ``per_sample_terms``, ``per_sample_dots``: a
+    model-specific way to the one-step noise terms (the sums of noise.per_sample_terms and noise.per_sample_dots).
+    ``sgd_steps(hold)``: a model-specific plain SGD stepper
     (linear_relu.SGDSteps: the steps vmap(grad) and w − α g take, in place, with the update fused into the gradient's
     product and held for up to ``hold`` steps; used when ``optimizer`` is None)."""
 
@@ -124,7 +127,8 @@ class Task:
     init: Callable[[int], dict]
     optimizer: object | None = None
     act_per_sample: int = 0
-    noise_terms: Callable | None = None  # (params, XS, YS) → (trace, mean); None: per-sample gradients by vmap
+    per_sample_terms: Callable | None = None  # (params, XS, YS) → (‖g_i‖² (N, m), mean); None: vmap (noise.py)
+    per_sample_dots: Callable | None = None  # (params, XS, YS, v) → g_i · v_r (N, m); None: vmap (noise.py)
     sgd_steps: Callable | None = None  # hold → a stepper (linear_relu.SGDSteps) of plain SGD in place; None: vmap
 
 
@@ -146,7 +150,8 @@ def mlp_task(data, hidden, seed: int, dtype: torch.dtype, device: torch.device, 
                 torch.as_tensor(data.y_val, device=device), None if distorted_val is None else as_t(distorted_val),
                 module_forward(model),
                 lambda K: init_params(model, K, seed, dtype, device),
-                act_per_sample=d_in + 2 * sum(hidden) + 2 * data.n_classes, noise_terms=linear_relu_noise_terms,
+                act_per_sample=d_in + 2 * sum(hidden) + 2 * data.n_classes,
+                per_sample_terms=linear_relu_per_sample_terms, per_sample_dots=linear_relu_per_sample_dots,
                 sgd_steps=linear_relu.SGDSteps)
 
 
@@ -208,15 +213,13 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
                 put[f"{name}_se"][e] = value_se[1]
 
         keep("var_g", group_var(flat(g), K, alive))
-        trace, full = (task.noise_terms(params, XS, YS) if task.noise_terms is not None
-                       else noise_terms(rep, params, XS, YS))
+        sq, full = (task.per_sample_terms(params, XS, YS) if task.per_sample_terms is not None
+                    else per_sample_terms(rep, params, XS, YS))
         keep("noise_spread", group_var(full, K, alive))
-        trace_pop = lemma1.population_trace(trace, n)  # unbiased for tr Σ over the n training points
-        grad_sq = lemma1.squared_full_gradient(full.square().sum(1), trace_pop, XS.shape[0], n)
-        keep("noise_one_step", group_mean(lemma1.one_step_noise(trace_pop, b, n), K, alive))
-        keep("trace_sigma", group_mean(trace_pop, K, alive))
-        keep("grad_sq", group_mean(grad_sq, K, alive))
-        keep("b_simple", group_ratio(trace_pop, grad_sq, K, alive))
+        dots = (task.per_sample_dots(params, XS, YS, full) if task.per_sample_dots is not None
+                else per_sample_dots(rep, params, XS, YS, full))  # a second pass: g_i · ∇L_S, the subsample's error
+        for name, value_se in subsample_noise(sq, dots, full, K, alive, n, b).items():
+            keep(name, value_se)  # trace_sigma, grad_sq, noise_one_step, b_simple
         for split, (X, Y) in (("train", (Xev, Yev)), ("val", (Xva, Yva))):
             loss, err = evaluate(rep, params, X, Y, act_per_sample=task.act_per_sample)
             keep(f"loss_{split}", group_mean(loss, K, alive))
@@ -279,17 +282,17 @@ def estimate_cost(n_train: int, d_in: int, hidden: tuple[int, ...], n_classes: i
     P = sum(widths[i] * widths[i + 1] + widths[i + 1] for i in range(len(widths) - 1))
     N = K * R
     train_flops = 6 * P * n_train * N  # per epoch: every sample once per replica, forward + backward
-    eval_flops = 2 * P * N * (min(eval_size, n_train) + 2 * n_val) + 6 * P * N * (b + min(noise_samples, n_train))
+    eval_flops = 2 * P * N * (min(eval_size, n_train) + 2 * n_val) + 6 * P * N * (b + 2 * min(noise_samples, n_train))
     seconds = epochs * ((train_flops + eval_flops) / 5e10 + (n_train // b) * 6e-4)  # calibrated: laptop preset, 2 cores
     m = min(noise_samples, n_train)
-    chunk = max(1, min(m, ACTIVATION_ELEMENTS // (3 * N * sum(widths))))  # linear_relu_noise_terms' pass
+    chunk = max(1, min(m, ACTIVATION_ELEMENTS // (3 * N * sum(widths))))  # the two noise passes (noise.py)
     memory = (4.0 * N * (3 * P + b * d_in + b * sum(widths)) + 4.0 * 3 * N * chunk * sum(widths)  # activations
               + 12.0 * N * P)  # the float64 sums of the noise terms and one float32 layer gradient
     if linear_relu.hold_steps(device_type) > 1:
         memory += 4.0 * N * P  # the updates held as factors (fewer numbers than the weights: held_layers); under
         # bf16, factors and the weights' bf16 copies at 2 bytes each
     return {"memory_bytes": memory, "seconds": seconds, "flops": float(epochs * (train_flops + eval_flops)),
-            "steps": float(epochs * (n_train // b + 3 + -(-m // chunk)))}
+            "steps": float(epochs * (n_train // b + 3 + 2 * -(-m // chunk)))}
 
 
 def pack_checkpoint(state: dict) -> tuple[dict, dict[str, np.ndarray]]:

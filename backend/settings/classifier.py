@@ -19,7 +19,7 @@ from backend.curves import curves_result
 from backend.errors import ConfigError
 from backend.progress import Progress
 from backend.settings.base import Quantity, cache_key, json_list, simulation_key
-from backend.stats import mean_with_se, median_with_se, nan_reduce, t_quantile
+from backend.stats import RESOLVED_Z, mean_with_se, median_with_se, nan_reduce, t_quantile
 
 SAMPLER_LABELS = {"epoch_reshuffle": "reshuffle each epoch (the paper's training), n // b steps per epoch",
                   "without_replacement": "uniform b-subsets without replacement, independent per step"}
@@ -133,7 +133,9 @@ def shape_result(config, meta: dict, arrays: dict, hit: bool) -> dict[str, Any]:
     - min, max over inits; lo, hi the band: min–max over inits (K > 1) or the 95 % t-interval of the replica
       estimate (K = 1) — ``band`` says which;
     - per_init, per_init_se: (B, epochs + 1, K), the per-init estimates and their SEs.
-    ``per_init`` at the top level keeps every per-init array the engine recorded, per b."""
+    B_simple is null (NaN) for an init where it is not resolved (b_simple_resolved), and its summary wherever one
+    init's is not (``resolved`` (B, epochs + 1) says where it is). ``per_init`` at the top level keeps every per-init
+    array the engine recorded, per b."""
     t95 = t_quantile(0.95, max(config.replicas - 1, 1))
     raw = {b: {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{b}.")} for b in config.batch_sizes}
     curves: dict[str, dict[str, np.ndarray]] = {}
@@ -141,9 +143,16 @@ def shape_result(config, meta: dict, arrays: dict, hit: bool) -> dict[str, Any]:
         rows = []
         for b in config.batch_sizes:
             v, se = raw[b][q], raw[b][f"{q}_se"]
+            resolved = b_simple_resolved(raw[b]) if q == "b_simple" else None
+            if resolved is not None:  # not resolved: null, never a negative or unbounded ratio
+                v, se = np.where(resolved, v, np.nan), np.where(resolved, se, np.nan)
             value, value_se = (median_with_se if q in MEDIAN_OVER_INITS else mean_with_se)(v, se)
+            if resolved is not None:
+                value, value_se = (np.where(resolved.all(axis=1), x, np.nan) for x in (value, value_se))
             row = {"value": value, "se": value_se, "min": nan_reduce(np.nanmin, v), "max": nan_reduce(np.nanmax, v),
                    "per_init": v, "per_init_se": se}
+            if resolved is not None:
+                row["resolved"] = resolved.all(axis=1)
             if config.inits > 1:  # the paper's band: the spread over initial weights
                 row["lo"], row["hi"] = row["min"], row["max"]
             else:  # one initial weight: the 95 % interval of the replica estimate
@@ -157,6 +166,56 @@ def shape_result(config, meta: dict, arrays: dict, hit: bool) -> dict[str, Any]:
             f"95 % interval from the {config.replicas} replicas (one initial weight)")
     return curves_result("epoch", np.arange(config.epochs + 1), config.batch_sizes, curves, finite, meta, hit,
                          band=band, per_init=raw)
+
+
+def b_simple_resolved(raw: dict[str, np.ndarray]) -> np.ndarray:
+    """(epochs + 1, K): B_simple = tr Σ̂ / ‖G‖²^ is resolved where the debiased ‖∇L‖² lies more than RESOLVED_Z of its
+    SEs (replicas and the subsample's error: stats.subsample_noise) above zero. Elsewhere it is below its own noise:
+    the ratio is unbounded or negative, and reported as null."""
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num(raw["grad_sq"] - RESOLVED_Z * raw["grad_sq_se"], nan=-1.0) > 0
+
+
+def b_simple_note(config, sim: dict[str, Any]) -> str | None:
+    """The note where B_simple is not resolved (None where it is everywhere)."""
+    c = sim["curves"]["b_simple"]
+    where = [(b, int(e)) for j, b in enumerate(sim["batch_sizes"]) for e in np.flatnonzero(~c["resolved"][j])]
+    if not where:
+        return None
+    m = min(config.noise_samples, config.n_train)
+    shown = ", ".join(f"({b}, {e})" for b, e in where[:8]) + (" …" if len(where) > 8 else "")
+    return (f"B_simple is not resolved at (b, epoch) = {shown}: there ‖∇L‖², debiased on the fixed subsample of {m} "
+            f"training points, is within {RESOLVED_Z:g} standard errors of zero (below its own noise), so tr Σ / ‖∇L‖² "
+            "is unbounded or negative; it is reported as null. Raise noise_samples (now "
+            f"{config.noise_samples}; the training set has {config.n_train} points) to resolve it.")
+
+
+def variance_split(sim: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The split of docs/theory.md §3 per (b, epoch): ``difference`` = total var(g) − one-step noise (the spread term
+    the law of total variance implies) with ``difference_se`` = √(SE_total² + SE_one-step²) (their errors are taken
+    as independent), and ``resolved``: the difference lies more than RESOLVED_Z SEs above zero."""
+    c = sim["curves"]
+    diff = c["var_g"]["value"] - c["noise_one_step"]["value"]
+    se = np.hypot(c["var_g"]["se"], c["noise_one_step"]["se"])
+    return {"difference": diff, "difference_se": se,
+            "resolved": np.nan_to_num(diff - RESOLVED_Z * se, nan=-1.0) > 0}
+
+
+def split_note(sim: dict[str, Any]) -> str | None:
+    """The note where the spread term is not resolved at the last epoch (total − one-step within RESOLVED_Z SEs of
+    zero, or below it), None where it is for every b."""
+    s = variance_split(sim)
+    last = s["difference"].shape[1] - 1
+    d, se = s["difference"][:, last], s["difference_se"][:, last]
+    bad = [f"b = {b}: total − one-step = {d[j]:.3g} ± {se[j]:.2g}"
+           + (" (below zero by more than its SEs allow)" if d[j] < -RESOLVED_Z * se[j] else "")
+           for j, b in enumerate(sim["batch_sizes"]) if not s["resolved"][j, last]]
+    if not bad:
+        return None
+    return (f"The spread term is not resolved at epoch {int(sim['x'][last])} ({'; '.join(bad)}; ± one SE): the total "
+            f"variance does not exceed the one-step noise by more than {RESOLVED_Z:g} standard errors of their "
+            "difference, so the replicas cannot tell the spread of ∇L from zero there (more replicas, or a larger "
+            "noise subsample, shrink the SEs).")
 
 
 def cached_checkpoint_epoch(config, device: torch.device, cache: ResultCache) -> dict[int, int]:

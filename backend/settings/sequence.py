@@ -208,7 +208,7 @@ def estimate(config: SequenceConfig) -> dict[str, float]:
         steps = config.n_train // b
         train = N * steps * b * flops_per_seq
         evals = N * (min(config.eval_size, config.n_train) + config.n_train // 4 + b
-                     + 3 * config.noise_samples) * flops_per_seq / 3
+                     + 6 * config.noise_samples) * flops_per_seq / 3  # two per-sample passes over S
         seconds += config.epochs * ((train + evals) / 4.6e10 + steps * 8e-3)  # calibrated: laptop preset, 2 cores
         flops += config.epochs * (train + evals)
         n_steps += config.epochs * (steps + 3)
