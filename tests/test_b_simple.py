@@ -136,9 +136,31 @@ def test_unresolved_b_simple_is_null_with_a_note():
     assert unresolved.any() and nulls == int(unresolved.any(axis=1).sum())
     assert (res["curves"]["b_simple"]["resolved"][0] == ~unresolved.any(axis=1)).all()
     doc = report.simulate_output(cfg, res)
-    assert None in doc["curves"]["16"]["b_simple"]
+    entry = doc["curves"]["16"]
+    assert None in entry["b_simple"]
+    assert [v is not None for v in entry["b_simple"]] == entry["b_simple_resolved"]
+    assert any("B_simple is not resolved" in note for note in doc["notes"])
+    split = api.variance_split(res)
+    assert entry["spread_resolved"] == split["resolved"][0].tolist()
+    assert len(entry["total_minus_one_step"]) == len(entry["total_minus_one_step_se"]) == cfg.epochs + 1
     csv = export.curves_csv(res["x"], cfg.batch_sizes, None, res, ("b_simple",), "epoch")
     rows = pd.read_csv(io.StringIO(csv))
     assert rows["estimate"].isna().sum() == nulls
     note = api.b_simple_note(cfg, res)
     assert note and "noise_samples" in note and "not resolved" in note
+
+
+def test_split_note_says_when_the_difference_is_within_its_ses():
+    """The split's data: total − one-step with √(SE² + SE²) and whether it exceeds 2 SE; the note names each b whose
+    difference does not (the MLP figures of the report: 1.272 ± 0.3 total against 1.634 ± 0.11 one-step)."""
+    c = {"var_g": {"value": np.array([[2.0, 1.272], [2.0, 3.0]]), "se": np.array([[0.1, 0.3], [0.1, 0.1]])},
+         "noise_one_step": {"value": np.array([[1.0, 1.634], [1.0, 1.0]]), "se": np.array([[0.1, 0.11], [0.1, 0.1]])}}
+    sim = {"curves": c, "batch_sizes": [16, 64], "x": np.array([0, 12])}
+    split = api.variance_split(sim)
+    assert split["difference"][0, 1] == pytest.approx(-0.362) and split["difference_se"][0, 1] == pytest.approx(
+        np.hypot(0.3, 0.11))
+    assert split["resolved"].tolist() == [[True, False], [True, True]]
+    note = api.split_note(sim)
+    assert "b = 16: total − one-step = -0.362 ± 0.32" in note and "b = 64" not in note and "epoch 12" in note
+    c["var_g"]["value"][0, 1] = 3.0
+    assert api.split_note(sim) is None

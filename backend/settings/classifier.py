@@ -242,8 +242,11 @@ def no_check(config, cache: ResultCache | None = None) -> dict[str, Any]:
 def classifier_document(config, res: dict[str, Any], names) -> dict[str, Any]:
     """The ``simulate`` document of a replica classifier: per b each quantity in ``names`` over epochs with its SE,
     var_g_min / var_g_max (the spread over initial weights), and with several initial weights q_per_init and
-    q_per_init_se (one list over epochs per init); the band, the sampler, the device and the first divergence per b."""
+    q_per_init_se (one list over epochs per init); b_simple_resolved (b_simple_resolved: null B_simple where False),
+    the split's total_minus_one_step with its _se and spread_resolved (variance_split); the band, the sampler, the
+    device, the first divergence per b, and the notes of the page (b_simple_note, split_note)."""
     meta = res["meta"]
+    split = variance_split(res)
     per_init = config.inits > 1
     curves: dict[str, Any] = {}
     for j, b in enumerate(config.batch_sizes):
@@ -257,7 +260,12 @@ def classifier_document(config, res: dict[str, Any], names) -> dict[str, Any]:
                     entry[f"{f}_{suffix}"] = [json_list(col) for col in np.asarray(c[suffix][j]).T]
         var_g = res["curves"]["var_g"]
         entry["var_g_min"], entry["var_g_max"] = json_list(var_g["min"][j]), json_list(var_g["max"][j])
+        entry["b_simple_resolved"] = [bool(v) for v in res["curves"]["b_simple"]["resolved"][j]]
+        entry["total_minus_one_step"] = json_list(split["difference"][j])
+        entry["total_minus_one_step_se"] = json_list(split["difference_se"][j])
+        entry["spread_resolved"] = [bool(v) for v in split["resolved"][j]]
         curves[str(b)] = entry
     return {"epoch": res["epoch"].tolist(), "curves": curves, "inits": config.inits, "replicas": config.replicas,
             "band": res["band"], "sampler": meta["sampler_label"], "device": meta["device"],
-            "diverged_at": {str(x["b"]): x["diverged_at"] for x in meta["per_b"]}}
+            "diverged_at": {str(x["b"]): x["diverged_at"] for x in meta["per_b"]},
+            "notes": [note for note in (b_simple_note(config, res), split_note(res)) if note]}
