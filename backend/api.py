@@ -24,7 +24,7 @@ from backend.config import expand_preset, from_query, loads, parse_config, to_qu
 from backend.fields import (DTYPES, MAX_REPLICAS, MIN_REPLICAS, MLP_SAMPLERS, PRECISIONS, SAMPLER_LABELS,  # noqa: F401
                             SAMPLERS, SCHEDULES, paper_batch_sizes)
 from backend.datasets import MAX_UPLOAD_BYTES, parse_csv_text  # noqa: F401
-from backend.docs import theory_preamble, theory_sections  # noqa: F401
+from backend.docs import display_math_pieces, theory_preamble, theory_sections  # noqa: F401
 from backend.advisor import (SCALINGS, advise, advise_rules, reachable_target, replica_plan, sweep,  # noqa: F401
                              sweep_cells)  # (the batch-size advisor)
 from backend.exact import jsonable_number  # noqa: F401
@@ -55,6 +55,13 @@ def setting_pages() -> list[dict[str, str]]:
     """Every setting's name, title, icon and Home card, in registry order (the app's navigation; cheap: parses
     nothing)."""
     return [{"name": m.NAME, "title": m.TITLE, "icon": m.ICON, "card": m.CARD} for m in settings.SETTINGS.values()]
+
+
+def missing_data(config) -> str | None:
+    """Why the config cannot run on this machine (its data is not installed), or None: a setting may say so with
+    its ``missing_data(config)``; its estimate stands either way."""
+    check = getattr(settings.for_config(config), "missing_data", None)
+    return check(config) if check is not None else None
 
 
 def defaults(setting: str) -> dict[str, Any]:

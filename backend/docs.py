@@ -21,6 +21,25 @@ def theory_sections() -> dict[int, tuple[str, str]]:
             for i, h in enumerate(heads)}
 
 
+_DISPLAY_MATH = re.compile(r"^[ \t]*\$\$[ \t]*\n(.*?)\n[ \t]*\$\$[ \t]*$", re.MULTILINE | re.DOTALL)
+
+
+def display_math_pieces(markdown: str) -> list[tuple[str, str]]:
+    """``markdown`` cut at its display formulas (``$$`` alone on the lines before and after): ("markdown", text)
+    and ("latex", formula) pieces in order, so a page can draw each formula in display style (Streamlit's
+    Markdown draws ``$$`` blocks inline)."""
+    pieces: list[tuple[str, str]] = []
+    at = 0
+    for m in _DISPLAY_MATH.finditer(markdown):
+        if markdown[at:m.start()].strip():
+            pieces.append(("markdown", markdown[at:m.start()].strip("\n")))
+        pieces.append(("latex", "\n".join(line.strip() for line in m.group(1).splitlines())))
+        at = m.end()
+    if markdown[at:].strip():
+        pieces.append(("markdown", markdown[at:].strip("\n")))
+    return pieces
+
+
 def theory_preamble() -> str:
     """The text before the first section (without the title line)."""
     text = THEORY_PATH.read_text(encoding="utf-8")

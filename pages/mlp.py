@@ -69,9 +69,9 @@ config = ui.validated(raw)
 
 sim = ui.run_panel("mlp", config, f"{config.inits} initial weight(s) × {config.replicas} replicas × "
                                       f"{len(config.batch_sizes)} batch sizes × {config.epochs} epochs "
-                                      f"(n = {config.n_train} training images)")
+                                      f"(n = {config.n_train} training images)",
+                   **ui.RESUMABLE_RUN)
 if sim is None:
-    st.info("Press Run. A cancelled run resumes from its last completed epoch.")
     st.stop()
 meta = sim["meta"]
 st.caption(f"{meta['device']}; sampler: {meta['sampler_label']}; var(g) is the across-replica variance of the "

@@ -65,9 +65,9 @@ config = ui.validated(raw)
 
 sim = ui.run_panel("seq", config, f"{config.inits} initial weight(s) × {config.replicas} replicas × "
                                       f"{len(config.batch_sizes)} batch sizes × {config.epochs} epochs "
-                                      f"({config.n_train} training sentences)")
+                                      f"({config.n_train} training sentences)",
+                   **ui.RESUMABLE_RUN)
 if sim is None:
-    st.info("Press Run. A cancelled run resumes from its last completed epoch.")
     st.stop()
 st.caption(f"{sim['meta']['device']}; sampler: {sim['meta']['sampler_label']}; vocabulary "
            f"{sim['meta']['vocab_size']} tokens; bands: {sim['band']}.")

@@ -94,8 +94,8 @@ header = (f"**Sweep**: {est['cells']} cells ({est['cached']} cached) {where} —
 key = json.dumps([spec.base, {f: [c.overrides[f] for c in spec.cells] for f in spec.fields}, executor.name,
                   st.session_state.get("sw_address")])
 out = ui.job_panel("sw", key, header, lambda: (lambda progress, cancel: api.run_sweep(spec, executor, progress,
-                                                                                        cancel)))
+                                                                                        cancel)),
+                   idle="Press Run: each cell is one replica run; cells already cached are instant.")
 if out is None:
-    st.info("Press Run: each cell is one replica run; cells already cached are instant.")
     st.stop()
 results(out, spec.fields)

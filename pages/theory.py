@@ -20,10 +20,21 @@ chosen = st.radio("Section", numbers, index=start, horizontal=True,
                   format_func=lambda n: f"§{n} {sections[n][0]}", key="theory_section")
 if st.query_params.get("section") != str(chosen):
     st.query_params["section"] = str(chosen)
+
+
+def draw(markdown: str) -> None:
+    """A section's Markdown with its display formulas drawn by st.latex (inline $…$ math renders in st.markdown)."""
+    for kind, text in api.display_math_pieces(markdown):
+        if kind == "latex":
+            st.latex(text)
+        else:
+            st.markdown(text)
+
+
 title, body = sections[chosen]
 st.header(f"§{chosen} {title}")
-st.markdown(body)
+draw(body)
 with st.expander("Every section on one page"):
     for n, (title, body) in sections.items():
         st.subheader(f"§{n} {title}")
-        st.markdown(body)
+        draw(body)

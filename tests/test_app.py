@@ -106,7 +106,7 @@ def test_theory_page_opens_the_section_a_link_names():
     at.run()
     assert not at.exception
     assert any(h.value.startswith("§3 ") for h in at.header)
-    assert any("population" in m.value and "n/(n − 1)" in m.value for m in at.markdown)
+    assert any("population" in m.value and "n/(n-1)" in m.value for m in at.markdown)
 
 
 def test_url_query_parameters_reproduce_a_view():
@@ -162,6 +162,75 @@ def test_a_link_beyond_a_limit_is_named_never_clamped_silently():
     at = open_link("pages/linear_regression.py", {"steps": "1.5", "lr": '{"schedule": "nope", "c": "1/2"}'})
     notes = " ".join(w.value for w in at.warning)
     assert "steps" in notes and "lr.schedule" in notes and not at.error, notes
+
+
+def test_the_run_panel_says_one_thing_per_state():
+    """Idle, running, cancelled, failed: exactly one message each under the Run form (a cancelled or failed run is
+    said until the inputs change); driven by jobs of the page's own key, so every state is reached for certain."""
+    import threading
+
+    from backend import api, jobs
+    from backend.errors import Cancelled
+
+    at = open_link("pages/mlp.py", {"setting": "mlp", "epochs": "1", "inits": "1", "replicas": "2"})
+
+    def messages() -> list[tuple[str, str]]:
+        return ([("info", m.value) for m in at.info] + [("warning", m.value) for m in at.warning]
+                + [("error", m.value) for m in at.error])
+
+    def finished(job) -> None:
+        job.thread.join(timeout=30)
+        assert not job.running
+        at.run()
+        assert not at.exception, at.exception
+
+    idle = messages()
+    assert len(idle) == 1 and idle[0][0] == "info" and "Press Run" in idle[0][1], idle
+    key = api.simulation_key(api.parse_config(at.session_state["last_config_mlp"]))
+
+    def wait_for_cancel(progress, cancel: threading.Event):
+        cancel.wait(60)
+        raise Cancelled()
+
+    at.session_state["mlp_job"] = job = jobs.start(key, wait_for_cancel, api.Progress(total=1))
+    at.run()
+    assert messages() == [] and at.get("progress"), messages()  # running: the progress bar alone
+    job.cancel.set()
+    finished(job)
+    said = messages()
+    assert len(said) == 1 and said[0][0] == "warning" and "cancelled" in said[0][1], said
+    at.run()
+    assert messages() == said  # still said on the next rerun
+
+    def fail(progress, cancel):
+        raise RuntimeError("disk full")
+
+    at.session_state["mlp_job"] = job = jobs.start(key, fail, api.Progress(total=1))
+    finished(job)
+    said = messages()
+    assert len(said) == 1 and said[0][0] == "error" and "disk full" in said[0][1], said
+    by_label(at.sidebar.slider, "Epochs").set_value(2)  # other inputs: a run not yet made
+    at.run()
+    assert messages() == idle
+
+
+def test_mlp_paper_preset_shows_its_estimate_beside_the_install_hint(monkeypatch, tmp_path):
+    """Fashion-MNIST absent: the paper preset's time and memory are still estimated (its sizes are published), the
+    install hint is the one message, and Run is disabled."""
+    from backend import images
+
+    monkeypatch.setattr(images, "FASHION_DIR", tmp_path / "absent")
+    at = open_page("pages/mlp.py")
+    by_label(at.sidebar.selectbox, "Preset").set_value("paper")
+    at.run()
+    by_label(at.sidebar.button, "Apply preset").click()
+    at.run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    header = next(m.value for m in at.markdown if m.value.startswith("**Replica run**"))
+    assert "n = 60000 training images" in header and re.search(r"about [\d.]+ h and [\d.]+ GiB", header), header
+    said = [w.value for w in at.warning] + [i.value for i in at.info]
+    assert len(said) == 1 and "not installed" in said[0] and "apt-get install dataset-fashion-mnist" in said[0], said
+    assert by_label(at.button, "Run").disabled
 
 
 def test_the_applied_preset_stays_selected():

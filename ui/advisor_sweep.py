@@ -46,9 +46,9 @@ def show(setting: str) -> None:
                         + (costs.where(device) if runner is None else f"of device time on Ray ({runner.workers([])} "
                            "at once)") + "; runs already cached are instant.",
                         lambda: (lambda progress, cancel: api.sweep(config, budget, tuple(rules), b_ref, target,
-                                                                     progress, cancel, runner)))
+                                                                     progress, cancel, runner)),
+                        idle="Press Run: every (rule, b) is one cached replica run of the budget's length.")
     if answers is None:
-        st.info("Press Run: every (rule, b) is one cached replica run of the budget's length.")
         return
     rows = [{"rule": r, "b": int(b), **{q: row.get(q) for q in ("steps", "loss", "loss_se", "var_g", "var_g_se",
                                                                   "b_simple", "diverged")},

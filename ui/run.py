@@ -8,8 +8,15 @@ from backend import api, costs, jobs
 from ui.state import user_text
 
 
-def run_panel(prefix: str, config, what: str) -> dict | None:
-    """The Run form (estimate shown first), the background job with progress, ETA and Cancel; returns the result."""
+NOT_CACHED = "The run was cancelled; nothing was cached."
+RESUMABLE_RUN = {"idle": "Press Run. A cancelled run resumes from its last completed epoch.",  # run_panel's messages
+                 "cancelled": "The run was cancelled; Run resumes it from its last completed epoch (checkpoints "
+                              "in the cache)."}  # for the settings whose runs checkpoint every epoch
+
+
+def run_panel(prefix: str, config, what: str, idle: str | None = None, cancelled: str = NOT_CACHED) -> dict | None:
+    """The Run form (estimate shown first), the background job with progress, ETA and Cancel; returns the result.
+    ``idle`` and ``cancelled``: what the panel says before a run and after a cancelled one (see ``job_panel``)."""
     run_key = api.simulation_key(config)
     sim = st.session_state.get(f"{prefix}_results", {}).get(run_key) or api.cached_simulation(config)
     est = api.estimate(config)
@@ -22,23 +29,30 @@ def run_panel(prefix: str, config, what: str) -> dict | None:
         api.guard(config, device)
         return lambda progress, cancel: api.simulate(config, progress, cancel)
 
-    return job_panel(prefix, run_key, header, start) or sim
+    return job_panel(prefix, run_key, header, start, idle, cancelled, sim, blocked=api.missing_data(config))
 
 
-def job_panel(prefix: str, key: str, header: str, start) -> object | None:
+def job_panel(prefix: str, key: str, header: str, start, idle: str | None = None, cancelled: str = NOT_CACHED,
+              known: object | None = None, blocked: str | None = None) -> object | None:
     """A Run form under ``header``; Run calls ``start()`` (which may refuse with a ConfigError, shown) for the work
     ``work(progress, cancel)``, run in a background job with a progress bar, ETA and Cancel. Returns the job's result
-    once it has finished (kept in the session, by ``key``), else None."""
+    once it has finished (kept in the session, by ``key``), else ``known`` (a result found elsewhere, e.g. cached).
+
+    One message for one state, under the form: running → the progress bar; cancelled → ``cancelled``; failed → the
+    error; no result yet → ``idle`` (when given); a result → nothing (the caller draws it). A cancelled or failed run
+    is said until the next Run or until the inputs change (``key``). ``blocked``: why no run can start here (data not
+    installed): Run is disabled and that is the message."""
     job = st.session_state.get(f"{prefix}_job")
     with st.form(f"{prefix}_run"):
         st.write(header)
-        run = st.form_submit_button("Run", type="primary", disabled=bool(job and job.running))
-    if run and not (job and job.running):
+        run = st.form_submit_button("Run", type="primary", disabled=bool(job and job.running) or bool(blocked))
+    if run and not (job and job.running) and not blocked:
+        st.session_state.pop(f"{prefix}_outcome", None)
         try:
             job = jobs.start(key, start(), api.Progress(total=1))
             st.session_state[f"{prefix}_job"] = job
         except api.ConfigError as e:
-            st.error(user_text(e))
+            st.session_state[f"{prefix}_outcome"] = (key, "refused", user_text(e))
 
     @st.fragment(run_every=0.5)
     def show_progress() -> None:
@@ -56,18 +70,29 @@ def job_panel(prefix: str, key: str, header: str, start) -> object | None:
         else:
             st.rerun()
 
-    if job is not None:
-        if job.running:
-            show_progress()
+    if job is not None and not job.running:
+        if job.state == "done":
+            st.session_state.setdefault(f"{prefix}_results", {})[job.key] = job.result
         else:
-            if job.state == "done":
-                st.session_state.setdefault(f"{prefix}_results", {})[job.key] = job.result
-            elif job.state == "cancelled":
-                st.warning("The run was cancelled; nothing was cached.")
-            elif job.state == "failed":
-                st.error(f"The run failed: {user_text(job.error)}")
-            st.session_state[f"{prefix}_job"] = None
-    return st.session_state.get(f"{prefix}_results", {}).get(key)
+            st.session_state[f"{prefix}_outcome"] = (job.key, job.state, user_text(job.error))
+        st.session_state[f"{prefix}_job"] = job = None
+    result = st.session_state.get(f"{prefix}_results", {}).get(key)
+    result = known if result is None else result
+    outcome = st.session_state.get(f"{prefix}_outcome")
+    if job is not None:
+        show_progress()
+    elif blocked and result is None:
+        st.warning(blocked)  # the setting's own words (no user input in them)
+    elif outcome is not None and outcome[0] == key:
+        if outcome[1] == "cancelled":
+            st.warning(cancelled)
+        elif outcome[1] == "refused":
+            st.error(outcome[2])
+        else:
+            st.error(f"The run failed: {outcome[2]}")
+    elif result is None and idle:
+        st.info(idle)
+    return result
 
 
 def divergence_notice(config, sim: dict) -> None:

@@ -18,7 +18,8 @@ from backend.fields import (MLP_SAMPLERS, Fields, Schedule, config_fields, read_
 from backend.costs import GpuModel, combine_costs
 from backend.engine import mlp as engine
 from backend.errors import ConfigError
-from backend.images import elastic_distort, load_dataset
+from backend.images import DataShape, data_shape, elastic_distort, load_dataset
+from backend.images import missing_data as missing_data_for
 from backend.progress import Progress
 from backend.settings.base import Quantity, run_device_type, scaled_lr
 from backend.settings.classifier import (cached_classifier, classifier_document, classifier_quantities, no_check,
@@ -103,14 +104,17 @@ class MLPConfig:
 
 
 @lru_cache(maxsize=16)
-def _mlp_train_size_cached(spec: str) -> int:
-    from backend.images import load_dataset
+def _shape_cached(spec: str) -> DataShape:
+    return data_shape(json.loads(spec))
 
-    return len(load_dataset(json.loads(spec)).x_train)
+
+def _shape(dataset: dict) -> DataShape:
+    """The dataset's sizes (read once per process; Fashion-MNIST's published ones where it is not installed)."""
+    return _shape_cached(json.dumps(dataset, sort_keys=True))
 
 
 def _mlp_train_size(dataset: dict) -> int:
-    return _mlp_train_size_cached(json.dumps(dataset, sort_keys=True))
+    return _shape(dataset).n_train
 
 
 NAME = "mlp"
@@ -148,13 +152,17 @@ def advise_cell(config: MLPConfig, b: int, budget: int, lr_factor: float) -> MLP
 
 
 def estimate(config: MLPConfig) -> dict[str, float]:
-    data = load_dataset(config.dataset)
-    h, w = data.shape
-    costs = [engine.estimate_cost(len(data.x_train), h * w, config.hidden, data.n_classes, config.inits,
-                                  config.replicas, config.epochs, b, config.eval_size, len(data.x_val),
+    shape = _shape(config.dataset)
+    costs = [engine.estimate_cost(shape.n_train, shape.height * shape.width, config.hidden, shape.n_classes,
+                                  config.inits, config.replicas, config.epochs, b, config.eval_size, shape.n_val,
                                   config.noise_samples, run_device_type(config))
              for b in config.batch_sizes]
     return combine_costs(costs)
+
+
+def missing_data(config: MLPConfig) -> str | None:
+    """Why this config cannot run here (its dataset is not installed), or None; its estimate stands either way."""
+    return missing_data_for(config.dataset)
 
 
 def simulate(config: MLPConfig, device: torch.device, cache: ResultCache, progress: Progress,
