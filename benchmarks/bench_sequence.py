@@ -21,6 +21,7 @@ from backend.config import parse_config  # noqa: E402
 from backend.engine import mlp as trainer  # noqa: E402
 from backend.engine import sequence as seq  # noqa: E402
 from backend.engine.runner import precision  # noqa: E402
+from backend.optim import adamw  # noqa: E402
 
 
 def bench(preset: str, steps: int, device: torch.device, arithmetic: str = "float32",
@@ -38,7 +39,7 @@ def bench(preset: str, steps: int, device: torch.device, arithmetic: str = "floa
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(2, V, (steps, R, b, L), generator=gen).to(device)
     y = torch.randint(0, 2, (steps, R, b), generator=gen).to(device)
-    opt = seq.AdamW(clip=1.0)
+    opt = adamw(clip=1.0)
     state = opt.init(params)
     with precision(arithmetic, device):
         rep.grad_and_loss(params, ids[0], y[0])

@@ -16,6 +16,7 @@ from backend.config import parse_config
 from backend.engine import mlp as trainer
 from backend.engine import sequence as seq
 from backend.errors import ConfigError
+from backend import optim
 from backend.text import Tokenizer, load_corpus, parse_lines
 
 DEV = torch.device("cpu")
@@ -60,7 +61,7 @@ def test_per_replica_clipping_matches_each_module_alone():
     g, _ = rep.grad_and_loss(params, ids, y)
     g = {k: v * torch.tensor([1.0, 50.0, 0.01], dtype=v.dtype).reshape(-1, *([1] * (v.dim() - 1)))
          for k, v in g.items()}  # one replica far above the threshold, one far below
-    clipped = seq.AdamW(clip=0.5).clip_grads(g)
+    clipped = optim.clip_by_replica_norm(0.5).update(g, {}, params, 0)
     for r in range(3):
         m = module_copy(params, r)
         for name, p in m.named_parameters():
@@ -73,7 +74,7 @@ def test_per_replica_clipping_matches_each_module_alone():
 def test_one_adam_over_the_stack_equals_R_adams():
     model, params, ids, y = setup()
     rep = trainer.Replicas(trainer.module_forward(seq.Encoder(30, 10, 8, 2, 2).double()))
-    opt = seq.AdamW(betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01, clip=None)
+    opt = optim.adamw(betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01)
     state = opt.init(params)
     modules = [module_copy(params, r) for r in range(3)]
     torch_opts = [torch.optim.AdamW(m.parameters(), lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01)

@@ -108,9 +108,9 @@ def evaluate(rep: Replicas, params, X: torch.Tensor, Y: torch.Tensor, chunk: int
 class Task:
     """What the generic replica trainer needs: data tensors, the functional model, its K initial weights, the update.
 
-    ``init(K) → {name: (K, …)}``; ``optimizer`` is None for plain SGD (w ← w − α_t g) or an object with
-    ``init(params)``, ``step(params, grads, state, lr, t)`` and ``clip`` (per-replica gradient-norm clipping, applied
-    after the gradient is recorded — the variance reported is that of the raw stochastic gradient).
+    ``init(K) → {name: (K, …)}``; ``optimizer`` is None for plain SGD (w ← w − α_t g) or a backend.optim.Optimizer
+    (``init(params)``, ``step(params, grads, state, lr, t)`` in place; its per-replica gradient clipping acts after
+    the gradient is recorded — the variance reported is that of the raw stochastic gradient).
     ``act_per_sample``: activations one sample keeps for the backward pass (floats; 0 = small), which sets how many
     replicas one vectorised call may hold (ACTIVATION_ELEMENTS). ``per_sample_terms``, ``per_sample_dots``: a
     model-specific way to the one-step noise terms (the sums of noise.per_sample_terms and noise.per_sample_dots).

@@ -1,19 +1,19 @@
-"""A small transformer encoder classifier and Adam(W) over stacked replicas (paper Appendix A.1.4, Figure 6).
+"""A small transformer encoder classifier over stacked replicas, and its learning-rate schedule (paper Appendix A.1.4,
+Figure 6).
 
 The model is an nn.Module with its own attention (plain tensor ops, so torch.func.vmap works over replicas through
 functional_call): token embedding + learned positions, L pre-LayerNorm encoder layers (H heads, width D, feed-forward
 4D, GELU), mean-pooling over the non-padding tokens, linear head. No dropout: the mini-batches are the only randomness.
 
-Adam(W) is elementwise, so one optimizer over the stacked (N, …) parameters equals N independent ones; gradients are
-clipped per replica (the norm over that replica's parameters only), after the raw gradient has been recorded — the
-variance reported is that of the stochastic gradient before clipping and Adam, as in the paper. The learning rate
-warms up linearly for ``warmup`` steps, then decays linearly to 0 at the last step.
+It is trained with AdamW from backend/optim.py (one optimizer over the stacked (N, …) parameters equals N
+independent ones), gradients clipped per replica (the norm over that replica's parameters only) after the raw gradient
+has been recorded — the variance reported is that of the stochastic gradient before clipping and Adam, as in the
+paper. The learning rate warms up linearly for ``warmup`` steps, then decays linearly to 0 at the last step.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
@@ -81,41 +81,3 @@ def lr_at(t: int, base: float, warmup: int, total: int) -> float:
     if warmup > 0 and t < warmup:
         return base * (t + 1) / warmup
     return base * max(0.0, (total - t) / max(1, total - warmup))
-
-
-@dataclass
-class AdamW:
-    """Adam with decoupled weight decay over stacked replica parameters, with per-replica gradient clipping."""
-
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    clip: float | None = 1.0
-
-    def init(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        state = {}
-        for k, v in params.items():
-            state[f"m.{k}"] = torch.zeros_like(v)
-            state[f"v.{k}"] = torch.zeros_like(v)
-        return state
-
-    def clip_grads(self, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Scale each replica's gradient by min(1, clip / (‖g_r‖ + 1e-6)), the norm over that replica only."""
-        if self.clip is None:
-            return grads
-        sq = sum(g.reshape(g.shape[0], -1).to(torch.float64).square().sum(dim=1) for g in grads.values())
-        scale = (self.clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)
-        return {k: g * scale.to(g.dtype).reshape(-1, *([1] * (g.dim() - 1))) for k, g in grads.items()}
-
-    def step(self, params, grads, state, lr: float, t: int) -> dict[str, torch.Tensor]:
-        grads = self.clip_grads(grads)
-        b1, b2 = self.betas
-        c1, c2 = 1 - b1 ** (t + 1), 1 - b2 ** (t + 1)
-        new = {}
-        for k, p in params.items():
-            m, v = state[f"m.{k}"], state[f"v.{k}"]
-            m.mul_(b1).add_(grads[k], alpha=1 - b1)
-            v.mul_(b2).addcmul_(grads[k], grads[k], value=1 - b2)
-            p = p * (1 - lr * self.weight_decay) if self.weight_decay else p
-            new[k] = p - lr * (m / c1) / ((v / c2).sqrt() + self.eps)
-        return new

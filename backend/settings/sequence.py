@@ -1,6 +1,7 @@
 """The sequence model trained with Adam (paper Appendix A.1.4, Figure 6): the generic replica trainer of
-backend.engine.mlp with the transformer of backend.engine.sequence, its tokenised data and AdamW (per-replica
-clipping, warm-up then decay). A Setting (backend/settings/base.py); the run is backend/settings/classifier.py's."""
+backend.engine.mlp with the transformer of backend.engine.sequence, its tokenised data and AdamW of backend/optim.py
+(per-replica clipping, warm-up then decay). A Setting (backend/settings/base.py); the run is
+backend/settings/classifier.py's."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from backend.fields import (MLP_SAMPLERS, Fields, config_fields, read_batch_size
 from backend.engine import mlp as trainer, sequence as seq
 from backend.engine.mlp import module_forward
 from backend.errors import ConfigError
+from backend.optim import adamw
 from backend.progress import Progress
 from backend.settings.base import Quantity
 from backend.settings.classifier import (cached_classifier, classifier_document, classifier_quantities, no_check,
@@ -187,7 +189,7 @@ def build_task(config: SequenceConfig, device: torch.device) -> tuple[trainer.Ta
         torch.as_tensor(va, device=device), torch.as_tensor(data.y_val, device=device), None,
         module_forward(model),
         lambda K: seq.init_params(model, K, config.seed, dtype, device),
-        seq.AdamW((opt["beta1"], opt["beta2"]), opt["eps"], opt["weight_decay"], opt["clip"]),
+        adamw((opt["beta1"], opt["beta2"]), opt["eps"], opt["weight_decay"], clip=opt["clip"]),
         act_per_sample=activations_per_sequence(config, tr.shape[1]))
     return task, tok.size
 

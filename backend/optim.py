@@ -1,0 +1,299 @@
+"""The optimizers, in one place: small (init, update) pieces over parameters stacked over replicas, with exactly
+``torch.optim``'s semantics, and the one reader of a config's ``optimizer`` field (docs/theory.md §8).
+
+Parameters, gradients and state are dicts of tensors whose leading dimension is the replica (N, …); every piece is
+elementwise or reduces within a replica only, so one optimizer over the stack equals N independent ones, without a
+Python loop over replicas. As in optax, an optimizer is a chain: gradient transforms (``clip_by_replica_norm``,
+``add_decayed_weights``, ``trace``), each ``update(updates, state, params, t) → updates``, then one rule that takes
+the step size α_t and writes the parameters in place (``SGDStep``: w ← w − α u; ``AdamStep``: Adam's moments,
+bias correction and AdamW's decoupled decay). The rule is one piece, not optax's ``scale_by_adam`` then
+``scale(−α)``, so that the rounding is torch's fused ``w − α u`` for SGD and the sequence model's
+``w − (α m̂)/(√v̂ + ε)`` for Adam(W). With g_t the mini-batch gradient and t = 0, 1, … the steps already taken:
+
+- SGD (``torch.optim.SGD``, dampening 0): d_t = g_t + λ w_t; v_1 = d_0, v_{t+1} = β v_t + d_t; the step is v_{t+1},
+  or d_t + β v_{t+1} with Nesterov; w_{t+1} = w_t − α_t · step. β = λ = 0 is w − α g, bitwise.
+- Adam (``torch.optim.Adam``): d_t = g_t + λ w_t (L2); m ← β₁ m + (1 − β₁) d, v ← β₂ v + (1 − β₂) d²;
+  w ← w − α (m / (1 − β₁^{t+1})) / (√(v / (1 − β₂^{t+1})) + ε).
+- AdamW (``torch.optim.AdamW``): the same moments of g_t, and the decay decoupled: w ← w (1 − α λ) before the step.
+
+The state is a plain dict of tensors (a checkpoint stores it as it is), allocated once by ``init`` and updated in
+place (static buffers for CUDA graphs: the momentum buffer starts at 0, which makes v_1 = β·0 + d_0 = d_0 exactly);
+α_t may be a Python float or a 0-dim tensor on the device. Pieces never write to the updates they are given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Protocol
+
+import torch
+
+from backend.errors import ConfigError
+from backend.exact import jsonable_number, parse_number
+from backend.fields import Fields, read_bool, read_choice, read_positive
+
+Params = dict[str, torch.Tensor]
+State = dict[str, torch.Tensor]
+Rate = float | torch.Tensor  # α_t: a Python number, or a 0-dim tensor (a static buffer a CUDA graph reads)
+
+NAMES = ("sgd", "adam", "adamw")
+
+
+class Transform(Protocol):
+    """A gradient transform: its state's keys start with ``prefix + "."``."""
+
+    def init(self, params: Params) -> State: ...
+
+    def update(self, updates: Params, state: State, params: Params, t: int | torch.Tensor) -> Params: ...
+
+
+class Rule(Protocol):
+    """The last piece: applies the transformed updates to the parameters, in place, with step size α_t."""
+
+    def init(self, params: Params) -> State: ...
+
+    def apply(self, params: Params, updates: Params, state: State, lr: Rate, t: int | torch.Tensor) -> None: ...
+
+
+def _per_replica(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """x (N,) shaped to broadcast against ``like`` (N, …)."""
+    return x.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+@dataclass(frozen=True)
+class ClipByReplicaNorm:
+    """``torch.nn.utils.clip_grad_norm_`` per replica: g_r ← g_r · min(1, c / (‖g_r‖ + 10⁻⁶)), the norm over all of
+    that replica's parameters (summed in float64)."""
+
+    max_norm: float
+
+    def init(self, params: Params) -> State:
+        return {}
+
+    def update(self, updates: Params, state: State, params: Params, t: int | torch.Tensor) -> Params:
+        sq = sum(g.reshape(g.shape[0], -1).to(torch.float64).square().sum(dim=1) for g in updates.values())
+        scale = (self.max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+        return {k: g * _per_replica(scale.to(g.dtype), g) for k, g in updates.items()}
+
+
+@dataclass(frozen=True)
+class AddDecayedWeights:
+    """L2 weight decay, coupled (SGD's and Adam's ``weight_decay``): d = g + λ w."""
+
+    weight_decay: float
+
+    def init(self, params: Params) -> State:
+        return {}
+
+    def update(self, updates: Params, state: State, params: Params, t: int | torch.Tensor) -> Params:
+        return {k: u.add(params[k], alpha=self.weight_decay) for k, u in updates.items()}
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Heavy-ball momentum with torch.optim.SGD's buffer (dampening 0): v ← β v + d (v starts at 0, so v_1 = d_0);
+    the update is v, or d + β v with Nesterov. State ``momentum.<name>``, updated in place."""
+
+    momentum: float
+    nesterov: bool = False
+    prefix = "momentum"
+
+    def init(self, params: Params) -> State:
+        return {f"{self.prefix}.{k}": torch.zeros_like(p) for k, p in params.items()}
+
+    def update(self, updates: Params, state: State, params: Params, t: int | torch.Tensor) -> Params:
+        out = {}
+        for k, d in updates.items():
+            buf = state[f"{self.prefix}.{k}"]
+            buf.mul_(self.momentum).add_(d)
+            out[k] = d.add(buf, alpha=self.momentum) if self.nesterov else buf
+        return out
+
+
+@dataclass(frozen=True)
+class SGDStep:
+    """w ← w − α u, one fused pass per tensor (``torch.add(w, u, alpha=−α)`` as torch.optim.SGD; with a tensor α,
+    ``addcmul(w, u, α, value=−1)`` as the fused linear-regression steps)."""
+
+    def init(self, params: Params) -> State:
+        return {}
+
+    def apply(self, params: Params, updates: Params, state: State, lr: Rate, t: int | torch.Tensor) -> None:
+        for k, p in params.items():
+            if isinstance(lr, torch.Tensor):
+                p.addcmul_(updates[k], lr, value=-1.0)
+            else:
+                p.add_(updates[k], alpha=-lr)
+
+
+@dataclass(frozen=True)
+class AdamStep:
+    """Adam's step on updates d (the gradient, or g + λw for Adam's L2): m ← β₁ m + (1 − β₁) d,
+    v ← β₂ v + (1 − β₂) d², then w ← w (1 − α λ_dec) [AdamW] and w ← w − (α m̂) / (√v̂ + ε) with
+    m̂ = m / (1 − β₁^{t+1}), v̂ = v / (1 − β₂^{t+1}). State ``m.<name>``, ``v.<name>``, updated in place."""
+
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    decoupled_weight_decay: float = 0.0
+
+    def init(self, params: Params) -> State:
+        state = {}
+        for k, p in params.items():
+            state[f"m.{k}"] = torch.zeros_like(p)
+            state[f"v.{k}"] = torch.zeros_like(p)
+        return state
+
+    def apply(self, params: Params, updates: Params, state: State, lr: Rate, t: int | torch.Tensor) -> None:
+        b1, b2 = self.b1, self.b2
+        c1, c2 = 1 - b1 ** (t + 1), 1 - b2 ** (t + 1)
+        for k, p in params.items():
+            d, m, v = updates[k], state[f"m.{k}"], state[f"v.{k}"]
+            m.mul_(b1).add_(d, alpha=1 - b1)
+            v.mul_(b2).addcmul_(d, d, value=1 - b2)
+            if self.decoupled_weight_decay:
+                p.mul_(1 - lr * self.decoupled_weight_decay)
+            p.sub_(lr * (m / c1) / ((v / c2).sqrt() + self.eps))
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """A chain: ``transforms`` in order on the gradient, then ``rule`` on the parameters."""
+
+    transforms: tuple[Any, ...]
+    rule: Any
+
+    def init(self, params: Params) -> State:
+        """The state of every piece (zeros shaped as the parameters), one flat dict."""
+        state: State = {}
+        for piece in (*self.transforms, self.rule):
+            part = piece.init(params)
+            clash = sorted(set(part) & set(state))
+            if clash:
+                raise ValueError(f"two pieces of the chain keep state under the same names: {clash}")
+            state.update(part)
+        return state
+
+    def step(self, params: Params, grads: Params, state: State, lr: Rate, t: int | torch.Tensor) -> Params:
+        """One step at step size α_t = ``lr``, the t-th (0-based); parameters and state in place. Returns ``params``."""
+        updates = grads
+        for piece in self.transforms:
+            updates = piece.update(updates, state, params, t)
+        self.rule.apply(params, updates, state, lr, t)
+        return params
+
+    @property
+    def plain(self) -> bool:
+        """Plain SGD, w − α g: the engines' fused fast paths compute the same numbers."""
+        return not self.transforms and isinstance(self.rule, SGDStep)
+
+
+def clip_by_replica_norm(max_norm: float) -> ClipByReplicaNorm:
+    return ClipByReplicaNorm(float(max_norm))
+
+
+def add_decayed_weights(weight_decay: float) -> AddDecayedWeights:
+    return AddDecayedWeights(float(weight_decay))
+
+
+def trace(momentum: float, nesterov: bool = False) -> Trace:
+    return Trace(float(momentum), bool(nesterov))
+
+
+def _clip(clip: float | None) -> tuple[Any, ...]:
+    return () if clip is None else (clip_by_replica_norm(clip),)
+
+
+def sgd(momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0, clip: float | None = None
+        ) -> Optimizer:
+    """torch.optim.SGD (dampening 0), with per-replica gradient clipping first when ``clip`` is set."""
+    pieces = _clip(clip)
+    if weight_decay:
+        pieces += (add_decayed_weights(weight_decay),)
+    if momentum:
+        pieces += (trace(momentum, nesterov),)
+    return Optimizer(pieces, SGDStep())
+
+
+def adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+         clip: float | None = None) -> Optimizer:
+    """torch.optim.Adam (weight decay as L2 on the gradient), with per-replica gradient clipping first."""
+    pieces = _clip(clip) + ((add_decayed_weights(weight_decay),) if weight_decay else ())
+    return Optimizer(pieces, AdamStep(float(betas[0]), float(betas[1]), float(eps)))
+
+
+def adamw(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+          clip: float | None = None) -> Optimizer:
+    """torch.optim.AdamW (decoupled weight decay; 0 by default here, torch's default is 0.01), with per-replica
+    gradient clipping first."""
+    return Optimizer(_clip(clip), AdamStep(float(betas[0]), float(betas[1]), float(eps), float(weight_decay)))
+
+
+def _unit_interval(value: Any, field: str) -> Fraction | float:
+    """A number in [0, 1) (a momentum, a beta), kept exact where it is given exactly."""
+    x = parse_number(value, field)
+    if not 0 <= x < 1:
+        raise ConfigError(field, f"must be in [0, 1), got {jsonable_number(x)}")
+    return x
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """A config's ``optimizer`` field: ``{"name": "sgd", "momentum": β, "nesterov": bool, "weight_decay": λ}`` or
+    ``{"name": "adam" | "adamw", "betas": [β₁, β₂], "eps": ε, "weight_decay": λ}`` (or just the name). Numbers stay
+    exact (Fractions) where they are given exactly, for the exact theory; ``build`` makes the replicas' optimizer."""
+
+    name: str = "sgd"
+    momentum: Fraction | float = Fraction(0)
+    nesterov: bool = False
+    weight_decay: Fraction | float = Fraction(0)
+    betas: tuple[Fraction | float, Fraction | float] = (Fraction(9, 10), Fraction(999, 1000))
+    eps: Fraction | float = Fraction(1, 10**8)
+
+    @classmethod
+    def parse(cls, raw: Any, field: str = "optimizer", names: tuple[str, ...] = NAMES) -> "OptimizerSpec":
+        """Validated; a ConfigError naming the field otherwise. ``raw`` None is plain SGD; ``names``: the optimizers
+        the setting can run (the others are refused naming ``<field>.name``)."""
+        if raw is None:
+            raw = {}
+        f = Fields({"name": raw} if isinstance(raw, str) else raw, field)
+        name = f.get("name", "sgd")
+        if name in NAMES and name not in names:
+            raise ConfigError(f.name("name"), f"this setting runs only {list(names)}, got {name!r}")
+        name = read_choice(name, f.name("name"), names)
+        weight_decay = read_positive(f.get("weight_decay", 0), f.name("weight_decay"), allow_zero=True)
+        if name == "sgd":
+            momentum = _unit_interval(f.get("momentum", 0), f.name("momentum"))
+            nesterov = read_bool(f.get("nesterov", False), f.name("nesterov"))
+            if nesterov and momentum == 0:
+                raise ConfigError(f.name("nesterov"), "Nesterov needs a momentum > 0, got momentum 0")
+            f.finish()
+            return cls(name, momentum, nesterov, weight_decay)
+        betas = f.get("betas", cls.betas)
+        if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+            raise ConfigError(f.name("betas"), f"expected [beta1, beta2], got {betas!r}")
+        b = tuple(_unit_interval(x, f"{f.name('betas')}[{i}]") for i, x in enumerate(betas))
+        eps = read_positive(f.get("eps", cls.eps), f.name("eps"))
+        f.finish()
+        return cls(name, weight_decay=weight_decay, betas=b, eps=eps)
+
+    def to_json(self) -> dict[str, Any]:
+        """The normalised form (exact numbers as "p/q" strings); ``parse(to_json())`` gives this spec back."""
+        if self.name == "sgd":
+            return {"name": "sgd", "momentum": jsonable_number(self.momentum), "nesterov": self.nesterov,
+                    "weight_decay": jsonable_number(self.weight_decay)}
+        return {"name": self.name, "betas": [jsonable_number(x) for x in self.betas],
+                "eps": jsonable_number(self.eps), "weight_decay": jsonable_number(self.weight_decay)}
+
+    @property
+    def plain(self) -> bool:
+        """Plain SGD (w − α g), the engines' fused fast paths."""
+        return self.name == "sgd" and self.momentum == 0 and self.weight_decay == 0
+
+    def build(self, clip: float | None = None) -> Optimizer:
+        """The optimizer over stacked replicas (float hyperparameters), per-replica clipping first when ``clip``."""
+        if self.name == "sgd":
+            return sgd(float(self.momentum), self.nesterov, float(self.weight_decay), clip)
+        make = adam if self.name == "adam" else adamw
+        return make((float(self.betas[0]), float(self.betas[1])), float(self.eps), float(self.weight_decay), clip)
