@@ -100,6 +100,14 @@ def test_warmup_then_linear_decay():
     assert [round(seq.lr_at(t, 1.0, 4, 10), 4) for t in (0, 3, 4, 7, 10)] == [0.25, 1.0, 1.0, 0.5, 0.0]
 
 
+def test_the_config_reaches_the_optimizer():
+    """The sequence config's Adam fields build backend/optim.py's AdamW: clipping first, then the decoupled step."""
+    cfg = parse_config({"setting": "sequence", "optimizer": {"beta1": "0.8", "beta2": "0.95", "eps": "1e-7",
+                                                             "weight_decay": "0.02", "clip": "0.7"}})
+    opt = api_sequence.build_task(cfg, DEV)[0].optimizer
+    assert opt == optim.Optimizer((optim.ClipByReplicaNorm(0.7),), optim.AdamStep(0.8, 0.95, 1e-7, 0.02))
+
+
 def test_loader_and_tokenizer_on_small_files(tmp_path):
     tsv = 'He said "great" food!\t1\nIt\'s "bad", really.\t0\nOK\t1\nmeh\t0\n'
     s, y = parse_lines(tsv, "x.tsv")
