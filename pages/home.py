@@ -40,5 +40,6 @@ st.markdown(
 st.subheader("Pages")
 for page in nav_pages():  # the navigation's own list: every page there is linked here
     if page != HOME:
-        st.page_link(page.path, label=f"{page.title} — {page.card}", icon=page.icon)
+        st.page_link(page.path, label=page.title, icon=page.icon)
+        st.caption(page.card)  # a link's label is one line: the card goes beneath it
 st.caption("Data: Graduate Admission 2 (Acharya, Armaan, Antony, IEEE ICCIDS 2019).")

@@ -51,9 +51,9 @@ def test_home_renders_and_links_every_page():
     others = [p for p in nav_pages() if p != HOME]
     assert sorted(link.proto.page for link in links) == sorted(p.url_path for p in others)
     assert {p.path for p in nav_pages()} == {f"pages/{f.name}" for f in (ROOT / "pages").glob("*.py")}
-    labels = {link.proto.page: link.proto.label for link in links}
-    for p in others:
-        assert labels[p.url_path].startswith(p.title) and len(labels[p.url_path]) > len(p.title) + 10, labels
+    assert {link.proto.page: link.proto.label for link in links} == {p.url_path: p.title for p in others}
+    captions = [c.value for c in at.main.caption]
+    assert all(p.card in captions for p in others), captions  # each page's card beneath its link
 
 
 def test_linear_regression_defaults_then_small_run():

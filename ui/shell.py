@@ -30,7 +30,7 @@ class NavPage:
 
 
 HOME = NavPage("pages/home.py", "Home", ":material/home:", "",
-               "the paper's claims in plain words and formulas, and a link to every page")
+               "The paper's claims in plain words and formulas, and a link to every page")
 
 
 def nav_pages() -> list[NavPage]:
@@ -43,10 +43,10 @@ def nav_pages() -> list[NavPage]:
                     "I can afford N gradient evaluations: which b, and how should the learning rate scale with it? "
                     "Exact for linear regression, replica runs for the other settings"),
             NavPage("pages/sweeps.py", "Sweeps", ":material/grid_on:", "sweeps",
-                    "a grid of replica runs over any config fields, in this process or on Ray; any quantity against "
+                    "A grid of replica runs over any config fields, in this process or on Ray; any quantity against "
                     "any swept field, with 95 % intervals"),
             NavPage("pages/theory.py", "Theory", ":material/functions:", "theory",
-                    "the mathematics behind every number: conventions, the exact recursions, the variance split, the "
+                    "The mathematics behind every number: conventions, the exact recursions, the variance split, the "
                     "standard errors and how each is checked")]
 
 
