@@ -154,7 +154,7 @@ NAME = "deep_linear"
 ORDER = 2  # position in the registry and the app's navigation
 ICON = ":material/account_tree:"
 TITLE = "Deep linear network"
-CARD = ("teacher–student on online Gaussian samples; exact polynomials in 1/b beyond t = 0, Theorem 4 fits, "
+CARD = ("Teacher–student on online Gaussian samples; exact polynomials in 1/b beyond t = 0, Theorem 4 fits, "
         "b₀ (paper §3.2, Figure 3)")  # its card on the Home page
 CONFIG = DeepLinearConfig
 THEORY_ONLY_DROPS = ("replicas", "seed", "device", "dtype", "batch_sizes")

@@ -121,7 +121,7 @@ NAME = "mlp"
 ORDER = 3  # position in the registry and the app's navigation
 ICON = ":material/hub:"
 TITLE = "MLP classifier"
-CARD = ("digits, Fashion-MNIST or IDX: variance, loss, error, the gap on distorted images, the variance split "
+CARD = ("Digits, Fashion-MNIST or IDX: variance, loss, error, the gap on distorted images, the variance split "
         "(paper §4.1, Figures 1, 4, 5)")  # its card on the Home page
 CONFIG = MLPConfig
 theory = no_theory

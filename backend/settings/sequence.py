@@ -134,7 +134,7 @@ NAME = "sequence"
 ORDER = 4  # position in the registry and the app's navigation
 ICON = ":material/notes:"
 TITLE = "Sequence model (Adam)"
-CARD = ("a small transformer on Yelp/Amazon/IMDb review sentences: variance, loss and error per epoch "
+CARD = ("A small transformer on Yelp/Amazon/IMDb review sentences: variance, loss and error per epoch "
         "(paper Appendix A.1.4, Figure 6)")  # its card on the Home page
 CONFIG = SequenceConfig
 theory = no_theory
