@@ -70,6 +70,9 @@ SEQUENTIAL = {"name": "viridis", "extent": [0.0, 0.88]}  # the yellow end is lef
 EXACT_LABEL, ESTIMATE_LABEL = "exact", "replica estimate"
 BAND_OPACITY, DIM_OPACITY = 0.25, 0.06  # the band's opacity, its b selected or not: always see-through (≤ 0.5)
 LOG_FLOOR_REL = 1e-12  # on a log axis, values below this fraction of the largest are float rounding of an exact zero
+# the width fits the page, the height is the plot's (legends and titles come on top of it): Streamlit's default
+# "fit" squeezes the plot into the height when there is a key above and a long legend below
+AUTOSIZE = alt.AutoSizeParams(type="fit-x", contains="padding")
 NONNEGATIVE_PREFIXES = ("var", "loss", "error", "noise", "b_simple")  # quantity names that cannot be negative
 
 
@@ -85,7 +88,11 @@ def b_color(order: list[str], title: str = "batch size b", field: str = "b") -> 
         scale = alt.Scale(domain=order, range=CATEGORY[:len(order)])
     else:
         scale = alt.Scale(domain=order, scheme=SEQUENTIAL)
-    legend = alt.Legend(symbolLimit=0, columns=2 if len(order) > 12 else 1, labelLimit=80)
+    if len(order) > 12:  # below the plot in rows of up to 11: a long column on the right would be cut off
+        legend = alt.Legend(symbolLimit=0, orient="bottom", direction="horizontal", columns=min(len(order), 11),
+                            labelLimit=80)
+    else:
+        legend = alt.Legend(symbolLimit=0, labelLimit=80)
     return alt.Color(f"{field}:O", sort=order, scale=scale, title=title, legend=legend)
 
 
@@ -114,6 +121,20 @@ def dropped_note(count: int, what: str = "values") -> str:
     if not count:
         return ""
     return f"{count} non-positive {what if count > 1 else what.rstrip('s')} not drawn on the log axis."
+
+
+def zero_note(raw: pd.DataFrame, drawn: pd.DataFrame, dropped: int, x_name: str) -> str:
+    """The subtitle of a time chart whose log axis dropped values: the b whose every value is 0 (e.g. b = n
+    without replacement), and how many values in all."""
+    if not dropped:
+        return ""
+    had = raw.groupby("b")["value"].apply(lambda v: bool(np.isfinite(v.to_numpy(dtype=float)).any()))
+    left = drawn.groupby("b")["value"].apply(lambda v: bool(np.isfinite(v.to_numpy(dtype=float)).any()))
+    gone = sorted((b for b in had.index if had[b] and not left[b]), key=int)
+    note = dropped_note(dropped)
+    if gone:
+        note = note.rstrip(".") + f": b = {', '.join(gone)} is exactly 0 at every {x_name}."
+    return note
 
 
 def _title(text: str, notes: list[str]) -> alt.TitleParams:
@@ -210,6 +231,7 @@ def time_chart(df: pd.DataFrame, title: str, log: bool = True, x_name: str = "t"
     with open-circle markers over its see-through band (``band`` says what it is). A key above the chart names the
     three; clicking a b in the legend highlights it (the band stays ≤ 0.5 opaque either way). The one chart path of
     every setting."""
+    raw = df
     df, dropped = drawable_frame(df, log, nonnegative)
     band_label = f"{ESTIMATE_LABEL} ○ (shaded: {band + ' band' if band.endswith('%') else band})"
     df["curve"] = df["source"].map({"exact": EXACT_LABEL, "estimate": band_label})
@@ -259,8 +281,10 @@ def time_chart(df: pd.DataFrame, title: str, log: bool = True, x_name: str = "t"
             y=alt.Y("value:Q", scale=scale, title=title, axis=y_axis), opacity=opacity(1.0),
             tooltip=["b", x_name, "value"]))
     if not layers:
-        return alt.layer(message_chart(f"{title}: nothing to draw yet")).properties(height=120)
-    return alt.layer(*layers).add_params(sel).properties(title=_title(title, [dropped_note(dropped)]), height=320)
+        return alt.layer(message_chart(f"{title}: nothing to draw yet")).properties(height=120, autosize=AUTOSIZE)
+    height = 320 if len(_b_order(df)) <= 12 else 400
+    return alt.layer(*layers).add_params(sel).properties(title=_title(title, [zero_note(raw, df, dropped, x_name)]),
+                                                         height=height, autosize=AUTOSIZE)
 
 
 # -- against b -------------------------------------------------------------------------------------------------------
@@ -300,7 +324,7 @@ def b_chart(b_grid: np.ndarray, exact_values: np.ndarray, t: int, estimates: pd.
         palette.get(n) or next(others) for n in domain]), legend=alt.Legend(orient="top", labelLimit=320))
     bs = pd.concat([line_df["b"], est["b"] if est is not None else pd.Series(dtype=float)]).to_numpy(dtype=float)
     if not len(bs):
-        return alt.layer(message_chart(f"{title} at t = {t}: no positive value to draw")).properties(height=120)
+        return alt.layer(message_chart(f"{title} at t = {t}: no positive value to draw")).properties(height=120, autosize=AUTOSIZE)
     lo_b, hi_b = float(bs.min()), float(bs.max())
     xs = alt.Scale(type="log", domain=[lo_b, hi_b], nice=False)
     x = alt.X("b:Q", scale=xs, title="batch size b", axis=alt.Axis(format=log_axis_format([lo_b, hi_b])))
@@ -318,7 +342,7 @@ def b_chart(b_grid: np.ndarray, exact_values: np.ndarray, t: int, estimates: pd.
             x=x, y=alt.Y("value:Q", scale=ys, title=title, axis=y_axis), color=color,
             tooltip=["b", "value", "lo", "hi", "se"]))
     return alt.layer(*layers).properties(title=_title(f"{title} at t = {t} against b (log–log)",
-                                                      [dropped_note(dropped)]), height=320)
+                                                      [dropped_note(dropped)]), height=320, autosize=AUTOSIZE)
 
 
 def z_chart(z: np.ndarray, t: np.ndarray, batch_sizes: list[int]) -> alt.Chart:
@@ -330,7 +354,8 @@ def z_chart(z: np.ndarray, t: np.ndarray, batch_sizes: list[int]) -> alt.Chart:
         x=alt.X("t:O", title="iteration t", axis=alt.Axis(labelOverlap=True)),
         y=alt.Y("b:N", sort=[str(b) for b in batch_sizes], title="b"),
         color=alt.Color("z:Q", scale=alt.Scale(scheme="redblue", domain=[-4, 4], clamp=True), title="z"),
-        tooltip=["t", "b", "z"]).properties(title="z = (estimate − exact) / SE", height={"step": 24})
+        tooltip=["t", "b", "z"]).properties(title="z = (estimate − exact) / SE", height={"step": 24},
+                                            autosize=AUTOSIZE)
 
 
 # -- the classifiers' variance split and noise scale --------------------------------------------------------------
@@ -358,7 +383,7 @@ def split_chart(x: np.ndarray, x_name: str, batch_sizes: list[int], curves: dict
     df["lo"] = df["lo"].fillna(df["value"]).clip(lower=_positive_floor(df, ("value",)))
     df["hi"] = df["hi"].where(df["hi"] > 0)
     if not df["value"].notna().any():
-        return alt.layer(message_chart("Variance split: no positive value to draw")).properties(height=120)
+        return alt.layer(message_chart("Variance split: no positive value to draw")).properties(height=120, autosize=AUTOSIZE)
     terms = [*SPLIT_TERMS, SUM_TERM]
     color = alt.Color("term:N", title="term", sort=terms, scale=alt.Scale(domain=terms, range=CATEGORY[:len(terms)]))
     dashes = [[1, 0], [6, 3], [2, 2], [8, 2, 2, 2]]
@@ -377,7 +402,7 @@ def split_chart(x: np.ndarray, x_name: str, batch_sizes: list[int], curves: dict
         tooltip=["b", "term", x_name, "value", "se"])
     return alt.layer(band, lines).properties(
         title=_title(f"var(g) = one-step noise + spread of ∇L (shaded: {band})", [dropped_note(dropped)]),
-        height=300)
+        height=300, autosize=AUTOSIZE)
 
 
 def b_simple_chart(x: np.ndarray, x_name: str, batch_sizes: list[int], curve: dict, band: str = "95 %"
@@ -396,7 +421,7 @@ def b_simple_chart(x: np.ndarray, x_name: str, batch_sizes: list[int], curve: di
     rule = pd.DataFrame({"b_line": [float(b) for b in batch_sizes], "b": [str(b) for b in batch_sizes]})
     if not df["value"].notna().any():
         return alt.layer(message_chart("B_simple: no positive estimate to draw (‖∇L‖² below its noise)")).properties(
-            height=120)
+            height=120, autosize=AUTOSIZE)
     ys = alt.Scale(type="log")
     y_title = "B_simple = tr Σ / ‖∇L‖²"
     y_axis = alt.Axis(format=log_axis_format(pd.concat([df["value"], rule["b_line"]])))
@@ -409,7 +434,7 @@ def b_simple_chart(x: np.ndarray, x_name: str, batch_sizes: list[int], curve: di
             y=alt.Y("value:Q", scale=ys, title=y_title, axis=y_axis), tooltip=["b", x_name, "value", "se"]),
         alt.Chart(rule).mark_rule(strokeDash=[4, 4]).encode(y=alt.Y("b_line:Q", scale=ys, title=y_title), color=color),
     ).properties(title=_title(f"gradient noise scale (McCandlish et al.; shaded: {band}); dashed: the batch sizes run",
-                              [dropped_note(dropped, "estimates")]), height=260)
+                              [dropped_note(dropped, "estimates")]), height=260, autosize=AUTOSIZE)
 
 
 # -- the batch-size advisor -----------------------------------------------------------------------------------------
@@ -460,7 +485,7 @@ def advisor_chart(answers: dict, y_title: str, title: str, log: bool = True) -> 
         ok["loss"], dropped = log_safe(ok["loss"])
         ok = ok.dropna(subset=["loss"])
     if not len(ok):
-        return alt.layer(message_chart(ALL_DIVERGED)).properties(title=title, height=120)
+        return alt.layer(message_chart(ALL_DIVERGED)).properties(title=title, height=120, autosize=AUTOSIZE)
     color = _rule_color(rules)
     x = _b_axis(ok["b"])
     vals = [ok["loss"], ok["lo"], ok["hi"]]
@@ -484,7 +509,7 @@ def advisor_chart(answers: dict, y_title: str, title: str, log: bool = True) -> 
         layers.append(alt.Chart(best).mark_point(shape="diamond", filled=False, strokeWidth=2.5).encode(
             x=x, y=alt.Y("loss:Q", scale=ys, title=y_title, axis=y_axis), color=color,
             size=alt.Size("size:Q", scale=None, legend=None), tooltip=["best for", "b", "loss"]))
-    return alt.layer(*layers).properties(title=_title(title, [dropped_note(dropped)]), height=340)
+    return alt.layer(*layers).properties(title=_title(title, [dropped_note(dropped)]), height=340, autosize=AUTOSIZE)
 
 
 def advisor_b_simple_chart(answers: dict) -> alt.LayerChart:
@@ -497,7 +522,7 @@ def advisor_b_simple_chart(answers: dict) -> alt.LayerChart:
     df["b_simple"], dropped = log_safe(df["b_simple"])
     df = df.dropna(subset=["b_simple"])
     if not len(df):
-        return alt.layer(message_chart("B_simple: no positive estimate to draw")).properties(height=120)
+        return alt.layer(message_chart("B_simple: no positive estimate to draw")).properties(height=120, autosize=AUTOSIZE)
     color = _rule_color(rules)
     x = _b_axis(pd.concat([df["b"], pd.Series(list(best.values()), dtype=float)]))
     ys = alt.Scale(type="log")
@@ -514,7 +539,7 @@ def advisor_b_simple_chart(answers: dict) -> alt.LayerChart:
         layers.append(alt.Chart(marks).mark_text(align="left", dx=4, dy=-4, baseline="top", color="#444",
                                                  y=0).encode(x=x, text="label:N"))
     return alt.layer(*layers).properties(title=_title("B_simple beside the best b (dashed)",
-                                                      [dropped_note(dropped, "estimates")]), height=260)
+                                                      [dropped_note(dropped, "estimates")]), height=260, autosize=AUTOSIZE)
 
 
 def frontier_chart(points: pd.DataFrame, fit: pd.DataFrame | None) -> alt.LayerChart:
@@ -533,7 +558,7 @@ def frontier_chart(points: pd.DataFrame, fit: pd.DataFrame | None) -> alt.LayerC
         x=x, y=y, color=color, shape=shape, tooltip=["rule", "b", "steps", "examples"])]
     if fit is not None and len(fit):
         layers.append(alt.Chart(fit).mark_line(strokeDash=[5, 3]).encode(x=x, y=y, color=color))
-    return alt.layer(*layers).properties(title="(S/S_min − 1)(E/E_min − 1) = 1 fitted (dashed)", height=300)
+    return alt.layer(*layers).properties(title="(S/S_min − 1)(E/E_min − 1) = 1 fitted (dashed)", height=300, autosize=AUTOSIZE)
 
 
 def b_noise_chart(b_noise: dict, batch_sizes: list[int], rule: str) -> alt.LayerChart:
@@ -546,7 +571,7 @@ def b_noise_chart(b_noise: dict, batch_sizes: list[int], rule: str) -> alt.Layer
     at_zero = int((df["t"] <= 0).sum())
     df = df[df["B_noise"].notna() & (df["t"] > 0)]
     if not len(df):
-        return alt.layer(message_chart("B_noise: no positive value to draw")).properties(height=120)
+        return alt.layer(message_chart("B_noise: no positive value to draw")).properties(height=120, autosize=AUTOSIZE)
     order = [str(b) for b in sorted(batch_sizes)]
     df["b"] = df["b"].astype(str)
     notes = [dropped_note(dropped), "t = 0 is not on the log t axis." if at_zero else ""]
@@ -555,7 +580,7 @@ def b_noise_chart(b_noise: dict, batch_sizes: list[int], rule: str) -> alt.Layer
         y=alt.Y("B_noise:Q", scale=alt.Scale(type="log"), title="E tr Σ(w_t) / E‖∇L(w_t)‖²",
                 axis=alt.Axis(format=log_axis_format(df["B_noise"]))),
         color=b_color(order), tooltip=["b", "t", "B_noise"]).properties(
-        title=_title(f"B_noise along each b's trajectory ({rule} scaling)", notes), height=300)
+        title=_title(f"B_noise along each b's trajectory ({rule} scaling)", notes), height=300, autosize=AUTOSIZE)
 
 
 # -- sweeps ---------------------------------------------------------------------------------------------------------
@@ -644,7 +669,7 @@ def sweep_chart(sel: pd.DataFrame, axis: str, others: list[str], y_title: str, l
         layers.append(base.transform_filter("isValid(datum.exact)").mark_line(strokeDash=[5, 3], strokeWidth=2).encode(
             y=alt.Y("exact:Q", title=y_title, scale=ys, axis=y_axis)))
     title = f"{y_title} against {axis} (95 % intervals" + ("; dashed: exact" if has_exact else "") + ")"
-    return alt.layer(*layers).properties(title=_title(title, [dropped_note(dropped)]), height=340)
+    return alt.layer(*layers).properties(title=_title(title, [dropped_note(dropped)]), height=340, autosize=AUTOSIZE)
 
 
 def to_png(chart: alt.TopLevelMixin, scale: float = 2.0) -> bytes:
