@@ -149,9 +149,11 @@ def run_sweep(spec, executor, progress: Progress | None = None, cancel: threadin
     progress = progress or Progress()
     progress.total = len(spec.cells)
     started = time.monotonic()
+    progress.message = f"{len(spec.cells)} cell(s): cached ones are served first, then each runs in turn"
 
     def on_cell(done: int, total: int, entry: dict) -> None:
-        progress.message = sweep.progress_line(done, total, entry, started)
+        progress.log.append(sweep.progress_line(done, total, entry, started))
+        progress.message = f"cell {done + 1} of {total} running" if done < total else ""
         progress.advance(1)
 
     return sweep.run(spec, executor, None, on_cell, cancel)

@@ -26,6 +26,17 @@ class Job:
         return self.state == "running"
 
 
+def warm_up() -> None:
+    """torch.func's first call in a process imports torch._dynamo (≈ 3 CPU-s on the 2-core box): paid here, in the
+    background, when the app first loads this module, rather than by the first MLP or sequence run after Run."""
+    import torch
+
+    torch.func.grad(lambda x: (x * x).sum())(torch.ones(1))
+
+
+threading.Thread(target=warm_up, daemon=True, name="batchvar-warm-up").start()
+
+
 def start(key: str, work: Callable[[Any, threading.Event], Any], progress: Any) -> Job:
     """Run ``work(progress, cancel)`` in a daemon thread; its result, cancellation or error lands in the Job."""
     job = Job(key=key, progress=progress)

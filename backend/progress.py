@@ -11,11 +11,13 @@ from typing import Callable
 @dataclass
 class Progress:
     """Thread-safe progress of a run. ``on_advance`` (optional) is called with every increment, e.g. by a caller
-    that counts units itself; a run sets ``total`` before it starts and calls ``finish`` at the end."""
+    that counts units itself; a run sets ``total`` before it starts and calls ``finish`` at the end. ``message`` is
+    what the run is doing now; ``log`` one line per finished part (a sweep's cells), oldest first."""
 
     total: int = 0
     done: int = 0
     message: str = ""
+    log: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     on_advance: Callable[[int], None] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

@@ -232,12 +232,11 @@ def test_cancel_then_resume_gives_the_uninterrupted_result(tmp_path, b):
     cache = ResultCache(tmp_path / "b")
     cancel = threading.Event()
     progress = api.Progress()
-    calls = []
+    per_epoch = cfg.inits * cfg.replicas * (cfg.n_train // b)  # progress units: replica-steps, reported every step
 
     def advance(units):
-        calls.append(units)
-        if len(calls) == 2:  # after two epochs
-            cancel.set()
+        if progress.done == 2 * per_epoch:  # the last step of the second epoch: its checkpoint is written, then the
+            cancel.set()  # next step stops the run
 
     progress.on_advance = advance
     with pytest.raises(Cancelled):
@@ -659,3 +658,16 @@ def test_a_bf16_run_with_held_updates_keeps_the_variance_estimates(monkeypatch, 
     b16 = b16["curves"]["var_g"]
     z = (b16["value"] - f32["value"]) / np.hypot(b16["se"], f32["se"])
     assert np.all(np.abs(z) <= 4) and not np.array_equal(b16["value"], f32["value"])
+
+
+def test_progress_moves_every_step_not_only_at_epoch_ends(tmp_path):
+    cfg = parse_config({"setting": "mlp", "preset": "laptop", "epochs": 2, "inits": 1, "replicas": 2,
+                        "batch_sizes": [64], "dataset": {"name": "digits", "train_size": 300}, "noise_samples": 50,
+                        "eval_size": 100})
+    progress = api.Progress()
+    calls = []
+    progress.on_advance = calls.append
+    api.simulate(cfg, progress=progress, cache=ResultCache(tmp_path))
+    steps = 2 * (300 // 64)
+    assert len(calls) == steps and set(calls) == {2}  # one report of its 2 replicas per step: the bar moves each step
+    assert progress.done == progress.total

@@ -14,6 +14,9 @@ RESUMABLE_RUN = {"idle": "Press Run. A cancelled run resumes from its last compl
                               "in the cache)."}  # for the settings whose runs checkpoint every epoch
 
 
+LOG_LINES = 12  # finished parts of a run listed under its progress bar (the latest)
+
+
 def run_panel(prefix: str, config, what: str, idle: str | None = None, cancelled: str = NOT_CACHED) -> dict | None:
     """The Run form (estimate shown first), the background job with progress, ETA and Cancel; returns the result.
     ``idle`` and ``cancelled``: what the panel says before a run and after a cancelled one (see ``job_panel``)."""
@@ -63,6 +66,8 @@ def job_panel(prefix: str, key: str, header: str, start, idle: str | None = None
             eta = j.progress.eta_seconds
             left = f", {costs.format_duration(eta)} left" if eta is not None else ""
             st.progress(j.progress.fraction, text=f"Running… {100 * j.progress.fraction:.0f} %{left}")
+            for line in j.progress.log[-LOG_LINES:]:  # the parts that finished (a sweep's cells), with the ETA
+                st.caption(user_text(line))
             if j.progress.message:
                 st.caption(user_text(j.progress.message))
             if st.button("Cancel run", key=f"{prefix}_cancel"):

@@ -379,8 +379,10 @@ def generic_reduced_dims(dims: tuple[int, ...]) -> tuple[int, ...]:
 
 
 STEP_FLOPS_PER_S = {4: 1.1e11, 8: 5.5e10}  # measured on 2 CPU cores (float32, float64), small-m batched GEMMs
-RECORD_FLOPS_PER_S = {4: 2.5e11, 8: 1.25e11}
-CHUNK_STEP_OVERHEAD_S = (1.5e-4, 2e-3)  # Python and small-op overhead per chunk and plain / recorded step
+RECORD_FLOPS_PER_S = {4: 2.5e11, 8: 1.25e10}  # float64: batched products of small matrices (8 → 16 → 4)
+# Python and small-op overhead per chunk and plain / recorded step (benchmarks/bench_estimates.py: the defaults, 5 b ×
+# 2 000 replicas × 51 recorded steps, 3.2 CPU-s on the critical path of a loaded box)
+CHUNK_STEP_OVERHEAD_S = (8e-4, 8e-3)
 
 
 def estimate_cost(dims: tuple[int, ...], R: int, T: int, b: int, record_every: int = 1,

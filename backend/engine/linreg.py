@@ -221,8 +221,9 @@ def estimate_cost(R: int, T: int, b: int, n: int, p: int, device_type: str = "cp
     chunks = math.ceil(R / Rc)
     # per step: fixed overhead, the gathers and products, and the sampler (Floyd's O(k²) comparisons for k ≤ 32, the
     # stream's sort above); calibrated on 2 CPU cores (R = 1 000: ≈ 0.8 / 4.9 / 25 ms measured at b = 16 / 64 / 256,
-    # 1.0 / 4.4 / 24 ms modelled)
+    # 1.0 / 4.4 / 24 ms modelled); the fixed part from long runs at small b (benchmarks/bench_estimates.py: b = 2,
+    # R = 500, 2 000 steps: 2.6 CPU-s on the critical path, ≈ 1.3 ms a step, on a loaded box)
     sampler_s = 1e-9 * Rc * k * k if k <= FLOYD_MAX else 5.5e-9 * Rc * m * math.log2(m)
-    time_s = chunks * (T + 1) * (2e-4 + 4e-9 * Rc * k * (p + 1) + sampler_s)
+    time_s = chunks * (T + 1) * (8e-4 + 4e-9 * Rc * k * (p + 1) + sampler_s)
     return {"memory_bytes": memory, "seconds": time_s, "flops": 8.0 * R * (T + 1) * k * (p + 2),
             "steps": float(chunks * (T + 1))}

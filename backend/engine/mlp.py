@@ -258,10 +258,10 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
             # statistic leaves it out through ``alive``
             div.update(torch.isfinite(loss), t)
             alive = div.alive
+            report(progress, N)  # every step (a Python count: no host sync), so the bar moves within an epoch
         if sgd is not None:
             sgd.settle(params)  # the updates still held, applied before the weights are read
         record(epoch + 1)
-        report(progress, N * steps_per_epoch)
         if checkpoint is not None and (time.monotonic() - last_ckpt > 20 or epoch == epochs - 1 or
                                        sum(v.numel() for v in params.values()) < 5_000_000):
             checkpoint({"epoch": epoch, "params": {k: v.cpu().numpy().copy() for k, v in params.items()},
@@ -283,7 +283,11 @@ def estimate_cost(n_train: int, d_in: int, hidden: tuple[int, ...], n_classes: i
     N = K * R
     train_flops = 6 * P * n_train * N  # per epoch: every sample once per replica, forward + backward
     eval_flops = 2 * P * N * (min(eval_size, n_train) + 2 * n_val) + 6 * P * N * (b + 2 * min(noise_samples, n_train))
-    seconds = epochs * ((train_flops + eval_flops) / 5e10 + (n_train // b) * 6e-4)  # calibrated: laptop preset, 2 cores
+    # 2 CPU cores: training at 5·10¹⁰ FLOP/s plus ≈ 1.1 ms a step (Python and small ops: the laptop preset's steps,
+    # 1.4 CPU-ms on the critical path of a loaded box); each of the epochs + 1 statistics passes ≈ 0.1 s plus its
+    # FLOPs at 2·10¹⁰ (laptop preset: 0.12–0.24 CPU-s a pass; benchmarks/bench_estimates.py)
+    seconds = (epochs * (train_flops / 5e10 + (n_train // b) * 1.1e-3)
+               + (epochs + 1) * (0.1 + eval_flops / 2e10))
     m = min(noise_samples, n_train)
     chunk = max(1, min(m, ACTIVATION_ELEMENTS // (3 * N * sum(widths))))  # the two noise passes (noise.py)
     memory = (4.0 * N * (3 * P + b * d_in + b * sum(widths)) + 4.0 * 3 * N * chunk * sum(widths)  # activations

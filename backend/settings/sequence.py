@@ -211,7 +211,10 @@ def estimate(config: SequenceConfig) -> dict[str, float]:
         train = N * steps * b * flops_per_seq
         evals = N * (min(config.eval_size, config.n_train) + config.n_train // 4 + b
                      + 6 * config.noise_samples) * flops_per_seq / 3  # two per-sample passes over S
-        seconds += config.epochs * ((train + evals) / 4.6e10 + steps * 8e-3)  # calibrated: laptop preset, 2 cores
+        # 2 CPU cores: training at 3.7·10¹⁰ FLOP/s plus ≈ 60 ms a step (the vmapped AdamW step's small ops), each of
+        # the epochs + 1 statistics passes at 1.9·10¹⁰ — the laptop preset's steps at b = 16 / 64 (0.13 / 0.33 CPU-s)
+        # and passes (≈ 2.9 CPU-s) on the critical path (benchmarks/bench_estimates.py)
+        seconds += config.epochs * (train / 3.7e10 + steps * 0.06) + (config.epochs + 1) * evals / 1.9e10
         flops += config.epochs * (train + evals)
         n_steps += config.epochs * (steps + 3)
     # parameters, gradients, Adam moments; the activations of one vectorised block of replicas (trainer.replica_chunk)
