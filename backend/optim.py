@@ -161,8 +161,8 @@ class AdamStep:
 class Optimizer:
     """A chain: ``transforms`` in order on the gradient, then ``rule`` on the parameters."""
 
-    transforms: tuple[Any, ...]
-    rule: Any
+    transforms: tuple[Transform, ...]
+    rule: Rule
 
     def init(self, params: Params) -> State:
         """The state of every piece (zeros shaped as the parameters), one flat dict."""
@@ -201,7 +201,7 @@ def trace(momentum: float, nesterov: bool = False) -> Trace:
     return Trace(float(momentum), bool(nesterov))
 
 
-def _clip(clip: float | None) -> tuple[Any, ...]:
+def _clip(clip: float | None) -> tuple[Transform, ...]:
     return () if clip is None else (clip_by_replica_norm(clip),)
 
 
