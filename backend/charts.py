@@ -385,22 +385,24 @@ def split_chart(x: np.ndarray, x_name: str, batch_sizes: list[int], curves: dict
     if not df["value"].notna().any():
         return alt.layer(message_chart("Variance split: no positive value to draw")).properties(height=120, autosize=AUTOSIZE)
     terms = [*SPLIT_TERMS, SUM_TERM]
-    color = alt.Color("term:N", title="term", sort=terms, scale=alt.Scale(domain=terms, range=CATEGORY[:len(terms)]))
+    color = alt.Color("term:N", title="term", sort=terms, scale=alt.Scale(domain=terms, range=CATEGORY[:len(terms)]),
+                      legend=alt.Legend(symbolOpacity=1, symbolType="stroke", symbolStrokeWidth=3))
     dashes = [[1, 0], [6, 3], [2, 2], [8, 2, 2, 2]]
     order = sorted({str(b) for b in batch_sizes}, key=int)
     dash = alt.StrokeDash("b:O", sort=order, title="batch size b", scale=alt.Scale(
-        domain=order, range=[dashes[i % len(dashes)] for i in range(len(order))]))
+        domain=order, range=[dashes[i % len(dashes)] for i in range(len(order))]),
+        legend=alt.Legend(symbolType="stroke", symbolStrokeWidth=2, symbolSize=400, symbolStrokeColor="#444"))
     ys = alt.Scale(type="log")
     y_axis = alt.Axis(format=log_axis_format(df["value"]))
     y_title = "variance (log)"
     base = alt.Chart(df).encode(x=alt.X(f"{x_name}:Q", title=x_name, axis=alt.Axis(tickMinStep=1, format="d")),
                                 color=color)
-    band = base.transform_filter(alt.datum.term != SUM_TERM).mark_area(opacity=BAND_OPACITY * 0.6, strokeWidth=0).encode(
+    shade = base.transform_filter(alt.datum.term != SUM_TERM).mark_area(opacity=BAND_OPACITY * 0.6, strokeWidth=0).encode(
         y=alt.Y("lo:Q", scale=ys, title=y_title, axis=y_axis), y2="hi:Q", detail="b:N")
     lines = base.mark_line(strokeWidth=2, point=alt.OverlayMarkDef(size=25, filled=True)).encode(
         y=alt.Y("value:Q", scale=ys, title=y_title, axis=y_axis), strokeDash=dash,
         tooltip=["b", "term", x_name, "value", "se"])
-    return alt.layer(band, lines).properties(
+    return alt.layer(shade, lines).properties(
         title=_title(f"var(g) = one-step noise + spread of ∇L (shaded: {band})", [dropped_note(dropped)]),
         height=300, autosize=AUTOSIZE)
 
@@ -420,7 +422,8 @@ def b_simple_chart(x: np.ndarray, x_name: str, batch_sizes: list[int], curve: di
     color = b_color(order)
     rule = pd.DataFrame({"b_line": [float(b) for b in batch_sizes], "b": [str(b) for b in batch_sizes]})
     if not df["value"].notna().any():
-        return alt.layer(message_chart("B_simple: no positive estimate to draw (‖∇L‖² below its noise)")).properties(
+        return alt.layer(message_chart("B_simple: no resolved positive estimate to draw (‖∇L‖² within its noise: "
+                                       "raise noise_samples)")).properties(
             height=120, autosize=AUTOSIZE)
     ys = alt.Scale(type="log")
     y_title = "B_simple = tr Σ / ‖∇L‖²"
@@ -663,7 +666,8 @@ def sweep_chart(sel: pd.DataFrame, axis: str, others: list[str], y_title: str, l
     tooltip = ["line", alt.Tooltip("axis:N", title=axis), "value", "se", "exact"]
     layers = [base.mark_line(point=alt.OverlayMarkDef(size=40, filled=True)).encode(
                   y=alt.Y("value:Q", title=y_title, scale=ys, axis=y_axis), tooltip=tooltip),
-              base.mark_errorbar(ticks=True).encode(y=alt.Y("lo:Q", title=y_title, scale=ys, axis=y_axis), y2="hi:Q")]
+              base.mark_errorbar(ticks=alt.MarkConfig(size=10) if not continuous else True).encode(
+                  y=alt.Y("lo:Q", title=y_title, scale=ys, axis=y_axis), y2="hi:Q")]
     has_exact = bool(df["exact"].notna().any())
     if has_exact:
         layers.append(base.transform_filter("isValid(datum.exact)").mark_line(strokeDash=[5, 3], strokeWidth=2).encode(
