@@ -95,3 +95,16 @@ def test_check_command(tmp_path):
     out = cli("check", config={"steps": 5}, tmp_path=tmp_path)
     res = json.loads(out.stdout)
     assert res["checks"]["var_g"]["holds"] and res["checks"]["var_g"]["checked_b"] == 500
+
+
+def test_check_is_the_settings_own(tmp_path):
+    """Each setting's own check: the deep linear network's is Theorems 4–5 at each t with an exact method (before,
+    the CLI ran linear regression's for any setting it did not name); a setting without exact theory is refused in
+    one line."""
+    out = cli("check", config={"setting": "deep_linear", "preset": "scalar network"}, tmp_path=tmp_path)
+    assert out.returncode == 0, out.stderr
+    checks = json.loads(out.stdout)["checks"]
+    assert checks and all({"no_constant_term", "b0", "method"} <= set(c) for qs in checks.values() for c in qs.values())
+    assert all(qs["var_g"]["no_constant_term"] for qs in checks.values())  # Theorem 4: no constant term in 1/b
+    out = cli("check", config={"setting": "mlp"}, tmp_path=tmp_path)
+    assert out.returncode == 2 and out.stderr.startswith("error: setting:") and len(out.stderr.splitlines()) == 1
