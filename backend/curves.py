@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from backend.stats import FLAG_Z, estimate_flags
+
 STATS = ("value", "se", "lo", "hi")
 
 
@@ -48,8 +50,6 @@ def unreliable(sim: dict[str, Any], quantity: str, exact: np.ndarray | None = No
                estimate_name: str | None = None) -> dict[str, np.ndarray]:
     """backend.stats.estimate_flags for one curve of a result: per (b, x) ``flag``, ``heavy_tail``, ``far``, ``z``
     and ``replicas_needed`` (``estimate_name``: another estimator of ``quantity``, e.g. var_g_rb)."""
-    from backend.stats import estimate_flags
-
     return estimate_flags(sim["curves"][estimate_name or quantity], exact, sim["finite_count"], sim["meta"]["groups"])
 
 
@@ -72,8 +72,16 @@ def flag_message(points: list[dict[str, Any]], replicas: int, x_name: str = "t",
     """The warning for flagged estimates (None when there are none): where, why, and how many replicas would do."""
     if not points:
         return None
-    pairs = sorted({(p["b"], p[x_name]) for p in points})
-    where = ", ".join(f"({b}, {x})" for b, x in pairs[:shown]) + (" …" if len(pairs) > shown else "")
+    first: dict[tuple[int, int], dict[str, Any]] = {}
+    for p in points:  # one reason per (b, x): a point's z where it is far from the exact value, else the dominant group
+        first.setdefault((p["b"], p[x_name]), p)
+    pairs = sorted(first)
+
+    def why(p: dict[str, Any]) -> str:
+        return (f"z = {p['z']:.1f}" if p["z"] is not None and abs(p["z"]) > FLAG_Z else "a dominant group")
+
+    where = ", ".join(f"({b}, {x}: {why(first[b, x])})" for b, x in pairs[:shown]) + (" …" if len(pairs) > shown
+                                                                                      else "")
     need = max(p["replicas_needed"] for p in points)
     return (f"Unreliable estimates at (b, {x_name}) = {where}: one replica group carries more than a quarter of the "
             "summed group estimates, or the estimate lies more than 4 SE from the exact value. The distribution of "

@@ -28,7 +28,7 @@ def test_linear_regression_flags_the_skewed_small_b_estimate_and_tabulates_per_b
     app.wait_for_run(at, "lr")
     assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
     warnings = [w.value for w in at.warning if "Unreliable estimates" in w.value]
-    assert warnings and "(2, 5)" in warnings[0] and "replicas would make the SE trustworthy" in warnings[0]
+    assert warnings and "(2, 5: z = -5.2)" in warnings[0] and "replicas would make the SE trustworthy" in warnings[0]
     assert "(64," not in warnings[0]
     tables = [d.value for d in at.dataframe if "flag" in d.value.columns]
     assert tables, "the per-b table is shown"

@@ -62,7 +62,7 @@ def test_skewed_small_b_is_flagged_with_a_replica_count(skewed):
     assert not [q for q in points if q["b"] == 64], "b = 64 is light-tailed here: nothing to flag"
     msg = api.flag_message(points, cfg.replicas)
     most = max(q["replicas_needed"] for q in points)
-    assert "(2, 5)" in msg and "skewed" in msg and f"About {most:,} replicas would make the SE trustworthy" in msg
+    assert "(2, 5: z = -5.2)" in msg and "(2, 4: a dominant group)" in msg and "skewed" in msg and f"About {most:,} replicas would make the SE trustworthy" in msg
 
 
 def test_the_suggested_replicas_make_the_estimate_agree(skewed):
