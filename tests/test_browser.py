@@ -205,7 +205,7 @@ def test_theory_page_from_a_settings_link(server, browser):
     page.get_by_role("link", name=re.compile("Theory §3")).first.click()
     page.wait_for_url(re.compile(r"/theory\?section=3"), timeout=60_000)
     page.get_by_role("heading", name=re.compile("§3 Any model")).first.wait_for(timeout=60_000)
-    page.get_by_text("population", exact=False).first.wait_for(timeout=30_000)
+    page.get_by_text("population", exact=False).first.wait_for(timeout=90_000)  # KaTeX takes a while on a busy box
     no_exception(page)
     shot(page, "theory")
     page.close()
