@@ -8,6 +8,8 @@ such values are dropped and the chart says how many. Colours are explicit, so th
 
 from __future__ import annotations
 
+import json
+
 import altair as alt
 import numpy as np
 import pandas as pd
@@ -148,6 +150,15 @@ def message_chart(text: str, height: int = 120) -> alt.Chart:
         text="message:N").properties(height=height)
 
 
+def step_axis(x) -> alt.Axis:
+    """An axis of whole steps or epochs: integer ticks only (every one when there are at most 20)."""
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) and x.max() - x.min() <= 20:
+        return alt.Axis(values=list(range(int(x.min()), int(x.max()) + 1)), format="d")
+    return alt.Axis(tickMinStep=1, format="d")
+
+
 def _y_scale(log: bool, nonnegative: bool) -> alt.Scale:
     if log:
         return alt.Scale(type="log")
@@ -253,7 +264,7 @@ def time_chart(df: pd.DataFrame, title: str, log: bool = True, x_name: str = "t"
     y_axis = _y_axis(log, values)
     sel = alt.selection_point(fields=["b"], bind="legend")
     color = b_color(_b_order(df))
-    x = alt.X(f"{x_name}:Q", title=x_title, axis=alt.Axis(tickMinStep=1, format="d"))  # whole steps and epochs
+    x = alt.X(f"{x_name}:Q", title=x_title, axis=step_axis(df[x_name]))
 
     def opacity(on: float, off: float = 0.15):
         return alt.condition(sel, alt.value(on), alt.value(off))
@@ -395,14 +406,18 @@ def split_chart(x: np.ndarray, x_name: str, batch_sizes: list[int], curves: dict
     ys = alt.Scale(type="log")
     y_axis = alt.Axis(format=log_axis_format(df["value"]))
     y_title = "variance (log)"
-    base = alt.Chart(df).encode(x=alt.X(f"{x_name}:Q", title=x_name, axis=alt.Axis(tickMinStep=1, format="d")),
+    base = alt.Chart(df).encode(x=alt.X(f"{x_name}:Q", title=x_name, axis=step_axis(df[x_name])),
                                 color=color)
     shade = base.transform_filter(alt.datum.term != SUM_TERM).mark_area(opacity=BAND_OPACITY * 0.6, strokeWidth=0).encode(
         y=alt.Y("lo:Q", scale=ys, title=y_title, axis=y_axis), y2="hi:Q", detail="b:N")
-    lines = base.mark_line(strokeWidth=2, point=alt.OverlayMarkDef(size=25, filled=True)).encode(
+    # the sum is a thin line over the thick terms: where it coincides with the one-step noise both stay visible
+    lines = base.mark_line().encode(
         y=alt.Y("value:Q", scale=ys, title=y_title, axis=y_axis), strokeDash=dash,
+        strokeWidth=alt.condition(alt.datum.term == SUM_TERM, alt.value(1.2), alt.value(2.8)),
         tooltip=["b", "term", x_name, "value", "se"])
-    return alt.layer(shade, lines).properties(
+    dots = base.mark_point(filled=True, size=22).encode(y=alt.Y("value:Q", scale=ys, title=y_title, axis=y_axis),
+                                                        tooltip=["b", "term", x_name, "value", "se"])
+    return alt.layer(shade, lines, dots).properties(
         title=_title(f"var(g) = one-step noise + spread of ∇L (shaded: {band})", [dropped_note(dropped)]),
         height=300, autosize=AUTOSIZE)
 
@@ -428,7 +443,7 @@ def b_simple_chart(x: np.ndarray, x_name: str, batch_sizes: list[int], curve: di
     ys = alt.Scale(type="log")
     y_title = "B_simple = tr Σ / ‖∇L‖²"
     y_axis = alt.Axis(format=log_axis_format(pd.concat([df["value"], rule["b_line"]])))
-    base = alt.Chart(df).encode(x=alt.X(f"{x_name}:Q", title=x_name, axis=alt.Axis(tickMinStep=1, format="d")),
+    base = alt.Chart(df).encode(x=alt.X(f"{x_name}:Q", title=x_name, axis=step_axis(df[x_name])),
                                 color=color)
     return alt.layer(
         base.mark_area(opacity=BAND_OPACITY, strokeWidth=0).encode(y=alt.Y("lo:Q", scale=ys, title=y_title,
@@ -676,13 +691,24 @@ def sweep_chart(sel: pd.DataFrame, axis: str, others: list[str], y_title: str, l
     return alt.layer(*layers).properties(title=_title(title, [dropped_note(dropped)]), height=340, autosize=AUTOSIZE)
 
 
+EXPORT_WIDTH = 900  # pixels, legends included: the page's chart fits its container's width, a file needs one
+
+
+def _export_spec(chart: alt.TopLevelMixin) -> str:
+    """The chart's spec for a file: the same explicit colours as on the page, a fixed width, a white background."""
+    spec = chart.to_dict()
+    spec.setdefault("width", EXPORT_WIDTH)
+    spec.setdefault("background", "white")
+    return json.dumps(spec)
+
+
 def to_png(chart: alt.TopLevelMixin, scale: float = 2.0) -> bytes:
     import vl_convert as vlc
 
-    return vlc.vegalite_to_png(chart.to_json(), scale=scale)
+    return vlc.vegalite_to_png(_export_spec(chart), scale=scale)
 
 
 def to_svg(chart: alt.TopLevelMixin) -> str:
     import vl_convert as vlc
 
-    return vlc.vegalite_to_svg(chart.to_json())
+    return vlc.vegalite_to_svg(_export_spec(chart))
