@@ -18,6 +18,13 @@ Then  Cov(g_t | F_0) = H V_t H + c Q(S_t)  (law of total variance with Lemma 1),
     var(∇L(w_t) | F_0) = tr(H V_t H),   E L(w_t) = L(μ_t) + ½ tr(H V_t).
 V_t is a polynomial of degree t in c, so var(g_t | F_0) is a polynomial of degree t + 1 in c, hence in 1/b.
 
+With momentum β, Nesterov and L2 weight decay λ (``SGDParams``; torch.optim.SGD, docs/theory.md §9) the state
+z_t = (w_t, v_t) is affine given the batch: with ξ_t = g_t − ∇L(w_t) (mean 0, Cov c Σ(w_t) given F_t, Lemma 1),
+    z_{t+1} = A_t z_t + s_t + E_t ξ_t,
+so m_t = E z_t follows the b-free recursion m_{t+1} = A_t m_t + s_t and Cov(z_t) = V^z_t follows
+    V^z_{t+1} = A_t V^z_t A_tᵀ + c E_t Q(V_t, μ_t) E_tᵀ,   V_t, μ_t the w-blocks,
+and the three quantities are the formulas above on the w-block. β = λ = 0 runs the plain recursion (bitwise).
+
 All routines work on float64 arrays and, for exact rational arithmetic, on numpy object arrays of rationals
 (``fractions.Fraction`` or FLINT's faster ``fmpq``; see backend.exact).
 """
@@ -153,6 +160,55 @@ def _inner(A: np.ndarray, V: np.ndarray):
     return (A * V).sum(axis=(-2, -1))
 
 
+@dataclass(frozen=True)
+class SGDParams:
+    """torch.optim.SGD's momentum β ∈ [0, 1), ``nesterov`` and L2 weight decay λ ≥ 0 (dampening 0). Numbers as given:
+    Fractions for the exact recursion (converted to the problem's number type), anything real for float64."""
+
+    momentum: object = 0
+    nesterov: bool = False
+    weight_decay: object = 0
+
+    @property
+    def plain(self) -> bool:
+        return self.momentum == 0 and self.weight_decay == 0
+
+
+PLAIN = SGDParams()
+
+
+def _number(x, like: np.ndarray):
+    """x (int, Fraction or float) in the number type of ``like``: exact (fmpq / Fraction) or float."""
+    if like.dtype != object:
+        return float(x)
+    one = like.flat[0]
+    if isinstance(one, Fraction):
+        return Fraction(x)
+    from backend.exact import rational
+    return rational(x)
+
+
+def step_maps(problem: LinRegProblem, a, opt: SGDParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(A, s, E) of one step z_{t+1} = A z_t + s + E ξ_t on z = (w, v), step size a (docs/theory.md §9):
+    heavy ball  w' = w − a(β v + D w − h + ξ),  v' = β v + D w − h + ξ,  D = H + λI;
+    Nesterov    w' = w − a((1 + β)(D w − h + ξ) + β² v),  v' the same."""
+    X = problem.X
+    p = problem.p
+    eye = _identity(p, X)
+    beta, lam = _number(opt.momentum, X), _number(opt.weight_decay, X)
+    one = _number(1, X)
+    D = problem.H + lam * eye
+    sd, sv = (one + beta, beta * beta) if opt.nesterov else (one, beta)
+    A = _zeros((2 * p, 2 * p), X)
+    A[:p, :p] = eye - (a * sd) * D
+    A[:p, p:] = -(a * sv) * eye
+    A[p:, :p] = D
+    A[p:, p:] = beta * eye
+    s = np.concatenate([(a * sd) * problem.h, -problem.h])
+    E = np.concatenate([-(a * sd) * eye, eye], axis=0)
+    return A, s, E
+
+
 @dataclass
 class MomentState:
     """Moments of w_t given F_0 at one step t, for a batch of noise factors ``c`` (leading axis of V)."""
@@ -163,8 +219,13 @@ class MomentState:
     Qm: np.ndarray  # Q_m(μ_t), shape (p, p)
 
 
-def iterate_moments(problem: LinRegProblem, w0: np.ndarray, alphas: Sequence, c: np.ndarray) -> Iterator[MomentState]:
-    """Yield the moments at t = 0, 1, …, len(alphas) (docs/theory.md §1, stable form). Cost O(T · B · p⁴) (or O(T·B·n p²))."""
+def iterate_moments(problem: LinRegProblem, w0: np.ndarray, alphas: Sequence, c: np.ndarray,
+                    opt: SGDParams = PLAIN) -> Iterator[MomentState]:
+    """Yield the moments of w_t at t = 0, 1, …, len(alphas) (docs/theory.md §1, stable form; with momentum or weight
+    decay the doubled state of §9). Cost O(T · B · p⁴) (or O(T·B·n p²)); the doubled state costs about 8× the products."""
+    if not opt.plain:
+        yield from _iterate_momentum_moments(problem, w0, alphas, c, opt)
+        return
     c = np.asarray(c, dtype=problem.X.dtype)
     p = problem.p
     eye = _identity(p, problem.X)
@@ -182,6 +243,26 @@ def iterate_moments(problem: LinRegProblem, w0: np.ndarray, alphas: Sequence, c:
         mu = mu - a * problem.full_gradient(mu)
 
 
+def _iterate_momentum_moments(problem: LinRegProblem, w0: np.ndarray, alphas: Sequence, c: np.ndarray,
+                              opt: SGDParams) -> Iterator[MomentState]:
+    """The doubled-state recursion (docs/theory.md §9): m = E z, Vz = Cov z, z = (w, v), v_0 = 0; yields the w-blocks."""
+    X = problem.X
+    c = np.asarray(c, dtype=X.dtype)
+    p = problem.p
+    m = np.concatenate([np.asarray(w0, dtype=X.dtype), _zeros((p,), X)])
+    Vz = _zeros((len(c), 2 * p, 2 * p), X)
+    for t in range(len(alphas) + 1):
+        mu, V = m[:p], Vz[:, :p, :p]
+        Qm = problem.per_sample_covariance(mu)
+        yield MomentState(t, mu, V, Qm)
+        if t == len(alphas):
+            return
+        A, s, E = step_maps(problem, alphas[t], opt)
+        Q = problem.q_cov(V) + Qm
+        Vz = A @ Vz @ A.T + c[:, None, None] * (E @ Q @ E.T)
+        m = A @ m + s
+
+
 def gradient_covariance(problem: LinRegProblem, state: MomentState, c: np.ndarray) -> np.ndarray:
     """Cov(g_t | F_0) = H V_t H + c (Q_V(V_t) + Q_m(μ_t)), shape (B, p, p) (law of total variance + Lemma 1)."""
     c = np.asarray(c, dtype=problem.X.dtype)
@@ -189,34 +270,38 @@ def gradient_covariance(problem: LinRegProblem, state: MomentState, c: np.ndarra
     return H @ state.V @ H + c[:, None, None] * (problem.q_cov(state.V) + state.Qm)
 
 
-def moment_curves(problem: LinRegProblem, w0: np.ndarray, alphas: Sequence, c: np.ndarray) -> dict[str, np.ndarray]:
-    """var(g_t | F_0), var(∇L(w_t) | F_0) and E L(w_t) for t = 0..T and every noise factor in ``c``: arrays (B, T+1).
+def moment_curves(problem: LinRegProblem, w0: np.ndarray, alphas: Sequence, c: np.ndarray,
+                  opt: SGDParams = PLAIN) -> dict[str, np.ndarray]:
+    """var(g_t | F_0), var(∇L(w_t) | F_0) and E L(w_t) for t = 0..T and every noise factor in ``c``: arrays (B, T+1),
+    in the problem's number type (float64, or exact rationals for an exact problem, ``c`` and ``alphas`` exact too).
 
     Cost O(T · B · p⁴); T = 2 000 and 21 batch sizes on Graduate Admission take a fraction of a second.
     """
-    c = np.asarray(c, dtype=np.float64)
+    c = np.asarray(c, dtype=problem.X.dtype)
     H2 = problem.H @ problem.H
     NminusH2 = problem.N - H2
     T = len(alphas)
-    out = {k: np.empty((len(c), T + 1)) for k in ("var_g", "var_full_grad", "loss")}
-    for s in iterate_moments(problem, w0, alphas, c):
+    out = {k: np.empty((len(c), T + 1), dtype=problem.X.dtype) for k in ("var_g", "var_full_grad", "loss")}
+    for s in iterate_moments(problem, w0, alphas, c, opt):
         var_full = _inner(H2, s.V)
         kappa = np.trace(s.Qm)
         out["var_full_grad"][:, s.t] = var_full
         out["var_g"][:, s.t] = var_full + c * (_inner(NminusH2, s.V) + kappa)
-        out["loss"][:, s.t] = problem.loss(s.mu) + 0.5 * _inner(problem.H, s.V)
+        out["loss"][:, s.t] = problem.loss(s.mu) + _inner(problem.H, s.V) / 2  # / 2: exact for rationals, = 0.5 * in float
     return out
 
 
-def variance_of_linear_map(problem: LinRegProblem, w0, alphas: Sequence, c: np.ndarray, t: int, B: np.ndarray):
+def variance_of_linear_map(problem: LinRegProblem, w0, alphas: Sequence, c: np.ndarray, t: int, B: np.ndarray,
+                           opt: SGDParams = PLAIN):
     """Theorem 2: var(B g_t | F_0) = tr(B Cov(g_t | F_0) Bᵀ) for any matrix B, one value per noise factor."""
-    for s in iterate_moments(problem, w0, list(alphas)[:t], c):
+    for s in iterate_moments(problem, w0, list(alphas)[:t], c, opt):
         pass
     C = gradient_covariance(problem, s, c)
     return np.trace(B @ C @ B.T, axis1=-2, axis2=-1)
 
 
-def expected_weighted_sum_sq(problem: LinRegProblem, w0, alphas: Sequence, c: np.ndarray, t: int, A: np.ndarray):
+def expected_weighted_sum_sq(problem: LinRegProblem, w0, alphas: Sequence, c: np.ndarray, t: int, A: np.ndarray,
+                             opt: SGDParams = PLAIN):
     """Theorem 1: E‖Σ_i A_i ∇L_i(w_t)‖² = tr(M S_t Mᵀ), M = Σ_i A_i x_i u_iᵀ, u_i = [x_i; −y_i], S_t = E[z zᵀ], z = [w; 1].
 
     ``A`` has shape (n, q, p). One value per noise factor.
@@ -225,7 +310,7 @@ def expected_weighted_sum_sq(problem: LinRegProblem, w0, alphas: Sequence, c: np
     U = np.concatenate([X, -y[:, None]], axis=1)  # (n, p+1)
     Ax = np.einsum("iqp,ip->iq", A, X)  # A_i x_i
     M = Ax.T @ U  # (q, p+1)
-    for s in iterate_moments(problem, w0, list(alphas)[:t], c):
+    for s in iterate_moments(problem, w0, list(alphas)[:t], c, opt):
         pass
     p = problem.p
     out = []
@@ -244,15 +329,19 @@ def expected_weighted_sum_sq(problem: LinRegProblem, w0, alphas: Sequence, c: np
 QUANTITIES = ("var_g", "var_full_grad", "loss")
 
 
-def polynomial_in_c(problem: LinRegProblem, w0, alphas: Sequence, t: int) -> dict[str, np.ndarray]:
+def polynomial_in_c(problem: LinRegProblem, w0, alphas: Sequence, t: int, opt: SGDParams = PLAIN
+                    ) -> dict[str, np.ndarray]:
     """Coefficients β_k (k = 0..t+1) with quantity(t) = Σ_k β_k c^k, for var_g, var_full_grad and loss.
 
     V_t = Σ_{k=1}^{t} c^k V_t^{(k)}: the recursion runs on the coefficient matrices, the c-term raising the degree by one:
         V^{(k)}_{s+1} = A_s V^{(k)}_s A_sᵀ + α_s² (Q_V(V^{(k−1)}_s) + [k = 1] Q_m(μ_s)).
     var(g_t) then has β_k = tr(H V^{(k)} H) + tr Q_V(V^{(k−1)}) + [k = 1] tr Q_m(μ_t); β_0 = 0 (no constant term).
     Generic in dtype: float64 arrays give float coefficients, object arrays of Fractions give exact rationals.
-    Cost O(t² p⁴) operations (plus O(n p⁴) once for the map Q_V in exact mode).
+    Cost O(t² p⁴) operations (plus O(n p⁴) once for the map Q_V in exact mode). With momentum or weight decay the
+    same recursion runs on the doubled state's coefficients (docs/theory.md §9), the degree bounds unchanged.
     """
+    if not opt.plain:
+        return _polynomial_in_c_momentum(problem, w0, alphas, t, opt)
     X = problem.X
     p = problem.p
     eye = _identity(p, X)
@@ -268,6 +357,11 @@ def polynomial_in_c(problem: LinRegProblem, w0, alphas: Sequence, t: int) -> dic
         new[1] = new[1] + (a * a) * problem.per_sample_covariance(mu)
         V = new
         mu = mu - a * problem.full_gradient(mu)
+    return _coefficients(problem, V, mu)
+
+
+def _coefficients(problem: LinRegProblem, V: np.ndarray, mu: np.ndarray) -> dict[str, np.ndarray]:
+    """The three quantities' coefficients in c from the coefficient matrices V[k] of V_t and the mean μ_t."""
     H2 = problem.H @ problem.H
     var_full = _inner(H2, V)
     trQV = _inner(problem.N, V) - var_full
@@ -277,6 +371,27 @@ def polynomial_in_c(problem: LinRegProblem, w0, alphas: Sequence, t: int) -> dic
     loss = _inner(problem.H, V) / 2
     loss[0] = loss[0] + problem.loss(mu)
     return {"var_g": var_g, "var_full_grad": var_full, "loss": loss}
+
+
+def _polynomial_in_c_momentum(problem: LinRegProblem, w0, alphas: Sequence, t: int, opt: SGDParams
+                              ) -> dict[str, np.ndarray]:
+    """polynomial_in_c on the doubled state: Vz^{(k)}_{s+1} = A_s Vz^{(k)}_s A_sᵀ + E_s (Q_V(V^{(k−1)}_s)
+    + [k = 1] Q_m(μ_s)) E_sᵀ, V^{(k)} the w-block of Vz^{(k)}."""
+    X = problem.X
+    p = problem.p
+    m = np.concatenate([np.asarray(w0, dtype=X.dtype), _zeros((p,), X)])
+    Vz = _zeros((t + 2, 2 * p, 2 * p), X)
+    alphas = list(alphas)
+    for s in range(t):
+        A, shift, E = step_maps(problem, alphas[s], opt)
+        QV = problem.q_cov(Vz[:-1, :p, :p])
+        new = A @ Vz @ A.T
+        new[1:] = new[1:] + E @ QV @ E.T
+        new[1] = new[1] + E @ problem.per_sample_covariance(m[:p]) @ E.T
+        Vz = new
+        m = A @ m + shift
+    V, mu = Vz[:, :p, :p], m[:p]
+    return _coefficients(problem, V, mu)
 
 
 def c_to_inv_b(coeffs: Sequence, n: int, sampler: str = "without_replacement") -> list:
