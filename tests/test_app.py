@@ -452,3 +452,72 @@ def test_sweeps_page_runs_a_tiny_grid_from_the_setting_page_config():
     by_label(at.sidebar.text_input, "Values 2 (JSON list)").set_value("[0.05, -1]")
     at.run()
     assert any("lr.c: must be positive" in e.value and "cell 1" in e.value for e in at.error)
+
+
+CI_SECONDS = 15.0  # a page's default run is pressed as it is when its estimate is at most this; else a shrunk one
+SHRUNK = {  # per page: query parameters (the page's own URL codec) that shrink its default run for CI
+    "linear_regression": {"replicas": "200", "steps": "20"},
+    "deep_linear": {"replicas": "200", "steps": "10"},
+    "mlp": {"epochs": "1", "inits": "1", "replicas": "4"},
+    "sequence": {"epochs": "1", "inits": "1", "replicas": "2", "batch_sizes": "[64,128]"},
+}
+
+
+def estimated_seconds(at: AppTest) -> float:
+    """The time estimate the page's Run panel shows beside its Run button (backend.costs.format_duration's words)."""
+    texts = [m.value for m in at.markdown if re.search(r"— (under 1 s|about [\d.]+ (s|min|h))", m.value)]
+    assert texts, "no time estimate shown before Run"
+    m = re.search(r"— (under 1 s|about ([\d.]+) (s|min|h))", texts[0])
+    return 0.5 if m.group(1) == "under 1 s" else float(m.group(2)) * {"s": 1, "min": 60, "h": 3600}[m.group(3)]
+
+
+def press_run_and_wait(at: AppTest, timeout: float = 600) -> None:
+    """Press the page's Run button and rerun until its background job (session key ``…_job``) has finished."""
+    by_label(at.button, "Run").click()
+    at.run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    end = time.time() + timeout
+    while any(k.endswith("_job") and at.session_state[k] is not None for k in at.session_state.keys()):
+        assert time.time() < end, "the run did not finish"
+        time.sleep(0.5)
+        at.run()
+
+
+def test_every_page_of_the_navigation_runs_its_defaults_without_an_error_box():
+    """Each page of the navigation with its defaults: it renders without an exception or an error box, and where it
+    has a Run button its estimate and limit check pass before Run, and Run finishes without an error — with the
+    defaults when the estimate is short enough for CI, else shrunk (SHRUNK; the advisor's replica check: fewer
+    replicas). The advisor's replica check with its defaults leaves out the b whose runs exceed the engine's step
+    limit (and says so) instead of failing."""
+    from ui.shell import nav_pages
+
+    pages = nav_pages()
+    assert {"pages/advisor.py", "pages/sweeps.py"} <= {p.path for p in pages}
+    for page in pages:
+        at = open_page(page.path)
+        assert not at.error, (page.path, [e.value for e in at.error])
+        if not any(b.label == "Run" for b in at.button):
+            continue
+        seconds = estimated_seconds(at)
+        if page.path == "pages/advisor.py":
+            assert any("left out" in c.value and "fits a budget of up to" in c.value for c in at.caption)
+            if seconds > CI_SECONDS:
+                by_label(at.number_input, "Replicas per b and rule").set_value(100)
+                by_label(at.multiselect, "Batch sizes to check").set_value([64])
+                at.run()
+        elif page.path == "pages/sweeps.py" and seconds > CI_SECONDS:  # its base: the setting page's config
+            at.session_state["last_config_linear_regression"] = {"setting": "linear_regression",
+                                                                 **{k: int(v) for k, v in SHRUNK["linear_regression"].items()}}
+            at.run()
+        elif seconds > CI_SECONDS:
+            at = AppTest.from_file(APP, default_timeout=120)
+            for key, value in SHRUNK.get(page.url_path, {}).items():
+                at.query_params[key] = value
+            at.run()
+            at.switch_page(page.path)
+            at.run()
+            assert not at.exception and not at.error, (page.path, at.exception, [e.value for e in at.error])
+        assert estimated_seconds(at) <= CI_SECONDS, (page.path, "the shrunk run is still long")
+        press_run_and_wait(at)
+        assert not at.exception and not at.error, (page.path, at.exception, [e.value for e in at.error])
+        assert not any(w.value.startswith("The run") for w in at.warning), page.path

@@ -285,8 +285,9 @@ def estimate_cost(n_train: int, d_in: int, hidden: tuple[int, ...], n_classes: i
     eval_flops = 2 * P * N * (min(eval_size, n_train) + 2 * n_val) + 6 * P * N * (b + 2 * min(noise_samples, n_train))
     # 2 CPU cores: training at 5·10¹⁰ FLOP/s plus ≈ 1.1 ms a step (Python and small ops: the laptop preset's steps,
     # 1.4 CPU-ms on the critical path of a loaded box); each of the epochs + 1 statistics passes ≈ 0.1 s plus its
-    # FLOPs at 2·10¹⁰ (laptop preset: 0.12–0.24 CPU-s a pass; benchmarks/bench_estimates.py)
-    seconds = (epochs * (train_flops / 5e10 + (n_train // b) * 1.1e-3)
+    # FLOPs at 2·10¹⁰ (laptop preset: 0.12–0.24 CPU-s a pass), and ≈ 1.5 s of set-up (the data set loaded, the
+    # distorted validation set, the tensors: a 3-epoch run at b = 16 takes 3.8 CPU-s; benchmarks/bench_estimates.py)
+    seconds = (1.5 + epochs * (train_flops / 5e10 + (n_train // b) * 1.1e-3)
                + (epochs + 1) * (0.1 + eval_flops / 2e10))
     m = min(noise_samples, n_train)
     chunk = max(1, min(m, ACTIVATION_ELEMENTS // (3 * N * sum(widths))))  # the two noise passes (noise.py)
