@@ -36,6 +36,8 @@ bench: $(VENV)/.dev
 	$(PY) benchmarks/bench_sequence.py
 	$(PY) benchmarks/bench_advisor.py
 	$(PY) benchmarks/bench_sweep.py
+	$(PY) benchmarks/bench_estimates.py
+	$(PY) benchmarks/bench_load.py
 
 clean-cache:
 	rm -rf cache/results cache/locks
