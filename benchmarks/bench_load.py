@@ -4,7 +4,8 @@ Two runs at once happen when two browser sessions press Run (two threads of one 
 runs beside a sweep or the CLI (two processes). Each of the two should take at most ≈ 2.2× the run alone on a box
 whose cores they share. Measured here, in this order, each repeated ``--repeat`` times:
   alone      one run in a fresh process;
-  threads    two runs in two threads of one fresh process (as two browser sessions);
+  threads    two runs as two background jobs of one fresh process (as two browser sessions: backend/jobs.py, whose
+             RUN_SLOTS let one compute at a time — each job's time counts from both being started);
   processes  two fresh processes at once (as a page beside a sweep).
 Printed: the wall time of each, the ratio to the run alone, and the load average (``os.getloadavg()``) — other
 processes on a shared box load it too, so the ratios are what to read, each against the alone run next to it.
@@ -20,7 +21,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -43,18 +43,24 @@ def child(raw: dict, copies: int) -> list[float]:
     api.estimate(config)  # data loaded and tokenised once, as on a page before Run
     times = [0.0] * copies
 
-    def work(i: int) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            t0 = time.perf_counter()
-            api.simulate(config, cache=ResultCache(Path(tmp)))
-            times[i] = time.perf_counter() - t0
+    from backend import jobs
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(copies)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return times
+    tmp = tempfile.TemporaryDirectory()
+    t0 = time.perf_counter()
+    done = [0.0] * copies
+
+    def work(i: int):  # as a page's Run: a background job (backend/jobs.py), one cache per run
+        def run(progress, cancel):
+            api.simulate(config, progress, cancel, cache=ResultCache(Path(tmp.name) / str(i)))
+            done[i] = time.perf_counter() - t0
+        return run
+
+    started = [jobs.start(str(i), work(i), api.Progress()) for i in range(copies)]
+    for job in started:
+        job.thread.join()
+        assert job.state == "done", job.error
+    tmp.cleanup()
+    return done
 
 
 def spawn(raw: dict, copies: int) -> subprocess.Popen:
