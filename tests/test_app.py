@@ -329,26 +329,20 @@ def test_sequence_page_small_run():
     assert drawn and all(int(c.split()[3]) > 0 for c in drawn)
 
 
-def test_every_preset_parses_and_its_theory_and_estimate_are_quick():
-    """Presets are complete configs; what the page computes live for them (theory, estimate) takes seconds."""
+def test_every_preset_parses_and_has_its_theory_and_estimate():
+    """Presets are complete configs (Fashion-MNIST's published sizes stand in when the data is absent); the page's
+    live computations (theory, estimate) run for each. How fast they are is measured in benchmarks/, not here."""
     from backend import api
     from backend.config import parse_config
-    from backend.errors import ConfigError
 
     raws = [{"setting": s["name"], "preset": name} for s in api.registry() for name in s["presets"]]
     assert len(raws) == 10
     for raw in raws:
-        t0 = time.time()
-        try:
-            cfg = parse_config(raw)
-        except ConfigError as e:  # Fashion-MNIST comes from a Debian package that may be absent
-            assert "not installed" in str(e), e
-            continue
+        cfg = parse_config(raw)
         theory = api.theory(cfg)
         est = api.estimate(cfg)
-        assert est["seconds"] > 0 and est["memory_bytes"] > 0
-        assert time.time() - t0 < 30, (raw, time.time() - t0)
-        assert theory["t"][0] == 0
+        assert est["seconds"] > 0 and est["memory_bytes"] > 0, raw
+        assert theory["t"][0] == 0, raw
 
 
 def test_streamlit_config_keeps_runs_at_full_speed():

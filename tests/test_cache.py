@@ -41,9 +41,8 @@ def test_api_simulate_hits_and_theory_ignores_simulation_fields(tmp_path):
     cache = ResultCache(tmp_path)
     cfg = parse_config({"steps": 3, "batch_sizes": [4], "replicas": 20})
     r1 = api.simulate(cfg, cache=cache)
-    t0 = time.perf_counter()
     r2 = api.simulate(cfg, cache=cache)
-    assert not r1["cached"] and r2["cached"] and time.perf_counter() - t0 < 0.5
+    assert not r1["cached"] and r2["cached"]
     np.testing.assert_array_equal(r1["curves"]["var_g"]["value"], r2["curves"]["var_g"]["value"])
     assert not api.simulate(cfg.replace(seed=5), cache=cache)["cached"]
     api.theory(cfg, cache=cache)
