@@ -5,7 +5,10 @@ All R replicas start from the same w_0; replica r draws its own mini-batches. Pe
         = (1/b) ( n ∇L(w_t) − Σ_{i∉B_t} x_i (x_iᵀ w_t − y_i) )    cost O(min(b, n − b) p)),
     ∇L(w_t) = H w_t − h,  L(w_t) = ½ w_tᵀ H w_t − hᵀ w_t + ½ yᵀy/n,
     Lemma 1's one-step variance  var(g_t | F_t) = c (z_tᵀ P z_t − ‖∇L(w_t)‖²),  P = (1/n) Σ ‖x_i‖² u_i u_iᵀ, z = [w; 1],
-and w_{t+1} = w_t − α_t g_t. Statistics stream into group accumulators (backend.stats); replicas run in chunks so memory
+and w_{t+1} = w_t − α_t g_t (plain SGD: one fused addcmul). With momentum, Nesterov or weight decay the step is
+backend/optim.py's chain (torch.optim.SGD's semantics) on the block's slot w_{t+1}, with a static (R, p) velocity
+buffer per chunk allocated once, so a captured CUDA graph replays it too (the graph path is kept, not bypassed).
+Statistics stream into group accumulators (backend.stats); replicas run in chunks so memory
 does not grow with R. A replica whose gradient or loss becomes non-finite is dropped from that step on and reported
 (also once its loss exceeds DIVERGENCE_LOSS, long before float64 overflows).
 """
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 
 from backend.engine.graphs import Replay
+from backend.optim import Optimizer
 from backend.engine.samplers import FLOYD_MAX, _stream_length, make_sampler
 from backend.engine.runner import (DIVERGENCE_LOSS, STEP_BLOCK, Divergence, DivergenceLog, check_cancel, chunks, report,
                                    seed_for)
@@ -50,6 +54,14 @@ class StepBlock:
         self.idx: torch.Tensor | None = None  # (steps, R, k) indices of the block's batches (or complements)
         self.alpha: torch.Tensor | None = None  # (steps,) step sizes α_t of the block
         self.include = include
+        self.optimizer: Optimizer | None = None  # None or plain: the fused w − α g
+        self.opt_state: dict[str, torch.Tensor] = {}
+
+    def use_optimizer(self, optimizer: Optimizer | None) -> None:
+        """Step with ``optimizer`` (its state zeros of shape (R, p), static buffers) unless it is None or plain."""
+        if optimizer is not None and not optimizer.plain:
+            self.optimizer = optimizer
+            self.opt_state = optimizer.init({"w": self.W[0]})
 
     def load(self, idx: torch.Tensor, alpha: torch.Tensor, static: bool) -> None:
         """The next block's indices and step sizes; ``static``: copied into the buffers a captured graph reads."""
@@ -72,8 +84,13 @@ class StepBlock:
         torch.div(part if self.include else n * (W @ H - h) - part, b, out=self.g[s])
 
     def update(self, s: int, dst: int) -> None:
-        """w_{s+1} = w_s − α_s g_s, into slot ``dst``."""
-        torch.addcmul(self.W[s], self.g[s], self.alpha[s], value=-1.0, out=self.W[dst])
+        """w_{s+1} = w_s − α_s g_s into slot ``dst`` (or the optimizer's step, its state in place)."""
+        if self.optimizer is None:
+            torch.addcmul(self.W[s], self.g[s], self.alpha[s], value=-1.0, out=self.W[dst])
+            return
+        if dst != s:
+            self.W[dst].copy_(self.W[s])
+        self.optimizer.step({"w": self.W[dst]}, {"w": self.g[s]}, self.opt_state, self.alpha[s], 0)
 
     def steps(self, S: int, X: torch.Tensor, y: torch.Tensor, H: torch.Tensor, h: torch.Tensor, n: int,
               b: int) -> None:
@@ -124,9 +141,12 @@ def run_replicas(
     cancel=None,
     dtype: torch.dtype = torch.float64,
     cuda_graph: bool = True,
+    optimizer: Optimizer | None = None,
 ) -> ReplicaResult:
-    """Run R replicas for T = len(alphas) updates; statistics at t = 0..T. ``c`` enables the Rao–Blackwellised estimate;
-    ``cuda_graph`` (on CUDA) replays each block's steps as a captured graph — the same numbers, fewer launches."""
+    """Run R replicas for T = len(alphas) updates; statistics at t = 0..T. ``c`` enables the Rao–Blackwellised estimate
+    (Lemma 1 holds given w_t with momentum too); ``cuda_graph`` (on CUDA) replays each block's steps as a captured
+    graph — the same numbers, fewer launches; ``optimizer`` (backend/optim.py's SGD family; None or plain: the fused
+    step) steps each replica with its own velocity, starting at 0 in every chunk."""
     n, p = X.shape
     T1 = len(alphas) + 1
     Xt = torch.as_tensor(X, dtype=dtype, device=device)
@@ -157,6 +177,7 @@ def run_replicas(
         div = Divergence(Rc, device)
         block = StepBlock(STEP_BLOCK, Rc, p, dtype, device, draw_batch.includes)
         block.W[0] = w_init  # w_t lives in the block's slot for step t; each update writes the next slot
+        block.use_optimizer(optimizer)
         replay = Replay(lambda: block.steps(STEP_BLOCK, Xg, yt, H, h, n, b), device, cuda_graph)
         for t0 in range(0, T1, STEP_BLOCK):
             check_cancel(cancel)

@@ -21,6 +21,7 @@ from backend.curves import curves_result, unpack_stats
 from backend.engine import deep_linear as engine
 from backend.errors import ConfigError, TooExpensive
 from backend.exact import fraction_str, is_exact, jsonable_number, parse_number
+from backend.optim import require_plain
 from backend.progress import Progress
 from backend.settings.base import (STEP_ADVISOR_QUANTITIES, Quantity, cache_key, simulation_key, step_advise_cell,
                                    step_advisor_steps, step_document)
@@ -105,6 +106,7 @@ class DeepLinearConfig:
         device = read_choice(val("device"), "device", DEVICES)
         dtype = read_choice(val("dtype"), "dtype", DTYPES)
         record_every = read_int(val("record_every"), "record_every", 1, MAX_STEPS)
+        require_plain(f.get("optimizer"), "deep linear")  # plain SGD: accepted and left out of to_json
         f.finish()
         return cls(dims, teacher_json, w0_json, lr, steps, batch_sizes, replicas, seed, device, dtype, record_every,
                    teacher, w0)

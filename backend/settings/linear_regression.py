@@ -22,6 +22,7 @@ from backend.curves import curves_result, unpack_stats
 from backend.engine import linreg as engine
 from backend.errors import ConfigError, TooExpensive
 from backend.exact import is_exact, jsonable_number, parse_number, rational, to_fraction, to_rational_array
+from backend.optim import OptimizerSpec
 from backend.progress import Progress
 from backend.settings.base import (STEP_ADVISOR_QUANTITIES, Quantity, run_device_type, simulation_key,
                                    step_advise_cell, step_advisor_steps, step_document)
@@ -74,6 +75,9 @@ class LinearRegressionConfig:
     seed: int
     sampler: str
     device: str
+    # torch.optim.SGD's momentum, Nesterov and weight decay (backend/optim.py); plain SGD when the field is left out,
+    # and then it stays out of to_json (so a config without it keeps its cache key and URL)
+    optimizer: OptimizerSpec = OptimizerSpec()
     # derived (not part of the JSON): the design matrix and the weights
     X: np.ndarray = field(default=None, repr=False, compare=False)
     y: np.ndarray = field(default=None, repr=False, compare=False)
@@ -98,10 +102,11 @@ class LinearRegressionConfig:
         seed = read_int(val("seed"), "seed", 0, 2**32 - 1)
         sampler = read_choice(val("sampler"), "sampler", SAMPLERS)
         device = read_choice(val("device"), "device", DEVICES)
+        optimizer = OptimizerSpec.parse(f.get("optimizer"), names=("sgd",))  # the SGD family has exact theory
         f.finish()
         names = tuple(data.feature_names) + (("intercept",) if intercept else ())
         return cls(ds_json, standardize, intercept, w0_json, lr, steps, batch_sizes, replicas, seed, sampler, device,
-                   X, y, w0_vals, exact, names)
+                   optimizer, X, y, w0_vals, exact, names)
 
     @property
     def n(self) -> int:
@@ -113,8 +118,10 @@ class LinearRegressionConfig:
 
     @property
     def exact(self) -> bool:
-        """True when data, initial weights and schedule are all rational: polynomials then have exact coefficients."""
-        return self.exact_data and is_exact(self.w0_values) and self.lr.exact
+        """True when data, initial weights, schedule, momentum and weight decay are all rational: polynomials then have
+        exact coefficients."""
+        return (self.exact_data and is_exact(self.w0_values) and self.lr.exact
+                and is_exact([self.optimizer.momentum, self.optimizer.weight_decay]))
 
     def to_json(self) -> dict:
         return {
@@ -130,6 +137,7 @@ class LinearRegressionConfig:
             "seed": self.seed,
             "sampler": self.sampler,
             "device": self.device,
+            **({} if self.optimizer.plain else {"optimizer": self.optimizer.to_json()}),
         }
 
     replace = replace_fields  # a new validated config with some JSON fields changed
@@ -195,6 +203,12 @@ def _w0(config: LinearRegressionConfig, exact: bool = False) -> np.ndarray:
     return to_rational_array(config.w0_values) if exact else np.asarray(config.w0_values, dtype=np.float64)
 
 
+def _sgd(config: LinearRegressionConfig) -> th.SGDParams:
+    """The config's optimizer as the exact recursion's parameters (docs/theory.md §9)."""
+    o = config.optimizer
+    return th.SGDParams(o.momentum, o.nesterov, o.weight_decay)
+
+
 def _require_theory(config: LinearRegressionConfig) -> None:
     if config.sampler not in th.SAMPLERS_WITH_THEORY:
         raise ConfigError("sampler", f"no exact theory for {config.sampler!r}: batches within an epoch are dependent; "
@@ -205,7 +219,7 @@ def theory_curves(config: LinearRegressionConfig, batch_sizes, steps: int) -> di
     """Exact var(g_t | F_0), var(∇L(w_t) | F_0), E L(w_t) (float64, stable recursion) for t = 0..steps: arrays (B, steps+1)."""
     _require_theory(config)
     c = th.noise_factor(np.asarray(batch_sizes), config.n, config.sampler)
-    return th.moment_curves(_problem(config), _w0(config), config.lr.alphas(steps), c)
+    return th.moment_curves(_problem(config), _w0(config), config.lr.alphas(steps), c, _sgd(config))
 
 
 def theory(config: LinearRegressionConfig, cache: ResultCache) -> dict[str, Any]:
@@ -222,7 +236,8 @@ def theory(config: LinearRegressionConfig, cache: ResultCache) -> dict[str, Any]
 
     _, arrays, hit = cache.get_or_compute(_key("theory", config), compute)
     return {"t": t, "batch_sizes": list(config.batch_sizes), "curves": arrays, "available": True, "cached": hit,
-            "note": "exact (float64, stable moment recursion of docs/theory.md §1)"}
+            "note": "exact (float64, stable moment recursion of docs/theory.md §1" +
+                    ("" if config.optimizer.plain else ", on the doubled state (w_t, v_t) of §9") + ")"}
 
 
 def all_b_grid(n: int, max_points: int = 1000) -> np.ndarray:
@@ -283,7 +298,8 @@ def polynomial(config: LinearRegressionConfig, t: int, quantity: str = "var_g", 
         raise ConfigError("t", f"expected a non-negative integer, got {t!r}")
     use_exact = config.exact if exact is None else exact
     if use_exact and not config.exact:
-        raise ConfigError("exact", "exact coefficients need rational data (not standardized), rational w0 and lr.c")
+        raise ConfigError("exact", "exact coefficients need rational data (not standardized), rational w0, lr.c, "
+                                   "optimizer.momentum and optimizer.weight_decay")
     if use_exact and t > EXACT_MAX_T:
         raise TooExpensive("t", f"exact rational coefficients are limited to t ≤ {EXACT_MAX_T} (cost grows like "
                                 f"t²·p⁴ with ever longer integers); use float coefficients for larger t")
@@ -293,7 +309,7 @@ def polynomial(config: LinearRegressionConfig, t: int, quantity: str = "var_g", 
     alphas = config.lr.alphas(t, exact=use_exact)
     if use_exact:
         alphas = [rational(a) for a in alphas]
-    coeffs_c = th.polynomial_in_c(_problem(config, use_exact), _w0(config, use_exact), alphas, t)[quantity]
+    coeffs_c = th.polynomial_in_c(_problem(config, use_exact), _w0(config, use_exact), alphas, t, _sgd(config))[quantity]
     coeffs_c = [to_fraction(x) for x in coeffs_c] if use_exact else [float(x) for x in coeffs_c]
     coeffs_b = th.c_to_inv_b(coeffs_c, config.n, config.sampler)
     return {
@@ -344,7 +360,7 @@ def simulate(config: LinearRegressionConfig, device: torch.device, cache: Result
             per_b.append(engine.run_replicas(
                 np.asarray(config.X, dtype=np.float64), np.asarray(config.y, dtype=np.float64),
                 _w0(config), alphas, b, config.replicas, config.sampler, config.seed, device, c,
-                progress=progress.advance, cancel=cancel))
+                progress=progress.advance, cancel=cancel, optimizer=config.optimizer.build()))
         arrays = {}
         for name in per_b[0].curves:
             for stat in ("value", "se", "lo", "hi", "tail_share", "skew"):
@@ -376,6 +392,9 @@ def advise(config: LinearRegressionConfig, b: np.ndarray, steps: np.ndarray, lr_
     size b[j], the schedule's shape with constant lr_c[j]), E L, var(∇L) and var(g) at t = steps[j], the first
     t ≤ horizon[j] with E L(w_t) ≤ target, and the exact noise scale along ``grid`` — the moment recursion."""
     _require_theory(config)
+    if not config.optimizer.plain:
+        raise ConfigError("optimizer", "the advisor runs plain SGD only for now; leave out optimizer (momentum and "
+                                       "weight decay are not supported there yet)")
     T = int(np.max(horizon))
     c = th.noise_factor(np.asarray(b), config.n, config.sampler)
     problem, w0 = _problem(config), _w0(config)

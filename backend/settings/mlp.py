@@ -20,6 +20,7 @@ from backend.engine import mlp as engine
 from backend.errors import ConfigError
 from backend.images import DataShape, data_shape, elastic_distort, load_dataset
 from backend.images import missing_data as missing_data_for
+from backend.optim import require_plain
 from backend.progress import Progress
 from backend.settings.base import Quantity, run_device_type, scaled_lr
 from backend.settings.classifier import (cached_classifier, classifier_document, classifier_quantities, no_check,
@@ -89,6 +90,7 @@ class MLPConfig:
         common = replica_run_fields(val)
         n_train = _mlp_train_size(dataset)
         batch_sizes = read_batch_sizes(val("batch_sizes"), n_train)
+        require_plain(f.get("optimizer"), "MLP")  # plain SGD: accepted and left out of to_json
         f.finish()
         return cls(dataset, hidden, inits, replicas, epochs, lr, batch_sizes, sampler, distortion, n_train=n_train,
                    **common)
