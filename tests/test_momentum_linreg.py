@@ -279,3 +279,23 @@ def test_theorems_1_2_hold_with_momentum(opt, data):
     for q, r in res.items():
         assert r["holds"], (q, r["first_violation"])
         assert r["checked_b"] == cfg.n
+
+
+def test_cli_check_and_polynomial_with_momentum(tmp_path):
+    """The CLI's check and polynomial read the optimizer field: Theorems 1–2 hold, the coefficients are exact and at
+    b = 2 equal the enumeration at t = 2."""
+    opt = OPTIMIZERS["nesterov"]
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(tiny_config_json(optimizer=opt)))
+
+    def run(*args):
+        out = subprocess.run([sys.executable, "-m", "backend", *args, str(path)], cwd=ROOT, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    assert all(r["holds"] and r["checked_b"] == 5 for r in run("check")["checks"].values())
+    poly = run("polynomial", "--t", "2", "--quantity", "loss")
+    assert poly["exact"] and poly["degree"] <= poly["degree_bound"] == 2
+    ref = enumerate_sgd(TINY_X, TINY_Y, TINY_W0, ALPHAS, 2, 2, F(3, 5), True, F(0))["loss"]
+    assert sum(F(k) / F(2) ** j for j, k in enumerate(poly["coefficients"])) == ref
