@@ -60,7 +60,11 @@ def run() -> None:
     """The frame: page config, navigation, the sidebar's links, then the chosen page."""
     listed = pages()
     page = st.navigation(listed, position="hidden")
-    st.set_page_config(page_title=f"{page.title} · batchvar", page_icon="📉", layout="wide")  # the browser tab
+    try:
+        title = f"{page.title} · batchvar"
+    except AttributeError:  # bare mode (the script run without a Streamlit runtime): the Page has no title
+        title = "batchvar"
+    st.set_page_config(page_title=title, page_icon="📉", layout="wide")  # the browser tab
     with st.sidebar:
         for p in listed:
             st.page_link(p)
