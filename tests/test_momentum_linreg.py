@@ -14,27 +14,13 @@ import numpy as np
 import pytest
 import torch
 
+from bruteforce import _grad, _loss
 from conftest import ROOT, TINY_W0, TINY_X, TINY_Y, tiny_config_json
 
 F = Fraction
 
 
 # -- an independent reference: torch.optim.SGD's update written out, every batch sequence enumerated ------------
-
-def _grad(X, y, w, batch):
-    p = len(w)
-    g = [F(0)] * p
-    for i in batch:
-        r = sum(X[i][j] * w[j] for j in range(p)) - y[i]
-        for j in range(p):
-            g[j] += X[i][j] * r
-    return [gj / len(batch) for gj in g]
-
-
-def _loss(X, y, w):
-    n, p = len(X), len(w)
-    return sum((sum(X[i][j] * w[j] for j in range(p)) - y[i]) ** 2 for i in range(n)) / (2 * n)
-
 
 def enumerate_sgd(X, y, w0, alphas, b, t, momentum, nesterov, weight_decay, sampler="without_replacement"):
     """var(g_t | F_0), var(∇L(w_t) | F_0), E L(w_t) over every equally likely batch sequence of t + 1 steps, with
