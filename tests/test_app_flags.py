@@ -3,18 +3,8 @@ the per-b table; the MLP's variance split with its notes."""
 
 import test_app as app  # the helpers (a module import: its tests are not collected twice)
 from conftest import ROOT  # noqa: F401  (sys.path for test_app)
-from streamlit.testing.v1 import AppTest
 
-
-def open_with(page: str, params: dict[str, str]) -> AppTest:
-    at = AppTest.from_file(app.APP, default_timeout=120)
-    for k, v in params.items():
-        at.query_params[k] = v
-    at.run()
-    at.switch_page(page)
-    at.run()
-    assert not at.exception, at.exception
-    return at
+open_with = app.open_link  # a fresh session opening a page by a link
 
 
 def test_linear_regression_flags_the_skewed_small_b_estimate_and_tabulates_per_b():
