@@ -120,12 +120,14 @@ class Schedule:
     t0: int = 0
 
     @classmethod
-    def parse(cls, raw: Any, where: str = "lr") -> "Schedule":
+    def parse(cls, raw: Any, where: str = "lr", defaults: dict | None = None) -> "Schedule":
+        """The field ``where``; a partial object takes the rest from ``defaults`` (the setting's DEFAULTS entry)."""
         if isinstance(raw, (int, float, str)) and not isinstance(raw, bool):
             return cls("constant", read_positive(raw, where))
+        d = defaults if isinstance(defaults, dict) else {}
         f = Fields(raw, where)
-        kind = read_choice(f.get("schedule", "inverse"), f.name("schedule"), SCHEDULES)
-        c = read_positive(f.get("c", Fraction(1, 2)), f.name("c"))
+        kind = read_choice(f.get("schedule", d.get("schedule", "inverse")), f.name("schedule"), SCHEDULES)
+        c = read_positive(f.get("c", d.get("c", Fraction(1, 2))), f.name("c"))
         t0 = read_int(f.get("t0", 0), f.name("t0"), 0, 10**9) if kind == "inverse_offset" else 0
         if kind != "inverse_offset" and f.raw.get("t0", 0) not in (0, None):
             raise ConfigError(f.name("t0"), "only the 'inverse_offset' schedule takes t0")

@@ -103,10 +103,12 @@ def test_every_setting_round_trips_through_the_url():
         assert parse_config(from_query(to_query(cfg))) == cfg
 
 
-@pytest.mark.parametrize("setting,field", [("mlp", "distortion"), ("sequence", "optimizer")])
+@pytest.mark.parametrize("setting,field", [("mlp", "distortion"), ("sequence", "optimizer"), ("mlp", "lr"),
+                                           ("linear_regression", "lr"), ("deep_linear", "lr")])
 def test_a_partial_object_takes_the_rest_from_the_defaults(setting, field):
     """DEFAULTS is the one statement of the defaults: an object given with one of its keys gets the page's values for
-    the others (the MLP fell back to distortion α/σ = 8/2, the sequence model to lr 1e-3 and no warm-up)."""
+    the others (the MLP fell back to distortion α/σ = 8/2, the sequence model to lr 1e-3 and no warm-up, the MLP's lr to the
+    inverse schedule with c = 1/2 while its default is constant 0.05)."""
     default = parse_config({"setting": setting}).to_json()[field]
     for key, value in default.items():
         assert parse_config({"setting": setting, field: {key: value}}).to_json()[field] == default, key

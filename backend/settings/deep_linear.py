@@ -98,7 +98,7 @@ class DeepLinearConfig:
         dims = tuple(read_int(v, f"dims[{i}]", 1, MAX_WIDTH) for i, v in enumerate(dims_raw))
         teacher_json, teacher = _parse_weights(val("teacher"), dims, "teacher", 1)
         w0_json, w0 = _parse_weights(val("w0"), dims, "w0", 0)
-        lr = Schedule.parse(val("lr"))
+        lr = Schedule.parse(val("lr"), defaults=cls.DEFAULTS["lr"])
         steps = read_int(val("steps"), "steps", 0, MAX_STEPS)
         batch_sizes = read_batch_sizes(val("batch_sizes"), 10**6)
         replicas = read_int(val("replicas"), "replicas", MIN_REPLICAS, MAX_REPLICAS)

@@ -94,7 +94,7 @@ class LinearRegressionConfig:
         X, y, exact = datasets.design_matrix(data, standardize, intercept)
         n, p = X.shape
         w0_json, w0_vals = _parse_w0(val("w0"), p)
-        lr = Schedule.parse(val("lr"))
+        lr = Schedule.parse(val("lr"), defaults=cls.DEFAULTS["lr"])
         steps = read_int(val("steps"), "steps", 0, MAX_STEPS)
         default_b = [b for b in cls.DEFAULTS["batch_sizes"] if b <= n] or [1]  # a small data set: the b that fit
         batch_sizes = read_batch_sizes(f.get("batch_sizes", default_b), n)

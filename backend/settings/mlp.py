@@ -78,7 +78,7 @@ class MLPConfig:
         inits = read_int(val("inits"), "inits", 1, 50)
         replicas = read_int(val("replicas"), "replicas", 2, 10_000)
         epochs = read_int(val("epochs"), "epochs", 1, 100_000)
-        lr = Schedule.parse(val("lr"))
+        lr = Schedule.parse(val("lr"), defaults=cls.DEFAULTS["lr"])
         sampler = read_choice(val("sampler"), "sampler", MLP_SAMPLERS)
         dist_raw = val("distortion")
         fdist = Fields(dist_raw, "distortion")
