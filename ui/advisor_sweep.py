@@ -15,6 +15,18 @@ from ui.state import field_helpers, presets_and_upload, user_text, validated
 from ui.widgets import batch_sizes, executor
 
 
+def _header(config, budget: int, rules: list[str], b_ref: float, runner) -> str:
+    """The Run box's estimate: the sweep's cells, their summed time and largest memory, where they would run."""
+    cells = api.sweep_cells(config, budget, tuple(rules), b_ref)
+    ests = [api.estimate(c) for c in cells]
+    device = api.resolve_device(config.device) if runner is None else None
+    seconds = sum(costs.device_seconds(e, device or runner.device(c)) for e, c in zip(ests, cells))
+    return (f"**Sweep**: {len(cells)} replica runs ({len(rules)} rule(s) × {len(config.batch_sizes)} batch sizes) — "
+            f"{costs.format_duration(seconds)} and {costs.format_bytes(max(e['memory_bytes'] for e in ests))} "
+            + (costs.where(device) if runner is None else f"of device time on Ray ({runner.workers([])} at once)")
+            + "; runs already cached are instant.")
+
+
 def show(setting: str) -> None:
     prefix = f"advs_{setting}"
     raw0, d, k = field_helpers(prefix, setting)
@@ -33,18 +45,20 @@ def show(setting: str) -> None:
         return
     runner = executor(prefix)
     runner = None if runner.name == "local" else runner  # local: through the API, progress per step
-    try:
-        cells = api.sweep_cells(config, budget, tuple(rules), b_ref)
-        device = api.resolve_device(config.device) if runner is None else None
-        seconds = sum(costs.device_seconds(api.estimate(c), device or runner.device(c)) for c in cells)
+    try:  # every cell validated and guarded before Run (as the replica check): the b that fit run, the others named
+        plan = api.replica_plan(config, budget, tuple(rules), b_ref)
+        for why in plan["refused"].values():
+            st.caption(user_text(why) + " — lower the budget to run it.")
+        if not plan["seconds"]:
+            st.warning("No batch size fits at this budget: lower the budget or pick other batch sizes.")
+            return
+        config = config.replace(batch_sizes=list(plan["seconds"]))
+        header = _header(config, budget, rules, b_ref, runner)
     except api.ConfigError as e:
         st.error(f"Check the inputs — {user_text(e)}")
         return
     key = json.dumps([config.to_json(), budget, rules, b_ref, target, runner is None])
-    answers = job_panel(prefix, key, f"**Sweep**: {len(cells)} replica runs ({len(rules)} rule(s) × "
-                        f"{len(config.batch_sizes)} batch sizes) — {costs.format_duration(seconds)} "
-                        + (costs.where(device) if runner is None else f"of device time on Ray ({runner.workers([])} "
-                           "at once)") + "; runs already cached are instant.",
+    answers = job_panel(prefix, key, header,
                         lambda: (lambda progress, cancel: api.sweep(config, budget, tuple(rules), b_ref, target,
                                                                      progress, cancel, runner)),
                         idle="Press Run: every (rule, b) is one cached replica run of the budget's length.")

@@ -1,0 +1,53 @@
+"""The advisor page for a setting without exact theory (ui/advisor_sweep.py): before Run every (rule, b) cell is
+validated and passed through the resource guard (backend.advisor.replica_plan); the b that fit run, the others are
+named with the largest budget at which they would fit, and the Run box shows the time and memory estimate."""
+
+from test_app import by_label, open_page, wait_for_run
+
+
+def advisor_for(setting: str, batch_sizes: list[int], budget: int):
+    """The advisor page in replica mode with these batch sizes and budget (no Run pressed)."""
+    at = open_page("pages/advisor.py")
+    by_label(at.sidebar.selectbox, "Setting").set_value(setting)
+    at.run()
+    by_label(at.sidebar.multiselect, "Batch sizes b").set_value(batch_sizes)
+    at.run()
+    by_label(at.sidebar.number_input, "Budget N (samples)").set_value(budget)
+    at.run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    return at
+
+
+def run_box(at) -> str:
+    """The text of the Run box's estimate."""
+    found = [m.value for m in at.markdown if m.value.startswith("**Sweep**")]
+    assert len(found) == 1, [m.value for m in at.markdown]
+    return found[0]
+
+
+def test_a_b_past_the_step_limit_is_left_out_before_run_and_the_rest_runs():
+    """Deep linear, b ∈ {1, 256}, N = 30 000: b = 1 would take 30 000 steps (the engine allows 20 000), so it is named
+    before Run with the budget at which it fits; the estimate (time and memory) counts b = 256 alone, and Run runs
+    b = 256 only, without an error box."""
+    at = advisor_for("deep_linear", [1, 256], 30_000)
+    notes = [c.value for c in at.caption if "left out" in c.value]
+    assert len(notes) == 1 and notes[0].startswith("b = 1 left out") and "20000" in notes[0], notes
+    assert "fits a budget of up to 20,000 samples" in notes[0]
+    box = run_box(at)
+    assert "1 rule(s) × 1 batch sizes" in box, box
+    assert " s and " in box and "MiB" in box and ("CPU cores" in box or "NVIDIA" in box), box  # time, memory, where
+    by_label(at.button, "Run").click()
+    at.run()
+    wait_for_run(at, "advs_deep_linear")
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    table = at.dataframe[0].value
+    assert list(table["b"]) == [256] and list(table["steps"]) == [30_000 // 256]
+
+
+def test_no_b_that_fits_means_no_run_and_one_warning():
+    """Every b past the engine's limit: a warning says so and no Run button is offered (never a failed run)."""
+    at = advisor_for("deep_linear", [1], 30_000)
+    assert [w.value for w in at.warning] == ["No batch size fits at this budget: lower the budget or pick other "
+                                             "batch sizes."]
+    assert not any(b.label == "Run" for b in at.button)
+    assert any(c.value.startswith("b = 1 left out") for c in at.caption)
