@@ -99,9 +99,11 @@ def _answer(config, budget, scaling, b_ref, target_loss, steps, lr_c, horizon, g
                             "var_full_grad": _num(res["var_full_grad"][j]), "var_g": _num(res["var_g"][j]),
                             "diverged": bool(diverged[j])} for j, b in enumerate(bs)},
         "best_b": best,
-        "b_noise": {"t": [int(t) for t in grid],
-                    "curves": {str(b): [_num(v) for v in res["grid_noise_scale"][j]] for j, b in enumerate(bs)},
-                    "at_budget": {str(b): _num(res["noise_scale"][j]) for j, b in enumerate(bs)}},
+        # McCandlish et al.'s B_simple = E tr Σ / E‖∇L‖² and B_noise = E tr(HΣ) / E ∇LᵀH∇L (docs/theory.md §11)
+        **{key: {"t": [int(t) for t in grid],
+                 "curves": {str(b): [_num(v) for v in res[f"grid_{name}"][j]] for j, b in enumerate(bs)},
+                 "at_budget": {str(b): _num(res[name][j]) for j, b in enumerate(bs)}}
+           for key, name in (("b_simple", "noise_scale"), ("b_noise", "hessian_noise_scale"))},
     }
     if target_loss is not None:
         first = res["first_below"]

@@ -579,26 +579,37 @@ def frontier_chart(points: pd.DataFrame, fit: pd.DataFrame | None) -> alt.LayerC
     return alt.layer(*layers).properties(title="(S/S_min − 1)(E/E_min − 1) = 1 fitted (dashed)", height=300, autosize=AUTOSIZE)
 
 
-def b_noise_chart(b_noise: dict, batch_sizes: list[int], rule: str) -> alt.LayerChart:
-    """The exact gradient noise scale E tr Σ(w_t)/E‖∇L(w_t)‖² along each b's trajectory (``b_noise`` of an
-    ``api.advise_rules`` answer), log–log: t = 0 and non-positive values cannot be drawn there and are counted."""
-    df = pd.concat([pd.DataFrame({"t": b_noise["t"], "b": str(b), "B_noise": pd.to_numeric(pd.Series(vals),
-                                                                                           errors="coerce")})
-                    for b, vals in b_noise["curves"].items()], ignore_index=True)
-    df["B_noise"], dropped = log_safe(df["B_noise"])
+NOISE_SCALES = ("B_simple", "B_noise")  # McCandlish et al.'s two noise scales (docs/theory.md §11)
+NOISE_SCALE_DASH = alt.StrokeDash("scale:N", sort=list(NOISE_SCALES), title="noise scale", scale=alt.Scale(
+    domain=list(NOISE_SCALES), range=[[1, 0], [6, 3]]), legend=alt.Legend(symbolType="stroke", symbolStrokeWidth=2,
+                                                                        symbolStrokeColor="#444"))
+
+
+def b_noise_chart(b_simple: dict, b_noise: dict, batch_sizes: list[int], rule: str) -> alt.LayerChart:
+    """The exact noise scales along each b's trajectory (``b_simple`` and ``b_noise`` of an ``api.advise_rules``
+    answer), log–log: B_simple = E tr Σ/E‖∇L‖² solid, B_noise = E tr(HΣ)/E ∇LᵀH∇L dashed, one colour per b; t = 0 and
+    non-positive values cannot be drawn there and are counted."""
+    df = pd.concat([pd.DataFrame({"t": curves["t"], "b": str(b), "scale": name,
+                                  "value": pd.to_numeric(pd.Series(vals), errors="coerce")})
+                    for name, curves in zip(NOISE_SCALES, (b_simple, b_noise)) for b, vals in curves["curves"].items()],
+                   ignore_index=True)
+    df["value"], dropped = log_safe(df["value"])
     at_zero = int((df["t"] <= 0).sum())
-    df = df[df["B_noise"].notna() & (df["t"] > 0)]
+    df = df[df["value"].notna() & (df["t"] > 0)]
     if not len(df):
-        return alt.layer(message_chart("B_noise: no positive value to draw")).properties(height=120, autosize=AUTOSIZE)
+        return alt.layer(message_chart("B_simple, B_noise: no positive value to draw")).properties(
+            height=120, autosize=AUTOSIZE)
     order = [str(b) for b in sorted(batch_sizes)]
     df["b"] = df["b"].astype(str)
     notes = [dropped_note(dropped), "t = 0 is not on the log t axis." if at_zero else ""]
     return alt.Chart(df).mark_line(strokeWidth=2).encode(
         x=alt.X("t:Q", scale=alt.Scale(type="log"), title="iteration t", axis=alt.Axis(format=log_axis_format(df["t"]))),
-        y=alt.Y("B_noise:Q", scale=alt.Scale(type="log"), title="E tr Σ(w_t) / E‖∇L(w_t)‖²",
-                axis=alt.Axis(format=log_axis_format(df["B_noise"]))),
-        color=b_color(order), tooltip=["b", "t", "B_noise"]).properties(
-        title=_title(f"B_noise along each b's trajectory ({rule} scaling)", notes), height=300, autosize=AUTOSIZE)
+        y=alt.Y("value:Q", scale=alt.Scale(type="log"), title="noise scale (batch size)",
+                axis=alt.Axis(format=log_axis_format(df["value"]))),
+        color=b_color(order), strokeDash=NOISE_SCALE_DASH, detail="scale:N",
+        tooltip=["b", "scale", "t", "value"]).properties(
+        title=_title(f"B_simple (solid) and B_noise (dashed) along each b's trajectory ({rule} scaling)", notes),
+        height=300, autosize=AUTOSIZE)
 
 
 # -- sweeps ---------------------------------------------------------------------------------------------------------

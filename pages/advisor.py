@@ -98,12 +98,16 @@ st.dataframe(table, hide_index=True)
 if target is not None:
     ui.frontier(answers, "within twice its budget of steps")
 
-st.subheader("The exact gradient noise scale along training")
+st.subheader("The exact gradient noise scales along training")
 rule0 = next(iter(answers))
-st.altair_chart(charts.b_noise_chart(answers[rule0]["b_noise"], config.batch_sizes, rule0), width="stretch")
-st.caption("B_noise = E tr Σ(w_t)/E‖∇L(w_t)‖² with Σ the population covariance of the per-sample gradients: the "
-           "batch size at which the one-step noise equals the squared signal — the critical batch size the gradient "
-           "noise predicts, to set beside the exact optimum above.")
+st.altair_chart(charts.b_noise_chart(answers[rule0]["b_simple"], answers[rule0]["b_noise"], config.batch_sizes,
+                                     rule0), width="stretch")
+st.caption("McCandlish et al.'s noise scales, exact ratios of expectations given w₀, with Σ the population covariance "
+           "of the per-sample gradients and H = XᵀX/n the Hessian: B_simple = E tr Σ(w_t)/E‖∇L(w_t)‖² (solid), the "
+           "batch size at which the one-step noise equals the squared signal, and B_noise = E tr(HΣ)/E ∇LᵀH∇L "
+           "(dashed), the batch size at which the optimal step gains half of its noiseless value — the critical batch "
+           "sizes the gradient noise predicts, to set beside the exact optimum above (the *Critical batch size* page "
+           "measures it by branching).")
 st.subheader("Replica check")
 replicas = st.number_input("Replicas per b and rule", 100, 100_000, 1000, step=100, key="adv_check_R")
 try:  # every cell validated and guarded before Run: the b whose runs fit are offered, the others named

@@ -86,16 +86,50 @@ def test_frontier_fit_recovers_the_model():
     assert advisor.fit_frontier(np.array([4, 4]), np.array([10, 11])) is None
 
 
-def test_noise_scale_at_t0_is_the_per_sample_gradient_ratio():
-    """B_noise(w0) = tr Σ(w0) / ‖∇L(w0)‖² from the per-sample gradients themselves (population Σ)."""
-    cfg = parse_config({"batch_sizes": [4, 64]})
-    res = advisor.advise(cfg, 640)
-    X, y, w = np.asarray(cfg.X, float), np.asarray(cfg.y, float), np.asarray(cfg.w0_values, float)
+def _noise_ratios(X, y, w):
+    """(B_simple, B_noise) at one w from the per-sample gradients themselves (population Σ, H = XᵀX/n)."""
     grads = X * (X @ w - y)[:, None]
     G = grads.mean(axis=0)
-    want = ((grads - G) ** 2).sum(axis=1).mean() / (G @ G)
+    S = (grads - G).T @ (grads - G) / len(y)
+    H = X.T @ X / len(y)
+    return np.trace(S) / (G @ G), np.trace(H @ S) / (G @ H @ G)
+
+
+def test_noise_scales_at_t0_are_the_per_sample_gradient_ratios():
+    """B_simple(w0) = tr Σ / ‖∇L‖² and B_noise(w0) = tr(HΣ) / ∇LᵀH∇L, Graduate Admission with the issue's w0
+    (2.77 and 2.06, #26): the old key's values are under b_simple now."""
+    w0 = np.linspace(-0.5, 0.5, 8)
+    cfg = parse_config({"batch_sizes": [4, 64], "w0": w0.tolist()})
+    res = advisor.advise(cfg, 640)
+    want_simple, want_noise = _noise_ratios(np.asarray(cfg.X, float), np.asarray(cfg.y, float), w0)
+    assert round(want_simple, 2) == 2.77 and round(want_noise, 2) == 2.06
     for b in ("4", "64"):
-        assert res["b_noise"]["t"][0] == 0 and res["b_noise"]["curves"][b][0] == pytest.approx(want, rel=1e-10)
+        assert res["b_simple"]["t"][0] == 0 and res["b_noise"]["t"][0] == 0
+        assert res["b_simple"]["curves"][b][0] == pytest.approx(want_simple, rel=1e-10)
+        assert res["b_noise"]["curves"][b][0] == pytest.approx(want_noise, rel=1e-10)
+
+
+def test_noise_scales_along_t_equal_enumeration():
+    """At t > 0 both are ratios of expectations over every equally likely w_t (tests/bruteforce.py, n = 5)."""
+    from bruteforce import enumerate_states
+
+    cfg = parse_config(tiny_config_json(batch_sizes=[2, 3], lr={"schedule": "inverse", "c": "1/4"}))
+    res = advisor.advise(cfg, 6)
+    X, y = np.array(TINY_X, dtype=float), np.array(TINY_Y, dtype=float)
+    H = X.T @ X / len(y)
+    for b in (2, 3):
+        for i, t in enumerate(res["b_noise"]["t"]):
+            if t > 6 // b:
+                continue
+            sums = np.zeros(4)
+            states = enumerate_states(TINY_X, TINY_Y, TINY_W0, [Fraction(1, 4) / (s + 1) for s in range(t)], b, t)
+            for w, _ in states:
+                grads = X * (X @ np.array(w, dtype=float) - y)[:, None]
+                G = grads.mean(axis=0)
+                S = (grads - G).T @ (grads - G) / len(y)
+                sums += [np.trace(S), G @ G, np.trace(H @ S), G @ H @ G]
+            assert res["b_simple"]["curves"][str(b)][i] == pytest.approx(sums[0] / sums[1], rel=1e-10), (b, t)
+            assert res["b_noise"]["curves"][str(b)][i] == pytest.approx(sums[2] / sums[3], rel=1e-10), (b, t)
 
 
 def test_replicas_agree_with_the_advisors_exact_loss(tmp_path):
@@ -130,7 +164,7 @@ def test_cli_advises_and_refuses_a_setting_without_exact_theory(tmp_path):
     res = json.loads(out.stdout)
     assert res["exact"] and res["scaling"] == "sqrt" and res["b_ref"] == 4 and set(res["curves"]) == {"4", "64"}
     assert res["curves"]["64"]["lr_c"] == pytest.approx(0.5 * 4) and res["best_b"] in (4, 64)
-    assert {"steps_to_target", "examples_to_target", "frontier", "b_noise"} <= set(res)
+    assert {"steps_to_target", "examples_to_target", "frontier", "b_simple", "b_noise"} <= set(res)
 
 
 def test_a_replica_setting_is_advised_through_a_sweep_of_cached_runs(tmp_path, monkeypatch):

@@ -18,11 +18,14 @@ def moment_paths(problem: LinRegProblem, w0: np.ndarray, scales: np.ndarray, sha
     """Exact moments along L lanes of mini-batch SGD: lane l takes the step sizes α_t = ``scales[l]`` · ``shape[t]``
     (one schedule shape, a constant per lane) with noise factor ``c[l]`` for ``horizon[l]`` steps. float64. Memory
     O(L p⁴ + T), whatever the horizon. Returns, per lane:
-    - var_g, var_full_grad, loss, noise_scale at t = ``record_at[l]`` (default: the horizon), each (L,);
-    - grid_loss, grid_noise_scale at the steps of ``grid`` (L, G), NaN past the lane's horizon;
+    - var_g, var_full_grad, loss, noise_scale, hessian_noise_scale at t = ``record_at[l]`` (default: the horizon),
+      each (L,);
+    - grid_loss, grid_noise_scale, grid_hessian_noise_scale at the steps of ``grid`` (L, G), NaN past the lane's
+      horizon;
     - first_below: the first t ≤ horizon with E L(w_t) ≤ ``target`` (−1: none), when a target is given.
-    noise_scale = E tr Σ(w_t) / E‖∇L(w_t)‖² (Σ the population covariance of the per-sample gradients: the exact
-    gradient noise scale B_noise of McCandlish et al. along the trajectory).
+    noise_scale = E tr Σ(w_t) / E‖∇L(w_t)‖² (Σ the population covariance of the per-sample gradients): McCandlish et
+    al.'s B_simple along the trajectory; hessian_noise_scale = E tr(HΣ(w_t)) / E ∇L(w_t)ᵀH∇L(w_t): their B_noise
+    (docs/theory.md §11), both ratios of expectations given F_0.
 
     The recursion of docs/theory.md §1 in its stable form, run in the eigenbasis of H (A_t = I − α_t H is then
     diagonal, so A V Aᵀ is an elementwise product), with V ↦ (1/n) Σ (x_iᵀVx_i) x_i x_iᵀ and μ ↦ (1/n) Σ r_i² x_i x_iᵀ
@@ -51,6 +54,8 @@ def moment_paths(problem: LinRegProblem, w0: np.ndarray, scales: np.ndarray, sha
     eye = np.eye(p).reshape(-1)
     sv = (outer.T @ outer / n) @ eye - hv  # tr Q_V(V) = (1/n) Σ (x̃ᵀVx̃)‖x̃‖² − tr ΛVΛ
     sz = Kz @ eye  # tr Q_m(μ) = Z·sz
+    lam_vec = np.diag(lam).reshape(-1)  # tr(Λ Q_V(V)) = (1/n) Σ (x̃ᵀVx̃)(x̃ᵀΛx̃) − tr Λ³V,  tr(Λ Q_m(μ)) = Z·(Kz vec Λ)
+    sv_h, sz_h = (outer.T @ outer / n) @ lam_vec - np.diag(lam ** 3).reshape(-1), Kz @ lam_vec
 
     horizon = np.asarray(horizon, dtype=np.int64)
     record_at = horizon if record_at is None else np.asarray(record_at, dtype=np.int64)
@@ -80,16 +85,20 @@ def moment_paths(problem: LinRegProblem, w0: np.ndarray, scales: np.ndarray, sha
     l_var_full = on_state(hv, np.zeros(Q2))  # E‖∇L − E∇L‖² = tr HVH = V·hv
     l_trace = on_state(sv, sz)  # E tr Σ(w_t) = tr Q_V(V) + tr Q_m(μ)
     l_grad2 = on_state(hv, (G.T @ G).reshape(-1))  # E‖∇L(w_t)‖² = tr HVH + ‖∇L(μ)‖²
-    F = np.stack([l_loss, l_var_full, l_trace, l_grad2])  # the functionals read at recorded and grid steps
-    rec_out = np.full((L, 4), np.nan)  # per lane at its recorded step: E L, var ∇L, E tr Σ, E‖∇L‖²
-    grid_out = np.full((L, Gn, 4), np.nan)
+    l_htrace = on_state(sv_h, sz_h)  # E tr(H Σ(w_t))
+    l_hgrad2 = on_state(np.diag(lam ** 3).reshape(-1), (G.T @ np.diag(lam) @ G).reshape(-1))  # E ∇LᵀH∇L
+    F = np.stack([l_loss, l_var_full, l_trace, l_grad2, l_htrace, l_hgrad2])  # read at recorded and grid steps
+    rec_out = np.full((L, len(F)), np.nan)  # per lane at its recorded step: E L, var ∇L, E tr Σ, E‖∇L‖², the H-weighted
+    grid_out = np.full((L, Gn, len(F)), np.nan)
     first_below = np.full(L, -1, dtype=np.int64)
     _run_lanes(X, K, F, lam, lane_scale, shape, cs, hz, rec, np.asarray(grid, dtype=np.int64),
                np.inf if target is None else float(target), target is not None, p, rec_out, grid_out, first_below)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = {"loss": rec_out[:, 0], "var_full_grad": rec_out[:, 1], "var_g": rec_out[:, 1] + cs * rec_out[:, 2],
                "noise_scale": rec_out[:, 2] / rec_out[:, 3], "grid_loss": grid_out[:, :, 0],
-               "grid_noise_scale": grid_out[:, :, 2] / grid_out[:, :, 3], "first_below": first_below}
+               "grid_noise_scale": grid_out[:, :, 2] / grid_out[:, :, 3], "first_below": first_below,
+               "hessian_noise_scale": rec_out[:, 4] / rec_out[:, 5],
+               "grid_hessian_noise_scale": grid_out[:, :, 4] / grid_out[:, :, 5]}
     inverse = np.argsort(order)
     return {key: val[inverse] for key, val in out.items()}
 
