@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from backend.allowed import data_path
 from backend.errors import ConfigError
 from backend.exact import jsonable_number, parse_number
 
@@ -100,6 +101,7 @@ def read_source(raw: Any, key: str, choices: tuple[str, ...], default: str, path
         path = fields.get("path")
         if not isinstance(path, str) or not path:
             raise ConfigError(f"{key}.path", path_message)
+        data_path(path, f"{key}.path")  # confined to the shipped data and $BATCHVAR_DATA (backend/allowed.py)
         source["path"] = path
     return fields, source
 
@@ -188,6 +190,93 @@ def paper_batch_sizes(n: int = 500) -> list[int]:
     powers = [2**k for k in range(1, 20) if 2**k <= n]
     forties = list(range(40, n + 1, 40))
     return sorted(set(powers + forties + [n]))
+
+
+SCHEDULE_KEY = "schedule"  # the one curve of a config with a batch_schedule (its results, documents and charts)
+MAX_SEGMENTS = 64
+
+
+@dataclass(frozen=True)
+class BatchSchedule:
+    """A batch-size schedule (docs/theory.md §10): b_i for steps_i steps, in order; T = Σ steps_i. The gradient at
+    t = T (after the last update) is drawn with the last segment's b."""
+
+    segments: tuple[tuple[int, int], ...]
+
+    @property
+    def steps(self) -> int:
+        return sum(s for _, s in self.segments)
+
+    def batch_at(self) -> np.ndarray:
+        """b_t for t = 0..T (int64, length T + 1): the b of the segment that draws g_t, the last one at t = T."""
+        out = np.concatenate([np.full(s, b, dtype=np.int64) for b, s in self.segments])
+        return np.concatenate([out, [self.segments[-1][0]]])
+
+    def samples(self) -> int:
+        """Σ b_i steps_i: the gradient evaluations of the T updates."""
+        return sum(b * s for b, s in self.segments)
+
+    def to_json(self) -> list[list[int]]:
+        return [[b, s] for b, s in self.segments]
+
+    def describe(self) -> str:
+        return ", ".join(f"{b}:{s}" for b, s in self.segments)
+
+
+def read_batch_schedule(raw: Any, n: int, field_name: str = "batch_schedule") -> BatchSchedule:
+    """``[[b1, steps1], [b2, steps2], …]`` with 1 ≤ b_i ≤ n and steps_i ≥ 1 (one line naming the field otherwise)."""
+    if not isinstance(raw, (list, tuple)) or not raw:
+        raise ConfigError(field_name, "expected a non-empty list of [b, steps] pairs, e.g. [[8, 100], [64, 200]]")
+    if len(raw) > MAX_SEGMENTS:
+        raise ConfigError(field_name, f"at most {MAX_SEGMENTS} segments, got {len(raw)}")
+    segments = []
+    for i, seg in enumerate(raw):
+        if not isinstance(seg, (list, tuple)) or len(seg) != 2:
+            raise ConfigError(field_name, f"segment {i}: expected a pair [b, steps], got {seg!r}")
+        b = read_int(seg[0], f"{field_name}[{i}][0]", 1, 10**9)
+        if b > n:
+            raise ConfigError(field_name, f"segment {i}: batch size {b} is outside [1, n = {n}]")
+        segments.append((b, read_int(seg[1], f"{field_name}[{i}][1]", 1, MAX_STEPS)))
+    out = BatchSchedule(tuple(segments))
+    if out.steps > MAX_STEPS:
+        raise ConfigError(field_name, f"the segments' steps sum to {out.steps}; the limit is {MAX_STEPS}")
+    return out
+
+
+def parse_batch_schedule_text(text: str, field_name: str = "batch_schedule") -> list[list[int]]:
+    """``"b:steps, b:steps"`` (a page's text field) → the raw ``[[b, steps], …]`` (validated by read_batch_schedule)."""
+    out = []
+    for i, part in enumerate(p.strip() for p in str(text).split(",")):
+        pieces = part.split(":")
+        if len(pieces) != 2 or not all(x.strip().lstrip("-").isdigit() for x in pieces):
+            raise ConfigError(field_name, f"segment {i}: expected b:steps (whole numbers), got {part!r}")
+        out.append([int(pieces[0]), int(pieces[1])])
+    return out
+
+
+def read_step_batches(f: "Fields", val, n: int, default_b: list[int]
+                      ) -> tuple[tuple[int, ...], BatchSchedule | None, int]:
+    """(batch_sizes, batch_schedule, steps) of a config run in SGD steps. ``batch_schedule`` replaces ``batch_sizes``
+    (both given: refused); its segments' sum is the config's T: ``steps`` may be left out, and if given must equal it.
+    With a schedule, batch_sizes are its distinct b (for costs); its one curve is keyed SCHEDULE_KEY."""
+    if f.has("batch_schedule"):
+        if f.has("batch_sizes"):
+            raise ConfigError("batch_schedule", "give either batch_sizes or batch_schedule, not both")
+        sched = read_batch_schedule(f.get("batch_schedule"), n)
+        if f.has("steps") and read_int(f.get("steps"), "steps", 0, MAX_STEPS) != sched.steps:
+            raise ConfigError("batch_schedule", f"its segments' steps sum to {sched.steps} but steps = "
+                                                f"{f.get('steps')}; leave steps out or make them agree")
+        f.get("batch_sizes")
+        return tuple(sorted({b for b, _ in sched.segments})), sched, sched.steps
+    f.get("batch_schedule")
+    steps = read_int(val("steps"), "steps", 0, MAX_STEPS)
+    return read_batch_sizes(f.get("batch_sizes", default_b), n), None, steps
+
+
+def curve_keys(config) -> list:
+    """The keys of a result's curves, in order: ``["schedule"]`` for a config with a batch_schedule, else its batch
+    sizes (every consumer of curves labels them through this)."""
+    return [SCHEDULE_KEY] if getattr(config, "batch_schedule", None) is not None else list(config.batch_sizes)
 
 
 MAX_WIDTH = 1024

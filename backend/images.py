@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from backend.allowed import data_path
 from backend.errors import ConfigError
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -142,7 +143,7 @@ def load_dataset(spec: dict) -> ImageData:
                                          f"it in {FASHION_DIR}")
         data = _fresh(_parsed("fashion_mnist", str(FASHION_DIR), _stamp(FASHION_DIR)))
     elif name == "idx":
-        d = Path(spec.get("path", ""))
+        d = data_path(spec.get("path", ""), "dataset.path")  # confined again where it is read (backend/allowed.py)
         if not d.is_dir():
             raise ConfigError("dataset.path", f"{d} is not a directory")
         data = _fresh(_parsed("idx", str(d.resolve()), _stamp(d)))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.allowed import data_path
 from backend.errors import ConfigError
 
 DATA_DIR = Path(__file__).parent / "data" / "sentiment"
@@ -93,7 +94,7 @@ def load_corpus(spec: dict) -> TextData:
             labels += y
         return _split(sentences, labels, name)
     if name == "file":
-        path = Path(spec.get("path", ""))
+        path = data_path(spec.get("path", ""), "corpus.path")  # confined where it is read (backend/allowed.py)
         if not path.is_file():
             raise ConfigError("corpus.path", f"{path} is not a file")
         try:

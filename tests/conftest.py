@@ -27,6 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def _isolated_cache(tmp_path_factory):
     """Every test session gets its own cache directory (never the user's cache/)."""
     os.environ["BATCHVAR_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    # the tests' own data files (IDX folders, corpora) live under pytest's tmp folders: an allowed data folder
+    # (backend/allowed.py; tests/test_allowed.py sets and clears it itself)
+    os.environ["BATCHVAR_DATA"] = str(tmp_path_factory.getbasetemp())
     yield
 
 
