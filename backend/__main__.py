@@ -1,4 +1,4 @@
-"""Command line: ``python -m backend {theory,simulate,polynomial,check,advise} CONFIG.json``, ``python -m backend
+"""Command line: ``python -m backend {theory,simulate,polynomial,check,advise,cbs} CONFIG.json``, ``python -m backend
 sweep SWEEP.json`` and ``python -m backend settings``; JSON on stdout, progress on stderr.
 
 A bad config or argument exits with status 2 and one line on stderr naming the field; never a traceback.
@@ -21,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
                         ("simulate", "replica estimates with standard errors"),
                         ("polynomial", "exact polynomial in 1/b at step t"),
                         ("check", "Theorems 1-2 on the exact values (non-increasing in b at every t)"),
-                        ("advise", "which b for a budget of N samples (exact for linear regression)")):
+                        ("advise", "which b for a budget of N samples (exact for linear regression)"),
+                        ("cbs", "the critical batch size by branching from checkpoints (exact for linear regression)")):
         sp = sub.add_parser(name, help=help_)
         sp.add_argument("config", help="config JSON file (as downloaded from the app), or - for stdin")
         if name == "polynomial":
@@ -37,12 +38,31 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--target-loss", dest="target_loss", default=None,
                             help="also the steps and examples to reach E L(w_t) <= EPS, and the frontier fit")
             _executor_options(sp, "the replica runs of a setting without exact theory")
+        if name == "cbs":
+            _cbs_options(sp)
     sp = sub.add_parser("sweep", help="a grid of replica runs, one cached simulate per cell (local or on Ray)")
     sp.add_argument("sweep", help='sweep JSON: {"base": CONFIG, "grid": {"FIELD": [values], ...}}, or - for stdin')
     _executor_options(sp, "the cells")
     sp.add_argument("--no-cache", action="store_true", help="compute every cell, into a fresh temporary cache")
     sub.add_parser("settings", help="the registry of settings: quantities (x-axis, exact theory?) and presets")
     return p
+
+
+def _cbs_options(sp) -> None:
+    """``cbs``'s options (backend/cbs.py; docs/theory.md §11)."""
+    sp.add_argument("--b-ref", dest="b_ref", required=True, help="the reference run's batch size B")
+    sp.add_argument("--checkpoints", required=True, help="steps t1,t2,… of the reference run to branch from")
+    sp.add_argument("--samples", required=True, help="samples S each branch takes: floor(S / (kB)) steps")
+    sp.add_argument("--scaling", default="none", help="none, sqrt or linear: the branch's step size α_t·f(k)")
+    sp.add_argument("--tolerance", default="0.01", help="ε: the largest kB with loss <= (1 + ε) × the k = 1 branch's")
+    sp.add_argument("--ks", default=None, help="k = 1,2,4,… (default: powers of two while kB <= n)")
+
+
+def _ints(text: str | None, option: str) -> list[int] | None:
+    """A comma-separated list of whole numbers (None stays None); a ConfigError naming the option otherwise."""
+    if text is None:
+        return None
+    return [_number(part.strip(), option, int) for part in text.split(",")]
 
 
 def _executor_options(sp, what: str) -> None:
@@ -78,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
 
         text = sys.stdin.read() if args.config == "-" else Path(args.config).read_text(encoding="utf-8")
         config = parse_config(loads(text))
+        if args.command == "cbs":
+            from backend import cbs
+
+            return _emit(cbs.cbs(config, _number(args.b_ref, "b_ref", int), _ints(args.checkpoints, "checkpoints"),
+                                 _number(args.samples, "samples", int), args.scaling,
+                                 _number(args.tolerance, "tolerance", float), _ints(args.ks, "ks")))
         if args.command == "advise":
             from backend import advisor
 

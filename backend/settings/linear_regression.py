@@ -407,6 +407,40 @@ advise_cell = step_advise_cell
 advisor_steps = step_advisor_steps
 
 
+def branch_bounds(config: LinearRegressionConfig) -> dict[str, int | None]:
+    """What the critical-batch-size branches (backend/cbs.py) may ask of this config: checkpoints up to its steps,
+    batch sizes up to n (``max_b``; None with replacement, where any b is a batch)."""
+    return {"max_t": config.steps, "n": config.n,
+            "max_b": config.n if config.sampler == "without_replacement" else None}
+
+
+def branches(config: LinearRegressionConfig, b_ref: int, checkpoints: list[int], bs: np.ndarray,
+             factors: np.ndarray, steps: np.ndarray) -> dict[str, Any]:
+    """Exact branched runs (backend/cbs.py; docs/theory.md §11): the reference run (batch ``b_ref``, the config's
+    schedule and optimizer) at each checkpoint, continued with batch bs[j], constant step size α_{t_c} · factors[r, j]
+    (rule r) for steps[j] steps, optimizer state carried over. Returns E L at the checkpoints and at the branches'
+    ends (R, C, K), McCandlish et al.'s four noise expectations at the checkpoints, the α_{t_c} and c_b."""
+    from backend.theory import branch as br
+
+    _require_theory(config)
+    problem, w0 = _problem(config), _w0(config)
+    step = br.affine_step(problem, _sgd(config))
+    alphas = config.lr.alphas(max(checkpoints) + 1)
+    alpha = np.array([alphas[t] for t in checkpoints])
+    lrs = alpha[None, :, None] * np.asarray(factors, dtype=np.float64)[:, None, :]  # (R, C, K)
+    m, V = br.reference_states(problem, step, w0, alphas, float(th.noise_factor(b_ref, config.n, config.sampler)),
+                               checkpoints)
+    R, C, K = lrs.shape
+    lane = np.arange(R * C * K)
+    at = (lane // K) % C  # lanes ordered (rule, checkpoint, b)
+    c_b = th.noise_factor(np.asarray(bs), config.n, config.sampler)
+    m_end, V_end = br.advance(problem, step, m[at], V[at], lrs.reshape(-1), c_b[lane % K], np.asarray(steps)[lane % K])
+    return {"exact": True, "loss0": float(problem.loss(w0)), "loss": br.expected_loss(problem, m, V),
+            "branch_loss": br.expected_loss(problem, m_end, V_end).reshape(R, C, K),
+            "lr": lrs, "noise_factor": c_b,
+            **br.noise_moments(problem, step, m, V)}
+
+
 def cached_simulation(config: LinearRegressionConfig, device: torch.device, cache: ResultCache
                       ) -> dict[str, Any] | None:
     """The cached result of ``simulate(config)`` on ``device`` if there is one (never computes)."""

@@ -1,0 +1,127 @@
+"""The critical batch size, by branching from checkpoints (docs/theory.md §11; Merrill et al. 2025).
+
+The reference run is the config with batch B (its schedule and optimizer). At each checkpoint t_c its state branches
+into batch k·B with the constant step size α_{t_c}·f(k) (f(k) = 1, √k, k for the scaling rules ``none``, ``sqrt``,
+``linear``) for ⌊S/(kB)⌋ steps, the optimizer state carried over; the critical batch size at t_c is the largest k·B
+whose branch loss is ≤ (1 + ε) × the k = 1 branch's loss (a diverged branch never qualifies). Beside it, McCandlish
+et al.'s noise scales at t_c as ratios of expectations given F_0 — B_simple = E tr Σ / E‖∇L‖² and
+B_noise = E tr(HΣ) / E ∇LᵀH∇L — and their one-step optimum ε_opt(b) = E‖∇L‖² / (E ∇LᵀH∇L + c_b E tr(HΣ)) with its
+gain ½ (E‖∇L‖²)² / (E ∇LᵀH∇L + c_b E tr(HΣ)). Written against the Setting protocol: a setting with the hooks
+``branches`` and ``branch_bounds`` answers exactly (linear regression: the exact distribution of the state branches).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from backend import settings
+from backend.advisor import DIVERGENCE_FACTOR, SCALINGS
+from backend.errors import ConfigError
+
+DEFAULT_TOLERANCE = 0.01
+
+
+def _whole(value: Any, option: str, low: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ConfigError(option, f"expected {what}, got {value!r}")
+    return int(value)
+
+
+def check_request(config, b_ref: Any, checkpoints: Any, samples: Any, scalings: Sequence[str], tolerance: Any,
+                  ks: Any) -> tuple[int, list[int], int, float, list[int]]:
+    """The inputs validated at the boundary (a ConfigError naming the option); ``ks`` None: powers of two while
+    k·B ≤ n. Returns (B, checkpoints, S, ε, ks), ks sorted with k = 1 first (the branch the rule compares with)."""
+    setting = settings.for_config(config)
+    if not hasattr(setting, "branches"):
+        raise ConfigError("setting", f"cbs branches exactly only where a setting has exact theory; the setting "
+                                     f"{config.setting!r} has none (replica branches are not implemented yet)")
+    bounds = setting.branch_bounds(config)
+    b_ref = _whole(b_ref, "b_ref", 1, "a whole number ≥ 1")
+    if bounds["max_b"] is not None and b_ref > bounds["max_b"]:
+        raise ConfigError("b_ref", f"expected a batch size in [1, {bounds['max_b']}] (the n of the data), got {b_ref}")
+    if isinstance(checkpoints, (str, bytes)) or not len(checkpoints):
+        raise ConfigError("checkpoints", f"expected a non-empty list of steps, got {checkpoints!r}")
+    cps = [_whole(t, "checkpoints", 0, f"steps in [0, {bounds['max_t']}]") for t in checkpoints]
+    if max(cps) > bounds["max_t"]:
+        raise ConfigError("checkpoints", f"expected steps in [0, {bounds['max_t']}] (the config's steps), got "
+                                         f"{max(cps)}")
+    samples = _whole(samples, "samples", b_ref, f"a whole number of samples ≥ b_ref = {b_ref}")
+    for s in scalings:
+        if s not in SCALINGS:
+            raise ConfigError("scaling", f"expected one of {list(SCALINGS)}, got {s!r}")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(tolerance) or tolerance <= 0:
+        raise ConfigError("tolerance", f"expected a positive number, got {tolerance!r}")
+    if ks is None:
+        limit = bounds["n"] // b_ref
+        ks = [2 ** j for j in range(int(np.log2(limit)) + 1)] if limit >= 1 else [1]
+    if isinstance(ks, (str, bytes)) or not len(ks):
+        raise ConfigError("ks", f"expected a non-empty list of whole numbers ≥ 1, got {ks!r}")
+    ks = sorted({1, *(_whole(k, "ks", 1, "whole numbers ≥ 1") for k in ks)})
+    if bounds["max_b"] is not None and ks[-1] * b_ref > bounds["max_b"]:
+        raise ConfigError("ks", f"k·b_ref = {ks[-1] * b_ref} exceeds the n = {bounds['max_b']} of the data")
+    return b_ref, cps, samples, float(tolerance), ks
+
+
+def cbs(config, b_ref: int, checkpoints: Sequence[int], samples: int, scaling: str = "none",
+        tolerance: float = DEFAULT_TOLERANCE, ks: Sequence[int] | None = None) -> dict[str, Any]:
+    """The CLI's ``cbs`` document for one scaling rule (module doc; docs/theory.md §11)."""
+    return cbs_rules(config, b_ref, checkpoints, samples, (scaling,), tolerance, ks)[scaling]
+
+
+def cbs_rules(config, b_ref: int, checkpoints: Sequence[int], samples: int, scalings: Sequence[str] = tuple(SCALINGS),
+              tolerance: float = DEFAULT_TOLERANCE, ks: Sequence[int] | None = None) -> dict[str, dict[str, Any]]:
+    """``cbs`` for several scaling rules in one pass (one lane per rule, checkpoint and k): {scaling: document}."""
+    if isinstance(scalings, str) or not len(scalings):
+        raise ConfigError("scaling", f"expected a non-empty list of scaling rules from {list(SCALINGS)}, "
+                                     f"got {scalings!r}")
+    b_ref, cps, samples, tolerance, ks = check_request(config, b_ref, checkpoints, samples, scalings, tolerance, ks)
+    k = np.asarray(ks, dtype=np.float64)
+    bs = (k * b_ref).astype(np.int64)
+    steps = samples // bs
+    factors = np.stack([k ** SCALINGS[s] for s in scalings])  # (R, K): f(k)
+    res = settings.for_config(config).branches(config, b_ref, cps, bs, factors, steps)
+    return {s: _document(config, b_ref, cps, samples, s, tolerance, bs, steps, r, res) for r, s in enumerate(scalings)}
+
+
+def one_step_optimum(moments: dict[str, np.ndarray], c_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """McCandlish et al.'s ε_opt(b) = E‖G‖² / (E GᵀHG + c_b E tr(HΣ)) and the gain ½ (E‖G‖²)² / (same), G = ∇L:
+    the minimiser and the decrease of E L after one plain SGD step of batch b (docs/theory.md §11). Arrays (C, K)."""
+    denom = moments["h_grad2"][:, None] + c_b[None, :] * moments["h_trace"][:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return moments["grad2"][:, None] / denom, 0.5 * moments["grad2"][:, None] ** 2 / denom
+
+
+def critical_batch(bs: np.ndarray, loss: np.ndarray, diverged: np.ndarray, tolerance: float) -> int | None:
+    """The largest b whose loss ≤ (1 + ε) × the first (k = 1) branch's; diverged branches never qualify (None when
+    the k = 1 branch diverged)."""
+    if diverged[0]:
+        return None
+    ok = ~diverged & (loss <= (1 + tolerance) * loss[0])
+    return int(bs[np.flatnonzero(ok)[-1]])
+
+
+def _document(config, b_ref, cps, samples, scaling, tolerance, bs, steps, r, res) -> dict[str, Any]:
+    eps, gain = one_step_optimum(res, res["noise_factor"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        b_simple, b_noise = res["trace"] / res["grad2"], res["h_trace"] / res["h_grad2"]
+    rows = []
+    for i, t in enumerate(cps):
+        loss = res["branch_loss"][r, i]
+        diverged = ~np.isfinite(loss) | (loss > res["loss0"] * DIVERGENCE_FACTOR)
+        branches = {str(b): {"steps": int(steps[j]), "lr": float(res["lr"][r, i, j]), "loss": _num(loss[j]),
+                             "diverged": bool(diverged[j])} for j, b in enumerate(bs)}
+        rows.append({"t": int(t), "loss": _num(res["loss"][i]), "b_simple": _num(b_simple[i]),
+                     "b_noise": _num(b_noise[i]),
+                     "step_opt": {str(b): _num(eps[i, j]) for j, b in enumerate(bs)},
+                     "step_gain": {str(b): _num(gain[i, j]) for j, b in enumerate(bs)},
+                     "branches": branches, "cbs": critical_batch(bs, loss, diverged, tolerance)})
+    return {"setting": config.setting, "b_ref": b_ref, "samples": samples, "scaling": scaling,
+            "tolerance": tolerance, "exact": bool(res["exact"]), "checkpoints": rows}
+
+
+def _num(x) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
