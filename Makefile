@@ -18,8 +18,10 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt requirements-oracle.txt
 	$(PY) -m pip install -q --no-deps -r requirements-oracle.txt
 	touch $@
 
+# the app listens on the loopback only (also .streamlit/config.toml); README "Serving to a network" for ADDRESS=0.0.0.0
+ADDRESS ?= 127.0.0.1
 run: $(VENV)/.runtime
-	$(VENV)/bin/streamlit run app.py
+	$(VENV)/bin/streamlit run app.py --server.address $(ADDRESS)
 
 test: $(VENV)/.dev
 	bash scripts/ensure_chromium.sh

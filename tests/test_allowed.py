@@ -207,3 +207,56 @@ def test_the_cli_exits_2_with_the_field_for_a_data_path_outside(tmp_path):
                          text=True, env=env, timeout=300)
     assert out.returncode == 2 and out.stderr.startswith("error: dataset.path: /etc is outside the allowed folders")
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+# -- the app binds the loopback by default --------------------------------------------------------------------
+
+def _socket_inodes(pid: int) -> set[int]:
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            out.add(int(link[8:-1]))
+    return out
+
+
+def test_the_app_listens_on_the_loopback_only_by_default(tmp_path):
+    """`streamlit run app.py` with no address option (.streamlit/config.toml's): every listening socket of the
+    server is 127.0.0.1's; `make run` passes 127.0.0.1 unless ADDRESS is given."""
+    import socket
+    import time
+    import urllib.request
+
+    from test_sweep_ray import _listening_sockets
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "BATCHVAR_CACHE_DIR": str(tmp_path / "cache")}
+    with open(tmp_path / "streamlit.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                                 "--server.port", str(port), "--browser.gatherUsageStats", "false"], cwd=ROOT,
+                                env=env, stdout=log, stderr=log)
+        try:
+            deadline = time.time() + 90
+            while True:
+                try:
+                    if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read() == b"ok":
+                        break
+                except OSError:
+                    assert time.time() < deadline, (tmp_path / "streamlit.log").read_text()
+                    time.sleep(0.5)
+            listening = _listening_sockets()
+            mine = {listening[i] for i in _socket_inodes(proc.pid) if i in listening}
+            assert mine == {"127.0.0.1"}
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    make = subprocess.run(["make", "-n", "run"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "streamlit run app.py --server.address 127.0.0.1" in make.stdout
+    opened = subprocess.run(["make", "-n", "run", "ADDRESS=0.0.0.0"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert "--server.address 0.0.0.0" in opened.stdout
