@@ -60,9 +60,9 @@ def _cbs_options(sp) -> None:
 
 def _ints(text: str | None, option: str) -> list[int] | None:
     """A comma-separated list of whole numbers (None stays None); a ConfigError naming the option otherwise."""
-    if text is None:
-        return None
-    return [_number(part.strip(), option, int) for part in text.split(",")]
+    from backend.cbs import read_ints
+
+    return read_ints(text, option)
 
 
 def _executor_options(sp, what: str) -> None:

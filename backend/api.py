@@ -27,7 +27,8 @@ from backend.datasets import MAX_UPLOAD_BYTES, parse_csv_text  # noqa: F401
 from backend.docs import display_math_pieces, theory_preamble, theory_sections  # noqa: F401
 from backend.advisor import (SCALINGS, advise, advise_rules, reachable_target, replica_plan, sweep,  # noqa: F401
                              sweep_cells)  # (the batch-size advisor)
-from backend.cbs import DEFAULT_TOLERANCE as CBS_TOLERANCE, cbs, cbs_rules  # noqa: F401  (the critical batch size)
+from backend.cbs import DEFAULT_TOLERANCE as CBS_TOLERANCE, cbs, cbs_rules, exact_settings as cbs_settings  # noqa: F401
+from backend.cbs import read_ints, table as cbs_table  # noqa: F401  (the critical batch size page)
 from backend.exact import jsonable_number  # noqa: F401
 from backend.costs import device_name, device_seconds, format_duration  # noqa: F401  (format_duration: pages)
 from backend.costs import where as estimate_where  # noqa: F401  (pages: how a time estimate was made)

@@ -125,3 +125,31 @@ def _document(config, b_ref, cps, samples, scaling, tolerance, bs, steps, r, res
 def _num(x) -> float | None:
     x = float(x)
     return x if np.isfinite(x) else None
+
+
+def read_ints(text: str | None, option: str) -> list[int] | None:
+    """A comma-separated list of whole numbers as typed (CLI options, page fields); None or blank stays None; a
+    ConfigError naming the option otherwise."""
+    if text is None or not str(text).strip():
+        return None
+    out = []
+    for part in str(text).split(","):
+        try:
+            out.append(int(part.strip()))
+        except ValueError:
+            raise ConfigError(option, f"expected comma-separated whole numbers, got {part.strip()!r}") from None
+    return out
+
+
+def exact_settings() -> list[str]:
+    """The registered settings whose critical batch size is exact (they have the ``branches`` hook)."""
+    return [name for name, module in settings.SETTINGS.items() if hasattr(module, "branches")]
+
+
+def table(docs: dict[str, dict]) -> list[dict[str, Any]]:
+    """One row per (rule, checkpoint, branch) of ``cbs_rules``' documents: the long table the page shows and the
+    CSV download carries."""
+    return [{"rule": rule, "t": row["t"], "b": int(b), "steps": br["steps"], "lr": br["lr"], "loss": br["loss"],
+             "diverged": br["diverged"], "cbs": row["cbs"], "loss_at_t": row["loss"], "b_simple": row["b_simple"],
+             "b_noise": row["b_noise"], "step_opt": row["step_opt"][b], "step_gain": row["step_gain"][b]}
+            for rule, doc in docs.items() for row in doc["checkpoints"] for b, br in row["branches"].items()]

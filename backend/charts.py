@@ -702,6 +702,79 @@ def sweep_chart(sel: pd.DataFrame, axis: str, others: list[str], y_title: str, l
     return alt.layer(*layers).properties(title=_title(title, [dropped_note(dropped)]), height=340, autosize=AUTOSIZE)
 
 
+# -- the critical batch size (backend/cbs.py) -----------------------------------------------------------------------
+
+
+def cbs_chart(docs: dict[str, dict]) -> alt.LayerChart:
+    """The critical batch size at each checkpoint, one colour per scaling rule (``api.cbs_rules``' documents), with
+    B_simple(t) (grey, solid) and B_noise(t) (grey, dashed) on the same log axis; None values are left out and
+    counted."""
+    rules = list(docs)
+    first = next(iter(docs.values()))
+    cbs_rows = pd.DataFrame([{"t": row["t"], "rule": rule, "b": row["cbs"]} for rule, doc in docs.items()
+                             for row in doc["checkpoints"]])
+    scale_rows = pd.DataFrame([{"t": row["t"], "scale": name, "b": row[key]} for row in first["checkpoints"]
+                               for name, key in zip(NOISE_SCALES, ("b_simple", "b_noise"))])
+    cbs_rows["b"], d1 = log_safe(cbs_rows["b"])
+    scale_rows["b"], d2 = log_safe(scale_rows["b"])
+    missing = int(cbs_rows["b"].isna().sum())
+    drawn = pd.concat([cbs_rows["b"], scale_rows["b"]]).dropna()
+    if not len(drawn):
+        return alt.layer(message_chart("Critical batch size: nothing to draw")).properties(height=120, autosize=AUTOSIZE)
+    x = alt.X("t:Q", title="checkpoint t (steps of the reference run)", axis=step_axis(cbs_rows["t"]))
+    y = alt.Y("b:Q", scale=alt.Scale(type="log"), title="batch size", axis=alt.Axis(format=log_axis_format(drawn)))
+    layers = [alt.Chart(scale_rows.dropna()).mark_line(color="#555", strokeWidth=1.5).encode(
+                  x=x, y=y, strokeDash=NOISE_SCALE_DASH, tooltip=["scale", "t", "b"]),
+              alt.Chart(cbs_rows.dropna()).mark_line(strokeWidth=2.5, point=alt.OverlayMarkDef(size=60, filled=True))
+              .encode(x=x, y=y, color=_rule_color(rules), tooltip=["rule", "t", "b"])]
+    notes = [dropped_note(d1 + d2), f"{missing} checkpoint(s) without a critical batch size (the k = 1 branch "
+                                    "diverged) left out." if missing else ""]
+    return alt.layer(*layers).resolve_scale(color="independent").properties(
+        title=_title(f"Critical batch size along training (ε = {first['tolerance']:g}); grey: B_simple (solid), "
+                     "B_noise (dashed)", notes), height=320, autosize=AUTOSIZE)
+
+
+def branch_loss_chart(docs: dict[str, dict], t: int) -> alt.LayerChart:
+    """E L at the end of each branch from checkpoint ``t`` against its batch size b = k·B, one colour per rule
+    (log–log); the threshold (1 + ε) × the k = 1 branch's loss dotted, each rule's critical batch size a diamond;
+    diverged branches are left out and named in the subtitle."""
+    rules = list(docs)
+    rows, cbs_rows, threshold, diverged = [], [], None, []
+    for rule, doc in docs.items():
+        row = next(r for r in doc["checkpoints"] if r["t"] == t)
+        for b, br in row["branches"].items():
+            if br["diverged"] or br["loss"] is None:
+                diverged.append(f"{rule} b = {b}")
+                continue
+            rows.append({"rule": rule, "b": int(b), "loss": br["loss"], "steps": br["steps"], "lr": br["lr"]})
+            if row["cbs"] == int(b):
+                cbs_rows.append(rows[-1])
+        first = row["branches"][str(min(int(b) for b in row["branches"]))]
+        if first["loss"] is not None and not first["diverged"]:
+            threshold = (1 + doc["tolerance"]) * first["loss"]
+    df = pd.DataFrame(rows)
+    if not len(df):
+        return alt.layer(message_chart(f"Every branch from t = {t} diverged")).properties(height=120, autosize=AUTOSIZE)
+    df["loss"], dropped = log_safe(df["loss"])
+    df = df.dropna(subset=["loss"])
+    x = _b_axis(df["b"])
+    y = alt.Y("loss:Q", scale=alt.Scale(type="log"), title="E L at the end of the branch",
+              axis=alt.Axis(format=log_axis_format(df["loss"])))
+    color = _rule_color(rules)
+    layers = [alt.Chart(df).mark_line(strokeWidth=2, point=alt.OverlayMarkDef(size=40, filled=True)).encode(
+        x=x, y=y, color=color, tooltip=["rule", "b", "steps", "lr", "loss"])]
+    if cbs_rows:
+        layers.append(alt.Chart(pd.DataFrame(cbs_rows)).mark_point(shape="diamond", size=220, filled=False,
+                                                                   strokeWidth=2.5).encode(x=x, y=y, color=color))
+    if threshold is not None and threshold > 0:
+        layers.append(alt.Chart(pd.DataFrame({"loss": [threshold]})).mark_rule(strokeDash=[2, 3], color="#444")
+                      .encode(y=alt.Y("loss:Q", scale=alt.Scale(type="log"))))
+    notes = [dropped_note(dropped), ("diverged (not drawn): " + ", ".join(diverged)) if diverged else ""]
+    return alt.layer(*layers).properties(title=_title(f"Branches from t = {t}: loss against b (◇ critical batch "
+                                                      "size; dotted: (1 + ε) × the k = 1 branch)", notes),
+                                         height=320, autosize=AUTOSIZE)
+
+
 EXPORT_WIDTH = 900  # pixels, legends included: the page's chart fits its container's width, a file needs one
 
 

@@ -254,3 +254,19 @@ def test_cli_prints_the_document_and_refuses_a_setting_without_exact_theory(tmp_
                          timeout=300)
     assert out.returncode == 2 and out.stderr.startswith("error: setting:") and out.stderr.count("\n") == 1
     assert "deep_linear" in out.stderr
+
+
+def test_page_draws_the_defaults_and_refuses_bad_input_in_one_red_line():
+    """The Critical batch size page under AppTest: registered in the navigation, its defaults drawn (a metric per
+    rule, both charts, the table) without an error; a tolerance of 0 and an unreadable checkpoint list each give one
+    red line naming the option."""
+    from test_app import open_page
+
+    at = open_page("pages/critical_batch.py")
+    assert not at.error and len(at.metric) == 3
+    assert len(at.dataframe) == 2 and len(at.get("download_button")) == 2
+    at.number_input(key="cbs_tol").set_value(0.0).run()
+    assert len(at.error) == 1 and "tolerance" in at.error[0].value
+    at.number_input(key="cbs_tol").set_value(0.01).run()
+    at.text_input(key="cbs_checkpoints").set_value("0,x").run()
+    assert len(at.error) == 1 and "checkpoints" in at.error[0].value

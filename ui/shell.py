@@ -42,6 +42,10 @@ def nav_pages() -> list[NavPage]:
             NavPage("pages/advisor.py", "Batch-size advisor", ":material/tune:", "advisor",
                     "I can afford N gradient evaluations: which b, and how should the learning rate scale with it? "
                     "Exact for linear regression, replica runs for the other settings"),
+            NavPage("pages/critical_batch.py", "Critical batch size", ":material/call_split:", "critical_batch",
+                    "Branch the run at checkpoints into k·b with a scaled learning rate: the largest b that keeps "
+                    "the loss, along training, beside the noise scales B_simple and B_noise — exact for linear "
+                    "regression"),
             NavPage("pages/sweeps.py", "Sweeps", ":material/grid_on:", "sweeps",
                     "A grid of replica runs over any config fields, in this process or on Ray; any quantity against "
                     "any swept field, with 95 % intervals"),

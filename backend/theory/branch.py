@@ -118,8 +118,9 @@ def expected_loss(problem: LinRegProblem, m: np.ndarray, V: np.ndarray) -> np.nd
     """E L(w) = L(μ) + ½ tr(H V_w) over the lanes."""
     p = problem.p
     mu = m[:, :p]
-    r = mu @ problem.X.T - problem.y
-    return (r * r).sum(axis=1) / (2 * problem.n) + 0.5 * np.einsum("ij,lji->l", problem.H, V[:, :p, :p])
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverged lane: inf / nan, named by the caller
+        r = mu @ problem.X.T - problem.y
+        return (r * r).sum(axis=1) / (2 * problem.n) + 0.5 * np.einsum("ij,lji->l", problem.H, V[:, :p, :p])
 
 
 def noise_moments(problem: LinRegProblem, step: AffineStep, m: np.ndarray, V: np.ndarray) -> dict[str, np.ndarray]:

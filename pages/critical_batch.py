@@ -1,0 +1,103 @@
+"""Critical batch size: branched runs from checkpoints along training, McCandlish et al.'s B_simple and B_noise beside
+it — exact where a setting has the branching hook (docs/theory.md §11). Inputs → backend.api.cbs_rules → charts."""
+
+from __future__ import annotations
+
+from ui.shell import guard
+
+guard()  # opened by its URL in a fresh session: run inside the app frame
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+import ui
+from backend import api, charts
+
+st.title("Critical batch size: branching from checkpoints")
+st.caption("The reference run (batch B, the config's schedule and optimizer) is branched at each checkpoint t: the "
+           "state continues with batch k·B and the constant step size α_t·f(k) (f = 1, √k or k) for ⌊S/(kB)⌋ steps, "
+           "the optimizer state carried over. The critical batch size is the largest k·B whose loss stays within "
+           "(1 + ε) of the k = 1 branch's (Merrill et al. 2025). Where the setting has exact theory the branches are "
+           "the exact distribution of the state — no sampling noise — set beside McCandlish et al.'s B_simple and "
+           "B_noise at the same t.")
+ui.theory_link(11, "B_noise, the branches and the one-step optimum")
+
+sb = st.sidebar
+pages = {p["name"]: p["title"] for p in api.setting_pages()}
+exact = api.cbs_settings()
+setting = sb.selectbox("Setting", list(pages), index=list(pages).index(exact[0]) if exact else 0,
+                       format_func=pages.get, key="cbs_setting")
+source = sb.radio("Config", ["the setting's page", "defaults", "a config file"], key="cbs_source",
+                  help="the setting's page: the config last set there in this session (its defaults if none)")
+base: dict = st.session_state.get(ui.last_config_key(setting)) or api.defaults(setting)
+if source == "defaults":
+    base = api.defaults(setting)
+elif source == "a config file":
+    up = sb.file_uploader("Config (JSON)", type=["json"], key="cbs_upload")
+    if up is None:
+        st.info("Load a config file (as downloaded from a setting's page).")
+        st.stop()
+    try:
+        base = api.loads(up.getvalue().decode("utf-8"))
+    except (api.ConfigError, UnicodeDecodeError) as e:
+        st.error(f"Cannot read that file: {ui.user_text(e)}")
+        st.stop()
+try:
+    config = api.parse_config(base)
+except api.ConfigError as e:
+    st.error(f"The config is not valid — {ui.user_text(e)}")
+    st.stop()
+if config.setting != setting:
+    st.error(f"The config file is for the setting {ui.user_text(config.setting)}, not {pages[setting]}.")
+    st.stop()
+
+sb.divider()
+b_ref = int(sb.number_input("Reference batch size B", 1, 10**6, int(min(config.batch_sizes)), key="cbs_bref"))
+steps = int(getattr(config, "steps", 0))
+checkpoints_text = sb.text_input("Checkpoints t (comma-separated)",
+                                 ",".join(str(t) for t in sorted({0, steps // 8, steps // 4, steps // 2, steps})),
+                                 key="cbs_checkpoints", help="steps of the reference run, at most the config's steps")
+samples = int(sb.number_input("Samples S per branch", 1, 10**8, 1000 * b_ref, step=b_ref, key="cbs_samples",
+                              help="each branch takes ⌊S/(kB)⌋ steps of batch k·B"))
+rules = sb.multiselect("Scaling rules", list(api.SCALINGS), default=list(api.SCALINGS), key="cbs_rules",
+                       help="the branch's step size α_t·f(k): none f = 1, sqrt f = √k, linear f = k")
+tolerance = float(sb.number_input("Tolerance ε", 0.0, 10.0, api.CBS_TOLERANCE, format="%.4g", key="cbs_tol"))
+ks_text = sb.text_input("k (comma-separated; blank: powers of two while k·B ≤ n)", "", key="cbs_ks")
+if not rules:
+    st.info("Pick at least one scaling rule.")
+    st.stop()
+try:
+    with st.spinner("Branching the exact state at every checkpoint…"):
+        docs = api.cbs_rules(config, b_ref, api.read_ints(checkpoints_text, "checkpoints") or [], samples,
+                             tuple(rules), tolerance, api.read_ints(ks_text, "ks"))
+except api.ConfigError as e:
+    st.error(f"Check the inputs — {ui.user_text(e)}")
+    st.stop()
+
+first = next(iter(docs.values()))
+cols = st.columns(len(docs))
+for col, (rule, doc) in zip(cols, docs.items()):
+    last = doc["checkpoints"][-1]
+    col.metric(f"critical b at t = {last['t']} ({rule})", "none" if last["cbs"] is None else str(last["cbs"]),
+               help=f"B_simple = {last['b_simple']:.4g}, B_noise = {last['b_noise']:.4g} at t = {last['t']}")
+st.altair_chart(charts.cbs_chart(docs), width="stretch")
+st.caption("Exact values (the branches continue the exact distribution of the state): no standard error. "
+           "B_simple = E tr Σ/E‖∇L‖² and B_noise = E tr(HΣ)/E ∇LᵀH∇L, ratios of expectations given w₀ "
+           "(Σ the population covariance of the per-sample gradients, H the Hessian).")
+
+ts = [row["t"] for row in first["checkpoints"]]
+t_pick = st.select_slider("Checkpoint for the branches", ts, value=ts[len(ts) // 2], key="cbs_t")
+st.altair_chart(charts.branch_loss_chart(docs, t_pick), width="stretch")
+row = next(r for r in first["checkpoints"] if r["t"] == t_pick)
+st.dataframe(pd.DataFrame([{"b": int(b), "ε_opt(b)": row["step_opt"][b], "one-step gain": row["step_gain"][b]}
+                           for b in row["step_opt"]]), hide_index=True)
+st.caption(f"McCandlish et al.'s one-step optimum at t = {t_pick}: ε_opt(b) = E‖∇L‖²/(E ∇LᵀH∇L + c_b E tr(HΣ)) and "
+           "the decrease of E L it buys in one plain SGD step, ½(E‖∇L‖²)²/(E ∇LᵀH∇L + c_b E tr(HΣ)).")
+
+table = pd.DataFrame(api.cbs_table(docs))
+st.dataframe(table, hide_index=True)
+st.download_button("Branches (CSV)", table.to_csv(index=False), "batchvar_cbs.csv", "text/csv")
+st.download_button("Critical batch size (JSON)", json.dumps({"config": config.to_json(), "answers": docs}, indent=2),
+                   "batchvar_cbs.json", "application/json")
