@@ -37,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--b-ref", dest="b_ref", default=None, help="reference batch size (default: the smallest)")
             sp.add_argument("--target-loss", dest="target_loss", default=None,
                             help="also the steps and examples to reach E L(w_t) <= EPS, and the frontier fit")
+            sp.add_argument("--momentum", default=None,
+                            help="an axis of momenta, e.g. 0,0.5,0.9: the advice per β (the config's Nesterov and "
+                                 "weight decay kept); --scaling may then list rules, e.g. none,sqrt,linear")
+            sp.add_argument("--effective-lr", dest="effective_lr", action="store_true",
+                            help="with --momentum: hold α/(1-β) fixed, the lr constant of each β is c(1-β)")
             _executor_options(sp, "the replica runs of a setting without exact theory")
         if name == "cbs":
             _cbs_options(sp)
@@ -107,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "advise":
             from backend import advisor
 
+            if args.momentum is not None or args.effective_lr:
+                return _emit(_advise_momentum(args, config))
             return _emit(advisor.advise(config, _number(args.budget, "budget", int), args.scaling,
                                         _number(args.b_ref, "b_ref", float),
                                         _number(args.target_loss, "target_loss", float),
@@ -174,6 +181,23 @@ def _sweep(args) -> int:
     out["estimate"] = est
     _emit(out)
     return 130 if cancel.is_set() else 1 if out["failed"] else 0
+
+
+def _advise_momentum(args, config) -> dict:
+    """``advise --momentum B1,B2,… [--effective-lr] [--scaling R1,R2,…]``: the advisor per β (backend/advisor.py:
+    advise_momentum)."""
+    from backend import advisor
+
+    if args.momentum is None:
+        raise ConfigError("effective_lr", "--effective-lr holds α/(1-β) fixed across the momenta of --momentum: give "
+                                          "--momentum too")
+    momenta = [part.strip() for part in args.momentum.split(",")]
+    if any(not part for part in momenta):
+        raise ConfigError("momentum", f"expected a comma-separated list of numbers, got {args.momentum!r}")
+    return advisor.advise_momentum(config, _number(args.budget, "budget", int), momenta,
+                                   tuple(part.strip() for part in args.scaling.split(",")),
+                                   _number(args.b_ref, "b_ref", float), _number(args.target_loss, "target_loss", float),
+                                   args.effective_lr, executor=_executor(args))
 
 
 def _number(text: str | None, option: str, kind: type):

@@ -89,7 +89,8 @@ def advise_rules(config, budget: int, scalings=tuple(SCALINGS), b_ref: float | N
 def _answer(config, budget, scaling, b_ref, target_loss, steps, lr_c, horizon, grid, res) -> dict[str, Any]:
     bs = np.asarray(config.batch_sizes)
     loss0 = res["loss0"]
-    diverged = ~np.isfinite(res["loss"]) | (res["loss"] > loss0 * DIVERGENCE_FACTOR)
+    # |·|: a blown-up recursion's float loss can come out hugely negative (cancellation) before it overflows
+    diverged = ~np.isfinite(res["loss"]) | (np.abs(res["loss"]) > loss0 * DIVERGENCE_FACTOR)
     ok = np.flatnonzero(~diverged)
     best = int(bs[ok[np.argmin(res["loss"][ok])]]) if ok.size else None
     out: dict[str, Any] = {
@@ -277,3 +278,124 @@ def fit_frontier(b: np.ndarray, steps: np.ndarray) -> dict[str, Any] | None:
 def _num(x) -> float | None:
     x = float(x)
     return x if np.isfinite(x) else None
+
+
+# -- the momentum axis (docs/theory.md §9, §7): β beside the scaling rules ------------------------------------------
+
+def check_momenta(momenta: Any) -> tuple:
+    """The momentum axis: a non-empty list of distinct β ∈ [0, 1) (exact where given exactly); a ConfigError naming
+    ``momentum`` otherwise."""
+    from backend.exact import jsonable_number, parse_number
+
+    if isinstance(momenta, (str, bytes)) or not isinstance(momenta, (list, tuple)) or not momenta:
+        raise ConfigError("momentum", f"expected a non-empty list of momenta β in [0, 1), got {momenta!r}")
+    out = []
+    for value in momenta:
+        beta = parse_number(value, "momentum")
+        if not 0 <= beta < 1:
+            raise ConfigError("momentum", f"each β must be in [0, 1), got {jsonable_number(beta)}")
+        if beta in out:
+            raise ConfigError("momentum", f"β = {float(beta):g} is given twice")
+        out.append(beta)
+    return tuple(out)
+
+
+def momentum_key(beta) -> str:
+    """β as the answer's key: "0", "0.5", "0.9"."""
+    return f"{float(beta):g}"
+
+
+def momentum_config(config, beta, effective_lr: bool = False):
+    """The config with momentum β (its Nesterov and weight decay kept; Nesterov is heavy ball at β = 0, so it is
+    off there) and, with ``effective_lr``, the schedule's constant c·(1 − β): the effective step α/(1 − β) of the
+    config's c at every β. A ConfigError naming the field where the setting cannot run it."""
+    opt = config.optimizer.to_json() if hasattr(config.optimizer, "to_json") else {}
+    if opt.get("name", "sgd") != "sgd":
+        raise ConfigError("momentum", f"the momentum axis is the SGD family's; the config's optimizer is "
+                                      f"{opt.get('name')!r}")
+    opt = {**opt, "name": "sgd", "momentum": beta, **({"nesterov": False} if beta == 0 else {})}
+    changes: dict[str, Any] = {"optimizer": {k: v for k, v in opt.items()}}
+    if effective_lr:
+        lr = getattr(config, "lr", None)
+        if not hasattr(lr, "c"):
+            raise ConfigError("effective_lr", "needs a learning-rate schedule lr with a constant c in the config")
+        changes["lr"] = {**lr.to_json(), "c": _times(lr.c, 1 - beta)}
+    return config.replace(**changes)
+
+
+def _times(c, factor):
+    """c · factor, exact ("p/q") when both are exact."""
+    from fractions import Fraction
+
+    from backend.exact import jsonable_number
+
+    if isinstance(c, Fraction) and isinstance(factor, Fraction):
+        return jsonable_number(c * factor)
+    return float(c) * float(factor)
+
+
+def advise_momentum(config, budget: int, momenta, scalings=tuple(SCALINGS), b_ref: float | None = None,
+                    target_loss: float | None = None, effective_lr: bool = False, progress=None, cancel=None,
+                    executor=None) -> dict[str, Any]:
+    """The advisor along a momentum axis: for every (rule, β) the answer of ``advise`` for the config with momentum β
+    (``momentum_config``); exact in one pass of lanes (β × rule × b) where the setting has ``advise``, else one replica
+    sweep per β. Returns {"momentum", "effective_lr", "scalings", "answers": {rule: {β: answer}}, "best_b": {rule:
+    {β: b}}, "best": {rule: {"momentum", "b", "loss"} — the best (b, β) of the rule}}."""
+    check_scalings(scalings)
+    momenta = check_momenta(momenta)
+    configs = [momentum_config(config, beta, effective_lr) for beta in momenta]
+    if hasattr(settings.for_config(config), "advise"):
+        answers = _exact_momentum(config, configs, momenta, budget, scalings, b_ref, target_loss)
+    else:
+        per_beta = [advise_rules(cfg, budget, scalings, b_ref, target_loss, progress, cancel, executor)
+                    for cfg in configs]
+        answers = {s: {momentum_key(beta): {**per_beta[i][s], "momentum": float(beta),
+                                            "optimizer": configs[i].optimizer.to_json()}
+                       for i, beta in enumerate(momenta)} for s in scalings}
+    first = next(iter(next(iter(answers.values())).values()))
+    out: dict[str, Any] = {"setting": config.setting, "budget": first["budget"], "b_ref": first["b_ref"],
+                           "exact": first["exact"], "momentum": [float(b) for b in momenta],
+                           "effective_lr": bool(effective_lr), "scalings": list(scalings), "answers": answers,
+                           "best_b": {s: {k: a["best_b"] for k, a in per.items()} for s, per in answers.items()},
+                           "best": {s: _best_over_momentum(per) for s, per in answers.items()}}
+    return out
+
+
+def _best_over_momentum(per_beta: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The (b, β) of the lowest final loss among the b that did not diverge, over every β (None if all diverged)."""
+    best = None
+    for key, ans in per_beta.items():
+        b = ans["best_b"]
+        if b is None:
+            continue
+        loss = ans["curves"][str(b)]["loss"]
+        if best is None or loss < best["loss"]:
+            best = {"momentum": float(key), "b": b, "loss": loss}
+    return best
+
+
+def _exact_momentum(config, configs, momenta, budget, scalings, b_ref, target_loss) -> dict[str, dict[str, Any]]:
+    """Every (β, rule, b) as one lane of the setting's exact ``advise``, split into the answers of ``_answer``."""
+    for scaling in scalings:
+        budget, _, b_ref_checked, target_loss = check_request(configs[0], budget, scaling, b_ref, target_loss)
+    b_ref = b_ref_checked
+    bs = np.asarray(config.batch_sizes)
+    steps = budget // bs
+    combos = [(i, s) for i in range(len(momenta)) for s in scalings]
+    lr_c = np.concatenate([float(configs[i].lr.c) * (bs / b_ref) ** SCALINGS[s] for i, s in combos])
+    beta = np.repeat([float(momenta[i]) for i, _ in combos], len(bs))
+    grid = np.unique(np.round(np.geomspace(1, steps.max(), GRID_POINTS)).astype(int)) if steps.max() else [0]
+    grid = np.unique(np.concatenate([[0], grid]))
+    lanes = np.tile(steps, len(combos))
+    horizon = lanes * TARGET_HORIZON if target_loss is not None else lanes
+    res = settings.for_config(config).advise(config, np.tile(bs, len(combos)), lanes, lr_c, horizon, target_loss,
+                                             grid, momentum=beta)  # the config's Nesterov and λ, β per lane
+    B = len(bs)
+    answers: dict[str, dict[str, Any]] = {s: {} for s in scalings}
+    for j, (i, s) in enumerate(combos):
+        part = {k: (v[j * B:(j + 1) * B] if isinstance(v, np.ndarray) else v) for k, v in res.items()}
+        ans = _answer(configs[i], budget, s, b_ref, target_loss, steps, lr_c[j * B:(j + 1) * B],
+                      horizon[j * B:(j + 1) * B], grid, part)
+        answers[s][momentum_key(momenta[i])] = {**ans, "momentum": float(momenta[i]),
+                                                "optimizer": configs[i].optimizer.to_json()}
+    return answers

@@ -22,11 +22,12 @@ from backend.core import (MAX_RESUMABLE_SECONDS, MAX_SIM_SECONDS, available_memo
 # what the pages need of the config boundary and the data readers (pages import only this module and the charts)
 from backend.config import expand_preset, from_query, loads, parse_config, to_query  # noqa: F401
 from backend.fields import (DTYPES, MAX_REPLICAS, MIN_REPLICAS, MLP_SAMPLERS, PRECISIONS, SAMPLER_LABELS,  # noqa: F401
-                            SAMPLERS, SCHEDULES, paper_batch_sizes)
+                            SAMPLERS, SCHEDULES, curve_keys, paper_batch_sizes, parse_batch_schedule_text)
 from backend.datasets import MAX_UPLOAD_BYTES, parse_csv_text  # noqa: F401
 from backend.docs import display_math_pieces, theory_preamble, theory_sections  # noqa: F401
 from backend.advisor import (SCALINGS, advise, advise_rules, reachable_target, replica_plan, sweep,  # noqa: F401
                              sweep_cells)  # (the batch-size advisor)
+from backend.advisor import compare_schedule  # noqa: F401  (the advisor's schedule against constant b)
 from backend.cbs import DEFAULT_TOLERANCE as CBS_TOLERANCE, cbs, cbs_rules, exact_settings as cbs_settings  # noqa: F401
 from backend.cbs import read_ints, table as cbs_table  # noqa: F401  (the critical batch size page)
 from backend.exact import jsonable_number  # noqa: F401

@@ -58,8 +58,14 @@ def _positive_floor(df: pd.DataFrame, cols: tuple[str, ...]) -> float:
     return float(vals.min()) if len(vals) else 1e-12
 
 
+def b_sort_key(b) -> tuple:
+    """Curves in order of b; a non-numeric curve key (a batch-size schedule's "schedule") after the numbers."""
+    s = str(b)
+    return (0, int(s), "") if s.lstrip("-").isdigit() else (1, 0, s)
+
+
 def _b_order(df: pd.DataFrame) -> list[str]:
-    return sorted(df["b"].unique(), key=int)
+    return sorted(df["b"].unique(), key=b_sort_key)
 
 
 # -- shared pieces: colours, log axes, the key ------------------------------------------------------------------------
@@ -132,7 +138,7 @@ def zero_note(raw: pd.DataFrame, drawn: pd.DataFrame, dropped: int, x_name: str)
         return ""
     had = raw.groupby("b")["value"].apply(lambda v: bool(np.isfinite(v.to_numpy(dtype=float)).any()))
     left = drawn.groupby("b")["value"].apply(lambda v: bool(np.isfinite(v.to_numpy(dtype=float)).any()))
-    gone = sorted((b for b in had.index if had[b] and not left[b]), key=int)
+    gone = sorted((b for b in had.index if had[b] and not left[b]), key=b_sort_key)
     note = dropped_note(dropped)
     if gone:
         note = note.rstrip(".") + f": b = {', '.join(gone)} is exactly 0 at every {x_name}."

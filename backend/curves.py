@@ -61,7 +61,7 @@ def flagged_points(sim: dict[str, Any], quantity: str, exact: np.ndarray | None 
     c = sim["curves"][estimate_name or quantity]
     out = []
     for j, i in zip(*np.nonzero(f["flag"])):
-        out.append({"b": int(sim["batch_sizes"][j]), sim["x_name"]: int(sim["x"][i]),
+        out.append({"b": curve_key(sim["batch_sizes"][j]), sim["x_name"]: int(sim["x"][i]),
                     "estimate": _num(c["value"][j, i]), "se": _num(c["se"][j, i]),
                     "exact": None if exact is None else _num(exact[j, i]), "z": _num(f["z"][j, i]),
                     "heavy_tail": bool(f["heavy_tail"][j, i]), "replicas_needed": int(f["replicas_needed"][j, i])})
@@ -107,11 +107,16 @@ def per_b_table(theory: dict[str, Any] | None, sim: dict[str, Any], quantity: st
     rows = []
     for j, b in enumerate(sim["batch_sizes"]):
         flag = bool(f["flag"][j, i])
-        rows.append({"b": int(b), sim["x_name"]: int(x), "estimate": _num(c["value"][j, i]), "se": _num(c["se"][j, i]),
+        rows.append({"b": curve_key(b), sim["x_name"]: int(x), "estimate": _num(c["value"][j, i]), "se": _num(c["se"][j, i]),
                      "exact": None if exact is None else _num(exact[j, i]), "z": _num(f["z"][j, i]), "flag": flag,
                      "replicas_needed": int(f["replicas_needed"][j, i]) if flag else None,
                      "replicas": int(sim["finite_count"][j, i])})
     return rows
+
+
+def curve_key(b) -> int | str:
+    """A curve's key as reported: its batch size, or "schedule" (a batch-size schedule's one curve)."""
+    return b if isinstance(b, str) else int(b)
 
 
 def _num(v) -> float | None:

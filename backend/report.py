@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from backend import core, curves, settings
+from backend.fields import curve_keys
 from backend.settings.base import curves_json
 
 
@@ -38,7 +39,7 @@ def flags_json(config, res: dict) -> dict[str, Any]:
 def theory_output(config, res: dict) -> dict[str, Any]:
     """The ``theory`` command's document."""
     out = {"setting": config.setting, "t": res["t"].tolist(), "available": res["available"], "note": res["note"],
-           "curves": curves_json(config.batch_sizes, res["curves"], core.quantities(config), with_se=False)}
+           "curves": curves_json(curve_keys(config), res["curves"], core.quantities(config), with_se=False)}
     if "methods" in res:
         out["exact_methods"] = {str(t): m for t, m in res["methods"].items()}
     return out

@@ -23,6 +23,7 @@ from backend import core, costs, report
 from backend.cache import ResultCache, default_cache
 from backend.config import expand_preset, loads, parse_config
 from backend.errors import Cancelled, ConfigError, one_line
+from backend.fields import curve_keys
 
 MAX_CELLS = 10_000
 RESERVED = ("setting", "preset")  # a sweep runs one setting; its cells are full configs, not presets
@@ -242,7 +243,7 @@ def table(out: dict[str, Any], with_theory: bool = True) -> list[dict[str, Any]]
         exact = None
         if with_theory and any(q.exact for q in quantities):
             exact = core.theory(config)["curves"]
-        for j, b in enumerate(config.batch_sizes):
+        for j, b in enumerate(curve_keys(config)):  # the batch sizes, or a batch_schedule's "schedule"
             per_b = res["curves"][str(b)]
             for q in quantities:
                 values, ses = per_b.get(q.name), per_b.get(f"{q.name}_se")

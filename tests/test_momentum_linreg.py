@@ -228,12 +228,6 @@ def test_bad_optimizer_is_refused_in_one_line(opt, field, tmp_path):
         assert out.stderr.startswith(f"error: {field}") and len(out.stderr.strip().splitlines()) == 1
 
 
-def test_advisor_refuses_momentum_for_now():
-    with pytest.raises(ConfigError, match="^optimizer"):
-        lr.advise(tiny(OPTIMIZERS["heavy_ball"]), np.array([1]), np.array([2]), np.array([0.25]), np.array([2]),
-                  None, None)
-
-
 @pytest.mark.parametrize("setting", ["deep_linear", "mlp"])
 def test_other_settings_refuse_momentum_in_one_line(setting):
     with pytest.raises(ConfigError) as err:

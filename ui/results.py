@@ -34,7 +34,7 @@ def time_chart_with_caption(theory: dict | None, sim: dict | None, config, quant
     x = theory["t"] if theory is not None else sim["x"]
     x_name = sim["x_name"] if sim is not None else "t"
     band = sim.get("band", "95 %") if sim is not None else "95 %"
-    df = charts.curves_frame(x, config.batch_sizes, th_curves, sim_curves, quantity,
+    df = charts.curves_frame(x, api.curve_keys(config), th_curves, sim_curves, quantity,
                              None if sim is None else sim["finite_count"], x_name=x_name)
     chart = charts.time_chart(df, label, log=log, x_name=x_name,
                               x_title="epoch" if x_name == "epoch" else "iteration t", band=band,
@@ -49,7 +49,7 @@ def downloads(prefix: str, config, theory: dict | None, sim: dict | None, quanti
     """The curves (CSV: exact and estimate with SE and band per b, x and quantity), the config (JSON), a chart, and
     any ``tables`` (name → rows, e.g. the per-b table) as CSV."""
     x, x_name = (theory["t"], "t") if theory is not None else (sim["x"], sim["x_name"])
-    st.download_button("Curves (CSV)", export.curves_csv(x, config.batch_sizes, None if theory is None else
+    st.download_button("Curves (CSV)", export.curves_csv(x, api.curve_keys(config), None if theory is None else
                                                          theory["curves"], sim, tuple(quantities), x_name),
                        "batchvar_curves.csv", "text/csv")
     for i, (name, rows) in enumerate((tables or {}).items()):

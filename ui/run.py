@@ -103,7 +103,7 @@ def job_panel(prefix: str, key: str, header: str, start, idle: str | None = None
 def divergence_notice(config, sim: dict) -> None:
     """A warning per batch size whose replicas diverged (any setting: the one result shape's meta)."""
     meta = sim["meta"]
-    for j, (b, at, cnt) in enumerate(zip(config.batch_sizes, meta["diverged_at"], meta["diverged_replicas"])):
+    for j, (b, at, cnt) in enumerate(zip(api.curve_keys(config), meta["diverged_at"], meta["diverged_replicas"])):
         if at is not None:
             st.warning(f"b = {b}: {cnt} replica(s) diverged (non-finite or exploding values), the first at step {at}. "
                        "From that step on, the estimates are conditional on the replicas that stayed finite "

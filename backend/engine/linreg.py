@@ -126,6 +126,17 @@ def chunk_size(R: int, b: int, n: int, p: int, device_type: str = "cpu") -> int:
     return int(max(2, min(R, CHUNK_ELEMENTS.get(device_type, CHUNK_ELEMENTS["cpu"]) // (k * (p + 1)))))
 
 
+def schedule_segments(b: int | list[tuple[int, int]], T: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(segments, gradient ranges): segment i draws g_t for t in [a_i, e_i) with its b; the last one also at t = T."""
+    segments = [(int(b), T)] if isinstance(b, (int, np.integer)) else [(int(x), int(s)) for x, s in b]
+    if sum(s for _, s in segments) != T:
+        raise ValueError(f"the schedule's steps sum to {sum(s for _, s in segments)}, expected {T}")
+    ends = np.cumsum([s for _, s in segments]).tolist()
+    starts = [0] + ends[:-1]
+    ends[-1] = T + 1
+    return segments, list(zip(starts, ends))
+
+
 def run_replicas(
     X: np.ndarray,
     y: np.ndarray,
@@ -136,7 +147,7 @@ def run_replicas(
     sampler: str,
     seed: int,
     device: torch.device,
-    c: float | None,
+    c: float | list[float] | None,
     progress: Callable[[int], None] | None = None,
     cancel=None,
     dtype: torch.dtype = torch.float64,
@@ -146,9 +157,14 @@ def run_replicas(
     """Run R replicas for T = len(alphas) updates; statistics at t = 0..T. ``c`` enables the Rao–Blackwellised estimate
     (Lemma 1 holds given w_t with momentum too); ``cuda_graph`` (on CUDA) replays each block's steps as a captured
     graph — the same numbers, fewer launches; ``optimizer`` (backend/optim.py's SGD family; None or plain: the fused
-    step) steps each replica with its own velocity, starting at 0 in every chunk."""
+    step) steps each replica with its own velocity, starting at 0 in every chunk. ``b`` a list of (b_i, steps_i): a
+    batch-size schedule (docs/theory.md §10; Σ steps_i = len(alphas)), its segments one after another in each chunk,
+    w and the optimizer's state carried over on the device; ``c`` then one noise factor per segment. One segment runs
+    exactly the constant-b run (same streams, same numbers)."""
     n, p = X.shape
     T1 = len(alphas) + 1
+    segments, bounds = schedule_segments(b, T1 - 1)
+    seg_c = [None] * len(segments) if c is None else (list(c) if isinstance(c, (list, tuple)) else [c])
     Xt = torch.as_tensor(X, dtype=dtype, device=device)
     yt = torch.as_tensor(y, dtype=dtype, device=device)
     H = Xt.T @ Xt / n
@@ -168,41 +184,53 @@ def run_replicas(
     # α_t as a device tensor, padded past T so that every block reads STEP_BLOCK of them (the last one unused)
     alphas_t = torch.zeros(T1 + STEP_BLOCK, dtype=dtype, device=device)
     alphas_t[:T1 - 1] = torch.as_tensor(np.asarray(alphas, dtype=np.float64), dtype=dtype)
-    for chunk in chunks(R, chunk_size(R, b, n, p, device.type)):
+    for chunk in chunks(R, min(chunk_size(R, bj, n, p, device.type) for bj, _ in segments)):
         start, stop, Rc = chunk.start, chunk.stop, chunk.size
         gen = torch.Generator(device=device)
         gen.manual_seed(seed_for(seed, b, chunk.number))
         draw_batch = make_sampler(sampler, n, b, Rc, gen, device, block=STEP_BLOCK, numpy_draws=True)
         gid = group_ids(start, stop, R, K, device)
         div = Divergence(Rc, device)
-        block = StepBlock(STEP_BLOCK, Rc, p, dtype, device, draw_batch.includes)
-        block.W[0] = w_init  # w_t lives in the block's slot for step t; each update writes the next slot
-        block.use_optimizer(optimizer)
-        replay = Replay(lambda: block.steps(STEP_BLOCK, Xg, yt, H, h, n, b), device, cuda_graph)
-        for t0 in range(0, T1, STEP_BLOCK):
-            check_cancel(cancel)
-            S, t1 = min(STEP_BLOCK, T1 - t0), min(T1, t0 + STEP_BLOCK)
-            block.load(draw_batch.draw_steps(), alphas_t[t0:t0 + STEP_BLOCK], static=replay.enabled)
-            if S == STEP_BLOCK:
-                replay()  # on CUDA a captured graph of the block's steps; elsewhere the same code, eagerly
-            else:
-                block.steps(S, Xg, yt, H, h, n, b)
-            Wb, gb = block.W[:S], block.g[:S]
-            WH = Wb @ H
-            full = WH - h
-            loss = 0.5 * (WH * Wb).sum(dim=2) - Wb @ h + half_yy
-            ok = torch.isfinite(gb).all(dim=2) & (loss.abs() <= DIVERGENCE_LOSS) & torch.isfinite(full).all(dim=2)
-            alive = div.update_block(ok, t0)  # (S, Rc): finite up to and including each step
-            acc_g.update_block(t0, gb, gid, alive)
-            acc_f.update_block(t0, full, gid, alive)
-            acc_loss.update_block(t0, loss, gid, alive)
-            if acc_cond is not None:
-                Z = torch.cat([Wb, torch.ones((S, Rc, 1), dtype=dtype, device=device)], dim=2)
-                acc_cond.update_block(t0, c * (((Z @ P) * Z).sum(dim=2) - full.square().sum(dim=2)), gid, alive)
-            finite[t0:t1] += alive.sum(dim=1)
-            report(progress, Rc * S)
-            if t1 < T1:  # every replica steps; one that diverged is left out of the statistics from then on
-                block.update(S - 1, 0)
+        prev: StepBlock | None = None
+        for j, (bj, (a, e), cj) in enumerate(zip((bj for bj, _ in segments), bounds, seg_c)):
+            gen = torch.Generator(device=device)  # segment 0 as a constant b's run; each later one its own stream
+            gen.manual_seed(seed_for(seed, bj, chunk.number) if j == 0 else seed_for(seed, bj, chunk.number, j))
+            draw_batch = make_sampler(sampler, n, bj, Rc, gen, device, block=STEP_BLOCK, numpy_draws=True)
+            block = StepBlock(STEP_BLOCK, Rc, p, dtype, device, draw_batch.includes)
+            block.use_optimizer(optimizer)
+            if prev is None:
+                block.W[0] = w_init  # w_t lives in the block's slot for step t; each update writes the next slot
+            else:  # the segment starts where the last one ended: w_a and the optimizer's state, on the device
+                block.W[0].copy_(prev.W[0])
+                for name, buf in block.opt_state.items():
+                    buf.copy_(prev.opt_state[name])
+            replay = Replay(lambda block=block, bj=bj: block.steps(STEP_BLOCK, Xg, yt, H, h, n, bj), device,
+                            cuda_graph)
+            for t0 in range(a, e, STEP_BLOCK):
+                check_cancel(cancel)
+                S, t1 = min(STEP_BLOCK, e - t0), min(e, t0 + STEP_BLOCK)
+                block.load(draw_batch.draw_steps(), alphas_t[t0:t0 + STEP_BLOCK], static=replay.enabled)
+                if S == STEP_BLOCK:
+                    replay()  # on CUDA a captured graph of the block's steps; elsewhere the same code, eagerly
+                else:
+                    block.steps(S, Xg, yt, H, h, n, bj)
+                Wb, gb = block.W[:S], block.g[:S]
+                WH = Wb @ H
+                full = WH - h
+                loss = 0.5 * (WH * Wb).sum(dim=2) - Wb @ h + half_yy
+                ok = torch.isfinite(gb).all(dim=2) & (loss.abs() <= DIVERGENCE_LOSS) & torch.isfinite(full).all(dim=2)
+                alive = div.update_block(ok, t0)  # (S, Rc): finite up to and including each step
+                acc_g.update_block(t0, gb, gid, alive)
+                acc_f.update_block(t0, full, gid, alive)
+                acc_loss.update_block(t0, loss, gid, alive)
+                if acc_cond is not None:
+                    Z = torch.cat([Wb, torch.ones((S, Rc, 1), dtype=dtype, device=device)], dim=2)
+                    acc_cond.update_block(t0, cj * (((Z @ P) * Z).sum(dim=2) - full.square().sum(dim=2)), gid, alive)
+                finite[t0:t1] += alive.sum(dim=1)
+                report(progress, Rc * S)
+                if t1 < T1:  # every replica steps; one that diverged is left out of the statistics from then on
+                    block.update(S - 1, 0)
+            prev = block
         diverged.add(div)
     curves = {}
     for name, est in (("var_g", acc_g.result()), ("var_full_grad", acc_f.result()), ("loss", acc_loss.result())):

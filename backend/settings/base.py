@@ -16,6 +16,7 @@ import torch
 
 from backend.cache import ResultCache, make_key
 from backend.costs import GpuModel
+from backend.fields import curve_keys
 from backend.progress import Progress
 
 
@@ -161,9 +162,11 @@ def step_document(config, res: dict, names) -> dict[str, Any]:
     """The ``simulate`` document of a setting run in SGD steps: per b each quantity in ``names`` (and the
     Rao–Blackwellised var_g_rb where reported) over t with its SE, the finite replicas at each t, the first divergence
     per b, the sampler, the device and the replica groups."""
-    meta = res["meta"]
+    meta, keys = res["meta"], curve_keys(config)  # the batch sizes, or "schedule"
     return {"t": res["t"].tolist(),
-            "curves": curves_json(config.batch_sizes, res["curves"], (*names, "var_g_rb"), True),
-            "finite_count": {str(b): res["finite_count"][j].tolist() for j, b in enumerate(config.batch_sizes)},
-            "diverged_at": dict(zip(map(str, config.batch_sizes), meta["diverged_at"])),
+            "curves": curves_json(keys, res["curves"], (*names, "var_g_rb"), True),
+            "finite_count": {str(b): res["finite_count"][j].tolist() for j, b in enumerate(keys)},
+            "diverged_at": dict(zip(map(str, keys), meta["diverged_at"])),
+            **({} if getattr(config, "batch_schedule", None) is None
+               else {"batch_schedule": config.batch_schedule.to_json()}),
             "sampler": meta["sampler_label"], "device": meta["device"], "groups": meta["groups"]}

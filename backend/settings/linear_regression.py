@@ -28,7 +28,7 @@ from backend.settings.base import (STEP_ADVISOR_QUANTITIES, Quantity, run_device
                                    step_advise_cell, step_advisor_steps, step_document)
 from backend.stats import first_increase, polyfit_inv_b
 from backend.theory import linreg as th
-from backend.theory.paths import moment_paths
+from backend.theory.momentum_lanes import lane_paths
 
 # -- the config ------------------------------------------------------------------------------------------------
 
@@ -387,18 +387,19 @@ def simulate(config: LinearRegressionConfig, device: torch.device, cache: Result
 
 
 def advise(config: LinearRegressionConfig, b: np.ndarray, steps: np.ndarray, lr_c: np.ndarray, horizon: np.ndarray,
-           target: float | None, grid) -> dict[str, Any]:
+           target: float | None, grid, momentum: np.ndarray | None = None) -> dict[str, Any]:
     """The batch-size advisor's quantities, exact (backend/advisor.py; docs/theory.md §7): for each lane j (batch
     size b[j], the schedule's shape with constant lr_c[j]), E L, var(∇L) and var(g) at t = steps[j], the first
-    t ≤ horizon[j] with E L(w_t) ≤ target, and the exact noise scale along ``grid`` — the moment recursion."""
+    t ≤ horizon[j] with E L(w_t) ≤ target, and the exact noise scale along ``grid`` — the moment recursion; with
+    the SGD family (§9) on the doubled state, β per lane ``momentum[j]`` (default the config's), its Nesterov and λ."""
     _require_theory(config)
-    if not config.optimizer.plain:
-        raise ConfigError("optimizer", "the advisor runs plain SGD only for now; leave out optimizer (momentum and "
-                                       "weight decay are not supported there yet)")
     T = int(np.max(horizon))
     c = th.noise_factor(np.asarray(b), config.n, config.sampler)
     problem, w0 = _problem(config), _w0(config)
-    out = moment_paths(problem, w0, lr_c, config.lr.shape(T), c, horizon, record_at=steps, grid=grid, target=target)
+    o = config.optimizer
+    beta = np.full(len(c), float(o.momentum)) if momentum is None else np.asarray(momentum, dtype=np.float64)
+    out = lane_paths(problem, w0, lr_c, config.lr.shape(T), c, horizon, steps, grid, target, beta, o.nesterov,
+                     float(o.weight_decay))  # plain lanes through moment_paths, bitwise
     return {**out, "loss0": float(problem.loss(w0)), "exact": True}
 
 

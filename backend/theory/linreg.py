@@ -219,10 +219,17 @@ class MomentState:
     Qm: np.ndarray  # Q_m(μ_t), shape (p, p)
 
 
+def noise_at(c: np.ndarray, t: int) -> np.ndarray:
+    """The noise factors of step t: ``c`` is (B,) (one b per lane) or (B, T+1) (a batch-size schedule: c[:, t] is
+    that of the b drawing g_t, docs/theory.md §10)."""
+    return c[:, t] if c.ndim == 2 else c
+
+
 def iterate_moments(problem: LinRegProblem, w0: np.ndarray, alphas: Sequence, c: np.ndarray,
                     opt: SGDParams = PLAIN) -> Iterator[MomentState]:
     """Yield the moments of w_t at t = 0, 1, …, len(alphas) (docs/theory.md §1, stable form; with momentum or weight
-    decay the doubled state of §9). Cost O(T · B · p⁴) (or O(T·B·n p²)); the doubled state costs about 8× the products."""
+    decay the doubled state of §9). ``c``: (B,), or (B, T+1) for b varying with t (§10: V_{t+1} takes c_{b_t}).
+    Cost O(T · B · p⁴) (or O(T·B·n p²)); the doubled state costs about 8× the products."""
     if not opt.plain:
         yield from _iterate_momentum_moments(problem, w0, alphas, c, opt)
         return
@@ -239,7 +246,7 @@ def iterate_moments(problem: LinRegProblem, w0: np.ndarray, alphas: Sequence, c:
         a = alphas[t]
         A = eye - a * problem.H
         Q = problem.q_cov(V) + Qm
-        V = A @ V @ A.T + (a * a) * c[:, None, None] * Q
+        V = A @ V @ A.T + (a * a) * noise_at(c, t)[:, None, None] * Q
         mu = mu - a * problem.full_gradient(mu)
 
 
@@ -259,7 +266,7 @@ def _iterate_momentum_moments(problem: LinRegProblem, w0: np.ndarray, alphas: Se
             return
         A, s, E = step_maps(problem, alphas[t], opt)
         Q = problem.q_cov(V) + Qm
-        Vz = A @ Vz @ A.T + c[:, None, None] * (E @ Q @ E.T)
+        Vz = A @ Vz @ A.T + noise_at(c, t)[:, None, None] * (E @ Q @ E.T)
         m = A @ m + s
 
 
@@ -274,6 +281,7 @@ def moment_curves(problem: LinRegProblem, w0: np.ndarray, alphas: Sequence, c: n
                   opt: SGDParams = PLAIN) -> dict[str, np.ndarray]:
     """var(g_t | F_0), var(∇L(w_t) | F_0) and E L(w_t) for t = 0..T and every noise factor in ``c``: arrays (B, T+1),
     in the problem's number type (float64, or exact rationals for an exact problem, ``c`` and ``alphas`` exact too).
+    ``c`` (B, T+1): a batch-size schedule per lane (docs/theory.md §10).
 
     Cost O(T · B · p⁴); T = 2 000 and 21 batch sizes on Graduate Admission take a fraction of a second.
     """
@@ -286,7 +294,7 @@ def moment_curves(problem: LinRegProblem, w0: np.ndarray, alphas: Sequence, c: n
         var_full = _inner(H2, s.V)
         kappa = np.trace(s.Qm)
         out["var_full_grad"][:, s.t] = var_full
-        out["var_g"][:, s.t] = var_full + c * (_inner(NminusH2, s.V) + kappa)
+        out["var_g"][:, s.t] = var_full + noise_at(c, s.t) * (_inner(NminusH2, s.V) + kappa)
         out["loss"][:, s.t] = problem.loss(s.mu) + _inner(problem.H, s.V) / 2  # / 2: exact for rationals, = 0.5 * in float
     return out
 

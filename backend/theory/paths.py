@@ -14,7 +14,7 @@ from backend.theory.linreg import LinRegProblem
 
 def moment_paths(problem: LinRegProblem, w0: np.ndarray, scales: np.ndarray, shape: np.ndarray, c: np.ndarray,
                  horizon: np.ndarray, record_at: np.ndarray | None = None, grid: Sequence[int] = (),
-                 target: float | None = None) -> dict[str, np.ndarray]:
+                 target: float | None = None, momentum=None) -> dict[str, np.ndarray]:
     """Exact moments along L lanes of mini-batch SGD: lane l takes the step sizes α_t = ``scales[l]`` · ``shape[t]``
     (one schedule shape, a constant per lane) with noise factor ``c[l]`` for ``horizon[l]`` steps. float64. Memory
     O(L p⁴ + T), whatever the horizon. Returns, per lane:
@@ -91,8 +91,12 @@ def moment_paths(problem: LinRegProblem, w0: np.ndarray, scales: np.ndarray, sha
     rec_out = np.full((L, len(F)), np.nan)  # per lane at its recorded step: E L, var ∇L, E tr Σ, E‖∇L‖², the H-weighted
     grid_out = np.full((L, Gn, len(F)), np.nan)
     first_below = np.full(L, -1, dtype=np.int64)
-    _run_lanes(X, K, F, lam, lane_scale, shape, cs, hz, rec, np.asarray(grid, dtype=np.int64),
-               np.inf if target is None else float(target), target is not None, p, rec_out, grid_out, first_below)
+    loop_args = (X, K, F, lam, lane_scale, shape, cs, hz, rec, np.asarray(grid, dtype=np.int64),
+                 np.inf if target is None else float(target), target is not None, p, rec_out, grid_out, first_below)
+    if momentum is None:
+        _run_lanes(*loop_args)
+    else:  # the SGD family (backend/theory/momentum_lanes.py: LaneMomentum, docs/theory.md §9): the doubled state
+        momentum.run(order, *loop_args)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = {"loss": rec_out[:, 0], "var_full_grad": rec_out[:, 1], "var_g": rec_out[:, 1] + cs * rec_out[:, 2],
                "noise_scale": rec_out[:, 2] / rec_out[:, 3], "grid_loss": grid_out[:, :, 0],

@@ -1,0 +1,183 @@
+"""The advisor's lanes with torch.optim.SGD's momentum, Nesterov and L2 weight decay (docs/theory.md §9, §7): the
+time loop of ``backend/theory/paths.py: moment_paths`` on the doubled state z = (w, v), lane by lane its own β.
+
+In the eigenbasis of H (D = Λ + λI diagonal) the step map of §9 is block-diagonal over the eigen-directions: for
+direction i, A_i = [[1 − a s_d D_i, −a s_v], [D_i, β]] (heavy ball s_d = 1, s_v = β; Nesterov s_d = 1 + β, s_v = β²)
+and the noise enters as E ξ with E = [−a s_d; 1]. So each entry (i, j) of the covariance's four blocks
+M_ij = [[V^ww_ij, V^wv_ij], [V^vw_ij, V^vv_ij]] (V^vw = (V^wv)ᵀ) follows the 2×2 map
+    M_ij ← A_i M_ij A_jᵀ + c Q_ij E Eᵀ,   Q = Q(V^ww, μ_w) (Lemma 1's covariance, read from the w-block only),
+and the means m_w ← (1 − a s_d D) m_w − a s_v m_v + a s_d h̃, m_v ← D m_w + β m_v − h̃. The functionals (E L, var ∇L,
+E tr Σ, …) read the w-block only, so they are those of the plain lanes. Cost per lane-step: the plain lane's product
+Q(V, μ) plus O(p²) for the four blocks.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@functools.cache
+def _compiled():
+    """The loop compiled by numba (once; cached on disk like the plain lanes' loop)."""
+    import numba
+
+    return numba.njit(cache=True, nogil=True)(_momentum_lanes_loop)
+
+
+def run_momentum_lanes(*args) -> None:
+    """``_momentum_lanes_loop`` compiled (arguments as there)."""
+    _compiled()(*args)
+
+
+def _momentum_lanes_loop(X, Y, Kp, zi, zj, vi, vj, F, lam, beta, sd, sv, weight_decay, lane_scale, shape, cs, hz,
+                         rec, grid, target, has_target, p, rec_out, grid_out, first_below):
+    """X (L, q² + p² + q): each lane's [vec Z | vec V^ww | m_w | 1] as in the plain loop (sorted by horizon, longest
+    first); Y (L, 2p² + p): [vec V^wv | vec V^vv | m_v]; β, s_d, s_v per lane; F and the outputs as the plain loop's.
+    Z and V^ww are symmetric, so the product Q(V^ww, m_w) is taken on their upper triangles (pairs (zi, zj), (vi,
+    vj)): Xp = [Z_{i≤j} | V_{i≤j} | 1] times Kp = K with the rows of (i, j) and (j, i) added and the columns of Q's
+    upper triangle and h̃ — a third of the plain product's arithmetic."""
+    L, width = X.shape
+    q = p + 1
+    Q2, P2 = q * q, p * p
+    nz, nv = len(zi), len(vi)
+    Xp = np.empty((L, nz + nv + 1))
+    Xp[:, -1] = 1.0
+    Qf = np.empty(P2)
+    a11 = np.empty(p)
+    D = np.empty(p)
+    ww = np.empty(P2)
+    wv = np.empty(P2)
+    vv = np.empty(P2)
+    for i in range(p):
+        D[i] = lam[i] + weight_decay
+    active = L
+    gi = 0
+    for t in range(hz[0] + 1 if L else 0):
+        while active > 0 and hz[active - 1] < t:
+            active -= 1
+        for l in range(active):  # Z_t = z zᵀ from z = X[l, −q:]
+            for i in range(q):
+                za = X[l, width - q + i]
+                for j in range(q):
+                    X[l, i * q + j] = za * X[l, width - q + j]
+        on_grid = gi < len(grid) and grid[gi] == t
+        for l in range(active):
+            if rec[l] == t or on_grid or has_target:
+                vals = F @ X[l]
+                if rec[l] == t:
+                    rec_out[l, :] = vals
+                if on_grid:
+                    grid_out[l, gi, :] = vals
+                if has_target and first_below[l] < 0 and vals[0] <= target:
+                    first_below[l] = t
+        if on_grid:
+            gi += 1
+        if t == hz[0]:
+            break
+        k = active
+        while k > 0 and hz[k - 1] <= t:  # lanes taking step t
+            k -= 1
+        if k == 0:
+            continue
+        for l in range(k):
+            for e in range(nz):
+                Xp[l, e] = X[l, zi[e] * q + zj[e]]
+            for e in range(nv):
+                Xp[l, nz + e] = X[l, Q2 + vi[e] * p + vj[e]]
+        R = Xp[:k] @ Kp  # [Q(V^ww_t, m_w)_{i≤j} | h̃] per lane
+        for l in range(k):
+            for e in range(nv):
+                Qf[vi[e] * p + vj[e]] = R[l, e]
+                Qf[vj[e] * p + vi[e]] = R[l, e]
+            a = lane_scale[l] * shape[t]
+            b = beta[l]
+            ad, a12 = a * sd[l], -a * sv[l]
+            for i in range(p):
+                a11[i] = 1.0 - ad * D[i]
+            for i in range(p):
+                for j in range(p):
+                    e = i * p + j
+                    qn = cs[l] * Qf[e]
+                    vww, vwv, vvw, vvv = X[l, Q2 + e], Y[l, e], Y[l, j * p + i], Y[l, P2 + e]
+                    # rows of A_i M_ij: (r1, r2) for w, (s1, s2) for v; then times A_jᵀ
+                    r1, r2 = a11[i] * vww + a12 * vvw, a11[i] * vwv + a12 * vvv
+                    s1, s2 = D[i] * vww + b * vvw, D[i] * vwv + b * vvv
+                    ww[e] = r1 * a11[j] + r2 * a12 + ad * ad * qn
+                    wv[e] = r1 * D[j] + r2 * b - ad * qn
+                    vv[e] = s1 * D[j] + s2 * b + qn
+            for e in range(P2):
+                X[l, Q2 + e] = ww[e]
+                Y[l, e] = wv[e]
+                Y[l, P2 + e] = vv[e]
+            for i in range(p):
+                mw, mv, h = X[l, Q2 + P2 + i], Y[l, 2 * P2 + i], R[l, nv + i]
+                X[l, Q2 + P2 + i] = a11[i] * mw + a12 * mv + ad * h
+                Y[l, 2 * P2 + i] = D[i] * mw + b * mv - h
+
+
+@dataclass(frozen=True)
+class LaneMomentum:
+    """The SGD family per lane for ``moment_paths(…, momentum=…)``: β per lane (L,), Nesterov and λ shared."""
+
+    momentum: np.ndarray
+    nesterov: bool = False
+    weight_decay: float = 0.0
+
+    def run(self, order, X, K, F, lam, lane_scale, shape, cs, hz, rec, grid, target, has_target, p, rec_out, grid_out,
+            first_below) -> None:
+        """The doubled-state loop on the plain loop's arrays (lanes in ``order``); v_0 = 0, so V^wv = V^vv = 0."""
+        beta = np.asarray(self.momentum, dtype=np.float64)[order]
+        sd, sv = (1.0 + beta, beta * beta) if self.nesterov else (np.ones_like(beta), beta)
+        Y = np.zeros((X.shape[0], 2 * p * p + p))
+        Kp, pairs = packed_product(K, p)
+        run_momentum_lanes(X, Y, Kp, *pairs, F, lam, beta, sd, sv, float(self.weight_decay), lane_scale, shape, cs,
+                           hz, rec, grid, target, has_target, p, rec_out, grid_out, first_below)
+
+
+def packed_product(K: np.ndarray, p: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """K of the plain lanes (rows [vec Z | vec V | m | 1], columns [vec Q | h̃]) on the upper triangles of the
+    symmetric Z, V and Q: (Kp, (zi, zj, vi, vj)). The rows of m are zero in K (Q and h̃ do not read m linearly)."""
+    q = p + 1
+    Q2, P2 = q * q, p * p
+    if np.any(K[Q2 + P2:-1]):
+        raise ValueError("the rows of the mean in K are expected to be zero")
+    zi, zj = np.triu_indices(q)
+    vi, vj = np.triu_indices(p)
+
+    def rows(offset: int, m: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        block = K[offset:offset + m * m]
+        return np.where((i == j)[:, None], block[i * m + j], block[i * m + j] + block[j * m + i])
+
+    Kp = np.concatenate([rows(0, q, zi, zj), rows(Q2, p, vi, vj), K[-1:]], axis=0)
+    Kp = np.concatenate([Kp[:, vi * p + vj], Kp[:, P2:]], axis=1)
+    return np.ascontiguousarray(Kp), tuple(np.ascontiguousarray(a, dtype=np.int64) for a in (zi, zj, vi, vj))
+
+
+def lane_paths(problem, w0: np.ndarray, scales: np.ndarray, shape: np.ndarray, c: np.ndarray, horizon: np.ndarray,
+               record_at: np.ndarray, grid, target: float | None, momentum: np.ndarray, nesterov: bool = False,
+               weight_decay: float = 0.0) -> dict[str, np.ndarray]:
+    """``moment_paths`` with β per lane: the plain lanes (β = λ = 0; Nesterov at β = 0 is heavy ball) through the
+    plain loop — their numbers bitwise those of a plain advisor — the others on the doubled state, one pass each."""
+    from backend.theory.paths import moment_paths
+
+    momentum = np.asarray(momentum, dtype=np.float64)
+    plain = (momentum == 0) & (float(weight_decay) == 0)
+    parts = []
+    for mask in (plain, ~plain):
+        idx = np.flatnonzero(mask)
+        if not idx.size:
+            continue
+        opt = None if mask is plain else LaneMomentum(momentum[idx], nesterov, float(weight_decay))
+        parts.append((idx, moment_paths(problem, w0, np.asarray(scales)[idx], shape, np.asarray(c)[idx],
+                                        np.asarray(horizon)[idx], np.asarray(record_at)[idx], grid, target,
+                                        momentum=opt)))
+    out = {}
+    for key in parts[0][1]:
+        first = parts[0][1][key]
+        out[key] = np.empty((len(momentum), *first.shape[1:]), dtype=first.dtype)
+        for idx, res in parts:
+            out[key][idx] = res[key]
+    return out

@@ -1,0 +1,267 @@
+"""Batch-size schedules (issue #26, docs/theory.md §10): ``batch_schedule`` = [[b1, steps1], …] in place of batch_sizes.
+
+The exact curves against an independent reference — every batch sequence enumerated in rationals, segment after
+segment (b_t at step t; plain SGD and torch.optim.SGD's momentum/Nesterov/weight decay written out); a one-segment
+schedule bitwise equal to the constant-b curve (theory and replicas); replicas against the exact curve (|z| ≤ 4);
+the refusals through the CLI (exit 2, one line naming batch_schedule); the advisor's schedule-against-constant-b
+comparison against enumeration."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from bruteforce import _grad, _loss
+from conftest import ROOT, TINY_W0, TINY_X, TINY_Y, tiny_config_json
+
+from backend import api
+from backend.config import parse_config
+from backend.errors import ConfigError
+
+F = Fraction
+ALPHAS = [F(1, 4), F(1, 8), F(1, 12), F(1, 16)]  # the tiny config's schedule: inverse, c = 1/4
+
+
+def enumerate_schedule(X, y, w0, alphas, bs, momentum=F(0), nesterov=False, weight_decay=F(0),
+                       sampler="without_replacement"):
+    """var(g_t | F_0), var(∇L(w_t) | F_0), E L(w_t) for t = 0..T, T = len(bs) − 1, where step t draws its batch of
+    size bs[t] (bs[T]: the gradient after the last update), every equally likely batch sequence enumerated; the
+    update is torch.optim.SGD's (dampening 0). Exact rationals."""
+    n = len(X)
+    T = len(bs) - 1
+
+    def batches(b):
+        return (list(itertools.combinations(range(n), b)) if sampler == "without_replacement"
+                else list(itertools.product(range(n), repeat=b)))
+
+    full = list(range(n))
+    out = {k: [] for k in ("var_g", "var_full_grad", "loss")}
+    for t in range(T + 1):
+        sg = sf = None
+        sgg = sff = sl = F(0)
+        count = 0
+        for seq in itertools.product(*[batches(b) for b in bs[:t + 1]]):
+            w, buf = list(w0), None
+            for s in range(t):
+                d = [gj + weight_decay * wj for gj, wj in zip(_grad(X, y, w, seq[s]), w)]
+                buf = list(d) if buf is None else [momentum * bj + dj for bj, dj in zip(buf, d)]
+                step = [dj + momentum * bj for dj, bj in zip(d, buf)] if nesterov else buf
+                w = [wj - alphas[s] * sj for wj, sj in zip(w, step)]
+            g, f = _grad(X, y, w, seq[t]), _grad(X, y, w, full)
+            sg = g if sg is None else [a + c for a, c in zip(sg, g)]
+            sf = f if sf is None else [a + c for a, c in zip(sf, f)]
+            sgg += sum(v * v for v in g)
+            sff += sum(v * v for v in f)
+            sl += _loss(X, y, w)
+            count += 1
+        out["var_g"].append(sgg / count - sum((v / count) ** 2 for v in sg))
+        out["var_full_grad"].append(sff / count - sum((v / count) ** 2 for v in sf))
+        out["loss"].append(sl / count)
+    return out
+
+
+def schedule_config(schedule, **over):
+    cfg = tiny_config_json(**over)
+    del cfg["batch_sizes"]
+    cfg.pop("steps")
+    cfg["batch_schedule"] = schedule
+    return cfg
+
+
+def cli(cmd: str, cfg, tmp_path, *args, capsys=None):
+    """The CLI on a config file: in this process through its own entry point (``capsys`` given: returns rc,
+    stdout, stderr), else as ``python -m backend`` in a subprocess."""
+    path = tmp_path / "config.json"
+    path.write_text(cfg if isinstance(cfg, str) else json.dumps(cfg))
+    if capsys is not None:
+        from backend.__main__ import main
+
+        capsys.readouterr()
+        rc = main([cmd, str(path), *args])
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess([cmd], rc, out.out, out.err)
+    return subprocess.run([sys.executable, "-m", "backend", cmd, str(path), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def per_step_b(schedule):
+    bs = [b for b, s in schedule for _ in range(s)]
+    return bs + [schedule[-1][0]]
+
+
+# -- the exact curves -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("schedule,optimizer,sampler", [
+    ([[1, 1], [3, 2]], None, "without_replacement"),
+    ([[2, 2], [4, 1]], {"name": "sgd", "momentum": "1/2"}, "without_replacement"),
+    ([[1, 1], [2, 1], [4, 1]], {"name": "sgd", "momentum": "3/5", "nesterov": True, "weight_decay": "1/7"},
+     "without_replacement"),
+    ([[1, 1], [2, 1]], {"name": "sgd", "weight_decay": "1/3"}, "with_replacement"),
+])
+def test_theory_against_enumeration(tmp_path, capsys, schedule, optimizer, sampler):
+    """The CLI's theory of a schedule: one curve keyed "schedule", equal to the enumeration over every batch sequence
+    with b_t at step t (the segments run one after another, each from the state the last one left)."""
+    over = {"sampler": sampler} | ({"optimizer": optimizer} if optimizer else {})
+    out = cli("theory", schedule_config(schedule, **over), tmp_path, capsys=capsys)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert list(doc["curves"]) == ["schedule"]
+    T = sum(s for _, s in schedule)
+    assert doc["t"] == list(range(T + 1))
+    o = optimizer or {}
+    ref = enumerate_schedule(TINY_X, TINY_Y, TINY_W0, ALPHAS, per_step_b(schedule), F(o.get("momentum", 0)),
+                             o.get("nesterov", False), F(o.get("weight_decay", 0)), sampler)
+    for q in ("var_g", "var_full_grad", "loss"):
+        np.testing.assert_allclose(doc["curves"]["schedule"][q], [float(v) for v in ref[q]], rtol=1e-11, atol=1e-14,
+                                   err_msg=q)
+
+
+def test_a_schedule_is_not_its_constant_b():
+    """The schedule's curve differs from the constant-b curve of each of its b after the switch (the test above
+    would pass for a broken switch only if the schedule's b did not matter)."""
+    sched = api.theory(parse_config(schedule_config([[1, 1], [4, 2]])))["curves"]
+    for b in (1, 4):
+        const = api.theory(parse_config(tiny_config_json(batch_sizes=[b], steps=3)))["curves"]
+        assert not np.allclose(sched["var_g"][0], const["var_g"][0])
+    const1 = api.theory(parse_config(tiny_config_json(batch_sizes=[1], steps=3)))["curves"]
+    # before the switch, b = 1's curve bitwise: g_0 and w_1 come from b = 1 (g_1 is drawn with b = 4)
+    assert sched["var_g"][0, 0] == const1["var_g"][0, 0] and sched["var_g"][0, 1] != const1["var_g"][0, 1]
+    for q in ("var_full_grad", "loss"):
+        assert np.array_equal(sched[q][0, :2], const1[q][0, :2]), q
+
+
+@pytest.mark.parametrize("optimizer", [None, {"name": "sgd", "momentum": "1/2", "nesterov": True}])
+def test_one_segment_is_constant_b_bitwise(optimizer):
+    over = {"optimizer": optimizer} if optimizer else {}
+    sched = parse_config(schedule_config([[2, 3]], **over))
+    const = parse_config(tiny_config_json(batch_sizes=[2], steps=3, **over))
+    a, c = api.theory(sched)["curves"], api.theory(const)["curves"]
+    for q in a:
+        assert np.array_equal(a[q], c[q]), q
+    sa, sc = api.simulate(sched.replace(replicas=200)), api.simulate(const.replace(replicas=200))
+    for q in sa["curves"]:
+        for stat in ("value", "se"):
+            assert np.array_equal(sa["curves"][q][stat], sc["curves"][q][stat], equal_nan=True), (q, stat)
+
+
+# -- replicas -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("schedule,optimizer", [
+    ([[1, 2], [4, 3], [2, 2]], None),
+    ([[1, 3], [3, 4]], {"name": "sgd", "momentum": "1/2"}),
+])
+def test_replicas_against_exact(tmp_path, capsys, schedule, optimizer):
+    """The CLI's simulate of a schedule: one curve "schedule", every estimate within 4 SE of the exact value (the
+    exact curve checked against enumeration above)."""
+    cfg = schedule_config(schedule, replicas=4000, seed=3, **({"optimizer": optimizer} if optimizer else {}))
+    out = cli("simulate", cfg, tmp_path, capsys=capsys)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert list(doc["curves"]) == ["schedule"] and doc["batch_schedule"] == schedule
+    exact = api.theory(parse_config(cfg))["curves"]
+    for q in ("var_g", "var_full_grad", "loss", "var_g_rb"):
+        est, se = np.array(doc["curves"]["schedule"][q]), np.array(doc["curves"]["schedule"][f"{q}_se"])
+        ex = exact["var_g" if q == "var_g_rb" else q][0]
+        live = se > 1e-9 * np.abs(ex).max()  # var(∇L(w_0)) = 0: its SE is rounding
+        z = (est[live] - ex[live]) / se[live]
+        assert live.sum() >= len(est) - 1 and np.all(np.abs(z) <= 4), (q, z)
+    assert doc["flags"]["var_g"] == [] or all(p["b"] == "schedule" for p in doc["flags"]["var_g"])
+
+
+def test_cache_key_holds_the_schedule():
+    a = parse_config(schedule_config([[1, 1], [3, 2]]))
+    b = parse_config(schedule_config([[3, 1], [1, 2]]))
+    assert a.to_json()["batch_schedule"] == [[1, 1], [3, 2]] and "batch_sizes" not in a.to_json()
+    assert api.simulation_key(a, api.resolve_device("cpu")) != api.simulation_key(b, api.resolve_device("cpu"))
+    assert parse_config(a.to_json()) == a  # the normalised form reloads (steps = Σ steps_i)
+
+
+# -- bad input ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("over,needle", [
+    ({"batch_schedule": [[0, 2]]}, "batch_schedule[0][0]"),
+    ({"batch_schedule": [[6, 2]]}, "batch_schedule"),
+    ({"batch_schedule": [[2, 0]]}, "batch_schedule[0][1]"),
+    ({"batch_schedule": [[2, -1]]}, "batch_schedule[0][1]"),
+    ({"batch_schedule": []}, "batch_schedule"),
+    ({"batch_schedule": [[2]]}, "batch_schedule"),
+    ({"batch_schedule": "2:3"}, "batch_schedule"),
+    ({"batch_schedule": [[2, 3]], "batch_sizes": [2]}, "batch_schedule"),
+    ({"batch_schedule": [[2, 3]], "steps": 4}, "batch_schedule"),
+])
+def test_bad_schedules_exit_2(tmp_path, capsys, over, needle):
+    cfg = {k: v for k, v in tiny_config_json().items() if k not in ("batch_sizes", "steps")} | over
+    for cmd in ("theory", "simulate"):
+        out = cli(cmd, cfg, tmp_path, capsys=capsys)
+        assert out.returncode == 2, out.stdout
+        assert "Traceback" not in out.stderr and out.stderr.strip().count("\n") == 0, out.stderr
+        assert out.stderr.startswith(f"error: {needle}"), out.stderr
+
+
+def test_schedule_agreeing_steps_is_accepted():
+    cfg = schedule_config([[2, 1], [3, 2]]) | {"steps": 3}
+    assert parse_config(cfg).steps == 3
+
+
+def test_bad_schedule_in_a_subprocess(tmp_path):
+    """``python -m backend`` itself: exit 2, one line naming the field, no traceback."""
+    out = cli("theory", schedule_config([[9, 2]]), tmp_path)
+    assert out.returncode == 2 and out.stderr.startswith("error: batch_schedule") and out.stderr.count("\n") == 1
+
+
+def test_views_over_constant_b_refuse_a_schedule(tmp_path, capsys):
+    cfg = schedule_config([[2, 1], [3, 2]])
+    for args in (("check",), ("polynomial", "--t", "2")):
+        out = cli(args[0], cfg, tmp_path, *args[1:], capsys=capsys)
+        assert out.returncode == 2 and out.stderr.startswith("error: batch_schedule"), out.stderr
+
+
+def test_page_text_parses():
+    assert api.parse_batch_schedule_text("8:100, 32: 200") == [[8, 100], [32, 200]]
+    for bad in ("8", "8:x", "8:1:2", ""):
+        with pytest.raises(ConfigError) as e:
+            api.parse_batch_schedule_text(bad)
+        assert e.value.field == "batch_schedule"
+
+
+# -- the advisor's comparison ---------------------------------------------------------------------------------
+
+def test_advisor_comparison_against_enumeration():
+    """Warm-up 1 → 3 against constant b = 1, 2, 3 at the schedule's budget N = 1·1 + 3·1 = 4 samples (T_b = ⌊N/b⌋:
+    4, 2, 1 steps): every final E L against the enumeration over every batch sequence, the best b and the verdict
+    from those enumerated values."""
+    config = parse_config(tiny_config_json())
+    out = api.compare_schedule(config, [[1, 1], [3, 1]], [1, 2, 3])
+    assert out["budget"] == 4 and out["steps"] == 2 and out["exact"]
+
+    def final_loss(bs):
+        return float(enumerate_schedule(TINY_X, TINY_Y, TINY_W0, ALPHAS, bs)["loss"][-1])
+
+    ref_sched = final_loss([1, 3, 3])
+    ref = {b: final_loss([b] * (4 // b) + [b]) for b in (1, 2, 3)}
+    assert out["loss"] == pytest.approx(ref_sched, rel=1e-12)
+    assert {b: r["steps"] for b, r in out["constant"].items()} == {"1": 4, "2": 2, "3": 1}
+    for b, v in ref.items():
+        assert out["constant"][str(b)]["loss"] == pytest.approx(v, rel=1e-12), b
+    assert out["best_constant_b"] == min(ref, key=ref.get)
+    assert out["schedule_better"] == (ref_sched < min(ref.values()))
+    assert out["loss_path"][0] == pytest.approx(float(_loss(TINY_X, TINY_Y, TINY_W0)), rel=1e-14)
+
+
+def test_advisor_comparison_refusals():
+    config = parse_config(tiny_config_json())
+    with pytest.raises(ConfigError) as e:
+        api.compare_schedule(config, [[9, 1]])
+    assert e.value.field == "batch_schedule"
+    with pytest.raises(ConfigError) as e:
+        api.compare_schedule(config, [[1, 1]], [2])  # b = 2 > the budget N = 1
+    assert e.value.field == "batch_sizes"
+    with pytest.raises(ConfigError) as e:
+        api.compare_schedule(parse_config({"setting": "deep_linear", "steps": 2}), [[1, 1]])
+    assert e.value.field == "setting"
