@@ -37,6 +37,7 @@ bench: $(VENV)/.dev
 	$(PY) benchmarks/bench_mlp.py
 	$(PY) benchmarks/bench_sequence.py
 	$(PY) benchmarks/bench_advisor.py
+	$(PY) benchmarks/bench_cbs.py
 	$(PY) benchmarks/bench_sweep.py
 	$(PY) benchmarks/bench_estimates.py
 	$(PY) benchmarks/bench_load.py
