@@ -336,7 +336,7 @@ def test_every_preset_parses_and_has_its_theory_and_estimate():
     from backend.config import parse_config
 
     raws = [{"setting": s["name"], "preset": name} for s in api.registry() for name in s["presets"]]
-    assert len(raws) == 10
+    assert len(raws) == 11
     for raw in raws:
         cfg = parse_config(raw)
         theory = api.theory(cfg)

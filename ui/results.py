@@ -38,7 +38,7 @@ def time_chart_with_caption(theory: dict | None, sim: dict | None, config, quant
                              None if sim is None else sim["finite_count"], x_name=x_name)
     chart = charts.time_chart(df, label, log=log, x_name=x_name,
                               x_title="epoch" if x_name == "epoch" else "iteration t", band=band,
-                              nonnegative=charts.is_nonnegative(quantity))
+                              nonnegative=charts.is_nonnegative(quantity, api.quantity_table(config)))
     st.altair_chart(chart, width="stretch")
     st.caption(charts.drawn_caption(charts.drawn_summary(df, log), sim is not None, band))
     return chart
@@ -69,8 +69,11 @@ def downloads(prefix: str, config, theory: dict | None, sim: dict | None, quanti
 
 
 def classifier_results(config, sim: dict, with_gap: bool) -> None:
-    """Tabs for the replica classifiers (MLP, sequence model): variance, loss/error, gap, the split, downloads."""
+    """Tabs for the replica classifiers (MLP, sequence model, your model): variance, loss/error, gap, the split,
+    downloads — over the result's x (epochs, or recorded steps t); quantities the result lacks are left out."""
     import pandas as pd
+
+    x, x_name = sim["x"], sim["x_name"]
 
     def chart(quantity: str, title: str, log: bool = False):
         return time_chart_with_caption(None, sim, config, quantity, title, log)
@@ -85,11 +88,13 @@ def classifier_results(config, sim: dict, with_gap: bool) -> None:
         charts_by_name["var(g)"] = chart("var_g", "var(g) across replicas (log)", True)
         st.caption(f"Line: median over initial weights; band: {sim['band']}.")
         share = api.b_ordering_share(sim)
-        st.write(f"var(g) decreases with b at {100 * share:.0f} % of the epochs (all batch sizes ordered).")
+        st.write(f"var(g) decreases with b at {100 * share:.0f} % of the "
+                 f"{'epochs' if x_name == 'epoch' else 'recorded steps'} (all batch sizes ordered).")
     with tab_l:
         for q, title in (("loss_train", "training loss"), ("loss_val", "validation loss"),
                          ("error_train", "training error"), ("error_val", "validation error")):
-            charts_by_name[title] = chart(q, title)
+            if q in sim["curves"]:
+                charts_by_name[title] = chart(q, title)
         st.caption(f"Lines: mean over all replicas; bands: {sim['band']}.")
     if tab_g is not None:
         with tab_g:
@@ -104,10 +109,10 @@ def classifier_results(config, sim: dict, with_gap: bool) -> None:
                     f"{min(config.noise_samples, config.n_train)} training points (exact when it is the whole set); "
                     "the second is the spread of the full gradient across replicas.")
         theory_link(3, "the variance split, the covariance convention and B_simple")
-        charts_by_name["variance split"] = charts.split_chart(sim["epoch"], "epoch", config.batch_sizes,
+        charts_by_name["variance split"] = charts.split_chart(x, x_name, config.batch_sizes,
                                                               sim["curves"], sim["band"])
         st.altair_chart(charts_by_name["variance split"], width="stretch")
-        charts_by_name["B_simple"] = charts.b_simple_chart(sim["epoch"], "epoch", config.batch_sizes,
+        charts_by_name["B_simple"] = charts.b_simple_chart(x, x_name, config.batch_sizes,
                                                            sim["curves"]["b_simple"], sim["band"])
         st.altair_chart(charts_by_name["B_simple"], width="stretch")
         st.caption("B_simple = tr Σ / ‖∇L‖² with the same population Σ as McCandlish et al. (the batch size at which "
@@ -116,18 +121,18 @@ def classifier_results(config, sim: dict, with_gap: bool) -> None:
         for note in (api.b_simple_note(config, sim), api.split_note(sim)):
             if note:
                 st.info(note)
-        last = len(sim["epoch"]) - 1
+        last = len(x) - 1
         c = sim["curves"]
         split = api.variance_split(sim)
 
         def pm(value: float, se: float) -> str:
             return f"{value:.4g} ± {se:.2g}" if np.isfinite(value) else "not resolved"
 
-        st.dataframe(pd.DataFrame([{"b": b, **{f"{label} (epoch {last})":
+        st.dataframe(pd.DataFrame([{"b": b, **{f"{label} ({x_name} {x[last]})":
                                                pm(c[q]["value"][j, last], c[q]["se"][j, last])
                                                for q, label in (("var_g", "var(g)"), ("noise_one_step", "one-step"),
                                                                 ("noise_spread", "spread"), ("b_simple", "B_simple"))},
-                                    f"total − one-step (epoch {last})": pm(split["difference"][j, last],
+                                    f"total − one-step ({x_name} {x[last]})": pm(split["difference"][j, last],
                                                                            split["difference_se"][j, last])
                                     + ("" if split["resolved"][j, last] else " (not resolved)")}
                                    for j, b in enumerate(config.batch_sizes)]), hide_index=True)

@@ -27,12 +27,14 @@ class Replicas:
     Every batched call runs over all replicas at once, or over consecutive blocks of ``replica_chunk`` replicas (each
     block vectorised) when the activations of all of them would not fit: results are concatenated, identical."""
 
-    def __init__(self, model, replica_chunk: int | None = None) -> None:
+    def __init__(self, model, replica_chunk: int | None = None, per_sample_loss: Callable | None = None) -> None:
         forward = module_forward(model) if isinstance(model, torch.nn.Module) else model
         self.forward = forward
         self.replica_chunk = replica_chunk
 
-        def loss(params, x, y):
+        def loss(params, x, y):  # the batch mean of per_sample_loss(output, y) (default: the cross-entropy)
+            if per_sample_loss is not None:
+                return per_sample_loss(forward(params, x), y).mean()
             return torch.nn.functional.cross_entropy(forward(params, x), y)
 
         self.loss = loss

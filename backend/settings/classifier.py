@@ -44,10 +44,13 @@ _EPOCH_QUANTITIES = (
 )
 
 
+SIGNED_QUANTITIES = ("gap_distorted",)  # a difference of accuracies: either sign (every other quantity is ≥ 0)
+
+
 def classifier_quantities(with_gap: bool) -> list[Quantity]:
     """The per-epoch quantities (no exact theory for a nonlinear network), each reported with ``_se``."""
-    return [Quantity(name, label, latex, "epoch", False, how) for name, label, latex, how in _EPOCH_QUANTITIES
-            if with_gap or name != "gap_distorted"]
+    return [Quantity(name, label, latex, "epoch", False, how, nonnegative=name not in SIGNED_QUANTITIES)
+            for name, label, latex, how in _EPOCH_QUANTITIES if with_gap or name != "gap_distorted"]
 
 
 ADVISOR_QUANTITIES = {"loss": "loss_train", "var_full_grad": "noise_spread", "var_g": "var_g"}
@@ -123,7 +126,8 @@ def checkpoint_key(config, device: torch.device, b: int) -> str:
 MEDIAN_OVER_INITS = ("var_g", "noise_one_step", "noise_spread", "b_simple")  # the paper's summary for variances
 
 
-def shape_result(config, meta: dict, arrays: dict, hit: bool) -> dict[str, Any]:
+def shape_result(config, meta: dict, arrays: dict, hit: bool, x_name: str = "epoch", x: np.ndarray | None = None,
+                 names: tuple[str, ...] | None = None) -> dict[str, Any]:
     """The run as the one result shape (backend/curves.py) over epochs; per estimated quantity q (engine.ESTIMATED),
     arrays (B, epochs + 1):
     - value: the median over initial weights for the variances and B_simple (the paper's summary), the mean over
@@ -139,7 +143,7 @@ def shape_result(config, meta: dict, arrays: dict, hit: bool) -> dict[str, Any]:
     t95 = t_quantile(0.95, max(config.replicas - 1, 1))
     raw = {b: {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{b}.")} for b in config.batch_sizes}
     curves: dict[str, dict[str, np.ndarray]] = {}
-    for q in engine.ESTIMATED:
+    for q in names or engine.ESTIMATED:  # names: another engine's quantities (x over x_name, default epochs)
         rows = []
         for b in config.batch_sizes:
             v, se = raw[b][q], raw[b][f"{q}_se"]
@@ -164,8 +168,8 @@ def shape_result(config, meta: dict, arrays: dict, hit: bool) -> dict[str, Any]:
             "diverged_replicas": [row["diverged_replicas"] for row in meta["per_b"]]}
     band = ("min–max over initial weights" if config.inits > 1 else
             f"95 % interval from the {config.replicas} replicas (one initial weight)")
-    return curves_result("epoch", np.arange(config.epochs + 1), config.batch_sizes, curves, finite, meta, hit,
-                         band=band, per_init=raw)
+    return curves_result(x_name, np.arange(config.epochs + 1) if x is None else x, config.batch_sizes, curves,
+                         finite, meta, hit, band=band, per_init=raw)
 
 
 def b_simple_resolved(raw: dict[str, np.ndarray]) -> np.ndarray:
@@ -179,14 +183,15 @@ def b_simple_resolved(raw: dict[str, np.ndarray]) -> np.ndarray:
 def b_simple_note(config, sim: dict[str, Any]) -> str | None:
     """The note where B_simple is not resolved (None where it is everywhere)."""
     c = sim["curves"]["b_simple"]
-    where = [(b, int(e)) for j, b in enumerate(sim["batch_sizes"]) for e in np.flatnonzero(~c["resolved"][j])]
+    where = [(b, int(sim["x"][e])) for j, b in enumerate(sim["batch_sizes"])
+             for e in np.flatnonzero(~c["resolved"][j])]
     if not where:
         return None
     m = min(config.noise_samples, config.n_train)
     shown = ", ".join(f"({b}, {e})" for b, e in where[:8]) + (" …" if len(where) > 8 else "")
-    return (f"B_simple is not resolved at (b, epoch) = {shown}: there ‖∇L‖², debiased on the fixed subsample of {m} "
-            f"training points, is within {RESOLVED_Z:g} standard errors of zero (below its own noise), so tr Σ / ‖∇L‖² "
-            "is unbounded or negative; it is reported as null. Raise noise_samples (now "
+    return (f"B_simple is not resolved at (b, {sim.get('x_name', 'epoch')}) = {shown}: there ‖∇L‖², debiased on the fixed "
+            f"subsample of {m} training points, is within {RESOLVED_Z:g} standard errors of zero (below its own noise), "
+            "so tr Σ / ‖∇L‖² is unbounded or negative; it is reported as null. Raise noise_samples (now "
             f"{config.noise_samples}; the training set has {config.n_train} points) to resolve it.")
 
 
@@ -212,9 +217,9 @@ def split_note(sim: dict[str, Any]) -> str | None:
            for j, b in enumerate(sim["batch_sizes"]) if not s["resolved"][j, last]]
     if not bad:
         return None
-    return (f"The spread term is not resolved at epoch {int(sim['x'][last])} ({'; '.join(bad)}; ± one SE): the total "
-            f"variance does not exceed the one-step noise by more than {RESOLVED_Z:g} standard errors of their "
-            "difference, so the replicas cannot tell the spread of ∇L from zero there (more replicas, or a larger "
+    return (f"The spread term is not resolved at {sim.get('x_name', 'epoch')} {int(sim['x'][last])} ({'; '.join(bad)}; ± one "
+            f"SE): the total variance does not exceed the one-step noise by more than {RESOLVED_Z:g} standard errors "
+            "of their difference, so the replicas cannot tell the spread of ∇L from zero there (more replicas, or a larger "
             "noise subsample, shrink the SEs).")
 
 
@@ -265,7 +270,7 @@ def classifier_document(config, res: dict[str, Any], names) -> dict[str, Any]:
         entry["total_minus_one_step_se"] = json_list(split["difference_se"][j])
         entry["spread_resolved"] = [bool(v) for v in split["resolved"][j]]
         curves[str(b)] = entry
-    return {"epoch": res["epoch"].tolist(), "curves": curves, "inits": config.inits, "replicas": config.replicas,
+    return {res["x_name"]: res["x"].tolist(), "curves": curves, "inits": config.inits, "replicas": config.replicas,
             "band": res["band"], "sampler": meta["sampler_label"], "device": meta["device"],
             "diverged_at": {str(x["b"]): x["diverged_at"] for x in meta["per_b"]},
             "notes": [note for note in (b_simple_note(config, res), split_note(res)) if note]}

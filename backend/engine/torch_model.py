@@ -1,0 +1,503 @@
+"""Your own model (issue 25; docs/theory.md §10): a PyTorch model and its data from a Python file, trained as
+K initial weights × R replicas stacked along a leading dimension (torch.func: functional_call + vmap, indices drawn
+outside vmap from explicit generators), with the statistics of the MLP engine at t = 0, k, 2k, …, T.
+
+The model file (loaded only from an allowed folder: backend/allowed.py) defines
+  model(seed) → nn.Module        the network with init ``seed``'s weights (inits 0 … K−1), deterministic in seed;
+  data() → {"train": (X, Y), "val": (X, Y)}   tensors ("val" optional);
+  loss(output, target) → (b,)    optional, per-sample losses (default: the cross-entropy, integer targets);
+  checkpoint() → state_dict      optional: every init starts from it (branching from a trained model).
+A failing file raises one ConfigError naming the file and the function. Modules torch.func cannot run as they are
+are refused naming the module: BatchNorm in train mode (its batch statistics couple the samples of a batch and its
+running statistics are updated in place), Dropout in train mode with p > 0 (the variance would include dropout's
+noise: call .eval() or set p = 0), and any module whose forward writes a buffer in place.
+
+Per recorded step t and init k (over its R replicas), as backend/engine/mlp.py: var_g (a fresh uniform b-subset's
+gradient from a separate probe generator, Lemma 1 at t = 0), loss and error (class targets) on the training and
+validation sets, the one-step noise c_b tr Σ̂, the spread of ∇L_S and B_simple from per-sample gradients on a fixed
+subsample (backend/engine/noise.py, backend/stats.py: subsample_noise).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.func import functional_call
+
+from backend.engine.mlp import EpochStats, flat
+from backend.engine.noise import per_sample_dots, per_sample_terms
+from backend.engine.replicas import Replicas
+from backend.engine.runner import (ACTIVATION_ELEMENTS, STEP_BLOCK, Divergence, DivergenceLog, check_cancel,
+                                   precision, report, seed_for)
+from backend.engine.samplers import Draw, make_sampler
+from backend.errors import ConfigError
+from backend.stats import group_mean, group_var, subsample_noise
+
+ESTIMATED = ("var_g", "loss_train", "loss_val", "error_train", "error_val", "noise_one_step", "noise_spread",
+             "b_simple")
+CHECK_POINTS = 1024  # training points on which the loss at w_0 is checked (finite) when the file is loaded
+
+
+def fail(path: Path, function: str, message: str) -> ConfigError:
+    """The one-line error of a failing model file: the file and the function."""
+    return ConfigError("model.file", f"{path.name}: {function}: {message}")
+
+
+def _why(e: BaseException) -> str:
+    text = " ".join(f"{type(e).__name__}: {e}".split())  # one line, whitespace collapsed
+    return text if len(text) <= 400 else text[:399] + "…"
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tensors_sha256(tensors) -> str:
+    """sha256 over (dtype, shape, bytes) of the tensors in order."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update((t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes())
+    return h.hexdigest()
+
+
+def import_file(path: Path, sha: str) -> ModuleType:
+    """The model file run as a module (its own name per content hash); an error names the file."""
+    name = f"batchvar_model_{sha[:16]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise fail(path, "import", "not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look modules up by name
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # a user's file may raise anything
+        sys.modules.pop(name, None)
+        raise fail(path, "import", _why(e)) from None
+    return module
+
+
+@dataclass
+class ModelFile:
+    """A validated model file: its functions' results on the CPU and what the setting's estimate needs."""
+
+    path: Path
+    sha256: str
+    data_sha256: str
+    module: ModuleType
+    template: torch.nn.Module  # init 0's module (or the checkpoint's), CPU
+    Xtr: torch.Tensor
+    Ytr: torch.Tensor
+    Xva: torch.Tensor | None
+    Yva: torch.Tensor | None
+    loss: Callable
+    checkpoint: dict | None
+    classes: bool
+    n_params: int
+    act_per_sample: int
+    trainable: tuple[str, ...] = field(default=())
+
+    @property
+    def n_train(self) -> int:
+        return int(self.Xtr.shape[0])
+
+    @property
+    def n_val(self) -> int:
+        return 0 if self.Xva is None else int(self.Xva.shape[0])
+
+
+def _default_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(output, target, reduction="none")
+
+
+def _pair(path: Path, split: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(split, (tuple, list)) or len(split) != 2 or not all(isinstance(t, torch.Tensor) for t in split):
+        raise fail(path, "data()", f"{name!r} must be a pair (inputs, targets) of tensors")
+    X, Y = (t.detach().cpu() for t in split)
+    if X.dim() == 0 or Y.dim() == 0 or X.shape[0] != Y.shape[0]:
+        raise fail(path, "data()", f"{name!r}: inputs and targets need the same first dimension (samples), got "
+                                   f"{tuple(X.shape)} and {tuple(Y.shape)}")
+    return X, Y
+
+
+def read_data(path: Path, module: ModuleType):
+    try:
+        out = module.data()
+    except Exception as e:
+        raise fail(path, "data()", _why(e)) from None
+    if not isinstance(out, dict) or "train" not in out or set(out) - {"train", "val"}:
+        raise fail(path, "data()", 'must return {"train": (inputs, targets), "val": (inputs, targets)} ("val" '
+                                   "optional)")
+    Xtr, Ytr = _pair(path, out["train"], "train")
+    if Xtr.shape[0] < 2:
+        raise fail(path, "data()", f"'train' needs at least 2 samples, got {Xtr.shape[0]}")
+    Xva, Yva = _pair(path, out["val"], "val") if out.get("val") is not None else (None, None)
+    return Xtr, Ytr, Xva, Yva
+
+
+def call_model(path: Path, module: ModuleType, seed: int) -> torch.nn.Module:
+    try:
+        m = module.model(seed)
+    except Exception as e:
+        raise fail(path, f"model({seed})", _why(e)) from None
+    if not isinstance(m, torch.nn.Module):
+        raise fail(path, f"model({seed})", f"must return a torch.nn.Module, got {type(m).__name__}")
+    m = m.cpu()
+    if not any(p.requires_grad for p in m.parameters()):
+        raise fail(path, f"model({seed})", "the module has no trainable parameters")
+    if any(not p.is_floating_point() for p in m.parameters()):
+        raise fail(path, f"model({seed})", "every parameter must be a floating-point tensor")
+    return m
+
+
+def refuse_modules(path: Path, m: torch.nn.Module) -> None:
+    """BatchNorm and Dropout (p > 0) in train mode are refused, naming the module (docs/theory.md §10)."""
+    for name, sub in m.named_modules():
+        kind = type(sub).__name__
+        if isinstance(sub, torch.nn.modules.batchnorm._BatchNorm) and sub.training:
+            raise fail(path, "model()", f"module {name!r} ({kind}) is in train mode: its batch statistics couple the "
+                                        "samples of a batch and its running statistics are updated in place, which "
+                                        "torch.func cannot vectorise over replicas; call .eval() on it or use "
+                                        "GroupNorm/LayerNorm")
+        if isinstance(sub, torch.nn.modules.dropout._DropoutNd) and sub.training and sub.p > 0:
+            raise fail(path, "model()", f"module {name!r} ({kind}, p = {sub.p:g}) is in train mode: the variance "
+                                        "would include dropout's noise, which this setting does not measure; call "
+                                        ".eval() on it or set p = 0")
+
+
+def _owner(name: str) -> str:
+    return name.rsplit(".", 1)[0] if "." in name else "(the model itself)"
+
+
+def trial_forward(path: Path, m: torch.nn.Module, X: torch.Tensor, Y: torch.Tensor, loss: Callable
+                  ) -> tuple[torch.Tensor, int]:
+    """One forward of a copy on two samples: the output, its loss shape (per sample), no buffer written in place;
+    returns (output, activations per sample: the elements of every submodule's output)."""
+    probe = copy.deepcopy(m).float()  # as the run casts it (its dtype), float32 here
+    X, Y = _cast_input(X[:2], torch.float32), _cast_input(Y[:2], torch.float32)
+    before = {n: b.clone() for n, b in probe.named_buffers()}
+    versions = {n: b._version for n, b in probe.named_buffers()}
+    sizes: list[int] = []
+    hooks = [sub.register_forward_hook(lambda _m, _i, o: sizes.append(o.numel() if isinstance(o, torch.Tensor)
+                                                                      else 0)) for sub in probe.modules()]
+    try:
+        with torch.no_grad():
+            out = probe(X[:2])
+    except Exception as e:
+        raise fail(path, "model() forward", _why(e)) from None
+    finally:
+        for h in hooks:
+            h.remove()
+    for n, b in probe.named_buffers():
+        if b._version != versions[n] or not torch.equal(b, before[n]):
+            raise fail(path, "model()", f"module {_owner(n)!r} writes its buffer {n!r} in place during the forward "
+                                        "pass, which torch.func cannot run over replicas")
+    if not isinstance(out, torch.Tensor):
+        raise fail(path, "model() forward", f"must return a tensor, got {type(out).__name__}")
+    try:
+        per = loss(out, Y[:2])
+    except Exception as e:
+        raise fail(path, "loss()", _why(e)) from None
+    if not isinstance(per, torch.Tensor) or tuple(per.shape) != (2,) or not per.is_floating_point():
+        raise fail(path, "loss()", "must return one floating-point loss per sample (shape (b,)), got "
+                                   f"{getattr(per, 'shape', type(per).__name__)}")
+    return out, max(1, sum(sizes) // 2)
+
+
+def functional(template: torch.nn.Module, dtype: torch.dtype, device: torch.device):
+    """(forward(params, x), {name: trainable parameter}): forward runs ``template``'s code with the parameters given
+    (torch.func.functional_call) and its constants (buffers, frozen parameters) held on ``device``."""
+    model = copy.deepcopy(template)
+    trainable = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    consts = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
+    consts.update(dict(model.named_buffers()))
+    cast = lambda t: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)  # noqa: E731
+    consts = {n: cast(t) for n, t in consts.items()}
+    memo = {id(p): torch.nn.Parameter(p.detach().to("meta"), p.requires_grad) for p in model.parameters()}
+    memo.update({id(b): b.detach().to("meta") for b in model.buffers()})
+    meta = copy.deepcopy(model, memo)
+    return (lambda params, x: functional_call(meta, (params, consts), (x,))), trainable
+
+
+def trial_replicas(path: Path, template: torch.nn.Module, X: torch.Tensor, Y: torch.Tensor, loss: Callable) -> None:
+    """The torch.func path itself (vmap over 2 stacked copies, per-sample gradients) on two samples."""
+    try:
+        forward, params = functional(template, torch.float32, torch.device("cpu"))
+        stacked = {n: p.float()[None].repeat(2, *([1] * p.dim())) for n, p in params.items()}
+        x = _cast_input(X[:2], torch.float32)
+        y = _cast_input(Y[:2], torch.float32)
+        rep = Replicas(forward, None, loss)
+        g, _ = rep.grad_and_loss(stacked, x[None].expand(2, *x.shape), y[None].expand(2, *y.shape))
+        rep.per_sample_replicas(stacked, x, y)
+    except Exception as e:
+        raise fail(path, "model() under torch.func (vmap over replicas)", _why(e)) from None
+
+
+def _cast_input(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.to(dtype) if t.is_floating_point() else t
+
+
+def read_checkpoint(path: Path, module: ModuleType, m: torch.nn.Module) -> dict | None:
+    if not hasattr(module, "checkpoint"):
+        return None
+    try:
+        state = module.checkpoint()
+    except Exception as e:
+        raise fail(path, "checkpoint()", _why(e)) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise fail(path, "checkpoint()", "must return a state_dict (a dict of tensors)")
+    try:
+        m.load_state_dict(state, strict=True)
+    except Exception as e:
+        raise fail(path, "checkpoint()", _why(e)) from None
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def check_loss_at_w0(path: Path, m: torch.nn.Module, X: torch.Tensor, Y: torch.Tensor, loss: Callable) -> None:
+    m = copy.deepcopy(m).float()
+    X, Y = _cast_input(X[:CHECK_POINTS], torch.float32), _cast_input(Y[:CHECK_POINTS], torch.float32)
+    with torch.no_grad():
+        per = torch.cat([loss(m(X[s:s + 256]), Y[s:s + 256]) for s in range(0, min(len(X), CHECK_POINTS), 256)])
+    if not torch.isfinite(per).all():
+        raise fail(path, "loss()", "the loss at w_0 is not finite on the training data")
+
+
+def _same_params(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    pa, pb = dict(a.state_dict()), dict(b.state_dict())
+    return pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def validate(path: Path) -> ModelFile:
+    """Import and check a model file (see the module doc); cached per content (``load``)."""
+    sha = file_sha256(path)
+    module = import_file(path, sha)
+    for fn in ("model", "data"):
+        if not callable(getattr(module, fn, None)):
+            raise fail(path, f"{fn}()", "missing: a model file defines model(seed) and data()")
+    for fn in ("loss", "checkpoint"):
+        if hasattr(module, fn) and not callable(getattr(module, fn)):
+            raise fail(path, f"{fn}()", "must be a function")
+    Xtr, Ytr, Xva, Yva = read_data(path, module)
+    m = call_model(path, module, 0)
+    if not _same_params(m, call_model(path, module, 0)):
+        raise fail(path, "model(0)", "two calls give different weights: seed the initial weights from its argument")
+    ckpt = read_checkpoint(path, module, m)
+    refuse_modules(path, m)
+    loss = getattr(module, "loss", None) or _default_loss
+    out, act = trial_forward(path, m, Xtr, Ytr, loss)
+    if Xva is not None:
+        trial_forward(path, m, Xva, Yva, loss)
+    check_loss_at_w0(path, m, Xtr, Ytr, loss)
+    trial_replicas(path, m, Xtr, Ytr, loss)
+    classes = (not Ytr.is_floating_point() and not Ytr.is_complex() and out.dim() == Ytr.dim() + 1
+               and tuple(out.shape[:-1]) == tuple(Ytr[:2].shape))
+    parts = [Xtr, Ytr] + ([Xva, Yva] if Xva is not None else [])
+    data_sha = tensors_sha256(parts + ([] if ckpt is None else [ckpt[k] for k in sorted(ckpt)]))
+    trainable = tuple(n for n, p in m.named_parameters() if p.requires_grad)
+    n_params = sum(p.numel() for p in m.parameters() if p.requires_grad)
+    return ModelFile(path, sha, data_sha, module, m, Xtr, Ytr, Xva, Yva, loss, ckpt, classes, n_params, act,
+                     trainable)
+
+
+def _folder_signature(path: Path) -> tuple:
+    """(name, mtime, size) of the files beside the model file: a checkpoint or data file it reads that changes
+    makes the file be loaded again (and its data hashed again)."""
+    out = []
+    for p in sorted(path.parent.iterdir()):
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        out.append((p.name, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+@lru_cache(maxsize=8)
+def _load(path: str, sha: str, signature: tuple) -> ModelFile:
+    return validate(Path(path))
+
+
+def load(path: Path) -> ModelFile:
+    """The validated model file at ``path`` (an allowed path: backend/allowed.model_file), loaded once per content
+    of the file and of its folder; a failing file raises (and is not remembered)."""
+    return _load(str(path), file_sha256(path), _folder_signature(path))
+
+
+# -- the replica run -----------------------------------------------------------------------------------------
+
+def init_params(mf: ModelFile, K: int, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+    """{name: (K, …)}: init k's weights from model(k), or the checkpoint for every init."""
+    per_init = []
+    for k in range(K):
+        if mf.checkpoint is not None:
+            m = mf.template
+        else:
+            m = mf.template if k == 0 else call_model(mf.path, mf.module, k)
+        params = {n: p.detach() for n, p in m.named_parameters() if p.requires_grad}
+        first = per_init[0] if per_init else params
+        if tuple(params) != mf.trainable or any(params[n].shape != p.shape for n, p in first.items()):
+            raise fail(mf.path, f"model({k})", "its parameters differ in names or shapes from model(0)'s")
+        per_init.append(params)
+    return {n: torch.stack([p[n] for p in per_init]).to(dtype=dtype, device=device) for n in mf.trainable}
+
+
+def batch_indices(d: Draw, n: int, N: int, device: torch.device) -> torch.Tensor:
+    """(N, b) batch indices of a draw (a complement draw, for b > n/2, rebuilt from its left-out indices)."""
+    if d.include:
+        return d.idx
+    mask = torch.ones((N, n), dtype=torch.bool, device=device)
+    mask.scatter_(1, d.idx, False)
+    return mask.nonzero()[:, 1].reshape(N, n - d.idx.shape[1])
+
+
+def record_steps(steps: int, every: int) -> np.ndarray:
+    """t = 0, k, 2k, …, and T (always)."""
+    return np.unique(np.r_[np.arange(0, steps + 1, every), steps])
+
+
+@dataclass
+class Prepared:
+    """The model file's tensors on the run's device and dtype, and its replicas' functional forward."""
+
+    mf: ModelFile
+    forward: Callable
+    Xtr: torch.Tensor
+    Ytr: torch.Tensor
+    Xva: torch.Tensor | None
+    Yva: torch.Tensor | None
+    dtype: torch.dtype
+
+
+def prepare(mf: ModelFile, dtype: torch.dtype, device: torch.device) -> Prepared:
+    forward, _ = functional(mf.template, dtype, device)
+    on = lambda t: None if t is None else _cast_input(t, dtype).to(device)  # noqa: E731
+    return Prepared(mf, forward, on(mf.Xtr), on(mf.Ytr), on(mf.Xva), on(mf.Yva), dtype)
+
+
+def replica_block(act: int, N: int, b: int) -> int | None:
+    """Replicas per vectorised call: all N unless their activations on b samples exceed ACTIVATION_ELEMENTS."""
+    c = max(1, ACTIVATION_ELEMENTS // (max(b, 1) * act))
+    return None if c >= N else c
+
+
+def evaluate(rep: Replicas, pr: Prepared, params, X: torch.Tensor, Y: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per replica: the mean loss on (X, Y) and, for class targets, the mean error (argmax ≠ target, averaged over
+    any positions), a chunk of points at a time (float64 sums)."""
+    N = next(iter(params.values())).shape[0]
+    chunk = max(1, min(4096, ACTIVATION_ELEMENTS // (N * pr.mf.act_per_sample)))
+    loss = torch.zeros(N, dtype=torch.float64, device=X.device)
+    err = torch.zeros(N, dtype=torch.float64, device=X.device)
+    for s in range(0, X.shape[0], chunk):
+        out = rep.logits(params, X[s:s + chunk])  # (N, c, …)
+        y = Y[s:s + chunk]
+        c = y.shape[0]
+        flat_out = out.reshape(N * c, *out.shape[2:])
+        per = pr.mf.loss(flat_out, y.repeat(N, *([1] * (y.dim() - 1)))).reshape(N, c)
+        loss += per.sum(1, dtype=torch.float64)
+        if pr.mf.classes:
+            wrong = (out.argmax(dim=-1) != y).to(torch.float64)
+            err += wrong.reshape(N, c, -1).mean(2).sum(1)
+    n = X.shape[0]
+    return loss / n, (err / n if pr.mf.classes else None)
+
+
+def run_batch_size(pr: Prepared, K: int, R: int, steps: int, record_every: int, alphas_fn: Callable[[int], float],
+                   b: int, sampler: str, seed: int, device: torch.device, noise_samples: int, optimizer,
+                   progress: Callable[[int], None] | None = None, cancel=None, arithmetic: str = "float32") -> dict:
+    """Train K·R replicas for ``steps`` steps at batch size b with ``optimizer`` (backend/optim.py, one over the
+    stack); per-init statistics at t = record_steps(steps, record_every): arrays (len(t), K) (see module doc)."""
+    Xtr, Ytr, Xva, Yva = pr.Xtr, pr.Ytr, pr.Xva, pr.Yva
+    n = Xtr.shape[0]
+    sub = np.random.default_rng(seed_for(seed, 31337)).permutation(n)[:min(noise_samples, n)]
+    XS, YS = Xtr[sub], Ytr[sub]
+    N = K * R
+    rep = Replicas(pr.forward, replica_block(pr.mf.act_per_sample, N, b), pr.mf.loss)
+    params = {k: v.repeat_interleave(R, dim=0).contiguous() for k, v in init_params(pr.mf, K, pr.dtype,
+                                                                                     device).items()}
+    state = optimizer.init(params)
+    div = Divergence(N, device)
+    ts = record_steps(steps, record_every)
+    stats = EpochStats.empty(len(ts), K)
+    gen = torch.Generator(device=device).manual_seed(seed_for(seed, b, 1))
+    probe = torch.Generator(device=device).manual_seed(seed_for(seed, b, 2))
+    draw = make_sampler(sampler, n, b, N, gen, device)
+    probe_draw = make_sampler("without_replacement", n, b, N, probe, device)
+
+    def record(i: int) -> None:
+        alive = div.alive
+        put = stats.values
+
+        def keep(name: str, value_se: tuple[np.ndarray, np.ndarray]) -> None:
+            put[name][i], put[f"{name}_se"][i] = value_se
+
+        idx = batch_indices(probe_draw.draw(), n, N, device)
+        with precision(arithmetic, device):  # the stochastic gradient as training computes it
+            g, _ = rep.grad_and_loss(params, Xtr[idx], Ytr[idx])
+        keep("var_g", group_var(flat(g), K, alive))
+        sq, full = per_sample_terms(rep, params, XS, YS)
+        keep("noise_spread", group_var(full, K, alive))
+        dots = per_sample_dots(rep, params, XS, YS, full)  # a second pass: g_i · ∇L_S, the subsample's error
+        for name, value_se in subsample_noise(sq, dots, full, K, alive, n, b).items():
+            keep(name, value_se)  # trace_sigma, grad_sq, noise_one_step, b_simple
+        for split, X, Y in (("train", Xtr, Ytr), ("val", Xva, Yva)):
+            if X is None:
+                continue
+            loss, err = evaluate(rep, pr, params, X, Y)
+            keep(f"loss_{split}", group_mean(loss, K, alive))
+            if err is not None:
+                keep(f"error_{split}", group_mean(err, K, alive))
+        put["finite"][i] = group_mean(alive.to(torch.float64), K, torch.ones_like(alive))[0] * R
+
+    record(0)
+    draws: list[Draw] = []
+    at = {int(t): i for i, t in enumerate(ts)}
+    for t in range(steps):
+        check_cancel(cancel)
+        if not draws:
+            draws = draw.draw_block(min(STEP_BLOCK, steps - t))[::-1]
+        idx = batch_indices(draws.pop(), n, N, device)
+        with precision(arithmetic, device):
+            g, loss = rep.grad_and_loss(params, Xtr[idx], Ytr[idx])
+        optimizer.step(params, g, state, alphas_fn(t), t)
+        div.update(torch.isfinite(loss), t)  # no host sync; a dead replica is left out of every statistic
+        report(progress, N)
+        if t + 1 in at:
+            record(at[t + 1])
+    diverged = DivergenceLog()
+    diverged.add(div)
+    return {"stats": stats.values, "t": ts, "diverged_at": diverged.first, "diverged_replicas": diverged.count}
+
+
+def estimate_cost(mf_sizes: dict[str, int], K: int, R: int, steps: int, record_every: int, b: int,
+                  noise_samples: int, bytes_per: int) -> dict[str, float]:
+    """Memory, 2-core CPU seconds, FLOPs and sequential steps of one batch size (``mf_sizes``: n_params, n_train,
+    n_val, act_per_sample). FLOPs: 6 P per sample and replica for a gradient, 2 P for a forward."""
+    P, n, n_val, act = (mf_sizes[k] for k in ("n_params", "n_train", "n_val", "act_per_sample"))
+    N = K * R
+    m = min(noise_samples, n)
+    records = len(record_steps(steps, record_every))
+    train = 6.0 * P * b * N * steps
+    per_sample = 6.0 * P * N * 2 * m  # the two passes of per-sample gradients (noise.py) on the subsample
+    stats = 6.0 * P * N * b + per_sample + 2.0 * P * N * (n + n_val)
+    # 2 CPU cores: ≈ 10¹⁰ FLOP/s for a vmapped gradient of a small model plus ≈ 3 ms a step (the vmapped call's
+    # small ops); per-sample gradients (vmap of vmap, float64 reductions) at ≈ 2·10⁹; ≈ 0.05 s a statistics pass
+    # beside its FLOPs; ≈ 1 s of set-up (the file loaded, the tensors) — the MLP digits example, 2 × 8 replicas
+    seconds = (1.0 + train / 1e10 + steps * 3e-3
+               + records * (0.05 + per_sample / 2e9 + (stats - per_sample) / 1e10))
+    chunk = max(1, min(64, 2**27 // max(1, N * P)))  # noise.noise_chunk
+    block = min(N, max(1, ACTIVATION_ELEMENTS // (max(b, 1) * act)))
+    memory = bytes_per * (N * P * 5 + block * b * act * 3) + 8.0 * N * P * 2 + bytes_per * N * P * chunk
+    return {"memory_bytes": float(memory), "seconds": seconds, "flops": train + records * stats,
+            "steps": float(steps + records * (4 + 2 * -(-m // chunk)))}

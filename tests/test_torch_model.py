@@ -1,0 +1,302 @@
+"""The torch_model setting (issue 25; docs/theory.md §10): a model file's network trained as replicas through
+torch.func, checked against Lemma 1, the exact linear-regression theory (with momentum), torch.optim on separate
+module copies, and its refusals; the page under AppTest. Tiny model files of tests/models/ (BATCHVAR_MODELS)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, tiny_config_json
+
+from backend import api
+from backend.engine import torch_model as engine
+from backend.errors import ConfigError
+from backend.settings import torch_model as setting
+
+MODELS = ROOT / "tests" / "models"
+
+
+@pytest.fixture(autouse=True)
+def _test_models(monkeypatch):
+    monkeypatch.setenv("BATCHVAR_MODELS", str(MODELS))
+
+
+def cfg(file: str, **over):
+    return api.parse_config({"setting": "torch_model", "model": {"file": file}, **over})
+
+
+def doc_of(config):
+    return setting.simulate_document(config, api.simulate(config))
+
+
+def z(est, se, exact):
+    return (np.asarray(est) - np.asarray(exact)) / np.asarray(se)
+
+
+# -- Lemma 1 at t = 0, the law of total variance later, the document's shape ------------------------------------
+
+def test_lemma1_at_t0_the_split_and_the_document():
+    """At t = 0 every replica sits at w_0: var(g_0 | F_0) = c_b tr Σ(w_0) (Lemma 1), the one-step noise is exact
+    (noise_samples ≥ n) with SE 0, and the spread is 0. Later var_g = one-step + spread (law of total variance)."""
+    c = cfg("tests/models/tiny_mlp.py", inits=2, replicas=64, steps=20, record_every=10, batch_sizes=[4, 16],
+            noise_samples=48, dtype="float64")
+    d = doc_of(c)
+    assert d["t"] == [0, 10, 20] and d["inits"] == 2
+    for b in ("4", "16"):
+        e = d["curves"][b]
+        for q in ("var_g", "loss_train", "loss_val", "error_train", "error_val", "noise_one_step", "noise_spread",
+                  "b_simple"):
+            assert len(e[q]) == 3 and len(e[f"{q}_se"]) == 3 and len(e[f"{q}_per_init"]) == 2, q
+        assert len(e["var_g_min"]) == len(e["var_g_max"]) == 3
+        var, var_se = np.array(e["var_g_per_init"]), np.array(e["var_g_per_init_se"])
+        one, one_se = np.array(e["noise_one_step_per_init"]), np.array(e["noise_one_step_per_init_se"])
+        spread, spread_se = np.array(e["noise_spread_per_init"]), np.array(e["noise_spread_per_init_se"])
+        assert np.all(one_se[:, 0] == 0) and np.all(spread[:, 0] < 1e-20)
+        assert np.all(np.abs(z(var[:, 0], var_se[:, 0], one[:, 0])) <= 4), (var[:, 0], one[:, 0], var_se[:, 0])
+        total_se = np.sqrt(var_se ** 2 + one_se ** 2 + spread_se ** 2)
+        assert np.all(np.abs(z(var[:, 1:], total_se[:, 1:], one[:, 1:] + spread[:, 1:])) <= 4)
+    assert np.all(np.array(d["curves"]["4"]["noise_one_step"]) > np.array(d["curves"]["16"]["noise_one_step"]))
+
+
+# -- least squares as a model file against the exact theory, with momentum -------------------------------------
+
+@pytest.mark.parametrize("optimizer", [{"name": "sgd", "momentum": "1/2"},
+                                       {"name": "sgd", "momentum": "1/2", "nesterov": True, "weight_decay": "1/10"}],
+                         ids=["momentum", "nesterov+wd"])
+def test_least_squares_file_matches_linear_regression_theory(optimizer):
+    """tests/models/least_squares.py is the 5-point data set of conftest with its w_0: its replicas' var_g, loss
+    and spread of ∇L equal the linear-regression setting's exact moment recursion (docs/theory.md §9) within SE."""
+    steps, bs = 6, [1, 2, 4]
+    lin = api.parse_config(tiny_config_json(lr={"schedule": "constant", "c": "1/10"}, steps=steps, batch_sizes=bs,
+                                            optimizer=optimizer))
+    exact = api.theory(lin)["curves"]
+    c = cfg("tests/models/least_squares.py", inits=1, replicas=4000, steps=steps, record_every=1, batch_sizes=bs,
+            lr={"schedule": "constant", "c": "1/10"}, optimizer=optimizer, noise_samples=5, dtype="float64", seed=3)
+    res = api.simulate(c)
+    assert list(res["t"]) == list(range(steps + 1))
+    for ours, theirs in (("var_g", "var_g"), ("loss_train", "loss"), ("noise_spread", "var_full_grad")):
+        est, se = res["curves"][ours]["value"], res["curves"][ours]["se"]
+        ok = se > 0
+        zz = z(est[ok], se[ok], np.asarray(exact[theirs])[ok])
+        assert np.all(np.abs(zz) <= 4.5), (ours, zz)
+        assert np.mean(np.abs(zz) <= 2) >= 0.8, (ours, zz)
+    # t = 0: every replica at w_0, the loss exact and the spread zero
+    assert np.allclose(res["curves"]["loss_train"]["value"][:, 0], exact["loss"][:, 0], rtol=1e-12)
+
+
+# -- torch.optim on separate module copies -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("optimizer,lr,make", [
+    ({"name": "sgd", "momentum": "0.9", "nesterov": True, "weight_decay": "0.01"}, 0.05,
+     lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    ({"name": "adam", "betas": ["0.8", "0.99"], "eps": "1e-6", "weight_decay": "0.01"}, 0.01,
+     lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.01)),
+    ({"name": "adamw", "weight_decay": "0.1"}, 0.01,
+     lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.1)),
+], ids=["sgd-nesterov-wd", "adam-l2", "adamw"])
+def test_replicas_equal_torch_optim_on_module_copies(monkeypatch, optimizer, lr, make):
+    """The stacked replicas take the same steps as R·K separate copies of model(k), each with its own torch.optim,
+    on the same mini-batches (recorded from the run's sampler): the per-init mean training and validation losses
+    and the spread of the full gradient at t = T agree to rounding."""
+    drawn: list = []
+    real = engine.make_sampler
+
+    def spy(name, *args, **kwargs):
+        s = real(name, *args, **kwargs)
+        if name == "with_replacement":  # the training sampler (the probe draws without replacement)
+            block = s.draw_block
+            s.draw_block = lambda steps: drawn.extend(out := block(steps)) or out
+        return s
+
+    monkeypatch.setattr(engine, "make_sampler", spy)
+    K, R, T, b = 2, 3, 4, 5
+    c = cfg("tests/models/tiny_mlp.py", inits=K, replicas=R, steps=T, record_every=T, batch_sizes=[b],
+            sampler="with_replacement", lr={"schedule": "constant", "c": str(lr)}, optimizer=optimizer,
+            noise_samples=48, dtype="float64", seed=11)
+    d = doc_of(c)["curves"][str(b)]
+    mod = engine.load(engine.Path(MODELS / "tiny_mlp.py")).module
+    data = mod.data()
+    (Xtr, Ytr), (Xva, Yva) = data["train"], data["val"]
+    assert len(drawn) == T
+    losses, val_losses, grads = np.zeros((K, R)), np.zeros((K, R)), [[None] * R for _ in range(K)]
+    for r in range(K * R):
+        k, j = divmod(r, R)
+        net = mod.model(k).double()
+        opt = make(net.parameters())
+        for t in range(T):
+            idx = drawn[t].idx[r]
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(Xtr[idx].double()), Ytr[idx]).backward()
+            opt.step()
+        net.zero_grad()
+        full = torch.nn.functional.cross_entropy(net(Xtr.double()), Ytr)
+        full.backward()
+        losses[k, j] = full.item()
+        grads[k][j] = torch.cat([p.grad.reshape(-1) for p in net.parameters()])
+        with torch.no_grad():
+            val_losses[k, j] = torch.nn.functional.cross_entropy(net(Xva.double()), Yva).item()
+    spread = [torch.stack(g).var(dim=0, correction=1).sum().item() for g in grads]
+    np.testing.assert_allclose(np.array(d["loss_train_per_init"])[:, -1], losses.mean(1), rtol=1e-10)
+    np.testing.assert_allclose(np.array(d["loss_val_per_init"])[:, -1], val_losses.mean(1), rtol=1e-10)
+    np.testing.assert_allclose(np.array(d["noise_spread_per_init"])[:, -1], spread, rtol=1e-8)
+
+
+# -- a checkpoint: every init starts from it ---------------------------------------------------------------------
+
+def test_every_init_starts_from_the_checkpoint():
+    c = cfg("tests/models/tiny_checkpoint.py", inits=2, replicas=4, steps=2, record_every=2, batch_sizes=[8],
+            noise_samples=48, dtype="float64")
+    d = doc_of(c)["curves"]["8"]
+    mod = engine.load(engine.Path(MODELS / "tiny_checkpoint.py")).module
+    net = mod.model(0).double()
+    net.load_state_dict(mod.checkpoint())
+    X, Y = mod.data()["train"]
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(net(X.double()), Y).item()
+    start = np.array(d["loss_train_per_init"])[:, 0]
+    np.testing.assert_allclose(start, [expected, expected], rtol=1e-12)
+    assert mod.model(1).state_dict()["0.weight"].ne(net.state_dict()["0.weight"]).any()  # not model(k)'s weights
+
+
+# -- refusals: one line naming the file and the function --------------------------------------------------------
+
+DATA = ("import torch\n"
+        "def data():\n"
+        "    g = torch.Generator().manual_seed(0)\n"
+        "    X = torch.randn(20, 4, generator=g)\n"
+        "    return {'train': (X, (X[:, 0] > 0).long())}\n")
+MODEL = "def model(seed):\n    torch.manual_seed(seed)\n    return torch.nn.Sequential({})\n"
+BAD_FILES = {
+    "syntax.py": ("def model(:\n", "import", "SyntaxError"),
+    "missing_module.py": ("import no_such_module_anywhere\n", "import", "ModuleNotFoundError"),
+    "no_data.py": ("import torch\n" + MODEL.format("torch.nn.Linear(4, 2)"), "data()", "missing"),
+    "not_module.py": (DATA + "def model(seed):\n    return 3\n", "model(0)", "torch.nn.Module"),
+    "bad_data.py": ("import torch\ndef data():\n    return (torch.zeros(3, 4), torch.zeros(3))\n"
+                    + MODEL.format("torch.nn.Linear(4, 2)"), "data()", '"train"'),
+    "shape.py": (DATA + MODEL.format("torch.nn.Linear(5, 2)"), "model() forward", "RuntimeError"),
+    "loss_shape.py": (DATA + MODEL.format("torch.nn.Linear(4, 2)")
+                      + "def loss(out, y):\n    return torch.nn.functional.cross_entropy(out, y)\n",
+                      "loss()", "one floating-point loss per sample"),
+    "nonfinite.py": (DATA + MODEL.format("torch.nn.Linear(4, 2)")
+                     + "def loss(out, y):\n    return out.sum(1) * float('inf')\n", "loss()", "not finite"),
+    "batchnorm.py": (DATA + MODEL.format("torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 2)"),
+                     "model()", "'1' (BatchNorm1d) is in train mode"),
+    "dropout.py": (DATA + MODEL.format("torch.nn.Linear(4, 3), torch.nn.Dropout(0.5), torch.nn.Linear(3, 2)"),
+                   "model()", "'1' (Dropout, p = 0.5) is in train mode"),
+    "inplace.py": (DATA + "class Count(torch.nn.Module):\n"
+                          "    def __init__(self):\n"
+                          "        super().__init__()\n"
+                          "        self.register_buffer('calls', torch.zeros(()))\n"
+                          "    def forward(self, x):\n"
+                          "        self.calls += 1\n"
+                          "        return x\n"
+                   + MODEL.format("torch.nn.Linear(4, 2), Count()"), "model()", "module '1' writes its buffer"),
+    "unseeded.py": (DATA + "def model(seed):\n    return torch.nn.Linear(4, 2)\n", "model(0)", "different weights"),
+    "bad_checkpoint.py": (DATA + MODEL.format("torch.nn.Linear(4, 2)")
+                          + "def checkpoint():\n    return {'nope': torch.zeros(1)}\n", "checkpoint()", "nope"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_a_failing_model_file_is_one_line_naming_file_and_function(tmp_path, monkeypatch, name):
+    source, function, why = BAD_FILES[name]
+    (tmp_path / name).write_text(source)
+    monkeypatch.setenv("BATCHVAR_MODELS", str(tmp_path))
+    with pytest.raises(ConfigError) as e:
+        cfg(str(tmp_path / name))
+    msg = str(e.value)
+    assert e.value.field == "model.file" and "\n" not in msg
+    assert f"{name}: {function}" in msg and why in msg, msg
+
+
+def test_a_later_init_with_a_nonfinite_loss_fails_the_run_and_caches_nothing(tmp_path, monkeypatch):
+    (tmp_path / "late.py").write_text(DATA + "def model(seed):\n    torch.manual_seed(seed)\n"
+                                             "    m = torch.nn.Linear(4, 2)\n"
+                                             "    if seed == 1:\n        torch.nn.init.constant_(m.bias, float('nan'))\n"
+                                             "    return m\n")
+    monkeypatch.setenv("BATCHVAR_MODELS", str(tmp_path))
+    c = cfg(str(tmp_path / "late.py"), inits=2, replicas=2, steps=2, record_every=1, batch_sizes=[4],
+            noise_samples=20)
+    with pytest.raises(ConfigError, match=r"late\.py: model\(1\): the loss at w_0 is not finite"):
+        api.simulate(c)
+    assert api.cached_simulation(c) is None
+
+
+def test_a_file_outside_the_allowed_folders_is_refused_before_import(tmp_path, monkeypatch):
+    marker = tmp_path / "ran"
+    (tmp_path / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    with pytest.raises(ConfigError, match="outside the allowed folders") as e:
+        cfg(str(tmp_path / "evil.py"))
+    assert e.value.field == "model.file" and not marker.exists()
+
+
+# -- the cache key holds the file's and the data's content ------------------------------------------------------
+
+def test_the_cache_key_follows_the_file_and_its_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("BATCHVAR_MODELS", str(tmp_path))
+    path = tmp_path / "m.py"
+    shutil.copy(MODELS / "tiny_mlp.py", path)
+    first = cfg(str(path), steps=2, record_every=1, batch_sizes=[4])
+    key = api.simulation_key(first)
+    assert api.simulation_key(cfg(str(path), steps=2, record_every=1, batch_sizes=[4])) == key
+    path.write_text(path.read_text() + "\n# an edit that changes nothing but the bytes\n")
+    edited = cfg(str(path), steps=2, record_every=1, batch_sizes=[4])
+    assert api.simulation_key(edited) != key
+    assert edited.model["data_sha256"] == first.model["data_sha256"] != ""
+    with pytest.raises(ConfigError) as e:  # a config saved before the edit is not run on the edited file
+        api.parse_config(first.to_json())
+    assert e.value.field == "model.sha256"
+    # data read from a file beside the model file: a change there changes the data hash (the file's stays)
+    torch.save({"X": torch.ones(6, 4), "Y": torch.tensor([0, 1, 0, 1, 0, 1])}, tmp_path / "d.pt")
+    (tmp_path / "from_disk.py").write_text(
+        "import pathlib, torch\n"
+        "def data():\n"
+        "    d = torch.load(pathlib.Path(__file__).with_name('d.pt'))\n"
+        "    return {'train': (d['X'], d['Y'])}\n" + MODEL.format("torch.nn.Linear(4, 2)"))
+    before = cfg(str(tmp_path / "from_disk.py"), batch_sizes=[2])
+    torch.save({"X": torch.ones(6, 4) * 2, "Y": torch.tensor([0, 1, 0, 1, 0, 1])}, tmp_path / "d.pt")
+    after = cfg(str(tmp_path / "from_disk.py"), batch_sizes=[2])
+    assert after.model["sha256"] == before.model["sha256"]
+    assert after.model["data_sha256"] != before.model["data_sha256"]
+    assert api.simulation_key(after) != api.simulation_key(before)
+
+
+# -- the page ---------------------------------------------------------------------------------------------------
+
+def test_page_offers_the_allowed_files_runs_and_shows_a_failing_file_in_a_red_box(tmp_path, monkeypatch):
+    from test_app import by_label, open_page, wait_for_run
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(MODELS / "tiny_mlp.py", folder / "tiny_mlp.py")
+    (folder / "broken.py").write_text("import torch\nraise RuntimeError('broken on purpose')\n"
+                                      "def model(seed):\n    pass\ndef data():\n    pass\n")
+    monkeypatch.setenv("BATCHVAR_MODELS", str(folder))
+    at = open_page("pages/torch_model.py")
+    box = by_label(at.sidebar.selectbox, "Model file")
+    offered = set(box.options)
+    assert {str((folder / "tiny_mlp.py").resolve()), str((folder / "broken.py").resolve())} <= offered
+    assert not any(o.startswith("tests/") for o in offered)  # only the allowed folders
+    box.set_value(str((folder / "broken.py").resolve()))
+    at.run()
+    assert not at.exception
+    assert any("broken.py: import: RuntimeError: broken on purpose" in e.value for e in at.error), \
+        [e.value for e in at.error]
+    by_label(at.sidebar.selectbox, "Model file").set_value(str((folder / "tiny_mlp.py").resolve()))
+    at.run()
+    by_label(at.sidebar.slider, "Steps T").set_value(10)
+    by_label(at.sidebar.number_input, "Record every k steps").set_value(5)
+    by_label(at.sidebar.number_input, "Replicas per init R").set_value(4)
+    by_label(at.sidebar.multiselect, "Batch sizes b").set_value([4, 16])
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    by_label(at.button, "Run").click()
+    at.run()
+    wait_for_run(at, "torch_model")
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    assert [t.label for t in at.tabs] == ["Variance", "Loss and error", "Variance split", "Downloads"]
+    assert any("recorded steps" in m.value for m in at.markdown)
+    assert any("(t 10)" in str(df.value.columns) for df in at.dataframe)
