@@ -81,12 +81,12 @@ LOG_FLOOR_REL = 1e-12  # on a log axis, values below this fraction of the larges
 # the width fits the page, the height is the plot's (legends and titles come on top of it): Streamlit's default
 # "fit" squeezes the plot into the height when there is a key above and a long legend below
 AUTOSIZE = alt.AutoSizeParams(type="fit-x", contains="padding")
-NONNEGATIVE_PREFIXES = ("var", "loss", "error", "noise", "b_simple")  # quantity names that cannot be negative
 
 
-def is_nonnegative(quantity: str) -> bool:
-    """Whether a reported quantity is ≥ 0 by definition (variances, losses, error rates, noise terms, B_simple)."""
-    return quantity.startswith(NONNEGATIVE_PREFIXES)
+def is_nonnegative(quantity: str, table) -> bool:
+    """Whether ``quantity`` is ≥ 0 by definition, as its setting's quantity table (``api.quantity_table``: each
+    Quantity's ``nonnegative``) declares it; a name the table does not list is not assumed to be."""
+    return any(q.name == quantity and q.nonnegative for q in table)
 
 
 def b_color(order: list[str], title: str = "batch size b", field: str = "b") -> alt.Color:
@@ -260,7 +260,9 @@ def time_chart(df: pd.DataFrame, title: str, log: bool = True, x_name: str = "t"
     if ex_rows.any():
         df.loc[ex_rows, "dot"] = _isolated(df[ex_rows], x_name)
     has_exact, has_est = bool(ex_rows.any()), bool(est_rows.any())
-    line_domain = ([EXACT_LABEL] if has_exact else []) + ([band_label] if has_est else [])
+    finite = np.isfinite(df["value"].to_numpy(dtype=float))
+    exact_dots_only = has_exact and bool(df.loc[ex_rows & finite, "dot"].all())  # no exact segment: key it as a dot
+    line_domain = ([EXACT_LABEL] if has_exact and not exact_dots_only else []) + ([band_label] if has_est else [])
     key = alt.StrokeDash("curve:N", title=None, scale=alt.Scale(domain=line_domain, range=[
         [1, 0] if k == EXACT_LABEL else [5, 3] for k in line_domain]), legend=alt.Legend(
         orient="top", symbolType="stroke", symbolStrokeWidth=2, symbolSize=500, symbolStrokeColor="#444",
@@ -291,12 +293,16 @@ def time_chart(df: pd.DataFrame, title: str, log: bool = True, x_name: str = "t"
             y=alt.Y("value:Q", scale=scale, title=title, axis=y_axis), opacity=opacity(0.9), tooltip=tooltip))
     if has_exact:
         ex = base.transform_filter(alt.datum.source == "exact")
-        layers.append(ex.mark_line(strokeWidth=2.2).encode(
-            y=alt.Y("value:Q", scale=scale, title=title, axis=y_axis), strokeDash=key, opacity=opacity(1.0),
-            tooltip=["b", x_name, "value"]))
+        if not exact_dots_only:
+            layers.append(ex.mark_line(strokeWidth=2.2).encode(
+                y=alt.Y("value:Q", scale=scale, title=title, axis=y_axis), strokeDash=key, opacity=opacity(1.0),
+                tooltip=["b", x_name, "value"]))
+        dot_key = {} if not exact_dots_only else {"shape": alt.Shape("curve:N", title=None, scale=alt.Scale(
+            domain=[EXACT_LABEL], range=["circle"]), legend=alt.Legend(orient="top", symbolFillColor="#444",
+                                                                      symbolStrokeColor="#444", symbolSize=70))}
         layers.append(ex.transform_filter(alt.datum.dot).mark_point(shape="circle", filled=True, size=70).encode(
             y=alt.Y("value:Q", scale=scale, title=title, axis=y_axis), opacity=opacity(1.0),
-            tooltip=["b", x_name, "value"]))
+            tooltip=["b", x_name, "value"], **dot_key))
     if not layers:
         return alt.layer(message_chart(f"{title}: nothing to draw yet")).properties(height=120, autosize=AUTOSIZE)
     height = 320 if len(_b_order(df)) <= 12 else 400
@@ -322,12 +328,16 @@ def b_chart(b_grid: np.ndarray, exact_values: np.ndarray, t: int, estimates: pd.
     line_df = pd.concat(lines, ignore_index=True)
     if b_max is not None:
         line_df = line_df[line_df["b"] <= b_max]
+    finite = np.isfinite(line_df["value"].to_numpy(dtype=float))
     line_df["value"], dropped = log_safe(line_df["value"])
+    gone = list(line_df.loc[finite & line_df["value"].isna().to_numpy(), "b"])
     line_df = line_df.dropna(subset=["value"])
     est = None
     if estimates is not None and len(estimates):
         est = estimates.copy()
+        finite = np.isfinite(est["value"].to_numpy(dtype=float))
         est["value"], dropped_est = log_safe(est["value"])
+        gone += list(est.loc[finite & est["value"].isna().to_numpy(), "b"])
         dropped += dropped_est
         est = est.dropna(subset=["value"])
         est["lo"] = est["lo"].where(est["lo"] > 0, est["value"].min() * 1e-3)
@@ -359,7 +369,21 @@ def b_chart(b_grid: np.ndarray, exact_values: np.ndarray, t: int, estimates: pd.
             x=x, y=alt.Y("value:Q", scale=ys, title=title, axis=y_axis), color=color,
             tooltip=["b", "value", "lo", "hi", "se"]))
     return alt.layer(*layers).properties(title=_title(f"{title} at t = {t} against b (log–log)",
-                                                      [dropped_note(dropped)]), height=320, autosize=AUTOSIZE)
+                                                      [b_dropped_note(dropped, gone, b_max)]), height=320,
+                                         autosize=AUTOSIZE)
+
+
+def b_dropped_note(count: int, gone: list, n: float | None) -> str:
+    """The against-b chart's subtitle when its log axes left values out, naming the b: "b = n = 500" when it is the
+    whole data set (var = 0 there without replacement: every step sees every row)."""
+    if not count:
+        return ""
+    bs = sorted({float(b) for b in gone})
+    name = ", ".join(f"{b:g}" for b in bs[:6]) + (" …" if len(bs) > 6 else "")
+    if n is not None and bs == [float(n)]:
+        return (f"The value at b = n = {n:g} is 0 (a mini-batch of the whole data set has no sampling noise) and is "
+                f"not drawn on the log axis ({count} value{'s' if count > 1 else ''}).")
+    return dropped_note(count).rstrip(".") + f" (at b = {name})."
 
 
 def z_chart(z: np.ndarray, t: np.ndarray, batch_sizes: list[int]) -> alt.Chart:
@@ -657,6 +681,18 @@ def sweep_frame(table: pd.DataFrame, quantity: str, at, axis: str, fields: tuple
     return sel, others
 
 
+DODGE_PX, DODGE_SPAN_PX = 8, 64  # a sweep's lines side by side at one x: pixels apart, at most this span in all
+
+
+def _dodge(line: pd.Series, order: list[str]) -> pd.Series:
+    """Each line's horizontal offset in pixels (centred on the x value), so that error bars of cells sharing an x
+    (e.g. one seed, every other field's combination) stand side by side instead of on top of each other."""
+    k = len(order)
+    step = min(DODGE_PX, DODGE_SPAN_PX / (k - 1)) if k > 1 else 0.0
+    rank = {name: i for i, name in enumerate(order)}
+    return line.map(lambda v: (rank[v] - (k - 1) / 2) * step).astype(float)
+
+
 def sweep_chart(sel: pd.DataFrame, axis: str, others: list[str], y_title: str, log_y: bool,
                 nonnegative: bool = True) -> alt.LayerChart:
     """A sweep's quantity against one field: one line per combination of the others (legend in numeric order),
@@ -674,8 +710,10 @@ def sweep_chart(sel: pd.DataFrame, axis: str, others: list[str], y_title: str, l
                   axis=alt.Axis(format=log_axis_format(nums) if positive else "~g"))
     else:
         df["axis"] = df["axis"].map(str)
-        x = alt.X("axis:O", title=axis, sort=_natural_order(df["axis"]), axis=alt.Axis(labelAngle=0))
+        x = alt.X("axis:O", title=axis, sort=_natural_order(df["axis"]), axis=alt.Axis(labelAngle=0),
+                  scale=alt.Scale(type="point", padding=0.5))
     order = _natural_order(df["line"])
+    df["dodge"] = _dodge(df["line"], order)
     color = alt.Color("line:N", title=" · ".join(others) or None, sort=order, scale=alt.Scale(
         domain=order, range=[CATEGORY[i % len(CATEGORY)] for i in range(len(order))] if len(order) <= MAX_CATEGORICAL
         else alt.Undefined, scheme=alt.Undefined if len(order) <= MAX_CATEGORICAL else SEQUENTIAL),
@@ -694,12 +732,14 @@ def sweep_chart(sel: pd.DataFrame, axis: str, others: list[str], y_title: str, l
             df["lo"] = df["lo"].clip(lower=0)
         ys = alt.Scale(zero=nonnegative)
         y_axis = alt.Axis(format="~g")
-    base = alt.Chart(df).encode(x=x, color=color)
-    tooltip = ["line", alt.Tooltip("axis:N", title=axis), "value", "se", "exact"]
+    base = alt.Chart(df).encode(x=x, color=color, xOffset=alt.XOffset("dodge:Q", scale=None))
+    tooltip = ["line", alt.Tooltip("axis:N", title=axis), "value", "se", "lo", "hi", "exact"]
     layers = [base.mark_line(point=alt.OverlayMarkDef(size=40, filled=True)).encode(
                   y=alt.Y("value:Q", title=y_title, scale=ys, axis=y_axis), tooltip=tooltip),
-              base.mark_errorbar(ticks=alt.MarkConfig(size=10) if not continuous else True).encode(
-                  y=alt.Y("lo:Q", title=y_title, scale=ys, axis=y_axis), y2="hi:Q")]
+              base.mark_rule(strokeWidth=1.5).encode(y=alt.Y("lo:Q", title=y_title, scale=ys, axis=y_axis), y2="hi:Q",
+                                                     tooltip=tooltip),
+              *(base.mark_tick(orient="horizontal", size=8, thickness=1.5).encode(
+                  y=alt.Y(f"{end}:Q", title=y_title, scale=ys, axis=y_axis)) for end in ("lo", "hi"))]
     has_exact = bool(df["exact"].notna().any())
     if has_exact:
         layers.append(base.transform_filter("isValid(datum.exact)").mark_line(strokeDash=[5, 3], strokeWidth=2).encode(

@@ -119,7 +119,8 @@ def mlp():
 def linreg_chart(linreg, quantity="var_g", log=True):
     cfg, th, sim = linreg
     df = charts.curves_frame(th["t"], cfg.batch_sizes, th["curves"], sim["curves"], quantity, sim["finite_count"])
-    return df, charts.time_chart(df, quantity, log=log, nonnegative=charts.is_nonnegative(quantity)).to_dict()
+    return df, charts.time_chart(df, quantity, log=log,
+                                 nonnegative=charts.is_nonnegative(quantity, api.quantity_table(cfg))).to_dict()
 
 
 def test_band_is_see_through_under_every_selection_state(linreg, mlp):
@@ -311,3 +312,81 @@ def test_advisor_best_markers_of_two_rules_at_one_b_stay_visible():
     assert len(marks) == 3 and len({r["size"] for r in marks}) == 3  # concentric, none hidden
     assert all(set(r["best for"].split(", ")) == {"none", "sqrt", "linear"} for r in marks)
     assert assert_log_axes_positive(spec) > 0
+
+
+def test_sweep_error_bars_of_cells_at_one_x_stand_side_by_side(seed_sweep):
+    """Against the seed every combination of the other fields shares each x: each line's marks are offset by their
+    own number of pixels (xOffset, no scale), the same for its point, error bar and ticks, and distinct across lines."""
+    sel, others = charts.sweep_frame(seed_sweep, "var_g", seed_sweep["x"].max(), "seed", ("seed", "lr.c"))
+    spec = charts.sweep_chart(sel, "seed", others, "var_g", log_y=True).to_dict()
+    bars = [layer for layer in layers(spec) if mark_type(layer) == "rule"]
+    assert bars and bars[0]["encoding"]["y"]["field"] == "lo" and bars[0]["encoding"]["y2"]["field"] == "hi"
+    for layer in layers(spec):
+        assert layer["encoding"]["xOffset"] == {"field": "dodge", "type": "quantitative", "scale": None}
+    data = pd.DataFrame(rows(spec, bars[0]))
+    per_line = data.groupby("line")["dodge"].nunique()
+    assert (per_line == 1).all()  # one offset per line, at every x
+    for _, at_x in data.groupby("axis"):
+        assert at_x["line"].nunique() > 1 and at_x["dodge"].nunique() == at_x["line"].nunique()
+    assert data["dodge"].max() - data["dodge"].min() <= charts.DODGE_SPAN_PX
+
+
+def test_nonnegativity_comes_from_the_quantity_table(mlp):
+    """The MLP's table declares the distorted-accuracy gap signed and its losses and variances ≥ 0; a linear chart
+    starts at 0 only for the latter; a name the table does not list is not assumed ≥ 0."""
+    cfg, sim = mlp
+    table = api.quantity_table(cfg)
+    declared = {q.name: q.nonnegative for q in table}
+    assert declared["gap_distorted"] is False and all(declared[q] for q in ("var_g", "loss_train", "error_val",
+                                                                            "noise_one_step", "b_simple"))
+    assert all(q.to_json()["nonnegative"] == q.nonnegative for q in table)
+    assert not charts.is_nonnegative("var_not_listed", table)
+    for quantity, starts_at_zero in (("loss_train", True), ("gap_distorted", False)):
+        df = charts.curves_frame(sim["x"], cfg.batch_sizes, None, sim["curves"], quantity, sim["finite_count"], "epoch")
+        spec = charts.time_chart(df, quantity, log=False, x_name="epoch",
+                                 nonnegative=charts.is_nonnegative(quantity, table)).to_dict()
+        area = next(layer for layer in layers(spec) if mark_type(layer) == "area")
+        assert (area["encoding"]["y"]["scale"].get("domainMin") == 0) is starts_at_zero, quantity
+
+
+def test_exact_values_drawn_only_as_points_are_keyed_as_a_dot(linreg):
+    """Deep linear, Figure 3 before a run: the exact values are dots only (t = 0), so the key shows a filled dot for
+    exact and no exact stroke; where the exact value is a line (linear regression) the key keeps its stroke."""
+    cfg = parse_config({"setting": "deep_linear", "preset": "paper (Figure 3)"})
+    th = api.theory(cfg)
+    spec = charts.time_chart(charts.curves_frame(th["t"], cfg.batch_sizes, th["curves"], None, "var_g"),
+                             "var(g_t | F_0)").to_dict()
+    assert not [layer for layer in layers(spec) if mark_type(layer) == "line"]
+    dot = next(layer for layer in layers(spec) if mark_type(layer) == "point" and source_filter(layer) == "exact")
+    shape = dot["encoding"]["shape"]
+    assert shape["scale"] == {"domain": ["exact"], "range": ["circle"]} and dot["mark"]["filled"] is True
+    assert shape["legend"]["orient"] == "top"
+    _, lspec = linreg_chart(linreg)
+    ex_line = next(layer for layer in layers(lspec) if mark_type(layer) == "line" and source_filter(layer) == "exact")
+    assert "exact" in ex_line["encoding"]["strokeDash"]["scale"]["domain"]
+    assert all("shape" not in layer["encoding"] for layer in layers(lspec))
+
+
+def test_b_chart_names_b_equals_n_when_its_zero_is_left_off_the_log_axis(linreg):
+    cfg, th, sim = linreg
+    all_b = api.theory_all_b(cfg)
+    t = 4
+    est = pd.DataFrame({"b": cfg.batch_sizes, **{k: sim["curves"]["var_g"][k][:, t] for k in ("value", "lo", "hi",
+                                                                                               "se")}})
+    spec = charts.b_chart(all_b["b"], all_b["curves"]["var_g"][:, t], t, est, b_max=cfg.n).to_dict()
+    (note,) = spec["title"]["subtitle"]
+    assert f"b = n = {cfg.n} is 0" in note and "not drawn on the log axis" in note
+    loss = charts.b_chart(all_b["b"], all_b["curves"]["loss"][:, t], t, None, b_max=cfg.n, title="E L").to_dict()
+    assert "subtitle" not in loss["title"]  # the loss at b = n is positive: nothing left off, nothing said
+
+
+def test_split_chart_epoch_ticks_of_a_tiny_run_are_distinct_whole_numbers(mlp):
+    cfg, sim = mlp
+    for last in (1, 2):  # a run of one epoch (x = 0, 1) and of two
+        x = sim["epoch"][:last + 1]
+        curves = {q: {k: np.asarray(v)[:, :last + 1] for k, v in c.items()} for q, c in sim["curves"].items()
+                  if q in charts.SPLIT_TERMS.values()}
+        spec = charts.split_chart(x, "epoch", cfg.batch_sizes, curves, sim["band"]).to_dict()
+        for layer in layers(spec):
+            axis = layer["encoding"]["x"]["axis"]
+            assert axis["values"] == list(range(last + 1)) and axis["format"] == "d"

@@ -30,8 +30,9 @@ def results(out: dict, fields: tuple[str, ...]) -> None:
     values = pd.to_numeric(sel["value"], errors="coerce")
     spread = bool((values > 0).all()) and values.max() > 20 * values.min()
     log_y = c4.checkbox("Log y", spread, key="sw_logy", help="a log y axis (non-positive values are not drawn)")
+    declared = api.quantity_table(api.parse_config(out["cells"][0]["config"]))  # each quantity's sign, as declared
     chart = charts.sweep_chart(sel, axis, others, f"{quantity} at {x_name} = {at}", log_y,
-                               nonnegative=charts.is_nonnegative(quantity))
+                               nonnegative=charts.is_nonnegative(quantity, declared))
     st.altair_chart(chart, width="stretch")
     st.caption(f"{len(out['cells'])} cells; each point is a replica estimate with its 95 % normal interval "
                "(value ± 1.96 SE); where the setting has exact theory at that step, the dashed line is the exact value.")

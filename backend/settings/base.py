@@ -23,7 +23,9 @@ from backend.progress import Progress
 @dataclass(frozen=True)
 class Quantity:
     """One reported quantity: its CLI/output ``name``, a plain ``label``, its ``latex``, the x-axis it is reported
-    over (``"t"`` steps or ``"epoch"``), whether exact theory exists for it (at some x), and how it is estimated."""
+    over (``"t"`` steps or ``"epoch"``), whether exact theory exists for it (at some x), how it is estimated, and
+    whether it is ≥ 0 by definition (``nonnegative``: a variance, a loss, an error rate; a chart's linear axis then
+    starts at 0 and its band is clipped there)."""
 
     name: str
     label: str
@@ -31,10 +33,11 @@ class Quantity:
     x: str
     exact: bool
     estimator: str
+    nonnegative: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "label": self.label, "latex": self.latex, "x": self.x, "exact": self.exact,
-                "estimator": self.estimator}
+                "estimator": self.estimator, "nonnegative": self.nonnegative}
 
 
 class Setting(Protocol):
