@@ -21,6 +21,7 @@ from backend.advisor import DIVERGENCE_FACTOR, SCALINGS
 from backend.errors import ConfigError
 
 DEFAULT_TOLERANCE = 0.01
+MAX_STEPS = 100_000  # the longest branch S / B may ask for (≈ 10–30 s of the lanes' recursion on 2 cores)
 
 
 def _whole(value: Any, option: str, low: int, what: str) -> int:
@@ -32,7 +33,8 @@ def _whole(value: Any, option: str, low: int, what: str) -> int:
 def check_request(config, b_ref: Any, checkpoints: Any, samples: Any, scalings: Sequence[str], tolerance: Any,
                   ks: Any) -> tuple[int, list[int], int, float, list[int]]:
     """The inputs validated at the boundary (a ConfigError naming the option); ``ks`` None: powers of two while
-    k·B ≤ n. Returns (B, checkpoints, S, ε, ks), ks sorted with k = 1 first (the branch the rule compares with)."""
+    k·B ≤ n. Returns (B, checkpoints sorted without repeats, S, ε, ks), ks sorted with k = 1 first (the branch the
+    rule compares with)."""
     setting = settings.for_config(config)
     if not hasattr(setting, "branches"):
         raise ConfigError("setting", f"cbs branches exactly only where a setting has exact theory; the setting "
@@ -43,11 +45,14 @@ def check_request(config, b_ref: Any, checkpoints: Any, samples: Any, scalings: 
         raise ConfigError("b_ref", f"expected a batch size in [1, {bounds['max_b']}] (the n of the data), got {b_ref}")
     if isinstance(checkpoints, (str, bytes)) or not len(checkpoints):
         raise ConfigError("checkpoints", f"expected a non-empty list of steps, got {checkpoints!r}")
-    cps = [_whole(t, "checkpoints", 0, f"steps in [0, {bounds['max_t']}]") for t in checkpoints]
+    cps = sorted({_whole(t, "checkpoints", 0, f"steps in [0, {bounds['max_t']}]") for t in checkpoints})
     if max(cps) > bounds["max_t"]:
         raise ConfigError("checkpoints", f"expected steps in [0, {bounds['max_t']}] (the config's steps), got "
                                          f"{max(cps)}")
     samples = _whole(samples, "samples", b_ref, f"a whole number of samples ≥ b_ref = {b_ref}")
+    if samples // b_ref > MAX_STEPS:
+        raise ConfigError("samples", f"{samples} samples at b_ref = {b_ref} are {samples // b_ref} steps; the limit "
+                                     f"is {MAX_STEPS}")
     for s in scalings:
         if s not in SCALINGS:
             raise ConfigError("scaling", f"expected one of {list(SCALINGS)}, got {s!r}")

@@ -226,9 +226,9 @@ def test_defaults_and_the_document_shape():
     (["--b-ref", "0"], "b_ref"), (["--b-ref", "x"], "b_ref"), (["--checkpoints", "-1"], "checkpoints"),
     (["--checkpoints", "0,4"], "checkpoints"), (["--samples", "1"], "samples"), (["--scaling", "cube"], "scaling"),
     (["--tolerance", "0"], "tolerance"), (["--tolerance", "-0.1"], "tolerance"), (["--ks", "0"], "ks"),
-    (["--ks", "1,8"], "ks")])
+    (["--ks", "1,8"], "ks"), (["--ks", "1,two"], "ks"), (["--samples", "400000"], "samples")])
 def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys, args, option):
-    """The tiny config (steps 3, n = 5): exit 2 and one line naming the option."""
+    """The tiny config (steps 3, n = 5): exit 2 and one line naming the option (S / B past the step limit too)."""
     path = tmp_path / "c.json"
     path.write_text(json.dumps(tiny_config_json()))
     base = {"--b-ref": "2", "--checkpoints": "0,3", "--samples": "4"}
@@ -270,3 +270,23 @@ def test_page_draws_the_defaults_and_refuses_bad_input_in_one_red_line():
     at.number_input(key="cbs_tol").set_value(0.01).run()
     at.text_input(key="cbs_checkpoints").set_value("0,x").run()
     assert len(at.error) == 1 and "checkpoints" in at.error[0].value
+
+
+def test_charts_draw_what_the_documents_say():
+    """The CBS chart carries every rule's critical batch size and both noise scales at every checkpoint (a missing
+    CBS left out and counted); the branch chart leaves out the diverged branches and names them."""
+    from backend import charts
+
+    cfg = parse_config({"setting": "linear_regression", "lr": {"schedule": "constant", "c": 0.05}, "steps": 20})
+    docs = cbs.cbs_rules(cfg, 2, [0, 20], 512, ks=[1, 2, 4, 8, 16, 32])
+    spec = charts.cbs_chart(docs).to_dict()
+    values = [row for data in spec["datasets"].values() for row in data]
+    for rule, doc in docs.items():
+        for row in doc["checkpoints"]:
+            assert {"t": row["t"], "rule": rule, "b": row["cbs"]} in values
+            assert {"t": row["t"], "scale": "B_noise", "b": row["b_noise"]} in values
+    docs["linear"]["checkpoints"][0]["cbs"] = None
+    assert "1 checkpoint(s) without" in json.dumps(charts.cbs_chart(docs).to_dict())
+    spec = json.dumps(charts.branch_loss_chart(docs, 20).to_dict())
+    div = [b for b, br in docs["linear"]["checkpoints"][1]["branches"].items() if br["diverged"]]
+    assert div and all(f"linear b = {b}" in spec for b in div)
