@@ -297,13 +297,3 @@ class OptimizerSpec:
             return sgd(float(self.momentum), self.nesterov, float(self.weight_decay), clip)
         make = adam if self.name == "adam" else adamw
         return make((float(self.betas[0]), float(self.betas[1])), float(self.eps), float(self.weight_decay), clip)
-
-
-def require_plain(raw: Any, setting: str, field: str = "optimizer") -> OptimizerSpec:
-    """The ``optimizer`` field of a setting that runs plain SGD only: plain SGD (or the field left out) is accepted, a
-    valid non-plain optimizer is refused in one line naming the field."""
-    spec = OptimizerSpec.parse(raw, field)
-    if not spec.plain:
-        raise ConfigError(field, f"the {setting} setting runs plain SGD only: momentum, weight decay and Adam are "
-                                 "not supported there yet (linear regression has momentum and weight decay)")
-    return spec

@@ -69,7 +69,8 @@ theory = api.theory(config)
 labels = {q: (f"var(g_t, layer {q[-1]} | F_0)" if q.startswith("var_g_layer") else api.QUANTITY_LABELS.get(q, q))
           for q in api.quantities(config)}
 st.caption(f"dims {list(config.dims)} ({config.n_params:,} weights), {config.lr.describe()}. Exact values at "
-           + api.describe_methods(theory["methods"]) + ".")
+           + api.describe_methods(theory["methods"]) + "."
+           + (f" With this optimizer: {theory['optimizer_note']}." if theory.get("optimizer_note") else ""))
 
 sim = ui.run_panel("dl", config, f"{config.replicas:,} replicas × {len(config.batch_sizes)} batch sizes × "
                                      f"{config.steps + 1} steps")

@@ -76,7 +76,7 @@ if sim is None:
 meta = sim["meta"]
 st.caption(f"{meta['device']}; sampler: {meta['sampler_label']}; var(g) is the across-replica variance of the "
            "gradient on a fresh uniform mini-batch at the weights reached at each epoch; bands: "
-           f"{sim['band']}.")
+           f"{sim['band']}." + (f" Update: {meta['update']}." if meta.get("update") else ""))
 ui.divergence_notice(config, sim)
 
 ui.classifier_results(config, sim, with_gap=True)

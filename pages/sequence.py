@@ -70,6 +70,7 @@ sim = ui.run_panel("seq", config, f"{config.inits} initial weight(s) × {config.
 if sim is None:
     st.stop()
 st.caption(f"{sim['meta']['device']}; sampler: {sim['meta']['sampler_label']}; vocabulary "
-           f"{sim['meta']['vocab_size']} tokens; bands: {sim['band']}.")
+           f"{sim['meta']['vocab_size']} tokens; bands: {sim['band']}."
+           + (f" Update: {sim['meta']['update']}." if sim["meta"].get("update") else ""))
 ui.divergence_notice(config, sim)
 ui.classifier_results(config, sim, with_gap=False)

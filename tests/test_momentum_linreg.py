@@ -228,19 +228,7 @@ def test_bad_optimizer_is_refused_in_one_line(opt, field, tmp_path):
         assert out.stderr.startswith(f"error: {field}") and len(out.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("setting", ["deep_linear", "mlp"])
-def test_other_settings_refuse_momentum_in_one_line(setting):
-    with pytest.raises(ConfigError) as err:
-        parse_config({"setting": setting, "optimizer": {"name": "sgd", "momentum": "0.9"}})
-    assert str(err.value).startswith("optimizer") and "not supported" in str(err.value)
-    parse_config({"setting": setting, "optimizer": {"name": "sgd"}})  # plain SGD is what they run
-
-
-def test_sequence_keeps_its_adam_fields_and_refuses_a_named_optimizer():
-    cfg = parse_config({"setting": "sequence", "optimizer": {"lr": "0.001", "beta1": "0.8"}})
-    assert cfg.optimizer["beta1"] == 0.8
-    with pytest.raises(ConfigError, match="^optimizer.name: .*not supported"):
-        parse_config({"setting": "sequence", "optimizer": {"name": "sgd", "momentum": "0.9"}})
+# the deep linear network, the MLP and the sequence model take the optimizer field too: tests/test_momentum_replicas.py
 
 
 # -- Theorems 1–2 with momentum, checked on the exact values for every b in [1, n] ------------------------------

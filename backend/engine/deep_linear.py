@@ -15,6 +15,13 @@ column updates of W_k lie in row(W_{k+1}), the row updates of W_{k+1} in col(W_k
 on A_k = Q_kᵀ W_k Q_{k−1} with Q_k an orthonormal basis of S_k: hidden width min(p_k, rank) ≤ p_{k−1} + p_{k+1}
 (256 → 192 for the paper's 64 → 256 → 128). The maps are isometries shared by all replicas, so every norm, variance
 and loss is unchanged. On CPU a chunk holds a few MB of weights, so it stays in cache across its steps.
+
+Optimizers (docs/theory.md §8): plain SGD takes the fused update above (no gradient tensor formed). Momentum,
+Nesterov and weight decay (``optimizer``, backend/optim.py's SGD family with torch.optim.SGD's semantics) form
+g_k = δ_kᵀ a_{k−1} / b and step the weights and a static (R, p_k, p_{k−1}) velocity buffer per layer in place (so the
+CUDA graph replays on the same buffers). The width reduction stays exact: W_k and the velocity are sums of W_k⁰ and
+of past gradients (and of the weights, for the decay), all inside S_k's column and S_{k−1}'s row spaces. Adam is not
+offered here: its elementwise scaling does not commute with the rotations Q_k.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import torch
 
 from backend.engine.graphs import Replay
 from backend.engine.runner import Divergence, DivergenceLog, check_cancel, chunks, report, seed_for
+from backend.optim import Optimizer
 from backend.stats import Groups, GroupStats, group_ids, group_m2, n_groups_equal
 
 DIVERGENCE_LOSS = 1e30
@@ -226,14 +234,27 @@ class _ChunkRecord:
         return self.alive_at.sum(dim=0).cpu().numpy()
 
 
+def _gradient(acts, deltas, k: int, b: int) -> torch.Tensor:
+    """g_k = δ_kᵀ a_{k−1} / b (R, p_k, p_{k−1}), materialised (the fused plain step never forms it)."""
+    return torch.bmm(deltas[k].transpose(1, 2) * (1.0 / b), acts[k])
+
+
+def _layer_params(Ws: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The layers as backend/optim.py's parameter dict (the same tensors: stepped in place)."""
+    return {f"W{k + 1}": W for k, W in enumerate(Ws)}
+
+
 class _PlainStep:
     """One step between recorded steps, on buffers fixed for the chunk (so that CUDA replays it as a graph,
-    backend.engine.graphs): the factor Z of Σ̂_t, −α_t/b and t are loaded, then ``body`` back-propagates, records
-    the divergence verdict on the device and updates the weights in place."""
+    backend.engine.graphs): the factor Z of Σ̂_t, the rate (−α_t/b for the fused plain update, α_t for an
+    optimizer's step) and t are loaded, then ``body`` back-propagates, records the divergence verdict on the device
+    and updates the weights in place — fused, or through ``optimizer`` on its static ``state`` (velocity buffers)."""
 
     def __init__(self, Ws: list[torch.Tensor], T_b: torch.Tensor, div: Divergence, Rc: int, sig: "SigmaSampler",
-                 dtype: torch.dtype, device: torch.device) -> None:
+                 dtype: torch.dtype, device: torch.device, optimizer: Optimizer | None = None,
+                 state: dict[str, torch.Tensor] | None = None) -> None:
         self.Ws, self.T_b, self.div = Ws, T_b, div
+        self.optimizer, self.state, self.b = optimizer, state, sig.b
         m = sig.b if sig.method == "direct" else sig.p
         self.Z = torch.empty((Rc, m, sig.p), dtype=dtype, device=device)
         self.neg_step = torch.empty((), dtype=dtype, device=device)
@@ -250,17 +271,24 @@ class _PlainStep:
     def body(self) -> None:
         acts, deltas, err = _backprop(self.Ws, self.T_b, self.Z)
         self.div.update(torch.isfinite(err.sum(dim=(1, 2))), self.t)
-        _update_in_place(self.Ws, acts, deltas, self.neg_step)
+        if self.optimizer is None:
+            _update_in_place(self.Ws, acts, deltas, self.neg_step)
+        else:  # neg_step holds α_t here
+            grads = {f"W{k + 1}": _gradient(acts, deltas, k, self.b) for k in range(len(self.Ws))}
+            self.optimizer.step(_layer_params(self.Ws), grads, self.state, self.neg_step, self.t)
 
 
 def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float], b: int, R: int, seed: int,
                  device: torch.device, dtype: torch.dtype = torch.float64,
                  progress: Callable[[int], None] | None = None, cancel=None,
                  sampler: str = "auto", record_every: int = 1, reduce_hidden: bool = True,
-                 cuda_graph: bool = True) -> DeepResult:
+                 cuda_graph: bool = True, optimizer: Optimizer | None = None) -> DeepResult:
     """Statistics at the recorded steps t = 0, r, 2r, …, T (r = record_every; T always included), on the exactly
     reduced hidden widths unless ``reduce_hidden`` is False; ``cuda_graph`` (on CUDA) replays the steps between
-    recorded ones as a captured graph — the same numbers, fewer launches."""
+    recorded ones as a captured graph — the same numbers, fewer launches. ``optimizer``: backend/optim.py's SGD
+    family (None or plain: the fused w − α g, bitwise today's numbers)."""
+    if optimizer is not None and optimizer.plain:
+        optimizer = None
     d = len(W0)
     p = W0[0].shape[1]
     W0 = [np.asarray(W, dtype=np.float64) for W in W0]
@@ -279,6 +307,8 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
     finite = np.zeros(len(recorded), dtype=np.int64)
     diverged = DivergenceLog()
     neg_steps = torch.as_tensor(-np.asarray(alphas, dtype=np.float64) / b, dtype=dtype, device=device)  # −α_t/b
+    rates = neg_steps if optimizer is None else torch.as_tensor(np.asarray(alphas, dtype=np.float64), dtype=dtype,
+                                                                device=device)  # what the step body loads
     step_numbers = torch.arange(T1, device=device)
     layer_names = [f"layer{k + 1}" for k in range(d)]
     for chunk in chunks(R, max_chunk, K):
@@ -294,7 +324,8 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
         G_c = len(groups)
         equal = Rc % G_c == 0 and bool((gid.lengths == Rc // G_c).all())
         rec = _ChunkRecord(Rc, G_c, len(recorded), layer_names, device)
-        plain = _PlainStep(Ws, T_b, div, Rc, sig, dtype, device)
+        state = optimizer.init(_layer_params(Ws)) if optimizer is not None else {}  # static velocity buffers
+        plain = _PlainStep(Ws, T_b, div, Rc, sig, dtype, device, optimizer, state)
         replay = Replay(plain.body, device, cuda_graph)
         for t in range(T1):
             check_cancel(cancel)
@@ -304,13 +335,13 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
                 # between recorded steps, no host synchronisation: the verdicts stay on the device and every replica
                 # steps in place (one that diverged runs on in its own slice of the batch, apart from the others,
                 # until the next recorded step zeroes it); on CUDA the step is a replayed graph
-                plain.load(sig.draw_factor(), neg_steps[t], step_numbers[t], static=replay.enabled)
+                plain.load(sig.draw_factor(), rates[t], step_numbers[t], static=replay.enabled)
                 replay()
                 report(progress, Rc)
                 continue
             if not bool(div.alive.all()):  # a recorded step syncs anyway
-                for W in Ws:  # replicas that diverged since: zero weights (finite, fixed, out of the statistics)
-                    W.masked_fill_(~div.alive[:, None, None], 0.0)
+                for W in (*Ws, *state.values()):  # replicas that diverged since: zero weights and velocities
+                    W.masked_fill_(~div.alive[:, None, None], 0.0)  # (finite, fixed, out of the statistics)
             acts, deltas, err = _backprop(Ws, T_b, sig.draw_factor())
             # ‖g_k‖² per replica with g_k = δ_kᵀ a_{k−1} / b, from m × m Grams (a non-finite one means divergence)
             norms = [_factored_norm2(deltas[k], acts[k]) / b**2 for k in range(d)]
@@ -332,7 +363,7 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
 
             def grad(k: int) -> torch.Tensor:  # materialised only where needed
                 if k not in grads:
-                    grads[k] = torch.bmm(deltas[k].transpose(1, 2) * (1.0 / b), acts[k])
+                    grads[k] = _gradient(acts, deltas, k, b)
                 return grads[k]
 
             if slot is not None:
@@ -347,7 +378,12 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
                     else:
                         stats.variance(f"var_g_{name}", slot, grad(k), gid, alive, groups)
                         stats.variance(f"var_full_grad_{name}", slot, G, gid, alive, groups)
-            if not last:
+            if not last and optimizer is not None:  # backend/optim.py's step; the newly diverged set to zero
+                optimizer.step(_layer_params(Ws), {f"W{k + 1}": grad(k) for k in range(d)}, state, alphas[t], t)
+                if fresh_dead:
+                    for W in (*Ws, *state.values()):
+                        W.masked_fill_(~alive[:, None, None], 0.0)
+            elif not last:
                 if not fresh_dead:  # the dead, if any, hold zero weights: their update is exactly zero
                     _update_in_place(Ws, acts, deltas, neg_steps[t])
                 else:  # newly diverged replicas: set to zero (finite, fixed), so the fast path can go on
@@ -386,15 +422,19 @@ CHUNK_STEP_OVERHEAD_S = (8e-4, 8e-3)
 
 
 def estimate_cost(dims: tuple[int, ...], R: int, T: int, b: int, record_every: int = 1,
-                  itemsize: int = 8) -> dict[str, float]:
+                  itemsize: int = 8, optimizer_tensors: int = 0) -> dict[str, float]:
     """Rough memory (bytes) and time (seconds on 2 CPU cores) of one batch size's run, on the reduced widths.
-    Calibrated on the paper preset (64 → 256 → 128, float32) and the small presets (float64)."""
+    Calibrated on the paper preset (64 → 256 → 128, float32) and the small presets (float64).
+    ``optimizer_tensors``: weight-sized tensors per replica that a non-plain optimizer adds (its velocity buffer,
+    the materialised gradient, g + λw): memory, and per step the gradient's product and their elementwise passes."""
     dims = generic_reduced_dims(tuple(dims))
     p, m = dims[0], min(b, dims[0])
     n_params = sum(dims[k] * dims[k + 1] for k in range(len(dims) - 1))
     chunk = min(R, chunk_replicas(dims, b, torch.device("cpu"), itemsize))
-    memory = float(itemsize) * chunk * (8 * n_params + 3 * p * p + m * sum(dims))
+    memory = float(itemsize) * chunk * ((8 + optimizer_tensors) * n_params + 3 * p * p + m * sum(dims))
     step_flops = 6 * m * n_params + 2 * m * p * dims[-1]
+    if optimizer_tensors:  # g_k = δ_kᵀ a_{k−1} / b formed, then ≈ 3 elementwise passes per tensor
+        step_flops += 2 * m * n_params + 3 * optimizer_tensors * n_params
     record_flops = 8 * p * n_params + 2 * p * p * dims[-1] + 16 * m * m * sum(dims)
     n_rec = len(recorded_steps(T, record_every))
     n_chunks = -(-R // chunk)

@@ -140,8 +140,10 @@ def replica_chunk(task: Task, N: int, b: int) -> int | None:
     return None if c >= N else c
 
 
-def mlp_task(data, hidden, seed: int, dtype: torch.dtype, device: torch.device, distorted_val: np.ndarray | None
-             ) -> Task:
+def mlp_task(data, hidden, seed: int, dtype: torch.dtype, device: torch.device, distorted_val: np.ndarray | None,
+             optimizer=None) -> Task:
+    """The MLP's Task; ``optimizer`` None is plain SGD through the fused linear_relu.SGDSteps (held low-rank updates
+    where they pay), any backend.optim.Optimizer takes vmap(grad) and its step (run_batch_size)."""
     n, h, w = data.x_train.shape
     d_in = h * w
     as_t = lambda a: torch.as_tensor(a.reshape(len(a), d_in), dtype=dtype, device=device)  # noqa: E731
@@ -149,7 +151,7 @@ def mlp_task(data, hidden, seed: int, dtype: torch.dtype, device: torch.device, 
     return Task(as_t(data.x_train), torch.as_tensor(data.y_train, device=device), as_t(data.x_val),
                 torch.as_tensor(data.y_val, device=device), None if distorted_val is None else as_t(distorted_val),
                 module_forward(model),
-                lambda K: init_params(model, K, seed, dtype, device),
+                lambda K: init_params(model, K, seed, dtype, device), optimizer,
                 act_per_sample=d_in + 2 * sum(hidden) + 2 * data.n_classes,
                 per_sample_terms=linear_relu_per_sample_terms, per_sample_dots=linear_relu_per_sample_dots,
                 sgd_steps=linear_relu.SGDSteps)
@@ -276,8 +278,12 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
 
 
 def estimate_cost(n_train: int, d_in: int, hidden: tuple[int, ...], n_classes: int, K: int, R: int, epochs: int,
-                  b: int, eval_size: int, n_val: int, noise_samples: int, device_type: str = "cpu"
-                  ) -> dict[str, float]:
+                  b: int, eval_size: int, n_val: int, noise_samples: int, device_type: str = "cpu",
+                  optimizer_state: int | None = None) -> dict[str, float]:
+    """Memory (bytes), time (2 CPU cores), FLOPs and steps of one batch size's run. ``optimizer_state``: None for
+    plain SGD (the fused step), else the optimizer's weight-sized state tensors per replica (momentum 1, Adam 2):
+    the vmap(grad) path keeps the gradients and that state (float32 each) and makes ≈ 3 elementwise passes over
+    each per step."""
     widths = (d_in, *hidden, n_classes)
     P = sum(widths[i] * widths[i + 1] + widths[i + 1] for i in range(len(widths) - 1))
     N = K * R
@@ -293,7 +299,10 @@ def estimate_cost(n_train: int, d_in: int, hidden: tuple[int, ...], n_classes: i
     chunk = max(1, min(m, ACTIVATION_ELEMENTS // (3 * N * sum(widths))))  # the two noise passes (noise.py)
     memory = (4.0 * N * (3 * P + b * d_in + b * sum(widths)) + 4.0 * 3 * N * chunk * sum(widths)  # activations
               + 12.0 * N * P)  # the float64 sums of the noise terms and one float32 layer gradient
-    if linear_relu.hold_steps(device_type) > 1:
+    if optimizer_state is not None:  # the gradients and the optimizer's state, stepped by backend/optim.py
+        memory += 4.0 * N * P * (1 + optimizer_state)
+        seconds += epochs * (n_train // b) * 3 * (1 + optimizer_state) * 4.0 * N * P / 5e9  # ≈ 5 GB/s of passes
+    elif linear_relu.hold_steps(device_type) > 1:
         memory += 4.0 * N * P  # the updates held as factors (fewer numbers than the weights: held_layers); under
         # bf16, factors and the weights' bf16 copies at 2 bytes each
     return {"memory_bytes": memory, "seconds": seconds, "flops": float(epochs * (train_flops + eval_flops)),

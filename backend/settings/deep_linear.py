@@ -21,7 +21,7 @@ from backend.curves import curves_result, unpack_stats
 from backend.engine import deep_linear as engine
 from backend.errors import ConfigError, TooExpensive
 from backend.exact import fraction_str, is_exact, jsonable_number, parse_number
-from backend.optim import require_plain
+from backend.optim import OptimizerSpec
 from backend.progress import Progress
 from backend.settings.base import (STEP_ADVISOR_QUANTITIES, Quantity, cache_key, simulation_key, step_advise_cell,
                                    step_advisor_steps, step_document)
@@ -86,6 +86,8 @@ class DeepLinearConfig:
     device: str
     dtype: str
     record_every: int
+    # torch.optim.SGD's momentum, Nesterov and weight decay (backend/optim.py); plain SGD when the field is left out
+    optimizer: OptimizerSpec = OptimizerSpec()
     teacher_values: list = field(default=None, repr=False, compare=False)
     w0_values: list = field(default=None, repr=False, compare=False)
 
@@ -106,10 +108,11 @@ class DeepLinearConfig:
         device = read_choice(val("device"), "device", DEVICES)
         dtype = read_choice(val("dtype"), "dtype", DTYPES)
         record_every = read_int(val("record_every"), "record_every", 1, MAX_STEPS)
-        require_plain(f.get("optimizer"), "deep linear")  # plain SGD: accepted and left out of to_json
+        # the SGD family (Adam's elementwise scaling would break the exact width reduction and the t = 1 theory)
+        optimizer = OptimizerSpec.parse(f.get("optimizer"), names=("sgd",))
         f.finish()
         return cls(dims, teacher_json, w0_json, lr, steps, batch_sizes, replicas, seed, device, dtype, record_every,
-                   teacher, w0)
+                   optimizer, teacher, w0)
 
     @property
     def depth(self) -> int:
@@ -127,13 +130,15 @@ class DeepLinearConfig:
     def exact(self) -> bool:
         """Weights given as exact numbers and a rational schedule: coefficients are printed as exact fractions."""
         return (isinstance(self.teacher, list) and isinstance(self.w0, list) and self.lr.exact
-                and all(is_exact(M) for M in self.teacher_values) and all(is_exact(M) for M in self.w0_values))
+                and all(is_exact(M) for M in self.teacher_values) and all(is_exact(M) for M in self.w0_values)
+                and is_exact([self.optimizer.momentum, self.optimizer.weight_decay]))
 
     def to_json(self) -> dict:
         return {"setting": self.setting, "dims": list(self.dims), "teacher": self.teacher, "w0": self.w0,
                 "lr": self.lr.to_json(), "steps": self.steps, "batch_sizes": list(self.batch_sizes),
                 "replicas": self.replicas, "seed": self.seed, "device": self.device, "dtype": self.dtype,
-                "record_every": self.record_every}
+                "record_every": self.record_every,
+                **({} if self.optimizer.plain else {"optimizer": self.optimizer.to_json()})}  # plain: today's JSON
 
     replace = replace_fields  # a new validated config with some JSON fields changed
 
@@ -222,8 +227,16 @@ def _alphas_exact(config: DeepLinearConfig, t: int) -> list[Fraction]:
     return [Fraction(a) for a in config.lr.alphas(t, exact=True)]
 
 
+def _sgd_family(config: DeepLinearConfig) -> dict[str, Any]:
+    """The optimizer's momentum, Nesterov and weight decay as the exact methods take them (exact rationals)."""
+    o = config.optimizer
+    return {"momentum": Fraction(o.momentum), "nesterov": o.nesterov, "weight_decay": Fraction(o.weight_decay)}
+
+
 def exact_polynomials(config: DeepLinearConfig, t: int) -> dict[str, list[Fraction]]:
-    """Coefficient lists in u = 1/b for every quantity at step t, by the applicable exact method."""
+    """Coefficient lists in u = 1/b for every quantity at step t, by the applicable exact method (for every
+    optimizer of the SGD family: t = 0 does not depend on it, t = 1 through its first step, theory/deep_linear.py
+    sgd_first_step, and the scalar network through the velocity's polynomial recursion; docs/theory.md §9)."""
     method = exact_method(config, t)
     if method is None:
         raise TooExpensive("t", f"no exact method is feasible at t = {t} for dims {list(config.dims)}: exact values "
@@ -244,8 +257,8 @@ def exact_polynomials(config: DeepLinearConfig, t: int) -> dict[str, list[Fracti
     if config.scalar:
         ws = [M[0, 0] for M in config.w0_values]
         ts = [M[0, 0] for M in config.teacher_values]
-        return th.exact_scalar(ws, ts, _alphas_exact(config, t), t)
-    return th.exact_t1(config.w0_values, config.teacher_values, _alphas_exact(config, 1)[0])
+        return th.exact_scalar(ws, ts, _alphas_exact(config, t), t, **_sgd_family(config))
+    return th.exact_t1(config.w0_values, config.teacher_values, _alphas_exact(config, 1)[0], **_sgd_family(config))
 
 
 def eval_inv_b(coeffs: list[Fraction], b: np.ndarray) -> np.ndarray:
@@ -280,7 +293,15 @@ def theory(config: DeepLinearConfig, cache: ResultCache) -> dict[str, Any]:
     return {"t": np.asarray(steps), "batch_sizes": list(config.batch_sizes), "curves": curves,
             "available": bool(ts), "exact_t": sorted(polys), "polynomials": polys, "cached": hit,
             "methods": {t: exact_method(config, t) for t in sorted(polys)},
-            "note": "exact where an exact method applies (t = 0; t = 1 for small inputs; the scalar network to t = 3)"}
+            "optimizer_note": None if config.optimizer.plain else FIRST_STEP_NOTE,
+            "note": "exact where an exact method applies (t = 0; t = 1 for small inputs; the scalar network to t = 3)"
+                    + ("" if config.optimizer.plain else "; " + FIRST_STEP_NOTE)}
+
+
+# what the exact values mean with momentum, Nesterov or weight decay (the page's caption, theory's note)
+FIRST_STEP_NOTE = ("with the optimizer's velocity starting at 0, the first step is α₀(g₀ + λW₀) with heavy ball "
+                   "(w₁ is plain SGD's when λ = 0) and α₀(1 + β)(g₀ + λW₀) with Nesterov; t = 0 does not depend on "
+                   "the optimizer, t = 1 and the scalar network follow it exactly")
 
 
 def polynomial(config: DeepLinearConfig, t: int, quantity: str = "var_g", exact: bool | None = None
@@ -299,9 +320,16 @@ def polynomial(config: DeepLinearConfig, t: int, quantity: str = "var_g", exact:
             "b0": th.decrease_threshold(coeffs) if quantity != "loss" else None}
 
 
+def _optimizer_tensors(config: DeepLinearConfig) -> int:
+    """Weight-sized tensors per replica a non-plain optimizer adds: the gradient, g + λw, the velocity."""
+    o = config.optimizer
+    return 0 if o.plain else 1 + (o.weight_decay != 0) + (o.momentum != 0)
+
+
 def estimate(config: DeepLinearConfig) -> dict[str, float]:
     itemsize = 8 if config.dtype == "float64" else 4
-    costs = [engine.estimate_cost(config.dims, config.replicas, config.steps, b, config.record_every, itemsize)
+    costs = [engine.estimate_cost(config.dims, config.replicas, config.steps, b, config.record_every, itemsize,
+                                  _optimizer_tensors(config))
              for b in config.batch_sizes]
     return combine_costs(costs)
 
@@ -316,8 +344,9 @@ def simulate(config: DeepLinearConfig, device: torch.device, cache: ResultCache,
         alphas = config.lr.alphas(config.steps)
         W0 = [np.asarray(M, dtype=np.float64) for M in config.w0_values]
         T = [np.asarray(M, dtype=np.float64) for M in config.teacher_values]
+        opt = None if config.optimizer.plain else config.optimizer.build()
         per_b = [engine.run_replicas(W0, T, alphas, b, config.replicas, config.seed, device, dtype, progress.advance, cancel,
-                                     record_every=config.record_every)
+                                     record_every=config.record_every, optimizer=opt)
                  for b in config.batch_sizes]
         arrays = {}
         for name in per_b[0].curves:
@@ -329,6 +358,8 @@ def simulate(config: DeepLinearConfig, device: torch.device, cache: ResultCache,
                 "sampler": "fresh Gaussian samples each step (online); Σ̂ by Bartlett when b ≥ p, else directly",
                 "sampler_label": "online Gaussian samples, Bartlett-sampled Σ̂ (b ≥ p)",
                 "simulated_dims": list(engine.reduced_dims(W0)),
+                "update": ("plain SGD, fused into the backward products" if opt is None else
+                           "torch.optim.SGD's step (backend/optim.py) on the gradients, velocity buffers per layer"),
                 "seconds": time.monotonic() - t0, "code_version": CODE_VERSION}
         return meta, arrays
 

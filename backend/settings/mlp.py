@@ -20,7 +20,7 @@ from backend.engine import mlp as engine
 from backend.errors import ConfigError
 from backend.images import DataShape, data_shape, elastic_distort, load_dataset
 from backend.images import missing_data as missing_data_for
-from backend.optim import require_plain
+from backend.optim import OptimizerSpec
 from backend.progress import Progress
 from backend.settings.base import Quantity, run_device_type, scaled_lr
 from backend.settings.classifier import (cached_classifier, classifier_document, classifier_quantities, no_check,
@@ -60,6 +60,8 @@ class MLPConfig:
     device: str
     dtype: str
     precision: str
+    # torch.optim.SGD (momentum, Nesterov, weight decay), Adam or AdamW (backend/optim.py); plain SGD when left out
+    optimizer: OptimizerSpec = OptimizerSpec()
     n_train: int = field(default=0, repr=False, compare=False)
 
     @classmethod
@@ -90,17 +92,18 @@ class MLPConfig:
         common = replica_run_fields(val)
         n_train = _mlp_train_size(dataset)
         batch_sizes = read_batch_sizes(val("batch_sizes"), n_train)
-        require_plain(f.get("optimizer"), "MLP")  # plain SGD: accepted and left out of to_json
+        optimizer = OptimizerSpec.parse(f.get("optimizer"))  # plain SGD: left out of to_json (today's keys)
         f.finish()
         return cls(dataset, hidden, inits, replicas, epochs, lr, batch_sizes, sampler, distortion, n_train=n_train,
-                   **common)
+                   optimizer=optimizer, **common)
 
     def to_json(self) -> dict:
         return {"setting": self.setting, "dataset": self.dataset, "hidden": list(self.hidden), "inits": self.inits,
                 "replicas": self.replicas, "epochs": self.epochs, "lr": self.lr.to_json(),
                 "batch_sizes": list(self.batch_sizes), "sampler": self.sampler, "distortion": self.distortion,
                 "noise_samples": self.noise_samples, "eval_size": self.eval_size, "seed": self.seed,
-                "device": self.device, "dtype": self.dtype, "precision": self.precision}
+                "device": self.device, "dtype": self.dtype, "precision": self.precision,
+                **({} if self.optimizer.plain else {"optimizer": self.optimizer.to_json()})}
 
     replace = replace_fields  # a new validated config with some JSON fields changed
 
@@ -153,11 +156,29 @@ def advise_cell(config: MLPConfig, b: int, budget: int, lr_factor: float) -> MLP
     return config.replace(batch_sizes=[b], epochs=max(1, budget // config.n_train), lr=scaled_lr(config, lr_factor))
 
 
+def optimizer_state(spec: OptimizerSpec) -> int | None:
+    """Weight-sized state tensors per replica of the optimizer (momentum 1, Adam(W) 2), None for plain SGD (the
+    fused step, engine.mlp.estimate_cost)."""
+    if spec.plain:
+        return None
+    return 2 if spec.name != "sgd" else int(spec.momentum != 0)
+
+
+def update_path(spec: OptimizerSpec) -> str:
+    """Which update the training steps take (the run's meta, the page's caption): plain SGD keeps the fused
+    Linear–ReLU step (held low-rank updates on CUDA); any other optimizer takes vmap(grad) and backend/optim.py."""
+    if spec.plain:
+        return ("plain SGD: the fused Linear–ReLU step (w − α g in the gradient's products; on CUDA the wide layers' "
+                "updates held as low-rank factors for a few steps)")
+    return (f"{spec.name} ({', '.join(f'{k} {v}' for k, v in spec.to_json().items() if k != 'name')}): the gradients "
+            "by vmap(grad), then backend/optim.py's step (torch.optim's semantics; no held updates)")
+
+
 def estimate(config: MLPConfig) -> dict[str, float]:
     shape = _shape(config.dataset)
     costs = [engine.estimate_cost(shape.n_train, shape.height * shape.width, config.hidden, shape.n_classes,
                                   config.inits, config.replicas, config.epochs, b, config.eval_size, shape.n_val,
-                                  config.noise_samples, run_device_type(config))
+                                  config.noise_samples, run_device_type(config), optimizer_state(config.optimizer))
              for b in config.batch_sizes]
     return combine_costs(costs)
 
@@ -177,9 +198,11 @@ def simulate(config: MLPConfig, device: torch.device, cache: ResultCache, progre
         if "distorted" not in prepared:
             prepared["distorted"] = elastic_distort(data.x_val, config.distortion["alpha"],
                                                     config.distortion["sigma"], seed=config.seed)
-        return engine.mlp_task(data, config.hidden, config.seed, dtype, device, prepared["distorted"])
+        return engine.mlp_task(data, config.hidden, config.seed, dtype, device, prepared["distorted"],
+                               None if config.optimizer.plain else config.optimizer.build())
 
     meta, arrays, hit = simulate_classifier(
         config, device, cache, progress, cancel, task_for_b, lambda b: (lambda t: float(config.lr.alpha(t))),
-        config.distortion["every"], {"n_train": len(data.x_train), "n_val": len(data.x_val)})
+        config.distortion["every"], {"n_train": len(data.x_train), "n_val": len(data.x_val),
+                                     "update": update_path(config.optimizer)})
     return shape_result(config, meta, arrays, hit)

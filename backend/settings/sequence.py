@@ -20,7 +20,7 @@ from backend.fields import (MLP_SAMPLERS, Fields, config_fields, read_batch_size
 from backend.engine import mlp as trainer, sequence as seq
 from backend.engine.mlp import module_forward
 from backend.errors import ConfigError
-from backend.optim import adamw
+from backend.optim import OptimizerSpec
 from backend.progress import Progress
 from backend.settings.base import Quantity
 from backend.settings.classifier import (cached_classifier, classifier_document, classifier_quantities, no_check,
@@ -90,23 +90,7 @@ class SequenceConfig:
         inits = read_int(val("inits"), "inits", 1, 50)
         replicas = read_int(val("replicas"), "replicas", 2, 10_000)
         epochs = read_int(val("epochs"), "epochs", 1, 10_000)
-        fo = Fields(val("optimizer"), "optimizer")
-        if fo.has("name"):  # the shared optimizer field's form (backend/optim.py) is not wired in here yet
-            raise ConfigError("optimizer.name", "the sequence setting runs its own AdamW fields (lr, eps, beta1, beta2, "
-                                                "weight_decay, warmup, clip); a named optimizer is not supported there yet")
-        o0 = cls.DEFAULTS["optimizer"]  # a partial object takes the rest from the defaults
-        opt = {"lr": float(read_positive(fo.get("lr", o0["lr"]), "optimizer.lr")),
-               "eps": float(read_positive(fo.get("eps", o0["eps"]), "optimizer.eps")),
-               "beta1": float(read_positive(fo.get("beta1", o0["beta1"]), "optimizer.beta1", allow_zero=True)),
-               "beta2": float(read_positive(fo.get("beta2", o0["beta2"]), "optimizer.beta2", allow_zero=True)),
-               "weight_decay": float(read_positive(fo.get("weight_decay", o0["weight_decay"]), "optimizer.weight_decay",
-                                                   True)),
-               "warmup": read_int(fo.get("warmup", o0["warmup"]), "optimizer.warmup", 0, 10**7),
-               "clip": float(read_positive(fo.get("clip", o0["clip"]), "optimizer.clip"))}
-        for beta in ("beta1", "beta2"):
-            if not opt[beta] < 1:
-                raise ConfigError(f"optimizer.{beta}", f"must be in [0, 1), got {opt[beta]}")
-        fo.finish()
+        opt = _parse_optimizer(val("optimizer"), cls.DEFAULTS["optimizer"])
         sampler = read_choice(val("sampler"), "sampler", MLP_SAMPLERS)
         common = replica_run_fields(val)
         n_train = _sequence_train_size(json.dumps(corpus, sort_keys=True))
@@ -117,6 +101,11 @@ class SequenceConfig:
 
     replace = replace_fields  # a new validated config with some JSON fields changed
 
+    @property
+    def optimizer_spec(self) -> OptimizerSpec:
+        """The optimizer as backend/optim.py's spec (the AdamW fields as adamw; the named form as it was given)."""
+        return optimizer_spec(self.optimizer)
+
     def to_json(self) -> dict:
         return {"setting": self.setting, "corpus": self.corpus, "tokenizer": self.tokenizer, "max_len": self.max_len,
                 "vocab": self.vocab, "layers": self.layers, "heads": self.heads, "width": self.width,
@@ -124,6 +113,61 @@ class SequenceConfig:
                 "optimizer": self.optimizer, "batch_sizes": list(self.batch_sizes), "sampler": self.sampler,
                 "noise_samples": self.noise_samples, "eval_size": self.eval_size, "seed": self.seed,
                 "device": self.device, "dtype": self.dtype, "precision": self.precision}
+
+
+SCHEDULE_KEYS = ("lr", "warmup", "clip")  # the sequence model's own optimizer fields, beside either form
+
+
+def _parse_optimizer(raw: Any, o0: dict[str, Any]) -> dict[str, Any]:
+    """The ``optimizer`` field, in either form, normalised: its own AdamW fields {lr, eps, beta1, beta2,
+    weight_decay, warmup, clip} (old configs; the defaults), or the shared form of backend/optim.py {"name": "sgd" |
+    "adam" | "adamw", …} beside lr (the peak rate), warmup and clip. AdamW in either form is kept as the AdamW fields
+    (one config, one cache key, today's JSON); SGD and Adam as the shared form with lr, warmup, clip."""
+    fo = Fields(raw, "optimizer")
+    if not fo.has("name"):
+        shared = sorted(set(fo.raw) & {"momentum", "nesterov", "betas"})
+        if shared:
+            raise ConfigError(f"optimizer.{shared[0]}", "belongs to the named form: give optimizer.name ('sgd' for "
+                                                        "momentum and nesterov, 'adam' or 'adamw' for betas)")
+        return _read_adamw_fields(fo, o0)
+    spec = OptimizerSpec.parse({k: v for k, v in raw.items() if k not in SCHEDULE_KEYS})
+    sched = _read_schedule(fo, o0)
+    if spec.name == "adamw":
+        return {"lr": sched["lr"], "eps": float(spec.eps), "beta1": float(spec.betas[0]),
+                "beta2": float(spec.betas[1]), "weight_decay": float(spec.weight_decay), "warmup": sched["warmup"],
+                "clip": sched["clip"]}
+    return {**spec.to_json(), **sched}
+
+
+def _read_schedule(fo: Fields, o0: dict[str, Any]) -> dict[str, Any]:
+    return {"lr": float(read_positive(fo.get("lr", o0["lr"]), "optimizer.lr")),
+            "warmup": read_int(fo.get("warmup", o0["warmup"]), "optimizer.warmup", 0, 10**7),
+            "clip": float(read_positive(fo.get("clip", o0["clip"]), "optimizer.clip"))}
+
+
+def optimizer_spec(opt: dict[str, Any]) -> OptimizerSpec:
+    """A normalised ``optimizer`` dict (_parse_optimizer) as backend/optim.py's spec."""
+    if "name" not in opt:
+        return OptimizerSpec("adamw", weight_decay=opt["weight_decay"], betas=(opt["beta1"], opt["beta2"]),
+                             eps=opt["eps"])
+    return OptimizerSpec.parse({k: v for k, v in opt.items() if k not in SCHEDULE_KEYS})
+
+
+def _read_adamw_fields(fo: Fields, o0: dict[str, Any]) -> dict[str, Any]:
+    """The AdamW fields of old configs (a partial object takes the rest from the defaults)."""
+    opt = {"lr": float(read_positive(fo.get("lr", o0["lr"]), "optimizer.lr")),
+           "eps": float(read_positive(fo.get("eps", o0["eps"]), "optimizer.eps")),
+           "beta1": float(read_positive(fo.get("beta1", o0["beta1"]), "optimizer.beta1", allow_zero=True)),
+           "beta2": float(read_positive(fo.get("beta2", o0["beta2"]), "optimizer.beta2", allow_zero=True)),
+           "weight_decay": float(read_positive(fo.get("weight_decay", o0["weight_decay"]), "optimizer.weight_decay",
+                                               True)),
+           "warmup": read_int(fo.get("warmup", o0["warmup"]), "optimizer.warmup", 0, 10**7),
+           "clip": float(read_positive(fo.get("clip", o0["clip"]), "optimizer.clip"))}
+    for beta in ("beta1", "beta2"):
+        if not opt[beta] < 1:
+            raise ConfigError(f"optimizer.{beta}", f"must be in [0, 1), got {opt[beta]}")
+    fo.finish()
+    return opt
 
 
 @lru_cache(maxsize=16)
@@ -186,13 +230,12 @@ def build_task(config: SequenceConfig, device: torch.device) -> tuple[trainer.Ta
     tok, tr, va, data = encode_corpus(config)
     dtype = torch.float32 if config.dtype == "float32" else torch.float64
     model = seq.Encoder(tok.size, config.max_len, config.width, config.heads, config.layers).to(dtype)
-    opt = config.optimizer
     task = trainer.Task(
         torch.as_tensor(tr, device=device), torch.as_tensor(data.y_train, device=device),
         torch.as_tensor(va, device=device), torch.as_tensor(data.y_val, device=device), None,
         module_forward(model),
         lambda K: seq.init_params(model, K, config.seed, dtype, device),
-        adamw((opt["beta1"], opt["beta2"]), opt["eps"], opt["weight_decay"], clip=opt["clip"]),
+        config.optimizer_spec.build(clip=config.optimizer["clip"]),  # the AdamW fields: adamw, as they always were
         act_per_sample=activations_per_sequence(config, tr.shape[1]))
     return task, tok.size
 
@@ -220,12 +263,18 @@ def estimate(config: SequenceConfig) -> dict[str, float]:
         seconds += config.epochs * (train / 3.7e10 + steps * 0.06) + (config.epochs + 1) * evals / 1.9e10
         flops += config.epochs * (train + evals)
         n_steps += config.epochs * (steps + 3)
-    # parameters, gradients, Adam moments; the activations of one vectorised block of replicas (trainer.replica_chunk)
+    # parameters, gradients, the optimizer's state (Adam's two moments, SGD's velocity) and two temporaries; the
+    # activations of one vectorised block of replicas (trainer.replica_chunk)
     act = activations_per_sequence(config, tokens)
     b_max = max(config.batch_sizes)
     block = min(N, max(1, trainer.ACTIVATION_ELEMENTS // (b_max * act)))
-    memory = 4.0 * N * 6 * P + 4.0 * block * b_max * act
+    memory = 4.0 * N * (4 + _state_tensors(config.optimizer_spec)) * P + 4.0 * block * b_max * act
     return {"memory_bytes": memory, "seconds": seconds, "flops": flops, "steps": n_steps}
+
+
+def _state_tensors(spec: OptimizerSpec) -> int:
+    """Weight-sized state tensors per replica: Adam(W)'s m and v, SGD's velocity (none for plain SGD)."""
+    return 2 if spec.name != "sgd" else int(spec.momentum != 0)
 
 
 def simulate(config: SequenceConfig, device: torch.device, cache: ResultCache, progress: Progress,
@@ -240,7 +289,9 @@ def simulate(config: SequenceConfig, device: torch.device, cache: ResultCache, p
         return lambda t: seq.lr_at(t, opt["lr"], opt["warmup"], total)
 
     meta, arrays, hit = simulate_classifier(config, device, cache, progress, cancel, task_for_b, lr_for_b, 1,
-                                            {"vocab_size": _vocab_size(config)})
+                                            {"vocab_size": _vocab_size(config), "update": (
+                                                f"{config.optimizer_spec.name} (backend/optim.py, torch.optim's "
+                                                "semantics) after per-replica clipping")})
     return shape_result(config, meta, arrays, hit)
 
 

@@ -16,6 +16,11 @@ Exact methods (Theorem 4's polynomial Σ_j β_j b^{−j}, here computed instead 
   E[s^k] = Π_{j<k}(1 + 2j/b). Degree in 1/b: 1, 6, 23, 76 for t = 0…3 (two layers).
 Inputs are converted to exact rationals (floats by their exact binary value), so every coefficient is exact for the
 given numbers; ``exact_inputs`` only decides whether they are printed as fractions.
+
+With torch.optim.SGD's momentum β, Nesterov and weight decay λ (docs/theory.md §8; the velocity starts at 0, so
+v_1 = d_0 = g_0 + λ W_0): the first step is W_1 = W_0 − α_0 s (g_0 + λ W_0) with s = 1 (heavy ball: w_1 is plain
+SGD's when λ = 0) or s = 1 + β (Nesterov) — still linear in Σ̂_0, so exact t = 1 holds with α_0 s and the shrink
+1 − α_0 s λ (``sgd_first_step``); the scalar network carries the velocity through its polynomial recursion.
 """
 
 from __future__ import annotations
@@ -132,10 +137,18 @@ def _estimated_monomials(p: int, depth: int) -> int:
     return comb(nvars + degree, degree)
 
 
-def exact_t1(Ws, Ts, alpha) -> dict[str, list[Fraction]]:
+def sgd_first_step(alpha, momentum=0, nesterov: bool = False, weight_decay=0) -> tuple[Fraction, Fraction]:
+    """(a, c) with W_1 = c W_0 − a g_0 for torch.optim.SGD's first step (v_0 = 0, so v_1 = d_0 = g_0 + λ W_0; the
+    step is v_1, or d_0 + β v_1 = (1 + β) d_0 with Nesterov): a = α_0 s, c = 1 − a λ, s = 1 + β if Nesterov else 1."""
+    a = Fraction(alpha) * (1 + Fraction(momentum) if nesterov else 1)
+    return a, 1 - a * Fraction(weight_decay)
+
+
+def exact_t1(Ws, Ts, alpha, momentum=0, nesterov: bool = False, weight_decay=0) -> dict[str, list[Fraction]]:
     """Exact var(g_{1,k} | F_0) for every layer, their sum, and E L(W_1), as coefficient lists in u = 1/b.
 
-    W_{1,k} = W_k − α P_k Σ̂_0 R_k is linear in the entries of Σ̂_0; then
+    W_{1,k} = c W_k − a P_k Σ̂_0 R_k (plain SGD: c = 1, a = α; the SGD family: sgd_first_step) is linear in the
+    entries of Σ̂_0; then
         var(g_{1,k}) = E_0[(1 + u)‖P R‖² + u‖P‖²‖R‖²] − ‖E_0[P R]‖²  (P, R at W_1),
     with E_0 by the Wishart matching rule. Refuses (TooExpensive) when the expansion would have more than
     MAX_MONOMIALS monomials.
@@ -158,9 +171,14 @@ def exact_t1(Ws, Ts, alpha) -> dict[str, list[Fraction]]:
             k += 1
     W = [_to_fmpq_matrix(np.asarray(M, dtype=object), ctx) for M in Ws]
     T = [_to_fmpq_matrix(np.asarray(M, dtype=object), ctx) for M in Ts]
+    step, shrink = sgd_first_step(alpha, momentum, nesterov, weight_decay)
     a = np.empty((), dtype=object)
-    a[()] = ctx.constant(_q(alpha))  # a 0-d holder: numpy must not iterate the polynomial
+    a[()] = ctx.constant(_q(step))  # a 0-d holder: numpy must not iterate the polynomial
     _, PR = products(W, T)
+    if shrink != 1:  # weight decay: the first step shrinks the weights
+        c = np.empty((), dtype=object)
+        c[()] = ctx.constant(_q(shrink))
+        W = [M * c for M in W]
     W1 = [W[k] - (P @ S @ R) * a for k, (P, R) in enumerate(PR)]
     delta1, PR1 = products(W1, T)
     E = _Expect(p)
@@ -183,11 +201,14 @@ def exact_t1(Ws, Ts, alpha) -> dict[str, list[Fraction]]:
     return out
 
 
-def exact_scalar(ws: Sequence, ts: Sequence, alphas: Sequence, t: int) -> dict[str, list[Fraction]]:
+def exact_scalar(ws: Sequence, ts: Sequence, alphas: Sequence, t: int, momentum=0, nesterov: bool = False,
+                 weight_decay=0) -> dict[str, list[Fraction]]:
     """Scalar network (all widths 1): exact var(g_{t,k} | F_0), their sum and E L(w_t) in u = 1/b, for t ≤ 3.
 
     w_t is a polynomial in s_0..s_{t−1} (s_i = χ²_b/b, independent); g_{t,k} = c_k s_t with c_k = (Π_{j≠k} w_j) Δ,
-    so var = (1 + 2u) E[c_k²] − E[c_k]², with E[s^m] = Π_{j<m}(1 + 2j u).
+    so var = (1 + 2u) E[c_k²] − E[c_k]², with E[s^m] = Π_{j<m}(1 + 2j u). With torch.optim.SGD's momentum β,
+    Nesterov and weight decay λ the velocity is a polynomial too: d = c_k s + λ w_k, v ← β v + d (v_0 = 0),
+    w_k ← w_k − α (v, or d + β v with Nesterov); g_t stays the data loss's c_k s_t.
     """
     if t > SCALAR_MAX_T:
         raise TooExpensive("t", f"the exact scalar network is offered for t ≤ {SCALAR_MAX_T} (degree 76 in 1/b at "
@@ -216,10 +237,17 @@ def exact_scalar(ws: Sequence, ts: Sequence, alphas: Sequence, t: int) -> dict[s
             cs.append(others * delta)
         return cs, delta
 
+    beta, lam = ctx.constant(_q(momentum)), ctx.constant(_q(weight_decay))
+    v = [ctx.constant(0)] * d
     for step in range(t):
         cs, _ = grads(w)
         a = ctx.constant(_q(alphas[step]))
-        w = [w[k] - a * cs[k] * gens[step] for k in range(d)]
+        if not momentum and not weight_decay:  # plain SGD
+            w = [w[k] - a * cs[k] * gens[step] for k in range(d)]
+            continue
+        dd = [cs[k] * gens[step] + lam * w[k] for k in range(d)]
+        v = [beta * v[k] + dd[k] for k in range(d)]
+        w = [w[k] - a * ((dd[k] + beta * v[k]) if nesterov else v[k]) for k in range(d)]
     cs, delta = grads(w)
     moments: dict[int, list[Fraction]] = {}
 
