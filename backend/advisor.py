@@ -16,6 +16,7 @@ import numpy as np
 
 from backend import core, settings
 from backend.errors import ConfigError
+from backend.schedules import compare_schedule  # noqa: F401  (a batch-size schedule against constant b, exactly)
 
 SCALINGS = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
 DIVERGENCE_FACTOR = 1e6  # a b diverges when its expected loss is non-finite or above the loss at w0 times this

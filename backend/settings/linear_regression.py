@@ -14,9 +14,9 @@ import torch
 
 from backend import datasets
 from backend.cache import CODE_VERSION, ResultCache, default_cache, make_key
-from backend.fields import (DEVICES, MAX_REPLICAS, MAX_STEPS, MIN_REPLICAS, SAMPLER_LABELS, SAMPLERS, Fields, Schedule,
-                            config_fields, paper_batch_sizes, read_batch_sizes, read_bool, read_choice, read_int,
-                            read_positive, replace_fields)
+from backend.fields import (DEVICES, MAX_REPLICAS, MAX_STEPS, MIN_REPLICAS, SAMPLER_LABELS, SAMPLERS, BatchSchedule,
+                            Fields, Schedule, config_fields, curve_keys, paper_batch_sizes, read_batch_sizes,
+                            read_bool, read_choice, read_int, read_positive, read_step_batches, replace_fields)
 from backend.costs import GpuModel, combine_costs
 from backend.curves import curves_result, unpack_stats
 from backend.engine import linreg as engine
@@ -78,6 +78,9 @@ class LinearRegressionConfig:
     # torch.optim.SGD's momentum, Nesterov and weight decay (backend/optim.py); plain SGD when the field is left out,
     # and then it stays out of to_json (so a config without it keeps its cache key and URL)
     optimizer: OptimizerSpec = OptimizerSpec()
+    # b_i for steps_i steps in place of batch_sizes (docs/theory.md §10): one curve, keyed "schedule"; None: left out
+    # of to_json (a config without it keeps its cache key)
+    batch_schedule: BatchSchedule | None = None
     # derived (not part of the JSON): the design matrix and the weights
     X: np.ndarray = field(default=None, repr=False, compare=False)
     y: np.ndarray = field(default=None, repr=False, compare=False)
@@ -95,9 +98,8 @@ class LinearRegressionConfig:
         n, p = X.shape
         w0_json, w0_vals = _parse_w0(val("w0"), p)
         lr = Schedule.parse(val("lr"), defaults=cls.DEFAULTS["lr"])
-        steps = read_int(val("steps"), "steps", 0, MAX_STEPS)
         default_b = [b for b in cls.DEFAULTS["batch_sizes"] if b <= n] or [1]  # a small data set: the b that fit
-        batch_sizes = read_batch_sizes(f.get("batch_sizes", default_b), n)
+        batch_sizes, batch_schedule, steps = read_step_batches(f, val, n, default_b)
         replicas = read_int(val("replicas"), "replicas", MIN_REPLICAS, MAX_REPLICAS)
         seed = read_int(val("seed"), "seed", 0, 2**32 - 1)
         sampler = read_choice(val("sampler"), "sampler", SAMPLERS)
@@ -106,7 +108,7 @@ class LinearRegressionConfig:
         f.finish()
         names = tuple(data.feature_names) + (("intercept",) if intercept else ())
         return cls(ds_json, standardize, intercept, w0_json, lr, steps, batch_sizes, replicas, seed, sampler, device,
-                   optimizer, X, y, w0_vals, exact, names)
+                   optimizer, batch_schedule, X, y, w0_vals, exact, names)
 
     @property
     def n(self) -> int:
@@ -132,7 +134,8 @@ class LinearRegressionConfig:
             "w0": self.w0,
             "lr": self.lr.to_json(),
             "steps": self.steps,
-            "batch_sizes": list(self.batch_sizes),
+            **({"batch_sizes": list(self.batch_sizes)} if self.batch_schedule is None
+               else {"batch_schedule": self.batch_schedule.to_json()}),
             "replicas": self.replicas,
             "seed": self.seed,
             "sampler": self.sampler,
@@ -215,10 +218,26 @@ def _require_theory(config: LinearRegressionConfig) -> None:
                                      "choose without_replacement or with_replacement")
 
 
+def noise_factors(config: LinearRegressionConfig, batch_sizes=None) -> np.ndarray:
+    """The recursion's noise factors: (B,) for ``batch_sizes``, or with None the config's curves — its batch sizes, or
+    (1, T+1) along its batch_schedule, c at t that of b_t (docs/theory.md §10)."""
+    if batch_sizes is None and config.batch_schedule is not None:
+        return th.noise_factor(config.batch_schedule.batch_at(), config.n, config.sampler)[None, :]
+    return th.noise_factor(np.asarray(config.batch_sizes if batch_sizes is None else batch_sizes), config.n,
+                           config.sampler)
+
+
+def _require_constant_b(config: LinearRegressionConfig, what: str) -> None:
+    if config.batch_schedule is not None:
+        raise ConfigError("batch_schedule", f"{what} is over constant batch sizes; give batch_sizes instead of a "
+                                            "batch_schedule")
+
+
 def theory_curves(config: LinearRegressionConfig, batch_sizes, steps: int) -> dict[str, np.ndarray]:
-    """Exact var(g_t | F_0), var(∇L(w_t) | F_0), E L(w_t) (float64, stable recursion) for t = 0..steps: arrays (B, steps+1)."""
+    """Exact var(g_t | F_0), var(∇L(w_t) | F_0), E L(w_t) (float64, stable recursion) for t = 0..steps: arrays (B, steps+1);
+    ``batch_sizes`` None: the config's own curves (its batch_schedule's one curve where it has one)."""
     _require_theory(config)
-    c = th.noise_factor(np.asarray(batch_sizes), config.n, config.sampler)
+    c = noise_factors(config, batch_sizes)
     return th.moment_curves(_problem(config), _w0(config), config.lr.alphas(steps), c, _sgd(config))
 
 
@@ -227,15 +246,15 @@ def theory(config: LinearRegressionConfig, cache: ResultCache) -> dict[str, Any]
     (the epoch-reshuffle sampler)."""
     t = np.arange(config.steps + 1)
     if config.sampler not in th.SAMPLERS_WITH_THEORY:
-        return {"t": t, "batch_sizes": list(config.batch_sizes), "curves": None, "available": False,
+        return {"t": t, "batch_sizes": curve_keys(config), "curves": None, "available": False,
                 "note": f"no exact theory for the sampler {config.sampler!r}"}
 
     def compute():
-        curves = theory_curves(config, config.batch_sizes, config.steps)
+        curves = theory_curves(config, None, config.steps)
         return {"kind": "theory"}, curves
 
     _, arrays, hit = cache.get_or_compute(_key("theory", config), compute)
-    return {"t": t, "batch_sizes": list(config.batch_sizes), "curves": arrays, "available": True, "cached": hit,
+    return {"t": t, "batch_sizes": curve_keys(config), "curves": arrays, "available": True, "cached": hit,
             "note": "exact (float64, stable moment recursion of docs/theory.md §1" +
                     ("" if config.optimizer.plain else ", on the doubled state (w_t, v_t) of §9") + ")"}
 
@@ -251,6 +270,7 @@ def theory_all_b(config: LinearRegressionConfig, cache: ResultCache | None = Non
     """Exact curves for every b in [1, n] (a log grid when n > 1000), t = 0..steps: the var-against-b view and the
     check of Theorems 1–2."""
     _require_theory(config)
+    _require_constant_b(config, "the view against b (and Theorems 1–2)")
     b = all_b_grid(config.n)
 
     def compute():
@@ -292,6 +312,7 @@ def polynomial(config: LinearRegressionConfig, t: int, quantity: str = "var_g", 
     stays well conditioned). Beyond either limit a TooExpensive names it.
     """
     _require_theory(config)
+    _require_constant_b(config, "a polynomial in 1/b")
     if quantity not in EXACT_QUANTITIES:
         raise ConfigError("quantity", f"expected one of {list(EXACT_QUANTITIES)}, got {quantity!r}")
     if not isinstance(t, int) or t < 0:
@@ -337,7 +358,7 @@ def paper_fit(b: np.ndarray, values: np.ndarray, degree: int = 6) -> np.ndarray:
 
 
 def _sim_result(config, meta: dict, arrays: dict, hit: bool) -> dict[str, Any]:
-    return curves_result("t", np.arange(config.steps + 1), config.batch_sizes, unpack_stats(arrays),
+    return curves_result("t", np.arange(config.steps + 1), curve_keys(config), unpack_stats(arrays),
                          arrays["finite_count"], meta, hit)
 
 
@@ -354,9 +375,8 @@ def simulate(config: LinearRegressionConfig, device: torch.device, cache: Result
         t0 = time.monotonic()
         alphas = config.lr.alphas(config.steps)
         per_b = []
-        for b in config.batch_sizes:
-            c = (float(th.noise_factor(b, config.n, config.sampler))
-                 if config.sampler in th.SAMPLERS_WITH_THEORY else None)
+        for b in _run_batches(config):
+            c = (_rb_noise(config, b) if config.sampler in th.SAMPLERS_WITH_THEORY else None)
             per_b.append(engine.run_replicas(
                 np.asarray(config.X, dtype=np.float64), np.asarray(config.y, dtype=np.float64),
                 _w0(config), alphas, b, config.replicas, config.sampler, config.seed, device, c,
@@ -380,10 +400,24 @@ def simulate(config: LinearRegressionConfig, device: torch.device, cache: Result
         }
         return meta, arrays
 
-    progress.total = config.replicas * (config.steps + 1) * len(config.batch_sizes)
+    progress.total = config.replicas * (config.steps + 1) * len(curve_keys(config))
     meta, arrays, hit = cache.get_or_compute(key, compute)
     progress.finish()
     return _sim_result(config, meta, arrays, hit)
+
+
+def _run_batches(config: LinearRegressionConfig) -> list:
+    """What each replica run takes as its b: the batch sizes, or the one batch_schedule as its [(b, steps), …]."""
+    if config.batch_schedule is not None:
+        return [list(config.batch_schedule.segments)]
+    return list(config.batch_sizes)
+
+
+def _rb_noise(config: LinearRegressionConfig, b):
+    """The Rao–Blackwellised estimate's noise factor: a float for one b, one per segment for a schedule."""
+    if isinstance(b, list):
+        return [float(th.noise_factor(bi, config.n, config.sampler)) for bi, _ in b]
+    return float(th.noise_factor(b, config.n, config.sampler))
 
 
 def advise(config: LinearRegressionConfig, b: np.ndarray, steps: np.ndarray, lr_c: np.ndarray, horizon: np.ndarray,
@@ -393,6 +427,7 @@ def advise(config: LinearRegressionConfig, b: np.ndarray, steps: np.ndarray, lr_
     t ≤ horizon[j] with E L(w_t) ≤ target, and the exact noise scale along ``grid`` — the moment recursion; with
     the SGD family (§9) on the doubled state, β per lane ``momentum[j]`` (default the config's), its Nesterov and λ."""
     _require_theory(config)
+    _require_constant_b(config, "the advisor")
     T = int(np.max(horizon))
     c = th.noise_factor(np.asarray(b), config.n, config.sampler)
     problem, w0 = _problem(config), _w0(config)
@@ -450,6 +485,9 @@ def cached_simulation(config: LinearRegressionConfig, device: torch.device, cach
 
 
 def estimate(config: LinearRegressionConfig) -> dict[str, float]:
+    if config.batch_schedule is not None:  # the segments one after another: their costs add (one run)
+        return combine_costs([engine.estimate_cost(config.replicas, s, b, config.n, config.p, run_device_type(config))
+                              for b, s in config.batch_schedule.segments])
     return combine_costs([engine.estimate_cost(config.replicas, config.steps, b, config.n, config.p,
                                                run_device_type(config)) for b in config.batch_sizes])
 
