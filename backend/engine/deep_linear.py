@@ -416,9 +416,14 @@ def generic_reduced_dims(dims: tuple[int, ...]) -> tuple[int, ...]:
 
 STEP_FLOPS_PER_S = {4: 1.1e11, 8: 5.5e10}  # measured on 2 CPU cores (float32, float64), small-m batched GEMMs
 RECORD_FLOPS_PER_S = {4: 2.5e11, 8: 1.25e10}  # float64: batched products of small matrices (8 → 16 → 4)
-# Python and small-op overhead per chunk and plain / recorded step (benchmarks/bench_estimates.py: the defaults, 5 b ×
-# 2 000 replicas × 51 recorded steps, 3.2 CPU-s on the critical path of a loaded box)
-CHUNK_STEP_OVERHEAD_S = (8e-4, 8e-3)
+# Python and small-op overhead per chunk and plain / recorded step, and per replica and recorded step (the statistics'
+# small per-replica ops): benchmarks/bench_deep_linear_overhead.py — a chunk of 2 replicas costs 0.25 ms a plain step
+# and 1.0–3 ms a recorded one at any width, 2 000 replicas ≈ 2–3 µs more per replica a recorded step (low percentiles
+# of the per-step CPU time on a loaded box); the per-replica term keeps the defaults' calibration (5 b × 2 000 replicas
+# × 51 recorded steps, 3.2 CPU-s on the critical path of a loaded box, benchmarks/bench_estimates.py). The per-chunk
+# terms count once per chunk: the paper preset runs 25–32 chunks (CPU chunks are cache-sized).
+CHUNK_STEP_OVERHEAD_S = (2.5e-4, 2.5e-3)
+RECORD_REPLICA_S = 3e-6
 
 
 def estimate_cost(dims: tuple[int, ...], R: int, T: int, b: int, record_every: int = 1,
@@ -440,7 +445,8 @@ def estimate_cost(dims: tuple[int, ...], R: int, T: int, b: int, record_every: i
     n_chunks = -(-R // chunk)
     seconds = (R * (T + 1) * step_flops / STEP_FLOPS_PER_S.get(itemsize, 5.5e10)
                + R * n_rec * record_flops / RECORD_FLOPS_PER_S.get(itemsize, 1e11)
-               + n_chunks * ((T + 1) * CHUNK_STEP_OVERHEAD_S[0] + n_rec * CHUNK_STEP_OVERHEAD_S[1]))
+               + n_chunks * ((T + 1) * CHUNK_STEP_OVERHEAD_S[0] + n_rec * CHUNK_STEP_OVERHEAD_S[1])
+               + R * n_rec * RECORD_REPLICA_S)
     gpu_chunks = -(-R // min(R, max(2, CHUNK_ELEMENTS // (n_params + p * p + b * p))))
     return {"memory_bytes": memory, "seconds": seconds, "flops": float(R * (T + 1) * step_flops + R * n_rec * record_flops),
             "steps": float(gpu_chunks * (T + 1))}
