@@ -290,3 +290,18 @@ def test_charts_draw_what_the_documents_say():
     spec = json.dumps(charts.branch_loss_chart(docs, 20).to_dict())
     div = [b for b, br in docs["linear"]["checkpoints"][1]["branches"].items() if br["diverged"]]
     assert div and all(f"linear b = {b}" in spec for b in div)
+
+
+def test_noise_scales_with_nesterov_equal_the_advisors_doubled_state_lanes():
+    """Nesterov momentum 0.9: B_simple and B_noise at each checkpoint equal the advisor's own doubled-state lanes
+    (backend/theory/momentum_lanes.py, a separate recursion) at the same steps."""
+    cfg = parse_config({"setting": "linear_regression", "lr": {"schedule": "constant", "c": 0.02}, "steps": 300,
+                        "batch_sizes": [8], "optimizer": {"name": "sgd", "momentum": 0.9, "nesterov": True}})
+    adv = advisor.advise(cfg, 8 * 300)
+    ts = adv["b_noise"]["t"]
+    doc = cbs.cbs(cfg, 8, [t for t in ts if t in (0, 5, 50, 300)], 64, ks=[1])
+    assert len(doc["checkpoints"]) >= 3
+    for row in doc["checkpoints"]:
+        i = ts.index(row["t"])
+        for key in ("b_simple", "b_noise"):
+            assert row[key] == pytest.approx(adv[key]["curves"]["8"][i], rel=1e-9), (key, row["t"])
