@@ -61,6 +61,17 @@ def test_lemma1_at_t0_the_split_and_the_document():
     assert np.all(np.array(d["curves"]["4"]["noise_one_step"]) > np.array(d["curves"]["16"]["noise_one_step"]))
 
 
+def test_bf16_keeps_the_variance_estimates_of_float32():
+    """precision bf16 (autocast training passes, float32 weights): the same draws give var_g within the SEs of the
+    float32 run, and not bitwise the same numbers (the autocast is applied)."""
+    runs = {p: api.simulate(cfg("tests/models/tiny_mlp.py", inits=1, replicas=32, steps=10, record_every=5,
+                                batch_sizes=[8], noise_samples=48, precision=p))["curves"]["var_g"]
+            for p in ("float32", "bf16")}
+    a, b = runs["float32"], runs["bf16"]
+    assert not np.array_equal(a["value"], b["value"])
+    assert np.all(np.abs(a["value"] - b["value"]) <= 4 * np.hypot(a["se"], b["se"]))
+
+
 # -- least squares as a model file against the exact theory, with momentum -------------------------------------
 
 @pytest.mark.parametrize("optimizer", [{"name": "sgd", "momentum": "1/2"},
@@ -223,6 +234,31 @@ def test_a_later_init_with_a_nonfinite_loss_fails_the_run_and_caches_nothing(tmp
     with pytest.raises(ConfigError, match=r"late\.py: model\(1\): the loss at w_0 is not finite"):
         api.simulate(c)
     assert api.cached_simulation(c) is None
+
+
+def test_the_cli_exits_2_with_the_line_and_prints_the_document(tmp_path, monkeypatch, capsys):
+    import json
+
+    from backend.__main__ import main
+
+    (tmp_path / "bad.py").write_text(BAD_FILES["shape.py"][0])
+    monkeypatch.setenv("BATCHVAR_MODELS", f"{tmp_path}{__import__('os').pathsep}{MODELS}")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"setting": "torch_model", "model": {"file": str(tmp_path / "bad.py")}}))
+    assert main(["simulate", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "bad.py: model() forward: RuntimeError" in err, err
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"setting": "torch_model", "model": {"file": "tests/models/tiny_mlp.py"},
+                                "steps": 4, "record_every": 2, "batch_sizes": [8], "replicas": 4, "inits": 1,
+                                "precision": "bf16", "noise_samples": 48}))
+    assert main(["simulate", str(good)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["setting"] == "torch_model" and doc["t"] == [0, 2, 4]
+    assert doc["model"]["file"] == "tests/models/tiny_mlp.py" and len(doc["model"]["sha256"]) == 64
+    e = doc["curves"]["8"]
+    assert all(v is not None and v > 0 for v in e["var_g"] + e["var_g_se"][1:] + e["noise_one_step"])
+    assert "var_g_per_init" not in e  # one init: no per-init lists
 
 
 def test_a_file_outside_the_allowed_folders_is_refused_before_import(tmp_path, monkeypatch):

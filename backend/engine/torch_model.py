@@ -33,6 +33,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch.func import functional_call
+from torch.utils.flop_counter import FlopCounterMode
 
 from backend.engine.mlp import EpochStats, flat
 from backend.engine.noise import per_sample_dots, per_sample_terms
@@ -106,6 +107,7 @@ class ModelFile:
     classes: bool
     n_params: int
     act_per_sample: int
+    flops_per_sample: float  # one forward pass (a gradient: about 3×)
     trainable: tuple[str, ...] = field(default=())
 
     @property
@@ -181,9 +183,10 @@ def _owner(name: str) -> str:
 
 
 def trial_forward(path: Path, m: torch.nn.Module, X: torch.Tensor, Y: torch.Tensor, loss: Callable
-                  ) -> tuple[torch.Tensor, int]:
+                  ) -> tuple[torch.Tensor, int, float]:
     """One forward of a copy on two samples: the output, its loss shape (per sample), no buffer written in place;
-    returns (output, activations per sample: the elements of every submodule's output)."""
+    returns (output, activations per sample: the elements of every submodule's output, forward FLOPs per sample
+    as torch.utils.flop_counter counts them)."""
     probe = copy.deepcopy(m).float()  # as the run casts it (its dtype), float32 here
     X, Y = _cast_input(X[:2], torch.float32), _cast_input(Y[:2], torch.float32)
     before = {n: b.clone() for n, b in probe.named_buffers()}
@@ -191,8 +194,9 @@ def trial_forward(path: Path, m: torch.nn.Module, X: torch.Tensor, Y: torch.Tens
     sizes: list[int] = []
     hooks = [sub.register_forward_hook(lambda _m, _i, o: sizes.append(o.numel() if isinstance(o, torch.Tensor)
                                                                       else 0)) for sub in probe.modules()]
+    counter = FlopCounterMode(display=False)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), counter:
             out = probe(X[:2])
     except Exception as e:
         raise fail(path, "model() forward", _why(e)) from None
@@ -212,7 +216,7 @@ def trial_forward(path: Path, m: torch.nn.Module, X: torch.Tensor, Y: torch.Tens
     if not isinstance(per, torch.Tensor) or tuple(per.shape) != (2,) or not per.is_floating_point():
         raise fail(path, "loss()", "must return one floating-point loss per sample (shape (b,)), got "
                                    f"{getattr(per, 'shape', type(per).__name__)}")
-    return out, max(1, sum(sizes) // 2)
+    return out, max(1, sum(sizes) // 2), counter.get_total_flops() / 2
 
 
 def functional(template: torch.nn.Module, dtype: torch.dtype, device: torch.device):
@@ -295,7 +299,7 @@ def validate(path: Path) -> ModelFile:
     ckpt = read_checkpoint(path, module, m)
     refuse_modules(path, m)
     loss = getattr(module, "loss", None) or _default_loss
-    out, act = trial_forward(path, m, Xtr, Ytr, loss)
+    out, act, flops = trial_forward(path, m, Xtr, Ytr, loss)
     if Xva is not None:
         trial_forward(path, m, Xva, Yva, loss)
     check_loss_at_w0(path, m, Xtr, Ytr, loss)
@@ -307,7 +311,7 @@ def validate(path: Path) -> ModelFile:
     trainable = tuple(n for n, p in m.named_parameters() if p.requires_grad)
     n_params = sum(p.numel() for p in m.parameters() if p.requires_grad)
     return ModelFile(path, sha, data_sha, module, m, Xtr, Ytr, Xva, Yva, loss, ckpt, classes, n_params, act,
-                     trainable)
+                     max(float(flops), 2.0 * n_params), trainable)
 
 
 def _folder_signature(path: Path) -> tuple:
@@ -483,19 +487,22 @@ def run_batch_size(pr: Prepared, K: int, R: int, steps: int, record_every: int, 
 def estimate_cost(mf_sizes: dict[str, int], K: int, R: int, steps: int, record_every: int, b: int,
                   noise_samples: int, bytes_per: int) -> dict[str, float]:
     """Memory, 2-core CPU seconds, FLOPs and sequential steps of one batch size (``mf_sizes``: n_params, n_train,
-    n_val, act_per_sample). FLOPs: 6 P per sample and replica for a gradient, 2 P for a forward."""
-    P, n, n_val, act = (mf_sizes[k] for k in ("n_params", "n_train", "n_val", "act_per_sample"))
+    n_val, act_per_sample, flops_per_sample). FLOPs: F per sample and replica for a forward (counted on the file's
+    model when it is loaded, at least 2 P), 3 F for a gradient."""
+    P, n, n_val, act, F = (mf_sizes[k] for k in ("n_params", "n_train", "n_val", "act_per_sample",
+                                                 "flops_per_sample"))
     N = K * R
     m = min(noise_samples, n)
     records = len(record_steps(steps, record_every))
-    train = 6.0 * P * b * N * steps
-    per_sample = 6.0 * P * N * 2 * m  # the two passes of per-sample gradients (noise.py) on the subsample
-    stats = 6.0 * P * N * b + per_sample + 2.0 * P * N * (n + n_val)
-    # 2 CPU cores: ≈ 10¹⁰ FLOP/s for a vmapped gradient of a small model plus ≈ 3 ms a step (the vmapped call's
-    # small ops); per-sample gradients (vmap of vmap, float64 reductions) at ≈ 2·10⁹; ≈ 0.05 s a statistics pass
-    # beside its FLOPs; ≈ 1 s of set-up (the file loaded, the tensors) — the MLP digits example, 2 × 8 replicas
-    seconds = (1.0 + train / 1e10 + steps * 3e-3
-               + records * (0.05 + per_sample / 2e9 + (stats - per_sample) / 1e10))
+    train = 3.0 * F * b * N * steps
+    per_sample = 3.0 * F * N * 2 * m  # the two passes of per-sample gradients (noise.py) on the subsample
+    stats = 3.0 * F * N * b + per_sample + F * N * (n + n_val)
+    # 2 CPU cores: ≈ 4·10⁹ FLOP/s for a vmapped gradient of a small model plus ≈ 8 ms a step (the vmapped call's
+    # small ops); per-sample gradients (vmap of vmap, float64 reductions) at ≈ 8·10⁸; ≈ 0.1 s a statistics pass
+    # beside its FLOPs; ≈ 1 s of set-up — half the CPU time of the MLP, CNN and transformer examples' runs
+    # (within ×1.5 of each; measured on a loaded 2-core box)
+    seconds = (1.0 + train / 4e9 + steps * 8e-3
+               + records * (0.1 + per_sample / 8e8 + (stats - per_sample) / 4e9))
     chunk = max(1, min(64, 2**27 // max(1, N * P)))  # noise.noise_chunk
     block = min(N, max(1, ACTIVATION_ELEMENTS // (max(b, 1) * act)))
     memory = bytes_per * (N * P * 5 + block * b * act * 3) + 8.0 * N * P * 2 + bytes_per * N * P * chunk

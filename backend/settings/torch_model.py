@@ -30,7 +30,7 @@ from backend.settings.classifier import THEORY_ONLY_DROPS  # noqa: F401  (part o
 
 DEFAULT_FILE = "examples/models/mlp_digits.py"
 PRESETS: dict[str, dict[str, Any]] = {
-    "laptop": {},  # the defaults: the paper's MLP on the 8×8 digits, 2 × 8 replicas, 200 steps
+    "laptop": {},  # the defaults: the paper's MLP on the 8×8 digits, 2 × 8 replicas, 100 steps
 }
 
 
@@ -40,10 +40,10 @@ class TorchModelConfig:
 
     setting: ClassVar[str] = "torch_model"
     DEFAULTS: ClassVar[dict[str, Any]] = {
-        "model": {"file": DEFAULT_FILE}, "batch_sizes": [16, 64], "replicas": 8, "inits": 2, "steps": 200,
+        "model": {"file": DEFAULT_FILE}, "batch_sizes": [16, 64], "replicas": 8, "inits": 2, "steps": 100,
         "record_every": 20, "lr": {"schedule": "constant", "c": "0.05"}, "optimizer": {"name": "sgd"},
         "seed": 0, "sampler": "without_replacement", "dtype": "float32", "precision": "float32",
-        "noise_samples": 128, "device": "auto"}
+        "noise_samples": 64, "device": "auto"}
     model: dict
     batch_sizes: tuple[int, ...]
     replicas: int
@@ -77,7 +77,7 @@ class TorchModelConfig:
         common.pop("eval_size")
         f.finish()
         sizes = {"n_params": mf.n_params, "n_train": mf.n_train, "n_val": mf.n_val,
-                 "act_per_sample": mf.act_per_sample, "classes": mf.classes}
+                 "act_per_sample": mf.act_per_sample, "flops_per_sample": mf.flops_per_sample, "classes": mf.classes}
         return cls(model, batch_sizes, replicas, inits, steps, record_every, lr, optimizer, sampler=sampler,
                    n_train=mf.n_train, sizes=sizes, **common)
 
