@@ -31,6 +31,8 @@ from backend.advisor import compare_schedule  # noqa: F401  (the advisor's sched
 from backend.cbs import DEFAULT_TOLERANCE as CBS_TOLERANCE, cbs, cbs_rules, exact_settings as cbs_settings  # noqa: F401
 from backend.cbs import read_ints, table as cbs_table  # noqa: F401  (the critical batch size page)
 from backend.exact import jsonable_number  # noqa: F401
+from backend.optimizer_choices import optimizer_names  # noqa: F401  (the shared optimizer widget asks the setting)
+from backend.advisor import advise_momentum  # noqa: F401  (the advisor's momentum axis)
 from backend.allowed import ROOT as PROJECT_ROOT, model_files  # noqa: F401  (the Your-model page's file list)
 from backend.costs import device_name, device_seconds, format_duration  # noqa: F401  (format_duration: pages)
 from backend.costs import where as estimate_where  # noqa: F401  (pages: how a time estimate was made)

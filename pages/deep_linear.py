@@ -58,11 +58,12 @@ dtype = sb.selectbox("Precision", api.DTYPES, index=api.DTYPES.index(d("dtype"))
 record_every = ui.widgets.number(sb, "Record statistics every … steps", "record_every", int(d("record_every")), 1,
                                  10_000, key=k("rec"),
                                help="1 records every step; larger values make long runs of big networks cheaper")
+optimizer = ui.widgets.optimizer("deep_linear", raw0.get("optimizer"), k)
 ui.clear_cache_button()
 
 raw = {"setting": "deep_linear", "dims": dims, "teacher": teacher, "w0": w0, "lr": lr, "steps": steps,
        "batch_sizes": batch_sizes, "replicas": replicas, "seed": seed, "device": d("device"), "dtype": dtype,
-       "record_every": record_every}
+       "record_every": record_every, **({"optimizer": optimizer} if optimizer else {})}
 config = ui.validated(raw)
 
 theory = api.theory(config)

@@ -82,11 +82,12 @@ batch_sizes = ui.widgets.batch_sizes(d, k, api.paper_batch_sizes(n_hint or 500) 
 replicas, seed = ui.widgets.replicas_and_seed(d, k)
 sampler = sb.selectbox("Sampler", api.SAMPLERS, index=api.SAMPLERS.index(d("sampler")), key=k("sampler"),
                        format_func=lambda s: s.replace("_", " "), help="\n\n".join(api.SAMPLER_LABELS.values()))
+optimizer = ui.widgets.optimizer("linear_regression", raw0.get("optimizer"), k)  # the exact curves follow it live
 ui.clear_cache_button()
 
 raw = {"setting": "linear_regression", "dataset": dataset, "standardize": standardize, "intercept": intercept,
        "w0": w0, "lr": lr, "steps": steps, "batch_sizes": batch_sizes, "replicas": replicas, "seed": seed,
-       "sampler": sampler, "device": d("device")}
+       "sampler": sampler, "device": d("device"), **({"optimizer": optimizer} if optimizer else {})}
 config = ui.validated(raw)
 
 # -- theory (live) -------------------------------------------------------------------------------------------------

@@ -59,12 +59,13 @@ distortion = {"alpha": ui.widgets.number(c1, "α", "distortion.alpha", float(dis
               "every": c3.number_input("gap every", 1, 100_000, int(dist0["every"]), key=k("de"))}
 seed = sb.number_input("Seed", 0, 2**32 - 1, int(d("seed")), key=k("seed"))
 precision = ui.widgets.precision(d, k)
+optimizer = ui.widgets.optimizer("mlp", raw0.get("optimizer"), k)
 ui.clear_cache_button()
 
 raw = {"setting": "mlp", "dataset": dataset, "hidden": hidden, "inits": inits, "replicas": replicas, "epochs": epochs,
        "lr": lr, "batch_sizes": batch_sizes, "sampler": sampler, "distortion": distortion,
        "noise_samples": d("noise_samples"), "eval_size": d("eval_size"), "seed": seed, "device": d("device"),
-       "dtype": d("dtype"), "precision": precision}
+       "dtype": d("dtype"), "precision": precision, **({"optimizer": optimizer} if optimizer else {})}
 config = ui.validated(raw)
 
 sim = ui.run_panel("mlp", config, f"{config.inits} initial weight(s) × {config.replicas} replicas × "

@@ -46,11 +46,11 @@ replicas = c2.number_input("Replicas per init R", 2, 10_000, int(d("replicas")),
 epochs = ui.widgets.slider(sb, "Epochs", "epochs", int(d("epochs")), 1, 100, key=k("E"))
 o0 = d("optimizer")
 c1, c2, c3 = sb.columns(3)
-optimizer = {"lr": c1.text_input("Adam lr", str(o0["lr"]), key=k("lr")),
-             "warmup": ui.widgets.number(c2, "Warm-up steps", "optimizer.warmup", int(o0["warmup"]), 0, 10**6,
-                                       key=k("wu")),
-             "clip": c3.text_input("Clip", str(o0["clip"]), key=k("clip")),
-             "eps": o0["eps"], "beta1": o0["beta1"], "beta2": o0["beta2"], "weight_decay": o0["weight_decay"]}
+schedule = {"lr": c1.text_input("Peak lr", str(o0["lr"]), key=k("lr")),
+            "warmup": ui.widgets.number(c2, "Warm-up steps", "optimizer.warmup", int(o0["warmup"]), 0, 10**6,
+                                        key=k("wu")),
+            "clip": c3.text_input("Clip", str(o0["clip"]), key=k("clip"))}
+optimizer = ui.widgets.optimizer("sequence", o0, k, extra=schedule)  # its lr, warm-up and clip beside the named form
 batch_sizes = ui.widgets.batch_sizes(d, k, [8, 16, 32, 64, 128])
 seed = sb.number_input("Seed", 0, 2**32 - 1, int(d("seed")), key=k("seed"))
 precision = ui.widgets.precision(d, k)

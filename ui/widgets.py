@@ -11,6 +11,7 @@ import streamlit as st
 
 from backend import api
 from ui.state import user_text
+from ui.optimizer import optimizer  # noqa: F401  (the shared optimizer widget: ui/optimizer.py)
 
 
 def within(field: str, value, lo, hi):
