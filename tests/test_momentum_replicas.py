@@ -436,6 +436,29 @@ def test_mlp_plain_field_keeps_the_fused_held_path_and_todays_numbers(monkeypatc
     assert not np.allclose(mom["curves"]["loss_train"]["value"], a["curves"]["loss_train"]["value"])
 
 
+def test_mlp_with_adam_resumes_from_its_checkpoint_to_the_uninterrupted_result(tmp_path):
+    """A cancelled Adam run resumes with its moments (checkpointed beside the weights): the result is the
+    uninterrupted run's (fresh moments would take other steps)."""
+    import threading
+
+    from backend.errors import Cancelled
+    from backend.settings import classifier
+
+    cfg = parse_config({**MLP_TINY, "epochs": 3, "optimizer": ADAM["adam"], "lr": {"schedule": "constant",
+                                                                                   "c": "0.01"}})
+    full = api.simulate(cfg, cache=ResultCache(tmp_path / "a"))
+    cache, cancel, progress = ResultCache(tmp_path / "b"), threading.Event(), api.Progress()
+    per_epoch = cfg.inits * cfg.replicas * (cfg.n_train // 16)
+    progress.on_advance = lambda units: cancel.set() if progress.done == 2 * per_epoch else None
+    with pytest.raises(Cancelled):
+        api.simulate(cfg, progress=progress, cancel=cancel, cache=cache)
+    assert classifier.cached_checkpoint_epoch(cfg, DEV, cache) == {16: 2}
+    resumed = api.simulate(cfg, cache=cache)
+    assert resumed["meta"]["per_b"][0]["resumed_from_epoch"] == 2
+    for q in ("var_g", "loss_train", "error_val"):
+        np.testing.assert_allclose(resumed["curves"][q]["value"], full["curves"][q]["value"], rtol=1e-6, err_msg=q)
+
+
 def test_mlp_estimate_counts_the_optimizer_state():
     mem = {n: api.estimate(parse_config({**MLP_TINY, "optimizer": o}))["memory_bytes"]
            for n, o in (("plain", {"name": "sgd"}), ("weight_decay", SGD_FAMILY["weight_decay"]),
