@@ -273,6 +273,14 @@ def read_step_batches(f: "Fields", val, n: int, default_b: list[int]
     return read_batch_sizes(f.get("batch_sizes", default_b), n), None, steps
 
 
+def refuse_batch_schedule(f: Fields, what: str) -> None:
+    """A setting that trains in epochs (``what``: its name) refuses batch_schedule in one line naming it."""
+    if f.has("batch_schedule"):
+        raise ConfigError("batch_schedule", f"{what} trains in epochs of a fixed b; batch-size schedules are for the "
+                                            "settings run in SGD steps (linear regression, deep linear network) — "
+                                            "give batch_sizes")
+
+
 def curve_keys(config) -> list:
     """The keys of a result's curves, in order: ``["schedule"]`` for a config with a batch_schedule, else its batch
     sizes (every consumer of curves labels them through this)."""

@@ -265,3 +265,83 @@ def test_advisor_comparison_refusals():
     with pytest.raises(ConfigError) as e:
         api.compare_schedule(parse_config({"setting": "deep_linear", "steps": 2}), [[1, 1]])
     assert e.value.field == "setting"
+
+
+# -- the deep linear network --------------------------------------------------------------------------------------
+
+SCALAR = {"setting": "deep_linear", "dims": [1, 1, 1], "w0": [[["1/2"]], [["3/2"]]], "teacher": [[["1"]], [["2"]]],
+          "lr": {"schedule": "inverse", "c": "1/20"}}
+
+
+def scalar_monte_carlo(schedule, draws: int = 400_000, seed: int = 11):
+    """An independent reference for the scalar network W2 W1 with teacher τ = T2 T1 on online Gaussian samples: the
+    mini-batch gradient of ½(w2 w1 x − τ x)² averaged over b_t samples is (w2 w1 − τ) s_t (w2, w1), s_t = χ²_{b_t}/b_t;
+    plain SGD with α_t = 0.05/(t+1). Returns per t (mean, SE) of the population loss ½(w2 w1 − τ)² and the total
+    variance over the two layers of g_t (with its delta-free SE from the squared deviations)."""
+    rng = np.random.default_rng(seed)
+    bs = per_step_b(schedule)
+    w1, w2, tau = np.full(draws, 0.5), np.full(draws, 1.5), 2.0
+    out = {"loss": [], "var_g": []}
+    for t, b in enumerate(bs):
+        r = w2 * w1 - tau
+        s = rng.chisquare(b, draws) / b
+        g1, g2 = w2 * r * s, w1 * r * s
+        loss = 0.5 * r * r
+        out["loss"].append((loss.mean(), loss.std(ddof=1) / np.sqrt(draws)))
+        dev = (g1 - g1.mean()) ** 2 + (g2 - g2.mean()) ** 2
+        out["var_g"].append((dev.sum() / (draws - 1), dev.std(ddof=1) / np.sqrt(draws)))
+        if t < len(bs) - 1:
+            a = 0.05 / (t + 1)
+            w1, w2 = w1 - a * g1, w2 - a * g2
+    return out
+
+
+def test_deep_linear_replicas_against_independent_monte_carlo(tmp_path, capsys):
+    """The engine along [[1, 2], [8, 3]] against an independent simulation of the same process (|z| ≤ 4 with both
+    SEs); in its first segment against the exact polynomials at b = 1 as well."""
+    schedule = [[1, 2], [8, 3]]
+    cfg = {**SCALAR, "batch_schedule": schedule, "replicas": 20000, "seed": 5}
+    out = cli("simulate", cfg, tmp_path, capsys=capsys)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert list(doc["curves"]) == ["schedule"] and doc["t"] == list(range(6))
+    mc = scalar_monte_carlo(schedule)
+    for q in ("loss", "var_g"):
+        est, se = np.array(doc["curves"]["schedule"][q]), np.array(doc["curves"]["schedule"][f"{q}_se"])
+        ref, ref_se = np.array(mc[q]).T
+        live = se**2 + ref_se**2 > 0  # t = 0: deterministic, equal
+        np.testing.assert_allclose(est[~live], ref[~live], rtol=1e-12)
+        z = (est[live] - ref[live]) / np.sqrt(se[live] ** 2 + ref_se[live] ** 2)
+        assert live.sum() >= 5 and np.all(np.abs(z) <= 4), (q, z)
+    assert doc["diverged_at"]["schedule"] is None
+    wrong = np.array(scalar_monte_carlo([[1, 5]])["var_g"]).T  # the power of the check: b = 1 throughout is far off
+    est, se = np.array(doc["curves"]["schedule"]["var_g"]), np.array(doc["curves"]["schedule"]["var_g_se"])
+    assert np.max(np.abs(est[2:] - wrong[0, 2:]) / np.sqrt(se[2:] ** 2 + wrong[1, 2:] ** 2)) > 20
+    th = api.theory(parse_config(cfg))
+    assert th["batch_sizes"] == ["schedule"]
+    exact = th["curves"]["loss"][0]
+    assert np.isfinite(exact[:2]).all() and np.isnan(exact[2:]).all()  # exact in the first segment only
+    const = api.theory(parse_config({**SCALAR, "batch_sizes": [1], "steps": 5}))["curves"]["loss"][0]
+    assert np.array_equal(exact[:2], const[:2])
+
+
+def test_deep_linear_one_segment_is_constant_b_bitwise():
+    a = api.simulate(parse_config({**SCALAR, "batch_schedule": [[4, 3]], "replicas": 200}))
+    c = api.simulate(parse_config({**SCALAR, "batch_sizes": [4], "steps": 3, "replicas": 200}))
+    for q in a["curves"]:
+        assert np.array_equal(a["curves"][q]["value"], c["curves"][q]["value"], equal_nan=True), q
+
+
+@pytest.mark.parametrize("cfg", [
+    {**SCALAR, "batch_schedule": [[2, 0]]},
+    {**SCALAR, "batch_schedule": []},
+    {**SCALAR, "batch_schedule": [[2, 3]], "batch_sizes": [2]},
+    {**SCALAR, "batch_schedule": [[2, 3]], "steps": 2},
+    {"setting": "mlp", "batch_schedule": [[8, 2]]},
+    {"setting": "sequence", "batch_schedule": [[8, 2]]},
+])
+def test_other_settings_refuse_bad_schedules(tmp_path, capsys, cfg):
+    """Deep linear: the same refusals; the MLP and the sequence model train in epochs and refuse the field."""
+    out = cli("simulate", cfg, tmp_path, capsys=capsys)
+    assert out.returncode == 2 and out.stderr.startswith("error: batch_schedule"), out.stderr
+    assert out.stderr.strip().count("\n") == 0

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from backend.engine.graphs import Replay
-from backend.engine.runner import Divergence, DivergenceLog, check_cancel, chunks, report, seed_for
+from backend.engine.runner import Divergence, DivergenceLog, check_cancel, chunks, report, schedule_segments, seed_for
 from backend.optim import Optimizer
 from backend.stats import Groups, GroupStats, group_ids, group_m2, n_groups_equal
 
@@ -278,7 +278,8 @@ class _PlainStep:
             self.optimizer.step(_layer_params(self.Ws), grads, self.state, self.neg_step, self.t)
 
 
-def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float], b: int, R: int, seed: int,
+def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float], b: int | list[tuple[int, int]],
+                 R: int, seed: int,
                  device: torch.device, dtype: torch.dtype = torch.float64,
                  progress: Callable[[int], None] | None = None, cancel=None,
                  sampler: str = "auto", record_every: int = 1, reduce_hidden: bool = True,
@@ -286,7 +287,12 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
     """Statistics at the recorded steps t = 0, r, 2r, …, T (r = record_every; T always included), on the exactly
     reduced hidden widths unless ``reduce_hidden`` is False; ``cuda_graph`` (on CUDA) replays the steps between
     recorded ones as a captured graph — the same numbers, fewer launches. ``optimizer``: backend/optim.py's SGD
-    family (None or plain: the fused w − α g, bitwise today's numbers)."""
+    family (None or plain: the fused w − α g, bitwise today's numbers). ``b`` a list of (b_i, steps_i): a batch-size
+    schedule (docs/theory.md §10), its segments one after another in each chunk, each with its own Σ̂ sampler and
+    step, the weights and the optimizer's state carried on the device; one segment runs exactly the constant-b run."""
+    segments, bounds = schedule_segments(b, len(alphas))
+    b_at = np.concatenate([np.full(e - a, bj) for (bj, _), (a, e) in zip(segments, bounds)])  # b_t, t = 0..T
+    seg_at = {a: j for j, (a, _) in enumerate(bounds)}  # the step at which each segment starts
     if optimizer is not None and optimizer.plain:
         optimizer = None
     d = len(W0)
@@ -300,13 +306,14 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
     record_index = {t: i for i, t in enumerate(recorded)}
     K = n_groups_equal(R)
     stats = GroupStats(K, len(recorded))
-    max_chunk = chunk_replicas(dims, b, device, torch.empty((), dtype=dtype).element_size())
+    max_chunk = min(chunk_replicas(dims, bj, device, torch.empty((), dtype=dtype).element_size()) for bj, _ in segments)
     T_prod = torch.eye(p, dtype=dtype, device=device)
     for M in T:
         T_prod = torch.as_tensor(np.asarray(M, dtype=np.float64), dtype=dtype, device=device) @ T_prod
     finite = np.zeros(len(recorded), dtype=np.int64)
     diverged = DivergenceLog()
-    neg_steps = torch.as_tensor(-np.asarray(alphas, dtype=np.float64) / b, dtype=dtype, device=device)  # −α_t/b
+    neg_steps = torch.as_tensor(-np.asarray(alphas, dtype=np.float64) / b_at[:-1], dtype=dtype,
+                                device=device)  # −α_t/b_t
     rates = neg_steps if optimizer is None else torch.as_tensor(np.asarray(alphas, dtype=np.float64), dtype=dtype,
                                                                 device=device)  # what the step body loads
     step_numbers = torch.arange(T1, device=device)
@@ -314,7 +321,6 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
     for chunk in chunks(R, max_chunk, K):
         start, stop, Rc, groups, chunk_no = chunk.start, chunk.stop, chunk.size, chunk.groups, chunk.number
         gid = group_ids(start, stop, R, K, device, first=groups.start, G=len(groups))
-        sig = SigmaSampler(p, b, Rc, seed_for(seed, b, chunk_no), device, dtype, sampler)
         Ws = [torch.as_tensor(W, dtype=dtype, device=device).expand(Rc, *W.shape).clone()
               for W in W0]
         div = Divergence(Rc, device)
@@ -325,10 +331,15 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
         equal = Rc % G_c == 0 and bool((gid.lengths == Rc // G_c).all())
         rec = _ChunkRecord(Rc, G_c, len(recorded), layer_names, device)
         state = optimizer.init(_layer_params(Ws)) if optimizer is not None else {}  # static velocity buffers
-        plain = _PlainStep(Ws, T_b, div, Rc, sig, dtype, device, optimizer, state)
-        replay = Replay(plain.body, device, cuda_graph)
         for t in range(T1):
             check_cancel(cancel)
+            if t in seg_at:  # a segment starts: its b, Σ̂ sampler (segment 0 as a constant b's; later ones own streams)
+                j = seg_at[t]
+                b = segments[j][0]
+                sig = SigmaSampler(p, b, Rc, seed_for(seed, b, chunk_no) if j == 0 else seed_for(seed, b, chunk_no, j),
+                                   device, dtype, sampler)
+                plain = _PlainStep(Ws, T_b, div, Rc, sig, dtype, device, optimizer, state)
+                replay = Replay(plain.body, device, cuda_graph)
             slot = record_index.get(t)
             last = t == T1 - 1
             if slot is None and not last:

@@ -26,7 +26,7 @@ from backend.engine.graphs import Replay
 from backend.optim import Optimizer
 from backend.engine.samplers import FLOYD_MAX, _stream_length, make_sampler
 from backend.engine.runner import (DIVERGENCE_LOSS, STEP_BLOCK, Divergence, DivergenceLog, check_cancel, chunks, report,
-                                   seed_for)
+                                   schedule_segments, seed_for)
 from backend.stats import MeanAccumulator, VarianceAccumulator, group_ids, n_groups
 
 # gathered batch elements (replicas × k × (p + 1)) per chunk: on a CPU a chunk's batches stay small; a GPU takes
@@ -126,23 +126,12 @@ def chunk_size(R: int, b: int, n: int, p: int, device_type: str = "cpu") -> int:
     return int(max(2, min(R, CHUNK_ELEMENTS.get(device_type, CHUNK_ELEMENTS["cpu"]) // (k * (p + 1)))))
 
 
-def schedule_segments(b: int | list[tuple[int, int]], T: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """(segments, gradient ranges): segment i draws g_t for t in [a_i, e_i) with its b; the last one also at t = T."""
-    segments = [(int(b), T)] if isinstance(b, (int, np.integer)) else [(int(x), int(s)) for x, s in b]
-    if sum(s for _, s in segments) != T:
-        raise ValueError(f"the schedule's steps sum to {sum(s for _, s in segments)}, expected {T}")
-    ends = np.cumsum([s for _, s in segments]).tolist()
-    starts = [0] + ends[:-1]
-    ends[-1] = T + 1
-    return segments, list(zip(starts, ends))
-
-
 def run_replicas(
     X: np.ndarray,
     y: np.ndarray,
     w0: np.ndarray,
     alphas: list[float],
-    b: int,
+    b: int | list[tuple[int, int]],
     R: int,
     sampler: str,
     seed: int,
@@ -186,9 +175,6 @@ def run_replicas(
     alphas_t[:T1 - 1] = torch.as_tensor(np.asarray(alphas, dtype=np.float64), dtype=dtype)
     for chunk in chunks(R, min(chunk_size(R, bj, n, p, device.type) for bj, _ in segments)):
         start, stop, Rc = chunk.start, chunk.stop, chunk.size
-        gen = torch.Generator(device=device)
-        gen.manual_seed(seed_for(seed, b, chunk.number))
-        draw_batch = make_sampler(sampler, n, b, Rc, gen, device, block=STEP_BLOCK, numpy_draws=True)
         gid = group_ids(start, stop, R, K, device)
         div = Divergence(Rc, device)
         prev: StepBlock | None = None

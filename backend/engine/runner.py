@@ -24,6 +24,18 @@ ACTIVATION_ELEMENTS = 2**29  # activations one vectorised call over replicas may
 STEP_BLOCK = 32  # steps whose indices are drawn at once and whose statistics are accumulated at once
 
 
+def schedule_segments(b: int | list[tuple[int, int]], T: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """A batch size or a batch-size schedule [(b_i, steps_i), …] summing to T (docs/theory.md §10) as (segments,
+    gradient ranges): segment i draws g_t for t in [a_i, e_i) with its b_i; the last one also at t = T."""
+    segments = [(int(b), T)] if isinstance(b, (int, np.integer)) else [(int(x), int(s)) for x, s in b]
+    if sum(s for _, s in segments) != T:
+        raise ValueError(f"the schedule's steps sum to {sum(s for _, s in segments)}, expected {T}")
+    ends = np.cumsum([s for _, s in segments]).tolist()
+    starts = [0] + ends[:-1]
+    ends[-1] = T + 1
+    return segments, list(zip(starts, ends))
+
+
 def seed_for(seed: int, *keys: int) -> int:
     """A 63-bit seed derived from (seed, keys...) by numpy's SeedSequence (independent streams per b and chunk)."""
     return int(np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))

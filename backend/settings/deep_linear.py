@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from backend.cache import CODE_VERSION, ResultCache
-from backend.fields import (DEVICES, DTYPES, MAX_REPLICAS, MAX_STEPS, MAX_WIDTH, MIN_REPLICAS, Fields, Schedule,
-                            config_fields, read_batch_sizes, read_choice, read_int, read_positive, replace_fields)
+from backend.fields import (DEVICES, DTYPES, MAX_REPLICAS, MAX_STEPS, MAX_WIDTH, MIN_REPLICAS, BatchSchedule, Fields,
+                            Schedule, config_fields, curve_keys, read_batch_sizes, read_choice, read_int, read_positive,
+                            read_step_batches, replace_fields)
 from backend.costs import GpuModel, combine_costs
 from backend.curves import curves_result, unpack_stats
 from backend.engine import deep_linear as engine
@@ -88,6 +89,7 @@ class DeepLinearConfig:
     record_every: int
     # torch.optim.SGD's momentum, Nesterov and weight decay (backend/optim.py); plain SGD when the field is left out
     optimizer: OptimizerSpec = OptimizerSpec()
+    batch_schedule: BatchSchedule | None = None  # b_i for steps_i steps (docs/theory.md §10); None: out of to_json
     teacher_values: list = field(default=None, repr=False, compare=False)
     w0_values: list = field(default=None, repr=False, compare=False)
 
@@ -101,8 +103,7 @@ class DeepLinearConfig:
         teacher_json, teacher = _parse_weights(val("teacher"), dims, "teacher", 1)
         w0_json, w0 = _parse_weights(val("w0"), dims, "w0", 0)
         lr = Schedule.parse(val("lr"), defaults=cls.DEFAULTS["lr"])
-        steps = read_int(val("steps"), "steps", 0, MAX_STEPS)
-        batch_sizes = read_batch_sizes(val("batch_sizes"), 10**6)
+        batch_sizes, batch_schedule, steps = read_step_batches(f, val, 10**6, cls.DEFAULTS["batch_sizes"])
         replicas = read_int(val("replicas"), "replicas", MIN_REPLICAS, MAX_REPLICAS)
         seed = read_int(val("seed"), "seed", 0, 2**32 - 1)
         device = read_choice(val("device"), "device", DEVICES)
@@ -112,7 +113,7 @@ class DeepLinearConfig:
         optimizer = OptimizerSpec.parse(f.get("optimizer"), names=("sgd",))
         f.finish()
         return cls(dims, teacher_json, w0_json, lr, steps, batch_sizes, replicas, seed, device, dtype, record_every,
-                   optimizer, teacher, w0)
+                   optimizer, batch_schedule, teacher, w0)
 
     @property
     def depth(self) -> int:
@@ -135,7 +136,9 @@ class DeepLinearConfig:
 
     def to_json(self) -> dict:
         return {"setting": self.setting, "dims": list(self.dims), "teacher": self.teacher, "w0": self.w0,
-                "lr": self.lr.to_json(), "steps": self.steps, "batch_sizes": list(self.batch_sizes),
+                "lr": self.lr.to_json(), "steps": self.steps,
+                **({"batch_sizes": list(self.batch_sizes)} if self.batch_schedule is None
+                   else {"batch_schedule": self.batch_schedule.to_json()}),
                 "replicas": self.replicas, "seed": self.seed, "device": self.device, "dtype": self.dtype,
                 "record_every": self.record_every,
                 **({} if self.optimizer.plain else {"optimizer": self.optimizer.to_json()})}  # plain: today's JSON
@@ -194,6 +197,7 @@ def simulate_document(config: DeepLinearConfig, res: dict[str, Any]) -> dict[str
 def check(config: DeepLinearConfig, cache: ResultCache) -> dict[str, Any]:
     """The CLI's ``check``: at each t with an exact method, per variance whether its polynomial in 1/b has no
     constant term (Theorem 4) and the threshold b₀ beyond which it decreases in b (Theorem 5); the method used."""
+    _require_constant_b(config, "the check of Theorems 4–5")
     res = theory(config, cache)
     return {str(t): {q: {"no_constant_term": c[0] == 0 if q != "loss" else None,
                          "b0": th.decrease_threshold(c) if q != "loss" else None,
@@ -268,7 +272,7 @@ def eval_inv_b(coeffs: list[Fraction], b: np.ndarray) -> np.ndarray:
 
 def theory(config: DeepLinearConfig, cache: ResultCache) -> dict[str, Any]:
     """Exact values at every t ≤ steps where an exact method applies (NaN elsewhere), for the config's batch sizes."""
-    ts = [t for t in range(config.steps + 1) if exact_method(config, t) is not None]
+    ts = [t for t in range(exact_horizon(config)) if exact_method(config, t) is not None]
 
     def compute():
         arrays = {}
@@ -282,7 +286,7 @@ def theory(config: DeepLinearConfig, cache: ResultCache) -> dict[str, Any]:
     for k, v in arrays.items():
         t, q = k[1:].split(".", 1)
         polys.setdefault(int(t), {})[q] = [Fraction(str(c)) for c in v]
-    b = np.asarray(config.batch_sizes)
+    b = np.asarray(config.batch_sizes if config.batch_schedule is None else [config.batch_schedule.segments[0][0]])
     steps = engine.recorded_steps(config.steps, config.record_every)
     slot = {t: i for i, t in enumerate(steps)}
     curves = {q: np.full((len(b), len(steps)), np.nan) for q in _names(config)}
@@ -290,7 +294,7 @@ def theory(config: DeepLinearConfig, cache: ResultCache) -> dict[str, Any]:
         if t in slot:
             for q, coeffs in qs.items():
                 curves[q][:, slot[t]] = eval_inv_b(coeffs, b)
-    return {"t": np.asarray(steps), "batch_sizes": list(config.batch_sizes), "curves": curves,
+    return {"t": np.asarray(steps), "batch_sizes": curve_keys(config), "curves": curves,
             "available": bool(ts), "exact_t": sorted(polys), "polynomials": polys, "cached": hit,
             "methods": {t: exact_method(config, t) for t in sorted(polys)},
             "optimizer_note": None if config.optimizer.plain else FIRST_STEP_NOTE,
@@ -308,6 +312,7 @@ def polynomial(config: DeepLinearConfig, t: int, quantity: str = "var_g", exact:
                ) -> dict[str, Any]:
     """The exact polynomial in 1/b of ``quantity`` at step t by the method that applies there (``exact``: unused,
     the coefficients are exact rationals when the weights and lr.c are)."""
+    _require_constant_b(config, "a polynomial in 1/b")
     if quantity not in _names(config):
         raise ConfigError("quantity", f"expected one of {_names(config)}, got {quantity!r}")
     if not isinstance(t, int) or t < 0:
@@ -328,10 +333,24 @@ def _optimizer_tensors(config: DeepLinearConfig) -> int:
 
 def estimate(config: DeepLinearConfig) -> dict[str, float]:
     itemsize = 8 if config.dtype == "float64" else 4
-    costs = [engine.estimate_cost(config.dims, config.replicas, config.steps, b, config.record_every, itemsize,
+    runs = ([(b, config.steps) for b in config.batch_sizes] if config.batch_schedule is None
+            else config.batch_schedule.segments)  # a schedule's segments run one after another: their costs add
+    costs = [engine.estimate_cost(config.dims, config.replicas, s, b, config.record_every, itemsize,
                                   _optimizer_tensors(config))
-             for b in config.batch_sizes]
+             for b, s in runs]
     return combine_costs(costs)
+
+
+def _require_constant_b(config: DeepLinearConfig, what: str) -> None:
+    if config.batch_schedule is not None:
+        raise ConfigError("batch_schedule", f"{what} is over constant batch sizes; give batch_sizes instead of a "
+                                            "batch_schedule")
+
+
+def exact_horizon(config: DeepLinearConfig) -> int:
+    """The steps t < horizon at which the exact polynomials apply: every t for constant b; along a batch_schedule the
+    steps of its first segment (g_t and w_t there are those of a constant b_1; docs/theory.md §10)."""
+    return config.steps + 1 if config.batch_schedule is None else config.batch_schedule.segments[0][1]
 
 
 def simulate(config: DeepLinearConfig, device: torch.device, cache: ResultCache, progress: Progress,
@@ -347,7 +366,7 @@ def simulate(config: DeepLinearConfig, device: torch.device, cache: ResultCache,
         opt = None if config.optimizer.plain else config.optimizer.build()
         per_b = [engine.run_replicas(W0, T, alphas, b, config.replicas, config.seed, device, dtype, progress.advance, cancel,
                                      record_every=config.record_every, optimizer=opt)
-                 for b in config.batch_sizes]
+                 for b in _run_batches(config)]
         arrays = {}
         for name in per_b[0].curves:
             for stat in ("value", "se", "lo", "hi", "tail_share", "skew"):
@@ -363,10 +382,15 @@ def simulate(config: DeepLinearConfig, device: torch.device, cache: ResultCache,
                 "seconds": time.monotonic() - t0, "code_version": CODE_VERSION}
         return meta, arrays
 
-    progress.total = config.replicas * (config.steps + 1) * len(config.batch_sizes)
+    progress.total = config.replicas * (config.steps + 1) * len(curve_keys(config))
     meta, arrays, hit = cache.get_or_compute(key, compute)
     progress.finish()
     return _sim_result(config, meta, arrays, hit)
+
+
+def _run_batches(config: DeepLinearConfig) -> list:
+    """What each replica run takes as its b: the batch sizes, or the one batch_schedule as its [(b, steps), …]."""
+    return list(config.batch_sizes) if config.batch_schedule is None else [list(config.batch_schedule.segments)]
 
 
 def cached_simulation(config: DeepLinearConfig, device: torch.device, cache: ResultCache) -> dict[str, Any] | None:
@@ -377,7 +401,7 @@ def cached_simulation(config: DeepLinearConfig, device: torch.device, cache: Res
 
 def _sim_result(config: DeepLinearConfig, meta: dict, arrays: dict, hit: bool) -> dict[str, Any]:
     return curves_result("t", np.asarray(engine.recorded_steps(config.steps, config.record_every)),
-                         config.batch_sizes, unpack_stats(arrays), arrays["finite_count"], meta, hit)
+                         curve_keys(config), unpack_stats(arrays), arrays["finite_count"], meta, hit)
 
 
 ADVISOR_QUANTITIES = STEP_ADVISOR_QUANTITIES  # the batch-size advisor's hooks (backend/advisor.py)

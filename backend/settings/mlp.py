@@ -14,7 +14,7 @@ import torch
 
 from backend.cache import ResultCache
 from backend.fields import (MLP_SAMPLERS, Fields, Schedule, config_fields, read_batch_sizes, read_choice, read_int,
-                            read_positive, read_source, replace_fields, replica_run_fields)
+                            read_positive, read_source, refuse_batch_schedule, replace_fields, replica_run_fields)
 from backend.costs import GpuModel, combine_costs
 from backend.engine import mlp as engine
 from backend.errors import ConfigError
@@ -93,6 +93,7 @@ class MLPConfig:
         n_train = _mlp_train_size(dataset)
         batch_sizes = read_batch_sizes(val("batch_sizes"), n_train)
         optimizer = OptimizerSpec.parse(f.get("optimizer"))  # plain SGD: left out of to_json (today's keys)
+        refuse_batch_schedule(f, "the MLP")
         f.finish()
         return cls(dataset, hidden, inits, replicas, epochs, lr, batch_sizes, sampler, distortion, n_train=n_train,
                    optimizer=optimizer, **common)

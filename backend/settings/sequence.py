@@ -16,7 +16,7 @@ import torch
 from backend.cache import ResultCache
 from backend.costs import GpuModel
 from backend.fields import (MLP_SAMPLERS, Fields, config_fields, read_batch_sizes, read_choice, read_int,
-                            read_positive, read_source, replace_fields, replica_run_fields)
+                            read_positive, read_source, refuse_batch_schedule, replace_fields, replica_run_fields)
 from backend.engine import mlp as trainer, sequence as seq
 from backend.engine.mlp import module_forward
 from backend.errors import ConfigError
@@ -95,6 +95,7 @@ class SequenceConfig:
         common = replica_run_fields(val)
         n_train = _sequence_train_size(json.dumps(corpus, sort_keys=True))
         batch_sizes = read_batch_sizes(val("batch_sizes"), n_train)
+        refuse_batch_schedule(f, "the sequence model")
         f.finish()
         return cls(corpus, tokenizer, max_len, vocab, layers, heads, width, inits, replicas, epochs, opt, batch_sizes,
                    sampler, n_train=n_train, **common)
