@@ -79,6 +79,13 @@ lr = ui.widgets.schedule(d, k, c_label="c (e.g. 1/2 or 0.05)")
 steps = ui.widgets.slider(sb, "Iterations T", "steps", int(d("steps")), 1, 5000, key=k("steps"))
 n_hint = 500 if source == "graduate_admission" else None
 batch_sizes = ui.widgets.batch_sizes(d, k, api.paper_batch_sizes(n_hint or 500) + [1, 2, 4, 8, 16, 32, 64, 128, 256])
+sched0 = raw0.get("batch_schedule")  # a loaded config's schedule, shown as text
+sched_text = sb.text_input(
+    "Batch-size schedule (optional)", ", ".join(f"{s[0]}:{s[1]}" for s in sched0)
+    if isinstance(sched0, list) and all(isinstance(s, list) and len(s) == 2 for s in sched0) else "",
+    key=k("bsched"), placeholder="b:steps, b:steps — e.g. 8:50, 64:150",
+    help="b_i for steps_i steps, in order (docs/theory.md §10): one curve, 'schedule', in place of the batch sizes, "
+         "with T = Σ steps_i in place of the iterations above. Leave empty for constant batch sizes.")
 replicas, seed = ui.widgets.replicas_and_seed(d, k)
 sampler = sb.selectbox("Sampler", api.SAMPLERS, index=api.SAMPLERS.index(d("sampler")), key=k("sampler"),
                        format_func=lambda s: s.replace("_", " "), help="\n\n".join(api.SAMPLER_LABELS.values()))
@@ -88,7 +95,15 @@ ui.clear_cache_button()
 raw = {"setting": "linear_regression", "dataset": dataset, "standardize": standardize, "intercept": intercept,
        "w0": w0, "lr": lr, "steps": steps, "batch_sizes": batch_sizes, "replicas": replicas, "seed": seed,
        "sampler": sampler, "device": d("device"), **({"optimizer": optimizer} if optimizer else {})}
+if sched_text.strip():  # the schedule replaces batch_sizes and steps (validated by the config like any field)
+    try:
+        raw = {**{f: v for f, v in raw.items() if f not in ("batch_sizes", "steps")},
+               "batch_schedule": api.parse_batch_schedule_text(sched_text)}
+    except api.ConfigError as e:
+        st.error(f"Check the inputs — {ui.user_text(e)}")
+        st.stop()
 config = ui.validated(raw)
+schedule = config.batch_schedule  # None: constant batch sizes
 
 # -- theory (live) -------------------------------------------------------------------------------------------------
 theory = api.theory(config)
@@ -98,7 +113,8 @@ if not theory["available"]:
     st.info(f"{theory['note']}: only replica estimates are shown.")
 
 # -- replica run (Run button, progress with ETA, cancel) -------------------------------------------------------------
-sim = ui.run_panel("lr", config, f"{config.replicas:,} replicas × {len(config.batch_sizes)} batch sizes × "
+runs = f"the schedule {schedule.describe()}" if schedule else f"{len(config.batch_sizes)} batch sizes"
+sim = ui.run_panel("lr", config, f"{config.replicas:,} replicas × {runs} × "
                                      f"{config.steps + 1} steps")
 if sim is not None:
     meta = sim["meta"]
@@ -124,6 +140,8 @@ with tab_t:
 with tab_b:
     if tcurves is None:
         st.info("Needs exact theory (pick a sampler with independent steps).")
+    elif schedule:
+        st.info("The view against b is over constant batch sizes; clear the batch-size schedule to see it.")
     else:
         t_sel = st.slider("Iteration t", 0, config.steps, min(10, config.steps), key="lr_tsel")
         all_b = api.theory_all_b(config)
@@ -151,6 +169,8 @@ with tab_b:
 with tab_poly:
     if tcurves is None:
         st.info("Needs exact theory.")
+    elif schedule:
+        st.info("A batch-size schedule has no polynomial in 1/b (b changes along t); clear it to see one.")
     else:
         t_poly = st.number_input("t", 0, min(config.steps, api.FLOAT_POLY_MAX_T), min(5, config.steps), key="lr_tpoly")
         want_exact = st.checkbox("Exact rational coefficients", config.exact and t_poly <= api.EXACT_MAX_T,
@@ -180,7 +200,7 @@ with tab_z:
         c1.metric("|z| ≤ 2", f"{100 * agr['within_2']:.1f} %", help="expect about 95 %")
         c2.metric("|z| ≤ 4", f"{100 * agr['within_4']:.1f} %", help="expect about 100 %")
         c3.metric("max |z|", f"{agr['max_abs']:.2f}", help=f"over {agr['count']} (b, t) pairs")
-        st.altair_chart(charts.z_chart(agr["z"], theory["t"], config.batch_sizes), width="stretch")
+        st.altair_chart(charts.z_chart(agr["z"], theory["t"], api.curve_keys(config)), width="stretch")
         st.caption("z is NaN (blank) where the quantity is deterministic (t = 0 for var(∇L), b = n). Neighbouring t "
                    "share replicas, so z is correlated along t.")
 
@@ -190,6 +210,8 @@ with tab_table:
 with tab_thm:
     if tcurves is None:
         st.info("Needs exact theory.")
+    elif schedule:
+        st.info("Theorems 1–2 compare constant batch sizes; clear the batch-size schedule to check them.")
     else:
         checks = api.check_monotone(config)
         for q, res in checks.items():

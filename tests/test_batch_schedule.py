@@ -345,3 +345,33 @@ def test_other_settings_refuse_bad_schedules(tmp_path, capsys, cfg):
     out = cli("simulate", cfg, tmp_path, capsys=capsys)
     assert out.returncode == 2 and out.stderr.startswith("error: batch_schedule"), out.stderr
     assert out.stderr.strip().count("\n") == 0
+
+
+# -- the linear-regression page -------------------------------------------------------------------------------------
+
+def test_page_draws_the_schedule_over_its_replicas():
+    """The page's schedule field: the config takes it (URL included), a small Run draws the "schedule" curve (exact
+    over the estimate), the per-b table has one row keyed "schedule" agreeing with the exact value; a bad entry is
+    one error line naming batch_schedule, no traceback."""
+    from test_app import by_label, open_page, shown, wait_for_run
+
+    at = open_page("pages/linear_regression.py")
+    by_label(at.sidebar.number_input, "Replicas").set_value(400)
+    by_label(at.sidebar.text_input, "Batch-size schedule (optional)").set_value("4:6, 64:6")
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert "batch_schedule" in dict(at.query_params)
+    by_label(at.button, "Run").click()
+    at.run()
+    wait_for_run(at)
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    frames = [df.value for df in at.dataframe]
+    table = next(f for f in frames if "estimate ± SE" in f.columns)
+    assert list(table["b"]) == ["schedule"] and abs(float(table["z"].iloc[0])) <= 4
+    assert any("schedule" in i.value for i in at.info)  # the views over constant b say why they are empty
+    by_label(at.sidebar.text_input, "Batch-size schedule (optional)").set_value("4:6, 9999:6")
+    at.run()
+    assert not at.exception and any(shown(e).startswith("Check the inputs — batch_schedule") for e in at.error)
+    by_label(at.sidebar.text_input, "Batch-size schedule (optional)").set_value("4:x")
+    at.run()
+    assert not at.exception and any("batch_schedule" in shown(e) for e in at.error)
