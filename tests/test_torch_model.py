@@ -336,3 +336,31 @@ def test_page_offers_the_allowed_files_runs_and_shows_a_failing_file_in_a_red_bo
     assert [t.label for t in at.tabs] == ["Variance", "Loss and error", "Variance split", "Downloads"]
     assert any("recorded steps" in m.value for m in at.markdown)
     assert any("(t 10)" in str(df.value.columns) for df in at.dataframe)
+
+
+# -- no host synchronisation inside the step loop -----------------------------------------------------------------
+
+def test_the_step_loop_reads_nothing_back_per_step(monkeypatch):
+    """Device values read back (Tensor.__bool__, .item(), .tolist(), .cpu()) do not grow with the steps between two
+    recorded steps: 64 more steps cost at most a read per block of drawn indices (STEP_BLOCK steps)."""
+    from backend.engine.runner import STEP_BLOCK
+    from backend.optim import sgd
+
+    pr = engine.prepare(engine.load(MODELS / "tiny_mlp.py"), torch.float32, torch.device("cpu"))
+    counts = {"n": 0}
+    for name in ("__bool__", "item", "tolist", "cpu"):
+        original = getattr(torch.Tensor, name)
+
+        def wrapped(self, *args, _original=original, **kwargs):
+            counts["n"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapped)
+
+    def reads(steps: int) -> int:
+        counts["n"] = 0
+        engine.run_batch_size(pr, 1, 4, steps, steps, lambda t: 0.05, 4, "without_replacement", 0,
+                              torch.device("cpu"), 8, sgd(momentum=0.9))
+        return counts["n"]
+
+    assert reads(128) - reads(64) <= 64 // STEP_BLOCK

@@ -22,7 +22,7 @@ from backend.fields import (MAX_STEPS, SAMPLER_LABELS, SAMPLERS, Fields, Schedul
                             read_choice, read_int, replace_fields, replica_run_fields)
 from backend.optim import OptimizerSpec
 from backend.progress import Progress
-from backend.settings.base import Quantity, simulation_key, step_advise_cell, step_advisor_steps
+from backend.settings.base import Quantity, scaled_lr, simulation_key, step_advisor_steps
 from backend.settings.classifier import (classifier_document, classifier_quantities, no_check, no_polynomial,
                                          shape_result)
 from backend.settings.classifier import ADVISOR_QUANTITIES  # noqa: F401  (the advisor's protocol)
@@ -147,7 +147,13 @@ def simulate_document(config: TorchModelConfig, res: dict[str, Any]) -> dict[str
     return {**doc, "model": config.model}
 
 
-advise_cell = step_advise_cell  # the advisor's run for b: ⌊budget / b⌋ steps, the schedule's c × lr_factor
+def advise_cell(config: TorchModelConfig, b: int, budget: int, lr_factor: float) -> TorchModelConfig:
+    """The advisor's run for b: ⌊budget / b⌋ steps (record_every at most that), the schedule's c × lr_factor."""
+    steps = budget // b
+    return config.replace(batch_sizes=[b], steps=steps, record_every=min(config.record_every, max(1, steps)),
+                          lr=scaled_lr(config, lr_factor))
+
+
 advisor_steps = step_advisor_steps
 
 
