@@ -108,6 +108,7 @@ st.caption("McCandlish et al.'s noise scales, exact ratios of expectations given
            "(dashed), the batch size at which the optimal step gains half of its noiseless value — the critical batch "
            "sizes the gradient noise predicts, to set beside the exact optimum above (the *Critical batch size* page "
            "measures it by branching).")
+ui.schedule_comparison(config)
 st.subheader("Replica check")
 replicas = st.number_input("Replicas per b and rule", 100, 100_000, 1000, step=100, key="adv_check_R")
 try:  # every cell validated and guarded before Run: the b whose runs fit are offered, the others named

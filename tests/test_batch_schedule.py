@@ -375,3 +375,25 @@ def test_page_draws_the_schedule_over_its_replicas():
     by_label(at.sidebar.text_input, "Batch-size schedule (optional)").set_value("4:x")
     at.run()
     assert not at.exception and any("batch_schedule" in shown(e) for e in at.error)
+
+
+def test_advisor_page_compares_a_schedule():
+    """The advisor page's schedule section: its table holds the schedule's and each constant b's exact E L(w_T),
+    equal to compare_schedule's; a bad schedule is one error line naming batch_schedule."""
+    from test_app import by_label, open_page, shown
+
+    at = open_page("pages/advisor.py")
+    label = "Schedule b:steps, b:steps (e.g. a warm-up 8:200, 32:300)"
+    by_label(at.text_input, label).set_value("4:20, 16:10")
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    table = next(df.value for df in at.dataframe if "run" in df.value.columns)
+    ref = api.compare_schedule(parse_config({"setting": "linear_regression", "lr": {"schedule": "inverse", "c": "1/2"}}),
+                               [[4, 20], [16, 10]])
+    assert list(table["run"]) == ["schedule 4:20, 16:10", "constant b = 4", "constant b = 16"]
+    assert list(table["steps"]) == [30, 60, 15]
+    np.testing.assert_allclose(table["E L(w_T)"], [ref["loss"], ref["constant"]["4"]["loss"],
+                                                   ref["constant"]["16"]["loss"]], rtol=1e-12)
+    by_label(at.text_input, label).set_value("4:20, 0:10")
+    at.run()
+    assert not at.exception and any("batch_schedule" in shown(e) for e in at.error)

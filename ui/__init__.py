@@ -6,4 +6,4 @@ from ui.state import (clear_cache_button, field_helpers, initial_raw, load, pres
                       last_config_key, theory_link, user_text, validated)
 from ui import widgets  # noqa: F401
 from ui.tables import per_b_table  # noqa: F401
-from ui.advisor_view import frontier  # noqa: F401
+from ui.advisor_view import frontier, schedule_comparison  # noqa: F401

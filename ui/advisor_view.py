@@ -5,7 +5,33 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from backend import charts
+from backend import api, charts
+from ui.state import user_text
+
+
+def schedule_comparison(config, key: str = "adv_sched") -> None:
+    """A batch-size warm-up against constant b at its own sample budget, exactly (api.compare_schedule;
+    docs/theory.md §10): the schedule's final E L beside each constant b's after ⌊N/b⌋ steps, same α_t."""
+    st.subheader("A batch-size schedule against constant b")
+    text = st.text_input("Schedule b:steps, b:steps (e.g. a warm-up 8:200, 32:300)", "8:200, 32:300", key=key,
+                         help="b_i for steps_i steps; its budget N = Σ b_i·steps_i samples. Each constant b of the "
+                              "schedule gets ⌊N/b⌋ steps of the same learning-rate schedule (no rescaling).")
+    try:
+        out = api.compare_schedule(config, api.parse_batch_schedule_text(text))
+    except api.ConfigError as e:
+        st.error(f"Check the schedule — {user_text(e)}")
+        return
+    rows = [{"run": f"schedule {text.strip()}", "steps": out["steps"], "E L(w_T)": out["loss"],
+             "diverged": out["diverged"]}]
+    rows += [{"run": f"constant b = {b}", "steps": r["steps"], "E L(w_T)": r["loss"], "diverged": r["diverged"]}
+             for b, r in out["constant"].items()]
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
+    best = out["best_constant_b"]
+    verdict = ("beats every constant b" if out["schedule_better"] else
+               f"does not beat constant b = {best}" if best is not None else "diverges like every constant b")
+    st.caption(f"Exact, at the same budget N = {out['budget']:,} samples: the schedule {verdict} (E L(w_T) = "
+               f"{out['loss']:.6g}" + ("" if best is None else f"; best constant b = {best}: "
+                                        f"{out['constant'][str(best)]['loss']:.6g}") + ").")
 
 
 def frontier(answers: dict, search: str) -> None:
