@@ -497,12 +497,12 @@ def estimate_cost(mf_sizes: dict[str, int], K: int, R: int, steps: int, record_e
     train = 3.0 * F * b * N * steps
     per_sample = 3.0 * F * N * 2 * m  # the two passes of per-sample gradients (noise.py) on the subsample
     stats = 3.0 * F * N * b + per_sample + F * N * (n + n_val)
-    # 2 CPU cores: ≈ 4·10⁹ FLOP/s for a vmapped gradient of a small model plus ≈ 8 ms a step (the vmapped call's
-    # small ops); per-sample gradients (vmap of vmap, float64 reductions) at ≈ 8·10⁸; ≈ 0.1 s a statistics pass
-    # beside its FLOPs; ≈ 1 s of set-up — half the CPU time of the MLP, CNN and transformer examples' runs
-    # (within ×1.5 of each; measured on a loaded 2-core box)
-    seconds = (1.0 + train / 4e9 + steps * 8e-3
-               + records * (0.1 + per_sample / 8e8 + (stats - per_sample) / 4e9))
+    # 2 CPU cores: ≈ 1.5·10¹⁰ FLOP/s for a vmapped gradient of a small model plus ≈ 3 ms a step (the vmapped call's
+    # small ops); per-sample gradients (vmap of vmap, float64 reductions) at ≈ 3·10⁹; ≈ 0.05 s a statistics pass
+    # beside its FLOPs; ≈ 0.5 s of set-up — fitted to the wall time of the MLP (2.5 s), CNN (3.4 s) and transformer
+    # (5.1 s) examples' runs on a quiet 2-core box (load ≈ 2), each estimated within 10 %
+    seconds = (0.5 + train / 1.5e10 + steps * 3e-3
+               + records * (0.05 + per_sample / 3e9 + (stats - per_sample) / 1.5e10))
     chunk = max(1, min(64, 2**27 // max(1, N * P)))  # noise.noise_chunk
     block = min(N, max(1, ACTIVATION_ELEMENTS // (max(b, 1) * act)))
     memory = bytes_per * (N * P * 5 + block * b * act * 3) + 8.0 * N * P * 2 + bytes_per * N * P * chunk
