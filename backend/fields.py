@@ -198,7 +198,7 @@ MAX_SEGMENTS = 64
 
 @dataclass(frozen=True)
 class BatchSchedule:
-    """A batch-size schedule (docs/theory.md §10): b_i for steps_i steps, in order; T = Σ steps_i. The gradient at
+    """A batch-size schedule (docs/theory.md §12): b_i for steps_i steps, in order; T = Σ steps_i. The gradient at
     t = T (after the last update) is drawn with the last segment's b."""
 
     segments: tuple[tuple[int, int], ...]

@@ -1,9 +1,9 @@
-"""Batch-size schedules against constant batch sizes at the same sample budget, exactly (docs/theory.md §10).
+"""Batch-size schedules against constant batch sizes at the same sample budget, exactly (docs/theory.md §12).
 
 A schedule [(b_1, s_1), …, (b_k, s_k)] spends N = Σ b_i s_i gradient evaluations in T = Σ s_i steps; a constant b
 spends the same N in T_b = ⌊N / b⌋ steps. Both follow the config's learning-rate schedule α_t and optimizer (no
 rescaling). The comparison is E L(w_T) of the schedule against E L(w_{T_b}) of each constant b — the exact moment
-recursion of §1 (§9 with momentum; b varying with t as in §10) through the setting's ``theory`` — so it answers
+recursion of §1 (§9 with momentum; b varying with t as in §12) through the setting's ``theory`` — so it answers
 exactly where the setting's theory is exact at every t (those with the advisor's exact hook: linear regression).
 Written against the Setting protocol; the advisor (backend/advisor.py) re-exports it.
 """

@@ -84,7 +84,7 @@ sched_text = sb.text_input(
     "Batch-size schedule (optional)", ", ".join(f"{s[0]}:{s[1]}" for s in sched0)
     if isinstance(sched0, list) and all(isinstance(s, list) and len(s) == 2 for s in sched0) else "",
     key=k("bsched"), placeholder="b:steps, b:steps — e.g. 8:50, 64:150",
-    help="b_i for steps_i steps, in order (docs/theory.md §10): one curve, 'schedule', in place of the batch sizes, "
+    help="b_i for steps_i steps, in order (docs/theory.md §12): one curve, 'schedule', in place of the batch sizes, "
          "with T = Σ steps_i in place of the iterations above. Leave empty for constant batch sizes.")
 replicas, seed = ui.widgets.replicas_and_seed(d, k)
 sampler = sb.selectbox("Sampler", api.SAMPLERS, index=api.SAMPLERS.index(d("sampler")), key=k("sampler"),

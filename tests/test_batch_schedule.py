@@ -1,4 +1,4 @@
-"""Batch-size schedules (issue #26, docs/theory.md §10): ``batch_schedule`` = [[b1, steps1], …] in place of batch_sizes.
+"""Batch-size schedules (issue #26, docs/theory.md §12): ``batch_schedule`` = [[b1, steps1], …] in place of batch_sizes.
 
 The exact curves against an independent reference — every batch sequence enumerated in rationals, segment after
 segment (b_t at step t; plain SGD and torch.optim.SGD's momentum/Nesterov/weight decay written out); a one-segment

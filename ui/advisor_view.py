@@ -11,7 +11,7 @@ from ui.state import user_text
 
 def schedule_comparison(config, key: str = "adv_sched") -> None:
     """A batch-size warm-up against constant b at its own sample budget, exactly (api.compare_schedule;
-    docs/theory.md §10): the schedule's final E L beside each constant b's after ⌊N/b⌋ steps, same α_t."""
+    docs/theory.md §12): the schedule's final E L beside each constant b's after ⌊N/b⌋ steps, same α_t."""
     st.subheader("A batch-size schedule against constant b")
     text = st.text_input("Schedule b:steps, b:steps (e.g. a warm-up 8:200, 32:300)", "8:200, 32:300", key=key,
                          help="b_i for steps_i steps; its budget N = Σ b_i·steps_i samples. Each constant b of the "

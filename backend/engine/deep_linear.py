@@ -288,7 +288,7 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
     reduced hidden widths unless ``reduce_hidden`` is False; ``cuda_graph`` (on CUDA) replays the steps between
     recorded ones as a captured graph — the same numbers, fewer launches. ``optimizer``: backend/optim.py's SGD
     family (None or plain: the fused w − α g, bitwise today's numbers). ``b`` a list of (b_i, steps_i): a batch-size
-    schedule (docs/theory.md §10), its segments one after another in each chunk, each with its own Σ̂ sampler and
+    schedule (docs/theory.md §12), its segments one after another in each chunk, each with its own Σ̂ sampler and
     step, the weights and the optimizer's state carried on the device; one segment runs exactly the constant-b run."""
     segments, bounds = schedule_segments(b, len(alphas))
     b_at = np.concatenate([np.full(e - a, bj) for (bj, _), (a, e) in zip(segments, bounds)])  # b_t, t = 0..T

@@ -147,7 +147,7 @@ def run_replicas(
     (Lemma 1 holds given w_t with momentum too); ``cuda_graph`` (on CUDA) replays each block's steps as a captured
     graph — the same numbers, fewer launches; ``optimizer`` (backend/optim.py's SGD family; None or plain: the fused
     step) steps each replica with its own velocity, starting at 0 in every chunk. ``b`` a list of (b_i, steps_i): a
-    batch-size schedule (docs/theory.md §10; Σ steps_i = len(alphas)), its segments one after another in each chunk,
+    batch-size schedule (docs/theory.md §12; Σ steps_i = len(alphas)), its segments one after another in each chunk,
     w and the optimizer's state carried over on the device; ``c`` then one noise factor per segment. One segment runs
     exactly the constant-b run (same streams, same numbers)."""
     n, p = X.shape

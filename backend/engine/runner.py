@@ -25,7 +25,7 @@ STEP_BLOCK = 32  # steps whose indices are drawn at once and whose statistics ar
 
 
 def schedule_segments(b: int | list[tuple[int, int]], T: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """A batch size or a batch-size schedule [(b_i, steps_i), …] summing to T (docs/theory.md §10) as (segments,
+    """A batch size or a batch-size schedule [(b_i, steps_i), …] summing to T (docs/theory.md §12) as (segments,
     gradient ranges): segment i draws g_t for t in [a_i, e_i) with its b_i; the last one also at t = T."""
     segments = [(int(b), T)] if isinstance(b, (int, np.integer)) else [(int(x), int(s)) for x, s in b]
     if sum(s for _, s in segments) != T:

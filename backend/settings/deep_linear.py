@@ -89,7 +89,7 @@ class DeepLinearConfig:
     record_every: int
     # torch.optim.SGD's momentum, Nesterov and weight decay (backend/optim.py); plain SGD when the field is left out
     optimizer: OptimizerSpec = OptimizerSpec()
-    batch_schedule: BatchSchedule | None = None  # b_i for steps_i steps (docs/theory.md §10); None: out of to_json
+    batch_schedule: BatchSchedule | None = None  # b_i for steps_i steps (docs/theory.md §12); None: out of to_json
     teacher_values: list = field(default=None, repr=False, compare=False)
     w0_values: list = field(default=None, repr=False, compare=False)
 
@@ -349,7 +349,7 @@ def _require_constant_b(config: DeepLinearConfig, what: str) -> None:
 
 def exact_horizon(config: DeepLinearConfig) -> int:
     """The steps t < horizon at which the exact polynomials apply: every t for constant b; along a batch_schedule the
-    steps of its first segment (g_t and w_t there are those of a constant b_1; docs/theory.md §10)."""
+    steps of its first segment (g_t and w_t there are those of a constant b_1; docs/theory.md §12)."""
     return config.steps + 1 if config.batch_schedule is None else config.batch_schedule.segments[0][1]
 
 

@@ -78,7 +78,7 @@ class LinearRegressionConfig:
     # torch.optim.SGD's momentum, Nesterov and weight decay (backend/optim.py); plain SGD when the field is left out,
     # and then it stays out of to_json (so a config without it keeps its cache key and URL)
     optimizer: OptimizerSpec = OptimizerSpec()
-    # b_i for steps_i steps in place of batch_sizes (docs/theory.md §10): one curve, keyed "schedule"; None: left out
+    # b_i for steps_i steps in place of batch_sizes (docs/theory.md §12): one curve, keyed "schedule"; None: left out
     # of to_json (a config without it keeps its cache key)
     batch_schedule: BatchSchedule | None = None
     # derived (not part of the JSON): the design matrix and the weights
@@ -220,7 +220,7 @@ def _require_theory(config: LinearRegressionConfig) -> None:
 
 def noise_factors(config: LinearRegressionConfig, batch_sizes=None) -> np.ndarray:
     """The recursion's noise factors: (B,) for ``batch_sizes``, or with None the config's curves — its batch sizes, or
-    (1, T+1) along its batch_schedule, c at t that of b_t (docs/theory.md §10)."""
+    (1, T+1) along its batch_schedule, c at t that of b_t (docs/theory.md §12)."""
     if batch_sizes is None and config.batch_schedule is not None:
         return th.noise_factor(config.batch_schedule.batch_at(), config.n, config.sampler)[None, :]
     return th.noise_factor(np.asarray(config.batch_sizes if batch_sizes is None else batch_sizes), config.n,

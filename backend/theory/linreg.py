@@ -221,14 +221,14 @@ class MomentState:
 
 def noise_at(c: np.ndarray, t: int) -> np.ndarray:
     """The noise factors of step t: ``c`` is (B,) (one b per lane) or (B, T+1) (a batch-size schedule: c[:, t] is
-    that of the b drawing g_t, docs/theory.md §10)."""
+    that of the b drawing g_t, docs/theory.md §12)."""
     return c[:, t] if c.ndim == 2 else c
 
 
 def iterate_moments(problem: LinRegProblem, w0: np.ndarray, alphas: Sequence, c: np.ndarray,
                     opt: SGDParams = PLAIN) -> Iterator[MomentState]:
     """Yield the moments of w_t at t = 0, 1, …, len(alphas) (docs/theory.md §1, stable form; with momentum or weight
-    decay the doubled state of §9). ``c``: (B,), or (B, T+1) for b varying with t (§10: V_{t+1} takes c_{b_t}).
+    decay the doubled state of §9). ``c``: (B,), or (B, T+1) for b varying with t (§12: V_{t+1} takes c_{b_t}).
     Cost O(T · B · p⁴) (or O(T·B·n p²)); the doubled state costs about 8× the products."""
     if not opt.plain:
         yield from _iterate_momentum_moments(problem, w0, alphas, c, opt)
@@ -281,7 +281,7 @@ def moment_curves(problem: LinRegProblem, w0: np.ndarray, alphas: Sequence, c: n
                   opt: SGDParams = PLAIN) -> dict[str, np.ndarray]:
     """var(g_t | F_0), var(∇L(w_t) | F_0) and E L(w_t) for t = 0..T and every noise factor in ``c``: arrays (B, T+1),
     in the problem's number type (float64, or exact rationals for an exact problem, ``c`` and ``alphas`` exact too).
-    ``c`` (B, T+1): a batch-size schedule per lane (docs/theory.md §10).
+    ``c`` (B, T+1): a batch-size schedule per lane (docs/theory.md §12).
 
     Cost O(T · B · p⁴); T = 2 000 and 21 batch sizes on Graduate Admission take a fraction of a second.
     """
