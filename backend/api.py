@@ -113,7 +113,19 @@ def sweep_fields(config) -> list[str]:
         if isinstance(value, dict):
             out.extend(f"{key}.{sub}" for sub in value)
         out.append(key)
-    return out
+    return out + optimizer_sweep_fields(config, out)
+
+
+OPTIMIZER_FIELDS = {"sgd": ("momentum", "nesterov", "weight_decay"), "adam": ("betas", "eps", "weight_decay"),
+                    "adamw": ("betas", "eps", "weight_decay")}
+
+
+def optimizer_sweep_fields(config, present: list[str]) -> list[str]:
+    """The ``optimizer.*`` fields a sweep can vary that the config's JSON leaves out (plain SGD is left out of
+    it): those of the optimizers the setting runs (asked of the setting, ``optimizer_names``)."""
+    names = optimizer_names(config.setting, config.to_json()) or ()
+    fields = [f"optimizer.{f}" for n in names for f in OPTIMIZER_FIELDS[n]] + (["optimizer.name"] if names else [])
+    return [f for f in dict.fromkeys(fields) if f not in present]
 
 
 def sweep_spec(raw: dict, plain: dict | None = None):

@@ -657,9 +657,14 @@ def _as_number(value) -> float | None:
         return None
 
 
+DISCRETE_FIELDS = ("momentum", "nesterov", "betas")  # optimizer settings: a few levels (0, 0.5, 0.9, 0.99), ordinal
+
+
 def is_discrete_field(field: str) -> bool:
-    """Fields whose numbers are labels, not magnitudes (seeds): drawn on a nominal axis."""
-    return field.split(".")[-1].endswith("seed")
+    """Fields whose numbers are labels, not magnitudes (seeds), or a few levels (a momentum): drawn on an ordinal
+    axis in value order."""
+    last = field.split(".")[-1]
+    return last.endswith("seed") or last in DISCRETE_FIELDS
 
 
 def _natural_order(labels) -> list[str]:

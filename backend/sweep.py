@@ -27,6 +27,7 @@ from backend.fields import curve_keys
 
 MAX_CELLS = 10_000
 RESERVED = ("setting", "preset")  # a sweep runs one setting; its cells are full configs, not presets
+OPTIONAL_OBJECTS = ("optimizer",)  # object fields a config's JSON may leave out (backend/optim.py: plain SGD)
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,14 @@ class Sweep:
 
 
 def _set_path(doc: dict, path: str, value: Any) -> None:
-    """Set a dotted path in a config document; every part but the last must already be an object there."""
+    """Set a dotted path in a config document; every part but the last must be an object there, or one of
+    OPTIONAL_OBJECTS that the normalised config leaves out (plain SGD's ``optimizer``): that one starts empty, and
+    the cell's parse validates it."""
     parts = path.split(".")
     node = doc
     for i, part in enumerate(parts[:-1]):
+        if node is doc and part in OPTIONAL_OBJECTS and part not in node:
+            node[part] = {}
         if not isinstance(node.get(part), dict):
             raise ConfigError(path, f"'{'.'.join(parts[:i + 1])}' is not an object in the base config "
                                     f"(its fields: {sorted(node)})")

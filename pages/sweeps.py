@@ -55,7 +55,8 @@ if base_config.setting != setting:
 
 sb.divider()
 fields = api.sweep_fields(base_config)
-suggest = {"seed": "[0, 1, 2]", "batch_sizes": "[[2], [16], [64]]", "lr.c": "[0.05, 0.1, 0.2]"}
+suggest = {"seed": "[0, 1, 2]", "batch_sizes": "[[2], [16], [64]]", "lr.c": "[0.05, 0.1, 0.2]",
+           "optimizer.momentum": "[0, 0.5, 0.9]"}
 grid: dict = {}
 plain: dict = {}  # the values as typed (decimals as numbers), for the tables and charts
 for i in range(3):
