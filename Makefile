@@ -36,6 +36,7 @@ bench: $(VENV)/.dev
 	$(PY) benchmarks/bench_deep_linear.py
 	$(PY) benchmarks/bench_mlp.py
 	$(PY) benchmarks/bench_sequence.py
+	$(PY) benchmarks/bench_torch_model.py
 	$(PY) benchmarks/bench_advisor.py
 	$(PY) benchmarks/bench_cbs.py
 	$(PY) benchmarks/bench_sweep.py
