@@ -26,7 +26,9 @@ synthetic 60 000-image IDX set: timing does not depend on pixel values), in floa
 FLOP/s against this card's matmul rate in that precision; the sequence paper preset's vmap+AdamW throughput in each
 precision (extrapolated to an epoch) and against the per-replica loop. Last, a profile (torch.profiler, the kernels
 with the most device time) of the linear-regression step at R = 10⁵ and of the MLP paper preset's tf32 and bf16
-steps.
+steps. The model files of examples/models/ (the CNN, the character-level transformer): R replicas through vmap(grad)
+and one fused update per step in each precision, FLOPs counted by torch's FlopCounterMode, the achieved FLOP/s
+against the card's rate, and a torch_model run of each through the API (``--only example``).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("BATCHVAR_CACHE_DIR", tempfile.mkdtemp(prefix="batchvar-gpu-cache-"))
+# the synthetic IDX sets below live in the temporary folder: an allowed data folder (backend/allowed.py)
+os.environ["BATCHVAR_DATA"] = os.pathsep.join(p for p in (os.environ.get("BATCHVAR_DATA", ""), tempfile.gettempdir()) if p)
 
 from backend import api, costs  # noqa: E402
 from backend.config import parse_config  # noqa: E402
@@ -391,6 +395,90 @@ def time_sequence(dev: torch.device, small: bool) -> None:
             f"({flops / epoch_s / rate:.0%})")
 
 
+def _example(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"gpu_check_{name}", ROOT / "examples" / "models" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def example_step(module, R: int, b: int, dev: torch.device, lr: float = 0.01):
+    """One SGD step of R replicas of a model file's network: vmap(grad(functional_call)) over the stacked
+    parameters (indices drawn outside vmap), one fused update (torch._foreach_add_); returns step() → None."""
+    import copy
+
+    import torch.nn.functional as F
+    from torch.func import functional_call, grad, stack_module_state, vmap
+
+    X, Y = (t.to(dev) for t in module.data()["train"])
+    net = module.model(0).to(dev)
+    params, _ = stack_module_state([copy.deepcopy(net) for _ in range(R)])
+    params = {k: v.detach().clone() for k, v in params.items()}
+    per_sample = getattr(module, "loss", lambda o, t: F.cross_entropy(o, t, reduction="none"))
+    grads = vmap(grad(lambda p, xb, yb: per_sample(functional_call(net, p, (xb,)), yb).mean()))
+    names = list(params)
+    gen = torch.Generator(device=dev).manual_seed(0)
+
+    def step() -> None:
+        idx = torch.randint(0, len(X), (R, b), generator=gen, device=dev)
+        g = grads(params, X[idx], Y[idx])
+        torch._foreach_add_([params[k] for k in names], [g[k] for k in names], alpha=-lr)
+
+    return step, sum(p.numel() for p in net.parameters())
+
+
+def time_examples(dev: torch.device, small: bool) -> None:
+    """The model files of examples/models/ (issue 25): the CNN and the character-level transformer, R replicas
+    stepped by vmap(grad) + one fused update in each precision, their FLOPs per step counted by torch's
+    FlopCounterMode on one step (forward and backward, every op torch counts), and the achieved FLOP/s against this
+    card's matmul rate in that precision; then, where the torch_model setting is registered, a whole run of each
+    through backend.api (a CAL line for its GPU model)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from backend.engine.runner import precision
+
+    sizes = {"cnn_digits": (8, 8) if small else (2000, 64), "char_transformer": (4, 4) if small else (256, 32)}
+    steps = 3 if small else 20
+    for name, (R, b) in sizes.items():
+        module = _example(name)
+        for arithmetic in PRECISIONS:
+            step, P = example_step(module, R, b, dev)
+            with precision(arithmetic, dev):
+                step()  # warm-up
+                with FlopCounterMode(display=False) as counter:
+                    step()
+                flops = counter.get_total_flops()
+                seconds = timed(lambda: [step() for _ in range(steps)], dev)
+            rate = costs.matmul_rate(str(dev), arithmetic) if dev.type == "cuda" else matmul_rate(dev, 1024)
+            achieved = flops * steps / seconds
+            say(f"TIME example {name} ({P} parameters, {arithmetic}): R = {R}, b = {b}, {steps} steps on {dev}: "
+                f"{seconds / steps * 1e3:.2f} ms/step, {flops / 1e9:.2f} GFLOP/step → {achieved / 1e12:.3f} TFLOP/s "
+                f"vs {rate / 1e12:.1f} TFLOP/s {arithmetic} matmul ({achieved / rate:.1%})")
+        _time_example_run(name, dev, small)
+
+
+def _time_example_run(name: str, dev: torch.device, small: bool) -> None:
+    """A torch_model run of the example file end to end (statistics at t = 0, T/2, T), with its estimate."""
+    from backend import settings
+
+    setting = "torch_model"
+    if setting not in settings.SETTINGS:
+        say(f"SKIP example run {name}: the torch_model setting is not registered")
+        return
+    R, b, T = (4, 8, 4) if small else (64, 32, 200)
+    cfg = parse_config({"setting": setting, "model": {"file": f"examples/models/{name}.py"}, "batch_sizes": [b],
+                        "replicas": R, "inits": 2, "steps": T, "record_every": T // 2, "noise_samples": 64,
+                        "device": dev.type})
+    est = api.estimate(cfg)
+    t0 = time.perf_counter()
+    api.simulate(cfg)
+    seconds = time.perf_counter() - t0
+    calibration(est, seconds, f"{name}, 2 × {R} replicas, b = {b}, T = {T}")
+    say(f"TIME example run {name} on {dev}: {seconds:.1f} s, estimated {costs.device_seconds(est, dev):.1f} s")
+
+
 def profile_steps(dev: torch.device, small: bool) -> None:
     """Where the device time goes (torch.profiler, the kernels with the most self time): 64 eager steps of the
     linear-regression engine at R = 10⁵, b = 16, and 20 of the MLP paper preset's training steps in tf32 and in
@@ -466,6 +554,7 @@ def main() -> None:
              ("deep linear timing", lambda: time_deep(dev, args.small)),
              ("MLP timing", lambda: time_mlp(dev, args.small, rate)),
              ("sequence timing", lambda: time_sequence(dev, args.small)),
+             ("example models timing", lambda: time_examples(dev, args.small)),
              ("profile", lambda: profile_steps(dev, args.small))]
     PRECISIONS[:] = args.precisions.split(",")
     wanted = [w.strip() for w in args.only.split(",") if w.strip()]
