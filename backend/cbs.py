@@ -36,9 +36,9 @@ def check_request(config, b_ref: Any, checkpoints: Any, samples: Any, scalings: 
     k·B ≤ n. Returns (B, checkpoints sorted without repeats, S, ε, ks), ks sorted with k = 1 first (the branch the
     rule compares with)."""
     setting = settings.for_config(config)
-    if not hasattr(setting, "branches"):
-        raise ConfigError("setting", f"cbs branches exactly only where a setting has exact theory; the setting "
-                                     f"{config.setting!r} has none (replica branches are not implemented yet)")
+    if not hasattr(setting, "branches") and not hasattr(setting, "replica_branches"):
+        raise ConfigError("setting", f"cbs branches exactly where a setting has exact theory and from replicas where "
+                                     f"it has the replica hook; the setting {config.setting!r} has neither")
     bounds = setting.branch_bounds(config)
     b_ref = _whole(b_ref, "b_ref", 1, "a whole number ≥ 1")
     if bounds["max_b"] is not None and b_ref > bounds["max_b"]:
@@ -71,14 +71,17 @@ def check_request(config, b_ref: Any, checkpoints: Any, samples: Any, scalings: 
 
 
 def cbs(config, b_ref: int, checkpoints: Sequence[int], samples: int, scaling: str = "none",
-        tolerance: float = DEFAULT_TOLERANCE, ks: Sequence[int] | None = None) -> dict[str, Any]:
+        tolerance: float = DEFAULT_TOLERANCE, ks: Sequence[int] | None = None, cache=None) -> dict[str, Any]:
     """The CLI's ``cbs`` document for one scaling rule (module doc; docs/theory.md §11)."""
-    return cbs_rules(config, b_ref, checkpoints, samples, (scaling,), tolerance, ks)[scaling]
+    return cbs_rules(config, b_ref, checkpoints, samples, (scaling,), tolerance, ks, cache)[scaling]
 
 
 def cbs_rules(config, b_ref: int, checkpoints: Sequence[int], samples: int, scalings: Sequence[str] = tuple(SCALINGS),
-              tolerance: float = DEFAULT_TOLERANCE, ks: Sequence[int] | None = None) -> dict[str, dict[str, Any]]:
-    """``cbs`` for several scaling rules in one pass (one lane per rule, checkpoint and k): {scaling: document}."""
+              tolerance: float = DEFAULT_TOLERANCE, ks: Sequence[int] | None = None, cache=None
+              ) -> dict[str, dict[str, Any]]:
+    """``cbs`` for several scaling rules in one pass (one lane per rule, checkpoint and k): {scaling: document}.
+    Exact where the setting has ``branches``; else its ``replica_branches`` (every replica's state continues; cached
+    in ``cache``, the default cache when None)."""
     if isinstance(scalings, str) or not len(scalings):
         raise ConfigError("scaling", f"expected a non-empty list of scaling rules from {list(SCALINGS)}, "
                                      f"got {scalings!r}")
@@ -87,7 +90,14 @@ def cbs_rules(config, b_ref: int, checkpoints: Sequence[int], samples: int, scal
     bs = (k * b_ref).astype(np.int64)
     steps = samples // bs
     factors = np.stack([k ** SCALINGS[s] for s in scalings])  # (R, K): f(k)
-    res = settings.for_config(config).branches(config, b_ref, cps, bs, factors, steps)
+    setting = settings.for_config(config)
+    if hasattr(setting, "branches"):
+        res = setting.branches(config, b_ref, cps, bs, factors, steps)
+    else:
+        from backend import core
+
+        res = setting.replica_branches(config, b_ref, cps, bs, factors, steps, core.resolve_device(config.device),
+                                       core.or_default(cache))
     return {s: _document(config, b_ref, cps, samples, s, tolerance, bs, steps, r, res) for r, s in enumerate(scalings)}
 
 
@@ -116,6 +126,8 @@ def _document(config, b_ref, cps, samples, scaling, tolerance, bs, steps, r, res
     for i, t in enumerate(cps):
         loss = res["branch_loss"][r, i]
         diverged = ~np.isfinite(loss) | (loss > res["loss0"] * DIVERGENCE_FACTOR)
+        if not res["exact"]:  # a replica that diverged makes the branch's E L unbounded
+            diverged = diverged | (res["diverged_replicas"][r, i] > 0)
         branches = {str(b): {"steps": int(steps[j]), "lr": float(res["lr"][r, i, j]), "loss": _num(loss[j]),
                              "diverged": bool(diverged[j])} for j, b in enumerate(bs)}
         rows.append({"t": int(t), "loss": _num(res["loss"][i]), "b_simple": _num(b_simple[i]),
@@ -123,8 +135,25 @@ def _document(config, b_ref, cps, samples, scaling, tolerance, bs, steps, r, res
                      "step_opt": {str(b): _num(eps[i, j]) for j, b in enumerate(bs)},
                      "step_gain": {str(b): _num(gain[i, j]) for j, b in enumerate(bs)},
                      "branches": branches, "cbs": critical_batch(bs, loss, diverged, tolerance)})
-    return {"setting": config.setting, "b_ref": b_ref, "samples": samples, "scaling": scaling,
-            "tolerance": tolerance, "exact": bool(res["exact"]), "checkpoints": rows}
+        if not res["exact"]:
+            _replica_fields(rows[-1], res, r, i, bs)
+    doc = {"setting": config.setting, "b_ref": b_ref, "samples": samples, "scaling": scaling,
+           "tolerance": tolerance, "exact": bool(res["exact"]), "checkpoints": rows}
+    if not res["exact"]:
+        doc.update(replicas=int(res["replicas"]), noise_samples=int(res["noise_samples"]))
+    return doc
+
+
+def _replica_fields(row: dict[str, Any], res: dict[str, Any], r: int, i: int, bs: np.ndarray) -> None:
+    """The SEs of a replica estimate beside each value of checkpoint ``i``'s row (rule ``r``), and each branch's
+    count of diverged replicas (the branch loss is the mean over the others; any makes the branch diverged)."""
+    row.update(loss_se=_num(res["loss_se"][i]), b_simple_se=_num(res["b_simple_se"][i]),
+               b_noise_se=_num(res["b_noise_se"][i]),
+               step_opt_se={str(b): _num(res["step_opt_se"][i, j]) for j, b in enumerate(bs)},
+               step_gain_se={str(b): _num(res["step_gain_se"][i, j]) for j, b in enumerate(bs)})
+    for j, b in enumerate(bs):
+        row["branches"][str(b)].update(loss_se=_num(res["branch_loss_se"][r, i, j]),
+                                       diverged_replicas=int(res["diverged_replicas"][r, i, j]))
 
 
 def _num(x) -> float | None:

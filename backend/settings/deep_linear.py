@@ -454,3 +454,6 @@ def eval_theorem4(beta: np.ndarray, b: np.ndarray) -> np.ndarray:
 def decreasing_everywhere(values: np.ndarray) -> bool:
     v = np.asarray(values, dtype=np.float64)
     return bool(np.all(np.diff(v) < 0))
+
+
+from backend.settings.deep_linear_cbs import branch_bounds, replica_branches  # noqa: E402,F401  (cbs hooks)
