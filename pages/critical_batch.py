@@ -68,6 +68,11 @@ ks_text = sb.text_input("k (comma-separated; blank: powers of two while k·B ≤
 if not rules:
     st.info("Pick at least one scaling rule.")
     st.stop()
+if not api.has_theory(config):
+    st.info(f"{pages[setting]} has no exact theory: its replica branches (with standard errors) run from the command "
+            "line, `python -m backend cbs CONFIG --b-ref B --checkpoints … --samples S`, where the setting has them. "
+            "This page draws exact branches only, for now.")
+    st.stop()
 try:
     with st.spinner("Branching the exact state at every checkpoint…"):
         docs = api.cbs_rules(config, b_ref, api.read_ints(checkpoints_text, "checkpoints") or [], samples,
