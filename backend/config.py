@@ -72,19 +72,20 @@ def to_query(config) -> dict[str, str]:
 
 
 def from_query(params: dict[str, str]) -> dict:
-    """The raw config dict encoded by :func:`to_query` (unknown parameters are ignored; values are validated later)."""
-    keys = {"setting"} | {k for cls in config_types().values() for k in cls.DEFAULTS}
+    """The raw config dict encoded by :func:`to_query`: every parameter is kept, so a link carries each field its
+    setting accepts (optimizer, batch_schedule, …) and an unknown one is refused by the config's parse in one line
+    naming it, never dropped. Text fields (a string in some setting's DEFAULTS, and ``setting``) are taken as written;
+    the others are JSON, and a value that is not JSON is the text as written (the config names the field if it is
+    not one of its values)."""
     text_fields = {"setting"} | {k for cls in config_types().values() for k, v in cls.DEFAULTS.items()
                                  if isinstance(v, str)}  # written as is by to_query
     raw: dict[str, Any] = {}
     for k, v in params.items():
-        if k not in keys:
-            continue
         if k in text_fields:
             raw[k] = v
             continue
         try:
             raw[k] = json.loads(v, parse_float=lambda s: s)
         except json.JSONDecodeError:
-            raise ConfigError(k, f"cannot read {v!r} from the URL") from None
+            raw[k] = v
     return raw

@@ -112,3 +112,27 @@ def test_a_partial_object_takes_the_rest_from_the_defaults(setting, field):
     default = parse_config({"setting": setting}).to_json()[field]
     for key, value in default.items():
         assert parse_config({"setting": setting, field: {key: value}}).to_json()[field] == default, key
+
+
+@pytest.mark.parametrize("raw", [
+    {"setting": "linear_regression", "batch_schedule": [[8, 5], [64, 7]],
+     "optimizer": {"name": "sgd", "momentum": "1/2", "nesterov": True}},
+    {"setting": "deep_linear", "batch_schedule": [[4, 3], [16, 2]], "optimizer": {"name": "sgd", "momentum": "0.9"}},
+    {"setting": "mlp", "optimizer": {"name": "adam", "betas": ["0.8", "0.99"]}},
+    {"setting": "sequence", "optimizer": {"name": "sgd", "momentum": "0.9", "lr": "0.01"}},
+])
+def test_a_link_carries_every_field_the_setting_accepts(raw):
+    """batch_schedule and optimizer (fields that are not in every setting's DEFAULTS) survive the URL round trip."""
+    cfg = parse_config(raw)
+    back = from_query(to_query(cfg))
+    assert set(back) == set(cfg.to_json())
+    assert parse_config(back) == cfg
+
+
+def test_a_links_unknown_field_is_refused_in_one_line_not_dropped():
+    for params in ({"colour": "red"}, {"colour": "[1,2]"}, {"setting": "mlp", "tokenizer": "char"}):
+        with pytest.raises(ConfigError) as err:
+            parse_config(from_query(params))
+        field = next(k for k in params if k != "setting")
+        assert err.value.field == field and "unknown field" in str(err.value) and "\n" not in str(err.value)
+
