@@ -432,6 +432,7 @@ def test_sweeps_page_runs_a_tiny_grid_from_the_setting_page_config():
     at.run()
     wait_for_run(at, "sw")
     assert not at.exception and not at.error and not at.warning, (at.exception, [e.value for e in at.error])
+    assert any("4 cells (4 cached) in this process" in m.value for m in at.markdown)  # the header after the run
     cells = at.dataframe[0].value
     assert list(cells["seed"]) == [0, 0, 1, 1] and list(cells["lr.c"]) == [0.05, 0.5, 0.05, 0.5]
     out = next(iter(at.session_state["sw_results"].values()))

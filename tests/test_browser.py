@@ -236,6 +236,7 @@ def test_sweeps_page_run(server, browser):
     page.get_by_text("3 cells (0 cached) in this process — under 1 s").first.wait_for(timeout=60_000)
     page.get_by_role("button", name="Run", exact=True).click()
     page.get_by_text("3 cells; each point is a replica estimate").first.wait_for(timeout=180_000)
+    page.get_by_text("3 cells (3 cached) in this process").first.wait_for(timeout=30_000)  # the header after Run
     lines_drawn_then_close(page, "sweeps")
 
 

@@ -81,6 +81,7 @@ def job_panel(prefix: str, key: str, header: str, start, idle: str | None = None
         else:
             st.session_state[f"{prefix}_outcome"] = (job.key, job.state, user_text(job.error))
         st.session_state[f"{prefix}_job"] = job = None
+        st.rerun()  # the header above was written while the job ran: draw it again from what is cached now
     result = st.session_state.get(f"{prefix}_results", {}).get(key)
     result = known if result is None else result
     outcome = st.session_state.get(f"{prefix}_outcome")
