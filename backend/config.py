@@ -76,7 +76,9 @@ def from_query(params: dict[str, str]) -> dict:
     setting accepts (optimizer, batch_schedule, …) and an unknown one is refused by the config's parse in one line
     naming it, never dropped. Text fields (a string in some setting's DEFAULTS, and ``setting``) are taken as written;
     the others are JSON, and a value that is not JSON is the text as written (the config names the field if it is
-    not one of its values)."""
+    not one of its values). JSON numbers are read as to_query wrote them: to_json writes exact numbers as "p/q" strings
+    (or integers), so a decimal number in a link is the float it was (0.8 stays 0.8, not 4/5): the round trip gives
+    back the same config and cache key."""
     text_fields = {"setting"} | {k for cls in config_types().values() for k, v in cls.DEFAULTS.items()
                                  if isinstance(v, str)}  # written as is by to_query
     raw: dict[str, Any] = {}
@@ -85,7 +87,7 @@ def from_query(params: dict[str, str]) -> dict:
             raw[k] = v
             continue
         try:
-            raw[k] = json.loads(v, parse_float=lambda s: s)
+            raw[k] = json.loads(v)
         except json.JSONDecodeError:
             raw[k] = v
     return raw

@@ -136,3 +136,25 @@ def test_a_links_unknown_field_is_refused_in_one_line_not_dropped():
         field = next(k for k in params if k != "setting")
         assert err.value.field == field and "unknown field" in str(err.value) and "\n" not in str(err.value)
 
+
+@pytest.mark.parametrize("raw", [
+    {"setting": "linear_regression", "optimizer": {"name": "sgd", "momentum": 0.8}, "lr": {"schedule": "constant",
+                                                                                           "c": 0.05}},
+    {"setting": "deep_linear", "optimizer": {"name": "sgd", "momentum": 0.8, "weight_decay": 0.01}},
+    {"setting": "mlp", "optimizer": {"name": "adam", "betas": [0.8, 0.99], "eps": 1e-7}, "lr": 0.1},
+    {"setting": "mlp", "optimizer": {"name": "sgd", "momentum": 0.8}},
+    {"setting": "sequence", "optimizer": {"name": "adam", "betas": [0.8, 0.95], "lr": 0.001}},
+    {"setting": "sequence", "optimizer": {"beta1": 0.8, "lr": 0.002}},
+])
+def test_float_numbers_come_back_from_a_link_as_the_same_config_and_key(raw):
+    """A float (0.8 from a widget or Python) is not turned into the rational 4/5 by the URL: same config, same key."""
+    import torch
+
+    from backend.settings.base import simulation_key
+
+    cfg = parse_config(raw)
+    back = parse_config(from_query(to_query(cfg)))
+    assert back == cfg and back.to_json() == cfg.to_json()
+    assert simulation_key(back, torch.device("cpu")) == simulation_key(cfg, torch.device("cpu"))
+    exact = parse_config({"setting": "linear_regression", "optimizer": {"name": "sgd", "momentum": "4/5"}})
+    assert parse_config(from_query(to_query(exact))) == exact  # exact numbers stay exact
