@@ -11,9 +11,9 @@ their wheels in .whl/ here, carried with the call):
 ``--small`` shrinks every part so the script's code paths can be checked on a CPU in about a minute.
 
 Checks (each prints PASS/FAIL): the CUDA-only tests — tests/test_cuda_graphs.py (the captured CUDA graphs of the
-linear-regression and deep-linear steps give the eager numbers bitwise) and the MLP run with held updates; linear
-regression and the deep linear network at t = 1 against their exact theory on the device (|z| ≤ 4 wherever
-defined), MLP replica gradients (vmap) and the engine's fused SGD step, alone and with held updates, against
+linear-regression and deep-linear steps give the eager numbers bitwise, plain SGD and with momentum) and the MLP run
+with held updates; linear regression and the deep linear network at t = 1 against their exact theory on the device
+(|z| ≤ 4 wherever defined), MLP replica gradients (vmap) and the engine's fused SGD step, alone and with held updates, against
 separate module copies (torch.optim.SGD) on the device.
 Timings, each with a ``CAL`` line (the estimate's steps and FLOPs beside the measured seconds: what backend/costs.py's
 GPU models are fitted to): linear-regression engine (R = 10³, 10⁴, 10⁵, T = 2 000, b = 16), graph and eager, and the
@@ -107,7 +107,8 @@ def check(name: str, ok: bool, detail: str) -> None:
 
 def check_graphs(dev: torch.device) -> None:
     """The CUDA-only tests under pytest (skipped without CUDA): tests/test_cuda_graphs.py (CUDA graph replay = eager
-    path, bitwise) and the MLP run with its updates held on CUDA = the plain steps' statistics."""
+    path, bitwise, plain SGD and with momentum) and the MLP run with its updates held on CUDA = the plain steps'
+    statistics."""
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda_graphs.py",
                           "tests/test_mlp.py::test_on_cuda_a_run_holds_updates_and_gives_the_plain_steps_statistics"],
                          cwd=ROOT, capture_output=True, text=True, timeout=400)

@@ -1,7 +1,8 @@
 """CUDA graph replay of the engines' step code (backend.engine.graphs, issue #13): on a GPU the captured path gives
 the eager path's numbers bitwise — same seeds, same draws — for linear regression (each sampler, a partial last
 block, several chunks, a divergence; two eager runs agree too: the group sums are deterministic segmented sums)
-and the deep linear network (both Σ̂ samplers, thinned recording, a divergence).
+and the deep linear network (both Σ̂ samplers, thinned recording, a divergence), each also with momentum (heavy ball;
+Nesterov with weight decay: the optimizer's static velocity buffers inside the captured step).
 On a CPU there is no graph: the Replay helper runs its body at every call, and the engines' eager path is what the
 rest of the suite tests. The CUDA tests run on a CUDA box (``benchmarks/gpu_check.py`` runs this file there)."""
 
@@ -142,3 +143,49 @@ def test_deep_linear_graph_gives_the_eager_numbers(replays, b, every, diverge):
     _same(graph, eager)
     if diverge:
         assert eager.diverged_at is not None
+
+
+MOMENTA = [(0.9, False, 0.0), (0.5, True, 0.01)]  # heavy ball; Nesterov with weight decay
+
+
+@needs_cuda
+@pytest.mark.parametrize("momentum,nesterov,weight_decay", MOMENTA, ids=["heavy_ball", "nesterov_wd"])
+@pytest.mark.parametrize("sampler,b", [("without_replacement", 16), ("with_replacement", 4)])
+def test_linear_regression_graph_with_momentum_gives_the_eager_numbers(monkeypatch, replays, sampler, b, momentum,
+                                                                        nesterov, weight_decay):
+    """The SGD family's velocity buffers are static in the captured step: graph = eager bitwise over several chunks
+    (each chunk's velocity starts at 0), and the optimizer reached the step (the numbers differ from plain SGD)."""
+    from backend.optim import sgd
+
+    monkeypatch.setitem(engine_linreg.CHUNK_ELEMENTS, "cuda", 100 * max(1, min(b, 500 - b)) * 9)  # several chunks
+    cfg = parse_config({"steps": 100, "batch_sizes": [b], "sampler": sampler,
+                        "lr": {"schedule": "constant", "c": "0.05"}})
+    args = linreg_args(cfg, b, 300, 3)
+    opt = lambda: sgd(momentum, nesterov, weight_decay)  # noqa: E731  (a fresh optimizer per run)
+    eager = engine_linreg.run_replicas(*args, cuda_graph=False, optimizer=opt())
+    assert replays["n"] == 0
+    graph = engine_linreg.run_replicas(*args, cuda_graph=True, optimizer=opt())
+    assert replays["n"] > 0
+    _same(graph, eager)
+    plain = engine_linreg.run_replicas(*args, cuda_graph=False)
+    assert not np.array_equal(plain.curves["loss"]["value"][-1], eager.curves["loss"]["value"][-1])
+
+
+@needs_cuda
+@pytest.mark.parametrize("momentum,nesterov,weight_decay", MOMENTA, ids=["heavy_ball", "nesterov_wd"])
+@pytest.mark.parametrize("b,every", [(2, 7), (8, 5)])
+def test_deep_linear_graph_with_momentum_gives_the_eager_numbers(replays, b, every, momentum, nesterov, weight_decay):
+    from backend.optim import sgd
+
+    cfg = parse_config({"setting": "deep_linear", "dims": [3, 4, 2], "steps": 60})
+    W0 = [np.asarray(W, float) for W in cfg.w0_values]
+    T = [np.asarray(W, float) for W in cfg.teacher_values]
+    args = (W0, T, cfg.lr.alphas(60), b, 64, 5, CUDA)
+    eager = engine_deep.run_replicas(*args, record_every=every, cuda_graph=False,
+                                     optimizer=sgd(momentum, nesterov, weight_decay))
+    graph = engine_deep.run_replicas(*args, record_every=every, cuda_graph=True,
+                                     optimizer=sgd(momentum, nesterov, weight_decay))
+    assert replays["n"] > 0
+    _same(graph, eager)
+    plain = engine_deep.run_replicas(*args, record_every=every, cuda_graph=False)
+    assert not np.array_equal(plain.curves["loss"]["value"], eager.curves["loss"]["value"])
