@@ -178,3 +178,23 @@ def test_backpack_gives_the_cnn_examples_per_sample_gradient_variance_as_vmap_gr
     variance_sum = sum(p.variance.sum() for p in bp.parameters())
     assert variance_sum.item() == pytest.approx(trace_vmap.item(), rel=1e-8)
     assert trace_vmap.item() > 0
+
+
+@pytest.mark.parametrize("name, replicas, noise_samples", [("cnn_digits", 48, 128), ("char_transformer", 24, 96)])
+def test_lemma1_at_t0_for_the_cnn_and_the_transformer(name, replicas, noise_samples, monkeypatch, tmp_path):
+    """At t = 0 every replica sits at w_0, so the replicas' var(g_0 | F_0) is the one-step noise c_b tr Σ(w_0)
+    (Lemma 1) estimated independently from per-sample gradients on a subsample (docs/theory.md §3, §10): the two
+    agree within their combined SE, and the spread term is 0."""
+    from backend import api
+    from backend.settings import torch_model as setting
+
+    monkeypatch.setenv("BATCHVAR_CACHE_DIR", str(tmp_path))
+    config = api.parse_config({"setting": "torch_model", "model": {"file": f"examples/models/{name}.py"},
+                               "inits": 1, "replicas": replicas, "steps": 1, "record_every": 1, "batch_sizes": [8],
+                               "noise_samples": noise_samples, "seed": 3})
+    e = setting.simulate_document(config, api.simulate(config))["curves"]["8"]
+    var, var_se = e["var_g"][0], e["var_g_se"][0]
+    one, one_se = e["noise_one_step"][0], e["noise_one_step_se"][0]
+    assert var > 0 and one > 0 and var_se > 0 and one_se > 0
+    assert abs(var - one) / np.hypot(var_se, one_se) <= 4, (var, var_se, one, one_se)
+    assert abs(e["noise_spread"][0]) < 1e-12 * one
