@@ -161,10 +161,12 @@ def sweep_cells(config, budget: int, scalings=tuple(SCALINGS), b_ref: float | No
             for b in config.batch_sizes]
 
 
-def replica_plan(config, budget: int, scalings=tuple(SCALINGS), b_ref: float | None = None) -> dict[str, Any]:
+def replica_plan(config, budget: int, scalings=tuple(SCALINGS), b_ref: float | None = None,
+                 executor=None) -> dict[str, Any]:
     """What a replica run of the advisor (the replica check, or the sweep of a setting without exact theory) can run,
     before anything runs: each b's cells (one per rule: ``advise_cell``) validated and passed through the resource
-    guard on the device they would run on. Returns {"seconds": {b: estimated seconds of its cells} for the b that fit,
+    guard on the device they would run on (``executor.device(cell)`` for a sweep executor such as Ray's, else this
+    process's device). Returns {"seconds": {b: estimated seconds of its cells} for the b that fit,
     "refused": {b: one line — why, and the largest budget at which that b would fit}}."""
     budget, _, b_ref, _ = check_request(config, budget, scalings[0] if scalings else "none", b_ref, None)
     setting = settings.for_config(config)
@@ -174,7 +176,8 @@ def replica_plan(config, budget: int, scalings=tuple(SCALINGS), b_ref: float | N
         total = 0.0
         for s in scalings:
             cell = setting.advise_cell(config, b, n, (b / b_ref) ** SCALINGS[s])
-            total += core.guard(cell, core.resolve_device(cell.device))["seconds"]  # the run core's guard
+            device = executor.device(cell) if executor is not None else core.resolve_device(cell.device)
+            total += core.guard(cell, device)["seconds"]  # the run core's guard
         return total
 
     seconds: dict[int, float] = {}

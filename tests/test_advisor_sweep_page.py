@@ -51,3 +51,30 @@ def test_no_b_that_fits_means_no_run_and_one_warning():
                                              "batch sizes."]
     assert not any(b.label == "Run" for b in at.button)
     assert any(c.value.startswith("b = 1 left out") for c in at.caption)
+
+
+def test_the_plan_guards_each_cell_on_the_executors_device(monkeypatch):
+    """A sweep executor (Ray's) decides where each cell runs: replica_plan guards every cell on that device, not on
+    this process's (a GPU worker's cost model and memory apply there)."""
+    import torch
+
+    from backend import advisor, api, core
+
+    seen = []
+
+    def guard(cell, device):
+        seen.append(device)
+        return {"seconds": 1.0}
+
+    class Remote:
+        def device(self, cell):
+            return torch.device("meta")  # a device this process never picks: only the executor can name it
+
+    monkeypatch.setattr(core, "guard", guard)
+    config = api.parse_config({"setting": "deep_linear", "batch_sizes": [4, 16]})
+    plan = advisor.replica_plan(config, 1024, ("none", "linear"), 4, Remote())
+    assert plan == {"seconds": {4: 2.0, 16: 2.0}, "refused": {}}
+    assert seen == [torch.device("meta")] * 4
+    seen.clear()
+    advisor.replica_plan(config, 1024, ("none",), 4)  # no executor: this process's device
+    assert seen == [core.resolve_device(config.device)] * 2

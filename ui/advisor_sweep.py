@@ -46,7 +46,7 @@ def show(setting: str) -> None:
     runner = executor(prefix)
     runner = None if runner.name == "local" else runner  # local: through the API, progress per step
     try:  # every cell validated and guarded before Run (as the replica check): the b that fit run, the others named
-        plan = api.replica_plan(config, budget, tuple(rules), b_ref)
+        plan = api.replica_plan(config, budget, tuple(rules), b_ref, runner)
         for why in plan["refused"].values():
             st.caption(user_text(why) + " — lower the budget to run it.")
         if not plan["seconds"]:
