@@ -46,22 +46,7 @@ replicas = c2.number_input("Replicas per init R", 2, 10_000, int(d("replicas")),
 steps = ui.widgets.slider(sb, "Steps T", "steps", int(d("steps")), 1, 5000, key=k("T"))
 record_every = sb.number_input("Record every k steps", 1, 5000, int(d("record_every")), key=k("rec"))
 lr = ui.widgets.schedule(d, k, c_label="Learning rate c", default="constant", default_c="0.05")
-o0 = d("optimizer") if isinstance(d("optimizer"), dict) else {"name": d("optimizer")}
-names = ["sgd", "adam", "adamw"]
-opt_name = sb.selectbox("Optimizer", names, index=names.index(o0.get("name", "sgd")), key=k("opt"),
-                        help="torch.optim semantics: SGD (momentum, Nesterov, L2 weight decay), Adam (L2), AdamW "
-                             "(decoupled decay).")
-optimizer: dict = {"name": opt_name}
-c1, c2 = sb.columns(2)
-optimizer["weight_decay"] = c2.text_input("Weight decay", str(o0.get("weight_decay", "0")), key=k("wd"))
-if opt_name == "sgd":
-    optimizer["momentum"] = c1.text_input("Momentum", str(o0.get("momentum", "0")), key=k("mom"))
-    optimizer["nesterov"] = sb.checkbox("Nesterov", bool(o0.get("nesterov", False)), key=k("nest"))
-else:
-    betas = o0.get("betas", ["0.9", "0.999"])
-    optimizer["betas"] = [c1.text_input("β₁", str(betas[0]), key=k("b1")), sb.text_input("β₂", str(betas[1]),
-                                                                                       key=k("b2"))]
-    optimizer["eps"] = sb.text_input("ε", str(o0.get("eps", "1e-8")), key=k("eps"))
+optimizer = ui.widgets.optimizer("torch_model", raw0.get("optimizer"), k)  # the shared widget (ui/optimizer.py)
 batch_sizes = ui.widgets.batch_sizes(d, k, [1, 2, 4, 8, 16, 32, 64, 128, 256])
 sampler = sb.selectbox("Sampler", api.SAMPLERS, index=api.SAMPLERS.index(d("sampler")), key=k("sampler"),
                        format_func=api.SAMPLER_LABELS.get)
@@ -75,9 +60,9 @@ precision = ui.widgets.precision(d, k)
 ui.clear_cache_button()
 
 raw = {"setting": "torch_model", "model": {"file": model_file}, "batch_sizes": batch_sizes, "replicas": replicas,
-       "inits": inits, "steps": steps, "record_every": record_every, "lr": lr, "optimizer": optimizer, "seed": seed,
+       "inits": inits, "steps": steps, "record_every": record_every, "lr": lr, "seed": seed,
        "sampler": sampler, "dtype": dtype, "precision": precision, "noise_samples": noise_samples,
-       "device": d("device")}
+       "device": d("device"), **({"optimizer": optimizer} if optimizer else {})}
 config = ui.validated(raw)  # a failing model file: one line naming the file and its function, in a red box
 
 sim = ui.run_panel("torch_model", config, f"{config.inits} initial weight(s) × {config.replicas} replicas × "

@@ -64,7 +64,8 @@ def test_a_link_carries_the_optimizer_both_ways():
     assert _query(at, "optimizer") == opt and not at.warning
 
 
-@pytest.mark.parametrize("page,setting", [("pages/deep_linear.py", "deep_linear"), ("pages/mlp.py", "mlp")])
+@pytest.mark.parametrize("page,setting", [("pages/deep_linear.py", "deep_linear"), ("pages/mlp.py", "mlp"),
+                                          ("pages/torch_model.py", "torch_model")])
 def test_every_page_offers_what_its_setting_runs(page, setting):
     """The widget's names are the setting's own answer (its parse); with the SGD family a momentum reaches the
     page's config; with plain SGD only the page says so and leaves the field out."""
