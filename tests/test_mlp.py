@@ -675,3 +675,40 @@ def test_progress_moves_every_step_not_only_at_epoch_ends(tmp_path):
     steps = 2 * (300 // 64)
     assert len(calls) == steps and set(calls) == {2}  # one report of its 2 replicas per step: the bar moves each step
     assert progress.done == progress.total
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_batch_over_half_the_data_trains_on_the_batch_not_its_complement(fused):
+    """Without replacement with b > n/2 the sampler draws the n − b left-out samples (include=False): the step must
+    use the b samples of the batch. n = 40, b = 30 (one step per epoch): the epoch-1 training loss of every replica
+    equals that of an nn.Module copy stepped by torch.optim.SGD on the batch rebuilt here as [n] minus the draw
+    (the fused Linear–ReLU step and the vmap(grad) step with an optimizer)."""
+    from backend import optim
+    from backend.engine.runner import seed_for
+    from backend.images import ImageData
+
+    full = load_digits()
+    n, b, K, R, seed, lr = 40, 30, 2, 3, 5, 0.5
+    data = ImageData(full.x_train[:n], full.y_train[:n], full.x_val[:20], full.y_val[:20], "digits")
+    task = engine.mlp_task(data, (6,), seed, torch.float64, DEV, None,
+                           optimizer=None if fused else optim.sgd(momentum=0.9))  # step 1 of momentum SGD is w − α g
+    assert (task.optimizer is None) == fused  # None: the fused Linear–ReLU steps
+    params = {k: v.repeat_interleave(R, dim=0) for k, v in task.init(K).items()}
+    out = engine.run_batch_size(task, K, R, 1, lambda t: lr, b, "without_replacement", seed, DEV, gap_every=1,
+                                noise_samples=8, eval_size=n)
+    assert out["steps_per_epoch"] == 1
+    left_out = make_sampler("without_replacement", n, b, K * R,
+                            torch.Generator().manual_seed(seed_for(seed, b, 1)), DEV).draw()
+    assert not left_out.include and left_out.idx.shape == (K * R, n - b)
+    X = torch.as_tensor(data.x_train.reshape(n, 64), dtype=torch.float64)
+    Y = torch.as_tensor(data.y_train)
+    batch = torch.tensor([sorted(set(range(n)) - set(row.tolist())) for row in left_out.idx])
+    losses = []
+    for r, (m, opt) in enumerate(module_copies(params, (6,))):
+        opt.param_groups[0]["lr"] = lr
+        torch.nn.functional.cross_entropy(m(X[batch[r]]), Y[batch[r]]).backward()
+        opt.step()
+        with torch.no_grad():
+            losses.append(torch.nn.functional.cross_entropy(m(X), Y).item())
+    want = np.asarray(losses).reshape(K, R).mean(axis=1)
+    np.testing.assert_allclose(out["stats"]["loss_train"][1], want, rtol=1e-10)

@@ -168,3 +168,19 @@ def test_first_distinct_values_in_stream_order(k, n):
         assert fine == (len(want) >= k)
         if fine:
             assert got == want[:k]
+
+
+@pytest.mark.parametrize("name,n,b", [("without_replacement", 9, 7), ("without_replacement", 9, 3),
+                                      ("without_replacement", 50, 50), ("with_replacement", 9, 7),
+                                      ("epoch_reshuffle", 9, 4)])
+def test_batch_indices_are_the_batch_whatever_the_draw_holds(name, n, b):
+    """batch_indices gives each replica's b batch indices: the draw itself when it is the batch, [n] minus the
+    left-out indices of a complement draw (b > n/2), in increasing order — as batch_counts counts them."""
+    d = make_sampler(name, n, b, 6, torch.Generator().manual_seed(3), torch.device("cpu")).draw()
+    idx = samplers.batch_indices(d, n)
+    assert idx.shape == (6, b) and idx.dtype == torch.long
+    for r in range(6):
+        row, drawn = idx[r].tolist(), d.idx[r].tolist()
+        assert row == (drawn if d.include else sorted(set(range(n)) - set(drawn)))
+    counts = torch.zeros((6, n)).scatter_add_(1, idx, torch.ones(idx.shape))
+    assert torch.equal(counts, batch_counts(d, n))

@@ -36,7 +36,7 @@ from backend.engine.noise import (linear_relu_per_sample_dots, linear_relu_per_s
 from backend.engine.replicas import Replicas, module_forward  # noqa: F401  (module_forward: the settings)
 from backend.engine.runner import (ACTIVATION_ELEMENTS, STEP_BLOCK, Divergence, DivergenceLog, check_cancel, precision,
                                    report, seed_for)
-from backend.engine.samplers import make_sampler
+from backend.engine.samplers import batch_indices, make_sampler
 from backend.stats import group_mean, group_var, subsample_noise
 
 ESTIMATED = ("var_g", "loss_train", "loss_val", "error_train", "error_val", "gap_distorted", "noise_one_step",
@@ -199,12 +199,7 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
     probe_draw = make_sampler("without_replacement", n, b, N, probe, device)
 
     def record(e: int) -> None:
-        d = probe_draw.draw()
-        idx = d.idx if d.include else None
-        if idx is None:  # complement draw: rebuild the batch (b > n/2)
-            mask = torch.ones((N, n), dtype=torch.bool, device=device)
-            mask.scatter_(1, d.idx, False)
-            idx = mask.nonzero()[:, 1].reshape(N, b)
+        idx = batch_indices(probe_draw.draw(), n)
         with precision(arithmetic, device):  # the stochastic gradient as training computes it
             g, _ = rep.grad_and_loss(params, Xtr[idx], Ytr[idx])
         put = stats.values
@@ -244,14 +239,14 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
             if not draws:  # indices for a block of steps at once, within the epoch (a checkpoint's generator state
                 # at the epoch's end is then the same whether the run was resumed or not)
                 draws = draw.draw_block(min(STEP_BLOCK, steps_per_epoch - s))[::-1]
-            dr = draws.pop()
+            idx = batch_indices(draws.pop(), n)  # the batch, also when the draw holds its complement (b > n/2)
             a = alphas_fn(t)
             if sgd is not None:  # the model's own step: the update accumulated into each layer's gradient product
                 with precision(arithmetic, device):
-                    loss = sgd.step(params, Xtr[dr.idx], Ytr[dr.idx], a, blocks=rep.in_blocks)
+                    loss = sgd.step(params, Xtr[idx], Ytr[idx], a, blocks=rep.in_blocks)
             else:
                 with precision(arithmetic, device):
-                    g, loss = rep.grad_and_loss(params, Xtr[dr.idx], Ytr[dr.idx])
+                    g, loss = rep.grad_and_loss(params, Xtr[idx], Ytr[idx])
                 if opt is not None:
                     params = opt.step(params, g, opt_state, a, t)
                 else:  # one fused pass per tensor: w − α g

@@ -24,7 +24,7 @@ import torch
 @dataclass
 class Draw:
     idx: torch.Tensor  # (R, k) int64
-    include: bool  # True: idx is the batch; False: the batch is the complement of idx
+    include: bool  # True: idx is the batch; False: the batch is the complement of idx (see batch_indices)
 
 
 def _stream_length(k: int, n: int) -> int:
@@ -215,6 +215,22 @@ def make_sampler(name: str, n: int, b: int, R: int, generator: torch.Generator, 
     """The named sampler; ``block`` steps of indices are drawn at once, ``numpy_draws`` takes Floyd's draws from
     numpy on a CPU (see Sampler)."""
     return SAMPLER_CLASSES[name](n, b, R, generator, device, block, numpy_draws)
+
+
+def batch_indices(draw: Draw, n: int) -> torch.Tensor:
+    """(R, b) the batch of each replica, whatever the draw holds: ``draw.idx`` itself when ``include``, else (a
+    without-replacement draw with b > n/2 holds the n − b left-out indices) [n] minus them, in increasing order. Every
+    engine that indexes data by a draw goes through this (or ``batch_counts``). Compacted by a running count — no
+    host synchronisation, O(R·n)."""
+    if draw.include:
+        return draw.idx
+    R, b = draw.idx.shape[0], n - draw.idx.shape[1]
+    keep = torch.ones((R, n), dtype=torch.bool, device=draw.idx.device)
+    keep.scatter_(1, draw.idx, False)
+    slot = torch.where(keep, keep.cumsum(dim=1) - 1, b)  # the batch's j-th sample goes to column j; the rest to b
+    out = torch.empty((R, b + 1), dtype=torch.long, device=draw.idx.device)
+    out.scatter_(1, slot, torch.arange(n, device=draw.idx.device).expand(R, n))
+    return out[:, :b]
 
 
 def batch_counts(draw: Draw, n: int) -> torch.Tensor:

@@ -40,7 +40,7 @@ from backend.engine.noise import per_sample_dots, per_sample_terms
 from backend.engine.replicas import Replicas
 from backend.engine.runner import (ACTIVATION_ELEMENTS, STEP_BLOCK, Divergence, DivergenceLog, check_cancel,
                                    precision, report, seed_for)
-from backend.engine.samplers import Draw, make_sampler
+from backend.engine.samplers import Draw, batch_indices, make_sampler
 from backend.errors import ConfigError
 from backend.stats import group_mean, group_var, subsample_noise
 
@@ -356,15 +356,6 @@ def init_params(mf: ModelFile, K: int, dtype: torch.dtype, device: torch.device)
     return {n: torch.stack([p[n] for p in per_init]).to(dtype=dtype, device=device) for n in mf.trainable}
 
 
-def batch_indices(d: Draw, n: int, N: int, device: torch.device) -> torch.Tensor:
-    """(N, b) batch indices of a draw (a complement draw, for b > n/2, rebuilt from its left-out indices)."""
-    if d.include:
-        return d.idx
-    mask = torch.ones((N, n), dtype=torch.bool, device=device)
-    mask.scatter_(1, d.idx, False)
-    return mask.nonzero()[:, 1].reshape(N, n - d.idx.shape[1])
-
-
 def record_steps(steps: int, every: int) -> np.ndarray:
     """t = 0, k, 2k, …, and T (always)."""
     return np.unique(np.r_[np.arange(0, steps + 1, every), steps])
@@ -446,7 +437,7 @@ def run_batch_size(pr: Prepared, K: int, R: int, steps: int, record_every: int, 
         def keep(name: str, value_se: tuple[np.ndarray, np.ndarray]) -> None:
             put[name][i], put[f"{name}_se"][i] = value_se
 
-        idx = batch_indices(probe_draw.draw(), n, N, device)
+        idx = batch_indices(probe_draw.draw(), n)
         with precision(arithmetic, device):  # the stochastic gradient as training computes it
             g, _ = rep.grad_and_loss(params, Xtr[idx], Ytr[idx])
         keep("var_g", group_var(flat(g), K, alive))
@@ -471,7 +462,7 @@ def run_batch_size(pr: Prepared, K: int, R: int, steps: int, record_every: int, 
         check_cancel(cancel)
         if not draws:
             draws = draw.draw_block(min(STEP_BLOCK, steps - t))[::-1]
-        idx = batch_indices(draws.pop(), n, N, device)
+        idx = batch_indices(draws.pop(), n)
         with precision(arithmetic, device):
             g, loss = rep.grad_and_loss(params, Xtr[idx], Ytr[idx])
         optimizer.step(params, g, state, alphas_fn(t), t)
