@@ -189,3 +189,35 @@ def test_trailing_padding_columns_change_nothing():
     cfg = parse_config({"setting": "sequence", "preset": "paper"})
     tok, tr, va, _ = api_sequence.encode_corpus(cfg)
     assert tr.shape[1] == va.shape[1] < cfg.max_len and (tr[:, -1] != 0).any() | (va[:, -1] != 0).any()
+
+
+def test_a_sweep_over_momentum_on_the_adamw_fields_is_refused_in_one_line_naming_the_field():
+    """The old form's fields are AdamW's: optimizer.momentum beside them (a sweep cell over the default config) is
+    refused in one line naming optimizer.momentum and saying to set optimizer.name — never silently dropped."""
+    from backend.sweep import parse_sweep
+
+    with pytest.raises(ConfigError) as err:
+        parse_sweep({"base": {"setting": "sequence"}, "grid": {"optimizer.momentum": [0.9]}})
+    assert err.value.field.endswith("optimizer.momentum") and "\n" not in str(err.value)
+    assert "sgd" in err.value.message and "optimizer.name" in err.value.message
+
+
+def test_a_named_optimizer_beside_the_adamw_fields_takes_the_rest_from_them():
+    """optimizer.name set on an old-form config (a sweep cell over optimizer.name and optimizer.momentum): lr, warmup
+    and clip come from its fields; adam/adamw read beta1/beta2/eps/weight_decay as theirs; sgd takes weight_decay,
+    and drops the Adam-only beta1/beta2/eps only where they are the defaults (else refused, naming the field)."""
+    from backend.sweep import parse_sweep
+
+    base = {"setting": "sequence", "optimizer": {"lr": "0.002", "warmup": 3, "clip": "0.5"}}
+    sweep = parse_sweep({"base": base, "grid": {"optimizer.name": ["sgd"], "optimizer.momentum": [0.5, 0.9]}})
+    for cell, beta in zip(sweep.cells, (0.5, 0.9)):
+        opt = cell.config.optimizer
+        assert cell.config.optimizer_spec == optim.OptimizerSpec("sgd", momentum=beta)
+        assert (opt["lr"], opt["warmup"], opt["clip"]) == (0.002, 3, 0.5)
+    adam = parse_config({**base, "optimizer": {**parse_config(base).optimizer, "name": "adam", "beta1": 0.8}})
+    assert adam.optimizer_spec == optim.OptimizerSpec("adam", betas=(0.8, 0.999), eps=1e-8, weight_decay=0.0)
+    assert adam.optimizer["lr"] == 0.002
+    old = parse_config({"setting": "sequence", "optimizer": {"beta1": "0.8", "weight_decay": "0.01"}})
+    assert parse_config({"setting": "sequence", "optimizer": {**old.optimizer, "name": "adamw"}}) == old
+    with pytest.raises(ConfigError, match=r"^optimizer\.beta1: .*sgd"):
+        parse_config({"setting": "sequence", "optimizer": {**old.optimizer, "name": "sgd"}})

@@ -123,21 +123,53 @@ def _parse_optimizer(raw: Any, o0: dict[str, Any]) -> dict[str, Any]:
     """The ``optimizer`` field, in either form, normalised: its own AdamW fields {lr, eps, beta1, beta2,
     weight_decay, warmup, clip} (old configs; the defaults), or the shared form of backend/optim.py {"name": "sgd" |
     "adam" | "adamw", …} beside lr (the peak rate), warmup and clip. AdamW in either form is kept as the AdamW fields
-    (one config, one cache key, today's JSON); SGD and Adam as the shared form with lr, warmup, clip."""
+    (one config, one cache key, today's JSON); SGD and Adam as the shared form with lr, warmup, clip.
+
+    A partial object takes the rest from the defaults, and the two forms mix one way only. Without a name the fields
+    are AdamW's: the named form's momentum, nesterov or betas beside them (a sweep cell over ``optimizer.momentum`` on
+    an old-form config) is refused in one line naming the field — momentum applies to sgd, set optimizer.name.
+    With a name, old-form fields beside it (a sweep cell over ``optimizer.name`` on an old-form config) are read as
+    that optimizer's where they mean the same: lr, warmup, clip always; beta1/beta2 → betas and eps for adam and
+    adamw; weight_decay as the named optimizer's λ (L2 for sgd and adam, decoupled for adamw). For sgd the Adam-only
+    beta1, beta2, eps are dropped where they hold the defaults (a normalised old-form config carries them) and
+    refused, naming the field, where they do not."""
     fo = Fields(raw, "optimizer")
     if not fo.has("name"):
         shared = sorted(set(fo.raw) & {"momentum", "nesterov", "betas"})
         if shared:
-            raise ConfigError(f"optimizer.{shared[0]}", "belongs to the named form: give optimizer.name ('sgd' for "
-                                                        "momentum and nesterov, 'adam' or 'adamw' for betas)")
+            what = "betas apply to adam and adamw" if shared[0] == "betas" else f"{shared[0]} applies to sgd"
+            raise ConfigError(f"optimizer.{shared[0]}", f"{what}, and optimizer's fields without a name are "
+                                                        "AdamW's (beta1, beta2): set optimizer.name")
         return _read_adamw_fields(fo, o0)
-    spec = OptimizerSpec.parse({k: v for k, v in raw.items() if k not in SCHEDULE_KEYS})
+    spec = OptimizerSpec.parse(_named_fields(fo, o0))
     sched = _read_schedule(fo, o0)
     if spec.name == "adamw":
         return {"lr": sched["lr"], "eps": float(spec.eps), "beta1": float(spec.betas[0]),
                 "beta2": float(spec.betas[1]), "weight_decay": float(spec.weight_decay), "warmup": sched["warmup"],
                 "clip": sched["clip"]}
     return {**spec.to_json(), **sched}
+
+
+ADAM_ONLY = ("beta1", "beta2", "eps")  # the old form's fields that plain SGD has no use for
+
+
+def _named_fields(fo: Fields, o0: dict[str, Any]) -> dict[str, Any]:
+    """The named form's fields for OptimizerSpec.parse, with old-form fields beside the name read as
+    _parse_optimizer says (beta1/beta2 → betas for adam/adamw; for sgd the Adam-only ones at their defaults dropped)."""
+    out = {k: v for k, v in fo.raw.items() if k not in SCHEDULE_KEYS}
+    legacy = [k for k in ("beta1", "beta2") if k in out]
+    if out.get("name") in ("adam", "adamw") and legacy:
+        if "betas" in out:
+            raise ConfigError(f"optimizer.{legacy[0]}", "give either betas or beta1 and beta2, not both")
+        out["betas"] = [out.pop("beta1", o0["beta1"]), out.pop("beta2", o0["beta2"])]
+    elif out.get("name") == "sgd":
+        for k in ADAM_ONLY:
+            if k in out:
+                if float(read_positive(out[k], f"optimizer.{k}", True)) != float(read_positive(o0[k], k, True)):
+                    raise ConfigError(f"optimizer.{k}", f"an Adam field, not used by sgd; leave it out "
+                                                        f"(got {out[k]!r})")
+                del out[k]
+    return out
 
 
 def _read_schedule(fo: Fields, o0: dict[str, Any]) -> dict[str, Any]:
