@@ -45,10 +45,11 @@ def check_request(config, b_ref: Any, checkpoints: Any, samples: Any, scalings: 
         raise ConfigError("b_ref", f"expected a batch size in [1, {bounds['max_b']}] (the n of the data), got {b_ref}")
     if isinstance(checkpoints, (str, bytes)) or not len(checkpoints):
         raise ConfigError("checkpoints", f"expected a non-empty list of steps, got {checkpoints!r}")
-    cps = sorted({_whole(t, "checkpoints", 0, f"steps in [0, {bounds['max_t']}]") for t in checkpoints})
-    if max(cps) > bounds["max_t"]:
-        raise ConfigError("checkpoints", f"expected steps in [0, {bounds['max_t']}] (the config's steps), got "
-                                         f"{max(cps)}")
+    max_t = bounds["max_t"](b_ref) if callable(bounds["max_t"]) else bounds["max_t"]  # per B: epochs × ⌊n/B⌋
+    cps = sorted({_whole(t, "checkpoints", 0, f"steps in [0, {max_t}]") for t in checkpoints})
+    if max(cps) > max_t:
+        raise ConfigError("checkpoints", f"expected steps in [0, {max_t}] (the config's steps at b_ref = {b_ref}), "
+                                         f"got {max(cps)}")
     samples = _whole(samples, "samples", b_ref, f"a whole number of samples ≥ b_ref = {b_ref}")
     if samples // b_ref > MAX_STEPS:
         raise ConfigError("samples", f"{samples} samples at b_ref = {b_ref} are {samples // b_ref} steps; the limit "
@@ -85,20 +86,51 @@ def cbs_rules(config, b_ref: int, checkpoints: Sequence[int], samples: int, scal
     if isinstance(scalings, str) or not len(scalings):
         raise ConfigError("scaling", f"expected a non-empty list of scaling rules from {list(SCALINGS)}, "
                                      f"got {scalings!r}")
-    b_ref, cps, samples, tolerance, ks = check_request(config, b_ref, checkpoints, samples, scalings, tolerance, ks)
-    k = np.asarray(ks, dtype=np.float64)
-    bs = (k * b_ref).astype(np.int64)
-    steps = samples // bs
-    factors = np.stack([k ** SCALINGS[s] for s in scalings])  # (R, K): f(k)
-    setting = settings.for_config(config)
+    setting, b_ref, cps, samples, tolerance, bs, factors, steps = _plan(config, b_ref, checkpoints, samples, scalings,
+                                                                        tolerance, ks)
     if hasattr(setting, "branches"):
         res = setting.branches(config, b_ref, cps, bs, factors, steps)
     else:
         from backend import core
 
-        res = setting.replica_branches(config, b_ref, cps, bs, factors, steps, core.resolve_device(config.device),
-                                       core.or_default(cache))
+        device = core.resolve_device(config.device)
+        _guard(config, setting, b_ref, cps, bs, factors, steps, device)
+        res = setting.replica_branches(config, b_ref, cps, bs, factors, steps, device, core.or_default(cache))
     return {s: _document(config, b_ref, cps, samples, s, tolerance, bs, steps, r, res) for r, s in enumerate(scalings)}
+
+
+def _plan(config, b_ref, checkpoints, samples, scalings, tolerance, ks):
+    """The validated request as the hooks take it: (setting, B, checkpoints, S, ε, bs = k·B, factors f(k) (rules, K),
+    steps ⌊S/(kB)⌋)."""
+    b_ref, cps, samples, tolerance, ks = check_request(config, b_ref, checkpoints, samples, scalings, tolerance, ks)
+    k = np.asarray(ks, dtype=np.float64)
+    bs = (k * b_ref).astype(np.int64)
+    factors = np.stack([k ** SCALINGS[s] for s in scalings])
+    return settings.for_config(config), b_ref, cps, samples, tolerance, bs, factors, samples // bs
+
+
+def _guard(config, setting, b_ref, cps, bs, factors, steps, device) -> dict[str, Any]:
+    """The run core's guard (backend/core.py guard_estimate) on the replica branches' estimate: one hour at most."""
+    from backend import core
+
+    est = {**setting.branch_estimate(config, b_ref, cps, bs, factors, steps), "setting": config.setting,
+           "precision": getattr(config, "precision", "float32"), "gpu_model": setting.GPU_MODEL}
+    return core.guard_estimate(est, device, core.MAX_SIM_SECONDS,
+                               "replicas, checkpoints, samples or the number of k's or scaling rules")
+
+
+def estimate(config, b_ref: Any, checkpoints: Any, samples: Any, scalings: Sequence[str] = ("none",),
+             ks: Any = None) -> dict[str, Any] | None:
+    """What ``cbs_rules`` with these inputs would cost, before it runs: None where the setting branches exactly
+    (instant), else the replica branches' estimate on the config's device (``memory_bytes``, ``seconds`` on that
+    device, ``flops``, ``steps``) — a TooExpensive (a ConfigError naming ``replicas``) when the guard refuses it."""
+    setting, b_ref, cps, _, _, bs, factors, steps = _plan(config, b_ref, checkpoints, samples, scalings,
+                                                          DEFAULT_TOLERANCE, ks)
+    if hasattr(setting, "branches"):
+        return None
+    from backend import core
+
+    return _guard(config, setting, b_ref, cps, bs, factors, steps, core.resolve_device(config.device))
 
 
 def one_step_optimum(moments: dict[str, np.ndarray], c_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -141,6 +173,8 @@ def _document(config, b_ref, cps, samples, scaling, tolerance, bs, steps, r, res
            "tolerance": tolerance, "exact": bool(res["exact"]), "checkpoints": rows}
     if not res["exact"]:
         doc.update(replicas=int(res["replicas"]), noise_samples=int(res["noise_samples"]))
+        if "b_noise_note" in res:  # no Hessian-vector products for this model: b_noise and the one-step optimum null
+            doc["b_noise_note"] = res["b_noise_note"]
     return doc
 
 

@@ -116,7 +116,14 @@ def guard(config, device: torch.device) -> dict[str, Any]:
 
     Time on the device by backend.costs.device_seconds (2-core CPU model, or the setting's GPU model at the card's
     rate)."""
-    est = dict(estimate(config))
+    return guard_estimate(dict(estimate(config)), device, time_limit(config))
+
+
+def guard_estimate(est: dict[str, Any], device: torch.device, limit: float,
+                   reduce: str = "replicas, steps or epochs or the number of batch sizes") -> dict[str, Any]:
+    """``guard``'s refusal for any run's estimate (``estimate``'s keys; the cbs replica branches' too): more than half
+    the available memory, or more than ``limit`` seconds on ``device`` (the message: what to ``reduce``); returns
+    ``est`` with its device seconds."""
     est["seconds"] = costs.device_seconds(est, device)
     avail = available_memory(device)
     name = costs.device_name(device)
@@ -124,11 +131,9 @@ def guard(config, device: torch.device) -> dict[str, Any]:
         raise TooExpensive("replicas", f"the run needs about {est['memory_bytes'] / 2**30:.1f} GiB but "
                                        f"{avail / 2**30:.1f} GiB are available on {name} (a run may use half): "
                                        "reduce replicas or steps")
-    limit = time_limit(config)
     if est["seconds"] > limit:
         raise TooExpensive("replicas", f"the run would take about {est['seconds'] / 60:.0f} minutes on {name} "
-                                       f"(the limit is {limit / 3600:.0f} h): reduce replicas, steps or epochs or the "
-                                       "number of batch sizes (or use a GPU)")
+                                       f"(the limit is {limit / 3600:.0f} h): reduce {reduce} (or use a GPU)")
     return est
 
 

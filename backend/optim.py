@@ -61,6 +61,12 @@ def _per_replica(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, *([1] * (like.dim() - 1)))
 
 
+def _lanes(x: Rate | int, like: torch.Tensor) -> Rate | int:
+    """A per-replica α_t or step count, a 1-d tensor (N,) (the cbs branches' lanes: backend/engine/replica_branch.py),
+    shaped to broadcast against ``like`` (N, …), in its dtype; numbers and other tensors as they are."""
+    return _per_replica(x, like).to(like.dtype) if isinstance(x, torch.Tensor) and x.dim() == 1 else x
+
+
 @dataclass(frozen=True)
 class ClipByReplicaNorm:
     """``torch.nn.utils.clip_grad_norm_`` per replica: g_r ← g_r · min(1, c / (‖g_r‖ + 10⁻⁶)), the norm over all of
@@ -122,7 +128,7 @@ class SGDStep:
     def apply(self, params: Params, updates: Params, state: State, lr: Rate, t: int | torch.Tensor) -> None:
         for k, p in params.items():
             if isinstance(lr, torch.Tensor):
-                p.addcmul_(updates[k], lr, value=-1.0)
+                p.addcmul_(updates[k], _lanes(lr, p), value=-1.0)
             else:
                 p.add_(updates[k], alpha=-lr)
 
@@ -150,11 +156,12 @@ class AdamStep:
         c1, c2 = 1 - b1 ** (t + 1), 1 - b2 ** (t + 1)
         for k, p in params.items():
             d, m, v = updates[k], state[f"m.{k}"], state[f"v.{k}"]
+            a, e1, e2 = _lanes(lr, p), _lanes(c1, p), _lanes(c2, p)
             m.mul_(b1).add_(d, alpha=1 - b1)
             v.mul_(b2).addcmul_(d, d, value=1 - b2)
             if self.decoupled_weight_decay:
-                p.mul_(1 - lr * self.decoupled_weight_decay)
-            p.sub_(lr * (m / c1) / ((v / c2).sqrt() + self.eps))
+                p.mul_(1 - a * self.decoupled_weight_decay)
+            p.sub_(a * (m / e1) / ((v / e2).sqrt() + self.eps))
 
 
 @dataclass(frozen=True)

@@ -248,12 +248,13 @@ def test_cli_prints_the_document_and_refuses_a_setting_without_exact_theory(tmp_
     doc = json.loads(out.stdout)
     ws = enumerate_final_weights([(1, TINY_ALPHA[:3]), (2, [TINY_ALPHA[3] * 2] * 2)])
     assert doc["checkpoints"][1]["branches"]["2"]["loss"] == pytest.approx(float(_mean_loss(ws)), rel=1e-10)
-    path.write_text(json.dumps({"setting": "mlp"}))  # no branching hook (#26 replica branches: deep_linear has one)
+    path.write_text(json.dumps({"setting": "sequence"}))  # no branching hook (#26: the replica settings with a
+    # step-based state — deep_linear, mlp, torch_model — have one; the sequence model does not)
     out = subprocess.run([sys.executable, "-m", "backend", "cbs", str(path), "--b-ref", "1", "--checkpoints", "0",
                           "--samples", "4"], cwd=ROOT, capture_output=True, text=True, env=os.environ.copy(),
                          timeout=300)
     assert out.returncode == 2 and out.stderr.startswith("error: setting:") and out.stderr.count("\n") == 1
-    assert "mlp" in out.stderr
+    assert "sequence" in out.stderr
 
 
 def test_page_draws_the_defaults_and_refuses_bad_input_in_one_red_line():

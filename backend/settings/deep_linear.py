@@ -341,6 +341,21 @@ def estimate(config: DeepLinearConfig) -> dict[str, float]:
     return combine_costs(costs)
 
 
+def branch_estimate(config: DeepLinearConfig, b_ref: int, checkpoints: list[int], bs: np.ndarray, factors: np.ndarray,
+                    steps: np.ndarray) -> dict[str, float]:
+    """The cost of ``replica_branches``: the reference run (R replicas, max t_c steps of B) and per k the rules ×
+    checkpoints × R lanes for ⌊S/(kB)⌋ steps, by the engine's estimate_cost (backend/engine/deep_linear.py) of each."""
+    itemsize = 8 if config.dtype == "float64" else 4
+    N = np.asarray(factors).shape[0] * len(checkpoints) * config.replicas
+    runs = [(config.replicas, max(max(checkpoints), 1), int(b_ref))] + [(N, max(int(s), 1), int(b))
+                                                                          for b, s in zip(bs, steps)]
+    parts = [engine.estimate_cost(config.dims, R, T, b, T, itemsize, _optimizer_tensors(config)) for R, T, b in runs]
+    total = combine_costs(parts)
+    total["memory_bytes"] = float(parts[0]["memory_bytes"] + max(p["memory_bytes"] for p in parts[1:]))  # the
+    # reference's states are kept beside the largest branch
+    return total
+
+
 def _require_constant_b(config: DeepLinearConfig, what: str) -> None:
     if config.batch_schedule is not None:
         raise ConfigError("batch_schedule", f"{what} is over constant batch sizes; give batch_sizes instead of a "

@@ -15,7 +15,7 @@ from backend.engine import deep_linear as dl
 from backend.engine import deep_linear_branch as dlb
 from backend.errors import ConfigError
 from backend.settings.base import cache_key
-from backend.stats import group_mean, group_ratio
+from backend.settings.replica_cbs import summarise
 
 
 def branch_bounds(config) -> dict[str, int | None]:
@@ -33,48 +33,18 @@ def replica_branches(config, b_ref: int, checkpoints: list[int], bs: np.ndarray,
     """Replica branches (backend/engine/deep_linear_branch.py): the config's replicas run with batch ``b_ref``, its
     schedule and optimizer; at each checkpoint every replica continues with batch bs[j] and the constant step size
     α_{t_c}·factors[r, j] for steps[j] steps, velocity carried over. Means over the replicas with their SEs
-    (backend/stats.py: group_mean, group_ratio; one init), cached under the config, the request and the device."""
+    (backend/settings/replica_cbs.py: summarise; one init), cached under the config, the request and the device."""
     extra = {"b_ref": int(b_ref), "checkpoints": [int(t) for t in checkpoints], "bs": np.asarray(bs).tolist(),
              "factors": np.asarray(factors, dtype=np.float64).tolist(), "steps": np.asarray(steps).tolist(),
              "device": str(device)}
     meta, arrays, _ = cache.get_or_compute(cache_key("cbs_replicas_deep", config, extra=extra),
                                            lambda: _replica_branches(config, b_ref, checkpoints, bs, factors, steps,
                                                                      device))
-    R, C = config.replicas, len(checkpoints)
-    every = torch.ones(R * C, dtype=torch.bool)
-    mom = {q: torch.as_tensor(arrays[q]).reshape(C * R) for q in ("loss", "grad2", "trace", "h_grad2", "h_trace")}
-    out: dict[str, Any] = {"exact": False, "loss0": meta["loss0"], "replicas": R, "noise_samples": meta["noise_samples"],
-                           "noise_factor": 1.0 / np.asarray(bs, dtype=np.float64)}
-    out["loss"], out["loss_se"] = group_mean(mom["loss"], C, every)
-    for q in ("grad2", "trace", "h_grad2", "h_trace"):
-        out[q] = group_mean(mom[q], C, every)[0]
-    out["b_simple"], out["b_simple_se"] = group_ratio(mom["trace"], mom["grad2"], C, every)
-    out["b_noise"], out["b_noise_se"] = group_ratio(mom["h_trace"], mom["h_grad2"], C, every)
-    c_b = out["noise_factor"]
-    denom = mom["h_grad2"][None, :] + torch.as_tensor(c_b)[:, None] * mom["h_trace"][None, :]  # (K, C·R)
-    K = len(bs)
-    _, eps_se = group_ratio(mom["grad2"].repeat(K), denom.reshape(-1), K * C, every.repeat(K))
-    out["step_opt_se"] = eps_se.reshape(K, C).T
-    out["step_gain_se"] = _gain_se(mom["grad2"], denom, C, K)
-    loss = torch.as_tensor(arrays["branch_loss"])  # (rules, C, K, R)
-    ok = dlb.alive(loss)
-    mean, se = group_mean(torch.where(ok, loss, 0.0).reshape(-1), loss[..., 0].numel(), ok.reshape(-1))
-    out["branch_loss"], out["branch_loss_se"] = mean.reshape(loss.shape[:3]), se.reshape(loss.shape[:3])
-    out["diverged_replicas"] = (~ok).sum(dim=-1).numpy()
     alpha = np.asarray(config.lr.alphas(max(checkpoints) + 1))[list(checkpoints)]
-    out["lr"] = alpha[None, :, None] * np.asarray(factors, dtype=np.float64)[:, None, :]
+    out = summarise(arrays, dlb.alive(torch.as_tensor(arrays["branch_loss"])), config.replicas, list(checkpoints), bs,
+                    factors, alpha, 1.0 / np.asarray(bs, dtype=np.float64))
+    out.update(loss0=meta["loss0"], noise_samples=meta["noise_samples"])
     return out
-
-
-def _gain_se(grad2: torch.Tensor, denom: torch.Tensor, C: int, K: int) -> np.ndarray:
-    """The SE of the one-step gain ½ ā²/d̄ (ā = mean ‖∇L‖², d̄ = mean of ∇LᵀH∇L + c_b tr(HΣ)) by the delta method:
-    sd(u)/√R with u_r = (ā/d̄)(a_r − ā) − ½(ā/d̄)²(d_r − d̄), the SE of the mean of u (stats.group_mean). (C, K)."""
-    R = grad2.numel() // C
-    a = grad2.reshape(C, R)
-    d = denom.reshape(K, C, R)
-    abar, dbar = a.mean(dim=1)[None, :, None], d.mean(dim=2, keepdim=True)
-    u = (abar / dbar) * (a[None] - abar) - 0.5 * (abar / dbar) ** 2 * (d - dbar)
-    return group_mean(u.reshape(-1), K * C, torch.ones(u.numel(), dtype=torch.bool))[1].reshape(K, C).T
 
 
 def _replica_branches(config, b_ref: int, checkpoints: list[int], bs: np.ndarray,

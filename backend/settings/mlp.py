@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from backend.cache import ResultCache
@@ -17,11 +18,13 @@ from backend.fields import (MLP_SAMPLERS, Fields, Schedule, config_fields, read_
                             read_positive, read_source, refuse_batch_schedule, replace_fields, replica_run_fields)
 from backend.costs import GpuModel, combine_costs
 from backend.engine import mlp as engine
+from backend.engine.replica_branch import BranchTask
 from backend.errors import ConfigError
 from backend.images import DataShape, data_shape, elastic_distort, load_dataset
 from backend.images import missing_data as missing_data_for
 from backend.optim import OptimizerSpec
 from backend.progress import Progress
+from backend.settings import replica_cbs
 from backend.settings.base import Quantity, run_device_type, scaled_lr
 from backend.settings.classifier import (cached_classifier, classifier_document, classifier_quantities, no_check,
                                          no_polynomial, no_theory, shape_result, simulate_classifier)
@@ -207,3 +210,56 @@ def simulate(config: MLPConfig, device: torch.device, cache: ResultCache, progre
         config.distortion["every"], {"n_train": len(data.x_train), "n_val": len(data.x_val),
                                      "update": update_path(config.optimizer)})
     return shape_result(config, meta, arrays, hit)
+
+
+# -- the critical batch size's replica branches (backend/cbs.py, backend/settings/replica_cbs.py; §11) --------------
+
+def branch_bounds(config: MLPConfig) -> dict[str, Any]:
+    """What ``cbs`` may ask: checkpoints are SGD steps of the reference run, up to its epochs × ⌊n/B⌋ steps; a batch
+    is at most the n training images (the default k's: powers of two while k·B ≤ n)."""
+    n = config.n_train
+    return {"max_t": lambda b_ref: config.epochs * (n // b_ref), "n": n, "max_b": n}
+
+
+def replica_branches(config: MLPConfig, b_ref: int, checkpoints: list[int], bs, factors, steps,
+                     device: torch.device, cache: ResultCache) -> dict[str, Any]:
+    """Replica branches of the MLP (backend/settings/replica_cbs.py: functional_branches): init 0's ``replicas``
+    replicas through vmap(grad) and backend/optim.py (plain SGD as w − α g), the checkpoints in steps (epoch e ends at
+    step e·⌊n/B⌋), the config's sampler; L is the training loss on the first eval_size images (the run's loss_train),
+    the noise scales over all n."""
+    dtype = torch.float32 if config.dtype == "float32" else torch.float64
+    lanes = np.asarray(factors).shape[0] * len(checkpoints) * config.replicas
+
+    def make_task(dev: torch.device):
+        data = load_dataset(config.dataset)
+        task = engine.mlp_task(data, config.hidden, config.seed, dtype, dev, None)
+        rep = engine.Replicas(task.forward, engine.replica_chunk(task, lanes, int(max(bs))))
+        w0 = {k: v[0] for k, v in task.init(1).items()}
+        Xev, Yev = task.Xtr[:config.eval_size], task.Ytr[:config.eval_size]
+
+        def evaluate(params):
+            return engine.evaluate(rep, params, Xev, Yev, act_per_sample=task.act_per_sample)[0]
+
+        loss0 = float(evaluate({k: v[None] for k, v in w0.items()})[0])
+        return (BranchTask(rep, task.Xtr, task.Ytr, Xev, Yev, w0, config.sampler, evaluate), loss0,
+                int(task.Xtr.shape[0]))
+
+    return replica_cbs.functional_branches(config, "cbs_replicas_mlp", b_ref, checkpoints, bs, factors, steps,
+                                           device, cache, make_task)
+
+
+BRANCH_RATE = 1e10  # FLOP/s of the vmapped dense layers on 2 CPU cores (benchmarks: /tmp/t_est.py in the #26 report)
+
+
+def branch_estimate(config: MLPConfig, b_ref: int, checkpoints: list[int], bs, factors, steps) -> dict[str, float]:
+    """The cost of ``replica_branches`` (backend/settings/replica_cbs.py: functional_estimate; F = 2P, a dense
+    network's forward FLOPs per sample)."""
+    shape = _shape(config.dataset)
+    widths = (shape.height * shape.width, *config.hidden, shape.n_classes)
+    P = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+    state = optimizer_state(config.optimizer) or 0
+    return replica_cbs.functional_estimate(P, 2.0 * P, widths[0] + 2 * sum(config.hidden) + 2 * shape.n_classes,
+                                           min(config.eval_size, shape.n_train), config.replicas, checkpoints,
+                                           np.asarray(factors).shape[0], b_ref, bs, steps, config.noise_samples,
+                                           shape.n_train, 4 if config.dtype == "float32" else 8, state,
+                                           BRANCH_RATE, 2.5)

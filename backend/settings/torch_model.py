@@ -17,11 +17,14 @@ from backend import allowed
 from backend.cache import CODE_VERSION, ResultCache
 from backend.costs import GpuModel, combine_costs
 from backend.engine import torch_model as engine
+from backend.engine.replica_branch import BranchTask
+from backend.engine.replicas import Replicas
 from backend.errors import ConfigError
 from backend.fields import (MAX_STEPS, SAMPLER_LABELS, SAMPLERS, Fields, Schedule, config_fields, read_batch_sizes,
                             read_choice, read_int, replace_fields, replica_run_fields)
 from backend.optim import OptimizerSpec
 from backend.progress import Progress
+from backend.settings import replica_cbs
 from backend.settings.base import Quantity, scaled_lr, simulation_key, step_advisor_steps
 from backend.settings.classifier import (classifier_document, classifier_quantities, no_check, no_polynomial,
                                          shape_result)
@@ -132,8 +135,7 @@ def quantities(config: TorchModelConfig) -> list[Quantity]:
     keep = set(engine.ESTIMATED) - ({"error_train", "error_val"} if not config.sizes["classes"] else set())
     if not config.sizes["n_val"]:
         keep -= {"loss_val", "error_val"}
-    return [Quantity(q.name, q.label, q.latex.replace("_e", "_t"), "t", q.exact, q.estimator)
-            for q in classifier_quantities(with_gap=False) if q.name in keep]
+    return [q.over("t") for q in classifier_quantities(with_gap=False) if q.name in keep]
 
 
 def theory(config: TorchModelConfig, cache: ResultCache | None = None) -> dict[str, Any]:
@@ -217,3 +219,54 @@ def _refuse_nonfinite_start(mf: engine.ModelFile, stats: dict[str, np.ndarray], 
     bad = np.flatnonzero(~np.isfinite(stats["loss_train"][0]))
     if bad.size:
         raise engine.fail(mf.path, f"model({int(bad[0])})", "the loss at w_0 is not finite on the training data")
+
+
+# -- the critical batch size's replica branches (backend/cbs.py, backend/settings/replica_cbs.py; §11) --------------
+
+def branch_bounds(config: TorchModelConfig) -> dict[str, Any]:
+    """What ``cbs`` may ask: checkpoints up to the config's steps; a batch is at most the n training samples (the
+    default k's: powers of two while k·B ≤ n)."""
+    return {"max_t": config.steps, "n": config.n_train, "max_b": config.n_train}
+
+
+def replica_branches(config: TorchModelConfig, b_ref: int, checkpoints: list[int], bs, factors, steps,
+                     device: torch.device, cache: ResultCache) -> dict[str, Any]:
+    """Replica branches of the file's model (backend/settings/replica_cbs.py: functional_branches): init 0's
+    ``replicas`` replicas (model(0), or the checkpoint), the config's sampler and optimizer; L is the file's loss on
+    the whole training set. b_noise needs the model's second derivatives under torch.func (else null, with a note)."""
+    lanes = np.asarray(factors).shape[0] * len(checkpoints) * config.replicas
+
+    def make_task(dev: torch.device):
+        mf = engine.load(allowed.model_file(config.model["file"]))
+        if (mf.sha256, mf.data_sha256) != (config.model["sha256"], config.model["data_sha256"]):
+            raise ConfigError("model.file", f"{mf.path.name} (or its data) changed since the config was read: "
+                                            "read it again")
+        pr = engine.prepare(mf, _dtype(config), dev)
+        rep = Replicas(pr.forward, engine.replica_block(mf.act_per_sample, lanes, int(max(bs))), mf.loss)
+        w0 = {k: v[0] for k, v in engine.init_params(mf, 1, pr.dtype, dev).items()}
+
+        def evaluate(params):
+            return engine.evaluate(rep, pr, params, pr.Xtr, pr.Ytr)[0]
+
+        loss0 = float(evaluate({k: v[None] for k, v in w0.items()})[0])
+        return BranchTask(rep, pr.Xtr, pr.Ytr, pr.Xtr, pr.Ytr, w0, config.sampler, evaluate), loss0, mf.n_train
+
+    return replica_cbs.functional_branches(config, "cbs_replicas_torch_model", b_ref, checkpoints, bs, factors,
+                                           steps, device, cache, make_task)
+
+
+BRANCH_RATE = 2e9  # FLOP/s of a file's modules vmapped over many replicas on 2 CPU cores (the CNN example: its
+# forward over 72 replicas × 1438 images and its gradients ran at ≈ 1·10⁹ on a loaded box, 1.5-2·10⁹ quieter)
+
+
+def branch_estimate(config: TorchModelConfig, b_ref: int, checkpoints: list[int], bs, factors, steps
+                    ) -> dict[str, float]:
+    """The cost of ``replica_branches`` (backend/settings/replica_cbs.py: functional_estimate, with the FLOPs per
+    sample counted on the file's model)."""
+    sz = config.sizes
+    spec = config.optimizer
+    state = 2 if spec.name != "sgd" else int(spec.momentum != 0)
+    return replica_cbs.functional_estimate(sz["n_params"], sz["flops_per_sample"], sz["act_per_sample"],
+                                           sz["n_train"], config.replicas, checkpoints, np.asarray(factors).shape[0],
+                                           b_ref, bs, steps, config.noise_samples, sz["n_train"],
+                                           4 if config.dtype == "float32" else 8, state, BRANCH_RATE, 1.0)
