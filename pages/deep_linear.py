@@ -53,6 +53,7 @@ w0 = weights_widget("w0", "Student w0")
 lr = ui.widgets.schedule(d, k, help="the paper's α_t = 1/(10t) is inverse with c = 1/10", default_c="1/10")
 steps = ui.widgets.slider(sb, "Iterations T", "steps", int(d("steps")), 1, 2000, key=k("steps"))
 batch_sizes = ui.widgets.batch_sizes(d, k, [2**i for i in range(13)])
+batch_schedule = ui.widgets.batch_schedule(raw0, k)  # None: constant batch sizes
 replicas, seed = ui.widgets.replicas_and_seed(d, k)
 dtype = sb.selectbox("Precision", api.DTYPES, index=api.DTYPES.index(d("dtype")), key=k("dtype"))
 record_every = ui.widgets.number(sb, "Record statistics every … steps", "record_every", int(d("record_every")), 1,
@@ -64,7 +65,8 @@ ui.clear_cache_button()
 raw = {"setting": "deep_linear", "dims": dims, "teacher": teacher, "w0": w0, "lr": lr, "steps": steps,
        "batch_sizes": batch_sizes, "replicas": replicas, "seed": seed, "device": d("device"), "dtype": dtype,
        "record_every": record_every, **({"optimizer": optimizer} if optimizer else {})}
-config = ui.validated(raw)
+config = ui.validated(ui.widgets.with_batch_schedule(raw, batch_schedule))
+schedule = config.batch_schedule  # None: constant batch sizes
 
 theory = api.theory(config)
 labels = {q: (f"var(g_t, layer {q[-1]} | F_0)" if q.startswith("var_g_layer") else api.QUANTITY_LABELS.get(q, q))
@@ -73,8 +75,8 @@ st.caption(f"dims {list(config.dims)} ({config.n_params:,} weights), {config.lr.
            + api.describe_methods(theory["methods"]) + "."
            + (f" With this optimizer: {theory['optimizer_note']}." if theory.get("optimizer_note") else ""))
 
-sim = ui.run_panel("dl", config, f"{config.replicas:,} replicas × {len(config.batch_sizes)} batch sizes × "
-                                     f"{config.steps + 1} steps")
+runs = f"the schedule {schedule.describe()}" if schedule else f"{len(config.batch_sizes)} batch sizes"
+sim = ui.run_panel("dl", config, f"{config.replicas:,} replicas × {runs} × {config.steps + 1} steps")
 if sim is not None:
     st.caption(f"Replica estimates: {config.replicas:,} replicas per b on {sim['meta']['device']}, SE by batch means "
                f"over {sim['meta']['groups']} groups, 95 % bands; {sim['meta']['sampler']}."
@@ -100,44 +102,49 @@ with tab_t:
         time_charts[labels[q]] = ui.time_chart_with_caption(theory, sim, config, q, labels[q], log, est_name)
 
 with tab_b:
-    if sim is None:
-        st.info("Run the replicas to fit Theorem 4's polynomial to the estimates.")
-    recorded = [int(x) for x in theory["t"]]
-    t_sel = st.select_slider("Iteration t", recorded, value=recorded[min(1, len(recorded) - 1)], key="dl_tsel")
-    slot = recorded.index(t_sel)
-    q = st.selectbox("Quantity", [x for x in api.quantities(config) if x != "loss"], format_func=labels.get,
-                     key="dl_bq")
-    bs = np.array(config.batch_sizes, dtype=float)
-    grid = np.unique(np.geomspace(1, max(bs.max(), 2) * 2, 200))
-    fits, est_df = {}, None
-    if t_sel in theory["polynomials"]:
-        coeffs = theory["polynomials"][t_sel][q]
-        exact_grid = api.eval_inv_b(coeffs, grid)
-        b0 = api.decrease_threshold(coeffs)
-        st.write(f"**Exact** ({theory['methods'][t_sel]}): degree {len(coeffs) - 1} in 1/b, constant term "
-                 f"{'zero' if coeffs[0] == 0 else coeffs[0]}; Theorem 5: decreasing for every b > b₀ = {b0:.4g}.")
+    if schedule:
+        st.info("The view against b is over constant batch sizes; clear the batch-size schedule to see it.")
     else:
-        exact_grid = np.full_like(grid, np.nan)
-    if sim is not None and len(bs) >= 2:
-        e = sim["curves"][q]
-        est_df = pd.DataFrame({"b": bs, "value": e["value"][:, slot], "lo": e["lo"][:, slot],
-                               "hi": e["hi"][:, slot], "se": e["se"][:, slot]})
-        r = st.number_input("Fit degree r", 1, max(1, len(bs) - 1), min(3, max(1, len(bs) - 1)), key="dl_r")
-        fit = api.fit_theorem4(bs, e["value"][:, slot], e["se"][:, slot], int(r))
-        fits[f"Theorem 4 fit, r = {fit['degree']}"] = api.eval_theorem4(fit["beta"], grid)
-        st.dataframe(pd.DataFrame({"j": range(1, fit["degree"] + 1), "β_j": fit["beta"], "95 % low": fit["beta_lo"],
-                                   "95 % high": fit["beta_hi"]}), hide_index=True)
-        st.write(f"Weighted fit Σ_j β_j b^(−j), β₁ ≥ 0{' (at the bound)' if fit['beta1_at_bound'] else ''}: "
-                 f"χ²/dof = {fit['chi2_per_dof']:.3g} (p = {fit['p_value']:.3g}); b₀ from the fit = {fit['b0']:.4g}. "
-                 f"Estimates decrease at every b tried: "
-                 f"{'yes' if api.decreasing_everywhere(e['value'][:, slot]) else 'no'}.")
-    if np.isfinite(exact_grid).any() or est_df is not None:
-        shown = exact_grid if np.isfinite(exact_grid).any() else np.full_like(grid, np.nan)
-        st.altair_chart(charts.b_chart(grid, shown, t_sel, est_df, fits, title=labels[q]), width="stretch")
+        if sim is None:
+            st.info("Run the replicas to fit Theorem 4's polynomial to the estimates.")
+        recorded = [int(x) for x in theory["t"]]
+        t_sel = st.select_slider("Iteration t", recorded, value=recorded[min(1, len(recorded) - 1)], key="dl_tsel")
+        slot = recorded.index(t_sel)
+        q = st.selectbox("Quantity", [x for x in api.quantities(config) if x != "loss"], format_func=labels.get,
+                         key="dl_bq")
+        bs = np.array(config.batch_sizes, dtype=float)
+        grid = np.unique(np.geomspace(1, max(bs.max(), 2) * 2, 200))
+        fits, est_df = {}, None
+        if t_sel in theory["polynomials"]:
+            coeffs = theory["polynomials"][t_sel][q]
+            exact_grid = api.eval_inv_b(coeffs, grid)
+            b0 = api.decrease_threshold(coeffs)
+            st.write(f"**Exact** ({theory['methods'][t_sel]}): degree {len(coeffs) - 1} in 1/b, constant term "
+                     f"{'zero' if coeffs[0] == 0 else coeffs[0]}; Theorem 5: decreasing for every b > b₀ = {b0:.4g}.")
+        else:
+            exact_grid = np.full_like(grid, np.nan)
+        if sim is not None and len(bs) >= 2:
+            e = sim["curves"][q]
+            est_df = pd.DataFrame({"b": bs, "value": e["value"][:, slot], "lo": e["lo"][:, slot],
+                                   "hi": e["hi"][:, slot], "se": e["se"][:, slot]})
+            r = st.number_input("Fit degree r", 1, max(1, len(bs) - 1), min(3, max(1, len(bs) - 1)), key="dl_r")
+            fit = api.fit_theorem4(bs, e["value"][:, slot], e["se"][:, slot], int(r))
+            fits[f"Theorem 4 fit, r = {fit['degree']}"] = api.eval_theorem4(fit["beta"], grid)
+            st.dataframe(pd.DataFrame({"j": range(1, fit["degree"] + 1), "β_j": fit["beta"], "95 % low": fit["beta_lo"],
+                                       "95 % high": fit["beta_hi"]}), hide_index=True)
+            st.write(f"Weighted fit Σ_j β_j b^(−j), β₁ ≥ 0{' (at the bound)' if fit['beta1_at_bound'] else ''}: "
+                     f"χ²/dof = {fit['chi2_per_dof']:.3g} (p = {fit['p_value']:.3g}); b₀ from the fit = {fit['b0']:.4g}. "
+                     f"Estimates decrease at every b tried: "
+                     f"{'yes' if api.decreasing_everywhere(e['value'][:, slot]) else 'no'}.")
+        if np.isfinite(exact_grid).any() or est_df is not None:
+            shown = exact_grid if np.isfinite(exact_grid).any() else np.full_like(grid, np.nan)
+            st.altair_chart(charts.b_chart(grid, shown, t_sel, est_df, fits, title=labels[q]), width="stretch")
 
 with tab_poly:
     if not theory["exact_t"]:
         st.info("No exact method applies to this configuration.")
+    elif schedule:
+        st.info("A batch-size schedule has no polynomial in 1/b (b changes along t); clear it to see one.")
     else:
         tp = st.selectbox("t", theory["exact_t"], index=min(1, len(theory["exact_t"]) - 1), key="dl_tp")
         qp = st.selectbox("Quantity", api.quantities(config), format_func=labels.get, key="dl_qp")
@@ -162,7 +169,7 @@ with tab_z:
         c1.metric("|z| ≤ 2", f"{100 * agr['within_2']:.1f} %")
         c2.metric("|z| ≤ 4", f"{100 * agr['within_4']:.1f} %")
         c3.metric("max |z|", f"{agr['max_abs']:.2f}", help=f"over {agr['count']} (b, t) pairs with exact values")
-        st.altair_chart(charts.z_chart(agr["z"], theory["t"], config.batch_sizes), width="stretch")
+        st.altair_chart(charts.z_chart(agr["z"], theory["t"], api.curve_keys(config)), width="stretch")
 
 with tab_table:
     table_rows = ui.per_b_table("dl", theory, sim, api.quantities(config), labels, default_x=1)

@@ -79,13 +79,7 @@ lr = ui.widgets.schedule(d, k, c_label="c (e.g. 1/2 or 0.05)")
 steps = ui.widgets.slider(sb, "Iterations T", "steps", int(d("steps")), 1, 5000, key=k("steps"))
 n_hint = 500 if source == "graduate_admission" else None
 batch_sizes = ui.widgets.batch_sizes(d, k, api.paper_batch_sizes(n_hint or 500) + [1, 2, 4, 8, 16, 32, 64, 128, 256])
-sched0 = raw0.get("batch_schedule")  # a loaded config's schedule, shown as text
-sched_text = sb.text_input(
-    "Batch-size schedule (optional)", ", ".join(f"{s[0]}:{s[1]}" for s in sched0)
-    if isinstance(sched0, list) and all(isinstance(s, list) and len(s) == 2 for s in sched0) else "",
-    key=k("bsched"), placeholder="b:steps, b:steps — e.g. 8:50, 64:150",
-    help="b_i for steps_i steps, in order (docs/theory.md §12): one curve, 'schedule', in place of the batch sizes, "
-         "with T = Σ steps_i in place of the iterations above. Leave empty for constant batch sizes.")
+batch_schedule = ui.widgets.batch_schedule(raw0, k)  # None: constant batch sizes
 replicas, seed = ui.widgets.replicas_and_seed(d, k)
 sampler = sb.selectbox("Sampler", api.SAMPLERS, index=api.SAMPLERS.index(d("sampler")), key=k("sampler"),
                        format_func=lambda s: s.replace("_", " "), help="\n\n".join(api.SAMPLER_LABELS.values()))
@@ -95,14 +89,7 @@ ui.clear_cache_button()
 raw = {"setting": "linear_regression", "dataset": dataset, "standardize": standardize, "intercept": intercept,
        "w0": w0, "lr": lr, "steps": steps, "batch_sizes": batch_sizes, "replicas": replicas, "seed": seed,
        "sampler": sampler, "device": d("device"), **({"optimizer": optimizer} if optimizer else {})}
-if sched_text.strip():  # the schedule replaces batch_sizes and steps (validated by the config like any field)
-    try:
-        raw = {**{f: v for f, v in raw.items() if f not in ("batch_sizes", "steps")},
-               "batch_schedule": api.parse_batch_schedule_text(sched_text)}
-    except api.ConfigError as e:
-        st.error(f"Check the inputs — {ui.user_text(e)}")
-        st.stop()
-config = ui.validated(raw)
+config = ui.validated(ui.widgets.with_batch_schedule(raw, batch_schedule))
 schedule = config.batch_schedule  # None: constant batch sizes
 
 # -- theory (live) -------------------------------------------------------------------------------------------------

@@ -397,3 +397,27 @@ def test_advisor_page_compares_a_schedule():
     by_label(at.text_input, label).set_value("4:20, 0:10")
     at.run()
     assert not at.exception and any("batch_schedule" in shown(e) for e in at.error)
+
+
+def test_deep_linear_page_keeps_a_loaded_schedule_and_runs_it():
+    """The deep-linear page has the linear-regression page's schedule field (ui.widgets.batch_schedule): a link's
+    batch_schedule is shown and kept (URL included), not dropped; a small Run has one "schedule" row in the per-b
+    table, and the views over constant b say why they are empty; a bad entry is one error line naming the field."""
+    from test_app import by_label, open_link, shown, wait_for_run
+
+    at = open_link("pages/deep_linear.py", {"setting": "deep_linear", "dims": "[1,1,1]", "replicas": "200",
+                                            "batch_schedule": "[[2,3],[8,2]]"})
+    assert not at.error, [e.value for e in at.error]
+    assert by_label(at.sidebar.text_input, "Batch-size schedule (optional)").value == "2:3, 8:2"
+    assert json.loads(dict(at.query_params)["batch_schedule"]) == [[2, 3], [8, 2]]
+    assert at.session_state["last_config_deep_linear"]["batch_schedule"] == [[2, 3], [8, 2]]
+    by_label(at.button, "Run").click()
+    at.run()
+    wait_for_run(at, "dl")
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    table = next(df.value for df in at.dataframe if "b" in df.value.columns)
+    assert list(table["b"]) == ["schedule"]
+    assert any("schedule" in i.value for i in at.info)
+    by_label(at.sidebar.text_input, "Batch-size schedule (optional)").set_value("2:x")
+    at.run()
+    assert not at.exception and any(shown(e).startswith("Check the inputs — batch_schedule") for e in at.error)

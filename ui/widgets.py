@@ -59,6 +59,34 @@ def batch_sizes(d: Callable[[str], Any], k: Callable[[str], str], options) -> li
     return st.sidebar.multiselect("Batch sizes b", choices, default=list(d("batch_sizes")), key=k("bs")) or []
 
 
+def batch_schedule(raw0: dict, k: Callable[[str], str]) -> list[list[int]] | None:
+    """The optional ``batch_schedule`` field (docs/theory.md §12) of a setting run in SGD steps, as text b:steps,
+    b:steps (a loaded config's schedule shown so); None when empty. Text that is not such pairs is one error line
+    naming the field (the page stops); the pairs themselves are validated by the config like any field."""
+    sched0 = raw0.get("batch_schedule")
+    text = st.sidebar.text_input(
+        "Batch-size schedule (optional)", ", ".join(f"{s[0]}:{s[1]}" for s in sched0)
+        if isinstance(sched0, list) and all(isinstance(s, list) and len(s) == 2 for s in sched0) else "",
+        key=k("bsched"), placeholder="b:steps, b:steps — e.g. 8:50, 64:150",
+        help="b_i for steps_i steps, in order (docs/theory.md §12): one curve, 'schedule', in place of the batch "
+             "sizes, with T = Σ steps_i in place of the iterations above. Leave empty for constant batch sizes.")
+    if not text.strip():
+        return None
+    try:
+        return api.parse_batch_schedule_text(text)
+    except api.ConfigError as e:
+        st.error(f"Check the inputs — {user_text(e)}")
+        st.stop()
+
+
+def with_batch_schedule(raw: dict, schedule: list[list[int]] | None) -> dict:
+    """The page's raw config with the schedule (``batch_schedule``'s value) in place of batch_sizes and steps;
+    ``raw`` itself when there is none."""
+    if schedule is None:
+        return raw
+    return {**{f: v for f, v in raw.items() if f not in ("batch_sizes", "steps")}, "batch_schedule": schedule}
+
+
 def replicas_and_seed(d: Callable[[str], Any], k: Callable[[str], str]) -> tuple[int, int]:
     """The ``replicas`` and ``seed`` fields of the settings without initial-weight groups."""
     c1, c2 = st.sidebar.columns(2)
