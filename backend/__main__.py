@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
             _executor_options(sp, "the replica runs of a setting without exact theory")
         if name == "cbs":
             _cbs_options(sp)
+            _executor_options(sp, "the replica branches of a setting without exact theory (one task)")
     sp = sub.add_parser("sweep", help="a grid of replica runs, one cached simulate per cell (local or on Ray)")
     sp.add_argument("sweep", help='sweep JSON: {"base": CONFIG, "grid": {"FIELD": [values], ...}}, or - for stdin')
     _executor_options(sp, "the cells")
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
             return _emit(cbs.cbs(config, _number(args.b_ref, "b_ref", int), _ints(args.checkpoints, "checkpoints"),
                                  _number(args.samples, "samples", int), args.scaling,
-                                 _number(args.tolerance, "tolerance", float), _ints(args.ks, "ks")))
+                                 _number(args.tolerance, "tolerance", float), _ints(args.ks, "ks"),
+                                 executor=_executor(args)))
         if args.command == "advise":
             from backend import advisor
 

@@ -72,17 +72,20 @@ def check_request(config, b_ref: Any, checkpoints: Any, samples: Any, scalings: 
 
 
 def cbs(config, b_ref: int, checkpoints: Sequence[int], samples: int, scaling: str = "none",
-        tolerance: float = DEFAULT_TOLERANCE, ks: Sequence[int] | None = None, cache=None) -> dict[str, Any]:
+        tolerance: float = DEFAULT_TOLERANCE, ks: Sequence[int] | None = None, cache=None, executor=None
+        ) -> dict[str, Any]:
     """The CLI's ``cbs`` document for one scaling rule (module doc; docs/theory.md §11)."""
-    return cbs_rules(config, b_ref, checkpoints, samples, (scaling,), tolerance, ks, cache)[scaling]
+    return cbs_rules(config, b_ref, checkpoints, samples, (scaling,), tolerance, ks, cache, executor)[scaling]
 
 
 def cbs_rules(config, b_ref: int, checkpoints: Sequence[int], samples: int, scalings: Sequence[str] = tuple(SCALINGS),
-              tolerance: float = DEFAULT_TOLERANCE, ks: Sequence[int] | None = None, cache=None
+              tolerance: float = DEFAULT_TOLERANCE, ks: Sequence[int] | None = None, cache=None, executor=None
               ) -> dict[str, dict[str, Any]]:
     """``cbs`` for several scaling rules in one pass (one lane per rule, checkpoint and k): {scaling: document}.
     Exact where the setting has ``branches``; else its ``replica_branches`` (every replica's state continues; cached
-    in ``cache``, the default cache when None)."""
+    in ``cache``, the default cache when None). ``executor`` (a sweep executor, backend/sweep.py): the local one (or
+    None) computes here; one with ``run_cbs`` (Ray: backend/cluster.py) runs the whole replica request as one task on
+    the device it would use and writes its cache entries here first."""
     if isinstance(scalings, str) or not len(scalings):
         raise ConfigError("scaling", f"expected a non-empty list of scaling rules from {list(SCALINGS)}, "
                                      f"got {scalings!r}")
@@ -93,9 +96,14 @@ def cbs_rules(config, b_ref: int, checkpoints: Sequence[int], samples: int, scal
     else:
         from backend import core
 
-        device = core.resolve_device(config.device)
+        device = executor.device(config) if executor is not None else core.resolve_device(config.device)
         _guard(config, setting, b_ref, cps, bs, factors, steps, device)
-        res = setting.replica_branches(config, b_ref, cps, bs, factors, steps, device, core.or_default(cache))
+        cache = core.or_default(cache)
+        if hasattr(executor, "run_cbs"):  # elsewhere, into this cache (a worker's other code: computed here)
+            executor.run_cbs(config, {"b_ref": b_ref, "checkpoints": cps, "samples": samples,
+                                      "scalings": list(scalings), "tolerance": tolerance, "ks": [int(b) // b_ref
+                                                                                               for b in bs]}, cache)
+        res = setting.replica_branches(config, b_ref, cps, bs, factors, steps, device, cache)
     return {s: _document(config, b_ref, cps, samples, s, tolerance, bs, steps, r, res) for r, s in enumerate(scalings)}
 
 

@@ -125,6 +125,27 @@ def compute_cell(config_json: dict, threads: int) -> dict[str, Any]:
             "node": ctx.get_node_id()}
 
 
+def compute_cbs(config_json: dict, request: dict[str, Any], threads: int) -> dict[str, Any]:
+    """On a Ray worker: the replica branches of ``cbs`` (backend/cbs.py cbs_rules with ``request``'s keywords) into a
+    throw-away cache; its entries (key → checksummed bytes), the seconds it took and the node."""
+    import ray
+
+    from backend import cbs
+
+    torch.set_num_threads(threads)
+    config = parse_config(config_json)
+    with tempfile.TemporaryDirectory(prefix="batchvar-cbs-") as tmp:
+        cache = ResultCache(tmp)
+        start = time.perf_counter()
+        try:
+            cbs.cbs_rules(config, cache=cache, **request)
+        except ConfigError as e:  # refused on this worker (its guard, its device): the run's error
+            return {"error": str(e)}
+        entries = {key: cache.raw().get(key) for key in cache.raw().iterkeys()}
+        cache.close()
+    return {"entries": entries, "seconds": time.perf_counter() - start, "node": ray.get_runtime_context().get_node_id()}
+
+
 class RayExecutor:
     """The cells as Ray tasks (backend.sweep.Executor): ``num_gpus=1`` for a cell that runs on CUDA where the
     cluster has GPUs, else ``threads`` CPUs (and as many torch threads: the numbers equal a ``simulate`` with the
@@ -155,6 +176,26 @@ class RayExecutor:
         if cells and all(self._gpu(c.config) for c in cells):
             return int(self.gpus)
         return max(1, int(self.cpus // self.threads))
+
+    def run_cbs(self, config, request: dict[str, Any], cache: ResultCache) -> dict[str, Any]:
+        """A whole replica ``cbs`` as one Ray task (``compute_cbs``: a GPU where the cluster has one, else ``threads``
+        CPUs); its cache entries are written into ``cache``, so that the driver's own ``cbs_rules`` reads them.
+        A failure in the task is one ConfigError naming ``executor``. Returns {"seconds", "node"}."""
+        ray = _ray()
+        task = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(compute_cbs)
+        options = {"num_gpus": 1, "num_cpus": 1} if self._gpu(config) else {"num_cpus": self.threads}
+        try:
+            out = ray.get(task.options(**options).remote(config.to_json(), request, self.threads))
+        except ray.exceptions.RayTaskError as e:
+            cause = e.cause if getattr(e, "cause", None) is not None else e
+            raise ConfigError("executor", one_line(f"the Ray task failed: {type(cause).__name__}: {cause}")) from None
+        except ray.exceptions.RayError as e:
+            raise ConfigError("executor", one_line(f"{type(e).__name__} after {MAX_RETRIES} retries")) from None
+        if "error" in out:
+            raise ConfigError("executor", one_line(f"on the Ray worker: {out['error']}"))
+        for key, blob in out["entries"].items():
+            cache.put_blob(key, blob)
+        return {"seconds": out["seconds"], "node": out["node"]}
 
     def run(self, cells: list[Cell], cache: ResultCache, cancel: threading.Event) -> Iterator[tuple[Cell, dict]]:
         ray = _ray()

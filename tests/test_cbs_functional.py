@@ -181,18 +181,22 @@ def test_without_second_derivatives_b_noise_is_null(cache, monkeypatch):
 
 
 def test_cli_document_and_bad_checkpoint(tmp_path, capsys, monkeypatch):
-    """The CLI on the MLP: the replica document (loss_se per branch); a checkpoint past epochs × ⌊n/B⌋ steps
-    (1 × ⌊1438/8⌋ = 179) exits 2 with one line naming it."""
+    """The CLI on the MLP (the local executor): the replica document (loss_se per branch); a checkpoint past
+    epochs × ⌊n/B⌋ steps (1 × ⌊1438/8⌋ = 179) exits 2 with one line naming it; --address without --executor ray too."""
     monkeypatch.setenv("BATCHVAR_CACHE_DIR", str(tmp_path / "cli"))
     path = tmp_path / "c.json"
     path.write_text(json.dumps(MLP))
-    assert main(["cbs", str(path), "--b-ref", "8", "--checkpoints", "0,179", "--samples", "16", "--ks", "1,2"]) == 0
+    assert main(["cbs", str(path), "--b-ref", "8", "--checkpoints", "0,179", "--samples", "16", "--ks", "1,2",
+                 "--executor", "local"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["exact"] is False and doc["setting"] == "mlp" and doc["replicas"] == 3
     assert all("loss_se" in br for row in doc["checkpoints"] for br in row["branches"].values())
     assert main(["cbs", str(path), "--b-ref", "8", "--checkpoints", "180", "--samples", "16"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: checkpoints:") and "179" in err and err.count("\n") == 1
+    assert main(["cbs", str(path), "--b-ref", "8", "--checkpoints", "0", "--samples", "16", "--address", "1.2.3.4:1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: address:") and err.count("\n") == 1
 
 
 def test_estimate_and_guard(tmp_path, capsys):

@@ -173,6 +173,27 @@ def test_the_advisor_sweeps_a_replica_setting_on_ray(ray_cluster, tmp_path, monk
                 assert ray_row[q] == local_row[q], (rule, b, q)
 
 
+def test_replica_cbs_runs_as_one_ray_task(ray_cluster, tmp_path):
+    """`cbs --executor ray` (#26): the MLP's replica branches as one Ray task whose cache entry the driver writes;
+    the documents equal the local run's (one thread on both sides) and a second call is a cache hit."""
+    from backend import cbs
+    from backend.cache import ResultCache
+
+    cfg = api.parse_config({"setting": "mlp", "hidden": [4], "replicas": 3, "epochs": 1, "noise_samples": 16,
+                            "eval_size": 200, "device": "cpu"})
+    request = dict(b_ref=8, checkpoints=[0, 4], samples=16, scalings=("none", "linear"), ks=[1, 2])
+    cache = ResultCache(tmp_path / "ray")
+    on_ray = cbs.cbs_rules(cfg, **request, cache=cache, executor=cluster.RayExecutor(threads=1))
+    assert len(cache) == 1 and cache.stats["hits"] == 1  # the worker's entry, read by the driver
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = cbs.cbs_rules(cfg, **request, cache=ResultCache(tmp_path / "local"), executor=sweep.LocalExecutor())
+    finally:
+        torch.set_num_threads(threads)
+    assert on_ray == local
+
+
 def test_a_client_without_the_token_is_refused(ray_cluster):
     """Token authentication is on: a process that joins the embedded cluster with a wrong token is turned away."""
     import ray
