@@ -1,11 +1,13 @@
-"""Streaming replica statistics with batch-means standard errors (docs/theory.md §4), z-scores and polynomial fits.
+"""Replica statistics with standard errors (docs/theory.md §4), z-scores and polynomial fits.
 
-Replicas are split into K contiguous groups. For every (group, t) we keep, in float64, the count, the mean vector and
-M2 = Σ‖x − mean‖², merged chunk by chunk with the pairwise update of Chan, Golub & LeVeque (stable: never E‖x‖² − ‖E x‖²).
-Memory is O(K · (T+1) · d), independent of the number of replicas R.
-- var estimate:  V̂ = M2_all / (N − 1), unbiased for var(x_t | F_0) = E‖x − E x‖²;
-- its SE:        sd_k(V̂_k) / √K  (batch means over the K groups), and a 95 % interval V̂ ± t_{K−1, 0.975} SE;
-- mean estimate: Σ x / N with SE sd_k(mean_k)/√K.
+One per-group interface, GroupMoments: replicas fall into groups (Groups: K contiguous blocks of the replica index,
+or one block per init); for every (group, slot) it keeps, in float64, the count, the sum and M2 = Σ‖x − x̄‖², merged
+chunk by chunk with the pairwise update of Chan, Golub & LeVeque (stable: never E‖x‖² − ‖E x‖²). Memory is
+O(K · slots · d), independent of the number of replicas R. From it:
+- pooled variance V̂ = (ΣM2 + between) / (N − 1), unbiased for var(x_t | F_0) = E‖x − E x‖², and pooled mean ΣS / N;
+- batch-means SE sd_k(·_k) / √K over the K groups, a 95 % interval ± t_{K−1, 0.975} SE (``batch_means``);
+- per group (an init): the mean with its SE sd/√n, and by the same moments of an influence u_r the variance and the
+  ratio of means with delta-method SEs (``variance_se``, ``ratio_se``).
 """
 
 from __future__ import annotations
@@ -41,12 +43,20 @@ class Groups:
     """The statistics groups of a chunk of replicas: ``ids`` (Rc,) the group of each replica, sorted (groups are
     contiguous blocks of the replica index), and ``lengths`` (G,) the replicas of each group in the chunk (0 for a
     group outside it); ``pieces`` and ``per_group``, when set, split each group into consecutive pieces (their
-    lengths, and the pieces of each group) for a two-level sum."""
+    lengths, and the pieces of each group) for a two-level sum; ``size`` > 0: every group holds ``size`` replicas
+    (Groups.blocks), summed as a reshape."""
 
     ids: torch.Tensor
     lengths: torch.Tensor
     pieces: torch.Tensor | None = None
     per_group: torch.Tensor | None = None
+    size: int = 0
+
+    @classmethod
+    def blocks(cls, K: int, size: int, device: torch.device) -> "Groups":
+        """K groups of ``size`` consecutive replicas each (e.g. the replicas of each init)."""
+        ids = torch.arange(K * size, device=device) // size
+        return cls(ids, torch.full((K,), size, dtype=torch.int64, device=device), size=size)
 
     def sum(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         """Σ over each group's replicas along ``dim`` (size Rc → G). Segmented sums, in a fixed order: deterministic
@@ -54,6 +64,8 @@ class Groups:
         level (a CPU) the sums of index_add_ bit for bit (the same sequential order), with two (SUM_PIECE) the sums
         of each group's pieces, summed."""
         dim = dim % x.dim()
+        if self.size:
+            return x.reshape(*x.shape[:dim], -1, self.size, *x.shape[dim + 1:]).sum(dim=dim + 1)
         if self.pieces is None:
             return _segment_sum(x, self.lengths, dim)
         return _segment_sum(_segment_sum(x, self.pieces, dim), self.per_group, dim)
@@ -76,96 +88,132 @@ def group_ids(start: int, stop: int, R: int, K: int, device: torch.device, first
     return Groups(as_t(ids), as_t(lengths), as_t(np.concatenate(pieces)), as_t(per_group))
 
 
-class VarianceAccumulator:
-    """Per (group, t) count, mean vector and M2 for vectors x_t^{(r)} of dimension d."""
+@dataclass
+class GroupMoments:
+    """The one per-group statistics of replicas (docs/theory.md §4): per group k (axis 0) and slot (a step, an
+    epoch, …), in float64 on the replicas' device, the count n_k, the sum S_k = Σ_r x_r and M2_k = Σ_r ‖x_r − x̄_k‖²
+    (x̄_k = S_k / n_k) over the valid replicas of x (scalars, or vectors on a last axis that M2 sums over). ``sum`` or
+    ``m2`` is None where not kept (first moments only; an M2 computed elsewhere, e.g. stats.group_m2).
 
-    def __init__(self, K: int, T1: int, d: int, device: torch.device) -> None:
-        self.K = K
-        self.count = torch.zeros((K, T1), dtype=torch.float64, device=device)
-        self.mean = torch.zeros((K, T1, d), dtype=torch.float64, device=device)
-        self.m2 = torch.zeros((K, T1), dtype=torch.float64, device=device)
+    Chunks of replicas merge by Chan, Golub & LeVeque (stable: never E‖x‖² − ‖E x‖²); memory O(K · slots · d),
+    independent of the number of replicas. From the moments: per group the mean x̄_k with its SE √(M2_k/(n_k − 1)/n_k)
+    (``mean_se``) and the unbiased variance V̂_k = M2_k/(n_k − 1) (``variances``); over the groups the pooled mean
+    ΣS/N and variance (ΣM2 + Σ n_k‖x̄_k − x̄‖²)/(N − 1), each with the batch-means SE sd_k(·_k)/√K (``batch_means``)."""
 
-    def update(self, t: int, x: torch.Tensor, gid: Groups, valid: torch.Tensor) -> None:
-        """Add the vectors x (R, d) of the replicas with ``valid`` (R,) at step t."""
-        self.update_block(t, x[None], gid, valid[None])
+    count: torch.Tensor
+    sum: torch.Tensor | None = None
+    m2: torch.Tensor | None = None
 
-    def update_block(self, t0: int, x: torch.Tensor, gid: Groups, valid: torch.Tensor) -> None:
-        """Add S steps at once: x (S, R, d) and valid (S, R) at steps t0 … t0 + S − 1. Each step's numbers are those
-        of S separate ``update`` calls (the same sums in the same order), in a fixed number of tensor operations."""
-        S = x.shape[0]
-        x = torch.where(valid[..., None], x.to(torch.float64), 0.0)
+    @classmethod
+    def zeros(cls, G: int, slots: int, device: torch.device, d: int | None = None, sums: bool = True,
+              second: bool = True) -> "GroupMoments":
+        """Empty moments of G groups × ``slots`` (vectors of dimension d, or scalars when d is None)."""
+        z = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=device)  # noqa: E731
+        return cls(z(G, slots), (z(G, slots) if d is None else z(G, slots, d)) if sums else None,
+                   z(G, slots) if second else None)
+
+    @classmethod
+    def of(cls, x: torch.Tensor, groups: Groups, valid: torch.Tensor, dim: int = 0, vector: bool = False,
+           second: bool = True) -> "GroupMoments":
+        """The moments of x over its replicas on axis ``dim`` (``vector``: x's last axis is the vector's), the group
+        axis moved to the front; ``valid`` has x's shape without the vector axis, and an invalid entry is left out
+        whatever it holds (NaN, inf). Two passes within the chunk: the group means, then the deviations from them."""
+        dim = dim % valid.dim()
+        xv = torch.where(valid[..., None] if vector else valid, x.to(torch.float64), 0.0)
         w = valid.to(torch.float64)
-        cnt = gid.sum(w, 1)
-        s = gid.sum(x, 1)
-        mean_b = s / cnt.clamp(min=1.0)[..., None]
-        dev = (x - mean_b[:, gid.ids]).square().sum(dim=2) * w
-        m2_b = gid.sum(dev, 1)
-        steps = slice(t0, t0 + S)
-        n_a, mean_a, m2_a = self.count[:, steps].T, self.mean[:, steps].transpose(0, 1), self.m2[:, steps].T
-        n = n_a + cnt
-        frac = torch.where(n > 0, cnt / n.clamp(min=1.0), 0.0)
-        delta = mean_b - mean_a
-        self.mean[:, steps] = (mean_a + delta * frac[..., None]).transpose(0, 1)
-        self.m2[:, steps] = (m2_a + m2_b + delta.square().sum(dim=2) * n_a * frac).T
-        self.count[:, steps] = n.T
+        cnt = groups.sum(w, dim)
+        s = groups.sum(xv, dim)
+        m2 = None
+        if second:
+            n = cnt.clamp(min=1.0)
+            dev = (xv - (s / (n[..., None] if vector else n)).index_select(dim, groups.ids)).square()
+            m2 = groups.sum((dev.sum(dim=-1) if vector else dev) * w, dim).movedim(dim, 0)
+        return cls(cnt.movedim(dim, 0), s.movedim(dim, 0), m2)
 
-    def result(self) -> "VarianceEstimate":
+    def _mean(self, count: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+        n = count.clamp(min=1.0)
+        return total / (n[..., None] if total.dim() > count.dim() else n)
+
+    def merge_(self, other: "GroupMoments", slots: slice = slice(None)) -> None:
+        """Add ``other`` (moments of further replicas of the same groups, at ``slots``) in place: counts and sums
+        add, M2 = M2_a + M2_b + ‖x̄_b − x̄_a‖² n_a n_b / n (Chan et al.)."""
+        n_a, n_b = self.count[:, slots], other.count
+        n = n_a + n_b
+        if self.m2 is not None:
+            frac = torch.where(n > 0, n_b / n.clamp(min=1.0), 0.0)
+            delta = (self._mean(n_b, other.sum) - self._mean(n_a, self.sum[:, slots])).square()
+            self.m2[:, slots] = self.m2[:, slots] + other.m2 + (delta.sum(dim=-1) if delta.dim() > n.dim()
+                                                                  else delta) * n_a * frac
+        if self.sum is not None:
+            self.sum[:, slots] = self.sum[:, slots] + other.sum
+        self.count[:, slots] = n
+
+    def put(self, groups: range, other: "GroupMoments", slots: slice | list[int] | int = slice(None)) -> None:
+        """Set the moments of ``groups`` at ``slots`` to ``other``'s (groups computed whole in one chunk)."""
+        rows = slice(groups.start, groups.stop)
+        for name in ("count", "sum", "m2"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine is not None and theirs is not None:
+                mine[rows, slots] = theirs.to(torch.float64)
+
+    def means(self) -> np.ndarray:
+        """x̄_k per group and slot (NaN without a replica)."""
+        count, total = self.count.cpu().numpy(), self.sum.cpu().numpy()
+        count = count[..., None] if total.ndim > count.ndim else count
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(count > 0, total / count, np.nan)
+
+    def variances(self) -> np.ndarray:
+        """V̂_k = M2_k / (n_k − 1) per group and slot (NaN below two replicas)."""
         count = self.count.cpu().numpy()
-        mean = self.mean.cpu().numpy()
-        m2 = self.m2.cpu().numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(count >= 2, self.m2.cpu().numpy() / (count - 1), np.nan)
+
+    def mean_se(self, minimum: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Per group: x̄_k (NaN below ``minimum`` replicas) and its SE √(M2_k/(n_k − 1)/n_k) (NaN below two)."""
+        n = self.count.clamp(min=1.0)
+        mean = self._mean(self.count, self.sum)
+        se = (self.m2 / (self.count - 1).clamp(min=1.0) / n).sqrt()
+        mean, se, c = mean.cpu().numpy(), se.cpu().numpy(), self.count.cpu().numpy()
+        mean[c < minimum] = np.nan
+        se[c < max(minimum, 2)] = np.nan
+        return mean, se
+
+    def pooled_mean(self) -> np.ndarray:
+        """ΣS / N over the groups (per slot)."""
+        N = self.count.cpu().numpy().sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.sum.cpu().numpy().sum(axis=0) / N
+
+    def pooled_variance(self) -> np.ndarray:
+        """(Σ M2_k + Σ n_k ‖x̄_k − x̄‖²) / (N − 1) over the groups (per slot): unbiased for the replicas' variance."""
+        count, total, m2 = self.count.cpu().numpy(), self.sum.cpu().numpy(), self.m2.cpu().numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(count[..., None] > 0, total / np.maximum(count, 1)[..., None], 0.0)
         N = count.sum(axis=0)
-        overall = (count[:, :, None] * mean).sum(axis=0) / np.maximum(N, 1)[:, None]
-        between = (count * ((mean - overall[None]) ** 2).sum(axis=2)).sum(axis=0)
+        overall = (count[..., None] * mean).sum(axis=0) / np.maximum(N, 1)[..., None]
+        between = (count * ((mean - overall[None]) ** 2).sum(axis=-1)).sum(axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            var = (m2.sum(axis=0) + between) / (N - 1)
-            group_var = np.where(count >= 2, m2 / (count - 1), np.nan)
-        return VarianceEstimate(var, *batch_means_se(group_var), N, *group_shape(group_var))
+            return (m2.sum(axis=0) + between) / (N - 1)
 
+    def mean_estimate(self) -> "Estimate":
+        """The pooled mean with the batch-means SE of the group means."""
+        return batch_means(self.means(), self.pooled_mean(), self.count.cpu().numpy().sum(axis=0))
 
-class MeanAccumulator:
-    """Per (group, t) count and sum of scalars x_t^{(r)}."""
-
-    def __init__(self, K: int, T1: int, device: torch.device) -> None:
-        self.K = K
-        self.count = torch.zeros((K, T1), dtype=torch.float64, device=device)
-        self.sum = torch.zeros((K, T1), dtype=torch.float64, device=device)
-
-    def update(self, t: int, x: torch.Tensor, gid: Groups, valid: torch.Tensor) -> None:
-        """Add the scalars x (R,) of the replicas with ``valid`` at step t."""
-        self.update_block(t, x[None], gid, valid[None])
-
-    def update_block(self, t0: int, x: torch.Tensor, gid: Groups, valid: torch.Tensor) -> None:
-        """Add S steps at once: x and valid (S, R) at steps t0 … t0 + S − 1 (the numbers of S ``update`` calls)."""
-        S = x.shape[0]
-        x = torch.where(valid, x.to(torch.float64), 0.0)
-        steps = slice(t0, t0 + S)
-        self.count[:, steps] += gid.sum(valid.to(torch.float64), 1).T
-        self.sum[:, steps] += gid.sum(x, 1).T
-
-    def group_means(self) -> np.ndarray:
-        count = self.count.cpu().numpy()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(count > 0, self.sum.cpu().numpy() / count, np.nan)
-
-    def result(self) -> "VarianceEstimate":
-        count = self.count.cpu().numpy()
-        N = count.sum(axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = self.sum.cpu().numpy().sum(axis=0) / N
-        groups = self.group_means()
-        se, k_eff = batch_means_se(groups)
-        return VarianceEstimate(mean, se, k_eff, N, *group_shape(groups))
+    def variance_estimate(self) -> "Estimate":
+        """The pooled variance with the batch-means SE of the group variances V̂_k."""
+        return batch_means(self.variances(), self.pooled_variance(), self.count.cpu().numpy().sum(axis=0))
 
 
 @dataclass
-class VarianceEstimate:
-    """An estimate per t with its batch-means SE, the number of groups behind the SE, the replicas counted, and the
-    shape of the group estimates (group_shape: the largest group's share, their skewness)."""
+class Estimate:
+    """An estimate per slot with its batch-means SE, the number of groups behind the SE, the replicas counted, and
+    the shape of the group estimates (group_shape: the largest group's share, their skewness)."""
 
     value: np.ndarray
     se: np.ndarray
     groups: np.ndarray
-    count: np.ndarray
+    count: np.ndarray | None = None
     tail_share: np.ndarray | None = None
     skew: np.ndarray | None = None
 
@@ -178,6 +226,17 @@ class VarianceEstimate:
         lo, hi = self.interval(level)
         return {"value": self.value, "se": self.se, "lo": lo, "hi": hi, "tail_share": self.tail_share,
                 "skew": self.skew}
+
+
+def batch_means(group_values: np.ndarray, value: np.ndarray | None = None, count: np.ndarray | None = None
+                ) -> Estimate:
+    """Batch means over the groups (axis 0, finite entries): ``value`` (default: the mean of the group values) with
+    the SE sd_k(v_k)/√K, that K and the groups' shape (group_shape)."""
+    se, k = batch_means_se(group_values)
+    if value is None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            value = np.where(np.isfinite(group_values), group_values, 0.0).sum(axis=0) / k
+    return Estimate(value, se, k, count, *group_shape(group_values))
 
 
 def batch_means_se(group_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -317,81 +376,6 @@ def group_m2(x: torch.Tensor, G: int, consume: bool = False) -> torch.Tensor:
     return torch.linalg.vector_norm(dev, dim=(1, 2)).to(torch.float64).square()
 
 
-class GroupStats:
-    """Per (group, t) estimates for replicas processed in group-aligned chunks (each group lies in one chunk).
-
-    ``variance`` stores the unbiased within-group variance V̂_k = Σ‖x − x̄_k‖²/(n_k − 1) of vectors; ``mean_block``
-    stores group means of scalars. The final estimate is the mean over groups (batch means: unbiased, with
-    SE = sd_k / √K); memory is O(K · T) per quantity whatever the number of parameters and replicas.
-    """
-
-    def __init__(self, K: int, T1: int) -> None:
-        self.K, self.T1 = K, T1
-        self.data: dict[str, np.ndarray] = {}
-        self.counts = np.zeros((K, T1))
-
-    def _slot(self, name: str) -> np.ndarray:
-        if name not in self.data:
-            self.data[name] = np.full((self.K, self.T1), np.nan)
-        return self.data[name]
-
-    @staticmethod
-    def _group_moments(x: torch.Tensor, gid: Groups, valid: torch.Tensor):
-        w = valid.to(torch.float64)
-        x = torch.where(valid.reshape(-1, *([1] * (x.dim() - 1))), x, 0).to(torch.float64).reshape(len(w), -1)
-        cnt = gid.sum(w, 0)
-        mean = gid.sum(x, 0) / cnt.clamp(min=1.0)[:, None]
-        return x, w, cnt, mean
-
-    def store_variance(self, name: str, slots: list[int], groups: range, m2: torch.Tensor, n: int) -> None:
-        """Store V̂_k = M2_k / (n − 1) computed elsewhere: m2 of shape (groups, slots), groups of n replicas each."""
-        self._slot(name)[groups.start:groups.stop, slots] = (m2.to(torch.float64) / (n - 1)).cpu().numpy()
-        self.counts[groups.start:groups.stop, slots] = n
-
-    def mean_block(self, name: str, x: torch.Tensor, gid: Groups, valid: torch.Tensor, groups: range) -> None:
-        """Group means of per-replica scalars x (Rc, T) over the replicas valid at each t (valid: (Rc, T))."""
-        cnt = gid.sum(valid.to(torch.float64), 0)
-        tot = gid.sum(torch.where(valid, x.to(torch.float64), 0.0), 0)
-        cnt_np = cnt.cpu().numpy()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            v = tot.cpu().numpy() / cnt_np
-        v[cnt_np < 1] = np.nan
-        self._slot(name)[groups.start:groups.stop, :] = v
-
-    def variance(self, name: str, t: int, x: torch.Tensor, gid: Groups, valid: torch.Tensor,
-                 groups: range, all_valid: bool = False, consume: bool = False) -> None:
-        """x: (Rc, ...) vectors of the replicas of ``groups`` (gid local, 0..len(groups)−1).
-
-        Fast path (equal group sizes, every replica valid): a two-pass variance on an (G, s, d) view in the input's
-        dtype, reduced to float64 — the deviations from the group mean are small, so float32 loses nothing that
-        matters here. Otherwise masked float64 scatter sums. ``consume=True`` lets the fast path centre x in place.
-        """
-        G = len(groups)
-        Rc = x.shape[0]
-        if all_valid and Rc % G == 0 and bool((gid.lengths == Rc // G).all()):
-            self.store_variance(name, [t], groups, group_m2(x, G, consume)[:, None], Rc // G)
-            return
-        x, w, cnt, mean = self._group_moments(x, gid, valid)
-        m2 = gid.sum((x - mean[gid.ids]).square().sum(dim=1) * w, 0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            v = (m2 / (cnt - 1)).cpu().numpy()
-        v[cnt.cpu().numpy() < 2] = np.nan
-        self._slot(name)[groups.start:groups.stop, t] = v
-        self.counts[groups.start:groups.stop, t] = cnt.cpu().numpy()
-
-    def result(self, name: str, level: float = 0.95) -> dict[str, np.ndarray]:
-        g = self.data[name]
-        finite = np.isfinite(g)
-        k = finite.sum(axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            value = np.where(finite, g, 0.0).sum(axis=0) / k
-        se, k = batch_means_se(g)
-        q = t_quantile(level, np.maximum(k - 1, 1))
-        share, skew = group_shape(g)  # heavy-tail diagnostics (estimate_flags)
-        return {"value": value, "se": se, "lo": value - q * se, "hi": value + q * se, "tail_share": share,
-                "skew": skew}
-
-
 def n_groups_equal(R: int, wanted: int = DEFAULT_GROUPS) -> int:
     """The largest K ≤ wanted dividing R with K ≥ 8 (equal groups allow the fast path), else n_groups(R)."""
     for K in range(min(wanted, R // 2), 7, -1):
@@ -417,59 +401,47 @@ def group_start(g: int, R: int, K: int) -> int:
     return (g * R + K - 1) // K
 
 
-# -- per-init statistics of replica rows (MLP / sequence: docs/theory.md §4) ------------------------------------
+# -- per-group estimates with their SE over the group's replicas (MLP / sequence / torch model: one group per init;
+#    docs/theory.md §4) --------------------------------------------------------------------------------------------
 
-def group_var(x: torch.Tensor, K: int, alive: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Per init k: the unbiased across-replica variance V̂ = Σ‖x − x̄‖²/(n − 1) of (N, d) rows (replicas of init k
-    contiguous), and its standard error sd(u)/√n with u_r = n‖x_r − x̄‖²/(n − 1) (V̂ = mean u; delta method, exact
-    to O(1/n)). Rows of dead replicas (alive False) are left out, whatever they hold."""
-    N = x.shape[0]
-    R = N // K
-    m = alive.reshape(K, R).to(torch.float64)
-    v = torch.where(m[..., None] > 0, x.reshape(K, R, -1).to(torch.float64), 0.0)  # a dead row may hold NaN / inf
-    cnt = m.sum(dim=1)
-    mean = v.sum(dim=1) / cnt.clamp(min=1)[:, None]
-    u = ((v - mean[:, None]) ** 2).sum(dim=2) * (cnt / (cnt - 1).clamp(min=1))[:, None]
-    return _mean_and_se(u, m, cnt, minimum=2)
-
-
-def group_mean(x: torch.Tensor, K: int, alive: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Per init k: the mean of the replicas' scalars x (N,) and its standard error sd/√n."""
-    N = x.shape[0]
-    v = x.reshape(K, N // K).to(torch.float64)
-    m = alive.reshape(K, N // K).to(torch.float64)
-    return _mean_and_se(v, m, m.sum(dim=1), minimum=1)
+def variance_se(x: torch.Tensor, groups: Groups, valid: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per group k: the unbiased across-replica variance V̂ = Σ‖x − x̄‖²/(n − 1) of (N, d) rows and its SE
+    sd(u)/√n with u_r = n‖x_r − x̄‖²/(n − 1) (V̂ = mean u; delta method, exact to O(1/n)): GroupMoments of u.
+    Rows of invalid replicas are left out, whatever they hold."""
+    first = GroupMoments.of(x, groups, valid, vector=True, second=False)
+    cnt = first.count
+    mean = first._mean(cnt, first.sum)
+    xv = torch.where(valid[:, None], x.to(torch.float64), 0.0)
+    u = (xv - mean[groups.ids]).square().sum(dim=1) * (cnt / (cnt - 1).clamp(min=1))[groups.ids]
+    return GroupMoments.of(u, groups, valid).mean_se(minimum=2)
 
 
-def group_ratio(a: torch.Tensor, b: torch.Tensor, K: int, alive: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Per init k: the ratio of means ā/b̄ of the replicas' scalars (N,) and its delta-method standard error
-    sd(u)/√n with u_r = (a_r − (ā/b̄) b_r)/b̄ (exact to O(1/n))."""
-    N = a.shape[0]
-    A = a.reshape(K, N // K).to(torch.float64)
-    B = b.reshape(K, N // K).to(torch.float64)
-    m = alive.reshape(K, N // K).to(torch.float64)
-    cnt = m.sum(dim=1).clamp(min=1)
-    ratio = (torch.where(m > 0, A, 0.0) * m).sum(1) / (torch.where(m > 0, B, 0.0) * m).sum(1)
-    u = (A - ratio[:, None] * B) / ((torch.where(m > 0, B, 0.0) * m).sum(1) / cnt)[:, None]
-    _, se = _mean_and_se(u, m, m.sum(dim=1), minimum=1)
+def ratio_se(a: torch.Tensor, b: torch.Tensor, groups: Groups, valid: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per group k: the ratio of means ā/b̄ of the replicas' scalars (N,) and its delta-method SE sd(u)/√n with
+    u_r = (a_r − (ā/b̄) b_r)/b̄ (exact to O(1/n)): GroupMoments of u."""
+    A = GroupMoments.of(a, groups, valid, second=False)
+    B = GroupMoments.of(b, groups, valid, second=False)
+    ratio = A.sum / B.sum
+    u = (a.to(torch.float64) - ratio[groups.ids] * b.to(torch.float64)) / (B.sum / A.count.clamp(min=1))[groups.ids]
+    _, se = GroupMoments.of(u, groups, valid).mean_se()
     ratio = ratio.cpu().numpy()
-    ratio[m.sum(dim=1).cpu().numpy() < 1] = np.nan
+    ratio[A.count.cpu().numpy() < 1] = np.nan
     return ratio, se
 
 
 RESOLVED_Z = 2.0  # B_simple is resolved when the debiased ‖∇L‖² lies more than 2 SE above zero
 
 
-def subsample_noise(sq: torch.Tensor, dots: torch.Tensor, mean: torch.Tensor, K: int, alive: torch.Tensor, n: int,
-                    b: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def subsample_noise(sq: torch.Tensor, dots: torch.Tensor, mean: torch.Tensor, groups: Groups, alive: torch.Tensor,
+                    n: int, b: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per init k: tr Σ̂, ‖G‖²^, Lemma 1's one-step noise c_b tr Σ̂ and B_simple = tr Σ̂ / ‖G‖²^ (docs/theory.md §3),
     each as (value, SE) with an SE that counts both the replicas and the fixed subsample S of m of the n points.
 
-    Inputs per replica r (N = K·R, replicas of init k contiguous) and point i of S: sq = ‖g_ri‖² (N, m), the subsample
+    Inputs per replica r (``groups``: the inits, e.g. Groups.blocks(K, R)) and point i of S: sq = ‖g_ri‖² (N, m), the subsample
     gradient ḡ_r (N, P) and dots = g_ri · ḡ_r (N, m). With dev_ri = ‖g_ri − ḡ_r‖² = sq − 2 dots + ‖ḡ_r‖²,
       a_r = κ Σ_i dev_ri/(m − 1)  (κ = (n−1)/n: tr Σ̂),    β_r = ‖ḡ_r‖² − c_m a_r  (‖G‖²^),
     A_k, B_k their means over the live replicas, θ_k = A_k/B_k.
-    - replica part: sd/√R for A, B (group_mean) and the ratio's delta-method SE (group_ratio);
+    - replica part: sd/√R for A, B (GroupMoments.mean_se) and the ratio's delta-method SE (ratio_se);
     - subsample part (delta method over S): each statistic is a smooth function of the sample means over S of ‖g_i‖²
       and g_i, so stat(S) ≈ stat + (1/m) Σ_{i∈S} ψ_i with the influences
         ψ^a_ri = κ m/(m−1) (dev_ri − mean_i dev_ri),   ψ^β_ri = 2 (dots_ri − ‖ḡ_r‖²) − c_m ψ^a_ri,
@@ -481,9 +453,8 @@ def subsample_noise(sq: torch.Tensor, dots: torch.Tensor, mean: torch.Tensor, K:
     from backend import lemma1
 
     N, m = sq.shape
-    R = N // K
     kappa, c_m = lemma1.population_trace(1.0, n), float(lemma1.noise_factor(m, n))
-    cnt = alive.reshape(K, R).to(torch.float64).sum(1).clamp(min=1)
+    cnt = groups.sum(alive.to(torch.float64), 0).clamp(min=1)
     G = mean.square().sum(1)
     dev = sq - 2 * dots + G[:, None]
     a = lemma1.population_trace(dev.sum(1) / (m - 1), n)
@@ -494,7 +465,7 @@ def subsample_noise(sq: torch.Tensor, dots: torch.Tensor, mean: torch.Tensor, K:
     def per_init(x: torch.Tensor) -> torch.Tensor:  # mean over each init's live replicas: (N, …) → (K, …)
         ones = [1] * (x.dim() - 1)
         x = torch.where(alive.reshape(N, *ones), x, 0.0)  # a dead replica may hold NaN
-        return x.reshape(K, R, *x.shape[1:]).sum(1) / cnt.reshape(K, *ones)
+        return groups.sum(x, 0) / cnt.reshape(-1, *ones)
 
     A, B = per_init(a), per_init(beta)
     theta = A / B
@@ -506,23 +477,12 @@ def subsample_noise(sq: torch.Tensor, dots: torch.Tensor, mean: torch.Tensor, K:
 
     var_sub = {"trace_sigma": sub_var(Psi_a), "grad_sq": sub_var(Psi_b),
                "b_simple": sub_var((Psi_a - theta[:, None] * Psi_b) / B[:, None])}
-    rep = {"trace_sigma": group_mean(a, K, alive), "grad_sq": group_mean(beta, K, alive),
-           "b_simple": group_ratio(a, beta, K, alive)}
+    rep = {"trace_sigma": GroupMoments.of(a, groups, alive).mean_se(),
+           "grad_sq": GroupMoments.of(beta, groups, alive).mean_se(), "b_simple": ratio_se(a, beta, groups, alive)}
     out = {name: (value, np.sqrt(se ** 2 + var_sub[name])) for name, (value, se) in rep.items()}
     c_b = float(lemma1.noise_factor(b, n))
     out["noise_one_step"] = (c_b * out["trace_sigma"][0], c_b * out["trace_sigma"][1])
     return out
-
-
-def _mean_and_se(u: torch.Tensor, m: torch.Tensor, cnt: torch.Tensor, minimum: int) -> tuple[np.ndarray, np.ndarray]:
-    u = torch.where(m > 0, u, 0.0)
-    mean = (u * m).sum(dim=1) / cnt.clamp(min=1)
-    var = (((u - mean[:, None]) ** 2) * m).sum(dim=1) / (cnt - 1).clamp(min=1)
-    se = (var / cnt.clamp(min=1)).sqrt()
-    mean, se, c = mean.cpu().numpy(), se.cpu().numpy(), cnt.cpu().numpy()
-    mean[c < minimum] = np.nan
-    se[c < max(minimum, 2)] = np.nan
-    return mean, se
 
 
 # -- summaries over initial weights, conditional on them (docs/theory.md §4) -----------------------------------

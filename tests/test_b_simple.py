@@ -12,7 +12,7 @@ from backend import api, export, report
 from backend.engine import mlp as engine
 from backend.engine import noise
 from backend.images import load_digits
-from backend.stats import RESOLVED_Z, subsample_noise
+from backend.stats import RESOLVED_Z, Groups, subsample_noise
 
 DEV = torch.device("cpu")
 
@@ -77,7 +77,7 @@ def test_subsample_se_covers_the_spread_over_independent_subsamples():
         XS, YS = X[idx], Y[idx]
         sq, mean = noise.linear_relu_per_sample_terms(params, XS, YS)
         dots = noise.linear_relu_per_sample_dots(params, XS, YS, mean)
-        out = subsample_noise(sq, dots, mean, K, alive, n, b)
+        out = subsample_noise(sq, dots, mean, Groups.blocks(K, R, DEV), alive, n, b)
         for q in vals:
             vals[q].append(out[q][0])
             ses[q].append(out[q][1])
@@ -96,7 +96,7 @@ def test_subsample_error_vanishes_when_the_subsample_is_the_whole_set():
     params = mlp_params(hidden, K, R)
     X, Y = digits(n)
     sq, mean = noise.linear_relu_per_sample_terms(params, X, Y)
-    out = subsample_noise(sq, noise.linear_relu_per_sample_dots(params, X, Y, mean), mean, K,
+    out = subsample_noise(sq, noise.linear_relu_per_sample_dots(params, X, Y, mean), mean, Groups.blocks(K, R, DEV),
                           torch.ones(K * R, dtype=torch.bool), n, 4)
     for q in ("b_simple", "trace_sigma", "grad_sq", "noise_one_step"):
         assert out[q][1][0] == pytest.approx(0.0, abs=1e-12 * abs(out[q][0][0])), q

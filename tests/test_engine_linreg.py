@@ -75,19 +75,20 @@ def test_streaming_variance_equals_direct_computation(monkeypatch, piece):
     """The chunk-merged group statistics equal numpy's two-pass variance of the same gradients — with the group sums
     in one level (a CPU) and in two (pieces of 8 replicas, then the pieces of each group: CUDA's way)."""
     from backend import stats
-    from backend.stats import VarianceAccumulator, group_ids
+    from backend.stats import GroupMoments, group_ids
 
     monkeypatch.setitem(stats.SUM_PIECE, "cpu", piece)
     assert (group_ids(0, 130, 1000, 10, DEV).pieces is not None) == bool(piece)
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1000, 3)) * 1e3 + 1e6  # large mean: a naive E‖x‖² − ‖E x‖² would lose digits
-    acc = VarianceAccumulator(10, 1, 3, DEV)
+    acc = GroupMoments.zeros(10, 1, DEV, d=3)
     for start in range(0, 1000, 130):
         stop = min(1000, start + 130)
-        acc.update(0, torch.as_tensor(x[start:stop]), group_ids(start, stop, 1000, 10, DEV),
-                   torch.ones(stop - start, dtype=torch.bool))
-    est = acc.result()
+        part = GroupMoments.of(torch.as_tensor(x[start:stop])[None], group_ids(start, stop, 1000, 10, DEV),
+                               torch.ones((1, stop - start), dtype=torch.bool), dim=1, vector=True)
+        acc.merge_(part)
+    est = acc.variance_estimate()
     direct = ((x - x.mean(0)) ** 2).sum(1).sum() / 999
     assert est.value[0] == pytest.approx(direct, rel=1e-12)
     groups = [((g - g.mean(0)) ** 2).sum() / (len(g) - 1) for g in np.split(x, 10)]

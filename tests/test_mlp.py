@@ -127,9 +127,11 @@ def test_variance_split_adds_up():
     c_b = (n - b) / (b * (n - 1))
     per_sample_var = trace * (n - 1) / n  # population variance over the n training points (Lemma 1)
     G = 40
-    tot = np.array([stats.group_var(g[i::G], 1, torch.ones(R // G, dtype=torch.bool))[0][0] for i in range(G)])
+    one = stats.Groups.blocks(1, R // G, DEV)
+    tot = np.array([stats.variance_se(g[i::G], one, torch.ones(R // G, dtype=torch.bool))[0][0] for i in range(G)])
     split = np.array([c_b * per_sample_var[i::G].mean().item()
-                      + stats.group_var(full[i::G], 1, torch.ones(R // G, dtype=torch.bool))[0][0] for i in range(G)])
+                      + stats.variance_se(full[i::G], one, torch.ones(R // G, dtype=torch.bool))[0][0]
+                      for i in range(G)])
     diff = tot - split
     z = diff.mean() / (diff.std(ddof=1) / np.sqrt(G))
     assert abs(z) <= 4, z
@@ -293,18 +295,19 @@ def test_cli_refuses_bad_fields(tmp_path, raw, field):
 
 
 def test_per_init_standard_errors_cover_at_the_nominal_rate():
-    """group_var / group_mean SEs: 95 % intervals cover the true value in 95 % of 2 000 independent inits (± 4
+    """variance_se / GroupMoments.mean_se SEs: 95 % intervals cover the true value in 95 % of 2 000 independent inits (± 4
     binomial SEs); Gaussian rows with known covariance 4·I (var = 4d)."""
     K, R, d = 2000, 400, 5
     x = 2 * torch.randn(K * R, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     alive = torch.ones(K * R, dtype=torch.bool)
     tol = 4 * np.sqrt(0.95 * 0.05 / K)
-    v, se = stats.group_var(x, K, alive)
+    inits = stats.Groups.blocks(K, R, DEV)
+    v, se = stats.variance_se(x, inits, alive)
     assert abs(np.mean(np.abs(v - 4 * d) <= 1.96 * se) - 0.95) <= tol
-    m, se = stats.group_mean(x[:, 0], K, alive)
+    m, se = stats.GroupMoments.of(x[:, 0], inits, alive).mean_se()
     assert abs(np.mean(np.abs(m) <= 1.96 * se) - 0.95) <= tol
     alive[:R - 1] = False  # one replica left in the first init: no variance, no SE
-    v, se = stats.group_var(x, K, alive)
+    v, se = stats.variance_se(x, inits, alive)
     assert np.isnan(v[0]) and np.isnan(se[0]) and np.isfinite(v[1:]).all()
 
 
@@ -315,13 +318,17 @@ def test_dead_replicas_are_left_out_whatever_their_rows_hold():
     alive = torch.ones(K * R, dtype=torch.bool)
     alive[[1, 7, 8]] = False
     x[1], x[7], x[8, 0] = float("nan"), float("inf"), float("-inf")
-    for fn, arg in ((stats.group_var, x), (stats.group_mean, x[:, 0])):
-        got = fn(arg, K, alive)
+    def per_mean(arg, groups, valid):
+        return stats.GroupMoments.of(arg, groups, valid).mean_se()
+
+    for fn, arg in ((stats.variance_se, x), (per_mean, x[:, 0])):
+        got = fn(arg, stats.Groups.blocks(K, R, DEV), alive)
         for k in range(K):
             keep = alive[k * R:(k + 1) * R]
-            want = fn(arg[k * R:(k + 1) * R][keep], 1, torch.ones(int(keep.sum()), dtype=torch.bool))
+            n = int(keep.sum())
+            want = fn(arg[k * R:(k + 1) * R][keep], stats.Groups.blocks(1, n, DEV), torch.ones(n, dtype=torch.bool))
             assert got[0][k] == pytest.approx(want[0][0], rel=1e-12) and got[1][k] == pytest.approx(want[1][0], rel=1e-12)
-    ratio, se = stats.group_ratio(x[:, 0].abs() + 1, x[:, 1].abs() + 1, K, alive)
+    ratio, se = stats.ratio_se(x[:, 0].abs() + 1, x[:, 1].abs() + 1, stats.Groups.blocks(K, R, DEV), alive)
     assert np.isfinite(ratio).all() and np.isfinite(se).all()
 
 
@@ -675,6 +682,7 @@ def test_progress_moves_every_step_not_only_at_epoch_ends(tmp_path):
     steps = 2 * (300 // 64)
     assert len(calls) == steps and set(calls) == {2}  # one report of its 2 replicas per step: the bar moves each step
     assert progress.done == progress.total
+
 
 
 @pytest.mark.parametrize("fused", [True, False])

@@ -35,7 +35,7 @@ import torch
 from backend.engine.graphs import Replay
 from backend.engine.runner import Divergence, DivergenceLog, check_cancel, chunks, report, schedule_segments, seed_for
 from backend.optim import Optimizer
-from backend.stats import Groups, GroupStats, group_ids, group_m2, n_groups_equal
+from backend.stats import GroupMoments, Groups, batch_means, group_ids, group_m2, n_groups_equal
 
 DIVERGENCE_LOSS = 1e30
 CHUNK_ELEMENTS = 40_000_000  # replicas × (params + p²) per chunk
@@ -224,13 +224,14 @@ class _ChunkRecord:
         self.m2s[name][:, slot] = value
         self.m2_slots[name].append(slot)
 
-    def flush(self, stats: GroupStats, gid: Groups, groups: range, per_group: int) -> np.ndarray:
-        """Write into ``stats``; returns the number of replicas alive at each recorded step."""
+    def flush(self, stats: dict[str, GroupMoments], gid: Groups, groups: range, per_group: int) -> np.ndarray:
+        """Write the chunk's groups into ``stats``; returns the number of replicas alive at each recorded step."""
         for name, slots in self.m2_slots.items():
             if slots:
-                stats.store_variance(name, slots, groups, self.m2s[name][:, slots], per_group)
+                m2 = self.m2s[name][:, slots]
+                stats[name].put(groups, GroupMoments(torch.full_like(m2, per_group), m2=m2), slots)
         for name, x in self.scalars.items():
-            stats.mean_block(name, x, gid, self.alive_at, groups)
+            stats[name].put(groups, GroupMoments.of(x, gid, self.alive_at, second=False))
         return self.alive_at.sum(dim=0).cpu().numpy()
 
 
@@ -305,7 +306,13 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
     recorded = recorded_steps(len(alphas), record_every)
     record_index = {t: i for i, t in enumerate(recorded)}
     K = n_groups_equal(R)
-    stats = GroupStats(K, len(recorded))
+    layer_names = [f"layer{k + 1}" for k in range(d)]
+    # per group and recorded step: the gradients' M2's (the fast path's, or merged where groups are not whole) and
+    # the scalars' sums
+    stats = {**{f"{q}_{n}": GroupMoments.zeros(K, len(recorded), device, sums=False)
+                for q in ("var_g", "var_full_grad") for n in layer_names},
+             **{name: GroupMoments.zeros(K, len(recorded), device, second=False)
+                for name in ["loss", *(f"cond_{n}" for n in layer_names)]}}
     max_chunk = min(chunk_replicas(dims, bj, device, torch.empty((), dtype=dtype).element_size()) for bj, _ in segments)
     T_prod = torch.eye(p, dtype=dtype, device=device)
     for M in T:
@@ -317,7 +324,6 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
     rates = neg_steps if optimizer is None else torch.as_tensor(np.asarray(alphas, dtype=np.float64), dtype=dtype,
                                                                 device=device)  # what the step body loads
     step_numbers = torch.arange(T1, device=device)
-    layer_names = [f"layer{k + 1}" for k in range(d)]
     for chunk in chunks(R, max_chunk, K):
         start, stop, Rc, groups, chunk_no = chunk.start, chunk.stop, chunk.size, chunk.groups, chunk.number
         gid = group_ids(start, stop, R, K, device, first=groups.start, G=len(groups))
@@ -387,8 +393,8 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
                         rec.m2(f"var_g_{name}", slot, group_m2(grad(k), G_c, consume=True) if m2 is None else m2)
                         rec.m2(f"var_full_grad_{name}", slot, group_m2(G, G_c, consume=True))
                     else:
-                        stats.variance(f"var_g_{name}", slot, grad(k), gid, alive, groups)
-                        stats.variance(f"var_full_grad_{name}", slot, G, gid, alive, groups)
+                        for q, x in ((f"var_g_{name}", grad(k)), (f"var_full_grad_{name}", G)):
+                            stats[q].put(groups, GroupMoments.of(x.reshape(Rc, -1), gid, alive, vector=True), slot)
             if not last and optimizer is not None:  # backend/optim.py's step; the newly diverged set to zero
                 optimizer.step(_layer_params(Ws), {f"W{k + 1}": grad(k) for k in range(d)}, state, alphas[t], t)
                 if fresh_dead:
@@ -404,16 +410,19 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
             report(progress, Rc)
         finite += rec.flush(stats, gid, groups, Rc // G_c)
         diverged.add(div)
+    # per group: V̂_k of the gradients, the scalars' means; sums over layers and the Rao–Blackwellised variance
+    # (mean conditional variance + V̂ of ∇L), then batch means over the groups
+    data = {name: m.variances() if m.m2 is not None else m.means() for name, m in stats.items()}
     for name in layer_names:
-        stats.data[f"var_g_rb_{name}"] = stats.data[f"cond_{name}"] + stats.data[f"var_full_grad_{name}"]
+        data[f"var_g_rb_{name}"] = data[f"cond_{name}"] + data[f"var_full_grad_{name}"]
     for q in ("var_g", "var_full_grad", "var_g_rb"):
-        stats.data[q] = sum(stats.data[f"{q}_{name}"] for name in layer_names)
+        data[q] = sum(data[f"{q}_{name}"] for name in layer_names)
     curves = {}
     for q in ("var_g", "var_g_rb", "var_full_grad", "loss"):
-        curves[q] = stats.result(q)
+        curves[q] = batch_means(data[q]).curve()
     for name in layer_names:
         for q in ("var_g", "var_g_rb", "var_full_grad"):
-            curves[f"{q}_{name}"] = stats.result(f"{q}_{name}")
+            curves[f"{q}_{name}"] = batch_means(data[f"{q}_{name}"]).curve()
     return DeepResult(curves, finite, diverged.first, diverged.count, K)
 
 

@@ -27,7 +27,7 @@ from backend.optim import Optimizer
 from backend.engine.samplers import FLOYD_MAX, _stream_length, make_sampler
 from backend.engine.runner import (DIVERGENCE_LOSS, STEP_BLOCK, Divergence, DivergenceLog, check_cancel, chunks, report,
                                    schedule_segments, seed_for)
-from backend.stats import MeanAccumulator, VarianceAccumulator, group_ids, n_groups
+from backend.stats import GroupMoments, batch_means, group_ids, n_groups
 
 # gathered batch elements (replicas × k × (p + 1)) per chunk: on a CPU a chunk's batches stay small; a GPU takes
 # R = 10⁵ at b = 16 in one chunk (fewer, larger steps are faster there; benchmarks/TIMINGS.md)
@@ -163,10 +163,10 @@ def run_replicas(
     P = (U.T * (Xt * Xt).sum(dim=1)) @ U / n  # (1/n) Σ ‖x_i‖² u_i u_iᵀ
     Xg = gather_source(Xt, device.type)
     K = n_groups(R)
-    acc_g = VarianceAccumulator(K, T1, p, device)
-    acc_f = VarianceAccumulator(K, T1, p, device)
-    acc_loss = MeanAccumulator(K, T1, device)
-    acc_cond = MeanAccumulator(K, T1, device) if c is not None else None
+    acc_g = GroupMoments.zeros(K, T1, device, d=p)
+    acc_f = GroupMoments.zeros(K, T1, device, d=p)
+    acc_loss = GroupMoments.zeros(K, T1, device, second=False)
+    acc_cond = GroupMoments.zeros(K, T1, device, second=False) if c is not None else None
     finite = torch.zeros(T1, dtype=torch.float64, device=device)
     diverged = DivergenceLog()
     w_init = torch.as_tensor(np.asarray(w0, dtype=np.float64), dtype=dtype, device=device)
@@ -206,12 +206,14 @@ def run_replicas(
                 loss = 0.5 * (WH * Wb).sum(dim=2) - Wb @ h + half_yy
                 ok = torch.isfinite(gb).all(dim=2) & (loss.abs() <= DIVERGENCE_LOSS) & torch.isfinite(full).all(dim=2)
                 alive = div.update_block(ok, t0)  # (S, Rc): finite up to and including each step
-                acc_g.update_block(t0, gb, gid, alive)
-                acc_f.update_block(t0, full, gid, alive)
-                acc_loss.update_block(t0, loss, gid, alive)
+                steps = slice(t0, t0 + S)  # the block's S steps, each merged into its own slot
+                acc_g.merge_(GroupMoments.of(gb, gid, alive, dim=1, vector=True), steps)
+                acc_f.merge_(GroupMoments.of(full, gid, alive, dim=1, vector=True), steps)
+                acc_loss.merge_(GroupMoments.of(loss, gid, alive, dim=1, second=False), steps)
                 if acc_cond is not None:
                     Z = torch.cat([Wb, torch.ones((S, Rc, 1), dtype=dtype, device=device)], dim=2)
-                    acc_cond.update_block(t0, cj * (((Z @ P) * Z).sum(dim=2) - full.square().sum(dim=2)), gid, alive)
+                    cond = cj * (((Z @ P) * Z).sum(dim=2) - full.square().sum(dim=2))
+                    acc_cond.merge_(GroupMoments.of(cond, gid, alive, dim=1, second=False), steps)
                 finite[t0:t1] += alive.sum(dim=1)
                 report(progress, Rc * S)
                 if t1 < T1:  # every replica steps; one that diverged is left out of the statistics from then on
@@ -219,19 +221,14 @@ def run_replicas(
             prev = block
         diverged.add(div)
     curves = {}
-    for name, est in (("var_g", acc_g.result()), ("var_full_grad", acc_f.result()), ("loss", acc_loss.result())):
+    for name, est in (("var_g", acc_g.variance_estimate()), ("var_full_grad", acc_f.variance_estimate()),
+                      ("loss", acc_loss.mean_estimate())):
         curves[name] = est.curve()
     if acc_cond is not None:
         # Rao–Blackwellised: mean_r var(g_t | F_t^{(r)}) + sample variance_r of E[g_t | F_t^{(r)}] = ∇L(w_t^{(r)}).
-        from backend.stats import VarianceEstimate, batch_means_se, group_shape
-
-        fcount = acc_f.count.cpu().numpy()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            group_var_f = np.where(fcount >= 2, acc_f.m2.cpu().numpy() / (fcount - 1), np.nan)
-        groups_rb = acc_cond.group_means() + group_var_f
-        value = acc_cond.result().value + curves["var_full_grad"]["value"]
-        curves["var_g_rb"] = VarianceEstimate(value, *batch_means_se(groups_rb), acc_cond.count.cpu().numpy().sum(0),
-                                              *group_shape(groups_rb)).curve()
+        groups_rb = acc_cond.means() + acc_f.variances()
+        value = acc_cond.pooled_mean() + curves["var_full_grad"]["value"]
+        curves["var_g_rb"] = batch_means(groups_rb, value, acc_cond.count.cpu().numpy().sum(0)).curve()
     return ReplicaResult(
         curves=curves,
         finite_count=finite.cpu().numpy().astype(np.int64),

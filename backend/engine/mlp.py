@@ -37,7 +37,7 @@ from backend.engine.replicas import Replicas, module_forward  # noqa: F401  (mod
 from backend.engine.runner import (ACTIVATION_ELEMENTS, STEP_BLOCK, Divergence, DivergenceLog, check_cancel, precision,
                                    report, seed_for)
 from backend.engine.samplers import batch_indices, make_sampler
-from backend.stats import group_mean, group_var, subsample_noise
+from backend.stats import GroupMoments, Groups, subsample_noise, variance_se
 
 ESTIMATED = ("var_g", "loss_train", "loss_val", "error_train", "error_val", "gap_distorted", "noise_one_step",
              "noise_spread", "b_simple")  # the per-init estimates reported, each with its standard error
@@ -173,6 +173,7 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
     rep = Replicas(task.forward, replica_chunk(task, K * R, b))
     opt = task.optimizer
     N = K * R
+    inits = Groups.blocks(K, R, device)  # the statistics groups: one per init, its R replicas
     steps_per_epoch = n // b
     if resume is None:
         params0 = task.init(K)
@@ -209,24 +210,24 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
             if name in WITH_SE:
                 put[f"{name}_se"][e] = value_se[1]
 
-        keep("var_g", group_var(flat(g), K, alive))
+        keep("var_g", variance_se(flat(g), inits, alive))
         sq, full = (task.per_sample_terms(params, XS, YS) if task.per_sample_terms is not None
                     else per_sample_terms(rep, params, XS, YS))
-        keep("noise_spread", group_var(full, K, alive))
+        keep("noise_spread", variance_se(full, inits, alive))
         dots = (task.per_sample_dots(params, XS, YS, full) if task.per_sample_dots is not None
                 else per_sample_dots(rep, params, XS, YS, full))  # a second pass: g_i · ∇L_S, the subsample's error
-        for name, value_se in subsample_noise(sq, dots, full, K, alive, n, b).items():
+        for name, value_se in subsample_noise(sq, dots, full, inits, alive, n, b).items():
             keep(name, value_se)  # trace_sigma, grad_sq, noise_one_step, b_simple
         for split, (X, Y) in (("train", (Xev, Yev)), ("val", (Xva, Yva))):
             loss, err = evaluate(rep, params, X, Y, act_per_sample=task.act_per_sample)
-            keep(f"loss_{split}", group_mean(loss, K, alive))
-            keep(f"error_{split}", group_mean(err, K, alive))
+            keep(f"loss_{split}", GroupMoments.of(loss, inits, alive).mean_se())
+            keep(f"error_{split}", GroupMoments.of(err, inits, alive).mean_se())
             if split == "train":
                 err_train = err
         if Xdi is not None and (e % gap_every == 0 or e == epochs):
             _, err_d = evaluate(rep, params, Xdi, Yva, act_per_sample=task.act_per_sample)
-            keep("gap_distorted", group_mean(err_d - err_train, K, alive))
-        put["finite"][e] = group_mean(alive.to(torch.float64), K, torch.ones_like(alive))[0] * R
+            keep("gap_distorted", GroupMoments.of(err_d - err_train, inits, alive).mean_se())
+        put["finite"][e] = GroupMoments.of(alive.to(torch.float64), inits, torch.ones_like(alive)).mean_se()[0] * R
 
     if resume is None:
         record(0)

@@ -42,7 +42,7 @@ from backend.engine.runner import (ACTIVATION_ELEMENTS, STEP_BLOCK, Divergence, 
                                    precision, report, seed_for)
 from backend.engine.samplers import Draw, batch_indices, make_sampler
 from backend.errors import ConfigError
-from backend.stats import group_mean, group_var, subsample_noise
+from backend.stats import GroupMoments, Groups, subsample_noise, variance_se
 
 ESTIMATED = ("var_g", "loss_train", "loss_val", "error_train", "error_val", "noise_one_step", "noise_spread",
              "b_simple")
@@ -418,6 +418,7 @@ def run_batch_size(pr: Prepared, K: int, R: int, steps: int, record_every: int, 
     sub = np.random.default_rng(seed_for(seed, 31337)).permutation(n)[:min(noise_samples, n)]
     XS, YS = Xtr[sub], Ytr[sub]
     N = K * R
+    inits = Groups.blocks(K, R, device)  # the statistics groups: one per init, its R replicas
     rep = Replicas(pr.forward, replica_block(pr.mf.act_per_sample, N, b), pr.mf.loss)
     params = {k: v.repeat_interleave(R, dim=0).contiguous() for k, v in init_params(pr.mf, K, pr.dtype,
                                                                                      device).items()}
@@ -440,20 +441,20 @@ def run_batch_size(pr: Prepared, K: int, R: int, steps: int, record_every: int, 
         idx = batch_indices(probe_draw.draw(), n)
         with precision(arithmetic, device):  # the stochastic gradient as training computes it
             g, _ = rep.grad_and_loss(params, Xtr[idx], Ytr[idx])
-        keep("var_g", group_var(flat(g), K, alive))
+        keep("var_g", variance_se(flat(g), inits, alive))
         sq, full = per_sample_terms(rep, params, XS, YS)
-        keep("noise_spread", group_var(full, K, alive))
+        keep("noise_spread", variance_se(full, inits, alive))
         dots = per_sample_dots(rep, params, XS, YS, full)  # a second pass: g_i · ∇L_S, the subsample's error
-        for name, value_se in subsample_noise(sq, dots, full, K, alive, n, b).items():
+        for name, value_se in subsample_noise(sq, dots, full, inits, alive, n, b).items():
             keep(name, value_se)  # trace_sigma, grad_sq, noise_one_step, b_simple
         for split, X, Y in (("train", Xtr, Ytr), ("val", Xva, Yva)):
             if X is None:
                 continue
             loss, err = evaluate(rep, pr, params, X, Y)
-            keep(f"loss_{split}", group_mean(loss, K, alive))
+            keep(f"loss_{split}", GroupMoments.of(loss, inits, alive).mean_se())
             if err is not None:
-                keep(f"error_{split}", group_mean(err, K, alive))
-        put["finite"][i] = group_mean(alive.to(torch.float64), K, torch.ones_like(alive))[0] * R
+                keep(f"error_{split}", GroupMoments.of(err, inits, alive).mean_se())
+        put["finite"][i] = GroupMoments.of(alive.to(torch.float64), inits, torch.ones_like(alive)).mean_se()[0] * R
 
     record(0)
     draws: list[Draw] = []

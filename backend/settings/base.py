@@ -1,4 +1,5 @@
-"""What every setting shares: the Setting protocol, the quantity table and the one cache-key builder.
+"""What every setting shares: the Setting protocol, the quantity (declared in backend/quantities.py) and the one
+cache-key builder.
 
 A setting is a module of backend/settings that provides the names below (checked by tests/test_settings.py); the
 registry in backend/settings/__init__.py maps its NAME to it, and backend/api.py, the CLI and the pages dispatch
@@ -8,7 +9,6 @@ through the registry only. docs/architecture.md shows the data flow and how to a
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
 import numpy as np
@@ -18,26 +18,7 @@ from backend.cache import ResultCache, make_key
 from backend.costs import GpuModel
 from backend.fields import curve_keys
 from backend.progress import Progress
-
-
-@dataclass(frozen=True)
-class Quantity:
-    """One reported quantity: its CLI/output ``name``, a plain ``label``, its ``latex``, the x-axis it is reported
-    over (``"t"`` steps or ``"epoch"``), whether exact theory exists for it (at some x), how it is estimated, and
-    whether it is ≥ 0 by definition (``nonnegative``: a variance, a loss, an error rate; a chart's linear axis then
-    starts at 0 and its band is clipped there)."""
-
-    name: str
-    label: str
-    latex: str
-    x: str
-    exact: bool
-    estimator: str
-    nonnegative: bool = True
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "label": self.label, "latex": self.latex, "x": self.x, "exact": self.exact,
-                "estimator": self.estimator, "nonnegative": self.nonnegative}
+from backend.quantities import Quantity  # noqa: F401  (the quantity table's entries: settings import it from here)
 
 
 class Setting(Protocol):
