@@ -246,8 +246,9 @@ def time_chart(df: pd.DataFrame, title: str, log: bool = True, x_name: str = "t"
     """Quantity against t (or epoch), one colour per b (sequential over b when there are many): the exact value a
     solid line on top (isolated exact points, e.g. t = 0 alone, as filled dots), the replica estimate a dashed line
     with open-circle markers over its see-through band (``band`` says what it is). A key above the chart names the
-    three; clicking a b in the legend highlights it (the band stays ≤ 0.5 opaque either way). The one chart path of
-    every setting."""
+    three; clicking a b in the legend highlights it (the band stays ≤ 0.5 opaque either way). The x axis spans the
+    frame's steps, the run's, before a run too (where only a few exact points exist). The one chart path of every
+    setting."""
     raw = df
     df, dropped = drawable_frame(df, log, nonnegative)
     band_label = f"{ESTIMATE_LABEL} ○ (shaded: {band + ' band' if band.endswith('%') else band})"
@@ -272,7 +273,11 @@ def time_chart(df: pd.DataFrame, title: str, log: bool = True, x_name: str = "t"
     y_axis = _y_axis(log, values)
     sel = alt.selection_point(fields=["b"], bind="legend")
     color = b_color(_b_order(df))
-    x = alt.X(f"{x_name}:Q", title=x_title, axis=step_axis(df[x_name]))
+    steps = raw[x_name].to_numpy(dtype=float)
+    steps = steps[np.isfinite(steps)]  # every recorded step of the run, drawn or not (NaN before a run beyond t = 0)
+    x = alt.X(f"{x_name}:Q", title=x_title, axis=step_axis(df[x_name]),
+              scale=alt.Scale(domain=[float(steps.min()), float(steps.max())], nice=False) if len(steps) else
+              alt.Undefined)
 
     def opacity(on: float, off: float = 0.15):
         return alt.condition(sel, alt.value(on), alt.value(off))

@@ -390,3 +390,16 @@ def test_split_chart_epoch_ticks_of_a_tiny_run_are_distinct_whole_numbers(mlp):
         for layer in layers(spec):
             axis = layer["encoding"]["x"]["axis"]
             assert axis["values"] == list(range(last + 1)) and axis["format"] == "d"
+
+
+def test_before_a_run_the_x_axis_spans_the_runs_steps():
+    """Deep linear, Figure 3 preset before a run: exact values only at t = 0 (t = 1 is off its record grid), yet the
+    x axis of every layer spans the run's steps t = 0..T, not t = 0 alone."""
+    cfg = parse_config({"setting": "deep_linear", "preset": "paper (Figure 3)"})
+    th = api.theory(cfg)
+    df = charts.curves_frame(th["t"], api.curve_keys(cfg), th["curves"], None, "var_g")
+    assert set(df.loc[np.isfinite(df["value"].to_numpy(dtype=float)), "t"]) == {0}
+    for log in (True, False):
+        spec = charts.time_chart(df, "var(g_t | F_0)", log=log).to_dict()
+        xs = [layer["encoding"]["x"] for layer in layers(spec) if "x" in layer.get("encoding", {})]
+        assert xs and all(x["scale"]["domain"] == [0, cfg.steps] for x in xs), xs
