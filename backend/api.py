@@ -30,6 +30,9 @@ from backend.advisor import (SCALINGS, advise, advise_rules, reachable_target, r
 from backend.advisor import compare_schedule  # noqa: F401  (the advisor's schedule against constant b)
 from backend.cbs import DEFAULT_TOLERANCE as CBS_TOLERANCE, cbs, cbs_rules, exact_settings as cbs_settings  # noqa: F401
 from backend.cbs import read_ints, table as cbs_table  # noqa: F401  (the critical batch size page)
+from backend.cbs import estimate as cbs_estimate, max_checkpoint as cbs_max_checkpoint  # noqa: F401  (its replica runs)
+from backend.cbs import replica_setting as cbs_replica_setting  # noqa: F401
+from backend.costs import format_bytes  # noqa: F401  (the critical batch size page's estimate)
 from backend.exact import jsonable_number  # noqa: F401
 from backend.optimizer_choices import optimizer_names  # noqa: F401  (the shared optimizer widget asks the setting)
 from backend.advisor import advise_momentum  # noqa: F401  (the advisor's momentum axis)

@@ -217,6 +217,11 @@ def read_ints(text: str | None, option: str) -> list[int] | None:
     return out
 
 
+def replica_setting(config) -> bool:
+    """Whether the config's setting branches from its replicas (the ``replica_branches`` hook)."""
+    return hasattr(settings.for_config(config), "replica_branches")
+
+
 def exact_settings() -> list[str]:
     """The registered settings whose critical batch size is exact (they have the ``branches`` hook)."""
     return [name for name, module in settings.SETTINGS.items() if hasattr(module, "branches")]
@@ -224,8 +229,26 @@ def exact_settings() -> list[str]:
 
 def table(docs: dict[str, dict]) -> list[dict[str, Any]]:
     """One row per (rule, checkpoint, branch) of ``cbs_rules``' documents: the long table the page shows and the
-    CSV download carries."""
-    return [{"rule": rule, "t": row["t"], "b": int(b), "steps": br["steps"], "lr": br["lr"], "loss": br["loss"],
-             "diverged": br["diverged"], "cbs": row["cbs"], "loss_at_t": row["loss"], "b_simple": row["b_simple"],
-             "b_noise": row["b_noise"], "step_opt": row["step_opt"][b], "step_gain": row["step_gain"][b]}
-            for rule, doc in docs.items() for row in doc["checkpoints"] for b, br in row["branches"].items()]
+    CSV download carries; replica documents add each estimate's SE (``loss_se``, …) and the diverged replicas."""
+    out = []
+    for rule, doc in docs.items():
+        for row in doc["checkpoints"]:
+            for b, br in row["branches"].items():
+                line = {"rule": rule, "t": row["t"], "b": int(b), "steps": br["steps"], "lr": br["lr"],
+                        "loss": br["loss"], "diverged": br["diverged"], "cbs": row["cbs"], "loss_at_t": row["loss"],
+                        "b_simple": row["b_simple"], "b_noise": row["b_noise"], "step_opt": row["step_opt"][b],
+                        "step_gain": row["step_gain"][b]}
+                if not doc["exact"]:
+                    line.update(loss_se=br["loss_se"], diverged_replicas=br["diverged_replicas"],
+                                loss_at_t_se=row["loss_se"], b_simple_se=row["b_simple_se"],
+                                b_noise_se=row["b_noise_se"], step_opt_se=row["step_opt_se"][b],
+                                step_gain_se=row["step_gain_se"][b])
+                out.append(line)
+    return out
+
+
+def max_checkpoint(config, b_ref: int) -> int:
+    """The last step a checkpoint may be at with reference batch ``b_ref`` (the config's steps; the MLP's
+    epochs × ⌊n/B⌋)."""
+    bounds = settings.for_config(config).branch_bounds(config)
+    return int(bounds["max_t"](b_ref) if callable(bounds["max_t"]) else bounds["max_t"])

@@ -793,7 +793,10 @@ def cbs_chart(docs: dict[str, dict]) -> alt.LayerChart:
 def branch_loss_chart(docs: dict[str, dict], t: int) -> alt.LayerChart:
     """E L at the end of each branch from checkpoint ``t`` against its batch size b = k·B, one colour per rule
     (log–log); the threshold (1 + ε) × the k = 1 branch's loss dotted, each rule's critical batch size a diamond;
-    diverged branches are left out and named in the subtitle."""
+    diverged branches are left out and named in the subtitle. Replica documents: each branch's 95 % interval
+    loss ± t_{0.975, R−1} · loss_se (R its live replicas), its lower end clipped at the smallest drawn value."""
+    from backend.stats import t_quantile
+
     rules = list(docs)
     rows, cbs_rows, threshold, diverged = [], [], None, []
     for rule, doc in docs.items():
@@ -803,6 +806,10 @@ def branch_loss_chart(docs: dict[str, dict], t: int) -> alt.LayerChart:
                 diverged.append(f"{rule} b = {b}")
                 continue
             rows.append({"rule": rule, "b": int(b), "loss": br["loss"], "steps": br["steps"], "lr": br["lr"]})
+            if br.get("loss_se") is not None:
+                half = float(t_quantile(0.95, np.asarray(max(doc["replicas"] - br["diverged_replicas"] - 1, 1)))
+                             ) * br["loss_se"]
+                rows[-1].update(se=br["loss_se"], lo=br["loss"] - half, hi=br["loss"] + half)
             if row["cbs"] == int(b):
                 cbs_rows.append(rows[-1])
         first = row["branches"][str(min(int(b) for b in row["branches"]))]
@@ -818,7 +825,13 @@ def branch_loss_chart(docs: dict[str, dict], t: int) -> alt.LayerChart:
               axis=alt.Axis(format=log_axis_format(df["loss"])))
     color = _rule_color(rules)
     layers = [alt.Chart(df).mark_line(strokeWidth=2, point=alt.OverlayMarkDef(size=40, filled=True)).encode(
-        x=x, y=y, color=color, tooltip=["rule", "b", "steps", "lr", "loss"])]
+        x=x, y=y, color=color, tooltip=["rule", "b", "steps", "lr", "loss", *(["se"] if "se" in df else [])])]
+    if "se" in df:  # replica estimates: 95 % intervals
+        bars = df.dropna(subset=["se"]).copy()
+        bars["lo"] = bars["lo"].clip(lower=_positive_floor(df, ("loss",)))
+        layers.append(alt.Chart(bars).mark_errorbar(ticks=True).encode(
+            x=x, y=alt.Y("lo:Q", scale=alt.Scale(type="log"), title="E L at the end of the branch"), y2="hi:Q",
+            color=color, tooltip=["rule", "b", "loss", "se", "lo", "hi"]))
     if cbs_rows:
         layers.append(alt.Chart(pd.DataFrame(cbs_rows)).mark_point(shape="diamond", size=220, filled=False,
                                                                    strokeWidth=2.5).encode(x=x, y=y, color=color))
@@ -826,8 +839,9 @@ def branch_loss_chart(docs: dict[str, dict], t: int) -> alt.LayerChart:
         layers.append(alt.Chart(pd.DataFrame({"loss": [threshold]})).mark_rule(strokeDash=[2, 3], color="#444")
                       .encode(y=alt.Y("loss:Q", scale=alt.Scale(type="log"))))
     notes = [dropped_note(dropped), ("diverged (not drawn): " + ", ".join(diverged)) if diverged else ""]
+    bars_note = "; bars: 95 % intervals over the replicas" if "se" in df else ""
     return alt.layer(*layers).properties(title=_title(f"Branches from t = {t}: loss against b (◇ critical batch "
-                                                      "size; dotted: (1 + ε) × the k = 1 branch)", notes),
+                                                      f"size; dotted: (1 + ε) × the k = 1 branch{bars_note})", notes),
                                          height=320, autosize=AUTOSIZE)
 
 

@@ -54,43 +54,76 @@ if config.setting != setting:
     st.stop()
 
 sb.divider()
+exact_here = api.has_theory(config)  # exact branches; else every replica's state branches (replica estimates)
 b_ref = int(sb.number_input("Reference batch size B", 1, 10**6, int(min(config.batch_sizes)), key="cbs_bref"))
-steps = int(getattr(config, "steps", 0))
-checkpoints_text = sb.text_input("Checkpoints t (comma-separated)",
-                                 ",".join(str(t) for t in sorted({0, steps // 8, steps // 4, steps // 2, steps})),
-                                 key="cbs_checkpoints", help="steps of the reference run, at most the config's steps")
-samples = int(sb.number_input("Samples S per branch", 1, 10**8, 1000 * b_ref, step=b_ref, key="cbs_samples",
-                              help="each branch takes ⌊S/(kB)⌋ steps of batch k·B"))
+try:
+    steps = api.cbs_max_checkpoint(config, b_ref)
+except (api.ConfigError, AttributeError):  # no branching hook: said below
+    steps = int(getattr(config, "steps", 0))
+marks = {0, steps // 8, steps // 4, steps // 2, steps} if exact_here else {0, steps // 2, steps}
+checkpoints_text = sb.text_input("Checkpoints t (comma-separated)", ",".join(str(t) for t in sorted(marks)),
+                                 key="cbs_checkpoints", help=f"steps of the reference run, at most {steps} (the "
+                                                             "config's steps at this B)")
+samples = int(sb.number_input("Samples S per branch", 1, 10**8, (1000 if exact_here else 32) * b_ref, step=b_ref,
+                              key="cbs_samples", help="each branch takes ⌊S/(kB)⌋ steps of batch k·B"))
 rules = sb.multiselect("Scaling rules", list(api.SCALINGS), default=list(api.SCALINGS), key="cbs_rules",
                        help="the branch's step size α_t·f(k): none f = 1, sqrt f = √k, linear f = k")
 tolerance = float(sb.number_input("Tolerance ε", 0.0, 10.0, api.CBS_TOLERANCE, format="%.4g", key="cbs_tol"))
-ks_text = sb.text_input("k (comma-separated; blank: powers of two while k·B ≤ n)", "", key="cbs_ks")
+ks_text = sb.text_input("k (comma-separated; blank: powers of two while k·B ≤ n)", "" if exact_here else "1,2,4,8",
+                        key="cbs_ks")
 if not rules:
     st.info("Pick at least one scaling rule.")
     st.stop()
-if not api.has_theory(config):
-    st.info(f"{pages[setting]} has no exact theory: its replica branches (with standard errors) run from the command "
-            "line, `python -m backend cbs CONFIG --b-ref B --checkpoints … --samples S`, where the setting has them. "
-            "This page draws exact branches only, for now.")
+if not exact_here and not api.cbs_replica_setting(config):
+    st.info(f"{pages[setting]} has no branching from checkpoints (neither exact theory nor replica branches).")
     st.stop()
 try:
-    with st.spinner("Branching the exact state at every checkpoint…"):
-        docs = api.cbs_rules(config, b_ref, api.read_ints(checkpoints_text, "checkpoints") or [], samples,
-                             tuple(rules), tolerance, api.read_ints(ks_text, "ks"))
+    request = (config, b_ref, api.read_ints(checkpoints_text, "checkpoints") or [], samples, tuple(rules),
+               tolerance, api.read_ints(ks_text, "ks"))
+    if exact_here:
+        with st.spinner("Branching the exact state at every checkpoint…"):
+            docs = api.cbs_rules(*request)
+    else:
+        runner = ui.widgets.executor("cbs")
+        est = api.cbs_estimate(config, b_ref, request[2], samples, tuple(rules), request[6])  # the guard's refusal
 except api.ConfigError as e:
     st.error(f"Check the inputs — {ui.user_text(e)}")
     st.stop()
+if not exact_here:
+    where = "in this process" if runner.name == "local" else "on Ray, as one task"
+    header = (f"**Replica branches** of {config.replicas} replicas {where}: estimated "
+              f"{api.format_duration(est['seconds'])} and {api.format_bytes(est['memory_bytes'])} "
+              f"{api.estimate_where(api.resolve_device(config.device))} (cached afterwards: instant).")
+    key = json.dumps([config.to_json(), request[1:], runner.name, st.session_state.get("cbs_address")], default=str)
+    docs = ui.job_panel("cbs", key, header, lambda: (lambda progress, cancel: api.cbs_rules(*request,
+                                                                                             executor=runner)),
+                        idle="Press Run: every replica's state at each checkpoint continues with each k·B.")
+    if docs is None:
+        st.stop()
 
 first = next(iter(docs.values()))
+
+
+def _g(x) -> str:
+    return "—" if x is None else f"{x:.4g}"
+
+
 cols = st.columns(len(docs))
 for col, (rule, doc) in zip(cols, docs.items()):
     last = doc["checkpoints"][-1]
     col.metric(f"critical b at t = {last['t']} ({rule})", "none" if last["cbs"] is None else str(last["cbs"]),
-               help=f"B_simple = {last['b_simple']:.4g}, B_noise = {last['b_noise']:.4g} at t = {last['t']}")
+               help=f"B_simple = {_g(last['b_simple'])}, B_noise = {_g(last['b_noise'])} at t = {last['t']}")
 st.altair_chart(charts.cbs_chart(docs), width="stretch")
-st.caption("Exact values (the branches continue the exact distribution of the state): no standard error. "
-           "B_simple = E tr Σ/E‖∇L‖² and B_noise = E tr(HΣ)/E ∇LᵀH∇L, ratios of expectations given w₀ "
-           "(Σ the population covariance of the per-sample gradients, H the Hessian).")
+scales_text = ("B_simple = E tr Σ/E‖∇L‖² and B_noise = E tr(HΣ)/E ∇LᵀH∇L, ratios of expectations given w₀ "
+               "(Σ the population covariance of the per-sample gradients, H the Hessian).")
+if first["exact"]:
+    st.caption("Exact values (the branches continue the exact distribution of the state): no standard error. "
+               + scales_text)
+else:
+    st.caption(f"Replica estimates: each branch's loss is the mean over the {first['replicas']} replicas that "
+               "continued from that checkpoint, with its 95 % interval; B_simple and B_noise are ratios of replica "
+               "means with delta-method SEs (in the table and the downloads). " + scales_text
+               + (f" {first['b_noise_note']}." if "b_noise_note" in first else ""))
 
 ts = [row["t"] for row in first["checkpoints"]]
 t_pick = st.select_slider("Checkpoint for the branches", ts, value=ts[len(ts) // 2], key="cbs_t")

@@ -217,3 +217,43 @@ def test_estimate_and_guard(tmp_path, capsys):
     assert main(["cbs", str(path), "--b-ref", "8", "--checkpoints", "0,5000", "--samples", "60000"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: replicas:") and err.count("\n") == 1, err
+
+
+def test_branch_chart_draws_95_percent_intervals(cache):
+    """The branch chart of a replica document: one error bar per drawn branch, loss ∓ t_{0.975, R−1} · loss_se
+    (scipy's quantile here), inside the chart spec; the CSV table carries loss_se."""
+    from scipy import stats as sps
+
+    from backend import charts
+
+    docs = cbs.cbs_rules(parse_config({**MLP, "replicas": 5}), 8, [0, 5], 32, ("none", "linear"), ks=[1, 2],
+                         cache=cache)
+    spec = charts.branch_loss_chart(docs, 5).to_dict()
+    assert "95 % intervals" in json.dumps(spec["title"])
+    assert any(layer.get("mark", {}).get("type") == "errorbar" for layer in spec["layer"])
+    rows = [r for data in spec["datasets"].values() for r in data if "hi" in r and r.get("se") is not None]
+    q = sps.t.ppf(0.975, 4)
+    for rule, doc in docs.items():
+        for b, br in doc["checkpoints"][1]["branches"].items():
+            got = [r for r in rows if r["rule"] == rule and r["b"] == int(b)]
+            assert got and got[0]["hi"] == pytest.approx(br["loss"] + q * br["loss_se"], rel=1e-9)
+            assert got[0]["lo"] == pytest.approx(br["loss"] - q * br["loss_se"], rel=1e-9)
+    table = cbs.table(docs)
+    assert all(r["loss_se"] is not None and "b_noise_se" in r for r in table)
+
+
+def test_page_runs_the_replica_branches():
+    """The Critical batch size page on the MLP: the estimate before Run, then Run draws the replica branches (a metric
+    per rule, both charts, the tables, both downloads) without an error box; the table carries loss_se."""
+    from test_app import open_page, press_run_and_wait
+
+    at = open_page("pages/critical_batch.py")
+    at.selectbox(key="cbs_setting").set_value("mlp").run()
+    at.text_input(key="cbs_checkpoints").set_value("0,30").run()
+    at.text_input(key="cbs_ks").set_value("1,2").run()
+    at.multiselect(key="cbs_rules").set_value(["none", "linear"]).run()
+    assert not at.error and any("estimated" in m.value for m in at.markdown)
+    press_run_and_wait(at)
+    assert not at.error and not at.exception and len(at.metric) == 2
+    assert len(at.get("download_button")) == 2 and len(at.dataframe) == 2
+    assert "loss_se" in at.dataframe[1].value.columns
