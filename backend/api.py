@@ -42,6 +42,7 @@ from backend.costs import where as estimate_where  # noqa: F401  (pages: how a t
 from backend.errors import ConfigError, TooExpensive  # noqa: F401  (ConfigError: the one error a page shows)
 from backend.latex import polynomial_equation, polynomial_latex  # noqa: F401
 from backend.progress import Progress
+from backend.quantities import labels as quantity_labels  # noqa: F401  (pages: a table's labels)
 from backend.settings.classifier import SAMPLER_LABELS as CLASSIFIER_SAMPLER_LABELS  # noqa: F401
 from backend.settings.classifier import (b_ordering_share, b_simple_note, cached_checkpoint_epoch,  # noqa: F401
                                          split_note, variance_split)

@@ -69,8 +69,8 @@ config = ui.validated(ui.widgets.with_batch_schedule(raw, batch_schedule))
 schedule = config.batch_schedule  # None: constant batch sizes
 
 theory = api.theory(config)
-labels = {q: (f"var(g_t, layer {q[-1]} | F_0)" if q.startswith("var_g_layer") else api.QUANTITY_LABELS.get(q, q))
-          for q in api.quantities(config)}
+table = api.quantity_table(config)  # the setting's own quantities (backend/quantities.py): labels, estimators
+labels = api.quantity_labels(table)
 st.caption(f"dims {list(config.dims)} ({config.n_params:,} weights), {config.lr.describe()}. Exact values at "
            + api.describe_methods(theory["methods"]) + "."
            + (f" With this optimizer: {theory['optimizer_note']}." if theory.get("optimizer_note") else ""))
@@ -95,10 +95,9 @@ with tab_t:
                          disabled=sim is None)
     log = st.checkbox("Log scale", True, key="dl_log")
     time_charts = {}
-    for q in api.quantities(config):
-        est_name = None
-        if use_rb and q.startswith("var_g"):
-            est_name = q.replace("var_g", "var_g_rb", 1)
+    for quantity in table:
+        q = quantity.name
+        est_name = quantity.estimators[0][0] if use_rb and quantity.estimators else None
         time_charts[labels[q]] = ui.time_chart_with_caption(theory, sim, config, q, labels[q], log, est_name)
 
 with tab_b:

@@ -68,39 +68,44 @@ def downloads(prefix: str, config, theory: dict | None, sim: dict | None, quanti
     st.caption("The page URL carries the config: a link reproduces this view.")
 
 
+SUMMARY_TEXT = {"median": "median over initial weights", "mean": "mean over all replicas"}
+SPLIT_TAB = "Variance split"  # drawn by charts.split_chart and charts.b_simple_chart, with the split's table
+
+
 def classifier_results(config, sim: dict, with_gap: bool) -> None:
-    """Tabs for the replica classifiers (MLP, sequence model, your model): variance, loss/error, gap, the split,
-    downloads — over the result's x (epochs, or recorded steps t); quantities the result lacks are left out."""
+    """Tabs for the replica classifiers (MLP, sequence model, your model), from the setting's quantity table
+    (backend/quantities.py): one tab per ``tab`` in the table's order, each quantity the result carries drawn with
+    its title and axis (log or linear) and captioned with its summary over inits; then the variance split and the
+    downloads — over the result's x (epochs, or recorded steps t)."""
     import pandas as pd
 
     x, x_name = sim["x"], sim["x_name"]
-
-    def chart(quantity: str, title: str, log: bool = False):
-        return time_chart_with_caption(None, sim, config, quantity, title, log)
-
-    names = ["Variance", "Loss and error"] + (["Generalization gap"] if with_gap else []) + ["Variance split",
-                                                                                              "Downloads"]
+    table = [q for q in api.quantity_table(config)
+             if q.name in sim["curves"] and (with_gap or q.name != "gap_distorted")]
+    by_tab: dict[str, list] = {}
+    for q in table:
+        by_tab.setdefault(q.tab, []).append(q)
+    names = [*(t for t in by_tab if t != SPLIT_TAB), SPLIT_TAB, "Downloads"]
     tabs = dict(zip(names, st.tabs(names)))
-    tab_v, tab_l, tab_s, tab_dl = tabs["Variance"], tabs["Loss and error"], tabs["Variance split"], tabs["Downloads"]
-    tab_g = tabs.get("Generalization gap")
     charts_by_name = {}
-    with tab_v:
-        charts_by_name["var(g)"] = chart("var_g", "var(g) across replicas (log)", True)
-        st.caption(f"Line: median over initial weights; band: {sim['band']}.")
-        share = api.b_ordering_share(sim)
-        st.write(f"var(g) decreases with b at {100 * share:.0f} % of the "
-                 f"{'epochs' if x_name == 'epoch' else 'recorded steps'} (all batch sizes ordered).")
-    with tab_l:
-        for q, title in (("loss_train", "training loss"), ("loss_val", "validation loss"),
-                         ("error_train", "training error"), ("error_val", "validation error")):
-            if q in sim["curves"]:
-                charts_by_name[title] = chart(q, title)
-        st.caption(f"Lines: mean over all replicas; bands: {sim['band']}.")
-    if tab_g is not None:
-        with tab_g:
-            charts_by_name["gap"] = chart("gap_distorted", "accuracy(train) − accuracy(distorted validation)")
-            st.caption(f"Elastic distortion α = {config.distortion['alpha']}, σ = {config.distortion['sigma']} "
-                       f"(Simard et al.), measured every {config.distortion['every']} epochs.")
+    for name, shown in by_tab.items():
+        if name == SPLIT_TAB:
+            continue
+        with tabs[name]:
+            for q in shown:
+                charts_by_name[q.label] = time_chart_with_caption(None, sim, config, q.name, q.title(), q.log)
+            summaries = {SUMMARY_TEXT[q.summary] for q in shown}
+            many = len(shown) > 1
+            st.caption(f"{'Lines' if many else 'Line'}: {', '.join(sorted(summaries))}; "
+                       f"{'bands' if many else 'band'}: {sim['band']}.")
+            if name == "Variance":
+                share = api.b_ordering_share(sim)
+                st.write(f"var(g) decreases with b at {100 * share:.0f} % of the "
+                         f"{'epochs' if x_name == 'epoch' else 'recorded steps'} (all batch sizes ordered).")
+            if name == "Generalization gap":
+                st.caption(f"Elastic distortion α = {config.distortion['alpha']}, σ = {config.distortion['sigma']} "
+                           f"(Simard et al.), measured every {config.distortion['every']} epochs.")
+    tab_s, tab_dl = tabs[SPLIT_TAB], tabs["Downloads"]
     with tab_s:
         st.markdown("Law of total variance: var(g_t | F_0) = E[var(g_t | F_t)] + var(∇L(w_t) | F_0). The first term "
                     "is the one-step noise of Lemma 1, c_b · tr Σ(w_t), with Σ the **population** covariance of the "

@@ -37,11 +37,11 @@ from backend.engine.replicas import Replicas, module_forward  # noqa: F401  (mod
 from backend.engine.runner import (ACTIVATION_ELEMENTS, STEP_BLOCK, Divergence, DivergenceLog, check_cancel, precision,
                                    report, seed_for)
 from backend.engine.samplers import batch_indices, make_sampler
+from backend.quantities import EPOCH_QUANTITIES
 from backend.stats import GroupMoments, Groups, subsample_noise, variance_se
 
-ESTIMATED = ("var_g", "loss_train", "loss_val", "error_train", "error_val", "gap_distorted", "noise_one_step",
-             "noise_spread", "b_simple")  # the per-init estimates reported, each with its standard error
-WITH_SE = (*ESTIMATED, "trace_sigma", "grad_sq")
+ESTIMATED = tuple(q.name for q in EPOCH_QUANTITIES)  # the per-init estimates reported (the table), each with its SE
+WITH_SE = (*ESTIMATED, "trace_sigma", "grad_sq")  # and B_simple's two parts
 
 
 def make_model(d_in: int, hidden: tuple[int, ...], n_classes: int) -> torch.nn.Sequential:

@@ -42,10 +42,10 @@ from backend.engine.runner import (ACTIVATION_ELEMENTS, STEP_BLOCK, Divergence, 
                                    precision, report, seed_for)
 from backend.engine.samplers import Draw, batch_indices, make_sampler
 from backend.errors import ConfigError
+from backend.quantities import EPOCH_QUANTITIES
 from backend.stats import GroupMoments, Groups, subsample_noise, variance_se
 
-ESTIMATED = ("var_g", "loss_train", "loss_val", "error_train", "error_val", "noise_one_step", "noise_spread",
-             "b_simple")
+ESTIMATED = tuple(q.name for q in EPOCH_QUANTITIES if q.name != "gap_distorted")  # the table; no distorted set
 CHECK_POINTS = 1024  # training points on which the loss at w_0 is checked (finite) when the file is loaded
 
 

@@ -18,7 +18,8 @@ from backend.engine import mlp as engine
 from backend.curves import curves_result
 from backend.errors import ConfigError
 from backend.progress import Progress
-from backend.settings.base import Quantity, cache_key, json_list, simulation_key
+from backend.quantities import EPOCH_QUANTITIES, Quantity
+from backend.settings.base import cache_key, json_list, simulation_key
 from backend.stats import RESOLVED_Z, mean_with_se, median_with_se, nan_reduce, t_quantile
 
 SAMPLER_LABELS = {"epoch_reshuffle": "reshuffle each epoch (the paper's training), n // b steps per epoch",
@@ -26,31 +27,10 @@ SAMPLER_LABELS = {"epoch_reshuffle": "reshuffle each epoch (the paper's training
 
 
 THEORY_ONLY_DROPS: tuple[str, ...] = ()
-_EPOCH_QUANTITIES = (
-    ("var_g", "var(g) across replicas", r"\operatorname{var}(g_e \mid \mathcal F_0)",
-     "across-replica variance of a fresh mini-batch gradient per init; median over inits"),
-    ("loss_train", "training loss", r"L_{\mathrm{train}}", "mean over replicas and inits"),
-    ("loss_val", "validation loss", r"L_{\mathrm{val}}", "mean over replicas and inits"),
-    ("error_train", "training error", r"\mathrm{err}_{\mathrm{train}}", "mean over replicas and inits"),
-    ("error_val", "validation error", r"\mathrm{err}_{\mathrm{val}}", "mean over replicas and inits"),
-    ("gap_distorted", "accuracy(train) − accuracy(distorted validation)", r"\Delta_{\mathrm{distorted}}",
-     "mean over replicas and inits"),
-    ("noise_one_step", "one-step noise E[var(g | F_e)]", r"c_b\,\mathbb E\operatorname{tr}\Sigma(w_e)",
-     "Lemma 1 with the population covariance, from per-sample gradients on a subsample; median over inits"),
-    ("noise_spread", "spread of ∇L across replicas", r"\operatorname{var}(\nabla L(w_e) \mid \mathcal F_0)",
-     "across-replica variance of the subsample gradient; median over inits"),
-    ("b_simple", "B_simple = tr Σ / ‖∇L‖²", r"B_{\mathrm{simple}}",
-     "ratio of unbiased means over replicas, delta-method SE; median over inits"),
-)
-
-
-SIGNED_QUANTITIES = ("gap_distorted",)  # a difference of accuracies: either sign (every other quantity is ≥ 0)
-
-
 def classifier_quantities(with_gap: bool) -> list[Quantity]:
-    """The per-epoch quantities (no exact theory for a nonlinear network), each reported with ``_se``."""
-    return [Quantity(name, label, latex, "epoch", False, how, nonnegative=name not in SIGNED_QUANTITIES)
-            for name, label, latex, how in _EPOCH_QUANTITIES if with_gap or name != "gap_distorted"]
+    """The per-epoch quantities (backend/quantities.py: EPOCH_QUANTITIES; no exact theory for a nonlinear network),
+    each reported with ``_se``; the generalization gap only where there is a distorted validation set."""
+    return [q for q in EPOCH_QUANTITIES if with_gap or q.name != "gap_distorted"]
 
 
 ADVISOR_QUANTITIES = {"loss": "loss_train", "var_full_grad": "noise_spread", "var_g": "var_g"}
@@ -123,15 +103,12 @@ def checkpoint_key(config, device: torch.device, b: int) -> str:
     return cache_key(f"checkpoint_{config.setting}", config, {"device": device.type, "b": b})
 
 
-MEDIAN_OVER_INITS = ("var_g", "noise_one_step", "noise_spread", "b_simple")  # the paper's summary for variances
-
-
 def shape_result(config, meta: dict, arrays: dict, hit: bool, x_name: str = "epoch", x: np.ndarray | None = None,
                  names: tuple[str, ...] | None = None) -> dict[str, Any]:
     """The run as the one result shape (backend/curves.py) over epochs; per estimated quantity q (engine.ESTIMATED),
     arrays (B, epochs + 1):
-    - value: the median over initial weights for the variances and B_simple (the paper's summary), the mean over
-      inits for losses, errors and the gap;
+    - value: each quantity's ``summary`` over initial weights (backend/quantities.py): the median for the variances
+      and B_simple (the paper's), the mean for losses, errors and the gap;
     - se: its standard error given the inits (replica noise only): the SE of the median init's estimate (the two
       middle ones averaged for an even count) or sqrt(Σ_k se_k²)/K for the mean;
     - min, max over inits; lo, hi the band: min–max over inits (K > 1) or the 95 % t-interval of the replica
@@ -143,6 +120,7 @@ def shape_result(config, meta: dict, arrays: dict, hit: bool, x_name: str = "epo
     t95 = t_quantile(0.95, max(config.replicas - 1, 1))
     raw = {b: {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{b}.")} for b in config.batch_sizes}
     curves: dict[str, dict[str, np.ndarray]] = {}
+    median = {q.name for q in EPOCH_QUANTITIES if q.summary == "median"}
     for q in names or engine.ESTIMATED:  # names: another engine's quantities (x over x_name, default epochs)
         rows = []
         for b in config.batch_sizes:
@@ -150,7 +128,7 @@ def shape_result(config, meta: dict, arrays: dict, hit: bool, x_name: str = "epo
             resolved = b_simple_resolved(raw[b]) if q == "b_simple" else None
             if resolved is not None:  # not resolved: null, never a negative or unbounded ratio
                 v, se = np.where(resolved, v, np.nan), np.where(resolved, se, np.nan)
-            value, value_se = (median_with_se if q in MEDIAN_OVER_INITS else mean_with_se)(v, se)
+            value, value_se = (median_with_se if q in median else mean_with_se)(v, se)
             if resolved is not None:
                 value, value_se = (np.where(resolved.all(axis=1), x, np.nan) for x in (value, value_se))
             row = {"value": value, "se": value_se, "min": nan_reduce(np.nanmin, v), "max": nan_reduce(np.nanmax, v),

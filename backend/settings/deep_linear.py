@@ -177,11 +177,13 @@ GPU_MODEL = GpuModel(efficiency={"float32": 0.25}, step_seconds=2.7e-4)
 def quantities(config: DeepLinearConfig) -> list[Quantity]:
     """var(g_{t,k} | F_0) per layer k, their sum, and the population loss; exact where an exact method applies."""
     how = "across-replica variance, batch-means SE (and the Rao–Blackwellised estimator from the Gaussian moments)"
+    rb = "Rao–Blackwellised"
     layers = [Quantity(f"var_g_layer{k + 1}", f"var(g_t, layer {k + 1} | F_0)",
-                       rf"\operatorname{{var}}(g_{{t,{k + 1}}} \mid \mathcal F_0)", "t", True, how)
+                       rf"\operatorname{{var}}(g_{{t,{k + 1}}} \mid \mathcal F_0)", "t", True, how,
+                       estimators=((f"var_g_rb_layer{k + 1}", rb),))
               for k in range(config.depth)]
     return [*layers, Quantity("var_g", "var(g_t | F_0), all layers", r"\operatorname{var}(g_t \mid \mathcal F_0)", "t",
-                              True, how),
+                              True, how, estimators=(("var_g_rb", rb),)),
             Quantity("loss", "E L(w_t)", r"\mathbb E\, L(w_t)", "t", True, "mean over replicas, batch-means SE")]
 
 

@@ -24,6 +24,7 @@ from backend.errors import ConfigError, TooExpensive
 from backend.exact import is_exact, jsonable_number, parse_number, rational, to_fraction, to_rational_array
 from backend.optim import OptimizerSpec
 from backend.progress import Progress
+from backend.quantities import labels as quantity_labels
 from backend.settings.base import (STEP_ADVISOR_QUANTITIES, Quantity, run_device_type, simulation_key,
                                    step_advise_cell, step_advisor_steps, step_document)
 from backend.stats import first_increase, polyfit_inv_b
@@ -171,12 +172,13 @@ GPU_MODEL = GpuModel(efficiency={"float32": 0.00367}, step_seconds=1.69e-4, over
 QUANTITIES = (
     Quantity("var_g", "var(g_t | F_0)", r"\operatorname{var}(g_t \mid \mathcal F_0)", "t", True,
              "across-replica variance of the mini-batch gradient, batch-means SE; also var_g_rb (Rao–Blackwellised: "
-             "Lemma 1's conditional variance averaged + the spread of ∇L(w_t), i.i.d. samplers)"),
+             "Lemma 1's conditional variance averaged + the spread of ∇L(w_t), i.i.d. samplers)",
+             estimators=(("var_g_rb", "Rao–Blackwellised"),)),
     Quantity("var_full_grad", "var(∇L(w_t) | F_0)", r"\operatorname{var}(\nabla L(w_t) \mid \mathcal F_0)", "t", True,
              "across-replica variance of the full gradient, batch-means SE"),
     Quantity("loss", "E L(w_t)", r"\mathbb E\, L(w_t)", "t", True, "mean over replicas, batch-means SE"),
 )
-QUANTITY_LABELS = {**{q.name: q.label for q in QUANTITIES}, "var_g_rb": "var(g_t | F_0), Rao–Blackwellised"}
+QUANTITY_LABELS = quantity_labels(list(QUANTITIES))  # name → label, and var_g_rb's
 EXACT_QUANTITIES = tuple(q.name for q in QUANTITIES)
 EXACT_MAX_T = 30  # exact rational polynomials: cost grows like t² p⁴ with ever longer integers
 FLOAT_POLY_MAX_T = 400

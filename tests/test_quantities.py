@@ -1,0 +1,67 @@
+"""One home per quantity (backend/quantities.py): every setting's table is made of Quantity declarations, the engines
+report by it, its further estimators exist in the results, and the classifiers' summary over inits follows it."""
+
+import tempfile
+
+import numpy as np
+import pytest
+
+from backend import core, quantities, settings
+from backend.cache import ResultCache
+from backend.config import parse_config
+from backend.engine import mlp as engine_mlp
+from backend.engine import torch_model as engine_torch
+
+
+@pytest.mark.parametrize("name", list(settings.SETTINGS))
+def test_every_table_declares_its_quantities_once(name):
+    table = core.quantity_table(parse_config({"setting": name}))
+    assert table and all(isinstance(q, quantities.Quantity) for q in table)
+    names = [q.name for q in table]
+    assert len(set(names)) == len(names)
+    assert all(q.summary in ("mean", "median") and q.x in ("t", "epoch") for q in table)
+    json = [q.to_json() for q in table]
+    assert all({"name", "label", "latex", "x", "log", "tab", "estimators"} <= set(j) for j in json)
+
+
+def test_the_classifier_engines_report_the_table():
+    names = [q.name for q in quantities.EPOCH_QUANTITIES]
+    assert list(engine_mlp.ESTIMATED) == names
+    assert list(engine_torch.ESTIMATED) == [n for n in names if n != "gap_distorted"]
+    q = quantities.find(list(quantities.EPOCH_QUANTITIES), "var_g")
+    steps = q.over("t")
+    assert steps.x == "t" and steps.latex == r"\operatorname{var}(g_t \mid \mathcal F_0)" and steps.log
+
+
+@pytest.mark.parametrize("raw", [
+    {"setting": "linear_regression", "steps": 4, "replicas": 40, "batch_sizes": [2], "sampler": "with_replacement"},
+    {"setting": "deep_linear", "steps": 3, "replicas": 40, "batch_sizes": [2]}])
+def test_declared_estimators_are_in_the_results_and_labelled(raw):
+    config = parse_config(raw)
+    table = core.quantity_table(config)
+    res = core.simulate(config, cache=ResultCache(tempfile.mkdtemp()))
+    declared = [name for q in table for name, _ in q.estimators]
+    assert declared and all(name in res["curves"] for name in declared)
+    labels = quantities.labels(table)
+    for q in table:
+        for name, what in q.estimators:
+            assert labels[name] == f"{q.label}, {what}" and quantities.find(table, name) is q
+    rb = [name for name in res["curves"] if "_rb" in name]  # every Rao–Blackwellised curve a run gives is declared
+    assert sorted(rb) == sorted(declared)
+
+
+def test_the_summary_over_inits_follows_the_table():
+    config = parse_config({"setting": "mlp", "dataset": {"name": "digits", "train_size": 200}, "hidden": [8],
+                           "inits": 3, "replicas": 4, "epochs": 1, "eval_size": 100, "noise_samples": 32})
+    res = core.simulate(config, cache=ResultCache(tempfile.mkdtemp()))
+    checked = set()
+    for q in core.quantity_table(config):
+        c = res["curves"][q.name]
+        v = c["per_init"][0]  # (x, K) at the first b
+        ok = np.isfinite(v).all(axis=1)
+        if not ok.any():
+            continue
+        want = (np.median if q.summary == "median" else np.mean)(v[ok], axis=1)
+        np.testing.assert_allclose(c["value"][0][ok], want, rtol=1e-12, err_msg=q.name)
+        checked.add(q.summary)
+    assert checked == {"mean", "median"}
