@@ -225,7 +225,11 @@ def _refuse_nonfinite_start(mf: engine.ModelFile, stats: dict[str, np.ndarray], 
 
 def branch_bounds(config: TorchModelConfig) -> dict[str, Any]:
     """What ``cbs`` may ask: checkpoints up to the config's steps; a batch is at most the n training samples (the
-    default k's: powers of two while k·B ≤ n)."""
+    default k's: powers of two while k·B ≤ n). The reference run is at the constant batch B: a batch_schedule is
+    refused in one line."""
+    if getattr(config, "batch_schedule", None) is not None:
+        raise ConfigError("batch_schedule", "the critical batch size's reference run is at the constant batch B; "
+                                            "give batch_sizes instead of a batch_schedule")
     return {"max_t": config.steps, "n": config.n_train, "max_b": config.n_train}
 
 
