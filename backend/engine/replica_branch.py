@@ -109,7 +109,9 @@ def checkpoint_moments(task: BranchTask, params: dict[str, torch.Tensor], m: int
         h_grad2, h_diag = _hessian_terms(task, params, G1, m, gen)
         out.update(h_grad2=h_grad2, h_trace=h_diag - h_grad2)
         return out, True
-    except (RuntimeError, NotImplementedError):  # an operation without a second derivative in torch.func
+    except (RuntimeError, NotImplementedError) as e:  # an operation without a second derivative in torch.func
+        if isinstance(e, torch.cuda.OutOfMemoryError):  # not a missing derivative: the run's own failure
+            raise
         out.update(h_grad2=nan, h_trace=nan.clone())
         return out, False
 
