@@ -35,7 +35,7 @@ from backend.cbs import replica_setting as cbs_replica_setting  # noqa: F401
 from backend.costs import format_bytes  # noqa: F401  (the critical batch size page's estimate)
 from backend.exact import jsonable_number  # noqa: F401
 from backend.optimizer_choices import optimizer_names  # noqa: F401  (the shared optimizer widget asks the setting)
-from backend.advisor import advise_momentum  # noqa: F401  (the advisor's momentum axis)
+from backend.advisor import advise_momentum, check_momenta, momentum_config  # noqa: F401  (the momentum axis)
 from backend.allowed import ROOT as PROJECT_ROOT, model_files  # noqa: F401  (the Your-model page's file list)
 from backend.costs import device_name, device_seconds, format_duration  # noqa: F401  (format_duration: pages)
 from backend.costs import where as estimate_where  # noqa: F401  (pages: how a time estimate was made)

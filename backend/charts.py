@@ -565,6 +565,65 @@ def advisor_chart(answers: dict, y_title: str, title: str, log: bool = True) -> 
     return alt.layer(*layers).properties(title=_title(title, [dropped_note(dropped)]), height=340, autosize=AUTOSIZE)
 
 
+def advisor_momentum_frame(result: dict) -> pd.DataFrame:
+    """``advisor_frame`` of every (rule, β) of an ``api.advise_momentum`` result, with the column β ("0.9") and
+    ``best_overall``: the rule's best (b, β)."""
+    parts = []
+    for rule, per_beta in result["answers"].items():
+        best = result["best"].get(rule) or {}
+        for key, ans in per_beta.items():
+            part = advisor_frame({rule: ans}).assign(**{"β": key})
+            part["best_overall"] = part["best"] & (float(key) == best.get("momentum")) & (part["b"] == best.get("b"))
+            parts.append(part)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def advisor_momentum_chart(result: dict, y_title: str, title: str, log: bool = True) -> alt.LayerChart:
+    """Final loss against b at a fixed budget, one line per momentum β (colour; one dash per scaling rule when there
+    are several), the rows that did not diverge; 95 % error bars where the loss is a replica estimate; the best b of
+    each β an open diamond, the best (b, β) of each rule a star. When every lane diverged the chart says so."""
+    table = advisor_momentum_frame(result)
+    betas = [f"{float(m):g}" for m in result["momentum"]]
+    rules = list(result["answers"])
+    ok = table[~table["diverged"].astype(bool)].copy() if len(table) else table
+    ok = ok[pd.to_numeric(ok["loss"], errors="coerce").notna()] if len(ok) else ok
+    dropped = 0
+    if log and len(ok):
+        ok["loss"], dropped = log_safe(ok["loss"])
+        ok = ok.dropna(subset=["loss"])
+    if not len(ok):
+        return alt.layer(message_chart(ALL_DIVERGED)).properties(title=title, height=120, autosize=AUTOSIZE)
+    ok["line"] = ok["β"] + " | " + ok["rule"]
+    color = alt.Color("β:N", title="momentum β", sort=betas,
+                      scale=alt.Scale(domain=betas, range=[CATEGORY[i % len(CATEGORY)] for i in range(len(betas))]))
+    dash = ([alt.StrokeDash("rule:N", title="scaling rule", sort=rules)] if len(rules) > 1 else [])
+    x = _b_axis(ok["b"])
+    ys = alt.Scale(type="log") if log else alt.Scale(zero=False)
+    y_axis = alt.Axis(format=log_axis_format(pd.concat([ok["loss"], ok["lo"], ok["hi"]]).to_numpy(dtype=float))
+                      if log else "~g")
+    y = alt.Y("loss:Q", scale=ys, title=y_title, axis=y_axis)
+    tooltip = [c for c in ("β", "rule", "b", "steps", "c_b", "loss", "loss_se") if ok[c].notna().any()]
+    layers = [alt.Chart(ok).mark_line(point=alt.OverlayMarkDef(size=30, filled=True)).encode(
+        x=x, y=y, color=color, detail="line:N", tooltip=tooltip, **({"strokeDash": dash[0]} if dash else {}))]
+    if ok["lo"].notna().any():
+        bars = ok.dropna(subset=["lo", "hi"])
+        if log:
+            bars = bars.assign(lo=bars["lo"].where(bars["lo"] > 0, bars["loss"] * 1e-3))
+        layers.append(alt.Chart(bars).mark_errorbar(ticks=True).encode(
+            x=x, y=alt.Y("lo:Q", scale=ys, title=y_title, axis=y_axis), y2="hi:Q", color=color, detail="line:N"))
+    if ok["best"].any():
+        layers.append(alt.Chart(ok[ok["best"]]).mark_point(shape="diamond", filled=False, size=170, strokeWidth=2.5
+                                                            ).encode(x=x, y=y, color=color,
+                                                                     tooltip=["β", "rule", "b", "loss"]))
+    if ok["best_overall"].any():
+        stars = ok[ok["best_overall"]].assign(**{"best (b, β) for": lambda f: f["rule"]})
+        layers.append(alt.Chart(stars).mark_point(shape="M0,-1L0.24,-0.33L0.95,-0.31L0.39,0.12L0.59,0.81L0,0.4"
+                                                        "L-0.59,0.81L-0.39,0.12L-0.95,-0.31L-0.24,-0.33Z",
+                                                  filled=True, size=420, stroke="black", strokeWidth=1).encode(
+            x=x, y=y, color=color, tooltip=["best (b, β) for", "β", "b", "loss"]))
+    return alt.layer(*layers).properties(title=_title(title, [dropped_note(dropped)]), height=340, autosize=AUTOSIZE)
+
+
 def advisor_b_simple_chart(answers: dict) -> alt.LayerChart:
     """B_simple at the end of training against b per rule (log–log), the best b of the rules as dashed vertical
     rules, one per distinct b, labelled with every rule whose best it is."""

@@ -59,40 +59,90 @@ rules = sb.multiselect("Scaling rules", list(api.SCALINGS), default=list(api.SCA
                        help="none: c_b = c; sqrt: c_b = c·√(b/b_ref); linear: c_b = c·b/b_ref")
 b_ref = sb.number_input("b_ref", 1, 10**6, int(min(config.batch_sizes)), key="adv_bref")
 use_target = sb.checkbox("Target loss (steps and examples to reach it)", False, key="adv_use_target")
+momenta = [part.strip() for part in sb.text_input(
+    "Momenta β (comma-separated)", "0", key="adv_momenta",
+    help="heavy ball β per line, e.g. 0, 0.5, 0.9, 0.99 (each in [0, 1); 9/10 stays exact): one line per β, the best "
+         "b of each β and the best (b, β) of each rule (python -m backend advise --momentum …)").split(",")]
+effective_lr = sb.checkbox("Effective learning rate α/(1−β) fixed", False, key="adv_effective_lr",
+                           help="each β runs with the constant c·(1 − β), so α/(1 − β) is the same for every β "
+                                "(--effective-lr)")
+axis = effective_lr or momenta != ["0"]  # the default page (β = 0 alone): the plain advisor, unchanged
 if not rules:
     st.info("Pick at least one scaling rule.")
     st.stop()
+
+
+def advise(target: float | None):
+    """The plain advisor per rule, or along the momentum axis ({rule: {β: answer}} under "answers")."""
+    if axis:
+        return api.advise_momentum(config, budget, momenta, tuple(rules), b_ref, target, effective_lr)
+    return api.advise_rules(config, budget, tuple(rules), b_ref, target)
+
+
+def lines(out) -> dict:
+    """Every drawn line's answer: {rule: answer}, or {(β, rule): answer} along the momentum axis."""
+    return {(key, r): a for r, per in out["answers"].items() for key, a in per.items()} if axis else out
+
+
 try:
-    with st.spinner("Exact moments for every b and rule…"):
-        answers = api.advise_rules(config, budget, tuple(rules), b_ref, None)
+    with st.spinner("Exact moments for every b and rule" + (" and β…" if axis else "…")):
+        result = advise(None)
         target = None
         if use_target:  # starts at a target the exact curves reach (the median final loss over rules and b)
-            target = sb.number_input("target E L(w_t)", 0.0, 1e9, api.reachable_target(answers) or 0.0, format="%.6g",
-                                     key="adv_target", help="starts at the median exact final loss over the rules "
-                                     "and b that do not diverge: at least half of them reach it within the budget")
-            answers = api.advise_rules(config, budget, tuple(rules), b_ref, target)
+            target = sb.number_input("target E L(w_t)", 0.0, 1e9, api.reachable_target(lines(result)) or 0.0,
+                                     format="%.6g", key="adv_target", help="starts at the median exact final loss "
+                                     "over the rules and b that do not diverge: at least half of them reach it "
+                                     "within the budget")
+            result = advise(target)
 except api.ConfigError as e:
     st.error(ui.user_text(e))
     st.stop()
+answers = result if not axis else None
 
 rows = []
-for rule, ans in answers.items():
+for line, ans in lines(result).items():
+    beta, rule = line if axis else (None, line)
     for b, row in ans["curves"].items():
-        rows.append({"rule": rule, "b": int(b), "steps": row["steps"], "c_b": row["lr_c"], "loss": row["loss"],
-                     "var(∇L)": row["var_full_grad"], "var(g)": row["var_g"], "diverged": row["diverged"],
-                     "best": ans["best_b"] == int(b)})
+        rows.append({**({"β": float(beta)} if axis else {}), "rule": rule, "b": int(b), "steps": row["steps"],
+                     "c_b": row["lr_c"], "loss": row["loss"], "var(∇L)": row["var_full_grad"], "var(g)": row["var_g"],
+                     "diverged": row["diverged"], "best": ans["best_b"] == int(b)})
 table = pd.DataFrame(rows)
-cols = st.columns(len(answers))
-for col, (rule, ans) in zip(cols, answers.items()):
-    best = ans["best_b"]
-    col.metric(f"best b ({rule})", "none" if best is None else str(best),
-               help=None if best is None else f"E L(w_T) = {ans['curves'][str(best)]['loss']:.4g}")
-st.altair_chart(charts.advisor_chart(answers, f"E L(w_T) after N = {budget:,} samples",
-                                     "Expected final loss against b at a fixed budget (◇ best b)"), width="stretch")
+y_title = f"E L(w_T) after N = {budget:,} samples"
+if axis:
+    cols = st.columns(len(rules))
+    for col, rule in zip(cols, rules):
+        best = result["best"][rule]
+        col.metric(f"best (b, β) ({rule})", "none" if best is None else f"b = {best['b']}, β = {best['momentum']:g}",
+                   help=None if best is None else f"E L(w_T) = {best['loss']:.4g}")
+    st.dataframe(pd.DataFrame([{"β": float(key), **{f"best b ({r})": result["best_b"][r][key] for r in rules}}
+                               for key in result["answers"][rules[0]]]), hide_index=True)
+    st.altair_chart(charts.advisor_momentum_chart(
+        result, y_title, "Expected final loss against b at a fixed budget, one line per β (◇ best b of β, ★ best "
+        "(b, β))" + (", α/(1 − β) fixed" if effective_lr else "")), width="stretch")
+    st.caption("Heavy ball β on every line (the exact moments of (w_t, v_t), docs/theory.md §9)"
+               + (": each β runs with c·(1 − β), the same effective step α/(1 − β) as c at β = 0." if effective_lr
+                  else ", the same c for every β (tick α/(1 − β) fixed to compare at one effective step)."))
+    beta_key = st.selectbox("β for the details below", list(result["answers"][rules[0]]), key="adv_beta",
+                            help="the noise scales, the target frontier, the schedule comparison and the replica "
+                                 "check for this β")
+    answers = {r: result["answers"][r][beta_key] for r in rules}
+    beta = dict(zip(result["answers"][rules[0]], api.check_momenta(momenta)))[beta_key]  # as typed: exact for 9/10
+    config = api.momentum_config(config, beta, effective_lr)
+else:
+    cols = st.columns(len(answers))
+    for col, (rule, ans) in zip(cols, answers.items()):
+        best = ans["best_b"]
+        col.metric(f"best b ({rule})", "none" if best is None else str(best),
+                   help=None if best is None else f"E L(w_T) = {ans['curves'][str(best)]['loss']:.4g}")
+    st.altair_chart(charts.advisor_chart(answers, y_title, "Expected final loss against b at a fixed budget (◇ best b)"),
+                    width="stretch")
 diverged = table[table["diverged"]]
 if len(diverged):
     st.warning("Diverged (expected loss non-finite or above 10⁶ × the loss at w₀): "
-               + "; ".join(f"{r} at b = {', '.join(map(str, g['b']))}" for r, g in diverged.groupby("rule")))
+               + "; ".join(f"{r} at b = {', '.join(map(str, g['b']))}" for r, g in diverged.groupby("rule"))
+               if not axis else "Diverged (expected loss non-finite or above 10⁶ × the loss at w₀): "
+               + "; ".join(f"{r}, β = {beta:g} at b = {', '.join(map(str, g['b']))}"
+                           for (beta, r), g in diverged.groupby(["β", "rule"])))
 st.dataframe(table, hide_index=True)
 
 if target is not None:
@@ -126,8 +176,9 @@ if not check_bs:
     st.stop()
 check_device = api.resolve_device(config.device)
 checked = ui.job_panel("adv_check", json.dumps([config.to_json(), budget, rules, b_ref, target, replicas, check_bs]),
-                       f"Run {replicas:,} replicas of SGD for b = {', '.join(map(str, check_bs))} and each rule with "
-                       "its budget and learning rate, and compare their final loss with the exact value above — "
+                       f"Run {replicas:,} replicas of SGD{f' with momentum β = {beta_key}' if axis else ''} for b = "
+                       f"{', '.join(map(str, check_bs))} and each rule with its budget and learning rate, and compare "
+                       "their final loss with the exact value above — "
                        f"{api.format_duration(sum(plan['seconds'][b] for b in check_bs))} "
                        f"{api.estimate_where(check_device)}; runs already cached are instant.",
                        lambda: (lambda progress, cancel: api.sweep(config.replace(replicas=replicas,
@@ -139,5 +190,5 @@ if checked is not None:
              if row["loss_se"] else None} for r, ans in checked.items() for b, row in ans["curves"].items()]
     st.dataframe(pd.DataFrame(rows), hide_index=True)
     st.caption("z = (replica estimate − exact) / SE: |z| ≤ 4 is agreement.")
-st.download_button("Advice (JSON)", json.dumps(answers, indent=2), "batchvar_advice.json", "application/json")
+st.download_button("Advice (JSON)", json.dumps(result, indent=2), "batchvar_advice.json", "application/json")
 st.download_button("Table (CSV)", table.to_csv(index=False), "batchvar_advice.csv", "text/csv")

@@ -314,6 +314,54 @@ def test_advisor_best_markers_of_two_rules_at_one_b_stay_visible():
     assert assert_log_axes_positive(spec) > 0
 
 
+def _momentum_result(losses: dict, best: dict) -> dict:
+    """An advise_momentum-shaped result from {rule: {β: {b: loss or None (diverged)}}} and each rule's best (b, β)."""
+    answers = {}
+    for rule, per_beta in losses.items():
+        answers[rule] = {}
+        for beta, by_b in per_beta.items():
+            alive = {b: v for b, v in by_b.items() if v is not None}
+            answers[rule][beta] = {"best_b": min(alive, key=alive.get) if alive else None, "curves": {
+                str(b): {"steps": 100 // b, "lr_c": 0.5, "loss": v, "loss_se": None, "diverged": v is None}
+                for b, v in by_b.items()}}
+    betas = list(next(iter(losses.values())))
+    return {"momentum": [float(k) for k in betas], "answers": answers, "best": best,
+            "best_b": {r: {k: a["best_b"] for k, a in per.items()} for r, per in answers.items()}}
+
+
+def test_advisor_momentum_chart_draws_one_line_per_beta_with_its_best_b_and_the_best_pair():
+    result = _momentum_result(
+        {"none": {"0": {2: 0.5, 8: 0.3, 32: 0.4}, "0.9": {2: 0.2, 8: 0.25, 32: None}},
+         "linear": {"0": {2: 0.6, 8: 0.45, 32: 0.35}, "0.9": {2: 0.3, 8: None, 32: None}}},
+        {"none": {"momentum": 0.9, "b": 2, "loss": 0.2}, "linear": {"momentum": 0.9, "b": 2, "loss": 0.3}})
+    spec = charts.advisor_momentum_chart(result, "E L(w_T)", "title").to_dict()
+    all_layers = list(layers(spec))
+    line = next(layer for layer in all_layers if mark_type(layer) == "line")
+    assert line["encoding"]["color"]["field"] == "β" and line["encoding"]["color"]["scale"]["domain"] == ["0", "0.9"]
+    assert line["encoding"]["strokeDash"]["field"] == "rule"  # two rules: one dash each
+    drawn = pd.DataFrame(rows(spec, line))
+    assert drawn.groupby(["β", "rule"]).ngroups == 4
+    assert not ((drawn["β"] == "0.9") & (drawn["b"] == 32)).any()  # the diverged lanes are left out
+    diamonds = next(layer for layer in all_layers if layer["mark"].get("shape") == "diamond")
+    got = {(r["β"], r["rule"], r["b"]) for r in rows(spec, diamonds) if r["best"]}
+    assert got == {("0", "none", 8), ("0.9", "none", 2), ("0", "linear", 32), ("0.9", "linear", 2)}
+    star = next(layer for layer in all_layers if mark_type(layer) == "point" and layer["mark"].get("filled"))
+    stars = {(r["β"], r["rule"], r["b"]) for r in rows(spec, star) if r["best_overall"]}
+    assert stars == {("0.9", "none", 2), ("0.9", "linear", 2)}
+    assert assert_log_axes_positive(spec) > 0
+    one_rule = {**result, "answers": {"none": result["answers"]["none"]}, "best": {"none": result["best"]["none"]}}
+    line = next(layer for layer in layers(charts.advisor_momentum_chart(one_rule, "y", "t").to_dict())
+                if mark_type(layer) == "line")
+    assert "strokeDash" not in line["encoding"]
+
+
+def test_advisor_momentum_chart_says_when_every_lane_diverged():
+    result = _momentum_result({"none": {"0": {2: None}, "0.5": {2: None}}}, {"none": None})
+    spec = charts.advisor_momentum_chart(result, "loss", "title").to_dict()
+    texts = [layer for layer in layers(spec) if mark_type(layer) == "text"]
+    assert texts and "diverged" in json.dumps(rows(spec, texts[0]))
+
+
 def test_sweep_error_bars_of_cells_at_one_x_stand_side_by_side(seed_sweep):
     """Against the seed every combination of the other fields shares each x: each line's marks are offset by their
     own number of pixels (xOffset, no scale), the same for its point, error bar and ticks, and distinct across lines."""
