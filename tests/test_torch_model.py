@@ -364,3 +364,34 @@ def test_the_step_loop_reads_nothing_back_per_step(monkeypatch):
         return counts["n"]
 
     assert reads(128) - reads(64) <= 64 // STEP_BLOCK
+
+
+@pytest.mark.parametrize("sampler", ["without_replacement", "with_replacement"])
+def test_a_batch_schedule_matches_the_exact_linear_regression_theory(sampler):
+    """batch_schedule in place of batch_sizes (issue 26): the one curve keyed "schedule" of the least-squares file
+    equals the linear-regression setting's exact theory along the same schedule (docs/theory.md §12) within SE —
+    b = 1 for 3 steps, then b = 4 > n/2 (complement draws without replacement) for 3, g_T at the last b; the config
+    round-trips with the schedule, and a schedule of one segment is the constant-b run, bitwise."""
+    sched, lr = [[1, 3], [4, 3]], {"schedule": "constant", "c": "1/10"}
+    raw = {k: v for k, v in tiny_config_json(lr=lr, sampler=sampler).items() if k not in ("steps", "batch_sizes")}
+    lin = api.parse_config({**raw, "batch_schedule": sched})
+    exact = api.theory(lin)["curves"]
+    c = cfg("tests/models/least_squares.py", inits=1, replicas=4000, record_every=1, batch_schedule=sched, lr=lr,
+            noise_samples=5, dtype="float64", seed=3, sampler=sampler)
+    assert c.steps == 6 and api.parse_config(c.to_json()) == c and "batch_sizes" not in c.to_json()
+    res = api.simulate(c)
+    assert list(res["t"]) == list(range(7)) and res["batch_sizes"] == ["schedule"]
+    probe = [("var_g", "var_g")] if sampler == "without_replacement" else []  # g_t is probed without replacement
+    for ours, theirs in (*probe, ("loss_train", "loss"), ("noise_spread", "var_full_grad")):
+        est, se = res["curves"][ours]["value"], res["curves"][ours]["se"]
+        assert est.shape == (1, 7)
+        ok = se > 0
+        zz = z(est[ok], se[ok], np.asarray(exact[theirs])[ok])
+        assert np.all(np.abs(zz) <= 4.5), (ours, zz)
+    assert list(doc_of(c)["curves"]) == ["schedule"] and doc_of(c)["batch_schedule"] == sched
+    one = api.simulate(cfg("tests/models/least_squares.py", inits=1, replicas=50, record_every=1,
+                           batch_schedule=[[2, 4]], lr=lr, dtype="float64", sampler=sampler))
+    const = api.simulate(cfg("tests/models/least_squares.py", inits=1, replicas=50, record_every=1, steps=4,
+                             batch_sizes=[2], lr=lr, dtype="float64", sampler=sampler))
+    for q in ("var_g", "loss_train"):
+        assert np.array_equal(one["curves"][q]["value"], const["curves"][q]["value"], equal_nan=True), q

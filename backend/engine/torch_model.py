@@ -39,7 +39,7 @@ from backend.engine.mlp import EpochStats, flat
 from backend.engine.noise import per_sample_dots, per_sample_terms
 from backend.engine.replicas import Replicas
 from backend.engine.runner import (ACTIVATION_ELEMENTS, STEP_BLOCK, Divergence, DivergenceLog, check_cancel,
-                                   precision, report, seed_for)
+                                   precision, report, schedule_segments, seed_for)
 from backend.engine.samplers import Draw, batch_indices, make_sampler
 from backend.errors import ConfigError
 from backend.quantities import EPOCH_QUANTITIES
@@ -409,27 +409,39 @@ def evaluate(rep: Replicas, pr: Prepared, params, X: torch.Tensor, Y: torch.Tens
 
 
 def run_batch_size(pr: Prepared, K: int, R: int, steps: int, record_every: int, alphas_fn: Callable[[int], float],
-                   b: int, sampler: str, seed: int, device: torch.device, noise_samples: int, optimizer,
-                   progress: Callable[[int], None] | None = None, cancel=None, arithmetic: str = "float32") -> dict:
+                   b: int | list[tuple[int, int]], sampler: str, seed: int, device: torch.device, noise_samples: int,
+                   optimizer, progress: Callable[[int], None] | None = None, cancel=None,
+                   arithmetic: str = "float32") -> dict:
     """Train K·R replicas for ``steps`` steps at batch size b with ``optimizer`` (backend/optim.py, one over the
-    stack); per-init statistics at t = record_steps(steps, record_every): arrays (len(t), K) (see module doc)."""
+    stack); per-init statistics at t = record_steps(steps, record_every): arrays (len(t), K) (see module doc).
+    ``b`` a list of (b_i, steps_i): a batch-size schedule (docs/theory.md §12; Σ steps_i = steps), its segments one
+    after another, the weights and the optimizer's state carried on; g_t (the probe, the one-step noise's c_b) at
+    the b of the segment that draws it, the last one's at t = T. Segment 0 draws from the streams of the constant
+    b_0 run, segment j > 0 from its own (one segment is exactly the constant-b run)."""
+    segments, bounds = schedule_segments(b, steps)
     Xtr, Ytr, Xva, Yva = pr.Xtr, pr.Ytr, pr.Xva, pr.Yva
     n = Xtr.shape[0]
     sub = np.random.default_rng(seed_for(seed, 31337)).permutation(n)[:min(noise_samples, n)]
     XS, YS = Xtr[sub], Ytr[sub]
     N = K * R
     inits = Groups.blocks(K, R, device)  # the statistics groups: one per init, its R replicas
-    rep = Replicas(pr.forward, replica_block(pr.mf.act_per_sample, N, b), pr.mf.loss)
+    rep = Replicas(pr.forward, replica_block(pr.mf.act_per_sample, N, max(bj for bj, _ in segments)), pr.mf.loss)
     params = {k: v.repeat_interleave(R, dim=0).contiguous() for k, v in init_params(pr.mf, K, pr.dtype,
                                                                                      device).items()}
     state = optimizer.init(params)
     div = Divergence(N, device)
     ts = record_steps(steps, record_every)
     stats = EpochStats.empty(len(ts), K)
-    gen = torch.Generator(device=device).manual_seed(seed_for(seed, b, 1))
-    probe = torch.Generator(device=device).manual_seed(seed_for(seed, b, 2))
-    draw = make_sampler(sampler, n, b, N, gen, device)
-    probe_draw = make_sampler("without_replacement", n, b, N, probe, device)
+
+    def streams(j: int):
+        """Segment j's training and probe samplers (segment 0: the constant b_0 run's streams)."""
+        bj, tail = segments[j][0], (() if j == 0 else (j,))
+        return tuple(make_sampler(name, n, bj, N, torch.Generator(device=device).manual_seed(seed_for(seed, bj, k,
+                                                                                                      *tail)), device)
+                     for name, k in ((sampler, 1), ("without_replacement", 2)))
+
+    draw, probe_draw = streams(0)
+    b = segments[0][0]
 
     def record(i: int) -> None:
         alive = div.alive
@@ -459,16 +471,21 @@ def run_batch_size(pr: Prepared, K: int, R: int, steps: int, record_every: int, 
     record(0)
     draws: list[Draw] = []
     at = {int(t): i for i, t in enumerate(ts)}
+    seg_at = {a: j for j, (a, _) in enumerate(bounds)}  # the step at which each segment starts
     for t in range(steps):
         check_cancel(cancel)
-        if not draws:
-            draws = draw.draw_block(min(STEP_BLOCK, steps - t))[::-1]
+        if not draws:  # a block of steps within the segment
+            end = min(steps, next(e for a, e in bounds if a <= t < e))
+            draws = draw.draw_block(min(STEP_BLOCK, end - t))[::-1]
         idx = batch_indices(draws.pop(), n)
         with precision(arithmetic, device):
             g, loss = rep.grad_and_loss(params, Xtr[idx], Ytr[idx])
         optimizer.step(params, g, state, alphas_fn(t), t)
         div.update(torch.isfinite(loss), t)  # no host sync; a dead replica is left out of every statistic
         report(progress, N)
+        if t + 1 in seg_at:  # the next segment draws g_{t+1} on: its b and its own streams
+            draw, probe_draw = streams(seg_at[t + 1])
+            b = segments[seg_at[t + 1]][0]
         if t + 1 in at:
             record(at[t + 1])
     diverged = DivergenceLog()

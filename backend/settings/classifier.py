@@ -17,6 +17,7 @@ from backend.cache import CODE_VERSION, ResultCache
 from backend.engine import mlp as engine
 from backend.curves import curves_result
 from backend.errors import ConfigError
+from backend.fields import curve_keys
 from backend.progress import Progress
 from backend.quantities import EPOCH_QUANTITIES, Quantity
 from backend.settings.base import cache_key, json_list, simulation_key
@@ -118,12 +119,13 @@ def shape_result(config, meta: dict, arrays: dict, hit: bool, x_name: str = "epo
     init's is not (``resolved`` (B, epochs + 1) says where it is). ``per_init`` at the top level keeps every per-init
     array the engine recorded, per b."""
     t95 = t_quantile(0.95, max(config.replicas - 1, 1))
-    raw = {b: {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{b}.")} for b in config.batch_sizes}
+    keys = curve_keys(config)  # the batch sizes, or "schedule" (a step-based setting's batch_schedule)
+    raw = {b: {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{b}.")} for b in keys}
     curves: dict[str, dict[str, np.ndarray]] = {}
     median = {q.name for q in EPOCH_QUANTITIES if q.summary == "median"}
     for q in names or engine.ESTIMATED:  # names: another engine's quantities (x over x_name, default epochs)
         rows = []
-        for b in config.batch_sizes:
+        for b in keys:
             v, se = raw[b][q], raw[b][f"{q}_se"]
             resolved = b_simple_resolved(raw[b]) if q == "b_simple" else None
             if resolved is not None:  # not resolved: null, never a negative or unbounded ratio
@@ -141,12 +143,12 @@ def shape_result(config, meta: dict, arrays: dict, hit: bool, x_name: str = "epo
                 row["lo"], row["hi"] = value - t95 * value_se, value + t95 * value_se
             rows.append(row)
         curves[q] = {stat: np.stack([r[stat] for r in rows]) for stat in rows[0]}
-    finite = np.stack([np.nansum(raw[b]["finite"], axis=1) for b in config.batch_sizes])
+    finite = np.stack([np.nansum(raw[b]["finite"], axis=1) for b in keys])
     meta = {**meta, "diverged_at": [row["diverged_at"] for row in meta["per_b"]],
             "diverged_replicas": [row["diverged_replicas"] for row in meta["per_b"]]}
     band = ("min–max over initial weights" if config.inits > 1 else
             f"95 % interval from the {config.replicas} replicas (one initial weight)")
-    return curves_result(x_name, np.arange(config.epochs + 1) if x is None else x, config.batch_sizes, curves,
+    return curves_result(x_name, np.arange(config.epochs + 1) if x is None else x, keys, curves,
                          finite, meta, hit, band=band, per_init=raw)
 
 
@@ -232,7 +234,7 @@ def classifier_document(config, res: dict[str, Any], names) -> dict[str, Any]:
     split = variance_split(res)
     per_init = config.inits > 1
     curves: dict[str, Any] = {}
-    for j, b in enumerate(config.batch_sizes):
+    for j, b in enumerate(curve_keys(config)):
         entry: dict[str, Any] = {}
         for f in names:
             c = res["curves"][f]

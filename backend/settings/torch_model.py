@@ -20,8 +20,8 @@ from backend.engine import torch_model as engine
 from backend.engine.replica_branch import BranchTask
 from backend.engine.replicas import Replicas
 from backend.errors import ConfigError
-from backend.fields import (MAX_STEPS, SAMPLER_LABELS, SAMPLERS, Fields, Schedule, config_fields, read_batch_sizes,
-                            read_choice, read_int, replace_fields, replica_run_fields)
+from backend.fields import (MAX_STEPS, SAMPLER_LABELS, SAMPLERS, BatchSchedule, Fields, Schedule, config_fields,
+                            curve_keys, read_choice, read_int, read_step_batches, replace_fields, replica_run_fields)
 from backend.optim import OptimizerSpec
 from backend.progress import Progress
 from backend.settings import replica_cbs
@@ -61,6 +61,7 @@ class TorchModelConfig:
     precision: str
     noise_samples: int
     device: str
+    batch_schedule: BatchSchedule | None = None  # b_i for steps_i steps (docs/theory.md §12); None: out of to_json
     n_train: int = field(default=0, repr=False, compare=False)
     sizes: dict = field(default_factory=dict, repr=False, compare=False)  # n_params, n_val, act_per_sample, classes
 
@@ -68,10 +69,10 @@ class TorchModelConfig:
     def parse(cls, raw: dict) -> "TorchModelConfig":
         f, val = config_fields(raw, cls.DEFAULTS)
         model, mf = _read_model(val("model"))
-        batch_sizes = read_batch_sizes(val("batch_sizes"), mf.n_train)
+        batch_sizes, batch_schedule, steps = read_step_batches(f, val, mf.n_train, cls.DEFAULTS["batch_sizes"])
         replicas = read_int(val("replicas"), "replicas", 2, 10_000)
         inits = read_int(val("inits"), "inits", 1, 50)
-        steps = read_int(val("steps"), "steps", 1, MAX_STEPS)
+        steps = read_int(steps, "steps", 1, MAX_STEPS)
         record_every = read_int(val("record_every"), "record_every", 1, steps)
         lr = Schedule.parse(val("lr"), defaults=cls.DEFAULTS["lr"])
         optimizer = OptimizerSpec.parse(val("optimizer"))
@@ -82,10 +83,12 @@ class TorchModelConfig:
         sizes = {"n_params": mf.n_params, "n_train": mf.n_train, "n_val": mf.n_val,
                  "act_per_sample": mf.act_per_sample, "flops_per_sample": mf.flops_per_sample, "classes": mf.classes}
         return cls(model, batch_sizes, replicas, inits, steps, record_every, lr, optimizer, sampler=sampler,
-                   n_train=mf.n_train, sizes=sizes, **common)
+                   batch_schedule=batch_schedule, n_train=mf.n_train, sizes=sizes, **common)
 
     def to_json(self) -> dict:
-        return {"setting": self.setting, "model": self.model, "batch_sizes": list(self.batch_sizes),
+        return {"setting": self.setting, "model": self.model,
+                **({"batch_sizes": list(self.batch_sizes)} if self.batch_schedule is None
+                   else {"batch_schedule": self.batch_schedule.to_json()}),
                 "replicas": self.replicas, "inits": self.inits, "steps": self.steps,
                 "record_every": self.record_every, "lr": self.lr.to_json(), "optimizer": self.optimizer.to_json(),
                 "seed": self.seed, "sampler": self.sampler, "dtype": self.dtype, "precision": self.precision,
@@ -146,7 +149,8 @@ def theory(config: TorchModelConfig, cache: ResultCache | None = None) -> dict[s
 def simulate_document(config: TorchModelConfig, res: dict[str, Any]) -> dict[str, Any]:
     """The CLI's ``simulate`` document: the classifiers' shape with ``t`` as its x key (backend/report.py)."""
     doc = classifier_document(config, res, [q.name for q in quantities(config)])
-    return {**doc, "model": config.model}
+    return {**doc, "model": config.model, **({} if config.batch_schedule is None
+                                             else {"batch_schedule": config.batch_schedule.to_json()})}
 
 
 def advise_cell(config: TorchModelConfig, b: int, budget: int, lr_factor: float) -> TorchModelConfig:
@@ -165,9 +169,18 @@ def _dtype(config: TorchModelConfig) -> torch.dtype:
 
 def estimate(config: TorchModelConfig) -> dict[str, float]:
     bytes_per = 4 if config.dtype == "float32" else 8
-    return combine_costs([engine.estimate_cost(config.sizes, config.inits, config.replicas, config.steps,
-                                               config.record_every, b, config.noise_samples, bytes_per)
-                          for b in config.batch_sizes])
+    runs = ([(b, config.steps) for b in config.batch_sizes] if config.batch_schedule is None
+            else config.batch_schedule.segments)  # a schedule's segments run one after another: their costs add
+    return combine_costs([engine.estimate_cost(config.sizes, config.inits, config.replicas, steps,
+                                               min(config.record_every, steps), b, config.noise_samples, bytes_per)
+                          for b, steps in runs])
+
+
+def replica_runs(config: TorchModelConfig) -> list:
+    """(curve key, what run_batch_size takes as b) of each run: the batch sizes, or "schedule" and its segments."""
+    if config.batch_schedule is None:
+        return [(b, b) for b in config.batch_sizes]
+    return [(key, list(config.batch_schedule.segments)) for key in curve_keys(config)]
 
 
 def cached_simulation(config: TorchModelConfig, device: torch.device, cache: ResultCache) -> dict[str, Any] | None:
@@ -193,14 +206,14 @@ def simulate(config: TorchModelConfig, device: torch.device, cache: ResultCache,
                                             "read it again")
         pr = engine.prepare(mf, _dtype(config), device)
         arrays, per_b = {}, []
-        for b in config.batch_sizes:
+        for key, b in replica_runs(config):
             out = engine.run_batch_size(pr, config.inits, config.replicas, config.steps, config.record_every,
                                         lambda t: float(config.lr.alpha(t)), b, config.sampler, config.seed, device,
                                         config.noise_samples, config.optimizer.build(), progress.advance, cancel,
                                         config.precision)
-            _refuse_nonfinite_start(mf, out["stats"], b)
-            arrays.update({f"{b}.{name}": v for name, v in out["stats"].items()})
-            per_b.append({"b": b, "diverged_at": out["diverged_at"], "diverged_replicas": out["diverged_replicas"]})
+            _refuse_nonfinite_start(mf, out["stats"], key)
+            arrays.update({f"{key}.{name}": v for name, v in out["stats"].items()})
+            per_b.append({"b": key, "diverged_at": out["diverged_at"], "diverged_replicas": out["diverged_replicas"]})
         meta = {"kind": f"simulate_{config.setting}", "device": str(device), "per_b": per_b,
                 "sampler": config.sampler, "sampler_label": SAMPLER_LABELS[config.sampler],
                 "seconds": time.monotonic() - t0, "code_version": CODE_VERSION, "n_train": mf.n_train,
@@ -208,7 +221,7 @@ def simulate(config: TorchModelConfig, device: torch.device, cache: ResultCache,
                 is not None}
         return meta, arrays
 
-    progress.total = len(config.batch_sizes) * config.inits * config.replicas * config.steps
+    progress.total = len(replica_runs(config)) * config.inits * config.replicas * config.steps
     meta, arrays, hit = cache.get_or_compute(simulation_key(config, device), compute)
     progress.finish()
     return _shape(config, meta, arrays, hit)
