@@ -30,7 +30,7 @@ from torch.func import grad, vmap
 from backend import lemma1
 from backend.engine.noise import noise_chunk
 from backend.engine.replicas import Replicas
-from backend.engine.runner import seed_for
+from backend.engine.runner import precision, seed_for
 from backend.engine.samplers import batch_indices, make_sampler
 from backend.optim import Optimizer
 
@@ -50,6 +50,7 @@ class BranchTask:
     w0: dict[str, torch.Tensor]
     sampler: str
     evaluate: Callable  # (params) → (N,) mean loss on (Xev, Yev), float64
+    arithmetic: str = "float32"  # the training steps' precision (runner.precision); moments and losses in full
 
 
 @dataclass
@@ -166,7 +167,8 @@ def reference(task: BranchTask, opt: Optimizer, alphas: list[float], b: int, R: 
             hessian = hessian and ok
         if t < max(checkpoints):
             idx = batch_indices(draw.draw(), n)
-            g, _ = task.rep.grad_and_loss(params, task.Xtr[idx], task.Ytr[idx])
+            with precision(task.arithmetic, device):
+                g, _ = task.rep.grad_and_loss(params, task.Xtr[idx], task.Ytr[idx])
             opt.step(params, g, state, alphas[t], t)
     return Reference(states, moments, hessian)
 
@@ -197,6 +199,7 @@ def branch(task: BranchTask, ref: Reference, opt: Optimizer, b: int, lrs: np.nda
                         device)
     for s in range(steps):
         idx = batch_indices(draw.draw(), n)
-        g, _ = task.rep.grad_and_loss(params, task.Xtr[idx], task.Ytr[idx])
+        with precision(task.arithmetic, device):
+            g, _ = task.rep.grad_and_loss(params, task.Xtr[idx], task.Ytr[idx])
         opt.step(params, g, state, lr, t0 + s)
     return task.evaluate(params).reshape(n_rules, C, R)

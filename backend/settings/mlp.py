@@ -241,7 +241,7 @@ def replica_branches(config: MLPConfig, b_ref: int, checkpoints: list[int], bs, 
             return engine.evaluate(rep, params, Xev, Yev, act_per_sample=task.act_per_sample)[0]
 
         loss0 = float(evaluate({k: v[None] for k, v in w0.items()})[0])
-        return (BranchTask(rep, task.Xtr, task.Ytr, Xev, Yev, w0, config.sampler, evaluate), loss0,
+        return (BranchTask(rep, task.Xtr, task.Ytr, Xev, Yev, w0, config.sampler, evaluate, config.precision), loss0,
                 int(task.Xtr.shape[0]))
 
     return replica_cbs.functional_branches(config, "cbs_replicas_mlp", b_ref, checkpoints, bs, factors, steps,

@@ -266,7 +266,8 @@ def replica_branches(config: TorchModelConfig, b_ref: int, checkpoints: list[int
             return engine.evaluate(rep, pr, params, pr.Xtr, pr.Ytr)[0]
 
         loss0 = float(evaluate({k: v[None] for k, v in w0.items()})[0])
-        return BranchTask(rep, pr.Xtr, pr.Ytr, pr.Xtr, pr.Ytr, w0, config.sampler, evaluate), loss0, mf.n_train
+        return (BranchTask(rep, pr.Xtr, pr.Ytr, pr.Xtr, pr.Ytr, w0, config.sampler, evaluate, config.precision), loss0,
+                mf.n_train)
 
     return replica_cbs.functional_branches(config, "cbs_replicas_torch_model", b_ref, checkpoints, bs, factors,
                                            steps, device, cache, make_task)
