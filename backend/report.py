@@ -11,6 +11,7 @@ from typing import Any
 
 from backend import core, curves, settings
 from backend.fields import curve_keys
+from backend.quantities import estimated_by
 from backend.settings.base import curves_json
 
 
@@ -30,7 +31,7 @@ def flags_json(config, res: dict) -> dict[str, Any]:
     None when nothing is flagged)."""
     th = core.theory(config)
     exact = th["curves"] if th["available"] and th["curves"] is not None else {}
-    of = {q: q for q in core.quantities(config)} | {"var_g_rb": "var_g"}  # estimator → the quantity it estimates
+    of = estimated_by(core.quantity_table(config))  # each curve → the quantity it estimates (backend/quantities.py)
     flags = {q: curves.flagged_points(res, of[q], exact.get(of[q]), q) for q in of if q in res["curves"]}
     worst = [p for ps in flags.values() for p in ps]
     return {"flags": flags, "flag_note": curves.flag_message(worst, config.replicas) if worst else None}

@@ -171,7 +171,7 @@ with tab_z:
         st.altair_chart(charts.z_chart(agr["z"], theory["t"], api.curve_keys(config)), width="stretch")
 
 with tab_table:
-    table_rows = ui.per_b_table("dl", theory, sim, api.quantities(config), labels, default_x=1)
+    table_rows = ui.per_b_table("dl", theory, sim, table, default_x=1)
 
 with tab_dl:
     ui.downloads("dl", config, theory, sim, api.quantities(config), time_charts,

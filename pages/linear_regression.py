@@ -116,12 +116,16 @@ if sim is not None:
 tab_t, tab_b, tab_poly, tab_z, tab_table, tab_thm, tab_dl = st.tabs(
     ["Against t", "Against b", "Polynomial in 1/b", "Agreement", "Per-b table", "Theorems 1–2", "Downloads"])
 tcurves = theory["curves"]
+table = api.quantity_table(config)  # the setting's quantities (backend/quantities.py): labels, further estimators
+labels = api.quantity_labels(table)
+better = {q.name: q.estimators[0][0] for q in table if q.estimators}  # quantity → its Rao–Blackwellised estimator
+estimates = {e: q for q, e in better.items()}
 with tab_t:
     use_rb = st.checkbox("Use the Rao–Blackwellised estimator for var(g_t | F_0) (same expectation, smaller SE)",
-                         key="lr_rb", disabled=sim is None or "var_g_rb" not in sim["curves"])
+                         key="lr_rb", disabled=sim is None or not any(e in sim["curves"] for e in estimates))
     log = st.checkbox("Log scale", True, key="lr_log")
-    time_charts = {q: ui.time_chart_with_caption(theory, sim, config, q, api.QUANTITY_LABELS[q], log,
-                                                     "var_g_rb" if (q == "var_g" and use_rb) else None)
+    time_charts = {q: ui.time_chart_with_caption(theory, sim, config, q, labels[q], log,
+                                                     better.get(q) if use_rb else None)
                    for q in api.quantities(config)}
 
 with tab_b:
@@ -180,9 +184,9 @@ with tab_z:
     if sim is None or tcurves is None:
         st.info("Run the replicas (and use a sampler with exact theory) to compare estimates with the exact values.")
     else:
-        q = st.selectbox("Quantity", [*api.quantities(config), *(["var_g_rb"] if "var_g_rb" in sim["curves"] else [])],
-                         format_func=api.QUANTITY_LABELS.get, key="lr_zq")
-        agr = api.agreement(theory, sim, q if q != "var_g_rb" else "var_g", estimate_name=q)
+        q = st.selectbox("Quantity", [*api.quantities(config), *(e for e in estimates if e in sim["curves"])],
+                         format_func=labels.get, key="lr_zq")
+        agr = api.agreement(theory, sim, estimates.get(q, q), estimate_name=q)
         c1, c2, c3 = st.columns(3)
         c1.metric("|z| ≤ 2", f"{100 * agr['within_2']:.1f} %", help="expect about 95 %")
         c2.metric("|z| ≤ 4", f"{100 * agr['within_4']:.1f} %", help="expect about 100 %")
@@ -192,7 +196,7 @@ with tab_z:
                    "share replicas, so z is correlated along t.")
 
 with tab_table:
-    table_rows = ui.per_b_table("lr", theory, sim, [*api.quantities(config), "var_g_rb"], api.QUANTITY_LABELS)
+    table_rows = ui.per_b_table("lr", theory, sim, table)
 
 with tab_thm:
     if tcurves is None:
@@ -202,7 +206,7 @@ with tab_thm:
     else:
         checks = api.check_monotone(config)
         for q, res in checks.items():
-            label = api.QUANTITY_LABELS[q]
+            label = labels[q]
             if res["holds"]:
                 st.success(f"{label} is non-increasing in b at every t = 0..{res['checked_t'] - 1}, checked on "
                            f"{res['checked_b']} batch sizes.")
@@ -213,5 +217,5 @@ with tab_thm:
 
 with tab_dl:
     ui.downloads("lr", config, theory, sim, api.quantities(config),
-                     {api.QUANTITY_LABELS[q]: c for q, c in time_charts.items()},
+                     {labels[q]: c for q, c in time_charts.items()},
                      {"Per-b table": table_rows} if table_rows else None)

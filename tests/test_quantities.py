@@ -48,6 +48,9 @@ def test_declared_estimators_are_in_the_results_and_labelled(raw):
             assert labels[name] == f"{q.label}, {what}" and quantities.find(table, name) is q
     rb = [name for name in res["curves"] if "_rb" in name]  # every Rao–Blackwellised curve a run gives is declared
     assert sorted(rb) == sorted(declared)
+    doc = settings.for_config(config).simulate_document(config, res)  # the CLI's document carries each, with its SE
+    entry = doc["curves"][str(config.batch_sizes[0])]
+    assert all(name in entry and f"{name}_se" in entry for name in declared)
 
 
 def test_the_summary_over_inits_follows_the_table():

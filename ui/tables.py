@@ -6,23 +6,24 @@ import pandas as pd
 import streamlit as st
 
 from backend import api, export
+from backend.quantities import Quantity, estimated_by
 
 
-def per_b_table(prefix: str, theory: dict | None, sim: dict | None, quantities: list[str], labels: dict[str, str],
+def per_b_table(prefix: str, theory: dict | None, sim: dict | None, table: list[Quantity],
                 default_x: int = 5) -> list[dict] | None:
-    """Pick a quantity and a recorded t, show one row per b (api.per_b_table) with a CSV download; the rows (None
-    before a run)."""
+    """Pick a quantity of the setting's table (or a further estimator of one) and a recorded t, show one row per b
+    (api.per_b_table) with a CSV download; the rows (None before a run)."""
     if sim is None:
         st.info("Run the replicas to tabulate the estimates per batch size.")
         return None
     x_name = sim["x_name"]
     xs = [int(v) for v in sim["x"]]
     c1, c2 = st.columns(2)
-    q = c1.selectbox("Quantity", [q for q in quantities if q in sim["curves"]], format_func=lambda v: labels.get(v, v),
+    of, labels = estimated_by(table), api.quantity_labels(table)
+    q = c1.selectbox("Quantity", [q for q in of if q in sim["curves"]], format_func=lambda v: labels.get(v, v),
                      key=f"{prefix}_tabq")
     x = c2.select_slider(x_name, xs, value=min(xs, key=lambda v: abs(v - default_x)), key=f"{prefix}_tabx")
-    exact_name = "var_g" if q == "var_g_rb" else q
-    rows = api.per_b_table(theory, sim, exact_name, x, estimate_name=q)
+    rows = api.per_b_table(theory, sim, of[q], x, estimate_name=q)
     table = pd.DataFrame([{"b": r["b"], "estimate": r["estimate"], "SE": r["se"],
                            "estimate ± SE": (f"{r['estimate']:.5g} ± {r['se']:.2g}" if r["estimate"] is not None and
                                              r["se"] is not None else "—"),

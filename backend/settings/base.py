@@ -18,7 +18,7 @@ from backend.cache import ResultCache, make_key
 from backend.costs import GpuModel
 from backend.fields import curve_keys
 from backend.progress import Progress
-from backend.quantities import Quantity  # noqa: F401  (the quantity table's entries: settings import it from here)
+from backend.quantities import Quantity, estimated_by  # Quantity: the table's entries (settings import it here)
 
 
 class Setting(Protocol):
@@ -142,13 +142,13 @@ def curves_json(batch_sizes, curves: dict | None, quantities, with_se: bool) -> 
     return out
 
 
-def step_document(config, res: dict, names) -> dict[str, Any]:
-    """The ``simulate`` document of a setting run in SGD steps: per b each quantity in ``names`` (and the
-    Rao–Blackwellised var_g_rb where reported) over t with its SE, the finite replicas at each t, the first divergence
+def step_document(config, res: dict, table: list[Quantity]) -> dict[str, Any]:
+    """The ``simulate`` document of a setting run in SGD steps: per b each quantity of its ``table`` (and each further
+    estimator of one, e.g. the Rao–Blackwellised var_g_rb, where reported) over t with its SE, the finite replicas at each t, the first divergence
     per b, the sampler, the device and the replica groups."""
     meta, keys = res["meta"], curve_keys(config)  # the batch sizes, or "schedule"
     return {"t": res["t"].tolist(),
-            "curves": curves_json(keys, res["curves"], (*names, "var_g_rb"), True),
+            "curves": curves_json(keys, res["curves"], tuple(estimated_by(table)), True),
             "finite_count": {str(b): res["finite_count"][j].tolist() for j, b in enumerate(keys)},
             "diverged_at": dict(zip(map(str, keys), meta["diverged_at"])),
             **({} if getattr(config, "batch_schedule", None) is None

@@ -193,7 +193,7 @@ def _names(config: DeepLinearConfig) -> list[str]:
 
 def simulate_document(config: DeepLinearConfig, res: dict[str, Any]) -> dict[str, Any]:
     """The CLI's ``simulate`` document (backend/report.py): per b each quantity over t with its SE."""
-    return step_document(config, res, _names(config))
+    return step_document(config, res, quantities(config))
 
 
 def check(config: DeepLinearConfig, cache: ResultCache) -> dict[str, Any]:

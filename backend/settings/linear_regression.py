@@ -24,7 +24,6 @@ from backend.errors import ConfigError, TooExpensive
 from backend.exact import is_exact, jsonable_number, parse_number, rational, to_fraction, to_rational_array
 from backend.optim import OptimizerSpec
 from backend.progress import Progress
-from backend.quantities import labels as quantity_labels
 from backend.settings.base import (STEP_ADVISOR_QUANTITIES, Quantity, run_device_type, simulation_key,
                                    step_advise_cell, step_advisor_steps, step_document)
 from backend.stats import first_increase, polyfit_inv_b
@@ -178,7 +177,6 @@ QUANTITIES = (
              "across-replica variance of the full gradient, batch-means SE"),
     Quantity("loss", "E L(w_t)", r"\mathbb E\, L(w_t)", "t", True, "mean over replicas, batch-means SE"),
 )
-QUANTITY_LABELS = quantity_labels(list(QUANTITIES))  # name → label, and var_g_rb's
 EXACT_QUANTITIES = tuple(q.name for q in QUANTITIES)
 EXACT_MAX_T = 30  # exact rational polynomials: cost grows like t² p⁴ with ever longer integers
 FLOAT_POLY_MAX_T = 400
@@ -190,7 +188,7 @@ def quantities(config: LinearRegressionConfig) -> list[Quantity]:
 
 def simulate_document(config: LinearRegressionConfig, res: dict[str, Any]) -> dict[str, Any]:
     """The CLI's ``simulate`` document (backend/report.py): per b each quantity over t with its SE."""
-    return step_document(config, res, [q.name for q in quantities(config)])
+    return step_document(config, res, quantities(config))
 
 
 def check(config: LinearRegressionConfig, cache: ResultCache | None = None) -> dict[str, Any]:
