@@ -203,13 +203,19 @@ def test_a_sweep_over_momentum_on_the_adamw_fields_is_refused_in_one_line_naming
 
 
 def test_a_named_optimizer_beside_the_adamw_fields_takes_the_rest_from_them():
-    """optimizer.name set on an old-form config (a sweep cell over optimizer.name and optimizer.momentum): lr, warmup
-    and clip come from its fields; adam/adamw read beta1/beta2/eps/weight_decay as theirs; sgd takes weight_decay,
-    and drops the Adam-only beta1/beta2/eps only where they are the defaults (else refused, naming the field)."""
+    """optimizer.name on an old-form config (a sweep cell over optimizer.name): adam/adamw read beta1/beta2/eps/
+    weight_decay as theirs and lr, warmup, clip stay; the Adam-only beta1/beta2/eps beside sgd are refused in one line
+    naming the field (nothing dropped silently) — a momentum sweep starts from the named form, and its cells take lr,
+    warmup and clip from the base and the rest of the optimizer from the defaults."""
     from backend.sweep import parse_sweep
 
     base = {"setting": "sequence", "optimizer": {"lr": "0.002", "warmup": 3, "clip": "0.5"}}
-    sweep = parse_sweep({"base": base, "grid": {"optimizer.name": ["sgd"], "optimizer.momentum": [0.5, 0.9]}})
+    with pytest.raises(ConfigError) as err:
+        parse_sweep({"base": base, "grid": {"optimizer.name": ["sgd"], "optimizer.momentum": [0.9]}})
+    assert err.value.field.endswith("optimizer.beta1") and "named form" not in err.value.message
+    assert '"name": "sgd"' in err.value.message and "\n" not in str(err.value)
+    named = {"setting": "sequence", "optimizer": {"name": "sgd", "lr": "0.002", "warmup": 3, "clip": "0.5"}}
+    sweep = parse_sweep({"base": named, "grid": {"optimizer.momentum": [0.5, 0.9]}})
     for cell, beta in zip(sweep.cells, (0.5, 0.9)):
         opt = cell.config.optimizer
         assert cell.config.optimizer_spec == optim.OptimizerSpec("sgd", momentum=beta)

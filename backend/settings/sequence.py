@@ -130,9 +130,9 @@ def _parse_optimizer(raw: Any, o0: dict[str, Any]) -> dict[str, Any]:
     an old-form config) is refused in one line naming the field — momentum applies to sgd, set optimizer.name.
     With a name, old-form fields beside it (a sweep cell over ``optimizer.name`` on an old-form config) are read as
     that optimizer's where they mean the same: lr, warmup, clip always; beta1/beta2 → betas and eps for adam and
-    adamw; weight_decay as the named optimizer's λ (L2 for sgd and adam, decoupled for adamw). For sgd the Adam-only
-    beta1, beta2, eps are dropped where they hold the defaults (a normalised old-form config carries them) and
-    refused, naming the field, where they do not."""
+    adamw; weight_decay as the named optimizer's λ (L2 for sgd and adam, decoupled for adamw). The Adam-only beta1,
+    beta2, eps beside ``"sgd"`` are refused in one line naming the field (even at their defaults: nothing is dropped
+    silently) — to sweep momentum, write the base's optimizer in the named form ``{"name": "sgd", "lr": …}``."""
     fo = Fields(raw, "optimizer")
     if not fo.has("name"):
         shared = sorted(set(fo.raw) & {"momentum", "nesterov", "betas"})
@@ -155,7 +155,7 @@ ADAM_ONLY = ("beta1", "beta2", "eps")  # the old form's fields that plain SGD ha
 
 def _named_fields(fo: Fields, o0: dict[str, Any]) -> dict[str, Any]:
     """The named form's fields for OptimizerSpec.parse, with old-form fields beside the name read as
-    _parse_optimizer says (beta1/beta2 → betas for adam/adamw; for sgd the Adam-only ones at their defaults dropped)."""
+    _parse_optimizer says (beta1/beta2 → betas for adam/adamw; the Adam-only ones beside sgd refused)."""
     out = {k: v for k, v in fo.raw.items() if k not in SCHEDULE_KEYS}
     legacy = [k for k in ("beta1", "beta2") if k in out]
     if out.get("name") in ("adam", "adamw") and legacy:
@@ -165,10 +165,9 @@ def _named_fields(fo: Fields, o0: dict[str, Any]) -> dict[str, Any]:
     elif out.get("name") == "sgd":
         for k in ADAM_ONLY:
             if k in out:
-                if float(read_positive(out[k], f"optimizer.{k}", True)) != float(read_positive(o0[k], k, True)):
-                    raise ConfigError(f"optimizer.{k}", f"an Adam field, not used by sgd; leave it out "
-                                                        f"(got {out[k]!r})")
-                del out[k]
+                raise ConfigError(f"optimizer.{k}", "an Adam field, not used by sgd: leave it out (to sweep momentum "
+                                                    "from an old-form config, write its optimizer as {\"name\": "
+                                                    "\"sgd\", \"lr\": …})")
     return out
 
 
