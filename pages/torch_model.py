@@ -68,7 +68,8 @@ config = ui.validated(raw)  # a failing model file: one line naming the file and
 sim = ui.run_panel("torch_model", config, f"{config.inits} initial weight(s) × {config.replicas} replicas × "
                                           f"{len(config.batch_sizes)} batch sizes × {config.steps} steps "
                                           f"({config.n_train} training samples, "
-                                          f"{config.sizes['n_params']:,} parameters)")
+                                          f"{config.sizes['n_params']:,} parameters)",
+                   **ui.resumable_run("its last checkpoint (saved every few steps)"))
 if sim is None:
     st.stop()
 meta = sim["meta"]

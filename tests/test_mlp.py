@@ -251,6 +251,32 @@ def test_cancel_then_resume_gives_the_uninterrupted_result(tmp_path, b):
     assert api_mlp.cached_checkpoint_epoch(cfg, device, cache) == {}
 
 
+def test_a_cancel_in_a_later_batch_size_keeps_the_finished_ones(tmp_path):
+    """Two batch sizes, cancelled in the second one's second epoch: the first b's finished state stays in the cache
+    (it is not run again) beside the second one's last epoch; the resumed result is the uninterrupted one."""
+    cfg = parse_config({"setting": "mlp", "preset": "laptop", "epochs": 3, "inits": 1, "replicas": 4,
+                        "batch_sizes": [64, 16], "dataset": {"name": "digits", "train_size": 300},
+                        "noise_samples": 50, "eval_size": 100})
+    full = api.simulate(cfg, cache=ResultCache(tmp_path / "a"))
+    device = torch.device(full["meta"]["device"])
+    cache = ResultCache(tmp_path / "b")
+    cancel = threading.Event()
+    progress = api.Progress()
+    units = {b: cfg.inits * cfg.replicas * (cfg.n_train // b) for b in cfg.batch_sizes}  # per epoch
+    first, second = cfg.batch_sizes  # in the order they run
+    stop_at = units[first] * cfg.epochs + units[second] + 1  # a step into the second b's second epoch
+
+    progress.on_advance = lambda _: cancel.set() if progress.done >= stop_at else None
+    with pytest.raises(Cancelled):
+        api.simulate(cfg, progress=progress, cancel=cancel, cache=cache)
+    assert api_mlp.cached_checkpoint_epoch(cfg, device, cache) == {first: 3, second: 1}
+    resumed = api.simulate(cfg, cache=cache)
+    assert [p["resumed_from_epoch"] for p in resumed["meta"]["per_b"]] == [3, 1]
+    for f in ("var_g", "loss_train", "error_val", "noise_spread"):
+        np.testing.assert_allclose(resumed["curves"][f]["value"], full["curves"][f]["value"], rtol=1e-6)
+    assert api_mlp.cached_checkpoint_epoch(cfg, device, cache) == {}
+
+
 def test_laptop_preset_via_cli_orders_variance_by_b(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"setting": "mlp", "preset": "laptop"}))

@@ -395,3 +395,45 @@ def test_a_batch_schedule_matches_the_exact_linear_regression_theory(sampler):
                              batch_sizes=[2], lr=lr, dtype="float64", sampler=sampler))
     for q in ("var_g", "loss_train"):
         assert np.array_equal(one["curves"][q]["value"], const["curves"][q]["value"], equal_nan=True), q
+
+
+# -- a cancelled run resumes from its checkpoints ---------------------------------------------------------------
+
+@pytest.mark.parametrize("over, saved_at", [  # blocks of 32 steps from each segment's start: the last save ≤ t = 45
+    ({"batch_sizes": [4, 8], "optimizer": {"name": "sgd", "momentum": 0.9, "nesterov": True}}, 32),
+    ({"batch_schedule": [[4, 20], [8, 40]], "optimizer": {"name": "adam"}, "lr": {"schedule": "constant", "c": 0.01}},
+     20),
+])
+def test_a_cancelled_run_resumes_to_the_uninterrupted_result_bitwise(tmp_path, over, saved_at):
+    """Cancel in the middle of the last curve: the finished curve's state and the running one's last checkpoint
+    (weights, optimizer state, statistics, streams) stay in the cache; Run resumes each from there and gives the
+    uninterrupted run's numbers bitwise; once the result is cached the checkpoints are gone."""
+    import threading
+
+    from backend.cache import ResultCache
+    from backend.errors import Cancelled
+    from backend.settings.classifier import Checkpoints, checkpoint_key
+
+    c = cfg("tests/models/tiny_mlp.py", inits=2, replicas=8, steps=60, record_every=10, noise_samples=16,
+            dtype="float64", **over)
+    full = api.simulate(c, cache=ResultCache(tmp_path / "a"))
+    device = torch.device(full["meta"]["device"])
+    cache = ResultCache(tmp_path / "b")
+    curves = [k for k, _ in setting.replica_runs(c)]
+    per_step = c.inits * c.replicas  # progress units: replica-steps, reported every step
+    stop_at = per_step * (c.steps * (len(curves) - 1) + 45)  # at t = 45 of the last curve
+    cancel, progress = threading.Event(), api.Progress()
+    progress.on_advance = lambda units: cancel.set() if progress.done >= stop_at else None
+    with pytest.raises(Cancelled):
+        api.simulate(c, progress=progress, cancel=cancel, cache=cache)
+    saved = Checkpoints(c, device, cache)
+    assert [None if saved.resume(k) is None else saved.resume(k)["step"] for k in curves] == \
+        [60] * (len(curves) - 1) + [saved_at]
+    assert api.cached_simulation(c, cache=cache) is None  # nothing of the result is cached before it finishes
+    resumed = api.simulate(c, cache=cache)
+    assert [p["resumed_from_step"] for p in resumed["meta"]["per_b"]] == [60] * (len(curves) - 1) + [saved_at]
+    for q, curve in full["curves"].items():
+        for part, value in curve.items():
+            if isinstance(value, np.ndarray):
+                np.testing.assert_array_equal(resumed["curves"][q][part], value, err_msg=f"{q}.{part}")
+    assert all(cache.get(checkpoint_key(c, device, k)) is None for k in curves)

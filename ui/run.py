@@ -9,9 +9,15 @@ from ui.state import user_text
 
 
 NOT_CACHED = "The run was cancelled; nothing was cached."
-RESUMABLE_RUN = {"idle": "Press Run. A cancelled run resumes from its last completed epoch.",  # run_panel's messages
-                 "cancelled": "The run was cancelled; Run resumes it from its last completed epoch (checkpoints "
-                              "in the cache)."}  # for the settings whose runs checkpoint every epoch
+
+
+def resumable_run(since: str) -> dict[str, str]:
+    """run_panel's messages for a setting whose runs checkpoint in the cache (``since``: where a run resumes)."""
+    return {"idle": f"Press Run. A cancelled run resumes from {since}.",
+            "cancelled": f"The run was cancelled; Run resumes it from {since} (checkpoints in the cache)."}
+
+
+RESUMABLE_RUN = resumable_run("its last completed epoch")  # the settings whose runs checkpoint every epoch
 
 
 LOG_LINES = 12  # finished parts of a run listed under its progress bar (the latest)

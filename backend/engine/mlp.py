@@ -34,8 +34,8 @@ from backend.engine import linear_relu
 from backend.engine.noise import (linear_relu_per_sample_dots, linear_relu_per_sample_terms, per_sample_dots,
                                   per_sample_terms)
 from backend.engine.replicas import Replicas, module_forward  # noqa: F401  (module_forward: the settings)
-from backend.engine.runner import (ACTIVATION_ELEMENTS, STEP_BLOCK, Divergence, DivergenceLog, check_cancel, precision,
-                                   report, seed_for)
+from backend.engine.runner import (ACTIVATION_ELEMENTS, STEP_BLOCK, Divergence, DivergenceLog, check_cancel,  # noqa: F401
+                                   checkpoint_due, pack_checkpoint, precision, report, seed_for, unpack_checkpoint)
 from backend.engine.samplers import batch_indices, make_sampler
 from backend.quantities import EPOCH_QUANTITIES
 from backend.stats import GroupMoments, Groups, subsample_noise, variance_se
@@ -260,8 +260,7 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
         if sgd is not None:
             sgd.settle(params)  # the updates still held, applied before the weights are read
         record(epoch + 1)
-        if checkpoint is not None and (time.monotonic() - last_ckpt > 20 or epoch == epochs - 1 or
-                                       sum(v.numel() for v in params.values()) < 5_000_000):
+        if checkpoint is not None and checkpoint_due(last_ckpt, params, final=epoch == epochs - 1):
             checkpoint({"epoch": epoch, "params": {k: v.cpu().numpy().copy() for k, v in params.items()},
                         "opt": {k: v.cpu().numpy() for k, v in opt_state.items()},
                         "alive": alive.cpu().numpy(), "stats": stats.values, "gen": gen.get_state().numpy(),
@@ -303,19 +302,3 @@ def estimate_cost(n_train: int, d_in: int, hidden: tuple[int, ...], n_classes: i
         # bf16, factors and the weights' bf16 copies at 2 bytes each
     return {"memory_bytes": memory, "seconds": seconds, "flops": float(epochs * (train_flops + eval_flops)),
             "steps": float(epochs * (n_train // b + 3 + 2 * -(-m // chunk)))}
-
-
-def pack_checkpoint(state: dict) -> tuple[dict, dict[str, np.ndarray]]:
-    arrays = {f"p.{k}": v for k, v in state["params"].items()}
-    arrays.update({f"o.{k}": v for k, v in state.get("opt", {}).items()})
-    arrays.update({f"s.{k}": v for k, v in state["stats"].items()})
-    arrays.update({"alive": state["alive"], "gen": state["gen"], "probe": state["probe"], "bad_at": state["bad_at"]})
-    return {"epoch": state["epoch"]}, arrays
-
-
-def unpack_checkpoint(meta: dict, arrays: dict[str, np.ndarray]) -> dict:
-    return {"epoch": meta["epoch"], "params": {k[2:]: v for k, v in arrays.items() if k.startswith("p.")},
-            "opt": {k[2:]: v for k, v in arrays.items() if k.startswith("o.")},
-            "stats": {k[2:]: v for k, v in arrays.items() if k.startswith("s.")}, "alive": arrays["alive"],
-            "gen": arrays["gen"], "probe": arrays["probe"], "bad_at": arrays["bad_at"]}
-

@@ -142,3 +142,41 @@ class DivergenceLog:
     @property
     def count(self) -> int:
         return int(sum(s.size for s in self.steps))
+
+
+# -- checkpoints of a resumable run (the cache holds them: backend/settings/classifier.py) -------------------------
+
+CHECKPOINT_SECONDS = 20.0  # a resumable run saves its state at least this often (small states: at every chance)
+SMALL_STATE = 5_000_000  # weights (numbers over all replicas) below which a run checkpoints at every chance
+
+
+def checkpoint_due(last: float, params: dict[str, torch.Tensor], final: bool = False) -> bool:
+    """Whether a resumable run saves its state now: at the end, when ``CHECKPOINT_SECONDS`` have passed since the
+    last save (``last``, time.monotonic()), or always for a small state."""
+    import time
+
+    return (final or time.monotonic() - last > CHECKPOINT_SECONDS
+            or sum(v.numel() for v in params.values()) < SMALL_STATE)
+
+
+def pack_checkpoint(state: dict) -> tuple[dict, dict[str, np.ndarray]]:
+    """A run's state as (meta, arrays) for the cache: ``params``, ``opt`` and ``stats`` (dicts of arrays) under the
+    prefixes p., o., s.; every other array as is; numbers (the epoch or step reached) in the meta."""
+    arrays = {f"p.{k}": v for k, v in state["params"].items()}
+    arrays.update({f"o.{k}": v for k, v in state.get("opt", {}).items()})
+    arrays.update({f"s.{k}": v for k, v in state["stats"].items()})
+    arrays.update({k: v for k, v in state.items() if isinstance(v, np.ndarray)})
+    return {k: v for k, v in state.items() if isinstance(v, (int, float))}, arrays
+
+
+def unpack_checkpoint(meta: dict, arrays: dict[str, np.ndarray]) -> dict:
+    """The state ``pack_checkpoint`` saved."""
+    groups = {"p.": "params", "o.": "opt", "s.": "stats"}
+    out: dict = {**meta, **{name: {} for name in groups.values()}}
+    for k, v in arrays.items():
+        prefix = k[:2]
+        if prefix in groups:
+            out[groups[prefix]][k[2:]] = v
+        else:
+            out[k] = v
+    return out

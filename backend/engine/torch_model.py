@@ -24,6 +24,7 @@ import copy
 import hashlib
 import importlib.util
 import sys
+import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -39,7 +40,7 @@ from backend.engine.mlp import EpochStats, flat
 from backend.engine.noise import per_sample_dots, per_sample_terms
 from backend.engine.replicas import Replicas
 from backend.engine.runner import (ACTIVATION_ELEMENTS, STEP_BLOCK, Divergence, DivergenceLog, check_cancel,
-                                   precision, report, schedule_segments, seed_for)
+                                   checkpoint_due, precision, report, schedule_segments, seed_for)
 from backend.engine.samplers import Draw, batch_indices, make_sampler
 from backend.errors import ConfigError
 from backend.quantities import EPOCH_QUANTITIES
@@ -411,13 +412,19 @@ def evaluate(rep: Replicas, pr: Prepared, params, X: torch.Tensor, Y: torch.Tens
 def run_batch_size(pr: Prepared, K: int, R: int, steps: int, record_every: int, alphas_fn: Callable[[int], float],
                    b: int | list[tuple[int, int]], sampler: str, seed: int, device: torch.device, noise_samples: int,
                    optimizer, progress: Callable[[int], None] | None = None, cancel=None,
-                   arithmetic: str = "float32") -> dict:
+                   arithmetic: str = "float32", checkpoint: Callable[[dict], None] | None = None,
+                   resume: dict | None = None) -> dict:
     """Train K·R replicas for ``steps`` steps at batch size b with ``optimizer`` (backend/optim.py, one over the
     stack); per-init statistics at t = record_steps(steps, record_every): arrays (len(t), K) (see module doc).
     ``b`` a list of (b_i, steps_i): a batch-size schedule (docs/theory.md §12; Σ steps_i = steps), its segments one
     after another, the weights and the optimizer's state carried on; g_t (the probe, the one-step noise's c_b) at
     the b of the segment that draws it, the last one's at t = T. Segment 0 draws from the streams of the constant
-    b_0 run, segment j > 0 from its own (one segment is exactly the constant-b run)."""
+    b_0 run, segment j > 0 from its own (one segment is exactly the constant-b run).
+
+    ``checkpoint(state)``: called with the run's whole state (weights, optimizer state, statistics so far, the
+    generators, the first bad steps) at the end of a block of steps (runner.checkpoint_due) and at t = T;
+    ``resume``: such a state (runner.unpack_checkpoint), from which the run continues — bitwise the run that was
+    not interrupted, since blocks of draws start at the same steps and every draw comes from the saved streams."""
     segments, bounds = schedule_segments(b, steps)
     Xtr, Ytr, Xva, Yva = pr.Xtr, pr.Ytr, pr.Xva, pr.Yva
     n = Xtr.shape[0]
@@ -432,6 +439,13 @@ def run_batch_size(pr: Prepared, K: int, R: int, steps: int, record_every: int, 
     div = Divergence(N, device)
     ts = record_steps(steps, record_every)
     stats = EpochStats.empty(len(ts), K)
+    start = 0
+    if resume is not None:
+        start = int(resume["step"])
+        params = {k: torch.as_tensor(v, device=device).clone() for k, v in resume["params"].items()}
+        state = {k: torch.as_tensor(v, device=device).clone() for k, v in resume["opt"].items()}
+        div = Divergence(N, device, torch.as_tensor(resume["bad_at"], dtype=torch.long, device=device).clone())
+        stats = EpochStats({k: v.copy() for k, v in resume["stats"].items()})
 
     def streams(j: int):
         """Segment j's training and probe samplers (segment 0: the constant b_0 run's streams)."""
@@ -440,8 +454,12 @@ def run_batch_size(pr: Prepared, K: int, R: int, steps: int, record_every: int, 
                                                                                                       *tail)), device)
                      for name, k in ((sampler, 1), ("without_replacement", 2)))
 
-    draw, probe_draw = streams(0)
-    b = segments[0][0]
+    seg = next(j for j, (a, e) in enumerate(bounds) if a <= start < e)  # the segment that draws g_start
+    draw, probe_draw = streams(seg)
+    b = segments[seg][0]
+    if resume is not None:
+        draw.g.set_state(torch.as_tensor(resume["gen"]))
+        probe_draw.g.set_state(torch.as_tensor(resume["probe"]))
 
     def record(i: int) -> None:
         alive = div.alive
@@ -468,11 +486,13 @@ def run_batch_size(pr: Prepared, K: int, R: int, steps: int, record_every: int, 
                 keep(f"error_{split}", GroupMoments.of(err, inits, alive).mean_se())
         put["finite"][i] = GroupMoments.of(alive.to(torch.float64), inits, torch.ones_like(alive)).mean_se()[0] * R
 
-    record(0)
+    if resume is None:
+        record(0)
     draws: list[Draw] = []
     at = {int(t): i for i, t in enumerate(ts)}
     seg_at = {a: j for j, (a, _) in enumerate(bounds)}  # the step at which each segment starts
-    for t in range(steps):
+    last_saved = time.monotonic()
+    for t in range(start, steps):
         check_cancel(cancel)
         if not draws:  # a block of steps within the segment
             end = min(steps, next(e for a, e in bounds if a <= t < e))
@@ -488,6 +508,12 @@ def run_batch_size(pr: Prepared, K: int, R: int, steps: int, record_every: int, 
             b = segments[seg_at[t + 1]][0]
         if t + 1 in at:
             record(at[t + 1])
+        if checkpoint is not None and not draws and checkpoint_due(last_saved, params, final=t + 1 == steps):
+            checkpoint({"step": t + 1, "params": {k: v.cpu().numpy().copy() for k, v in params.items()},
+                        "opt": {k: v.cpu().numpy().copy() for k, v in state.items()}, "stats": stats.values,
+                        "gen": draw.g.get_state().numpy(), "probe": probe_draw.g.get_state().numpy(),
+                        "bad_at": div.bad_at.cpu().numpy()})
+            last_saved = time.monotonic()
     diverged = DivergenceLog()
     diverged.add(div)
     return {"stats": stats.values, "t": ts, "diverged_at": diverged.first, "diverged_replicas": diverged.count}

@@ -15,6 +15,7 @@ import torch
 
 from backend.cache import CODE_VERSION, ResultCache
 from backend.engine import mlp as engine
+from backend.engine.runner import pack_checkpoint, unpack_checkpoint
 from backend.curves import curves_result
 from backend.errors import ConfigError
 from backend.fields import curve_keys
@@ -70,38 +71,58 @@ def simulate_classifier(config, device: torch.device, cache: ResultCache, progre
         advance = progress.advance
         arrays, meta_b = {}, []
         for b in config.batch_sizes:
-            ck_key = checkpoint_key(config, device, b)
-            found = cache.get(ck_key)
-            resume = engine.unpack_checkpoint(*found) if found is not None else None
+            resume = checkpoints.resume(b)
             if resume is not None:
                 advance(config.inits * config.replicas * (config.n_train // b) * (resume["epoch"] + 1))
-
-            def save(state, ck_key=ck_key):
-                cache.set(ck_key, *engine.pack_checkpoint(state))
-
             out = engine.run_batch_size(task_for_b(b), config.inits, config.replicas, config.epochs, lr_for_b(b), b,
                                         config.sampler, config.seed, device, gap_every, config.noise_samples,
-                                        config.eval_size, advance, cancel, save, resume, config.precision)
+                                        config.eval_size, advance, cancel, checkpoints.saver(b), resume,
+                                        config.precision)
             for name, v in out["stats"].items():
                 arrays[f"{b}.{name}"] = v
             meta_b.append({"b": b, "diverged_at": out["diverged_at"], "diverged_replicas": out["diverged_replicas"],
                            "steps_per_epoch": out["steps_per_epoch"], "resumed_from_epoch":
                            None if resume is None else int(resume["epoch"]) + 1})
-            cache.raw().delete(ck_key)
         meta = {"kind": f"simulate_{kind}", "device": str(device), "per_b": meta_b, "sampler": config.sampler,
                 "sampler_label": SAMPLER_LABELS[config.sampler], "seconds": time.monotonic() - t0,
                 "code_version": CODE_VERSION, **extra_meta}
         return meta, arrays
 
+    checkpoints = Checkpoints(config, device, cache)
     progress.total = sum(config.inits * config.replicas * (config.n_train // b) * config.epochs
                          for b in config.batch_sizes)
     meta, arrays, hit = cache.get_or_compute(key, compute)
+    checkpoints.clear(config.batch_sizes)
     progress.finish()
     return meta, arrays, hit
 
 
-def checkpoint_key(config, device: torch.device, b: int) -> str:
+def checkpoint_key(config, device: torch.device, b: int | str) -> str:
     return cache_key(f"checkpoint_{config.setting}", config, {"device": device.type, "b": b})
+
+
+class Checkpoints:
+    """A resumable run's checkpoints in the cache, one per curve (a batch size, or "schedule"), keyed by the run's
+    config and device (so another config's or code version's state is never resumed): each curve saves its state as
+    it goes and resumes from it; a finished curve's last state stays until the whole result is cached, so a run
+    cancelled or killed in a later curve loses no finished one. Every engine's state goes through
+    runner.pack_checkpoint / unpack_checkpoint."""
+
+    def __init__(self, config, device: torch.device, cache: ResultCache) -> None:
+        self.config, self.device, self.cache = config, device, cache
+
+    def resume(self, curve: int | str) -> dict | None:
+        found = self.cache.get(checkpoint_key(self.config, self.device, curve))
+        return None if found is None else unpack_checkpoint(*found)
+
+    def saver(self, curve: int | str):
+        key = checkpoint_key(self.config, self.device, curve)
+        return lambda state: self.cache.set(key, *pack_checkpoint(state))
+
+    def clear(self, curves) -> None:
+        """Drop the checkpoints once the result they lead to is cached."""
+        for curve in curves:
+            self.cache.raw().delete(checkpoint_key(self.config, self.device, curve))
 
 
 def shape_result(config, meta: dict, arrays: dict, hit: bool, x_name: str = "epoch", x: np.ndarray | None = None,

@@ -26,8 +26,8 @@ from backend.optim import OptimizerSpec
 from backend.progress import Progress
 from backend.settings import replica_cbs
 from backend.settings.base import Quantity, scaled_lr, simulation_key, step_advisor_steps
-from backend.settings.classifier import (classifier_document, classifier_quantities, no_check, no_polynomial,
-                                         shape_result)
+from backend.settings.classifier import (Checkpoints, classifier_document, classifier_quantities, no_check,
+                                         no_polynomial, shape_result)
 from backend.settings.classifier import ADVISOR_QUANTITIES  # noqa: F401  (the advisor's protocol)
 from backend.settings.classifier import THEORY_ONLY_DROPS  # noqa: F401  (part of the Setting protocol)
 
@@ -127,7 +127,7 @@ CARD = ("Any PyTorch model and data from a model file (fresh weights or a checkp
 CONFIG = TorchModelConfig
 polynomial = no_polynomial
 check = no_check
-RESUMABLE = False
+RESUMABLE = True  # checkpointed in the cache as it runs (classifier.Checkpoints): a cancelled run resumes
 # GPU time (backend/costs.py): not calibrated on a card yet — the MLP's figures for the arithmetic (vmapped
 # functional_call of small modules reaches a small share of the matmul rate) and a vmapped call's launches per step
 GPU_MODEL = GpuModel(efficiency={"float32": 0.05}, step_seconds=2e-3, fixed_seconds=5.0)
@@ -196,8 +196,11 @@ def _shape(config: TorchModelConfig, meta: dict, arrays: dict, hit: bool) -> dic
 
 def simulate(config: TorchModelConfig, device: torch.device, cache: ResultCache, progress: Progress,
              cancel: threading.Event | None = None) -> dict[str, Any]:
-    """Every batch size one after another (nothing is cached unless all finish); a failing model file raises a
-    ConfigError naming it and its function."""
+    """Every batch size (or the schedule) one after another, each checkpointed in the cache as it goes
+    (classifier.Checkpoints): a cancelled or killed run resumes where its curves stopped, bitwise the same result;
+    the result is cached once all finish. A failing model file raises a ConfigError naming it and its function."""
+    checkpoints = Checkpoints(config, device, cache)
+
     def compute():
         t0 = time.monotonic()
         mf = engine.load(allowed.model_file(config.model["file"]))
@@ -207,13 +210,17 @@ def simulate(config: TorchModelConfig, device: torch.device, cache: ResultCache,
         pr = engine.prepare(mf, _dtype(config), device)
         arrays, per_b = {}, []
         for key, b in replica_runs(config):
+            resume = checkpoints.resume(key)
+            if resume is not None:
+                progress.advance(config.inits * config.replicas * int(resume["step"]))
             out = engine.run_batch_size(pr, config.inits, config.replicas, config.steps, config.record_every,
                                         lambda t: float(config.lr.alpha(t)), b, config.sampler, config.seed, device,
                                         config.noise_samples, config.optimizer.build(), progress.advance, cancel,
-                                        config.precision)
+                                        config.precision, checkpoints.saver(key), resume)
             _refuse_nonfinite_start(mf, out["stats"], key)
             arrays.update({f"{key}.{name}": v for name, v in out["stats"].items()})
-            per_b.append({"b": key, "diverged_at": out["diverged_at"], "diverged_replicas": out["diverged_replicas"]})
+            per_b.append({"b": key, "diverged_at": out["diverged_at"], "diverged_replicas": out["diverged_replicas"],
+                          "resumed_from_step": None if resume is None else int(resume["step"])})
         meta = {"kind": f"simulate_{config.setting}", "device": str(device), "per_b": per_b,
                 "sampler": config.sampler, "sampler_label": SAMPLER_LABELS[config.sampler],
                 "seconds": time.monotonic() - t0, "code_version": CODE_VERSION, "n_train": mf.n_train,
@@ -223,6 +230,7 @@ def simulate(config: TorchModelConfig, device: torch.device, cache: ResultCache,
 
     progress.total = len(replica_runs(config)) * config.inits * config.replicas * config.steps
     meta, arrays, hit = cache.get_or_compute(simulation_key(config, device), compute)
+    checkpoints.clear(key for key, _ in replica_runs(config))
     progress.finish()
     return _shape(config, meta, arrays, hit)
 
