@@ -39,6 +39,7 @@ bench: $(VENV)/.dev
 	$(PY) benchmarks/bench_torch_model.py
 	$(PY) benchmarks/bench_advisor.py
 	$(PY) benchmarks/bench_cbs.py
+	$(PY) benchmarks/bench_momentum.py
 	$(PY) benchmarks/bench_sweep.py
 	$(PY) benchmarks/bench_estimates.py
 	$(PY) benchmarks/bench_load.py
