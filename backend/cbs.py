@@ -19,6 +19,7 @@ import numpy as np
 from backend import settings
 from backend.advisor import DIVERGENCE_FACTOR, SCALINGS
 from backend.errors import ConfigError
+from backend.progress import as_progress
 
 DEFAULT_TOLERANCE = 0.01
 MAX_STEPS = 100_000  # the longest branch S / B may ask for (≈ 10–30 s of the lanes' recursion on 2 cores)
@@ -72,27 +73,32 @@ def check_request(config, b_ref: Any, checkpoints: Any, samples: Any, scalings: 
 
 
 def cbs(config, b_ref: int, checkpoints: Sequence[int], samples: int, scaling: str = "none",
-        tolerance: float = DEFAULT_TOLERANCE, ks: Sequence[int] | None = None, cache=None, executor=None
-        ) -> dict[str, Any]:
+        tolerance: float = DEFAULT_TOLERANCE, ks: Sequence[int] | None = None, cache=None, executor=None,
+        progress=None) -> dict[str, Any]:
     """The CLI's ``cbs`` document for one scaling rule (module doc; docs/theory.md §11)."""
-    return cbs_rules(config, b_ref, checkpoints, samples, (scaling,), tolerance, ks, cache, executor)[scaling]
+    return cbs_rules(config, b_ref, checkpoints, samples, (scaling,), tolerance, ks, cache, executor,
+                     progress)[scaling]
 
 
 def cbs_rules(config, b_ref: int, checkpoints: Sequence[int], samples: int, scalings: Sequence[str] = tuple(SCALINGS),
-              tolerance: float = DEFAULT_TOLERANCE, ks: Sequence[int] | None = None, cache=None, executor=None
-              ) -> dict[str, dict[str, Any]]:
+              tolerance: float = DEFAULT_TOLERANCE, ks: Sequence[int] | None = None, cache=None, executor=None,
+              progress=None) -> dict[str, dict[str, Any]]:
     """``cbs`` for several scaling rules in one pass (one lane per rule, checkpoint and k): {scaling: document}.
     Exact where the setting has ``branches``; else its ``replica_branches`` (every replica's state continues; cached
     in ``cache``, the default cache when None). ``executor`` (a sweep executor, backend/sweep.py): the local one (or
     None) computes here; one with ``run_cbs`` (Ray: backend/cluster.py) runs the whole replica request as one task on
-    the device it would use and writes its cache entries here first."""
+    the device it would use and writes its cache entries here first. ``progress`` (a backend/progress.py Progress
+    or a callable taking each increment): the replica runs' steps — the reference run's and every branch's — set
+    its total and advance it (finished on a cache hit); the exact branches finish it at once."""
     if isinstance(scalings, str) or not len(scalings):
         raise ConfigError("scaling", f"expected a non-empty list of scaling rules from {list(SCALINGS)}, "
                                      f"got {scalings!r}")
     setting, b_ref, cps, samples, tolerance, bs, factors, steps = _plan(config, b_ref, checkpoints, samples, scalings,
                                                                         tolerance, ks)
+    progress = as_progress(progress)
     if hasattr(setting, "branches"):
         res = setting.branches(config, b_ref, cps, bs, factors, steps)
+        progress.finish()
     else:
         from backend import core
 
@@ -103,7 +109,7 @@ def cbs_rules(config, b_ref: int, checkpoints: Sequence[int], samples: int, scal
             executor.run_cbs(config, {"b_ref": b_ref, "checkpoints": cps, "samples": samples,
                                       "scalings": list(scalings), "tolerance": tolerance, "ks": [int(b) // b_ref
                                                                                                for b in bs]}, cache)
-        res = setting.replica_branches(config, b_ref, cps, bs, factors, steps, device, cache)
+        res = setting.replica_branches(config, b_ref, cps, bs, factors, steps, device, cache, progress)
     return {s: _document(config, b_ref, cps, samples, s, tolerance, bs, steps, r, res) for r, s in enumerate(scalings)}
 
 

@@ -238,7 +238,7 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys, args, option):
     assert code == 2 and err.startswith(f"error: {option}:") and err.count("\n") == 1, err
 
 
-def test_cli_prints_the_document_and_refuses_a_setting_without_exact_theory(tmp_path):
+def test_cli_prints_the_document_and_refuses_a_config_it_cannot_branch(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps(tiny_config_json()))
     out = subprocess.run([sys.executable, "-m", "backend", "cbs", str(path), "--b-ref", "1", "--checkpoints", "0,3",
@@ -248,13 +248,13 @@ def test_cli_prints_the_document_and_refuses_a_setting_without_exact_theory(tmp_
     doc = json.loads(out.stdout)
     ws = enumerate_final_weights([(1, TINY_ALPHA[:3]), (2, [TINY_ALPHA[3] * 2] * 2)])
     assert doc["checkpoints"][1]["branches"]["2"]["loss"] == pytest.approx(float(_mean_loss(ws)), rel=1e-10)
-    path.write_text(json.dumps({"setting": "sequence"}))  # no branching hook (#26: the replica settings with a
-    # step-based state — deep_linear, mlp, torch_model — have one; the sequence model does not)
-    out = subprocess.run([sys.executable, "-m", "backend", "cbs", str(path), "--b-ref", "1", "--checkpoints", "0",
+    # every setting branches now (exactly or from replicas, #26); a config whose reference run is not at a constant
+    # B is refused in one line naming the field
+    path.write_text(json.dumps({"setting": "deep_linear", "batch_schedule": [[2, 4], [4, 4]]}))
+    out = subprocess.run([sys.executable, "-m", "backend", "cbs", str(path), "--b-ref", "2", "--checkpoints", "0",
                           "--samples", "4"], cwd=ROOT, capture_output=True, text=True, env=os.environ.copy(),
                          timeout=300)
-    assert out.returncode == 2 and out.stderr.startswith("error: setting:") and out.stderr.count("\n") == 1
-    assert "sequence" in out.stderr
+    assert out.returncode == 2 and out.stderr.startswith("error: batch_schedule:") and out.stderr.count("\n") == 1
 
 
 def test_page_draws_the_defaults_and_refuses_bad_input_in_one_red_line():

@@ -58,13 +58,14 @@ def _torch_reference_parts(config):
     return model, X, Y, X, Y, loss, make
 
 
-def _per_replica_reference(config, parts, b_ref, cps, samples, rules, ks):
+def _per_replica_reference(config, parts, b_ref, cps, samples, rules, ks, alphas=None):
     """Each replica its own module copy and torch.optim optimizer (Python loops over replicas and lanes); the index
     draws of the engine's samplers (the reference run's seed_for(seed, B, 1), each branch's seed_for(seed, kB, 3) over
-    rules × checkpoints × replicas rows). Returns {(rule, t, b): the per-replica final losses}."""
+    rules × checkpoints × replicas rows); ``alphas`` the reference run's α_t (default the config's lr schedule).
+    Returns {(rule, t, b): the per-replica final losses}."""
     model, X, Y, Xev, Yev, loss, make_opt = parts
     n, R = X.shape[0], config.replicas
-    alphas = config.lr.alphas(max(cps) + 1)
+    alphas = config.lr.alphas(max(cps) + 1) if alphas is None else alphas
     gen = torch.Generator().manual_seed(seed_for(config.seed, b_ref, 1))
     draw = make_sampler(config.sampler, n, b_ref, R, gen, torch.device("cpu"))
     models = [copy.deepcopy(model) for _ in range(R)]

@@ -193,3 +193,27 @@ def test_bad_inputs_one_line(cache, change, args, option):
     with pytest.raises(api.ConfigError) as e:
         cbs.cbs(parse_config(raw), request["b_ref"], request["checkpoints"], request["samples"], cache=cache)
     assert option in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("which", ["deep_linear", "mlp"])
+def test_progress_advances_step_by_step_to_its_total(tmp_path, which):
+    """The page's bar (a Progress given to cbs_rules): its total is the reference run's max t_c steps plus every
+    branch's ⌊S/(kB)⌋, advanced once a step (more than once, in order) to that total; a cached run finishes it; the
+    exact branches of linear regression finish it at once."""
+    from test_cbs_functional import MLP
+
+    raw = {**SCALAR, "replicas": 50} if which == "deep_linear" else {**MLP, "replicas": 2}
+    config, B, cps, S, ks = parse_config(raw), 2, [0, 3], 16, [1, 2, 4]
+    progress = api.Progress(total=1)
+    seen: list[int] = []
+    progress.on_advance = lambda units: seen.append(progress.done)
+    cbs.cbs_rules(config, B, cps, S, ("none", "linear"), ks=ks, cache=ResultCache(tmp_path), progress=progress)
+    assert progress.total == 3 + 8 + 4 + 2 and progress.done == progress.total
+    assert seen == list(range(1, progress.total + 1))  # one unit a step, the bar moving before the end
+    again = api.Progress(total=1)
+    cbs.cbs_rules(config, B, cps, S, ("none", "linear"), ks=ks, cache=ResultCache(tmp_path), progress=again)
+    assert again.fraction == 1.0 and again.done == again.total
+    exact = api.Progress(total=7)
+    cbs.cbs_rules(parse_config({"setting": "linear_regression"}), 1, [0, 2], 4, ("none",), ks=[1, 2],
+                  progress=exact)
+    assert exact.fraction == 1.0

@@ -14,6 +14,7 @@ replica (unbiased; its sampling error is in the replicas' SE).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -76,8 +77,10 @@ def _step(Ws: list[torch.Tensor], state: dict, opt: Optimizer, T_b: torch.Tensor
 
 
 def reference(W0: list[np.ndarray], T_prod: torch.Tensor, alphas: list[float], b: int, R: int, seed: int,
-              checkpoints: list[int], opt: Optimizer, device: torch.device, dtype: torch.dtype) -> Reference:
-    """R replicas of batch b along ``alphas`` from W0 (already width-reduced), their states kept at the checkpoints."""
+              checkpoints: list[int], opt: Optimizer, device: torch.device, dtype: torch.dtype,
+              advance: Callable[[int], None] | None = None) -> Reference:
+    """R replicas of batch b along ``alphas`` from W0 (already width-reduced), their states kept at the checkpoints;
+    ``advance(1)`` after each step."""
     Ws = [torch.as_tensor(W, dtype=dtype, device=device).expand(R, *W.shape).clone() for W in W0]
     state = opt.init(_layer_params(Ws))
     sig = SigmaSampler(T_prod.shape[1], b, R, seed_for(seed, b, 0), device, dtype)
@@ -91,13 +94,15 @@ def reference(W0: list[np.ndarray], T_prod: torch.Tensor, alphas: list[float], b
             moments.append(checkpoint_moments(Ws, T_prod, gen))
         if t < max(checkpoints):
             _step(Ws, state, opt, T_b, sig.draw_factor(), b, alphas[t])
+            if advance is not None:
+                advance(1)
     return Reference(states, moments)
 
 
-def branch(ref: Reference, T_prod: torch.Tensor, b: int, lrs: np.ndarray, steps: int, seed: int, opt: Optimizer
-           ) -> torch.Tensor:
+def branch(ref: Reference, T_prod: torch.Tensor, b: int, lrs: np.ndarray, steps: int, seed: int, opt: Optimizer,
+           advance: Callable[[int], None] | None = None) -> torch.Tensor:
     """Every replica of every checkpoint continued for ``steps`` steps of batch b; ``lrs`` (rules, C): lane (r, c)
-    at step size lrs[r, c]. Returns the final loss per replica, (rules, C, R) float64 (non-finite: diverged)."""
+    at step size lrs[r, c]; ``advance(1)`` after each step. Returns the final loss per replica, (rules, C, R) float64 (non-finite: diverged)."""
     n_rules, C = lrs.shape
     R = ref.states[0][0][0].shape[0]
     Ws = [torch.cat([s[0][k] for s in ref.states]).repeat(n_rules, *([1] * 2)) for k in range(len(ref.states[0][0]))]
@@ -110,6 +115,8 @@ def branch(ref: Reference, T_prod: torch.Tensor, b: int, lrs: np.ndarray, steps:
     with torch.no_grad():
         for _ in range(steps):
             _step(Ws, state, opt, T_b, sig.draw_factor(), b, lr)
+            if advance is not None:
+                advance(1)
         loss = 0.5 * _norm2(_forward(Ws, T_prod)[0])
     return loss.to(torch.float64).reshape(n_rules, C, R)
 

@@ -149,9 +149,10 @@ def _hessian_terms(task: BranchTask, params, G1: dict[str, torch.Tensor], m: int
 
 
 def reference(task: BranchTask, opt: Optimizer, alphas: list[float], b: int, R: int, seed: int,
-              checkpoints: list[int], noise_samples: int, device: torch.device) -> Reference:
+              checkpoints: list[int], noise_samples: int, device: torch.device,
+              advance: Callable[[int], None] | None = None) -> Reference:
     """R replicas of w_0 with batch b along ``alphas`` (the config's sampler and optimizer), their states and
-    moments kept at the checkpoints (steps)."""
+    moments kept at the checkpoints (steps); ``advance(1)`` after each step."""
     n = task.Xtr.shape[0]
     params = {k: v.expand(R, *v.shape).clone() for k, v in task.w0.items()}
     state = opt.init(params)
@@ -170,14 +171,17 @@ def reference(task: BranchTask, opt: Optimizer, alphas: list[float], b: int, R: 
             with precision(task.arithmetic, device):
                 g, _ = task.rep.grad_and_loss(params, task.Xtr[idx], task.Ytr[idx])
             opt.step(params, g, state, alphas[t], t)
+            if advance is not None:
+                advance(1)
     return Reference(states, moments, hessian)
 
 
 def branch(task: BranchTask, ref: Reference, opt: Optimizer, b: int, lrs: np.ndarray, checkpoints: list[int],
-           steps: int, seed: int) -> torch.Tensor:
+           steps: int, seed: int, advance: Callable[[int], None] | None = None) -> torch.Tensor:
     """Every replica of every checkpoint continued for ``steps`` steps of batch b (the config's sampler, one fresh
-    generator); lane (r, c) at the constant step size lrs[r, c], its optimizer's step count starting at t_c. Returns
-    the final loss per replica, (rules, C, R) float64 (non-finite: diverged)."""
+    generator); lane (r, c) at the constant step size lrs[r, c], its optimizer's step count starting at t_c;
+    ``advance(1)`` after each step. Returns the final loss per replica, (rules, C, R) float64 (non-finite:
+    diverged)."""
     n_rules, C = lrs.shape
     R = next(iter(ref.states[0][0].values())).shape[0]
     n = task.Xtr.shape[0]
@@ -202,4 +206,6 @@ def branch(task: BranchTask, ref: Reference, opt: Optimizer, b: int, lrs: np.nda
         with precision(task.arithmetic, device):
             g, _ = task.rep.grad_and_loss(params, task.Xtr[idx], task.Ytr[idx])
         opt.step(params, g, state, lr, t0 + s)
+        if advance is not None:
+            advance(1)
     return task.evaluate(params).reshape(n_rules, C, R)

@@ -346,7 +346,9 @@ def estimate(config: DeepLinearConfig) -> dict[str, float]:
 def branch_estimate(config: DeepLinearConfig, b_ref: int, checkpoints: list[int], bs: np.ndarray, factors: np.ndarray,
                     steps: np.ndarray) -> dict[str, float]:
     """The cost of ``replica_branches``: the reference run (R replicas, max t_c steps of B) and per k the rules ×
-    checkpoints × R lanes for ⌊S/(kB)⌋ steps, by the engine's estimate_cost (backend/engine/deep_linear.py) of each."""
+    checkpoints × R lanes for ⌊S/(kB)⌋ steps — memory and FLOPs by the engine's estimate_cost
+    (backend/engine/deep_linear.py) of each, the seconds by the branches' own cost (deep_linear_cbs.branch_seconds:
+    all lanes in one call, no records: the engine's figure for a run is not theirs)."""
     itemsize = 8 if config.dtype == "float64" else 4
     N = np.asarray(factors).shape[0] * len(checkpoints) * config.replicas
     runs = [(config.replicas, max(max(checkpoints), 1), int(b_ref))] + [(N, max(int(s), 1), int(b))
@@ -355,6 +357,8 @@ def branch_estimate(config: DeepLinearConfig, b_ref: int, checkpoints: list[int]
     total = combine_costs(parts)
     total["memory_bytes"] = float(parts[0]["memory_bytes"] + max(p["memory_bytes"] for p in parts[1:]))  # the
     # reference's states are kept beside the largest branch
+    total["seconds"] = branch_seconds(config.dims, config.replicas, N, checkpoints, b_ref, bs, steps, itemsize,
+                                      _optimizer_tensors(config))
     return total
 
 
@@ -473,4 +477,4 @@ def decreasing_everywhere(values: np.ndarray) -> bool:
     return bool(np.all(np.diff(v) < 0))
 
 
-from backend.settings.deep_linear_cbs import branch_bounds, replica_branches  # noqa: E402,F401  (cbs hooks)
+from backend.settings.deep_linear_cbs import branch_bounds, branch_seconds, replica_branches  # noqa: E402,F401

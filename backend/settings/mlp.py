@@ -222,7 +222,8 @@ def branch_bounds(config: MLPConfig) -> dict[str, Any]:
 
 
 def replica_branches(config: MLPConfig, b_ref: int, checkpoints: list[int], bs, factors, steps,
-                     device: torch.device, cache: ResultCache) -> dict[str, Any]:
+                     device: torch.device, cache: ResultCache, progress: Progress | None = None
+                     ) -> dict[str, Any]:
     """Replica branches of the MLP (backend/settings/replica_cbs.py: functional_branches): init 0's ``replicas``
     replicas through vmap(grad) and backend/optim.py (plain SGD as w − α g), the checkpoints in steps (epoch e ends at
     step e·⌊n/B⌋), the config's sampler; L is the training loss on the first eval_size images (the run's loss_train),
@@ -245,7 +246,7 @@ def replica_branches(config: MLPConfig, b_ref: int, checkpoints: list[int], bs, 
                 int(task.Xtr.shape[0]))
 
     return replica_cbs.functional_branches(config, "cbs_replicas_mlp", b_ref, checkpoints, bs, factors, steps,
-                                           device, cache, make_task)
+                                           device, cache, make_task, progress)
 
 
 BRANCH_RATE = 1e10  # FLOP/s of the vmapped dense layers on 2 CPU cores (benchmarks: /tmp/t_est.py in the #26 report)

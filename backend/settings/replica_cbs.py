@@ -15,6 +15,8 @@ from backend import lemma1
 from backend.cache import CODE_VERSION, ResultCache
 from backend.engine import replica_branch as rb
 from backend.engine.noise import noise_chunk
+from backend.optim import Optimizer
+from backend.progress import Progress, as_progress
 from backend.settings.base import cache_key
 from backend.stats import GroupMoments, Groups, ratio_se
 
@@ -75,12 +77,19 @@ def alive(loss: torch.Tensor) -> torch.Tensor:
 
 def functional_branches(config, kind: str, b_ref: int, checkpoints: list[int], bs: np.ndarray, factors: np.ndarray,
                         steps: np.ndarray, device: torch.device, cache: ResultCache,
-                        make_task: Callable[[torch.device], tuple[rb.BranchTask, float, int]]) -> dict[str, Any]:
+                        make_task: Callable[[torch.device], tuple[rb.BranchTask, float, int]],
+                        progress: Progress | None = None, optimizer: Optimizer | None = None,
+                        alphas: Callable[[int], list[float]] | None = None) -> dict[str, Any]:
     """A functional model's ``replica_branches`` (backend/engine/replica_branch.py): ``config.replicas`` replicas of
     init 0 (the config's seed) — the expectations are given F_0, one w_0 — run with batch ``b_ref``, the config's
     sampler, schedule (α_t of the step t) and optimizer; at each checkpoint (a step) every replica continues with batch
     bs[j] and α_{t_c}·factors[r, j] for steps[j] steps. ``make_task(device)`` → (task, L(w_0), n); cached under
-    ``kind``, the config, the request and the device."""
+    ``kind``, the config, the request and the device. ``optimizer`` (default ``config.optimizer.build()``) and
+    ``alphas(T)`` (α_0 … α_{T−1}; default ``config.lr.alphas``) for a setting with its own (the sequence model's
+    clipped AdamW and warm-up/decay schedule). ``progress``: its total set to the reference run's and the branches'
+    steps, advanced by each (finished at once on a cache hit)."""
+    alphas_of = config.lr.alphas if alphas is None else alphas
+    progress = as_progress(progress)
     extra = {"b_ref": int(b_ref), "checkpoints": [int(t) for t in checkpoints], "bs": np.asarray(bs).tolist(),
              "factors": np.asarray(factors, dtype=np.float64).tolist(), "steps": np.asarray(steps).tolist(),
              "device": str(device)}
@@ -88,13 +97,15 @@ def functional_branches(config, kind: str, b_ref: int, checkpoints: list[int], b
     def compute() -> tuple[dict, dict]:
         t0 = time.monotonic()
         task, loss0, n = make_task(device)
-        opt = config.optimizer.build()
-        alphas = config.lr.alphas(max(checkpoints) + 1)
+        opt = config.optimizer.build() if optimizer is None else optimizer
+        alphas = alphas_of(max(checkpoints) + 1)
         alpha = np.asarray(alphas, dtype=np.float64)[list(checkpoints)]
+        progress.total = max(checkpoints) + int(np.sum(steps))
         ref = rb.reference(task, opt, alphas, int(b_ref), config.replicas, config.seed, list(checkpoints),
-                           config.noise_samples, device)
+                           config.noise_samples, device, progress.advance)
         losses = [rb.branch(task, ref, opt, int(b), alpha[None, :] * np.asarray(factors)[:, j:j + 1],
-                            list(checkpoints), int(steps[j]), config.seed) for j, b in enumerate(bs)]
+                            list(checkpoints), int(steps[j]), config.seed, progress.advance)
+                  for j, b in enumerate(bs)]
         arrays = {q: torch.stack([m[q] for m in ref.moments]).cpu().numpy() for q in MOMENTS}
         arrays["branch_loss"] = torch.stack(losses, dim=2).cpu().numpy()
         return {"kind": kind, "device": str(device), "loss0": float(loss0), "n": int(n), "hessian": ref.hessian,
@@ -102,8 +113,9 @@ def functional_branches(config, kind: str, b_ref: int, checkpoints: list[int], b
                 "code_version": CODE_VERSION}, arrays
 
     meta, arrays, _ = cache.get_or_compute(cache_key(kind, config, extra=extra), compute)
+    progress.finish()
     sampler = "with_replacement" if config.sampler == "with_replacement" else "without_replacement"
-    alpha = np.asarray(config.lr.alphas(max(checkpoints) + 1), dtype=np.float64)[list(checkpoints)]
+    alpha = np.asarray(alphas_of(max(checkpoints) + 1), dtype=np.float64)[list(checkpoints)]
     out = summarise(arrays, alive(torch.as_tensor(arrays["branch_loss"])), config.replicas, list(checkpoints), bs,
                     factors, alpha, lemma1.noise_factor(np.asarray(bs), meta["n"], sampler))
     out.update(loss0=meta["loss0"], noise_samples=meta["noise_samples"])

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from backend.cache import ResultCache
@@ -19,9 +20,11 @@ from backend.fields import (MLP_SAMPLERS, Fields, config_fields, read_batch_size
                             read_positive, read_source, refuse_batch_schedule, replace_fields, replica_run_fields)
 from backend.engine import mlp as trainer, sequence as seq
 from backend.engine.mlp import module_forward
+from backend.engine.replica_branch import BranchTask
 from backend.errors import ConfigError
 from backend.optim import OptimizerSpec
 from backend.progress import Progress
+from backend.settings import replica_cbs
 from backend.settings.base import Quantity
 from backend.settings.classifier import (cached_classifier, classifier_document, classifier_quantities, no_check,
                                          no_polynomial, no_theory, shape_result, simulate_classifier)
@@ -330,3 +333,66 @@ def simulate(config: SequenceConfig, device: torch.device, cache: ResultCache, p
 def _vocab_size(config: SequenceConfig) -> int:
     data = load_corpus(config.corpus)
     return Tokenizer.build(data.train_text, config.tokenizer, config.max_len, config.vocab).size
+
+
+# -- the critical batch size's replica branches (backend/cbs.py, backend/settings/replica_cbs.py; §11) --------------
+
+def branch_bounds(config: SequenceConfig) -> dict[str, Any]:
+    """What ``cbs`` may ask: checkpoints are optimizer steps of the reference run, up to its epochs × ⌊n/B⌋ steps (epoch
+    e ends at step e·⌊n/B⌋, as for the MLP); a batch is at most the n training sentences."""
+    n = config.n_train
+    return {"max_t": lambda b_ref: config.epochs * (n // b_ref), "n": n, "max_b": n}
+
+
+def reference_alphas(config: SequenceConfig, b_ref: int):
+    """α_0 … α_{T−1} of the reference run at batch B: the run's own schedule at b = B (warm-up, then linear decay to 0
+    at its last step epochs·⌊n/B⌋; seq.lr_at), as ``simulate`` steps it."""
+    opt, total = config.optimizer, config.epochs * (config.n_train // b_ref)
+    return lambda T: [seq.lr_at(t, opt["lr"], opt["warmup"], total) for t in range(T)]
+
+
+def replica_branches(config: SequenceConfig, b_ref: int, checkpoints: list[int], bs, factors, steps,
+                     device: torch.device, cache: ResultCache, progress: Progress | None = None) -> dict[str, Any]:
+    """Replica branches of the transformer (backend/settings/replica_cbs.py: functional_branches): init 0's
+    ``replicas`` replicas through vmap(grad) and the config's optimizer with its per-replica clipping (the AdamW fields
+    or the named form), its warm-up/decay schedule at b = B; at each checkpoint (a step) every replica's weights,
+    optimizer state and step count continue with k·B and α_{t_c}·f(k). L is the training loss on the first
+    eval_size sentences; b_noise by Hessian-vector products through the encoder (torch.func, reverse over reverse)."""
+    lanes = np.asarray(factors).shape[0] * len(checkpoints) * config.replicas
+
+    def make_task(dev: torch.device):
+        task = build_task(config, dev)[0]
+        rep = trainer.Replicas(task.forward, trainer.replica_chunk(task, lanes, int(max(bs))))
+        w0 = {k: v[0] for k, v in task.init(1).items()}
+        Xev, Yev = task.Xtr[:config.eval_size], task.Ytr[:config.eval_size]
+
+        def evaluate(params):
+            return trainer.evaluate(rep, params, Xev, Yev, act_per_sample=task.act_per_sample)[0]
+
+        loss0 = float(evaluate({k: v[None] for k, v in w0.items()})[0])
+        return (BranchTask(rep, task.Xtr, task.Ytr, Xev, Yev, w0, config.sampler, evaluate, config.precision), loss0,
+                int(task.Xtr.shape[0]))
+
+    return replica_cbs.functional_branches(config, "cbs_replicas_sequence", b_ref, checkpoints, bs, factors, steps,
+                                           device, cache, make_task, progress,
+                                           optimizer=config.optimizer_spec.build(clip=config.optimizer["clip"]),
+                                           alphas=reference_alphas(config, b_ref))
+
+
+BRANCH_RATE = 1e10  # FLOP/s of the encoder vmapped over replicas on CPU, with ≈ 3 ms a step (functional_estimate's):
+# process time with one thread, 1 layer × 32 wide (R = 3, t_c ≤ 50, k ≤ 4) and 2 × 16 (R = 4, t_c ≤ 20, k ≤ 2), 3
+# rules, B = 16 — 6.5 and 1.9 CPU-s against 7.2 and 2.2 estimated (the #26 helper's report)
+
+
+def branch_estimate(config: SequenceConfig, b_ref: int, checkpoints: list[int], bs, factors, steps
+                    ) -> dict[str, float]:
+    """The cost of ``replica_branches`` (backend/settings/replica_cbs.py: functional_estimate; F = 2(P − V·D)·L +
+    4·layers·L²·D forward FLOPs per sequence of L tokens, the embedding a lookup)."""
+    tok, tr, _, _ = encode_corpus(config)
+    P, tokens = n_params(config, tok.size), tr.shape[1]
+    F = 2.0 * (P - tok.size * config.width) * tokens + 4.0 * config.layers * tokens**2 * config.width
+    return replica_cbs.functional_estimate(P, F, activations_per_sequence(config, tokens),
+                                           min(config.eval_size, config.n_train), config.replicas, checkpoints,
+                                           np.asarray(factors).shape[0], b_ref, bs, steps, config.noise_samples,
+                                           config.n_train, 4 if config.dtype == "float32" else 8,
+                                           _state_tensors(config.optimizer_spec), BRANCH_RATE, 1.0)

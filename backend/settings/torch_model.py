@@ -255,7 +255,8 @@ def branch_bounds(config: TorchModelConfig) -> dict[str, Any]:
 
 
 def replica_branches(config: TorchModelConfig, b_ref: int, checkpoints: list[int], bs, factors, steps,
-                     device: torch.device, cache: ResultCache) -> dict[str, Any]:
+                     device: torch.device, cache: ResultCache, progress: Progress | None = None
+                     ) -> dict[str, Any]:
     """Replica branches of the file's model (backend/settings/replica_cbs.py: functional_branches): init 0's
     ``replicas`` replicas (model(0), or the checkpoint), the config's sampler and optimizer; L is the file's loss on
     the whole training set. b_noise needs the model's second derivatives under torch.func (else null, with a note)."""
@@ -278,7 +279,7 @@ def replica_branches(config: TorchModelConfig, b_ref: int, checkpoints: list[int
                 mf.n_train)
 
     return replica_cbs.functional_branches(config, "cbs_replicas_torch_model", b_ref, checkpoints, bs, factors,
-                                           steps, device, cache, make_task)
+                                           steps, device, cache, make_task, progress)
 
 
 BRANCH_RATE = 2e9  # FLOP/s of a file's modules vmapped over many replicas on 2 CPU cores (the CNN example: its
