@@ -127,13 +127,15 @@ def functional_branches(config, kind: str, b_ref: int, checkpoints: list[int], b
 
 def functional_estimate(P: int, F: float, act: int, n_eval: int, R: int, checkpoints: list[int], n_rules: int,
                         b_ref: int, bs: np.ndarray, steps: np.ndarray, noise_samples: int, n: int, bytes_per: int,
-                        optimizer_state: int, rate: float, setup: float) -> dict[str, float]:
+                        optimizer_state: int, rate: float, setup: float, step_seconds: float = 3e-3
+                        ) -> dict[str, float]:
     """Memory (bytes), 2-core CPU seconds, FLOPs and sequential steps of ``functional_branches``: P parameters, F
     forward FLOPs per sample (a gradient ≈ 3F, a Hessian-vector product ≈ 2 gradients), ``act`` activations per
     sample. The reference run (R replicas, max t_c steps of B), at each checkpoint the moments (per-sample gradients
     on m points, NOISE_SAMPLES + 1 Hessian-vector products on m points, the loss on n_eval points), then per k the
     rules × checkpoints × R lanes for ⌊S/(kB)⌋ steps and their final loss. 2 CPU cores: ``setup`` seconds (data,
-    model), every FLOP at ``rate`` FLOP/s (vmapped over replicas: the setting's figure) and ≈ 3 ms a step."""
+    model), every FLOP at ``rate`` FLOP/s (vmapped over replicas: the setting's figure) and ``step_seconds`` a step
+    (≈ 3 ms by default: the vmapped step's small ops)."""
     m, q, C = min(noise_samples, n), rb.NOISE_SAMPLES, len(checkpoints)
     N = n_rules * C * R
     bs, steps = np.asarray(bs, dtype=np.float64), np.asarray(steps, dtype=np.float64)
@@ -143,7 +145,7 @@ def functional_estimate(P: int, F: float, act: int, n_eval: int, R: int, checkpo
     hessian = 6.0 * F * R * m * (q + 1) * C
     evals = F * n_eval * (R * C + N * len(bs))
     n_steps = t_ref + float(steps.sum()) + C * (q + 3 + 2 * m / max(1, noise_chunk(R, P)))
-    seconds = setup + (train + hessian + evals + per_sample) / rate + n_steps * 3e-3
+    seconds = setup + (train + hessian + evals + per_sample) / rate + n_steps * step_seconds
     b_max = float(max(bs.max(), b_ref))
     memory = (bytes_per * N * P * (3 + optimizer_state) + bytes_per * min(N * b_max, 2**27 / max(act, 1)) * act * 3
               + 8.0 * R * P * (noise_chunk(R, P) + 2) + bytes_per * R * m * act * 4)

@@ -379,9 +379,13 @@ def replica_branches(config: SequenceConfig, b_ref: int, checkpoints: list[int],
                                            alphas=reference_alphas(config, b_ref))
 
 
-BRANCH_RATE = 1e10  # FLOP/s of the encoder vmapped over replicas on CPU, with ≈ 3 ms a step (functional_estimate's):
-# process time with one thread, 1 layer × 32 wide (R = 3, t_c ≤ 50, k ≤ 4) and 2 × 16 (R = 4, t_c ≤ 20, k ≤ 2), 3
-# rules, B = 16 — 6.5 and 1.9 CPU-s against 7.2 and 2.2 estimated (the #26 helper's report)
+# 2-core CPU cost of the branches (process time with one thread, float32, 3 rules, B = 16; the #26 helper's report):
+# the laptop preset (2 × 64, R = 6, t_c ≤ 250, k ≤ 8) 79 CPU-s, 1 × 32 (R = 3, t_c ≤ 50, k ≤ 4) 6.5, 2 × 16 (R = 4,
+# t_c ≤ 20, k ≤ 2) 1.9, 1 × 8 in float64 (R = 3, t_c ≤ 10, k ≤ 2) 4.0 (7.5 in a fresh process: torch.func's first
+# calls) — 84, 6.0, 3.5 and 3.2 estimated by these figures
+BRANCH_RATE = 3.5e10  # FLOP/s of the encoder's steps vmapped over replicas (the sequence estimate's 3.7·10¹⁰)
+BRANCH_STEP_SECONDS = 0.025  # a step's small ops (LayerNorm, attention's reshapes, the optimizer's elementwise pieces)
+BRANCH_SETUP_SECONDS = 2.0  # the corpus, its tokenizer, the model and torch.func's first calls
 
 
 def branch_estimate(config: SequenceConfig, b_ref: int, checkpoints: list[int], bs, factors, steps
@@ -395,4 +399,5 @@ def branch_estimate(config: SequenceConfig, b_ref: int, checkpoints: list[int], 
                                            min(config.eval_size, config.n_train), config.replicas, checkpoints,
                                            np.asarray(factors).shape[0], b_ref, bs, steps, config.noise_samples,
                                            config.n_train, 4 if config.dtype == "float32" else 8,
-                                           _state_tensors(config.optimizer_spec), BRANCH_RATE, 1.0)
+                                           _state_tensors(config.optimizer_spec), BRANCH_RATE,
+                                           BRANCH_SETUP_SECONDS, BRANCH_STEP_SECONDS)
