@@ -54,23 +54,24 @@ if config.setting != setting:
     st.stop()
 
 sb.divider()
+# the fields below start from this setting's config: keyed by setting, so another setting's values never carry over
 exact_here = api.has_theory(config)  # exact branches; else every replica's state branches (replica estimates)
-b_ref = int(sb.number_input("Reference batch size B", 1, 10**6, int(min(config.batch_sizes)), key="cbs_bref"))
+b_ref = int(sb.number_input("Reference batch size B", 1, 10**6, int(min(config.batch_sizes)), key=f"cbs_bref_{setting}"))
 try:
     steps = api.cbs_max_checkpoint(config, b_ref)
 except (api.ConfigError, AttributeError):  # no branching hook: said below
     steps = int(getattr(config, "steps", 0))
 marks = {0, steps // 8, steps // 4, steps // 2, steps} if exact_here else {0, steps // 2, steps}
 checkpoints_text = sb.text_input("Checkpoints t (comma-separated)", ",".join(str(t) for t in sorted(marks)),
-                                 key="cbs_checkpoints", help=f"steps of the reference run, at most {steps} (the "
+                                 key=f"cbs_checkpoints_{setting}", help=f"steps of the reference run, at most {steps} (the "
                                                              "config's steps at this B)")
 samples = int(sb.number_input("Samples S per branch", 1, 10**8, (1000 if exact_here else 32) * b_ref, step=b_ref,
-                              key="cbs_samples", help="each branch takes ⌊S/(kB)⌋ steps of batch k·B"))
+                              key=f"cbs_samples_{setting}", help="each branch takes ⌊S/(kB)⌋ steps of batch k·B"))
 rules = sb.multiselect("Scaling rules", list(api.SCALINGS), default=list(api.SCALINGS), key="cbs_rules",
                        help="the branch's step size α_t·f(k): none f = 1, sqrt f = √k, linear f = k")
 tolerance = float(sb.number_input("Tolerance ε", 0.0, 10.0, api.CBS_TOLERANCE, format="%.4g", key="cbs_tol"))
 ks_text = sb.text_input("k (comma-separated; blank: powers of two while k·B ≤ n)", "" if exact_here else "1,2,4,8",
-                        key="cbs_ks")
+                        key=f"cbs_ks_{setting}")
 if not rules:
     st.info("Pick at least one scaling rule.")
     st.stop()
@@ -126,7 +127,7 @@ else:
                + (f" {first['b_noise_note']}." if "b_noise_note" in first else ""))
 
 ts = [row["t"] for row in first["checkpoints"]]
-t_pick = st.select_slider("Checkpoint for the branches", ts, value=ts[len(ts) // 2], key="cbs_t")
+t_pick = st.select_slider("Checkpoint for the branches", ts, value=ts[len(ts) // 2], key=f"cbs_t_{setting}")
 st.altair_chart(charts.branch_loss_chart(docs, t_pick), width="stretch")
 row = next(r for r in first["checkpoints"] if r["t"] == t_pick)
 st.dataframe(pd.DataFrame([{"b": int(b), "ε_opt(b)": row["step_opt"][b], "one-step gain": row["step_gain"][b]}

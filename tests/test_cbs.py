@@ -269,7 +269,7 @@ def test_page_draws_the_defaults_and_refuses_bad_input_in_one_red_line():
     at.number_input(key="cbs_tol").set_value(0.0).run()
     assert len(at.error) == 1 and "tolerance" in at.error[0].value
     at.number_input(key="cbs_tol").set_value(0.01).run()
-    at.text_input(key="cbs_checkpoints").set_value("0,x").run()
+    at.text_input(key="cbs_checkpoints_linear_regression").set_value("0,x").run()
     assert len(at.error) == 1 and "checkpoints" in at.error[0].value
 
 
@@ -306,3 +306,20 @@ def test_noise_scales_with_nesterov_equal_the_advisors_doubled_state_lanes():
         i = ts.index(row["t"])
         for key in ("b_simple", "b_noise"):
             assert row[key] == pytest.approx(adv[key]["curves"]["8"][i], rel=1e-9), (key, row["t"])
+
+
+def test_page_fields_start_from_each_settings_own_config():
+    """Switching the setting on the Critical batch size page: B, the checkpoints, S and the k's start from the new
+    setting's config (its steps and batch sizes), not from the previous setting's values."""
+    from test_app import open_page
+
+    at = open_page("pages/critical_batch.py")
+    lr_checkpoints = at.text_input(key="cbs_checkpoints_linear_regression").value
+    at.selectbox(key="cbs_setting").set_value("mlp").run()
+    config = api.parse_config(api.defaults("mlp"))
+    b = min(config.batch_sizes)
+    last = api.cbs_max_checkpoint(config, b)
+    assert at.number_input(key="cbs_bref_mlp").value == b
+    assert at.text_input(key="cbs_checkpoints_mlp").value == f"0,{last // 2},{last}" != lr_checkpoints
+    assert at.number_input(key="cbs_samples_mlp").value == 32 * b
+    assert at.text_input(key="cbs_ks_mlp").value == "1,2,4,8"

@@ -250,8 +250,8 @@ def test_page_runs_the_replica_branches():
 
     at = open_page("pages/critical_batch.py")
     at.selectbox(key="cbs_setting").set_value("mlp").run()
-    at.text_input(key="cbs_checkpoints").set_value("0,30").run()
-    at.text_input(key="cbs_ks").set_value("1,2").run()
+    at.text_input(key="cbs_checkpoints_mlp").set_value("0,30").run()
+    at.text_input(key="cbs_ks_mlp").set_value("1,2").run()
     at.multiselect(key="cbs_rules").set_value(["none", "linear"]).run()
     assert not at.error and any("estimated" in m.value for m in at.markdown)
     press_run_and_wait(at)
