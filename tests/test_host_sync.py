@@ -64,10 +64,10 @@ def test_mlp_draws_a_block_of_steps_per_host_read(count_reads, monkeypatch, tmp_
     fewer with blocks of 32 than with blocks of one step (the per-epoch statistics read the same in both)."""
     from backend import api
     from backend.cache import ResultCache
-    from backend.engine import mlp as engine_mlp
+    from backend.engine import loop
 
     def reads_per_epoch(block: int) -> int:
-        monkeypatch.setattr(engine_mlp, "STEP_BLOCK", block)
+        monkeypatch.setattr(loop, "STEP_BLOCK", block)  # the shared loop's blocks of draws
         counts = []
         for epochs in (1, 2):
             cfg = parse_config({"setting": "mlp", "preset": "laptop", "epochs": epochs, "batch_sizes": [40],

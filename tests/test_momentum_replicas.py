@@ -22,7 +22,7 @@ from backend.cache import ResultCache
 from backend.config import parse_config
 from backend.engine import deep_linear as engine_deep
 from backend.engine import linear_relu
-from backend.engine import mlp as engine_mlp
+from backend.engine import loop as engine_loop, mlp as engine_mlp
 from backend.engine import sequence as seq
 from backend.errors import ConfigError
 from backend.images import load_dataset
@@ -383,7 +383,7 @@ def test_mlp_engine_equals_torch_optim_on_module_copies(monkeypatch, name):
     task = engine_mlp.mlp_task(data, hidden, 0, torch.float64, DEV, None, spec.build())
     calls = {"n": 0}
     monkeypatch.setattr(linear_relu, "sgd_step", lambda *a, **k: calls.__setitem__("n", calls["n"] + 1))
-    draws = record_training_draws(monkeypatch, engine_mlp, "epoch_reshuffle")
+    draws = record_training_draws(monkeypatch, engine_loop, "epoch_reshuffle")
     lr_fn = (lambda t: 0.2 / (1 + t)) if spec.name == "sgd" else (lambda t: 0.01 / (1 + t))
     _, saved = run_and_capture(task, K, R, 2, lr_fn, b)
     assert calls["n"] == 0 and len(draws) == 2 * (48 // b) and len(saved) == 2
@@ -482,7 +482,7 @@ def test_sequence_engine_equals_torch_optim_on_module_copies(monkeypatch, name):
     task, vocab = sequence_setting.build_task(cfg, DEV)
     steps = cfg.n_train // 200
     lr_fn = lambda t: seq.lr_at(t, lr, 2, steps)  # noqa: E731
-    draws = record_training_draws(monkeypatch, engine_mlp, "epoch_reshuffle")
+    draws = record_training_draws(monkeypatch, engine_loop, "epoch_reshuffle")
     _, saved = run_and_capture(task, 1, 2, 1, lr_fn, 200)
     assert len(draws) == steps >= 3
     params0 = task.init(1)

@@ -12,7 +12,7 @@ import torch
 from conftest import ROOT, tiny_config_json
 
 from backend import api
-from backend.engine import torch_model as engine
+from backend.engine import loop, torch_model as engine
 from backend.errors import ConfigError
 from backend.settings import torch_model as setting
 
@@ -113,7 +113,7 @@ def test_replicas_equal_torch_optim_on_module_copies(monkeypatch, optimizer, lr,
     on the same mini-batches (recorded from the run's sampler): the per-init mean training and validation losses
     and the spread of the full gradient at t = T agree to rounding."""
     drawn: list = []
-    real = engine.make_sampler
+    real = loop.make_sampler  # the shared loop's streams (backend/engine/loop.py)
 
     def spy(name, *args, **kwargs):
         s = real(name, *args, **kwargs)
@@ -122,7 +122,7 @@ def test_replicas_equal_torch_optim_on_module_copies(monkeypatch, optimizer, lr,
             s.draw_block = lambda steps: drawn.extend(out := block(steps)) or out
         return s
 
-    monkeypatch.setattr(engine, "make_sampler", spy)
+    monkeypatch.setattr(loop, "make_sampler", spy)
     K, R, T, b = 2, 3, 4, 5
     c = cfg("tests/models/tiny_mlp.py", inits=K, replicas=R, steps=T, record_every=T, batch_sizes=[b],
             sampler="with_replacement", lr={"schedule": "constant", "c": str(lr)}, optimizer=optimizer,

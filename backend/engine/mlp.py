@@ -23,7 +23,6 @@ A replica whose loss turns non-finite is dropped from that step on and reported.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -34,9 +33,8 @@ from backend.engine import linear_relu
 from backend.engine.noise import (linear_relu_per_sample_dots, linear_relu_per_sample_terms, per_sample_dots,
                                   per_sample_terms)
 from backend.engine.replicas import Replicas, module_forward  # noqa: F401  (module_forward: the settings)
-from backend.engine.runner import (ACTIVATION_ELEMENTS, STEP_BLOCK, Divergence, DivergenceLog, check_cancel,  # noqa: F401
-                                   checkpoint_due, pack_checkpoint, precision, report, seed_for, unpack_checkpoint)
-from backend.engine.samplers import batch_indices, make_sampler
+from backend.engine.loop import RunSpec, train_loop
+from backend.engine.runner import ACTIVATION_ELEMENTS, precision, seed_for
 from backend.quantities import EPOCH_QUANTITIES
 from backend.stats import GroupMoments, Groups, subsample_noise, variance_se
 
@@ -157,53 +155,52 @@ def mlp_task(data, hidden, seed: int, dtype: torch.dtype, device: torch.device, 
                 sgd_steps=linear_relu.SGDSteps)
 
 
-def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[[int], float], b: int,
-                   sampler: str, seed: int, device: torch.device, gap_every: int, noise_samples: int,
-                   eval_size: int, progress: Callable[[int], None] | None = None, cancel=None,
-                   checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None,
-                   arithmetic: str = "float32") -> dict:
-    """Train K·R replicas for ``epochs`` epochs at batch size b; per-epoch per-init statistics (see module doc). The
-    training steps and the probe gradient run in ``arithmetic`` (float32, tf32 or bf16: backend.engine.runner.precision);
-    the noise terms, evaluations and every statistic stay in full precision."""
-    Xtr, Ytr, Xva, Yva, Xdi = task.Xtr, task.Ytr, task.Xva, task.Yva, task.Xdist
-    n = Xtr.shape[0]
-    Xev, Yev = Xtr[:eval_size], Ytr[:eval_size]
-    sub = np.random.default_rng(seed_for(seed, 31337)).permutation(n)[:min(noise_samples, n)]
-    XS, YS = Xtr[sub], Ytr[sub]
-    rep = Replicas(task.forward, replica_chunk(task, K * R, b))
-    opt = task.optimizer
-    N = K * R
-    inits = Groups.blocks(K, R, device)  # the statistics groups: one per init, its R replicas
-    steps_per_epoch = n // b
-    if resume is None:
-        params0 = task.init(K)
-        params = {k: v.repeat_interleave(R, dim=0).contiguous() for k, v in params0.items()}
-        opt_state = opt.init(params) if opt is not None else {}
-        div = Divergence(N, device)
-        stats = EpochStats.empty(epochs + 1, K)
-        gen = torch.Generator(device=device).manual_seed(seed_for(seed, b, 1))
-        probe = torch.Generator(device=device).manual_seed(seed_for(seed, b, 2))
-        start_epoch = 0
-    else:
-        params = {k: torch.tensor(v, device=device) for k, v in resume["params"].items()}  # own copies: stepped in place
-        opt_state = {k: torch.as_tensor(v, device=device) for k, v in resume.get("opt", {}).items()}
-        div = Divergence(N, device, torch.as_tensor(resume["bad_at"], dtype=torch.long, device=device))
-        stats = EpochStats({k: v.copy() for k, v in resume["stats"].items()})
-        gen, probe = torch.Generator(device=device), torch.Generator(device=device)
-        gen.set_state(torch.as_tensor(resume["gen"]))
-        probe.set_state(torch.as_tensor(resume["probe"]))
-        start_epoch = int(resume["epoch"]) + 1
-    alive = div.alive
-    sgd = (task.sgd_steps(linear_relu.hold_steps(device.type))
-           if task.sgd_steps is not None and opt is None else None)
-    draw = make_sampler(sampler, n, b, N, gen, device)
-    probe_draw = make_sampler("without_replacement", n, b, N, probe, device)
+class MLPRun:
+    """The MLP's pieces of the shared loop (loop.Engine): K·R replicas' weights (init k repeated R times), the step
+    (the fused plain-SGD stepper, or vmap(grad) and the optimizer), the statistics of an epoch (module doc)."""
 
-    def record(e: int) -> None:
-        idx = batch_indices(probe_draw.draw(), n)
-        with precision(arithmetic, device):  # the stochastic gradient as training computes it
-            g, _ = rep.grad_and_loss(params, Xtr[idx], Ytr[idx])
-        put = stats.values
+    def __init__(self, task: Task, spec: RunSpec, gap_every: int, eval_size: int) -> None:
+        self.task, self.spec, self.gap_every = task, spec, gap_every
+        self.n, self.R, self.device, self.arithmetic = spec.n, spec.R, spec.device, spec.precision
+        self.epochs = len(spec.record_at) - 1
+        self.Xev, self.Yev = task.Xtr[:eval_size], task.Ytr[:eval_size]
+        sub = spec.noise_subset()
+        self.XS, self.YS = task.Xtr[sub], task.Ytr[sub]
+        self.rep = Replicas(task.forward, replica_chunk(task, spec.N, spec.b))
+        self.opt = task.optimizer
+        self.inits = Groups.blocks(spec.K, spec.R, spec.device)  # the statistics groups: one per init, its R replicas
+        if spec.resume is None:
+            params0 = task.init(spec.K)
+            self.params = {k: v.repeat_interleave(spec.R, dim=0).contiguous() for k, v in params0.items()}
+            self.opt_state = self.opt.init(self.params) if self.opt is not None else {}
+            self.stats = EpochStats.empty(self.epochs + 1, spec.K).values
+        else:
+            self.params, self.opt_state = spec.restored("params"), spec.restored("opt")
+            self.stats = {k: v.copy() for k, v in spec.resume["stats"].items()}
+        self.sgd = (task.sgd_steps(linear_relu.hold_steps(spec.device.type))
+                    if task.sgd_steps is not None and self.opt is None else None)
+
+    def step(self, idx: torch.Tensor, t: int, lr: float) -> torch.Tensor:
+        task, params = self.task, self.params
+        if self.sgd is not None:  # the model's own step: the update accumulated into each layer's gradient product
+            with precision(self.arithmetic, self.device):
+                return self.sgd.step(params, task.Xtr[idx], task.Ytr[idx], lr, blocks=self.rep.in_blocks)
+        with precision(self.arithmetic, self.device):
+            g, loss = self.rep.grad_and_loss(params, task.Xtr[idx], task.Ytr[idx])
+        if self.opt is not None:
+            self.params = self.opt.step(params, g, self.opt_state, lr, t)
+        else:  # one fused pass per tensor: w − α g
+            self.params = {k: torch.add(params[k], g[k], alpha=-lr) for k in params}
+        return loss
+
+    def settle(self) -> None:
+        if self.sgd is not None:
+            self.sgd.settle(self.params)  # the updates still held, applied before the weights are read
+
+    def record(self, e: int, idx: torch.Tensor, b: int, alive: torch.Tensor) -> None:
+        task, rep, params, inits, put = self.task, self.rep, self.params, self.inits, self.stats
+        with precision(self.arithmetic, self.device):  # the stochastic gradient as training computes it
+            g, _ = rep.grad_and_loss(params, task.Xtr[idx], task.Ytr[idx])
 
         def keep(name: str, value_se: tuple[np.ndarray, np.ndarray]) -> None:
             put[name][e] = value_se[0]
@@ -211,65 +208,46 @@ def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[
                 put[f"{name}_se"][e] = value_se[1]
 
         keep("var_g", variance_se(flat(g), inits, alive))
-        sq, full = (task.per_sample_terms(params, XS, YS) if task.per_sample_terms is not None
-                    else per_sample_terms(rep, params, XS, YS))
+        sq, full = (task.per_sample_terms(params, self.XS, self.YS) if task.per_sample_terms is not None
+                    else per_sample_terms(rep, params, self.XS, self.YS))
         keep("noise_spread", variance_se(full, inits, alive))
-        dots = (task.per_sample_dots(params, XS, YS, full) if task.per_sample_dots is not None
-                else per_sample_dots(rep, params, XS, YS, full))  # a second pass: g_i · ∇L_S, the subsample's error
-        for name, value_se in subsample_noise(sq, dots, full, inits, alive, n, b).items():
+        dots = (task.per_sample_dots(params, self.XS, self.YS, full) if task.per_sample_dots is not None
+                else per_sample_dots(rep, params, self.XS, self.YS, full))  # a second pass: g_i · ∇L_S
+        for name, value_se in subsample_noise(sq, dots, full, inits, alive, self.n, b).items():
             keep(name, value_se)  # trace_sigma, grad_sq, noise_one_step, b_simple
-        for split, (X, Y) in (("train", (Xev, Yev)), ("val", (Xva, Yva))):
+        for split, (X, Y) in (("train", (self.Xev, self.Yev)), ("val", (task.Xva, task.Yva))):
             loss, err = evaluate(rep, params, X, Y, act_per_sample=task.act_per_sample)
             keep(f"loss_{split}", GroupMoments.of(loss, inits, alive).mean_se())
             keep(f"error_{split}", GroupMoments.of(err, inits, alive).mean_se())
             if split == "train":
                 err_train = err
-        if Xdi is not None and (e % gap_every == 0 or e == epochs):
-            _, err_d = evaluate(rep, params, Xdi, Yva, act_per_sample=task.act_per_sample)
+        if task.Xdist is not None and (e % self.gap_every == 0 or e == self.epochs):
+            _, err_d = evaluate(rep, params, task.Xdist, task.Yva, act_per_sample=task.act_per_sample)
             keep("gap_distorted", GroupMoments.of(err_d - err_train, inits, alive).mean_se())
-        put["finite"][e] = GroupMoments.of(alive.to(torch.float64), inits, torch.ones_like(alive)).mean_se()[0] * R
+        put["finite"][e] = GroupMoments.of(alive.to(torch.float64), inits, torch.ones_like(alive)).mean_se()[0] * self.R
 
-    if resume is None:
-        record(0)
-    last_ckpt = time.monotonic()
-    for epoch in range(start_epoch, epochs):
-        draws: list = []
-        for s in range(steps_per_epoch):
-            check_cancel(cancel)
-            t = epoch * steps_per_epoch + s
-            if not draws:  # indices for a block of steps at once, within the epoch (a checkpoint's generator state
-                # at the epoch's end is then the same whether the run was resumed or not)
-                draws = draw.draw_block(min(STEP_BLOCK, steps_per_epoch - s))[::-1]
-            idx = batch_indices(draws.pop(), n)  # the batch, also when the draw holds its complement (b > n/2)
-            a = alphas_fn(t)
-            if sgd is not None:  # the model's own step: the update accumulated into each layer's gradient product
-                with precision(arithmetic, device):
-                    loss = sgd.step(params, Xtr[idx], Ytr[idx], a, blocks=rep.in_blocks)
-            else:
-                with precision(arithmetic, device):
-                    g, loss = rep.grad_and_loss(params, Xtr[idx], Ytr[idx])
-                if opt is not None:
-                    params = opt.step(params, g, opt_state, a, t)
-                else:  # one fused pass per tensor: w − α g
-                    params = {k: torch.add(params[k], g[k], alpha=-a) for k in params}
-            # no host sync: a dead replica keeps stepping (its weights may turn NaN) — replicas never mix, and every
-            # statistic leaves it out through ``alive``
-            div.update(torch.isfinite(loss), t)
-            alive = div.alive
-            report(progress, N)  # every step (a Python count: no host sync), so the bar moves within an epoch
-        if sgd is not None:
-            sgd.settle(params)  # the updates still held, applied before the weights are read
-        record(epoch + 1)
-        if checkpoint is not None and checkpoint_due(last_ckpt, params, final=epoch == epochs - 1):
-            checkpoint({"epoch": epoch, "params": {k: v.cpu().numpy().copy() for k, v in params.items()},
-                        "opt": {k: v.cpu().numpy() for k, v in opt_state.items()},
-                        "alive": alive.cpu().numpy(), "stats": stats.values, "gen": gen.get_state().numpy(),
-                        "probe": probe.get_state().numpy(), "bad_at": div.bad_at.cpu().numpy()})
-            last_ckpt = time.monotonic()
-    diverged = DivergenceLog()
-    diverged.add(div)
-    return {"stats": stats.values, "diverged_at": diverged.first, "diverged_replicas": diverged.count,
-            "steps_per_epoch": steps_per_epoch}
+    def position(self, t: int) -> dict:
+        return {"epoch": t // self.spec.epoch_steps - 1}  # the epoch just finished
+
+    def start(self, resume: dict) -> int:
+        return (int(resume["epoch"]) + 1) * self.spec.epoch_steps
+
+
+def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[[int], float], b: int,
+                   sampler: str, seed: int, device: torch.device, gap_every: int, noise_samples: int,
+                   eval_size: int, progress: Callable[[int], None] | None = None, cancel=None,
+                   checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None,
+                   arithmetic: str = "float32") -> dict:
+    """Train K·R replicas for ``epochs`` epochs at batch size b through loop.train_loop (MLPRun's step); per-epoch
+    per-init statistics (see module doc), a checkpoint at an epoch's end. The training steps and the probe gradient
+    run in ``arithmetic`` (float32, tf32 or bf16: backend.engine.runner.precision); the noise terms, evaluations and
+    every statistic stay in full precision."""
+    n = task.Xtr.shape[0]
+    steps_per_epoch = n // b
+    spec = RunSpec(K, R, n, epochs * steps_per_epoch, b, alphas_fn,
+                   tuple(range(0, epochs * steps_per_epoch + 1, steps_per_epoch)), sampler, seed, device,
+                   noise_samples, arithmetic, steps_per_epoch, progress, cancel, checkpoint, resume)
+    return {**train_loop(spec, MLPRun(task, spec, gap_every, eval_size)), "steps_per_epoch": steps_per_epoch}
 
 
 def estimate_cost(n_train: int, d_in: int, hidden: tuple[int, ...], n_classes: int, K: int, R: int, epochs: int,

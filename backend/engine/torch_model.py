@@ -24,7 +24,6 @@ import copy
 import hashlib
 import importlib.util
 import sys
-import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -39,9 +38,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from backend.engine.mlp import EpochStats, flat
 from backend.engine.noise import per_sample_dots, per_sample_terms
 from backend.engine.replicas import Replicas
-from backend.engine.runner import (ACTIVATION_ELEMENTS, STEP_BLOCK, Divergence, DivergenceLog, check_cancel,
-                                   checkpoint_due, precision, report, schedule_segments, seed_for)
-from backend.engine.samplers import Draw, batch_indices, make_sampler
+from backend.engine.loop import RunSpec, train_loop
+from backend.engine.runner import ACTIVATION_ELEMENTS, precision, schedule_segments
 from backend.errors import ConfigError
 from backend.quantities import EPOCH_QUANTITIES
 from backend.stats import GroupMoments, Groups, subsample_noise, variance_se
@@ -409,114 +407,86 @@ def evaluate(rep: Replicas, pr: Prepared, params, X: torch.Tensor, Y: torch.Tens
     return loss / n, (err / n if pr.mf.classes else None)
 
 
-def run_batch_size(pr: Prepared, K: int, R: int, steps: int, record_every: int, alphas_fn: Callable[[int], float],
-                   b: int | list[tuple[int, int]], sampler: str, seed: int, device: torch.device, noise_samples: int,
-                   optimizer, progress: Callable[[int], None] | None = None, cancel=None,
-                   arithmetic: str = "float32", checkpoint: Callable[[dict], None] | None = None,
-                   resume: dict | None = None) -> dict:
-    """Train K·R replicas for ``steps`` steps at batch size b with ``optimizer`` (backend/optim.py, one over the
-    stack); per-init statistics at t = record_steps(steps, record_every): arrays (len(t), K) (see module doc).
-    ``b`` a list of (b_i, steps_i): a batch-size schedule (docs/theory.md §12; Σ steps_i = steps), its segments one
-    after another, the weights and the optimizer's state carried on; g_t (the probe, the one-step noise's c_b) at
-    the b of the segment that draws it, the last one's at t = T. Segment 0 draws from the streams of the constant
-    b_0 run, segment j > 0 from its own (one segment is exactly the constant-b run).
+class ModelRun:
+    """Your model's pieces of the shared loop (loop.Engine): K·R replicas' weights (init k's repeated R times),
+    vmap(grad) and ``optimizer``'s step (backend/optim.py, one over the stack), the statistics of a record point."""
 
-    ``checkpoint(state)``: called with the run's whole state (weights, optimizer state, statistics so far, the
-    generators, the first bad steps) at the end of a block of steps (runner.checkpoint_due) and at t = T;
-    ``resume``: such a state (runner.unpack_checkpoint), from which the run continues — bitwise the run that was
-    not interrupted, since blocks of draws start at the same steps and every draw comes from the saved streams."""
-    segments, bounds = schedule_segments(b, steps)
-    Xtr, Ytr, Xva, Yva = pr.Xtr, pr.Ytr, pr.Xva, pr.Yva
-    n = Xtr.shape[0]
-    sub = np.random.default_rng(seed_for(seed, 31337)).permutation(n)[:min(noise_samples, n)]
-    XS, YS = Xtr[sub], Ytr[sub]
-    N = K * R
-    inits = Groups.blocks(K, R, device)  # the statistics groups: one per init, its R replicas
-    rep = Replicas(pr.forward, replica_block(pr.mf.act_per_sample, N, max(bj for bj, _ in segments)), pr.mf.loss)
-    params = {k: v.repeat_interleave(R, dim=0).contiguous() for k, v in init_params(pr.mf, K, pr.dtype,
-                                                                                     device).items()}
-    state = optimizer.init(params)
-    div = Divergence(N, device)
-    ts = record_steps(steps, record_every)
-    stats = EpochStats.empty(len(ts), K)
-    start = 0
-    if resume is not None:
-        start = int(resume["step"])
-        params = {k: torch.as_tensor(v, device=device).clone() for k, v in resume["params"].items()}
-        state = {k: torch.as_tensor(v, device=device).clone() for k, v in resume["opt"].items()}
-        div = Divergence(N, device, torch.as_tensor(resume["bad_at"], dtype=torch.long, device=device).clone())
-        stats = EpochStats({k: v.copy() for k, v in resume["stats"].items()})
+    def __init__(self, pr: Prepared, spec: RunSpec, optimizer) -> None:
+        self.pr, self.optimizer, self.R = pr, optimizer, spec.R
+        self.arithmetic, self.device, self.n = spec.precision, spec.device, spec.n
+        sub = spec.noise_subset()
+        self.XS, self.YS = pr.Xtr[sub], pr.Ytr[sub]
+        self.inits = Groups.blocks(spec.K, spec.R, spec.device)  # the statistics groups: one per init, its R replicas
+        segments, _ = schedule_segments(spec.b, spec.steps)
+        self.rep = Replicas(pr.forward, replica_block(pr.mf.act_per_sample, spec.N, max(bj for bj, _ in segments)),
+                            pr.mf.loss)
+        params = init_params(pr.mf, spec.K, pr.dtype, spec.device)  # also on resume: model(k)'s checks
+        self.params = {k: v.repeat_interleave(spec.R, dim=0).contiguous() for k, v in params.items()}
+        self.opt_state = optimizer.init(self.params)
+        self.stats = EpochStats.empty(len(spec.record_at), spec.K).values
+        if spec.resume is not None:
+            self.params, self.opt_state = spec.restored("params"), spec.restored("opt")
+            self.stats = {k: v.copy() for k, v in spec.resume["stats"].items()}
 
-    def streams(j: int):
-        """Segment j's training and probe samplers (segment 0: the constant b_0 run's streams)."""
-        bj, tail = segments[j][0], (() if j == 0 else (j,))
-        return tuple(make_sampler(name, n, bj, N, torch.Generator(device=device).manual_seed(seed_for(seed, bj, k,
-                                                                                                      *tail)), device)
-                     for name, k in ((sampler, 1), ("without_replacement", 2)))
+    def step(self, idx: torch.Tensor, t: int, lr: float) -> torch.Tensor:
+        with precision(self.arithmetic, self.device):
+            g, loss = self.rep.grad_and_loss(self.params, self.pr.Xtr[idx], self.pr.Ytr[idx])
+        self.optimizer.step(self.params, g, self.opt_state, lr, t)
+        return loss
 
-    seg = next(j for j, (a, e) in enumerate(bounds) if a <= start < e)  # the segment that draws g_start
-    draw, probe_draw = streams(seg)
-    b = segments[seg][0]
-    if resume is not None:
-        draw.g.set_state(torch.as_tensor(resume["gen"]))
-        probe_draw.g.set_state(torch.as_tensor(resume["probe"]))
+    def settle(self) -> None:
+        pass
 
-    def record(i: int) -> None:
-        alive = div.alive
-        put = stats.values
+    def record(self, i: int, idx: torch.Tensor, b: int, alive: torch.Tensor) -> None:
+        pr, rep, params, inits, put = self.pr, self.rep, self.params, self.inits, self.stats
 
         def keep(name: str, value_se: tuple[np.ndarray, np.ndarray]) -> None:
             put[name][i], put[f"{name}_se"][i] = value_se
 
-        idx = batch_indices(probe_draw.draw(), n)
-        with precision(arithmetic, device):  # the stochastic gradient as training computes it
-            g, _ = rep.grad_and_loss(params, Xtr[idx], Ytr[idx])
+        with precision(self.arithmetic, self.device):  # the stochastic gradient as training computes it
+            g, _ = rep.grad_and_loss(params, pr.Xtr[idx], pr.Ytr[idx])
         keep("var_g", variance_se(flat(g), inits, alive))
-        sq, full = per_sample_terms(rep, params, XS, YS)
+        sq, full = per_sample_terms(rep, params, self.XS, self.YS)
         keep("noise_spread", variance_se(full, inits, alive))
-        dots = per_sample_dots(rep, params, XS, YS, full)  # a second pass: g_i · ∇L_S, the subsample's error
-        for name, value_se in subsample_noise(sq, dots, full, inits, alive, n, b).items():
+        dots = per_sample_dots(rep, params, self.XS, self.YS, full)  # a second pass: g_i · ∇L_S, S's error
+        for name, value_se in subsample_noise(sq, dots, full, inits, alive, self.n, b).items():
             keep(name, value_se)  # trace_sigma, grad_sq, noise_one_step, b_simple
-        for split, X, Y in (("train", Xtr, Ytr), ("val", Xva, Yva)):
+        for split, X, Y in (("train", pr.Xtr, pr.Ytr), ("val", pr.Xva, pr.Yva)):
             if X is None:
                 continue
             loss, err = evaluate(rep, pr, params, X, Y)
             keep(f"loss_{split}", GroupMoments.of(loss, inits, alive).mean_se())
             if err is not None:
                 keep(f"error_{split}", GroupMoments.of(err, inits, alive).mean_se())
-        put["finite"][i] = GroupMoments.of(alive.to(torch.float64), inits, torch.ones_like(alive)).mean_se()[0] * R
+        put["finite"][i] = GroupMoments.of(alive.to(torch.float64), inits, torch.ones_like(alive)).mean_se()[0] * self.R
 
-    if resume is None:
-        record(0)
-    draws: list[Draw] = []
-    at = {int(t): i for i, t in enumerate(ts)}
-    seg_at = {a: j for j, (a, _) in enumerate(bounds)}  # the step at which each segment starts
-    last_saved = time.monotonic()
-    for t in range(start, steps):
-        check_cancel(cancel)
-        if not draws:  # a block of steps within the segment
-            end = min(steps, next(e for a, e in bounds if a <= t < e))
-            draws = draw.draw_block(min(STEP_BLOCK, end - t))[::-1]
-        idx = batch_indices(draws.pop(), n)
-        with precision(arithmetic, device):
-            g, loss = rep.grad_and_loss(params, Xtr[idx], Ytr[idx])
-        optimizer.step(params, g, state, alphas_fn(t), t)
-        div.update(torch.isfinite(loss), t)  # no host sync; a dead replica is left out of every statistic
-        report(progress, N)
-        if t + 1 in seg_at:  # the next segment draws g_{t+1} on: its b and its own streams
-            draw, probe_draw = streams(seg_at[t + 1])
-            b = segments[seg_at[t + 1]][0]
-        if t + 1 in at:
-            record(at[t + 1])
-        if checkpoint is not None and not draws and checkpoint_due(last_saved, params, final=t + 1 == steps):
-            checkpoint({"step": t + 1, "params": {k: v.cpu().numpy().copy() for k, v in params.items()},
-                        "opt": {k: v.cpu().numpy().copy() for k, v in state.items()}, "stats": stats.values,
-                        "gen": draw.g.get_state().numpy(), "probe": probe_draw.g.get_state().numpy(),
-                        "bad_at": div.bad_at.cpu().numpy()})
-            last_saved = time.monotonic()
-    diverged = DivergenceLog()
-    diverged.add(div)
-    return {"stats": stats.values, "t": ts, "diverged_at": diverged.first, "diverged_replicas": diverged.count}
+    def position(self, t: int) -> dict:
+        return {"step": t}
+
+    def start(self, resume: dict) -> int:
+        return int(resume["step"])
+
+
+def run_batch_size(pr: Prepared, K: int, R: int, steps: int, record_every: int, alphas_fn: Callable[[int], float],
+                   b: int | list[tuple[int, int]], sampler: str, seed: int, device: torch.device, noise_samples: int,
+                   optimizer, progress: Callable[[int], None] | None = None, cancel=None,
+                   arithmetic: str = "float32", checkpoint: Callable[[dict], None] | None = None,
+                   resume: dict | None = None) -> dict:
+    """Train K·R replicas for ``steps`` steps at batch size b with ``optimizer`` (backend/optim.py, one over the
+    stack) through loop.train_loop (ModelRun's step); per-init statistics at t = record_steps(steps, record_every):
+    arrays (len(t), K) (see module doc). ``b`` a list of (b_i, steps_i): a batch-size schedule (docs/theory.md §12;
+    Σ steps_i = steps), its segments one after another, the weights and the optimizer's state carried on; g_t (the
+    probe, the one-step noise's c_b) at the b of the segment that draws it, the last one's at t = T. Segment 0
+    draws from the streams of the constant b_0 run, segment j > 0 from its own (one segment is exactly the
+    constant-b run).
+
+    ``checkpoint(state)``: called with the run's whole state (weights, optimizer state, statistics so far, the
+    generators, the first bad steps) at the end of a block of steps (runner.checkpoint_due) and at t = T;
+    ``resume``: such a state (runner.unpack_checkpoint), from which the run continues bitwise."""
+    ts = record_steps(steps, record_every)
+    spec = RunSpec(K, R, int(pr.Xtr.shape[0]), steps, b, alphas_fn, tuple(int(t) for t in ts), sampler, seed,
+                   device, noise_samples, arithmetic, None, progress, cancel, checkpoint, resume)
+    return {**train_loop(spec, ModelRun(pr, spec, optimizer)), "t": ts}
 
 
 def estimate_cost(mf_sizes: dict[str, int], K: int, R: int, steps: int, record_every: int, b: int,
