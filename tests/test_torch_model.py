@@ -403,6 +403,7 @@ def test_a_batch_schedule_matches_the_exact_linear_regression_theory(sampler):
     ({"batch_sizes": [4, 8], "optimizer": {"name": "sgd", "momentum": 0.9, "nesterov": True}}, 32),
     ({"batch_schedule": [[4, 20], [8, 40]], "optimizer": {"name": "adam"}, "lr": {"schedule": "constant", "c": 0.01}},
      20),
+    ({"batch_sizes": [16], "sampler": "epoch_reshuffle"}, 32),  # saved mid-epoch (3 steps an epoch): its permutation
 ])
 def test_a_cancelled_run_resumes_to_the_uninterrupted_result_bitwise(tmp_path, over, saved_at):
     """Cancel in the middle of the last curve: the finished curve's state and the running one's last checkpoint

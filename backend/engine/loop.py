@@ -115,6 +115,7 @@ def train_loop(spec: RunSpec, engine: Engine) -> dict:
     b = segments[seg][0]
     if resume is not None:
         draw.g.set_state(torch.as_tensor(resume["gen"]))
+        draw.set_extra_state(resume)  # an epoch-reshuffle stream saved mid-epoch: its permutations and position
         probe.g.set_state(torch.as_tensor(resume["probe"]))
     at = {int(t): i for i, t in enumerate(spec.record_at)}
     seg_at = {a: j for j, (a, _) in enumerate(bounds)}  # the step at which each segment starts
@@ -150,7 +151,7 @@ def train_loop(spec: RunSpec, engine: Engine) -> dict:
             spec.checkpoint({**engine.position(t + 1),
                              "params": {k: v.cpu().numpy().copy() for k, v in engine.params.items()},
                              "opt": {k: v.cpu().numpy().copy() for k, v in engine.opt_state.items()},
-                             "stats": engine.stats, "gen": draw.g.get_state().numpy(),
+                             "stats": engine.stats, "gen": draw.g.get_state().numpy(), **draw.extra_state(),
                              "probe": probe.g.get_state().numpy(), "bad_at": div.bad_at.cpu().numpy()})
             last_saved = time.monotonic()
     diverged = DivergenceLog()

@@ -131,6 +131,13 @@ class Sampler:
         self.numpy_rng = np.random.default_rng(generator.initial_seed()) if numpy_draws and device.type == "cpu" else None
         self._buffer: list[Draw] = []
 
+    def extra_state(self) -> dict:
+        """What a checkpoint needs beside the generator's state to continue the stream exactly (none here)."""
+        return {}
+
+    def set_extra_state(self, state: dict) -> None:
+        """Restore what ``extra_state`` gave (keys it did not give are absent)."""
+
     def draw(self) -> Draw:
         if not self._buffer:
             self._buffer = list(reversed(self.draw_block(self.block)))
@@ -205,6 +212,18 @@ class EpochReshuffle(Sampler):
         start = self.pos * self.b
         self.pos += 1
         return Draw(self.perm[:, start:start + self.b], True)
+
+    def extra_state(self) -> dict:
+        """Mid-epoch: the epoch's permutations and the steps drawn from them (at an epoch's end the next draw
+        shuffles afresh from the generator, so nothing more is needed)."""
+        if self.perm is None or self.pos == self.steps_per_epoch:
+            return {}
+        return {"draw_pos": int(self.pos), "draw_perm": self.perm.cpu().numpy()}
+
+    def set_extra_state(self, state: dict) -> None:
+        if "draw_pos" in state:
+            self.pos = int(state["draw_pos"])
+            self.perm = torch.as_tensor(state["draw_perm"], device=self.device)
 
 
 SAMPLER_CLASSES = {c.name: c for c in (WithoutReplacement, WithReplacement, EpochReshuffle)}
