@@ -820,6 +820,15 @@ def sweep_chart(sel: pd.DataFrame, axis: str, others: list[str], y_title: str, l
 # -- the critical batch size (backend/cbs.py) -----------------------------------------------------------------------
 
 
+RULE_DASHES = [[1, 0], [8, 4], [2, 3]]  # solid, dashed, dotted: a later rule over an earlier one shows both
+
+
+def _nested_widths(n: int) -> list[float]:
+    """Line widths of n rules drawn one over another, widest first: where two rules give the same value the later
+    one (narrower, dashed) is drawn inside the earlier, so both stay visible."""
+    return [round(6.0 - 3.5 * i / max(n - 1, 1), 2) for i in range(n)]
+
+
 def cbs_chart(docs: dict[str, dict]) -> alt.LayerChart:
     """The critical batch size at each checkpoint, one colour per scaling rule (``api.cbs_rules``' documents), with
     B_simple(t) (grey, solid) and B_noise(t) (grey, dashed) on the same log axis; None values are left out and
@@ -840,11 +849,16 @@ def cbs_chart(docs: dict[str, dict]) -> alt.LayerChart:
     y = alt.Y("b:Q", scale=alt.Scale(type="log"), title="batch size", axis=alt.Axis(format=log_axis_format(drawn)))
     layers = [alt.Chart(scale_rows.dropna()).mark_line(color="#555", strokeWidth=1.5).encode(
                   x=x, y=y, strokeDash=NOISE_SCALE_DASH, tooltip=["scale", "t", "b"]),
-              alt.Chart(cbs_rows.dropna()).mark_line(strokeWidth=2.5, point=alt.OverlayMarkDef(size=60, filled=True))
-              .encode(x=x, y=y, color=_rule_color(rules), tooltip=["rule", "t", "b"])]
+              *[alt.Chart(cbs_rows[cbs_rows["rule"] == rule].dropna())  # one layer per rule, widest first
+                .mark_line(strokeWidth=width, strokeDash=dash, point=alt.OverlayMarkDef(size=60, filled=True))
+                .encode(x=x, y=y, color=_rule_color(rules), tooltip=["rule", "t", "b"])
+                for rule, width, dash in zip(rules, _nested_widths(len(rules)),
+                                             [RULE_DASHES[i % len(RULE_DASHES)] for i in range(len(rules))])]]
     notes = [dropped_note(d1 + d2), f"{missing} checkpoint(s) without a critical batch size (the k = 1 branch "
-                                    "diverged) left out." if missing else ""]
-    return alt.layer(*layers).resolve_scale(color="independent").properties(
+                                    "diverged) left out." if missing else "",
+             "Rules at the same b are drawn one inside another (the first widest and solid, then dashed, dotted)."
+             if len(rules) > 1 else ""]
+    return alt.layer(*layers).properties(
         title=_title(f"Critical batch size along training (ε = {first['tolerance']:g}); grey: B_simple (solid), "
                      "B_noise (dashed)", notes), height=320, autosize=AUTOSIZE)
 

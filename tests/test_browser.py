@@ -326,6 +326,29 @@ def test_sequence_page_run(server, browser):
     page.close()
 
 
+def test_your_model_page_run(server, browser):
+    """Your model: the shipped digits MLP example (its laptop preset, fewer steps), Run, and the variance chart draws
+    the replica estimate with its band; no exception box."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server}/torch_model?setting=torch_model&steps=20&record_every=10&replicas=4&inits=2")
+    page.get_by_role("button", name="Run").wait_for(timeout=90_000)
+    page.get_by_role("button", name="Run").click()
+    page.get_by_text(re.compile(r"^Drawn: replica estimate [1-9]")).first.wait_for(timeout=180_000)
+    chart_rendered(page)
+    no_exception(page)
+    shot(page, "torch_model")
+    page.close()
+
+
+def test_critical_batch_page(server, browser):
+    """Critical batch size, linear regression (exact): the CBS along training and the branch losses are drawn (line
+    marks) with a metric per scaling rule; no exception box."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(f"{server}/critical_batch")
+    page.get_by_text(re.compile(r"critical b at t = \d+ \(none\)")).first.wait_for(timeout=120_000)
+    lines_drawn_then_close(page, "critical_batch")
+
+
 def test_two_sessions_run_different_configs_at_once(server, browser):
     ctx_a, ctx_b = browser.new_context(), browser.new_context()
     a, b = ctx_a.new_page(), ctx_b.new_page()

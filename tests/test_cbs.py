@@ -286,6 +286,11 @@ def test_charts_draw_what_the_documents_say():
         for row in doc["checkpoints"]:
             assert {"t": row["t"], "rule": rule, "b": row["cbs"]} in values
             assert {"t": row["t"], "scale": "B_noise", "b": row["b_noise"]} in values
+    lines = [layer["mark"] for layer in spec["layer"] if "color" in layer["encoding"]]  # one layer per rule
+    widths = [m["strokeWidth"] for m in lines]
+    assert len(lines) == len(docs) and widths == sorted(set(widths), reverse=True)
+    assert len({json.dumps(m["strokeDash"]) for m in lines}) == len(docs)
+    # rules at the same b are nested, widest first and each with its own dash, so that none hides another
     docs["linear"]["checkpoints"][0]["cbs"] = None
     assert "1 checkpoint(s) without" in json.dumps(charts.cbs_chart(docs).to_dict())
     spec = json.dumps(charts.branch_loss_chart(docs, 20).to_dict())
