@@ -15,6 +15,7 @@ import torch
 
 from backend.cache import CODE_VERSION, ResultCache
 from backend.engine import mlp as engine
+from backend.engine.replica_branch import BranchTask
 from backend.engine.runner import pack_checkpoint, unpack_checkpoint
 from backend.curves import curves_result
 from backend.errors import ConfigError
@@ -275,3 +276,19 @@ def classifier_document(config, res: dict[str, Any], names) -> dict[str, Any]:
             "band": res["band"], "sampler": meta["sampler_label"], "device": meta["device"],
             "diverged_at": {str(x["b"]): x["diverged_at"] for x in meta["per_b"]},
             "notes": [note for note in (b_simple_note(config, res), split_note(res)) if note]}
+
+
+def branch_task(config, task, lanes: int, bs) -> tuple[BranchTask, float, int]:
+    """What a replica classifier's cbs branches run on (backend/settings/replica_cbs.py: functional_branches): the
+    task's replicas in chunks for ``lanes`` stacked lanes at the largest branch batch, init 0's weights, L the training
+    loss on the first eval_size points; returns (BranchTask, L(w_0), n)."""
+    rep = engine.Replicas(task.forward, engine.replica_chunk(task, lanes, int(max(bs))))
+    w0 = {k: v[0] for k, v in task.init(1).items()}
+    Xev, Yev = task.Xtr[:config.eval_size], task.Ytr[:config.eval_size]
+
+    def evaluate(params):
+        return engine.evaluate(rep, params, Xev, Yev, act_per_sample=task.act_per_sample)[0]
+
+    loss0 = float(evaluate({k: v[None] for k, v in w0.items()})[0])
+    return (BranchTask(rep, task.Xtr, task.Ytr, Xev, Yev, w0, config.sampler, evaluate, config.precision), loss0,
+            int(task.Xtr.shape[0]))

@@ -18,7 +18,6 @@ from backend.fields import (MLP_SAMPLERS, Fields, Schedule, config_fields, read_
                             read_positive, read_source, refuse_batch_schedule, replace_fields, replica_run_fields)
 from backend.costs import GpuModel, combine_costs
 from backend.engine import mlp as engine
-from backend.engine.replica_branch import BranchTask
 from backend.errors import ConfigError
 from backend.images import DataShape, data_shape, elastic_distort, load_dataset
 from backend.images import missing_data as missing_data_for
@@ -26,8 +25,8 @@ from backend.optim import OptimizerSpec
 from backend.progress import Progress
 from backend.settings import replica_cbs
 from backend.settings.base import Quantity, run_device_type, scaled_lr
-from backend.settings.classifier import (cached_classifier, classifier_document, classifier_quantities, no_check,
-                                         no_polynomial, no_theory, shape_result, simulate_classifier)
+from backend.settings.classifier import (branch_task, cached_classifier, classifier_document, classifier_quantities,
+                                         no_check, no_polynomial, no_theory, shape_result, simulate_classifier)
 from backend.settings.classifier import ADVISOR_QUANTITIES, advisor_steps  # noqa: F401  (the advisor's protocol)
 from backend.settings.classifier import THEORY_ONLY_DROPS  # noqa: F401  (part of the Setting protocol)
 
@@ -232,18 +231,8 @@ def replica_branches(config: MLPConfig, b_ref: int, checkpoints: list[int], bs, 
     lanes = np.asarray(factors).shape[0] * len(checkpoints) * config.replicas
 
     def make_task(dev: torch.device):
-        data = load_dataset(config.dataset)
-        task = engine.mlp_task(data, config.hidden, config.seed, dtype, dev, None)
-        rep = engine.Replicas(task.forward, engine.replica_chunk(task, lanes, int(max(bs))))
-        w0 = {k: v[0] for k, v in task.init(1).items()}
-        Xev, Yev = task.Xtr[:config.eval_size], task.Ytr[:config.eval_size]
-
-        def evaluate(params):
-            return engine.evaluate(rep, params, Xev, Yev, act_per_sample=task.act_per_sample)[0]
-
-        loss0 = float(evaluate({k: v[None] for k, v in w0.items()})[0])
-        return (BranchTask(rep, task.Xtr, task.Ytr, Xev, Yev, w0, config.sampler, evaluate, config.precision), loss0,
-                int(task.Xtr.shape[0]))
+        task = engine.mlp_task(load_dataset(config.dataset), config.hidden, config.seed, dtype, dev, None)
+        return branch_task(config, task, lanes, bs)
 
     return replica_cbs.functional_branches(config, "cbs_replicas_mlp", b_ref, checkpoints, bs, factors, steps,
                                            device, cache, make_task, progress)

@@ -20,14 +20,13 @@ from backend.fields import (MLP_SAMPLERS, Fields, config_fields, read_batch_size
                             read_positive, read_source, refuse_batch_schedule, replace_fields, replica_run_fields)
 from backend.engine import mlp as trainer, sequence as seq
 from backend.engine.mlp import module_forward
-from backend.engine.replica_branch import BranchTask
 from backend.errors import ConfigError
 from backend.optim import OptimizerSpec
 from backend.progress import Progress
 from backend.settings import replica_cbs
 from backend.settings.base import Quantity
-from backend.settings.classifier import (cached_classifier, classifier_document, classifier_quantities, no_check,
-                                         no_polynomial, no_theory, shape_result, simulate_classifier)
+from backend.settings.classifier import (branch_task, cached_classifier, classifier_document, classifier_quantities,
+                                         no_check, no_polynomial, no_theory, shape_result, simulate_classifier)
 from backend.settings.classifier import ADVISOR_QUANTITIES, advisor_steps  # noqa: F401  (the advisor's protocol)
 from backend.settings.classifier import THEORY_ONLY_DROPS  # noqa: F401  (part of the Setting protocol)
 from backend.text import Tokenizer, load_corpus
@@ -361,17 +360,7 @@ def replica_branches(config: SequenceConfig, b_ref: int, checkpoints: list[int],
     lanes = np.asarray(factors).shape[0] * len(checkpoints) * config.replicas
 
     def make_task(dev: torch.device):
-        task = build_task(config, dev)[0]
-        rep = trainer.Replicas(task.forward, trainer.replica_chunk(task, lanes, int(max(bs))))
-        w0 = {k: v[0] for k, v in task.init(1).items()}
-        Xev, Yev = task.Xtr[:config.eval_size], task.Ytr[:config.eval_size]
-
-        def evaluate(params):
-            return trainer.evaluate(rep, params, Xev, Yev, act_per_sample=task.act_per_sample)[0]
-
-        loss0 = float(evaluate({k: v[None] for k, v in w0.items()})[0])
-        return (BranchTask(rep, task.Xtr, task.Ytr, Xev, Yev, w0, config.sampler, evaluate, config.precision), loss0,
-                int(task.Xtr.shape[0]))
+        return branch_task(config, build_task(config, dev)[0], lanes, bs)
 
     return replica_cbs.functional_branches(config, "cbs_replicas_sequence", b_ref, checkpoints, bs, factors, steps,
                                            device, cache, make_task, progress,
