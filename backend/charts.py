@@ -531,12 +531,7 @@ def advisor_chart(answers: dict, y_title: str, title: str, log: bool = True) -> 
     the chart says so."""
     table = advisor_frame(answers)
     rules = list(dict.fromkeys(table["rule"])) if len(table) else []
-    ok = table[~table["diverged"].astype(bool)].copy() if len(table) else table
-    ok = ok[pd.to_numeric(ok["loss"], errors="coerce").notna()] if len(ok) else ok
-    dropped = 0
-    if log and len(ok):
-        ok["loss"], dropped = log_safe(ok["loss"])
-        ok = ok.dropna(subset=["loss"])
+    ok, dropped = _drawn_losses(table, log)
     if not len(ok):
         return alt.layer(message_chart(ALL_DIVERGED)).properties(title=title, height=120, autosize=AUTOSIZE)
     color = _rule_color(rules)
@@ -565,6 +560,18 @@ def advisor_chart(answers: dict, y_title: str, title: str, log: bool = True) -> 
     return alt.layer(*layers).properties(title=_title(title, [dropped_note(dropped)]), height=340, autosize=AUTOSIZE)
 
 
+def _drawn_losses(table: pd.DataFrame, log: bool) -> tuple[pd.DataFrame, int]:
+    """The advisor rows a loss chart draws: not diverged, with a loss, and on a log axis a positive one (the count
+    of the non-positive ones left out beside)."""
+    ok = table[~table["diverged"].astype(bool)].copy() if len(table) else table
+    ok = ok[pd.to_numeric(ok["loss"], errors="coerce").notna()] if len(ok) else ok
+    dropped = 0
+    if log and len(ok):
+        ok["loss"], dropped = log_safe(ok["loss"])
+        ok = ok.dropna(subset=["loss"])
+    return ok, dropped
+
+
 def advisor_momentum_frame(result: dict) -> pd.DataFrame:
     """``advisor_frame`` of every (rule, β) of an ``api.advise_momentum`` result, with the column β ("0.9") and
     ``best_overall``: the rule's best (b, β)."""
@@ -585,12 +592,7 @@ def advisor_momentum_chart(result: dict, y_title: str, title: str, log: bool = T
     table = advisor_momentum_frame(result)
     betas = [f"{float(m):g}" for m in result["momentum"]]
     rules = list(result["answers"])
-    ok = table[~table["diverged"].astype(bool)].copy() if len(table) else table
-    ok = ok[pd.to_numeric(ok["loss"], errors="coerce").notna()] if len(ok) else ok
-    dropped = 0
-    if log and len(ok):
-        ok["loss"], dropped = log_safe(ok["loss"])
-        ok = ok.dropna(subset=["loss"])
+    ok, dropped = _drawn_losses(table, log)
     if not len(ok):
         return alt.layer(message_chart(ALL_DIVERGED)).properties(title=title, height=120, autosize=AUTOSIZE)
     ok["line"] = ok["β"] + " | " + ok["rule"]
