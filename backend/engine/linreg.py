@@ -126,6 +126,107 @@ def chunk_size(R: int, b: int, n: int, p: int, device_type: str = "cpu") -> int:
     return int(max(2, min(R, CHUNK_ELEMENTS.get(device_type, CHUNK_ELEMENTS["cpu"]) // (k * (p + 1)))))
 
 
+@dataclass(frozen=True)
+class Population:
+    """The data on the device: the rows each step gathers, y, H = XᵀX/n, h = Xᵀy/n, ½ yᵀy/n and Lemma 1's
+    P = (1/n) Σ ‖x_i‖² u_i u_iᵀ (u_i = [x_i; −y_i])."""
+
+    Xg: torch.Tensor
+    y: torch.Tensor
+    H: torch.Tensor
+    h: torch.Tensor
+    half_yy: float
+    P: torch.Tensor
+
+    @classmethod
+    def of(cls, X: np.ndarray, y: np.ndarray, dtype: torch.dtype, device: torch.device) -> "Population":
+        n = X.shape[0]
+        Xt = torch.as_tensor(X, dtype=dtype, device=device)
+        yt = torch.as_tensor(y, dtype=dtype, device=device)
+        U = torch.cat([Xt, -yt[:, None]], dim=1)
+        return cls(gather_source(Xt, device.type), yt, Xt.T @ Xt / n, Xt.T @ yt / n, float((y @ y) / (2 * n)),
+                   (U.T * (Xt * Xt).sum(dim=1)) @ U / n)
+
+    @property
+    def n(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One replica run: R replicas from w_0 for T = len(alphas) steps along the schedule's segments [(b_i, steps_i)]
+    (``bounds``: the steps [a_i, e_i) whose g_t segment i draws, the last one also t = T), the sampler, seed, device,
+    Lemma 1's factor per segment (None: no Rao–Blackwellised estimate), the optimizer (None or plain: the fused
+    step), CUDA graphs, progress and cancel."""
+
+    pop: Population
+    w0: torch.Tensor
+    alphas: torch.Tensor  # α_t on the device, padded past T so that every block reads STEP_BLOCK of them
+    segments: list[tuple[int, int]]
+    bounds: list[tuple[int, int]]
+    seg_c: list[float | None]
+    R: int
+    K: int
+    sampler: str
+    seed: int
+    device: torch.device
+    dtype: torch.dtype
+    cuda_graph: bool
+    optimizer: Optimizer | None
+    progress: Callable[[int], None] | None
+    cancel: object
+
+    @property
+    def T1(self) -> int:
+        return self.bounds[-1][1]
+
+
+class RunStats:
+    """The run's per-group accumulators (backend.stats.GroupMoments) of g_t, ∇L(w_t), L(w_t) and Lemma 1's
+    conditional variance, the live count per step and the divergence log."""
+
+    def __init__(self, K: int, T1: int, p: int, device: torch.device, rao_blackwell: bool) -> None:
+        self.g = GroupMoments.zeros(K, T1, device, d=p)
+        self.full = GroupMoments.zeros(K, T1, device, d=p)
+        self.loss = GroupMoments.zeros(K, T1, device, second=False)
+        self.cond = GroupMoments.zeros(K, T1, device, second=False) if rao_blackwell else None
+        self.finite = torch.zeros(T1, dtype=torch.float64, device=device)
+        self.diverged = DivergenceLog()
+
+    def add_block(self, pop: Population, Wb: torch.Tensor, gb: torch.Tensor, t0: int, div: Divergence,
+                  gid, c: float | None) -> None:
+        """Steps t0 … t0 + S − 1 of a chunk (``Wb``, ``gb``: (S, Rc, p)): ∇L = H w − h, L, the divergence verdicts
+        (finite, L ≤ DIVERGENCE_LOSS), each step merged into its own slot for the replicas still alive."""
+        S, Rc = Wb.shape[0], Wb.shape[1]
+        WH = Wb @ pop.H
+        full = WH - pop.h
+        loss = 0.5 * (WH * Wb).sum(dim=2) - Wb @ pop.h + pop.half_yy
+        ok = torch.isfinite(gb).all(dim=2) & (loss.abs() <= DIVERGENCE_LOSS) & torch.isfinite(full).all(dim=2)
+        alive = div.update_block(ok, t0)  # (S, Rc): finite up to and including each step
+        steps = slice(t0, t0 + S)
+        self.g.merge_(GroupMoments.of(gb, gid, alive, dim=1, vector=True), steps)
+        self.full.merge_(GroupMoments.of(full, gid, alive, dim=1, vector=True), steps)
+        self.loss.merge_(GroupMoments.of(loss, gid, alive, dim=1, second=False), steps)
+        if self.cond is not None:
+            Z = torch.cat([Wb, torch.ones((S, Rc, 1), dtype=Wb.dtype, device=Wb.device)], dim=2)
+            cond = c * (((Z @ pop.P) * Z).sum(dim=2) - full.square().sum(dim=2))
+            self.cond.merge_(GroupMoments.of(cond, gid, alive, dim=1, second=False), steps)
+        self.finite[t0:t0 + S] += alive.sum(dim=1)
+
+    def result(self, K: int) -> ReplicaResult:
+        curves = {}
+        for name, est in (("var_g", self.g.variance_estimate()), ("var_full_grad", self.full.variance_estimate()),
+                          ("loss", self.loss.mean_estimate())):
+            curves[name] = est.curve()
+        if self.cond is not None:
+            # Rao–Blackwellised: mean_r var(g_t | F_t^{(r)}) + sample variance_r of E[g_t | F_t^{(r)}] = ∇L(w_t^{(r)}).
+            groups_rb = self.cond.means() + self.full.variances()
+            value = self.cond.pooled_mean() + curves["var_full_grad"]["value"]
+            curves["var_g_rb"] = batch_means(groups_rb, value, self.cond.count.cpu().numpy().sum(0)).curve()
+        return ReplicaResult(curves=curves, finite_count=self.finite.cpu().numpy().astype(np.int64),
+                             diverged_at=self.diverged.first, diverged_replicas=self.diverged.count, groups=K)
+
+
 def run_replicas(
     X: np.ndarray,
     y: np.ndarray,
@@ -153,89 +254,64 @@ def run_replicas(
     n, p = X.shape
     T1 = len(alphas) + 1
     segments, bounds = schedule_segments(b, T1 - 1)
-    seg_c = [None] * len(segments) if c is None else (list(c) if isinstance(c, (list, tuple)) else [c])
-    Xt = torch.as_tensor(X, dtype=dtype, device=device)
-    yt = torch.as_tensor(y, dtype=dtype, device=device)
-    H = Xt.T @ Xt / n
-    h = Xt.T @ yt / n
-    half_yy = float((y @ y) / (2 * n))
-    U = torch.cat([Xt, -yt[:, None]], dim=1)
-    P = (U.T * (Xt * Xt).sum(dim=1)) @ U / n  # (1/n) Σ ‖x_i‖² u_i u_iᵀ
-    Xg = gather_source(Xt, device.type)
-    K = n_groups(R)
-    acc_g = GroupMoments.zeros(K, T1, device, d=p)
-    acc_f = GroupMoments.zeros(K, T1, device, d=p)
-    acc_loss = GroupMoments.zeros(K, T1, device, second=False)
-    acc_cond = GroupMoments.zeros(K, T1, device, second=False) if c is not None else None
-    finite = torch.zeros(T1, dtype=torch.float64, device=device)
-    diverged = DivergenceLog()
-    w_init = torch.as_tensor(np.asarray(w0, dtype=np.float64), dtype=dtype, device=device)
-    # α_t as a device tensor, padded past T so that every block reads STEP_BLOCK of them (the last one unused)
     alphas_t = torch.zeros(T1 + STEP_BLOCK, dtype=dtype, device=device)
     alphas_t[:T1 - 1] = torch.as_tensor(np.asarray(alphas, dtype=np.float64), dtype=dtype)
+    spec = RunSpec(Population.of(X, y, dtype, device),
+                   torch.as_tensor(np.asarray(w0, dtype=np.float64), dtype=dtype, device=device), alphas_t,
+                   segments, bounds, [None] * len(segments) if c is None else
+                   (list(c) if isinstance(c, (list, tuple)) else [c]), R, n_groups(R), sampler, seed, device, dtype,
+                   cuda_graph, optimizer, progress, cancel)
+    stats = RunStats(spec.K, T1, p, device, c is not None)
     for chunk in chunks(R, min(chunk_size(R, bj, n, p, device.type) for bj, _ in segments)):
-        start, stop, Rc = chunk.start, chunk.stop, chunk.size
-        gid = group_ids(start, stop, R, K, device)
-        div = Divergence(Rc, device)
-        prev: StepBlock | None = None
-        for j, (bj, (a, e), cj) in enumerate(zip((bj for bj, _ in segments), bounds, seg_c)):
-            gen = torch.Generator(device=device)  # segment 0 as a constant b's run; each later one its own stream
-            gen.manual_seed(seed_for(seed, bj, chunk.number) if j == 0 else seed_for(seed, bj, chunk.number, j))
-            draw_batch = make_sampler(sampler, n, bj, Rc, gen, device, block=STEP_BLOCK, numpy_draws=True)
-            block = StepBlock(STEP_BLOCK, Rc, p, dtype, device, draw_batch.includes)
-            block.use_optimizer(optimizer)
-            if prev is None:
-                block.W[0] = w_init  # w_t lives in the block's slot for step t; each update writes the next slot
-            else:  # the segment starts where the last one ended: w_a and the optimizer's state, on the device
-                block.W[0].copy_(prev.W[0])
-                for name, buf in block.opt_state.items():
-                    buf.copy_(prev.opt_state[name])
-            replay = Replay(lambda block=block, bj=bj: block.steps(STEP_BLOCK, Xg, yt, H, h, n, bj), device,
-                            cuda_graph)
-            for t0 in range(a, e, STEP_BLOCK):
-                check_cancel(cancel)
-                S, t1 = min(STEP_BLOCK, e - t0), min(e, t0 + STEP_BLOCK)
-                block.load(draw_batch.draw_steps(), alphas_t[t0:t0 + STEP_BLOCK], static=replay.enabled)
-                if S == STEP_BLOCK:
-                    replay()  # on CUDA a captured graph of the block's steps; elsewhere the same code, eagerly
-                else:
-                    block.steps(S, Xg, yt, H, h, n, bj)
-                Wb, gb = block.W[:S], block.g[:S]
-                WH = Wb @ H
-                full = WH - h
-                loss = 0.5 * (WH * Wb).sum(dim=2) - Wb @ h + half_yy
-                ok = torch.isfinite(gb).all(dim=2) & (loss.abs() <= DIVERGENCE_LOSS) & torch.isfinite(full).all(dim=2)
-                alive = div.update_block(ok, t0)  # (S, Rc): finite up to and including each step
-                steps = slice(t0, t0 + S)  # the block's S steps, each merged into its own slot
-                acc_g.merge_(GroupMoments.of(gb, gid, alive, dim=1, vector=True), steps)
-                acc_f.merge_(GroupMoments.of(full, gid, alive, dim=1, vector=True), steps)
-                acc_loss.merge_(GroupMoments.of(loss, gid, alive, dim=1, second=False), steps)
-                if acc_cond is not None:
-                    Z = torch.cat([Wb, torch.ones((S, Rc, 1), dtype=dtype, device=device)], dim=2)
-                    cond = cj * (((Z @ P) * Z).sum(dim=2) - full.square().sum(dim=2))
-                    acc_cond.merge_(GroupMoments.of(cond, gid, alive, dim=1, second=False), steps)
-                finite[t0:t1] += alive.sum(dim=1)
-                report(progress, Rc * S)
-                if t1 < T1:  # every replica steps; one that diverged is left out of the statistics from then on
-                    block.update(S - 1, 0)
-            prev = block
-        diverged.add(div)
-    curves = {}
-    for name, est in (("var_g", acc_g.variance_estimate()), ("var_full_grad", acc_f.variance_estimate()),
-                      ("loss", acc_loss.mean_estimate())):
-        curves[name] = est.curve()
-    if acc_cond is not None:
-        # Rao–Blackwellised: mean_r var(g_t | F_t^{(r)}) + sample variance_r of E[g_t | F_t^{(r)}] = ∇L(w_t^{(r)}).
-        groups_rb = acc_cond.means() + acc_f.variances()
-        value = acc_cond.pooled_mean() + curves["var_full_grad"]["value"]
-        curves["var_g_rb"] = batch_means(groups_rb, value, acc_cond.count.cpu().numpy().sum(0)).curve()
-    return ReplicaResult(
-        curves=curves,
-        finite_count=finite.cpu().numpy().astype(np.int64),
-        diverged_at=diverged.first,
-        diverged_replicas=diverged.count,
-        groups=K,
-    )
+        stats.diverged.add(run_chunk(spec, chunk, stats))
+    return stats.result(spec.K)
+
+
+def segment_block(spec: RunSpec, chunk, j: int, prev: StepBlock | None) -> tuple[StepBlock, object, Replay]:
+    """Segment j of a chunk: its stream (segment 0 that of a constant b's run, each later one its own), its step
+    block starting from w_0 or where the previous segment ended (w_a and the optimizer's state, on the device), and
+    the block's replay (a captured CUDA graph, or the same code eagerly)."""
+    bj = spec.segments[j][0]
+    gen = torch.Generator(device=spec.device)
+    gen.manual_seed(seed_for(spec.seed, bj, chunk.number) if j == 0 else seed_for(spec.seed, bj, chunk.number, j))
+    draw = make_sampler(spec.sampler, spec.pop.n, bj, chunk.size, gen, spec.device, block=STEP_BLOCK,
+                        numpy_draws=True)
+    block = StepBlock(STEP_BLOCK, chunk.size, spec.pop.H.shape[0], spec.dtype, spec.device, draw.includes)
+    block.use_optimizer(spec.optimizer)
+    if prev is None:
+        block.W[0] = spec.w0  # w_t lives in the block's slot for step t; each update writes the next slot
+    else:
+        block.W[0].copy_(prev.W[0])
+        for name, buf in block.opt_state.items():
+            buf.copy_(prev.opt_state[name])
+    pop = spec.pop
+    replay = Replay(lambda: block.steps(STEP_BLOCK, pop.Xg, pop.y, pop.H, pop.h, pop.n, bj), spec.device,
+                    spec.cuda_graph)
+    return block, draw, replay
+
+
+def run_chunk(spec: RunSpec, chunk, stats: RunStats) -> Divergence:
+    """The chunk's replicas through every segment, block after block of STEP_BLOCK steps; every replica steps, one
+    that diverged is left out of the statistics from then on. Returns the chunk's divergence record."""
+    gid = group_ids(chunk.start, chunk.stop, spec.R, spec.K, spec.device)
+    div = Divergence(chunk.size, spec.device)
+    pop, prev = spec.pop, None
+    for j, ((bj, _), (a, e), cj) in enumerate(zip(spec.segments, spec.bounds, spec.seg_c)):
+        block, draw, replay = segment_block(spec, chunk, j, prev)
+        for t0 in range(a, e, STEP_BLOCK):
+            check_cancel(spec.cancel)
+            S, t1 = min(STEP_BLOCK, e - t0), min(e, t0 + STEP_BLOCK)
+            block.load(draw.draw_steps(), spec.alphas[t0:t0 + STEP_BLOCK], static=replay.enabled)
+            if S == STEP_BLOCK:
+                replay()  # on CUDA a captured graph of the block's steps; elsewhere the same code, eagerly
+            else:
+                block.steps(S, pop.Xg, pop.y, pop.H, pop.h, pop.n, bj)
+            stats.add_block(pop, block.W[:S], block.g[:S], t0, div, gid, cj)
+            report(spec.progress, chunk.size * S)
+            if t1 < spec.T1:
+                block.update(S - 1, 0)
+        prev = block
+    return div
 
 
 def estimate_cost(R: int, T: int, b: int, n: int, p: int, device_type: str = "cpu") -> dict[str, float]:
