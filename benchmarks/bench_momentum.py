@@ -4,8 +4,8 @@
 (a) Linear-regression replicas (the setting's simulate, Graduate Admission defaults), R = 1 000, T = 2 000, b = 16:
     heavy ball β = 0.9 against plain SGD (target ≤ 1.3×).
 (b) The MLP's laptop preset (its simulate): β = 0.9 against plain SGD (target ≤ 1.3×). Plain SGD runs the fused
-    held-update path, momentum vmap(grad) + backend/optim.py (docs/theory.md §8); ``--mlp-epochs`` shortens both runs
-    alike (the output says so).
+    held-update path, momentum the explicit Linear–ReLU gradients + backend/optim.py (docs/theory.md §3, §8);
+    ``--mlp-epochs`` shortens both runs alike (the output says so).
 (c) The exact linear-regression recursion (theory at every t, T = 2 000, the paper's 21 batch sizes): β = 0.9 against
     plain (the state doubles; target ≤ 4×).
 (d) The advisor along the momentum axis: 4 β (0, 0.5, 0.9, 0.99) × 3 rules × 21 b at N = 10⁵ (target < 1 s).

@@ -58,10 +58,12 @@ def test_deep_linear_reads_back_at_recorded_steps_only(count_reads):
     assert long - short <= 25 * 2, (short, long)  # 100 more steps, 2 more recorded steps: reads at those only
 
 
-def test_mlp_draws_a_block_of_steps_per_host_read(count_reads, monkeypatch, tmp_path):
+@pytest.mark.parametrize("optimizer", [None, {"name": "sgd", "momentum": 0.9}, {"name": "adam"}])
+def test_mlp_draws_a_block_of_steps_per_host_read(count_reads, monkeypatch, tmp_path, optimizer):
     """The MLP (and sequence) training loop reads the device back per block of steps, not per step: at b = 40 (the
     stream sampler, whose rare rejected rows need one read per draw) an epoch of 35 steps costs at least 30 reads
-    fewer with blocks of 32 than with blocks of one step (the per-epoch statistics read the same in both)."""
+    fewer with blocks of 32 than with blocks of one step (the per-epoch statistics read the same in both) — with
+    plain SGD's fused step and with an optimizer's step on the explicit gradients (linear_relu.batch_grads)."""
     from backend import api
     from backend.cache import ResultCache
     from backend.engine import loop
@@ -71,7 +73,8 @@ def test_mlp_draws_a_block_of_steps_per_host_read(count_reads, monkeypatch, tmp_
         counts = []
         for epochs in (1, 2):
             cfg = parse_config({"setting": "mlp", "preset": "laptop", "epochs": epochs, "batch_sizes": [40],
-                                "inits": 2, "replicas": 2, "sampler": "without_replacement"})
+                                "inits": 2, "replicas": 2, "sampler": "without_replacement",
+                                **({} if optimizer is None else {"optimizer": optimizer})})
             count_reads["n"] = 0
             api.simulate(cfg, cache=ResultCache(tmp_path / f"{block}-{epochs}"))
             counts.append(count_reads["n"])

@@ -716,7 +716,7 @@ def test_a_batch_over_half_the_data_trains_on_the_batch_not_its_complement(fused
     """Without replacement with b > n/2 the sampler draws the n − b left-out samples (include=False): the step must
     use the b samples of the batch. n = 40, b = 30 (one step per epoch): the epoch-1 training loss of every replica
     equals that of an nn.Module copy stepped by torch.optim.SGD on the batch rebuilt here as [n] minus the draw
-    (the fused Linear–ReLU step and the vmap(grad) step with an optimizer)."""
+    (the fused Linear–ReLU step and the explicit-gradient step with an optimizer)."""
     from backend import optim
     from backend.engine.runner import seed_for
     from backend.images import ImageData

@@ -373,9 +373,9 @@ def assert_copies(saved_params: dict, modules, rtol: float) -> None:
 
 @pytest.mark.parametrize("name", ["heavy_ball", "adam"])  # the sequence model's test takes "all" and "adamw"
 def test_mlp_engine_equals_torch_optim_on_module_copies(monkeypatch, name):
-    """The MLP trainer with momentum / Nesterov + decay / Adam / AdamW (vmap(grad) + backend/optim.py) takes the
-    steps of torch.optim on separate nn.Module copies, each replica on its own recorded batches, a changing α_t;
-    float64, two epochs of 4 steps; the fused plain stepper is not used."""
+    """The MLP trainer with momentum / Nesterov + decay / Adam / AdamW (linear_relu.batch_grads + backend/optim.py)
+    takes the steps of torch.optim on separate nn.Module copies, each replica on its own recorded batches, a changing
+    α_t; float64, two epochs of 4 steps; the fused plain stepper is not used."""
     raw = {**SGD_FAMILY, **ADAM}[name]
     data = load_dataset({"name": "digits", "train_size": 48})
     hidden, K, R, b = (7,), 2, 2, 12
@@ -400,6 +400,39 @@ def test_mlp_engine_equals_torch_optim_on_module_copies(monkeypatch, name):
     step_copies(modules, task.Xtr, task.Ytr, draws[4:], lambda t: lr_fn(t + 4))
     assert_copies(saved[1]["params"], modules, 1e-9 if spec.name == "sgd" else 1e-7)
     assert set(saved[1]["opt"]) == set(spec.build().init(params0))  # the state is checkpointed
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("name", ["heavy_ball", "nesterov_decay", "adam"])
+@pytest.mark.parametrize("chunk", [False, True])
+def test_mlp_explicit_gradients_take_the_vmap_grad_steps(monkeypatch, name, dtype, rtol, chunk):
+    """With an optimizer the MLP's step takes linear_relu.batch_grads (no vmap(grad) in the training steps: only the
+    epochs' probe gradients call it): the weights and the optimizer state after two epochs equal those of the
+    vmap(grad) step (the task without batch_grads) to rounding, in float64 and float32, all replicas in one call or
+    in blocks of 2 (their activations over ACTIVATION_ELEMENTS)."""
+    import dataclasses
+
+    from backend.engine.replicas import Replicas
+
+    raw = {**SGD_FAMILY, **ADAM}[name] if name != "nesterov_decay" else {"name": "sgd", "momentum": 0.9,
+                                                                          "nesterov": True, "weight_decay": 0.01}
+    data = load_dataset({"name": "digits", "train_size": 48})
+    task = engine_mlp.mlp_task(data, (7,), 0, dtype, DEV, None, OptimizerSpec.parse(raw).build())
+    if chunk:
+        monkeypatch.setattr(engine_mlp, "ACTIVATION_ELEMENTS", 2 * 12 * task.act_per_sample)
+    calls = {"n": 0}
+    real = Replicas.grad_and_loss
+    monkeypatch.setattr(Replicas, "grad_and_loss",
+                        lambda self, *a: (calls.__setitem__("n", calls["n"] + 1), real(self, *a))[1])
+    lr_fn = (lambda t: 0.2 / (1 + t)) if raw["name"] == "sgd" else (lambda t: 0.01 / (1 + t))
+    _, fast = run_and_capture(task, 2, 2, 2, lr_fn, 12)
+    assert calls["n"] == 3  # the probe at epochs 0, 1, 2
+    _, slow = run_and_capture(dataclasses.replace(task, batch_grads=None), 2, 2, 2, lr_fn, 12)
+    assert calls["n"] == 3 + 3 + 2 * (48 // 12)
+    for part in ("params", "opt"):
+        for k, v in slow[-1][part].items():
+            np.testing.assert_allclose(fast[-1][part][k], v, rtol=rtol, atol=rtol * np.abs(v).max(), err_msg=k)
+    assert not np.allclose(fast[-1]["params"]["0.weight"], task.init(2)["0.weight"].repeat_interleave(2, 0))
 
 
 MLP_TINY = {"setting": "mlp", "epochs": 2, "inits": 2, "replicas": 3, "hidden": [8],
@@ -432,7 +465,7 @@ def test_mlp_plain_field_keeps_the_fused_held_path_and_todays_numbers(monkeypatc
     assert "held" in a["meta"]["update"]
     mom = api.simulate(parse_config({**MLP_TINY, "optimizer": SGD_FAMILY["heavy_ball"]}),
                        cache=ResultCache(tempfile.mkdtemp()))
-    assert calls["n"] == 2 * 2 * (64 // 16) and "vmap(grad)" in mom["meta"]["update"]
+    assert calls["n"] == 2 * 2 * (64 // 16) and "explicit Linear–ReLU backward" in mom["meta"]["update"]
     assert not np.allclose(mom["curves"]["loss_train"]["value"], a["curves"]["loss_train"]["value"])
 
 

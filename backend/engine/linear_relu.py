@@ -1,6 +1,7 @@
 """The forward and backward pass of make_model's Linear–ReLU stack with the cross-entropy, written out for all
 replicas at once (docs/theory.md §3): the one home of the pass that the one-step noise terms (backend.engine.noise)
-and the plain-SGD training step (SGDSteps; on CUDA each wide layer's updates held as low-rank factors) share.
+the plain-SGD training step (SGDSteps; on CUDA each wide layer's updates held as low-rank factors) and the
+mini-batch gradients that the other optimizers step with (batch_grads) share.
 
 For layers l = 1..L with weights W_l (N, out, in) and biases c_l (N, out): z_l = a_{l−1} W_lᵀ + c_l, a_l = relu(z_l)
 (a_0 = x; the logits are z_L). The error at the logits of the per-sample loss ℓ_i = −log softmax(z_{L,i})_{y_i} is
@@ -120,6 +121,32 @@ def sgd_step(params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor
         bias.add_(delta.sum(dim=1), alpha=-lr)
         delta = below
     return loss
+
+
+def batch_grads(params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Every replica's mini-batch gradient ∇L_B(w) on its own batch (xb (N, b, in), yb (N, b)) and its batch loss
+    L_B(w) (N,), by the explicit pass (no vmap(grad)): ∇_{W_l} L_B = (δ_l/b)ᵀ a_{l−1}, ∇_{c_l} L_B = Σ_i δ_{l,i}/b,
+    one batched product per layer — sgd_step's products, stored instead of accumulated into W_l, for the optimizers
+    of backend/optim.py (the engine's step with momentum, weight decay, Adam(W)). The gradients have the
+    parameters' dtype; under bf16 autocast the products are bf16 like the autograd path's, then widened."""
+    stack = layers(params)
+    mixed = torch.is_autocast_enabled(xb.device.type)
+    if mixed:  # cast once (autocast would cast the batch at each product with it: the same values)
+        xb = xb.to(torch.get_autocast_dtype(xb.device.type))
+    b = xb.shape[1]
+    acts, zs = forward(stack, xb)
+    z = zs[-1].float() if zs[-1].dtype in (torch.bfloat16, torch.float16) else zs[-1]
+    loss = (torch.logsumexp(z, dim=-1) - z.gather(2, yb[..., None])[..., 0]).mean(dim=1)
+    delta = output_error(z, yb).div_(b)
+    names, grads = list(params), {}
+    for ell in range(len(stack) - 1, -1, -1):
+        W, bias = stack[ell]
+        grads[names[2 * ell]] = torch.bmm(delta.transpose(1, 2), acts[ell]).to(W.dtype)
+        grads[names[2 * ell + 1]] = delta.sum(dim=1).to(bias.dtype)
+        if ell > 0:  # δ_{l−1} = (δ_l W_l) ⊙ 1[z_{l−1} > 0]
+            delta = torch.bmm(delta, W).mul_(zs[ell - 1] > 0)
+    return {k: grads[k] for k in names}, loss
 
 
 def apply_held(W: torch.Tensor, D: torch.Tensor, A: torch.Tensor, shadow: torch.Tensor | None) -> None:

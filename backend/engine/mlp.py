@@ -1,7 +1,9 @@
 """MLP classifier replicas with torch.func: K initial weights × R replicas as stacked parameters (paper §4.1).
 
 Each of the N = K·R replicas draws its own mini-batches (indices drawn outside vmap from an explicit generator) and
-takes SGD steps on the cross-entropy; the gradients of all replicas come from one ``vmap(grad(functional_call))``.
+takes steps on the cross-entropy: plain SGD through the fused Linear–ReLU step (linear_relu.SGDSteps), any other
+optimizer on the gradients of the same explicit backward (linear_relu.batch_grads) — a task without them takes one
+``vmap(grad(functional_call))`` over all replicas; the probe gradient of the statistics is always vmap(grad)'s.
 At every epoch boundary e = 0..E, per initial weight k (over its R replicas):
 - var_g: the across-replica variance of a fresh stochastic gradient g (a uniform b-subset, drawn from a separate
   probe generator so that measuring does not perturb training) — var(g_e | F_0);
@@ -114,7 +116,9 @@ class Task:
     model-specific way to the one-step noise terms (the sums of noise.per_sample_terms and noise.per_sample_dots).
     ``sgd_steps(hold)``: a model-specific plain SGD stepper
     (linear_relu.SGDSteps: the steps vmap(grad) and w − α g take, in place, with the update fused into the gradient's
-    product and held for up to ``hold`` steps; used when ``optimizer`` is None)."""
+    product and held for up to ``hold`` steps; used when ``optimizer`` is None). ``batch_grads``: a model-specific
+    way to every replica's mini-batch gradient and loss (linear_relu.batch_grads: the explicit pass, the numbers of
+    vmap(grad) to rounding), fed to ``optimizer``'s step."""
 
     Xtr: torch.Tensor
     Ytr: torch.Tensor
@@ -128,6 +132,7 @@ class Task:
     per_sample_terms: Callable | None = None  # (params, XS, YS) → (‖g_i‖² (N, m), mean); None: vmap (noise.py)
     per_sample_dots: Callable | None = None  # (params, XS, YS, v) → g_i · v_r (N, m); None: vmap (noise.py)
     sgd_steps: Callable | None = None  # hold → a stepper (linear_relu.SGDSteps) of plain SGD in place; None: vmap
+    batch_grads: Callable | None = None  # (params, xb, yb) → (grads, losses) for ``optimizer``; None: vmap(grad)
 
 
 def replica_chunk(task: Task, N: int, b: int) -> int | None:
@@ -141,7 +146,8 @@ def replica_chunk(task: Task, N: int, b: int) -> int | None:
 def mlp_task(data, hidden, seed: int, dtype: torch.dtype, device: torch.device, distorted_val: np.ndarray | None,
              optimizer=None) -> Task:
     """The MLP's Task; ``optimizer`` None is plain SGD through the fused linear_relu.SGDSteps (held low-rank updates
-    where they pay), any backend.optim.Optimizer takes vmap(grad) and its step (run_batch_size)."""
+    where they pay), any backend.optim.Optimizer takes the explicit pass's gradients (linear_relu.batch_grads) and
+    its step (run_batch_size)."""
     n, h, w = data.x_train.shape
     d_in = h * w
     as_t = lambda a: torch.as_tensor(a.reshape(len(a), d_in), dtype=dtype, device=device)  # noqa: E731
@@ -152,12 +158,13 @@ def mlp_task(data, hidden, seed: int, dtype: torch.dtype, device: torch.device, 
                 lambda K: init_params(model, K, seed, dtype, device), optimizer,
                 act_per_sample=d_in + 2 * sum(hidden) + 2 * data.n_classes,
                 per_sample_terms=linear_relu_per_sample_terms, per_sample_dots=linear_relu_per_sample_dots,
-                sgd_steps=linear_relu.SGDSteps)
+                sgd_steps=linear_relu.SGDSteps, batch_grads=linear_relu.batch_grads)
 
 
 class MLPRun:
     """The MLP's pieces of the shared loop (loop.Engine): K·R replicas' weights (init k repeated R times), the step
-    (the fused plain-SGD stepper, or vmap(grad) and the optimizer), the statistics of an epoch (module doc)."""
+    (the fused plain-SGD stepper, or the task's batch_grads — else vmap(grad) — and the optimizer), the statistics
+    of an epoch (module doc)."""
 
     def __init__(self, task: Task, spec: RunSpec, gap_every: int, eval_size: int) -> None:
         self.task, self.spec, self.gap_every = task, spec, gap_every
@@ -186,7 +193,10 @@ class MLPRun:
             with precision(self.arithmetic, self.device):
                 return self.sgd.step(params, task.Xtr[idx], task.Ytr[idx], lr, blocks=self.rep.in_blocks)
         with precision(self.arithmetic, self.device):
-            g, loss = self.rep.grad_and_loss(params, task.Xtr[idx], task.Ytr[idx])
+            if self.opt is not None and task.batch_grads is not None:  # the explicit pass, then the optimizer
+                g, loss = self.rep.in_blocks(task.batch_grads, params, task.Xtr[idx], task.Ytr[idx])
+            else:
+                g, loss = self.rep.grad_and_loss(params, task.Xtr[idx], task.Ytr[idx])
         if self.opt is not None:
             self.params = self.opt.step(params, g, self.opt_state, lr, t)
         else:  # one fused pass per tensor: w − α g
@@ -255,8 +265,8 @@ def estimate_cost(n_train: int, d_in: int, hidden: tuple[int, ...], n_classes: i
                   optimizer_state: int | None = None) -> dict[str, float]:
     """Memory (bytes), time (2 CPU cores), FLOPs and steps of one batch size's run. ``optimizer_state``: None for
     plain SGD (the fused step), else the optimizer's weight-sized state tensors per replica (momentum 1, Adam 2):
-    the vmap(grad) path keeps the gradients and that state (float32 each) and makes ≈ 3 elementwise passes over
-    each per step."""
+    the optimizer's step keeps the gradients (linear_relu.batch_grads: the fused step's products, stored) and that
+    state (float32 each) and makes ≈ 3 elementwise passes over each per step."""
     widths = (d_in, *hidden, n_classes)
     P = sum(widths[i] * widths[i + 1] + widths[i + 1] for i in range(len(widths) - 1))
     N = K * R
@@ -275,6 +285,9 @@ def estimate_cost(n_train: int, d_in: int, hidden: tuple[int, ...], n_classes: i
     if optimizer_state is not None:  # the gradients and the optimizer's state, stepped by backend/optim.py
         memory += 4.0 * N * P * (1 + optimizer_state)
         seconds += epochs * (n_train // b) * 3 * (1 + optimizer_state) * 4.0 * N * P / 5e9  # ≈ 5 GB/s of passes
+        # (one thread, above the fused step's: at 4NP = 0.5 MB, the laptop preset, momentum +0.06 ms, Adam +0.36 ms
+        # a step, cache-resident, this term 0.64, 0.96 ms; at 9.8 MB (256, 128 hidden) +2.8, +25 ms, this term 12,
+        # 18 ms: Adam's temporaries are fresh pages)
     elif linear_relu.hold_steps(device_type) > 1:
         memory += 4.0 * N * P  # the updates held as factors (fewer numbers than the weights: held_layers); under
         # bf16, factors and the weights' bf16 copies at 2 bytes each

@@ -169,12 +169,14 @@ def optimizer_state(spec: OptimizerSpec) -> int | None:
 
 def update_path(spec: OptimizerSpec) -> str:
     """Which update the training steps take (the run's meta, the page's caption): plain SGD keeps the fused
-    Linear–ReLU step (held low-rank updates on CUDA); any other optimizer takes vmap(grad) and backend/optim.py."""
+    Linear–ReLU step (held low-rank updates on CUDA); any other optimizer takes the gradients of the explicit
+    Linear–ReLU backward (engine.linear_relu.batch_grads) and backend/optim.py's step."""
     if spec.plain:
         return ("plain SGD: the fused Linear–ReLU step (w − α g in the gradient's products; on CUDA the wide layers' "
                 "updates held as low-rank factors for a few steps)")
     return (f"{spec.name} ({', '.join(f'{k} {v}' for k, v in spec.to_json().items() if k != 'name')}): the gradients "
-            "by vmap(grad), then backend/optim.py's step (torch.optim's semantics; no held updates)")
+            "by the explicit Linear–ReLU backward (one batched product per layer), then backend/optim.py's step "
+            "(torch.optim's semantics; no held updates)")
 
 
 def estimate(config: MLPConfig) -> dict[str, float]:
