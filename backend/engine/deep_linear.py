@@ -279,6 +279,41 @@ class _PlainStep:
             self.optimizer.step(_layer_params(self.Ws), grads, self.state, self.neg_step, self.t)
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """One deep-linear replica run: the (reduced) initial weights, the teacher's product T_prod, the schedule's
+    segments and the step at which each starts, α_t and −α_t/b_t (what the fused step loads), the recorded steps,
+    R replicas in K equal groups, the sampler, seed, device, dtype, optimizer (None: the fused w − α g), graphs,
+    progress and cancel."""
+
+    W0: list[np.ndarray]
+    T_prod: torch.Tensor
+    alphas: list[float]
+    segments: list[tuple[int, int]]
+    seg_at: dict[int, int]
+    neg_steps: torch.Tensor  # −α_t/b_t
+    rates: torch.Tensor  # what the step body loads: −α_t/b_t, or α_t for an optimizer
+    recorded: list[int]
+    R: int
+    K: int
+    seed: int
+    sampler: str
+    device: torch.device
+    dtype: torch.dtype
+    cuda_graph: bool
+    optimizer: Optimizer | None
+    progress: Callable[[int], None] | None
+    cancel: object
+
+    @property
+    def T1(self) -> int:
+        return len(self.alphas) + 1
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [f"layer{k + 1}" for k in range(len(self.W0))]
+
+
 def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float], b: int | list[tuple[int, int]],
                  R: int, seed: int,
                  device: torch.device, dtype: torch.dtype = torch.float64,
@@ -293,125 +328,42 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
     step, the weights and the optimizer's state carried on the device; one segment runs exactly the constant-b run."""
     segments, bounds = schedule_segments(b, len(alphas))
     b_at = np.concatenate([np.full(e - a, bj) for (bj, _), (a, e) in zip(segments, bounds)])  # b_t, t = 0..T
-    seg_at = {a: j for j, (a, _) in enumerate(bounds)}  # the step at which each segment starts
     if optimizer is not None and optimizer.plain:
         optimizer = None
-    d = len(W0)
-    p = W0[0].shape[1]
     W0 = [np.asarray(W, dtype=np.float64) for W in W0]
     if reduce_hidden:
         W0 = reduce_widths(W0)
-    dims = (p, *(W.shape[0] for W in W0))
-    T1 = len(alphas) + 1
-    recorded = recorded_steps(len(alphas), record_every)
-    record_index = {t: i for i, t in enumerate(recorded)}
-    K = n_groups_equal(R)
-    layer_names = [f"layer{k + 1}" for k in range(d)]
-    # per group and recorded step: the gradients' M2's (the fast path's, or merged where groups are not whole) and
-    # the scalars' sums
-    stats = {**{f"{q}_{n}": GroupMoments.zeros(K, len(recorded), device, sums=False)
-                for q in ("var_g", "var_full_grad") for n in layer_names},
-             **{name: GroupMoments.zeros(K, len(recorded), device, second=False)
-                for name in ["loss", *(f"cond_{n}" for n in layer_names)]}}
-    max_chunk = min(chunk_replicas(dims, bj, device, torch.empty((), dtype=dtype).element_size()) for bj, _ in segments)
+    p = W0[0].shape[1]
     T_prod = torch.eye(p, dtype=dtype, device=device)
     for M in T:
         T_prod = torch.as_tensor(np.asarray(M, dtype=np.float64), dtype=dtype, device=device) @ T_prod
-    finite = np.zeros(len(recorded), dtype=np.int64)
-    diverged = DivergenceLog()
-    neg_steps = torch.as_tensor(-np.asarray(alphas, dtype=np.float64) / b_at[:-1], dtype=dtype,
-                                device=device)  # −α_t/b_t
+    neg_steps = torch.as_tensor(-np.asarray(alphas, dtype=np.float64) / b_at[:-1], dtype=dtype, device=device)
     rates = neg_steps if optimizer is None else torch.as_tensor(np.asarray(alphas, dtype=np.float64), dtype=dtype,
-                                                                device=device)  # what the step body loads
-    step_numbers = torch.arange(T1, device=device)
+                                                                device=device)
+    spec = RunSpec(W0, T_prod, list(alphas), segments, {a: j for j, (a, _) in enumerate(bounds)}, neg_steps, rates,
+                   recorded_steps(len(alphas), record_every), R, n_groups_equal(R), seed, sampler, device, dtype,
+                   cuda_graph, optimizer, progress, cancel)
+    # per group and recorded step: the gradients' M2's (the fast path's, or merged where groups are not whole) and
+    # the scalars' sums
+    K, n_rec = spec.K, len(spec.recorded)
+    stats = {**{f"{q}_{n}": GroupMoments.zeros(K, n_rec, device, sums=False)
+                for q in ("var_g", "var_full_grad") for n in spec.layer_names},
+             **{name: GroupMoments.zeros(K, n_rec, device, second=False)
+                for name in ["loss", *(f"cond_{n}" for n in spec.layer_names)]}}
+    dims = (p, *(W.shape[0] for W in W0))
+    max_chunk = min(chunk_replicas(dims, bj, device, torch.empty((), dtype=dtype).element_size()) for bj, _ in segments)
+    finite = np.zeros(n_rec, dtype=np.int64)
+    diverged = DivergenceLog()
     for chunk in chunks(R, max_chunk, K):
-        start, stop, Rc, groups, chunk_no = chunk.start, chunk.stop, chunk.size, chunk.groups, chunk.number
-        gid = group_ids(start, stop, R, K, device, first=groups.start, G=len(groups))
-        Ws = [torch.as_tensor(W, dtype=dtype, device=device).expand(Rc, *W.shape).clone()
-              for W in W0]
-        div = Divergence(Rc, device)
-        alive = div.alive
-        every = True  # every replica of the chunk still alive
-        T_b = T_prod.expand(Rc, *T_prod.shape)
-        G_c = len(groups)
-        equal = Rc % G_c == 0 and bool((gid.lengths == Rc // G_c).all())
-        rec = _ChunkRecord(Rc, G_c, len(recorded), layer_names, device)
-        state = optimizer.init(_layer_params(Ws)) if optimizer is not None else {}  # static velocity buffers
-        for t in range(T1):
-            check_cancel(cancel)
-            if t in seg_at:  # a segment starts: its b, Σ̂ sampler (segment 0 as a constant b's; later ones own streams)
-                j = seg_at[t]
-                b = segments[j][0]
-                sig = SigmaSampler(p, b, Rc, seed_for(seed, b, chunk_no) if j == 0 else seed_for(seed, b, chunk_no, j),
-                                   device, dtype, sampler)
-                plain = _PlainStep(Ws, T_b, div, Rc, sig, dtype, device, optimizer, state)
-                replay = Replay(plain.body, device, cuda_graph)
-            slot = record_index.get(t)
-            last = t == T1 - 1
-            if slot is None and not last:
-                # between recorded steps, no host synchronisation: the verdicts stay on the device and every replica
-                # steps in place (one that diverged runs on in its own slice of the batch, apart from the others,
-                # until the next recorded step zeroes it); on CUDA the step is a replayed graph
-                plain.load(sig.draw_factor(), rates[t], step_numbers[t], static=replay.enabled)
-                replay()
-                report(progress, Rc)
-                continue
-            if not bool(div.alive.all()):  # a recorded step syncs anyway
-                for W in (*Ws, *state.values()):  # replicas that diverged since: zero weights and velocities
-                    W.masked_fill_(~div.alive[:, None, None], 0.0)  # (finite, fixed, out of the statistics)
-            acts, deltas, err = _backprop(Ws, T_b, sig.draw_factor())
-            # ‖g_k‖² per replica with g_k = δ_kᵀ a_{k−1} / b, from m × m Grams (a non-finite one means divergence)
-            norms = [_factored_norm2(deltas[k], acts[k]) / b**2 for k in range(d)]
-            ok = torch.isfinite(err.sum(dim=(1, 2)))
-            for g2 in norms:
-                ok &= torch.isfinite(g2)
-            if slot is not None:  # population quantities, at the recorded steps only
-                loss, fulls, conds = _population(Ws, T_prod, b)
-                ok &= torch.isfinite(loss) & (loss <= DIVERGENCE_LOSS)
-                for cv in conds:
-                    ok &= torch.isfinite(cv)
-            fresh_dead = bool(div.update(ok, t).any())  # this path syncs anyway (it chooses the update below)
-            alive = div.alive
-            if fresh_dead and not bool(alive.any()):  # the whole chunk diverged: its later statistics stay empty
-                report(progress, Rc * (T1 - t))
-                break
-            every = bool(alive.all())
-            grads: dict[int, torch.Tensor] = {}
+        run = _ChunkRun(spec, chunk, stats)
+        finite += run.run()
+        diverged.add(run.div)
+    return DeepResult(_curves(stats, spec.layer_names), finite, diverged.first, diverged.count, K)
 
-            def grad(k: int) -> torch.Tensor:  # materialised only where needed
-                if k not in grads:
-                    grads[k] = _gradient(acts, deltas, k, b)
-                return grads[k]
 
-            if slot is not None:
-                rec.alive_at[:, slot] = alive
-                rec.scalars["loss"][:, slot] = loss
-                for k, (name, G, cv) in enumerate(zip(layer_names, fulls, conds)):
-                    rec.scalars[f"cond_{name}"][:, slot] = cv
-                    if every and equal:  # every group whole: M2 per group, kept until the chunk ends
-                        m2 = _factored_group_m2(deltas[k] * (1.0 / b), acts[k], norms[k], G_c)
-                        rec.m2(f"var_g_{name}", slot, group_m2(grad(k), G_c, consume=True) if m2 is None else m2)
-                        rec.m2(f"var_full_grad_{name}", slot, group_m2(G, G_c, consume=True))
-                    else:
-                        for q, x in ((f"var_g_{name}", grad(k)), (f"var_full_grad_{name}", G)):
-                            stats[q].put(groups, GroupMoments.of(x.reshape(Rc, -1), gid, alive, vector=True), slot)
-            if not last and optimizer is not None:  # backend/optim.py's step; the newly diverged set to zero
-                optimizer.step(_layer_params(Ws), {f"W{k + 1}": grad(k) for k in range(d)}, state, alphas[t], t)
-                if fresh_dead:
-                    for W in (*Ws, *state.values()):
-                        W.masked_fill_(~alive[:, None, None], 0.0)
-            elif not last:
-                if not fresh_dead:  # the dead, if any, hold zero weights: their update is exactly zero
-                    _update_in_place(Ws, acts, deltas, neg_steps[t])
-                else:  # newly diverged replicas: set to zero (finite, fixed), so the fast path can go on
-                    a = alphas[t]
-                    for k, W in enumerate(Ws):  # in place: the weights are the buffers a captured step reads
-                        W.copy_(torch.where(alive[:, None, None], W - a * grad(k), 0.0))
-            report(progress, Rc)
-        finite += rec.flush(stats, gid, groups, Rc // G_c)
-        diverged.add(div)
-    # per group: V̂_k of the gradients, the scalars' means; sums over layers and the Rao–Blackwellised variance
-    # (mean conditional variance + V̂ of ∇L), then batch means over the groups
+def _curves(stats: dict[str, GroupMoments], layer_names: list[str]) -> dict[str, dict]:
+    """Per group: V̂_k of the gradients, the scalars' means; sums over layers and the Rao–Blackwellised variance
+    (mean conditional variance + V̂ of ∇L), then batch means over the groups."""
     data = {name: m.variances() if m.m2 is not None else m.means() for name, m in stats.items()}
     for name in layer_names:
         data[f"var_g_rb_{name}"] = data[f"cond_{name}"] + data[f"var_full_grad_{name}"]
@@ -423,7 +375,118 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
     for name in layer_names:
         for q in ("var_g", "var_g_rb", "var_full_grad"):
             curves[f"{q}_{name}"] = batch_means(data[f"{q}_{name}"]).curve()
-    return DeepResult(curves, finite, diverged.first, diverged.count, K)
+    return curves
+
+
+class _ChunkRun:
+    """One chunk of whole groups through every step: between recorded steps the fused (or optimizer's) step with no
+    host synchronisation (a replayed graph on CUDA); at a recorded step the statistics, the divergence verdicts and
+    the update that fits them (docs/theory.md §4)."""
+
+    def __init__(self, spec: RunSpec, chunk, stats: dict[str, GroupMoments]) -> None:
+        self.spec, self.chunk, self.stats = spec, chunk, stats
+        Rc, groups, device = chunk.size, chunk.groups, spec.device
+        self.gid = group_ids(chunk.start, chunk.stop, spec.R, spec.K, device, first=groups.start, G=len(groups))
+        self.Ws = [torch.as_tensor(W, dtype=spec.dtype, device=device).expand(Rc, *W.shape).clone() for W in spec.W0]
+        self.div = Divergence(Rc, device)
+        self.T_b = spec.T_prod.expand(Rc, *spec.T_prod.shape)
+        self.G_c = len(groups)
+        self.equal = Rc % self.G_c == 0 and bool((self.gid.lengths == Rc // self.G_c).all())
+        self.rec = _ChunkRecord(Rc, self.G_c, len(spec.recorded), spec.layer_names, device)
+        self.state = spec.optimizer.init(_layer_params(self.Ws)) if spec.optimizer is not None else {}  # static
+        self.step_numbers = torch.arange(spec.T1, device=device)
+
+    def run(self) -> np.ndarray:
+        """Every step of the chunk; returns its live replicas per recorded step (its statistics go to ``stats``)."""
+        spec, Rc = self.spec, self.chunk.size
+        record_index = {t: i for i, t in enumerate(spec.recorded)}
+        for t in range(spec.T1):
+            check_cancel(spec.cancel)
+            if t in spec.seg_at:  # a segment starts: its b, Σ̂ sampler (segment 0 as a constant b's; later ones own)
+                self.start_segment(spec.seg_at[t])
+            slot = record_index.get(t)
+            last = t == spec.T1 - 1
+            if slot is None and not last:
+                # between recorded steps, no host synchronisation: the verdicts stay on the device and every replica
+                # steps in place (one that diverged runs on in its own slice of the batch, apart from the others,
+                # until the next recorded step zeroes it); on CUDA the step is a replayed graph
+                self.plain.load(self.sig.draw_factor(), spec.rates[t], self.step_numbers[t], static=self.replay.enabled)
+                self.replay()
+                report(spec.progress, Rc)
+                continue
+            if self.recorded_step(t, slot, last):  # the whole chunk diverged: its later statistics stay empty
+                report(spec.progress, Rc * (spec.T1 - t))
+                break
+            report(spec.progress, Rc)
+        return self.rec.flush(self.stats, self.gid, self.chunk.groups, Rc // self.G_c)
+
+    def start_segment(self, j: int) -> None:
+        spec, chunk = self.spec, self.chunk
+        b = self.b = spec.segments[j][0]
+        seed = seed_for(spec.seed, b, chunk.number) if j == 0 else seed_for(spec.seed, b, chunk.number, j)
+        self.sig = SigmaSampler(self.T_b.shape[-1], b, chunk.size, seed, spec.device, spec.dtype, spec.sampler)
+        self.plain = _PlainStep(self.Ws, self.T_b, self.div, chunk.size, self.sig, spec.dtype, spec.device,
+                                spec.optimizer, self.state)
+        self.replay = Replay(self.plain.body, spec.device, spec.cuda_graph)
+
+    def recorded_step(self, t: int, slot: int | None, last: bool) -> bool:
+        """A step that syncs with the host (a recorded one, or the last): the backward pass, the verdicts, the
+        statistics at a recorded step, then the update. Returns whether every replica of the chunk has diverged."""
+        spec, Ws, state, div, b = self.spec, self.Ws, self.state, self.div, self.b
+        d, Rc, layer_names = len(Ws), self.chunk.size, spec.layer_names
+        if not bool(div.alive.all()):  # a recorded step syncs anyway
+            for W in (*Ws, *state.values()):  # replicas that diverged since: zero weights and velocities
+                W.masked_fill_(~div.alive[:, None, None], 0.0)  # (finite, fixed, out of the statistics)
+        acts, deltas, err = _backprop(Ws, self.T_b, self.sig.draw_factor())
+        # ‖g_k‖² per replica with g_k = δ_kᵀ a_{k−1} / b, from m × m Grams (a non-finite one means divergence)
+        norms = [_factored_norm2(deltas[k], acts[k]) / b**2 for k in range(d)]
+        ok = torch.isfinite(err.sum(dim=(1, 2)))
+        for g2 in norms:
+            ok &= torch.isfinite(g2)
+        if slot is not None:  # population quantities, at the recorded steps only
+            loss, fulls, conds = _population(Ws, spec.T_prod, b)
+            ok &= torch.isfinite(loss) & (loss <= DIVERGENCE_LOSS)
+            for cv in conds:
+                ok &= torch.isfinite(cv)
+        fresh_dead = bool(div.update(ok, t).any())  # this path syncs anyway (it chooses the update below)
+        alive = div.alive
+        if fresh_dead and not bool(alive.any()):
+            return True
+        every = bool(alive.all())
+        grads: dict[int, torch.Tensor] = {}
+
+        def grad(k: int) -> torch.Tensor:  # materialised only where needed
+            if k not in grads:
+                grads[k] = _gradient(acts, deltas, k, b)
+            return grads[k]
+
+        if slot is not None:
+            rec, G_c = self.rec, self.G_c
+            rec.alive_at[:, slot] = alive
+            rec.scalars["loss"][:, slot] = loss
+            for k, (name, G, cv) in enumerate(zip(layer_names, fulls, conds)):
+                rec.scalars[f"cond_{name}"][:, slot] = cv
+                if every and self.equal:  # every group whole: M2 per group, kept until the chunk ends
+                    m2 = _factored_group_m2(deltas[k] * (1.0 / b), acts[k], norms[k], G_c)
+                    rec.m2(f"var_g_{name}", slot, group_m2(grad(k), G_c, consume=True) if m2 is None else m2)
+                    rec.m2(f"var_full_grad_{name}", slot, group_m2(G, G_c, consume=True))
+                else:
+                    for q, x in ((f"var_g_{name}", grad(k)), (f"var_full_grad_{name}", G)):
+                        self.stats[q].put(self.chunk.groups, GroupMoments.of(x.reshape(Rc, -1), self.gid, alive,
+                                                                             vector=True), slot)
+        if not last and spec.optimizer is not None:  # backend/optim.py's step; the newly diverged set to zero
+            spec.optimizer.step(_layer_params(Ws), {f"W{k + 1}": grad(k) for k in range(d)}, state, spec.alphas[t], t)
+            if fresh_dead:
+                for W in (*Ws, *state.values()):
+                    W.masked_fill_(~alive[:, None, None], 0.0)
+        elif not last:
+            if not fresh_dead:  # the dead, if any, hold zero weights: their update is exactly zero
+                _update_in_place(Ws, acts, deltas, spec.neg_steps[t])
+            else:  # newly diverged replicas: set to zero (finite, fixed), so the fast path can go on
+                a = spec.alphas[t]
+                for k, W in enumerate(Ws):  # in place: the weights are the buffers a captured step reads
+                    W.copy_(torch.where(alive[:, None, None], W - a * grad(k), 0.0))
+        return False
 
 
 def generic_reduced_dims(dims: tuple[int, ...]) -> tuple[int, ...]:
