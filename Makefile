@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -c "from backend.theory.paths import warm_up; warm_up()"
+	$(PY) -c "from backend.theory.momentum_lanes import warm_up; warm_up()"
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt requirements-oracle.txt

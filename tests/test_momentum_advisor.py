@@ -74,6 +74,34 @@ def test_the_plain_lanes_are_the_plain_advisor_bitwise_and_momentum_changes_the_
         assert out["answers"][s]["0.9"]["curves"]["4"]["loss"] != zero["curves"]["4"]["loss"]
 
 
+
+def test_the_plain_and_momentum_passes_run_at_once_with_the_numbers_of_one_core(monkeypatch):
+    """On two cores lane_paths runs the plain pass and the doubled-state pass in two threads at once; the answers are
+    bitwise those of one core, where the passes run one after the other."""
+    import threading
+
+    from backend.theory import momentum_lanes, paths
+
+    cfg = parse_config({"batch_sizes": [4, 32, 128], "lr": {"schedule": "inverse", "c": "1/4"}})
+    threads, plain_run, momentum_run = set(), paths._run_lanes, momentum_lanes.run_momentum_lanes
+
+    def spy(run):
+        def wrapped(*args):
+            threads.add(threading.current_thread().name)
+            return run(*args)
+        return wrapped
+
+    monkeypatch.setattr(paths, "_run_lanes", spy(plain_run))
+    monkeypatch.setattr(momentum_lanes, "run_momentum_lanes", spy(momentum_run))
+    monkeypatch.setattr(momentum_lanes.os, "sched_getaffinity", lambda pid: {0, 1})
+    both = advisor.advise_momentum(cfg, 4000, [0, "0.5", "0.9"], target_loss=0.05)
+    assert len(threads) == 2 and all(name.startswith("batchvar-lanes") for name in threads)
+    threads.clear()
+    monkeypatch.setattr(momentum_lanes.os, "sched_getaffinity", lambda pid: {0})
+    one = advisor.advise_momentum(cfg, 4000, [0, "0.5", "0.9"], target_loss=0.05)
+    assert threads == {threading.current_thread().name}
+    assert json.dumps(both, sort_keys=True) == json.dumps(one, sort_keys=True)
+
 def test_a_diverging_lane_is_named_and_never_the_best():
     """β = 0.99 with the linear rule at large b blows up (its float loss may come out of any sign); it is marked
     diverged and the best b is among the others."""

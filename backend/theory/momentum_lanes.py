@@ -14,6 +14,8 @@ Q(V, μ) plus O(p²) for the four blocks.
 from __future__ import annotations
 
 import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +27,18 @@ def _compiled():
     import numba
 
     return numba.njit(cache=True, nogil=True)(_momentum_lanes_loop)
+
+
+def warm_up() -> None:
+    """Compile both time loops now, the plain lanes' (``paths.warm_up``) and the doubled state's (≈ 4 s each, once
+    per install: the Makefile calls this after installing) rather than at a user's first advice."""
+    from backend.theory.linreg import LinRegProblem
+    from backend.theory.paths import warm_up as plain_warm_up
+
+    plain_warm_up()
+    X = np.array([[1.0, 0.5], [0.2, 1.0], [-1.0, 0.3]])
+    lane_paths(LinRegProblem(X, np.array([1.0, 0.0, -1.0])), np.zeros(2), np.array([0.1, 0.2]), np.ones(4),
+               np.array([0.5, 0.0]), np.array([4, 2]), np.array([4, 2]), [0, 2], 0.1, np.array([0.5, 0.9]))
 
 
 def run_momentum_lanes(*args) -> None:
@@ -160,20 +174,26 @@ def lane_paths(problem, w0: np.ndarray, scales: np.ndarray, shape: np.ndarray, c
                record_at: np.ndarray, grid, target: float | None, momentum: np.ndarray, nesterov: bool = False,
                weight_decay: float = 0.0) -> dict[str, np.ndarray]:
     """``moment_paths`` with β per lane: the plain lanes (β = λ = 0; Nesterov at β = 0 is heavy ball) through the
-    plain loop — their numbers bitwise those of a plain advisor — the others on the doubled state, one pass each."""
+    plain loop — their numbers bitwise those of a plain advisor — the others on the doubled state, one pass each. The
+    two passes run at once where there are two cores (both loops release the GIL; each pass's numbers are those it
+    gives alone: the same lanes in the same calls)."""
     from backend.theory.paths import moment_paths
 
     momentum = np.asarray(momentum, dtype=np.float64)
     plain = (momentum == 0) & (float(weight_decay) == 0)
-    parts = []
-    for mask in (plain, ~plain):
-        idx = np.flatnonzero(mask)
-        if not idx.size:
-            continue
-        opt = None if mask is plain else LaneMomentum(momentum[idx], nesterov, float(weight_decay))
-        parts.append((idx, moment_paths(problem, w0, np.asarray(scales)[idx], shape, np.asarray(c)[idx],
-                                        np.asarray(horizon)[idx], np.asarray(record_at)[idx], grid, target,
-                                        momentum=opt)))
+    jobs = [(idx, None if mask is plain else LaneMomentum(momentum[idx], nesterov, float(weight_decay)))
+            for mask in (plain, ~plain) if (idx := np.flatnonzero(mask)).size]
+
+    def run(job: tuple[np.ndarray, LaneMomentum | None]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        idx, opt = job
+        return idx, moment_paths(problem, w0, np.asarray(scales)[idx], shape, np.asarray(c)[idx],
+                                 np.asarray(horizon)[idx], np.asarray(record_at)[idx], grid, target, momentum=opt)
+
+    if len(jobs) > 1 and len(os.sched_getaffinity(0)) > 1:
+        with ThreadPoolExecutor(len(jobs), thread_name_prefix="batchvar-lanes") as pool:
+            parts = list(pool.map(run, jobs))
+    else:
+        parts = [run(job) for job in jobs]
     out = {}
     for key in parts[0][1]:
         first = parts[0][1][key]
