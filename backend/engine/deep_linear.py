@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from backend.engine.graphs import Replay
-from backend.engine.runner import Divergence, DivergenceLog, check_cancel, chunks, report, schedule_segments, seed_for
+from backend.engine.runner import (ChunkedRun, Divergence, DivergenceLog, check_cancel, chunks, report,
+                                   schedule_segments, seed_for)
 from backend.optim import Optimizer
 from backend.stats import GroupMoments, Groups, batch_means, group_ids, group_m2, n_groups_equal
 
@@ -280,11 +281,10 @@ class _PlainStep:
 
 
 @dataclass(frozen=True)
-class RunSpec:
-    """One deep-linear replica run: the (reduced) initial weights, the teacher's product T_prod, the schedule's
-    segments and the step at which each starts, α_t and −α_t/b_t (what the fused step loads), the recorded steps,
-    R replicas in K equal groups, the sampler, seed, device, dtype, optimizer (None: the fused w − α g), graphs,
-    progress and cancel."""
+class RunSpec(ChunkedRun):
+    """One deep-linear replica run (the shared controls: runner.ChunkedRun, K equal groups): the (reduced) initial
+    weights, the teacher's product T_prod, the schedule's segments and the step at which each starts, α_t and
+    −α_t/b_t (what the fused step loads), the recorded steps."""
 
     W0: list[np.ndarray]
     T_prod: torch.Tensor
@@ -294,16 +294,6 @@ class RunSpec:
     neg_steps: torch.Tensor  # −α_t/b_t
     rates: torch.Tensor  # what the step body loads: −α_t/b_t, or α_t for an optimizer
     recorded: list[int]
-    R: int
-    K: int
-    seed: int
-    sampler: str
-    device: torch.device
-    dtype: torch.dtype
-    cuda_graph: bool
-    optimizer: Optimizer | None
-    progress: Callable[[int], None] | None
-    cancel: object
 
     @property
     def T1(self) -> int:
@@ -340,9 +330,10 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
     neg_steps = torch.as_tensor(-np.asarray(alphas, dtype=np.float64) / b_at[:-1], dtype=dtype, device=device)
     rates = neg_steps if optimizer is None else torch.as_tensor(np.asarray(alphas, dtype=np.float64), dtype=dtype,
                                                                 device=device)
-    spec = RunSpec(W0, T_prod, list(alphas), segments, {a: j for j, (a, _) in enumerate(bounds)}, neg_steps, rates,
-                   recorded_steps(len(alphas), record_every), R, n_groups_equal(R), seed, sampler, device, dtype,
-                   cuda_graph, optimizer, progress, cancel)
+    spec = RunSpec(R=R, K=n_groups_equal(R), seed=seed, sampler=sampler, device=device, dtype=dtype,
+                   cuda_graph=cuda_graph, optimizer=optimizer, progress=progress, cancel=cancel, W0=W0, T_prod=T_prod,
+                   alphas=list(alphas), segments=segments, seg_at={a: j for j, (a, _) in enumerate(bounds)},
+                   neg_steps=neg_steps, rates=rates, recorded=recorded_steps(len(alphas), record_every))
     # per group and recorded step: the gradients' M2's (the fast path's, or merged where groups are not whole) and
     # the scalars' sums
     K, n_rec = spec.K, len(spec.recorded)

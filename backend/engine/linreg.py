@@ -25,8 +25,8 @@ import torch
 from backend.engine.graphs import Replay
 from backend.optim import Optimizer
 from backend.engine.samplers import FLOYD_MAX, _stream_length, make_sampler
-from backend.engine.runner import (DIVERGENCE_LOSS, STEP_BLOCK, Divergence, DivergenceLog, check_cancel, chunks, report,
-                                   schedule_segments, seed_for)
+from backend.engine.runner import (DIVERGENCE_LOSS, STEP_BLOCK, ChunkedRun, Divergence, DivergenceLog, check_cancel,
+                                   chunks, report, schedule_segments, seed_for)
 from backend.stats import GroupMoments, batch_means, group_ids, n_groups
 
 # gathered batch elements (replicas × k × (p + 1)) per chunk: on a CPU a chunk's batches stay small; a GPU takes
@@ -153,11 +153,10 @@ class Population:
 
 
 @dataclass(frozen=True)
-class RunSpec:
-    """One replica run: R replicas from w_0 for T = len(alphas) steps along the schedule's segments [(b_i, steps_i)]
-    (``bounds``: the steps [a_i, e_i) whose g_t segment i draws, the last one also t = T), the sampler, seed, device,
-    Lemma 1's factor per segment (None: no Rao–Blackwellised estimate), the optimizer (None or plain: the fused
-    step), CUDA graphs, progress and cancel."""
+class RunSpec(ChunkedRun):
+    """One replica run (the shared controls: runner.ChunkedRun): R replicas from w_0 for T = len(alphas) steps along
+    the schedule's segments [(b_i, steps_i)] (``bounds``: the steps [a_i, e_i) whose g_t segment i draws, the last
+    one also t = T), Lemma 1's factor per segment (None: no Rao–Blackwellised estimate)."""
 
     pop: Population
     w0: torch.Tensor
@@ -165,16 +164,6 @@ class RunSpec:
     segments: list[tuple[int, int]]
     bounds: list[tuple[int, int]]
     seg_c: list[float | None]
-    R: int
-    K: int
-    sampler: str
-    seed: int
-    device: torch.device
-    dtype: torch.dtype
-    cuda_graph: bool
-    optimizer: Optimizer | None
-    progress: Callable[[int], None] | None
-    cancel: object
 
     @property
     def T1(self) -> int:
@@ -256,11 +245,11 @@ def run_replicas(
     segments, bounds = schedule_segments(b, T1 - 1)
     alphas_t = torch.zeros(T1 + STEP_BLOCK, dtype=dtype, device=device)
     alphas_t[:T1 - 1] = torch.as_tensor(np.asarray(alphas, dtype=np.float64), dtype=dtype)
-    spec = RunSpec(Population.of(X, y, dtype, device),
-                   torch.as_tensor(np.asarray(w0, dtype=np.float64), dtype=dtype, device=device), alphas_t,
-                   segments, bounds, [None] * len(segments) if c is None else
-                   (list(c) if isinstance(c, (list, tuple)) else [c]), R, n_groups(R), sampler, seed, device, dtype,
-                   cuda_graph, optimizer, progress, cancel)
+    spec = RunSpec(R=R, K=n_groups(R), seed=seed, sampler=sampler, device=device, dtype=dtype, cuda_graph=cuda_graph,
+                   optimizer=optimizer, progress=progress, cancel=cancel, pop=Population.of(X, y, dtype, device),
+                   w0=torch.as_tensor(np.asarray(w0, dtype=np.float64), dtype=dtype, device=device), alphas=alphas_t,
+                   segments=segments, bounds=bounds, seg_c=[None] * len(segments) if c is None else
+                   (list(c) if isinstance(c, (list, tuple)) else [c]))
     stats = RunStats(spec.K, T1, p, device, c is not None)
     for chunk in chunks(R, min(chunk_size(R, bj, n, p, device.type) for bj, _ in segments)):
         stats.diverged.add(run_chunk(spec, chunk, stats))

@@ -36,6 +36,25 @@ def schedule_segments(b: int | list[tuple[int, int]], T: int) -> tuple[list[tupl
     return segments, list(zip(starts, ends))
 
 
+@dataclass(frozen=True)
+class ChunkedRun:
+    """What the run specs of the chunked replica engines (linear regression, the deep linear network) share: R
+    replicas in K statistics groups, the sampler and seed of their streams, the device and dtype, CUDA graphs, the
+    optimizer (backend/optim.py; None or plain: the engine's fused step), progress and cancel. Each engine's
+    ``RunSpec`` adds what is its own."""
+
+    R: int
+    K: int
+    seed: int
+    sampler: str
+    device: torch.device
+    dtype: torch.dtype
+    cuda_graph: bool
+    optimizer: object  # backend.optim.Optimizer | None
+    progress: Callable[[int], None] | None
+    cancel: threading.Event | None
+
+
 def seed_for(seed: int, *keys: int) -> int:
     """A 63-bit seed derived from (seed, keys...) by numpy's SeedSequence (independent streams per b and chunk)."""
     return int(np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
