@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -102,48 +102,49 @@ def shutdown() -> None:
         _state.update(address=None, embedded=False)
 
 
-def compute_cell(config_json: dict, threads: int) -> dict[str, Any]:
-    """On a Ray worker: ``simulate`` of one cell into a throw-away cache; the entry's key and checksummed bytes, the
-    ``simulate`` document, the seconds it took, the device and the node."""
+def _on_worker(config_json: dict, threads: int, run: Callable[[Any, ResultCache], dict[str, Any]]) -> dict[str, Any]:
+    """On a Ray worker: ``run(config, cache)`` of the parsed config with ``threads`` torch threads, into a throw-away
+    cache; its dict with the seconds ``run`` took and the node, or {"error"} where a ConfigError refused it there (the
+    guard on this worker's device: the cell's error, not a crash)."""
     import ray
 
     torch.set_num_threads(threads)
     config = parse_config(config_json)
-    with tempfile.TemporaryDirectory(prefix="batchvar-cell-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="batchvar-ray-") as tmp:
         cache = ResultCache(tmp)
         start = time.perf_counter()
         try:
-            res = core.simulate(config, cache=cache)
-        except ConfigError as e:  # refused by the guard on this worker's device: the cell's error, not a crash
+            out = run(config, cache)
+            seconds = time.perf_counter() - start
+        except ConfigError as e:
             return {"error": str(e)}
-        seconds = time.perf_counter() - start
+        finally:
+            cache.close()
+    return {**out, "seconds": seconds, "node": ray.get_runtime_context().get_node_id()}
+
+
+def compute_cell(config_json: dict, threads: int) -> dict[str, Any]:
+    """On a Ray worker (``_on_worker``): ``simulate`` of one cell; the entry's key and checksummed bytes and the
+    ``simulate`` document."""
+
+    def run(config, cache: ResultCache) -> dict[str, Any]:
+        res = core.simulate(config, cache=cache)
         key = core.simulation_key(config)
-        blob = cache.raw().get(key)
-        cache.close()
-    ctx = ray.get_runtime_context()
-    return {"key": key, "blob": blob, "result": report.simulate_output(config, res), "seconds": seconds,
-            "node": ctx.get_node_id()}
+        return {"key": key, "blob": cache.raw().get(key), "result": report.simulate_output(config, res)}
+
+    return _on_worker(config_json, threads, run)
 
 
 def compute_cbs(config_json: dict, request: dict[str, Any], threads: int) -> dict[str, Any]:
-    """On a Ray worker: the replica branches of ``cbs`` (backend/cbs.py cbs_rules with ``request``'s keywords) into a
-    throw-away cache; its entries (key → checksummed bytes), the seconds it took and the node."""
-    import ray
-
+    """On a Ray worker (``_on_worker``): the replica branches of ``cbs`` (backend/cbs.py cbs_rules with ``request``'s
+    keywords); its cache entries (key → checksummed bytes)."""
     from backend import cbs
 
-    torch.set_num_threads(threads)
-    config = parse_config(config_json)
-    with tempfile.TemporaryDirectory(prefix="batchvar-cbs-") as tmp:
-        cache = ResultCache(tmp)
-        start = time.perf_counter()
-        try:
-            cbs.cbs_rules(config, cache=cache, **request)
-        except ConfigError as e:  # refused on this worker (its guard, its device): the run's error
-            return {"error": str(e)}
-        entries = {key: cache.raw().get(key) for key in cache.raw().iterkeys()}
-        cache.close()
-    return {"entries": entries, "seconds": time.perf_counter() - start, "node": ray.get_runtime_context().get_node_id()}
+    def run(config, cache: ResultCache) -> dict[str, Any]:
+        cbs.cbs_rules(config, cache=cache, **request)
+        return {"entries": {key: cache.raw().get(key) for key in cache.raw().iterkeys()}}
+
+    return _on_worker(config_json, threads, run)
 
 
 class RayExecutor:
