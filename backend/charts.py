@@ -14,6 +14,8 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from backend.quantities import find
+
 MAX_POINTS_PER_CURVE = 800
 
 
@@ -87,6 +89,14 @@ def is_nonnegative(quantity: str, table) -> bool:
     """Whether ``quantity`` is ≥ 0 by definition, as its setting's quantity table (``api.quantity_table``: each
     Quantity's ``nonnegative``) declares it; a name the table does not list is not assumed to be."""
     return any(q.name == quantity and q.nonnegative for q in table)
+
+
+def draws_band(quantity: str, table) -> bool:
+    """Whether a chart of ``quantity`` shades the 95 % band of its SE around the estimate, as its setting's quantity
+    table declares it (``Quantity.band``; a further estimator, e.g. var_g_rb, follows the quantity it estimates); a
+    name the table does not list keeps its band (every estimate a result carries has an SE)."""
+    q = find(list(table), quantity)
+    return True if q is None else q.band
 
 
 def b_color(order: list[str], title: str = "batch size b", field: str = "b") -> alt.Color:
@@ -204,15 +214,16 @@ def drawn_summary(df: pd.DataFrame, log: bool = False) -> dict[str, int]:
             "dropped": dropped}
 
 
-def drawn_caption(drawn: dict[str, int], ran: bool, band: str = "95 %") -> str:
-    """The caption under a chart of ``time_chart``: what is drawn, and what a log axis left out."""
+def drawn_caption(drawn: dict[str, int], ran: bool, band: str = "95 %", shade: bool = True) -> str:
+    """The caption under a chart of ``time_chart``: what is drawn (the band only where ``shade``), and what a log
+    axis left out."""
+    with_band = f" with its band ({band})" if shade else ""
     if drawn["exact"] and ran:
-        text = (f"Drawn: exact {drawn['exact']} points; replica estimate {drawn['estimate']} points with its band "
-                f"({band}).")
+        text = f"Drawn: exact {drawn['exact']} points; replica estimate {drawn['estimate']} points{with_band}."
     elif drawn["exact"]:
         text = f"Drawn: exact {drawn['exact']} points; no replica estimate yet (press Run)."
     elif ran:
-        text = f"Drawn: replica estimate {drawn['estimate']} points with its band ({band})."
+        text = f"Drawn: replica estimate {drawn['estimate']} points{with_band}."
     else:
         text = "Nothing to draw yet: press Run."
     note = dropped_note(drawn.get("dropped", 0))
@@ -242,16 +253,17 @@ def _isolated(df: pd.DataFrame, x_name: str) -> pd.Series:
 
 
 def time_chart(df: pd.DataFrame, title: str, log: bool = True, x_name: str = "t", x_title: str = "iteration t",
-               band: str = "95 %", nonnegative: bool = True) -> alt.LayerChart:
+               band: str = "95 %", nonnegative: bool = True, shade: bool = True) -> alt.LayerChart:
     """Quantity against t (or epoch), one colour per b (sequential over b when there are many): the exact value a
     solid line on top (isolated exact points, e.g. t = 0 alone, as filled dots), the replica estimate a dashed line
-    with open-circle markers over its see-through band (``band`` says what it is). A key above the chart names the
-    three; clicking a b in the legend highlights it (the band stays ≤ 0.5 opaque either way). The x axis spans the
-    frame's steps, the run's, before a run too (where only a few exact points exist). The one chart path of every
-    setting."""
+    with open-circle markers over its see-through band (``band`` says what it is; shaded only where ``shade``: the
+    quantity's ``Quantity.band``, ``draws_band``). A key above the chart names the three; clicking a b in the legend
+    highlights it (the band stays ≤ 0.5 opaque either way). The x axis spans the frame's steps, the run's, before a
+    run too (where only a few exact points exist). The one chart path of every setting."""
     raw = df
     df, dropped = drawable_frame(df, log, nonnegative)
-    band_label = f"{ESTIMATE_LABEL} ○ (shaded: {band + ' band' if band.endswith('%') else band})"
+    band_label = (f"{ESTIMATE_LABEL} ○ (shaded: {band + ' band' if band.endswith('%') else band})" if shade
+                  else f"{ESTIMATE_LABEL} ○")
     df["curve"] = df["source"].map({"exact": EXACT_LABEL, "estimate": band_label})
     df["marker"] = False
     df["dot"] = False
@@ -287,9 +299,10 @@ def time_chart(df: pd.DataFrame, title: str, log: bool = True, x_name: str = "t"
     if has_est:
         est = base.transform_filter(alt.datum.source == "estimate")
         tooltip = ["b", x_name, "value", "lo", "hi", "se", "replicas"]
-        layers.append(est.mark_area(strokeWidth=0).encode(
-            y=alt.Y("lo:Q", scale=scale, title=title, axis=y_axis), y2="hi:Q",
-            opacity=opacity(BAND_OPACITY, DIM_OPACITY)))
+        if shade:
+            layers.append(est.mark_area(strokeWidth=0).encode(
+                y=alt.Y("lo:Q", scale=scale, title=title, axis=y_axis), y2="hi:Q",
+                opacity=opacity(BAND_OPACITY, DIM_OPACITY)))
         layers.append(est.mark_line(strokeWidth=1.5).encode(
             y=alt.Y("value:Q", scale=scale, title=title, axis=y_axis), strokeDash=key, opacity=opacity(0.9),
             tooltip=tooltip))

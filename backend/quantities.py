@@ -1,7 +1,8 @@
 """One home per quantity: a reported quantity declares here, once, what it is and how it is drawn — its name, label,
 LaTeX, x-axis, whether exact theory exists, its estimator, its sign (which also bounds its band), its default axis,
-its summary over initial weights and the results tab that draws it. Settings list their tables (``quantities(config)``), engines
-report the names of theirs, and the pages and ui/ draw tabs and charts from the table (through backend/charts.py).
+whether a chart shades its band, its summary over initial weights and the results tab that draws it. Settings list
+their tables (``quantities(config)``), engines report by them, and the pages and ui/ draw tabs and charts from the
+table (through backend/charts.py).
 
 ``EPOCH_QUANTITIES`` is the replica classifiers' table (the MLP, the sequence model, your own model: the engines
 backend/engine/mlp.py and backend/engine/torch_model.py; docs/theory.md §3–§4)."""
@@ -17,10 +18,12 @@ class Quantity:
     """One reported quantity: its CLI/output ``name``, a plain ``label``, its ``latex``, the x-axis it is reported
     over (``"t"`` steps or ``"epoch"``), whether exact theory exists for it (at some x), how it is estimated, whether
     it is ≥ 0 by definition (``nonnegative``: a variance, a loss, an error rate; a chart's linear axis then starts at
-    0 and its band is clipped there), whether it is drawn on a log axis by default (``log``), its summary over
-    initial weights (``summary``: "mean" or "median", the paper's
-    for variances), the results tab that draws it (``tab``) and further estimators of it that a result may carry
-    (``estimators``: (curve name, what it is), e.g. the Rao–Blackwellised var_g_rb)."""
+    0 and its band is clipped there), whether it is drawn on a log axis by default (``log``), whether a chart shades
+    the 95 % band of its SE around the estimate (``band``: the interval ± t_{K−1, 0.975} · SE of docs/theory.md §4,
+    or the min–max over initial weights where §4 says so; True by default: every quantity of today's tables has an
+    SE), its summary over initial weights (``summary``: "mean" or "median", the paper's for variances), the results
+    tab that draws it (``tab``) and further estimators of it that a result may carry (``estimators``: (curve name,
+    what it is), e.g. the Rao–Blackwellised var_g_rb)."""
 
     name: str
     label: str
@@ -30,13 +33,14 @@ class Quantity:
     estimator: str
     nonnegative: bool = True
     log: bool = False
+    band: bool = True
     summary: str = "mean"
     tab: str = ""
     estimators: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "label": self.label, "latex": self.latex, "x": self.x, "exact": self.exact,
-                "estimator": self.estimator, "nonnegative": self.nonnegative, "log": self.log,
+                "estimator": self.estimator, "nonnegative": self.nonnegative, "log": self.log, "band": self.band,
                 "summary": self.summary, "tab": self.tab, "estimators": [list(e) for e in self.estimators]}
 
     def over(self, x: str) -> "Quantity":

@@ -397,6 +397,33 @@ def test_nonnegativity_comes_from_the_quantity_table(mlp):
         assert (area["encoding"]["y"]["scale"].get("domainMin") == 0) is starts_at_zero, quantity
 
 
+def test_the_band_comes_from_the_quantity_table(linreg):
+    """Quantity.band decides whether a time chart shades the estimate's band: every quantity of linear regression's
+    table has an SE and declares its band (a further estimator, var_g_rb, follows var_g); a table that turns the
+    loss's band off gets a loss chart with no area layer, no "shaded" key and no band in the caption, while var_g
+    keeps its band. The JSON of a quantity carries the flag."""
+    from dataclasses import replace
+
+    cfg, th, sim = linreg
+    table = api.quantity_table(cfg)
+    assert all(q.band and q.to_json()["band"] is True for q in table)
+    assert charts.draws_band("var_g_rb", table) and charts.draws_band("not_listed", table)
+    no_loss_band = [replace(q, band=False) if q.name == "loss" else q for q in table]
+    assert [q.to_json()["band"] for q in no_loss_band] == [q.name != "loss" for q in table]
+    for quantity in ("var_g", "loss"):
+        shade = charts.draws_band(quantity, no_loss_band)
+        assert shade is (quantity != "loss")
+        df = charts.curves_frame(th["t"], cfg.batch_sizes, th["curves"], sim["curves"], quantity, sim["finite_count"])
+        spec = charts.time_chart(df, quantity, log=quantity != "loss", shade=shade).to_dict()
+        areas = [layer for layer in layers(spec) if mark_type(layer) == "area"]
+        assert bool(areas) is shade, quantity
+        keys = [k for layer in layers(spec) for k in
+                (((layer.get("encoding") or {}).get("strokeDash") or {}).get("scale") or {}).get("domain", [])]
+        assert any("replica estimate" in k for k in keys) and any("shaded" in k for k in keys) is shade
+        caption = charts.drawn_caption(charts.drawn_summary(df), True, shade=shade)
+        assert ("with its band" in caption) is shade, caption
+
+
 def test_exact_values_drawn_only_as_points_are_keyed_as_a_dot(linreg):
     """Deep linear, Figure 3 before a run: the exact values are dots only (t = 0), so the key shows a filled dot for
     exact and no exact stroke; where the exact value is a line (linear regression) the key keeps its stroke."""

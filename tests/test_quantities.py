@@ -21,7 +21,7 @@ def test_every_table_declares_its_quantities_once(name):
     assert len(set(names)) == len(names)
     assert all(q.summary in ("mean", "median") and q.x in ("t", "epoch") for q in table)
     json = [q.to_json() for q in table]
-    assert all({"name", "label", "latex", "x", "log", "tab", "estimators"} <= set(j) for j in json)
+    assert all({"name", "label", "latex", "x", "log", "band", "tab", "estimators"} <= set(j) for j in json)
 
 
 def test_the_classifier_engines_report_the_table():

@@ -36,11 +36,13 @@ def time_chart_with_caption(theory: dict | None, sim: dict | None, config, quant
     band = sim.get("band", "95 %") if sim is not None else "95 %"
     df = charts.curves_frame(x, api.curve_keys(config), th_curves, sim_curves, quantity,
                              None if sim is None else sim["finite_count"], x_name=x_name)
+    table = api.quantity_table(config)
+    shade = charts.draws_band(quantity, table)
     chart = charts.time_chart(df, label, log=log, x_name=x_name,
                               x_title="epoch" if x_name == "epoch" else "iteration t", band=band,
-                              nonnegative=charts.is_nonnegative(quantity, api.quantity_table(config)))
+                              nonnegative=charts.is_nonnegative(quantity, table), shade=shade)
     st.altair_chart(chart, width="stretch")
-    st.caption(charts.drawn_caption(charts.drawn_summary(df, log), sim is not None, band))
+    st.caption(charts.drawn_caption(charts.drawn_summary(df, log), sim is not None, band, shade))
     return chart
 
 
