@@ -106,9 +106,9 @@ def cbs_rules(config, b_ref: int, checkpoints: Sequence[int], samples: int, scal
         _guard(config, setting, b_ref, cps, bs, factors, steps, device)
         cache = core.or_default(cache)
         if hasattr(executor, "run_cbs"):  # elsewhere, into this cache (a worker's other code: computed here)
-            executor.run_cbs(config, {"b_ref": b_ref, "checkpoints": cps, "samples": samples,
-                                      "scalings": list(scalings), "tolerance": tolerance, "ks": [int(b) // b_ref
-                                                                                               for b in bs]}, cache)
+            request = {"b_ref": b_ref, "checkpoints": cps, "samples": samples, "scalings": list(scalings),
+                       "tolerance": tolerance, "ks": [int(b) // b_ref for b in bs]}
+            executor.run_cbs(config, request, cache, progress)  # the task's steps advance ``progress``
         res = setting.replica_branches(config, b_ref, cps, bs, factors, steps, device, cache, progress)
     return {s: _document(config, b_ref, cps, samples, s, tolerance, bs, steps, r, res) for r, s in enumerate(scalings)}
 

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import os
+import queue
 import tempfile
 import threading
 import time
@@ -28,9 +29,11 @@ from backend import core, report
 from backend.cache import ResultCache
 from backend.config import parse_config
 from backend.errors import ConfigError, one_line
+from backend.progress import Progress, as_progress
 from backend.sweep import Cell
 
 MAX_RETRIES = 3  # Ray's retries of a task whose worker or node died
+PROGRESS_SECONDS = 0.5  # a Ray cbs task reports its steps to the driver at most this often
 LOOPBACK = "127.0.0.1"
 BACKEND_DIR = Path(__file__).resolve().parent
 _state: dict[str, Any] = {"address": None, "embedded": False}
@@ -135,16 +138,48 @@ def compute_cell(config_json: dict, threads: int) -> dict[str, Any]:
     return _on_worker(config_json, threads, run)
 
 
-def compute_cbs(config_json: dict, request: dict[str, Any], threads: int) -> dict[str, Any]:
-    """On a Ray worker (``_on_worker``): the replica branches of ``cbs`` (backend/cbs.py cbs_rules with ``request``'s
-    keywords); its cache entries (key → checksummed bytes)."""
+def compute_cbs(config_json: dict, request: dict[str, Any], threads: int,
+                every: float = PROGRESS_SECONDS) -> Iterator[dict[str, Any]]:
+    """On a Ray worker, a streaming generator: the replica branches of ``cbs`` (backend/cbs.py cbs_rules with
+    ``request``'s keywords; ``_on_worker``, in a thread). While they run, {"total", "done"}: the run's progress as the
+    local run counts it (total: the reference run's and the branches' steps; done: the steps so far), at most every
+    ``every`` seconds (0: at every step); last, the cache entries (key → checksummed bytes)."""
     from backend import cbs
 
+    steps: queue.SimpleQueue[int] = queue.SimpleQueue()
+    progress = Progress(on_advance=steps.put)
+
     def run(config, cache: ResultCache) -> dict[str, Any]:
-        cbs.cbs_rules(config, cache=cache, **request)
+        cbs.cbs_rules(config, cache=cache, progress=progress, **request)
         return {"entries": {key: cache.raw().get(key) for key in cache.raw().iterkeys()}}
 
-    return _on_worker(config_json, threads, run)
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["out"] = _on_worker(config_json, threads, run)
+        except BaseException as e:  # noqa: BLE001 - raised again in the task, where Ray reports it
+            outcome["raised"] = e
+
+    worker = threading.Thread(target=work, name="batchvar-cbs", daemon=True)
+    worker.start()
+    done = 0
+    while worker.is_alive() or not steps.empty():  # every put precedes the thread's end
+        try:
+            done += steps.get(timeout=every or 0.05)
+        except queue.Empty:
+            continue
+        deadline = time.monotonic() + every
+        while (left := deadline - time.monotonic()) > 0:  # the steps of the next `every` seconds in one report
+            try:
+                done += steps.get(timeout=left)
+            except queue.Empty:
+                break
+        yield {"total": progress.total, "done": done}
+    worker.join()
+    if "raised" in outcome:
+        raise outcome["raised"]
+    yield outcome["out"]
 
 
 class RayExecutor:
@@ -153,6 +188,7 @@ class RayExecutor:
     same thread count — torch's CPU reductions may differ in the last bits between thread counts)."""
 
     name = "ray"
+    report_seconds = PROGRESS_SECONDS  # how often a cbs task reports its steps (0: every step)
 
     def __init__(self, address: str | None = None, threads: int | None = None, num_cpus: int | None = None) -> None:
         self.cluster = connect(address, num_cpus)
@@ -178,15 +214,25 @@ class RayExecutor:
             return int(self.gpus)
         return max(1, int(self.cpus // self.threads))
 
-    def run_cbs(self, config, request: dict[str, Any], cache: ResultCache) -> dict[str, Any]:
+    def run_cbs(self, config, request: dict[str, Any], cache: ResultCache, progress=None) -> dict[str, Any]:
         """A whole replica ``cbs`` as one Ray task (``compute_cbs``: a GPU where the cluster has one, else ``threads``
         CPUs); its cache entries are written into ``cache``, so that the driver's own ``cbs_rules`` reads them.
+        ``progress`` (a backend/progress.py Progress or a callable taking each increment): the task's total and
+        steps as the local run reports them, advanced as the task reports them (every ``report_seconds`` at most).
         A failure in the task is one ConfigError naming ``executor``. Returns {"seconds", "node"}."""
         ray = _ray()
+        progress = as_progress(progress)
         task = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(compute_cbs)
         options = {"num_gpus": 1, "num_cpus": 1} if self._gpu(config) else {"num_cpus": self.threads}
+        seen = 0
         try:
-            out = ray.get(task.options(**options).remote(config.to_json(), request, self.threads))
+            for ref in task.options(**options).remote(config.to_json(), request, self.threads, self.report_seconds):
+                out = ray.get(ref)
+                if "done" in out:
+                    progress.total = out["total"]
+                    if out["done"] > seen:  # cumulative: a retried task's reports do not count twice
+                        progress.advance(out["done"] - seen)
+                        seen = out["done"]
         except ray.exceptions.RayTaskError as e:
             cause = e.cause if getattr(e, "cause", None) is not None else e
             raise ConfigError("executor", one_line(f"the Ray task failed: {type(cause).__name__}: {cause}")) from None

@@ -194,6 +194,29 @@ def test_replica_cbs_runs_as_one_ray_task(ray_cluster, tmp_path):
     assert on_ray == local
 
 
+def test_ray_cbs_advances_the_progress_step_by_step_as_the_local_run_does(ray_cluster, tmp_path):
+    """`cbs --executor ray`: the driver's progress gets the local run's total — the reference run's steps to the last
+    checkpoint and each branch's ⌊S/(kB)⌋ steps, 4 + 16/8 + 16/16 — and advances as the task reports its steps (here
+    at every step: report_seconds 0), the local run's increments; not finished at once at the end from a zero total."""
+    from backend import cbs
+    from backend.progress import Progress
+
+    cfg = api.parse_config({"setting": "mlp", "hidden": [4], "replicas": 3, "epochs": 1, "noise_samples": 16,
+                            "eval_size": 200, "device": "cpu"})
+    request = dict(b_ref=8, checkpoints=[0, 4], samples=16, scalings=("none",), ks=[1, 2])
+    total = 4 + 16 // 8 + 16 // 16
+    on_ray = cluster.RayExecutor(threads=1)
+    on_ray.report_seconds = 0
+    calls: dict[str, list] = {}
+    for name, executor in (("local", sweep.LocalExecutor()), ("ray", on_ray)):
+        progress = Progress()
+        seen = calls.setdefault(name, [])
+        progress.on_advance = lambda n, p=progress, seen=seen: seen.append((n, p.done, p.total))
+        cbs.cbs_rules(cfg, **request, cache=ResultCache(tmp_path / name), executor=executor, progress=progress)
+        assert progress.done == progress.total == total, name
+    assert calls["ray"] == calls["local"] == [(1, k, total) for k in range(1, total + 1)]
+
+
 def test_a_client_without_the_token_is_refused(ray_cluster):
     """Token authentication is on: a process that joins the embedded cluster with a wrong token is turned away."""
     import ray
