@@ -105,7 +105,7 @@ def cbs_rules(config, b_ref: int, checkpoints: Sequence[int], samples: int, scal
         device = executor.device(config) if executor is not None else core.resolve_device(config.device)
         _guard(config, setting, b_ref, cps, bs, factors, steps, device)
         cache = core.or_default(cache)
-        if hasattr(executor, "run_cbs"):  # elsewhere, into this cache (a worker's other code: computed here)
+        if hasattr(executor, "run_cbs"):  # elsewhere, into this cache (a worker's other code or config: refused)
             request = {"b_ref": b_ref, "checkpoints": cps, "samples": samples, "scalings": list(scalings),
                        "tolerance": tolerance, "ks": [int(b) // b_ref for b in bs]}
             executor.run_cbs(config, request, cache, progress)  # the task's steps advance ``progress``

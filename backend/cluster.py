@@ -6,8 +6,8 @@
   ``ray start --head``), whose token the environment must hold (``RAY_AUTH_TOKEN`` or the token file).
 - The task (``compute_cell``) runs ``simulate`` of the cell's config on the worker into a throw-away cache and returns
   the finished cache entry (checksummed bytes), the key it belongs under and the ``simulate`` document. Nothing assumes
-  a shared file system; the code travels with the job (``py_modules``), and the driver refuses an entry whose key is
-  not the one its own code gives (a worker running other code).
+  a shared file system; the code travels with the job (``py_modules``), and the driver (``accept``) refuses a result
+  whose code version, normalised config, device or key is not its own (a worker running other code or config).
 - Faults: a worker or node that dies → Ray retries the task (``MAX_RETRIES``); an error in the cell itself is not
   retried; either way the cell is reported failed with its error and every finished cell is already in the cache.
   Cancel → ``ray.cancel`` of everything still queued or running.
@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import tempfile
@@ -26,7 +27,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from backend import core, report
-from backend.cache import ResultCache
+from backend.cache import CODE_VERSION, ResultCache
 from backend.config import parse_config
 from backend.errors import ConfigError, one_line
 from backend.progress import Progress, as_progress
@@ -107,8 +108,9 @@ def shutdown() -> None:
 
 def _on_worker(config_json: dict, threads: int, run: Callable[[Any, ResultCache], dict[str, Any]]) -> dict[str, Any]:
     """On a Ray worker: ``run(config, cache)`` of the parsed config with ``threads`` torch threads, into a throw-away
-    cache; its dict with the seconds ``run`` took and the node, or {"error"} where a ConfigError refused it there (the
-    guard on this worker's device: the cell's error, not a crash)."""
+    cache; its dict with the seconds ``run`` took, the node and what the result's cache keys depend on here — the code
+    version, the normalised config and the device (the driver checks them: ``accept``) — or {"error"} where a
+    ConfigError refused it there (the guard on this worker's device: the cell's error, not a crash)."""
     import ray
 
     torch.set_num_threads(threads)
@@ -123,7 +125,23 @@ def _on_worker(config_json: dict, threads: int, run: Callable[[Any, ResultCache]
             return {"error": str(e)}
         finally:
             cache.close()
-    return {**out, "seconds": seconds, "node": ray.get_runtime_context().get_node_id()}
+    return {**out, "seconds": seconds, "node": ray.get_runtime_context().get_node_id(), "code": CODE_VERSION,
+            "config": config.to_json(), "device": str(core.resolve_device(config.device))}
+
+
+def accept(out: dict[str, Any], config, device: torch.device, what: str, key: str | None = None) -> None:
+    """The driver's check of what a worker returned before its entries go into the cache: the code version (the hash
+    of every backend file, backend/cache.py), the normalised config and the device the worker reports — what the keys
+    of its entries depend on — and the entry's ``key`` where given must be the driver's own; else (a stale worker,
+    other code or config) one ConfigError naming ``executor`` and ``what`` (the cell)."""
+    theirs = {"code version": out.get("code"), "config": out.get("config"), "device": out.get("device"),
+              "cache key": out.get("key") if key is not None else None}
+    ours = {"code version": CODE_VERSION, "config": config.to_json(), "device": str(device), "cache key": key}
+    differ = [name for name in ours if theirs[name] != ours[name]]
+    if differ:
+        raise ConfigError("executor", f"{what}: the Ray worker's {' and '.join(differ)} "
+                                      f"{'is' if len(differ) == 1 else 'are'} not the driver's: its result is refused "
+                                      "(a worker running other batchvar code or config)")
 
 
 def compute_cell(config_json: dict, threads: int) -> dict[str, Any]:
@@ -240,6 +258,7 @@ class RayExecutor:
             raise ConfigError("executor", one_line(f"{type(e).__name__} after {MAX_RETRIES} retries")) from None
         if "error" in out:
             raise ConfigError("executor", one_line(f"on the Ray worker: {out['error']}"))
+        accept(out, config, self.device(config), f"the replica cbs of {config.setting}")
         for key, blob in out["entries"].items():
             cache.put_blob(key, blob)
         return {"seconds": out["seconds"], "node": out["node"]}
@@ -275,9 +294,12 @@ class RayExecutor:
                 if "error" in out:
                     yield cell, {"error": one_line(out["error"])}
                     continue
-                expected = core.simulation_key(cell.config, self.device(cell.config))
-                if out["key"] != expected:
-                    yield cell, {"error": "the worker runs different batchvar code (its cache key differs)"}
+                device = self.device(cell.config)
+                try:
+                    accept(out, cell.config, device, f"cell {json.dumps(cell.overrides)}",
+                           core.simulation_key(cell.config, device))
+                except ConfigError as e:
+                    yield cell, {"error": str(e)}
                     continue
                 cache.put_blob(out["key"], out["blob"])
                 yield cell, {"result": out["result"], "cached": False, "seconds": out["seconds"],

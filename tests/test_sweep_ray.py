@@ -217,6 +217,51 @@ def test_ray_cbs_advances_the_progress_step_by_step_as_the_local_run_does(ray_cl
     assert calls["ray"] == calls["local"] == [(1, k, total) for k in range(1, total + 1)]
 
 
+def test_the_driver_refuses_a_worker_document_of_other_code_config_device_or_key():
+    """cluster.accept, no Ray: a worker's report equal to the driver's own passes; any of code version, normalised
+    config, device or cache key differing is one line naming the cell and what differs."""
+    from backend import cache as cache_module
+
+    cfg = api.parse_config(BASE)
+    other = api.parse_config({**BASE, "seed": 3})
+    key = "k" * 64
+    doc = {"code": cache_module.CODE_VERSION, "config": cfg.to_json(), "device": "cpu", "key": key}
+    cluster.accept(doc, cfg, torch.device("cpu"), 'cell {"seed": 1}', key)
+    cluster.accept({**doc, "key": "other"}, cfg, torch.device("cpu"), "the replica cbs")  # no key asked for
+    for changed, differs in (({"code": "0123456789abcdef"}, "code version is"),
+                             ({"config": other.to_json()}, "config is"), ({"device": "cuda"}, "device is"),
+                             ({"key": "k" * 63 + "j"}, "cache key is"),
+                             ({"code": "x", "device": "cuda"}, "code version and device are")):
+        with pytest.raises(api.ConfigError) as err:
+            cluster.accept({**doc, **changed}, cfg, torch.device("cpu"), 'cell {"seed": 1}', key)
+        msg = str(err.value)
+        assert msg.startswith(f"executor: cell {{\"seed\": 1}}: the Ray worker's {differs} not the driver's: "), msg
+        assert "\n" not in msg
+
+
+def test_a_stale_worker_result_is_refused_not_cached(ray_cluster, tmp_path, monkeypatch):
+    """The driver's code version made other than the workers' (as a driver would see a stale worker): the Ray cbs
+    run is refused naming the run and nothing goes into the cache; a sweep cell is listed failed, naming the cell."""
+    from backend import cbs
+
+    monkeypatch.setattr(cluster, "CODE_VERSION", "0123456789abcdef")
+    cfg = api.parse_config({"setting": "mlp", "hidden": [4], "replicas": 3, "epochs": 1, "noise_samples": 16,
+                            "eval_size": 200, "device": "cpu"})
+    cache = ResultCache(tmp_path / "cbs")
+    with pytest.raises(api.ConfigError, match=r"^executor: the replica cbs of mlp: the Ray worker's code version is "
+                                              r"not the driver's: its result is refused"):
+        cbs.cbs_rules(cfg, b_ref=8, checkpoints=[0, 4], samples=16, scalings=("none",), ks=[1, 2], cache=cache,
+                      executor=cluster.RayExecutor(threads=1))
+    assert len(cache) == 0
+    cells = ResultCache(tmp_path / "cells")
+    spec = sweep.parse_sweep({"base": BASE, "grid": {"seed": [5]}})
+    out = sweep.run(spec, cluster.RayExecutor(threads=1), cells)
+    assert out["cells"] == [] and [f["error"] for f in out["failed"]] == [
+        "executor: cell {\"seed\": 5}: the Ray worker's code version is not the driver's: its result is refused "
+        "(a worker running other batchvar code or config)"]
+    assert len(cells) == 0
+
+
 def test_a_client_without_the_token_is_refused(ray_cluster):
     """Token authentication is on: a process that joins the embedded cluster with a wrong token is turned away."""
     import ray
