@@ -99,3 +99,26 @@ EPOCH_QUANTITIES: tuple[Quantity, ...] = (
              "ratio of unbiased means over replicas, delta-method SE; median over inits", log=True, summary="median",
              tab="Variance split"),
 )
+
+
+# -- the step engines' quantities: linear regression and the deep linear network (backend/engine/linreg.py,
+# backend/engine/deep_linear.py; docs/theory.md §1–§2, §4). Their names are declared here once: the settings' tables
+# list these entries, the engines key their accumulators and curves by these names.
+VAR_G, VAR_G_RB, VAR_FULL_GRAD, LOSS = "var_g", "var_g_rb", "var_full_grad", "loss"
+RAO_BLACKWELLISED = "Rao–Blackwellised"
+STEP_VAR_G = Quantity(
+    VAR_G, "var(g_t | F_0)", r"\operatorname{var}(g_t \mid \mathcal F_0)", "t", True,
+    "across-replica variance of the mini-batch gradient, batch-means SE; also var_g_rb (Rao–Blackwellised: Lemma 1's "
+    "conditional variance averaged + the spread of ∇L(w_t), i.i.d. samplers)",
+    estimators=((VAR_G_RB, RAO_BLACKWELLISED),))
+STEP_VAR_FULL_GRAD = Quantity(
+    VAR_FULL_GRAD, "var(∇L(w_t) | F_0)", r"\operatorname{var}(\nabla L(w_t) \mid \mathcal F_0)", "t", True,
+    "across-replica variance of the full gradient, batch-means SE")
+STEP_LOSS = Quantity(LOSS, "E L(w_t)", r"\mathbb E\, L(w_t)", "t", True, "mean over replicas, batch-means SE")
+STEP_QUANTITIES: tuple[Quantity, ...] = (STEP_VAR_G, STEP_VAR_FULL_GRAD, STEP_LOSS)
+
+
+def per_layer(name: str, k: int) -> str:
+    """The curve of quantity ``name`` restricted to layer k = 1, 2, … of a deep network (e.g. var_g_layer2); the
+    quantity itself is the sum over the layers."""
+    return f"{name}_layer{k}"

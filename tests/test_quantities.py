@@ -9,6 +9,7 @@ import pytest
 from backend import core, quantities, settings
 from backend.cache import ResultCache
 from backend.config import parse_config
+from backend.engine import linreg as engine_linreg
 from backend.engine import mlp as engine_mlp
 from backend.engine import torch_model as engine_torch
 
@@ -31,6 +32,29 @@ def test_the_classifier_engines_report_the_table():
     q = quantities.find(list(quantities.EPOCH_QUANTITIES), "var_g")
     steps = q.over("t")
     assert steps.x == "t" and steps.latex == r"\operatorname{var}(g_t \mid \mathcal F_0)" and steps.log
+
+
+@pytest.mark.parametrize("raw", [
+    {"setting": "linear_regression", "steps": 4, "replicas": 40, "batch_sizes": [2], "sampler": "with_replacement"},
+    {"setting": "deep_linear", "dims": [3, 4, 5, 2], "steps": 3, "replicas": 40, "batch_sizes": [2]}])
+def test_the_step_engines_report_their_setting_table(raw):
+    """Linear regression's and the deep linear network's engines name their curves by the declarations of
+    backend/quantities.py that the settings' tables list: a run's curves are the table's quantities and their
+    further estimators, and besides them only the spread of ∇L(w_t) (declared there; deep linear: in total and per
+    layer, undrawn)."""
+    config = parse_config(raw)
+    table = core.quantity_table(config)
+    res = core.simulate(config, cache=ResultCache(tempfile.mkdtemp()))
+    listed = set(quantities.estimated_by(table))
+    assert listed <= set(res["curves"])
+    extra = set(res["curves"]) - listed
+    full = quantities.VAR_FULL_GRAD
+    if raw["setting"] == "deep_linear":
+        assert extra == {full, *(quantities.per_layer(full, k) for k in (1, 2, 3))}
+        assert [q.name for q in table] == ["var_g_layer1", "var_g_layer2", "var_g_layer3", "var_g", "loss"]
+    else:
+        assert not extra and [q.name for q in table] == [q.name for q in quantities.STEP_QUANTITIES]
+        assert sorted(engine_linreg.REPORTED) == sorted(q.name for q in table)
 
 
 @pytest.mark.parametrize("raw", [

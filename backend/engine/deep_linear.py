@@ -36,6 +36,7 @@ from backend.engine.graphs import Replay
 from backend.engine.runner import (ChunkedRun, Divergence, DivergenceLog, check_cancel, chunks, report,
                                    schedule_segments, seed_for)
 from backend.optim import Optimizer
+from backend.quantities import LOSS, VAR_FULL_GRAD, VAR_G, VAR_G_RB, per_layer
 from backend.stats import GroupMoments, Groups, batch_means, group_ids, group_m2, n_groups_equal
 
 DIVERGENCE_LOSS = 1e30
@@ -210,15 +211,32 @@ def _population(Ws: list[torch.Tensor], T_prod: torch.Tensor, b: int):
     return loss, fulls, conds
 
 
+# the curves of a run (backend/quantities.py declares their names): the variances of g_t and of ∇L(w_t) and the
+# Rao–Blackwellised variance, each in total and per layer (PER_LAYER), and the mean loss
+REPORTED = (VAR_G, VAR_G_RB, VAR_FULL_GRAD, LOSS)
+PER_LAYER = (VAR_G, VAR_FULL_GRAD, VAR_G_RB)
+COND = "cond"  # per layer: var(g_k | W) of each replica, averaged into var_g_rb (not a curve of its own)
+
+
+def variance_names(layers: range) -> list[str]:
+    """The per-layer accumulators of across-replica variances (M2 per group): of g_k and of ∇_k L."""
+    return [per_layer(q, k) for q in (VAR_G, VAR_FULL_GRAD) for k in layers]
+
+
+def scalar_names(layers: range) -> list[str]:
+    """The per-replica scalars averaged per group: the loss and each layer's conditional variance."""
+    return [LOSS, *(per_layer(COND, k) for k in layers)]
+
+
 class _ChunkRecord:
     """A chunk's recorded statistics, kept on the device until the chunk ends: per-replica scalars (loss, conditional
     variances) with the replicas alive at each recorded step, and per-group M2's of the gradients."""
 
-    def __init__(self, Rc: int, n_groups: int, n_rec: int, layer_names: list[str], device: torch.device) -> None:
+    def __init__(self, Rc: int, n_groups: int, n_rec: int, layers: range, device: torch.device) -> None:
         zeros = lambda *shape: torch.zeros(shape, dtype=torch.float64, device=device)  # noqa: E731
-        self.scalars = {name: zeros(Rc, n_rec) for name in ["loss", *(f"cond_{n}" for n in layer_names)]}
+        self.scalars = {name: zeros(Rc, n_rec) for name in scalar_names(layers)}
         self.alive_at = torch.zeros((Rc, n_rec), dtype=torch.bool, device=device)
-        self.m2s = {f"{q}_{n}": zeros(n_groups, n_rec) for q in ("var_g", "var_full_grad") for n in layer_names}
+        self.m2s = {name: zeros(n_groups, n_rec) for name in variance_names(layers)}
         self.m2_slots: dict[str, list[int]] = {name: [] for name in self.m2s}
 
     def m2(self, name: str, slot: int, value: torch.Tensor) -> None:
@@ -300,8 +318,9 @@ class RunSpec(ChunkedRun):
         return len(self.alphas) + 1
 
     @property
-    def layer_names(self) -> list[str]:
-        return [f"layer{k + 1}" for k in range(len(self.W0))]
+    def layers(self) -> range:
+        """The layers k = 1 … d (backend.quantities.per_layer names their curves)."""
+        return range(1, len(self.W0) + 1)
 
 
 def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float], b: int | list[tuple[int, int]],
@@ -337,10 +356,8 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
     # per group and recorded step: the gradients' M2's (the fast path's, or merged where groups are not whole) and
     # the scalars' sums
     K, n_rec = spec.K, len(spec.recorded)
-    stats = {**{f"{q}_{n}": GroupMoments.zeros(K, n_rec, device, sums=False)
-                for q in ("var_g", "var_full_grad") for n in spec.layer_names},
-             **{name: GroupMoments.zeros(K, n_rec, device, second=False)
-                for name in ["loss", *(f"cond_{n}" for n in spec.layer_names)]}}
+    stats = {**{name: GroupMoments.zeros(K, n_rec, device, sums=False) for name in variance_names(spec.layers)},
+             **{name: GroupMoments.zeros(K, n_rec, device, second=False) for name in scalar_names(spec.layers)}}
     dims = (p, *(W.shape[0] for W in W0))
     max_chunk = min(chunk_replicas(dims, bj, device, torch.empty((), dtype=dtype).element_size()) for bj, _ in segments)
     finite = np.zeros(n_rec, dtype=np.int64)
@@ -349,23 +366,23 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
         run = _ChunkRun(spec, chunk, stats)
         finite += run.run()
         diverged.add(run.div)
-    return DeepResult(_curves(stats, spec.layer_names), finite, diverged.first, diverged.count, K)
+    return DeepResult(_curves(stats, spec.layers), finite, diverged.first, diverged.count, K)
 
 
-def _curves(stats: dict[str, GroupMoments], layer_names: list[str]) -> dict[str, dict]:
+def _curves(stats: dict[str, GroupMoments], layers: range) -> dict[str, dict]:
     """Per group: V̂_k of the gradients, the scalars' means; sums over layers and the Rao–Blackwellised variance
-    (mean conditional variance + V̂ of ∇L), then batch means over the groups."""
+    (mean conditional variance + V̂ of ∇L), then batch means over the groups: the curves REPORTED, in total and
+    per layer."""
     data = {name: m.variances() if m.m2 is not None else m.means() for name, m in stats.items()}
-    for name in layer_names:
-        data[f"var_g_rb_{name}"] = data[f"cond_{name}"] + data[f"var_full_grad_{name}"]
-    for q in ("var_g", "var_full_grad", "var_g_rb"):
-        data[q] = sum(data[f"{q}_{name}"] for name in layer_names)
-    curves = {}
-    for q in ("var_g", "var_g_rb", "var_full_grad", "loss"):
-        curves[q] = batch_means(data[q]).curve()
-    for name in layer_names:
-        for q in ("var_g", "var_g_rb", "var_full_grad"):
-            curves[f"{q}_{name}"] = batch_means(data[f"{q}_{name}"]).curve()
+    for k in layers:
+        data[per_layer(VAR_G_RB, k)] = data[per_layer(COND, k)] + data[per_layer(VAR_FULL_GRAD, k)]
+    for q in PER_LAYER:
+        data[q] = sum(data[per_layer(q, k)] for k in layers)
+    curves = {q: batch_means(data[q]).curve() for q in REPORTED}
+    for k in layers:
+        for q in REPORTED:
+            if q in PER_LAYER:
+                curves[per_layer(q, k)] = batch_means(data[per_layer(q, k)]).curve()
     return curves
 
 
@@ -383,7 +400,7 @@ class _ChunkRun:
         self.T_b = spec.T_prod.expand(Rc, *spec.T_prod.shape)
         self.G_c = len(groups)
         self.equal = Rc % self.G_c == 0 and bool((self.gid.lengths == Rc // self.G_c).all())
-        self.rec = _ChunkRecord(Rc, self.G_c, len(spec.recorded), spec.layer_names, device)
+        self.rec = _ChunkRecord(Rc, self.G_c, len(spec.recorded), spec.layers, device)
         self.state = spec.optimizer.init(_layer_params(self.Ws)) if spec.optimizer is not None else {}  # static
         self.step_numbers = torch.arange(spec.T1, device=device)
 
@@ -424,7 +441,7 @@ class _ChunkRun:
         """A step that syncs with the host (a recorded one, or the last): the backward pass, the verdicts, the
         statistics at a recorded step, then the update. Returns whether every replica of the chunk has diverged."""
         spec, Ws, state, div, b = self.spec, self.Ws, self.state, self.div, self.b
-        d, Rc, layer_names = len(Ws), self.chunk.size, spec.layer_names
+        d, Rc = len(Ws), self.chunk.size
         if not bool(div.alive.all()):  # a recorded step syncs anyway
             for W in (*Ws, *state.values()):  # replicas that diverged since: zero weights and velocities
                 W.masked_fill_(~div.alive[:, None, None], 0.0)  # (finite, fixed, out of the statistics)
@@ -454,15 +471,16 @@ class _ChunkRun:
         if slot is not None:
             rec, G_c = self.rec, self.G_c
             rec.alive_at[:, slot] = alive
-            rec.scalars["loss"][:, slot] = loss
-            for k, (name, G, cv) in enumerate(zip(layer_names, fulls, conds)):
-                rec.scalars[f"cond_{name}"][:, slot] = cv
+            rec.scalars[LOSS][:, slot] = loss
+            for k, (G, cv) in enumerate(zip(fulls, conds)):
+                var_g, var_full = per_layer(VAR_G, k + 1), per_layer(VAR_FULL_GRAD, k + 1)
+                rec.scalars[per_layer(COND, k + 1)][:, slot] = cv
                 if every and self.equal:  # every group whole: M2 per group, kept until the chunk ends
                     m2 = _factored_group_m2(deltas[k] * (1.0 / b), acts[k], norms[k], G_c)
-                    rec.m2(f"var_g_{name}", slot, group_m2(grad(k), G_c, consume=True) if m2 is None else m2)
-                    rec.m2(f"var_full_grad_{name}", slot, group_m2(G, G_c, consume=True))
+                    rec.m2(var_g, slot, group_m2(grad(k), G_c, consume=True) if m2 is None else m2)
+                    rec.m2(var_full, slot, group_m2(G, G_c, consume=True))
                 else:
-                    for q, x in ((f"var_g_{name}", grad(k)), (f"var_full_grad_{name}", G)):
+                    for q, x in ((var_g, grad(k)), (var_full, G)):
                         self.stats[q].put(self.chunk.groups, GroupMoments.of(x.reshape(Rc, -1), self.gid, alive,
                                                                              vector=True), slot)
         if not last and spec.optimizer is not None:  # backend/optim.py's step; the newly diverged set to zero

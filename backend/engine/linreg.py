@@ -24,6 +24,7 @@ import torch
 
 from backend.engine.graphs import Replay
 from backend.optim import Optimizer
+from backend.quantities import LOSS, VAR_FULL_GRAD, VAR_G, VAR_G_RB
 from backend.engine.samplers import FLOYD_MAX, _stream_length, make_sampler
 from backend.engine.runner import (DIVERGENCE_LOSS, STEP_BLOCK, ChunkedRun, Divergence, DivergenceLog, check_cancel,
                                    chunks, report, schedule_segments, seed_for)
@@ -170,14 +171,21 @@ class RunSpec(ChunkedRun):
         return self.bounds[-1][1]
 
 
+# what each quantity of the table (backend/quantities.py: STEP_QUANTITIES) is over the replicas: the variance of
+# g_t or of ∇L(w_t) (vectors in R^p), the mean of L(w_t)
+REPORTED = {VAR_G: GroupMoments.variance_estimate, VAR_FULL_GRAD: GroupMoments.variance_estimate,
+            LOSS: GroupMoments.mean_estimate}
+
+
 class RunStats:
-    """The run's per-group accumulators (backend.stats.GroupMoments) of g_t, ∇L(w_t), L(w_t) and Lemma 1's
-    conditional variance, the live count per step and the divergence log."""
+    """The run's per-group accumulators (backend.stats.GroupMoments), keyed by the quantity each estimates (REPORTED:
+    g_t for var_g, ∇L(w_t) for var_full_grad, L(w_t) for loss), Lemma 1's conditional variance (for var_g_rb), the
+    live count per step and the divergence log."""
 
     def __init__(self, K: int, T1: int, p: int, device: torch.device, rao_blackwell: bool) -> None:
-        self.g = GroupMoments.zeros(K, T1, device, d=p)
-        self.full = GroupMoments.zeros(K, T1, device, d=p)
-        self.loss = GroupMoments.zeros(K, T1, device, second=False)
+        self.moments = {VAR_G: GroupMoments.zeros(K, T1, device, d=p),
+                        VAR_FULL_GRAD: GroupMoments.zeros(K, T1, device, d=p),
+                        LOSS: GroupMoments.zeros(K, T1, device, second=False)}
         self.cond = GroupMoments.zeros(K, T1, device, second=False) if rao_blackwell else None
         self.finite = torch.zeros(T1, dtype=torch.float64, device=device)
         self.diverged = DivergenceLog()
@@ -193,9 +201,9 @@ class RunStats:
         ok = torch.isfinite(gb).all(dim=2) & (loss.abs() <= DIVERGENCE_LOSS) & torch.isfinite(full).all(dim=2)
         alive = div.update_block(ok, t0)  # (S, Rc): finite up to and including each step
         steps = slice(t0, t0 + S)
-        self.g.merge_(GroupMoments.of(gb, gid, alive, dim=1, vector=True), steps)
-        self.full.merge_(GroupMoments.of(full, gid, alive, dim=1, vector=True), steps)
-        self.loss.merge_(GroupMoments.of(loss, gid, alive, dim=1, second=False), steps)
+        self.moments[VAR_G].merge_(GroupMoments.of(gb, gid, alive, dim=1, vector=True), steps)
+        self.moments[VAR_FULL_GRAD].merge_(GroupMoments.of(full, gid, alive, dim=1, vector=True), steps)
+        self.moments[LOSS].merge_(GroupMoments.of(loss, gid, alive, dim=1, second=False), steps)
         if self.cond is not None:
             Z = torch.cat([Wb, torch.ones((S, Rc, 1), dtype=Wb.dtype, device=Wb.device)], dim=2)
             cond = c * (((Z @ pop.P) * Z).sum(dim=2) - full.square().sum(dim=2))
@@ -203,15 +211,12 @@ class RunStats:
         self.finite[t0:t0 + S] += alive.sum(dim=1)
 
     def result(self, K: int) -> ReplicaResult:
-        curves = {}
-        for name, est in (("var_g", self.g.variance_estimate()), ("var_full_grad", self.full.variance_estimate()),
-                          ("loss", self.loss.mean_estimate())):
-            curves[name] = est.curve()
+        curves = {name: estimate(self.moments[name]).curve() for name, estimate in REPORTED.items()}
         if self.cond is not None:
             # Rao–Blackwellised: mean_r var(g_t | F_t^{(r)}) + sample variance_r of E[g_t | F_t^{(r)}] = ∇L(w_t^{(r)}).
-            groups_rb = self.cond.means() + self.full.variances()
-            value = self.cond.pooled_mean() + curves["var_full_grad"]["value"]
-            curves["var_g_rb"] = batch_means(groups_rb, value, self.cond.count.cpu().numpy().sum(0)).curve()
+            groups_rb = self.cond.means() + self.moments[VAR_FULL_GRAD].variances()
+            value = self.cond.pooled_mean() + curves[VAR_FULL_GRAD]["value"]
+            curves[VAR_G_RB] = batch_means(groups_rb, value, self.cond.count.cpu().numpy().sum(0)).curve()
         return ReplicaResult(curves=curves, finite_count=self.finite.cpu().numpy().astype(np.int64),
                              diverged_at=self.diverged.first, diverged_replicas=self.diverged.count, groups=K)
 

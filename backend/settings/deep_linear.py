@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any, ClassVar
 
@@ -24,6 +24,7 @@ from backend.errors import ConfigError, TooExpensive
 from backend.exact import fraction_str, is_exact, jsonable_number, parse_number
 from backend.optim import OptimizerSpec
 from backend.progress import Progress
+from backend.quantities import LOSS, STEP_LOSS, STEP_VAR_G, VAR_G, per_layer
 from backend.settings.base import (STEP_ADVISOR_QUANTITIES, Quantity, cache_key, simulation_key, step_advise_cell,
                                    step_advisor_steps, step_document)
 from backend.stats import t_quantile
@@ -177,14 +178,12 @@ GPU_MODEL = GpuModel(efficiency={"float32": 0.25}, step_seconds=2.7e-4)
 def quantities(config: DeepLinearConfig) -> list[Quantity]:
     """var(g_{t,k} | F_0) per layer k, their sum, and the population loss; exact where an exact method applies."""
     how = "across-replica variance, batch-means SE (and the Rao–Blackwellised estimator from the Gaussian moments)"
-    rb = "Rao–Blackwellised"
-    layers = [Quantity(f"var_g_layer{k + 1}", f"var(g_t, layer {k + 1} | F_0)",
-                       rf"\operatorname{{var}}(g_{{t,{k + 1}}} \mid \mathcal F_0)", "t", True, how,
-                       estimators=((f"var_g_rb_layer{k + 1}", rb),))
-              for k in range(config.depth)]
-    return [*layers, Quantity("var_g", "var(g_t | F_0), all layers", r"\operatorname{var}(g_t \mid \mathcal F_0)", "t",
-                              True, how, estimators=(("var_g_rb", rb),)),
-            Quantity("loss", "E L(w_t)", r"\mathbb E\, L(w_t)", "t", True, "mean over replicas, batch-means SE")]
+    total = replace(STEP_VAR_G, label="var(g_t | F_0), all layers", estimator=how)
+    layers = [replace(total, name=per_layer(VAR_G, k), label=f"var(g_t, layer {k} | F_0)",
+                      latex=rf"\operatorname{{var}}(g_{{t,{k}}} \mid \mathcal F_0)",
+                      estimators=tuple((per_layer(name, k), what) for name, what in total.estimators))
+              for k in range(1, config.depth + 1)]
+    return [*layers, total, STEP_LOSS]
 
 
 def _names(config: DeepLinearConfig) -> list[str]:
@@ -201,8 +200,8 @@ def check(config: DeepLinearConfig, cache: ResultCache) -> dict[str, Any]:
     constant term (Theorem 4) and the threshold b₀ beyond which it decreases in b (Theorem 5); the method used."""
     _require_constant_b(config, "the check of Theorems 4–5")
     res = theory(config, cache)
-    return {str(t): {q: {"no_constant_term": c[0] == 0 if q != "loss" else None,
-                         "b0": th.decrease_threshold(c) if q != "loss" else None,
+    return {str(t): {q: {"no_constant_term": c[0] == 0 if q != LOSS else None,
+                         "b0": th.decrease_threshold(c) if q != LOSS else None,
                          "method": res["methods"][t]}
                      for q, c in qs.items()} for t, qs in res["polynomials"].items()}
 
@@ -256,9 +255,9 @@ def exact_polynomials(config: DeepLinearConfig, t: int) -> dict[str, list[Fracti
         T = [np.asarray(M, dtype=np.float64) for M in config.teacher_values]
         betas = th.variance_t0(W, T)
         delta, _ = th.products(W, T)
-        out = {f"var_g_layer{k + 1}": [Fraction(0), Fraction(float(beta))] for k, beta in enumerate(betas)}
-        out["var_g"] = [Fraction(0), Fraction(float(sum(betas)))]
-        out["loss"] = [Fraction(float(th.fro2(delta))) / 2]
+        out = {per_layer(VAR_G, k + 1): [Fraction(0), Fraction(float(beta))] for k, beta in enumerate(betas)}
+        out[VAR_G] = [Fraction(0), Fraction(float(sum(betas)))]
+        out[LOSS] = [Fraction(float(th.fro2(delta))) / 2]
         return out
     if config.scalar:
         ws = [M[0, 0] for M in config.w0_values]
@@ -323,8 +322,8 @@ def polynomial(config: DeepLinearConfig, t: int, quantity: str = "var_g", exact:
     exact = config.exact
     return {"t": t, "quantity": quantity, "basis": "inv_b", "exact": exact, "method": exact_method(config, t),
             "coefficients": [fraction_str(c) if exact else float(c) for c in coeffs],
-            "degree": len(coeffs) - 1, "constant_term_zero": coeffs[0] == 0 if quantity != "loss" else None,
-            "b0": th.decrease_threshold(coeffs) if quantity != "loss" else None}
+            "degree": len(coeffs) - 1, "constant_term_zero": coeffs[0] == 0 if quantity != LOSS else None,
+            "b0": th.decrease_threshold(coeffs) if quantity != LOSS else None}
 
 
 def _optimizer_tensors(config: DeepLinearConfig) -> int:

@@ -24,6 +24,7 @@ from backend.errors import ConfigError, TooExpensive
 from backend.exact import is_exact, jsonable_number, parse_number, rational, to_fraction, to_rational_array
 from backend.optim import OptimizerSpec
 from backend.progress import Progress
+from backend.quantities import STEP_QUANTITIES
 from backend.settings.base import (STEP_ADVISOR_QUANTITIES, Quantity, run_device_type, simulation_key,
                                    step_advise_cell, step_advisor_steps, step_document)
 from backend.stats import first_increase, polyfit_inv_b
@@ -168,15 +169,7 @@ RESUMABLE = False  # a run starts again from t = 0
 # (float64, one chunk each; benchmarks/gpu_check.py) — launch-bound up to 10⁴ replicas, then bound by the gathers and
 # products of the drawn rows of X; a replayed CUDA graph's launches hide behind its kernels (overlap)
 GPU_MODEL = GpuModel(efficiency={"float32": 0.00367}, step_seconds=1.69e-4, overlap=True)
-QUANTITIES = (
-    Quantity("var_g", "var(g_t | F_0)", r"\operatorname{var}(g_t \mid \mathcal F_0)", "t", True,
-             "across-replica variance of the mini-batch gradient, batch-means SE; also var_g_rb (Rao–Blackwellised: "
-             "Lemma 1's conditional variance averaged + the spread of ∇L(w_t), i.i.d. samplers)",
-             estimators=(("var_g_rb", "Rao–Blackwellised"),)),
-    Quantity("var_full_grad", "var(∇L(w_t) | F_0)", r"\operatorname{var}(\nabla L(w_t) \mid \mathcal F_0)", "t", True,
-             "across-replica variance of the full gradient, batch-means SE"),
-    Quantity("loss", "E L(w_t)", r"\mathbb E\, L(w_t)", "t", True, "mean over replicas, batch-means SE"),
-)
+QUANTITIES = STEP_QUANTITIES  # var_g (and var_g_rb), var_full_grad, loss: declared once in backend/quantities.py
 EXACT_QUANTITIES = tuple(q.name for q in QUANTITIES)
 EXACT_MAX_T = 30  # exact rational polynomials: cost grows like t² p⁴ with ever longer integers
 FLOAT_POLY_MAX_T = 400
