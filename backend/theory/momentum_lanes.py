@@ -23,10 +23,11 @@ import numpy as np
 
 @functools.cache
 def _compiled():
-    """The loop compiled by numba (once; cached on disk like the plain lanes' loop)."""
-    import numba
+    """The loop compiled by numba (backend/theory/lanes.py: momentum_loop; once, cached on disk like the plain
+    lanes' loop)."""
+    from backend.theory import lanes
 
-    return numba.njit(cache=True, nogil=True)(_momentum_lanes_loop)
+    return lanes.momentum_loop
 
 
 def warm_up() -> None:
@@ -42,94 +43,8 @@ def warm_up() -> None:
 
 
 def run_momentum_lanes(*args) -> None:
-    """``_momentum_lanes_loop`` compiled (arguments as there)."""
+    """``backend/theory/lanes.py: momentum_loop`` compiled (arguments as there)."""
     _compiled()(*args)
-
-
-def _momentum_lanes_loop(X, Y, Kp, zi, zj, vi, vj, F, lam, beta, sd, sv, weight_decay, lane_scale, shape, cs, hz,
-                         rec, grid, target, has_target, p, rec_out, grid_out, first_below):
-    """X (L, q² + p² + q): each lane's [vec Z | vec V^ww | m_w | 1] as in the plain loop (sorted by horizon, longest
-    first); Y (L, 2p² + p): [vec V^wv | vec V^vv | m_v]; β, s_d, s_v per lane; F and the outputs as the plain loop's.
-    Z and V^ww are symmetric, so the product Q(V^ww, m_w) is taken on their upper triangles (pairs (zi, zj), (vi,
-    vj)): Xp = [Z_{i≤j} | V_{i≤j} | 1] times Kp = K with the rows of (i, j) and (j, i) added and the columns of Q's
-    upper triangle and h̃ — a third of the plain product's arithmetic."""
-    L, width = X.shape
-    q = p + 1
-    Q2, P2 = q * q, p * p
-    nz, nv = len(zi), len(vi)
-    Xp = np.empty((L, nz + nv + 1))
-    Xp[:, -1] = 1.0
-    Qf = np.empty(P2)
-    a11 = np.empty(p)
-    D = np.empty(p)
-    ww = np.empty(P2)
-    wv = np.empty(P2)
-    vv = np.empty(P2)
-    for i in range(p):
-        D[i] = lam[i] + weight_decay
-    active = L
-    gi = 0
-    for t in range(hz[0] + 1 if L else 0):
-        while active > 0 and hz[active - 1] < t:
-            active -= 1
-        for l in range(active):  # Z_t = z zᵀ from z = X[l, −q:]
-            for i in range(q):
-                za = X[l, width - q + i]
-                for j in range(q):
-                    X[l, i * q + j] = za * X[l, width - q + j]
-        on_grid = gi < len(grid) and grid[gi] == t
-        for l in range(active):
-            if rec[l] == t or on_grid or has_target:
-                vals = F @ X[l]
-                if rec[l] == t:
-                    rec_out[l, :] = vals
-                if on_grid:
-                    grid_out[l, gi, :] = vals
-                if has_target and first_below[l] < 0 and vals[0] <= target:
-                    first_below[l] = t
-        if on_grid:
-            gi += 1
-        if t == hz[0]:
-            break
-        k = active
-        while k > 0 and hz[k - 1] <= t:  # lanes taking step t
-            k -= 1
-        if k == 0:
-            continue
-        for l in range(k):
-            for e in range(nz):
-                Xp[l, e] = X[l, zi[e] * q + zj[e]]
-            for e in range(nv):
-                Xp[l, nz + e] = X[l, Q2 + vi[e] * p + vj[e]]
-        R = Xp[:k] @ Kp  # [Q(V^ww_t, m_w)_{i≤j} | h̃] per lane
-        for l in range(k):
-            for e in range(nv):
-                Qf[vi[e] * p + vj[e]] = R[l, e]
-                Qf[vj[e] * p + vi[e]] = R[l, e]
-            a = lane_scale[l] * shape[t]
-            b = beta[l]
-            ad, a12 = a * sd[l], -a * sv[l]
-            for i in range(p):
-                a11[i] = 1.0 - ad * D[i]
-            for i in range(p):
-                for j in range(p):
-                    e = i * p + j
-                    qn = cs[l] * Qf[e]
-                    vww, vwv, vvw, vvv = X[l, Q2 + e], Y[l, e], Y[l, j * p + i], Y[l, P2 + e]
-                    # rows of A_i M_ij: (r1, r2) for w, (s1, s2) for v; then times A_jᵀ
-                    r1, r2 = a11[i] * vww + a12 * vvw, a11[i] * vwv + a12 * vvv
-                    s1, s2 = D[i] * vww + b * vvw, D[i] * vwv + b * vvv
-                    ww[e] = r1 * a11[j] + r2 * a12 + ad * ad * qn
-                    wv[e] = r1 * D[j] + r2 * b - ad * qn
-                    vv[e] = s1 * D[j] + s2 * b + qn
-            for e in range(P2):
-                X[l, Q2 + e] = ww[e]
-                Y[l, e] = wv[e]
-                Y[l, P2 + e] = vv[e]
-            for i in range(p):
-                mw, mv, h = X[l, Q2 + P2 + i], Y[l, 2 * P2 + i], R[l, nv + i]
-                X[l, Q2 + P2 + i] = a11[i] * mw + a12 * mv + ad * h
-                Y[l, 2 * P2 + i] = D[i] * mw + b * mv - h
 
 
 @dataclass(frozen=True)

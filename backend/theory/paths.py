@@ -111,10 +111,11 @@ def moment_paths(problem: LinRegProblem, w0: np.ndarray, scales: np.ndarray, sha
 def _compiled():
     """The time loop compiled by numba (on first use; the machine code is cached on disk, so later processes load
     it in a fraction of a second): 50 000 sequential steps cost microseconds each instead of numpy's per-call
-    overhead (benchmarks/TIMINGS.md)."""
-    import numba
+    overhead (benchmarks/TIMINGS.md). It lives in backend/theory/lanes.py with the momentum lanes' loop and the
+    bookkeeping they share, imported here at first use (numba costs ≈ 1 s to import)."""
+    from backend.theory import lanes
 
-    return numba.njit(cache=True, nogil=True)(_lanes_loop)
+    return lanes.plain_loop
 
 
 def _run_lanes(*args) -> None:
@@ -128,55 +129,3 @@ def warm_up() -> None:
     moment_paths(LinRegProblem(X, np.array([1.0, 0.0, -1.0])), np.zeros(2), np.array([0.1, 0.2]), np.ones(4),
                  np.array([0.5, 0.0]), np.array([4, 2]), grid=[0, 2], target=0.1)
 
-
-def _lanes_loop(X, K, F, lam, lane_scale, shape, cs, hz, rec, grid, target, has_target, p, rec_out, grid_out,
-                first_below):
-    """The time loop of moment_paths, compiled: X (L, q² + p² + q) the lanes' states [vec Z | vec V | μ | 1], sorted
-    by horizon (longest first, so the active lanes are a prefix); K = [Kz; Kv; 0; (0 | h̃)]; F the functionals
-    (E L, var ∇L, E tr Σ, E‖∇L‖²) read at each lane's recorded step (rec_out) and at the grid steps (grid_out)."""
-    L, width = X.shape
-    q = p + 1
-    Q2, P2 = q * q, p * p
-    A = np.empty(p)
-    active = L
-    gi = 0
-    for t in range(hz[0] + 1 if L else 0):
-        while active > 0 and hz[active - 1] < t:
-            active -= 1
-        for l in range(active):  # Z_t = z zᵀ from z = X[l, −q:]
-            for i in range(q):
-                zi = X[l, width - q + i]
-                for j in range(q):
-                    X[l, i * q + j] = zi * X[l, width - q + j]
-        on_grid = gi < len(grid) and grid[gi] == t
-        for l in range(active):
-            if rec[l] == t or on_grid or has_target:
-                vals = F @ X[l]
-                if rec[l] == t:
-                    rec_out[l, :] = vals
-                if on_grid:
-                    grid_out[l, gi, :] = vals
-                if has_target and first_below[l] < 0 and vals[0] <= target:
-                    first_below[l] = t
-        if on_grid:
-            gi += 1
-        if t == hz[0]:
-            break
-        k = active
-        while k > 0 and hz[k - 1] <= t:  # lanes taking step t
-            k -= 1
-        if k == 0:
-            continue
-        R = X[:k] @ K  # [Q(V_t, μ_t) | h̃] per lane
-        for l in range(k):
-            a = lane_scale[l] * shape[t]
-            noise = a * a * cs[l]
-            for i in range(p):
-                A[i] = 1.0 - a * lam[i]
-            for i in range(p):  # V_{t+1} = A V A + α² c Q(V, μ)
-                for j in range(p):
-                    c = Q2 + i * p + j
-                    X[l, c] = X[l, c] * A[i] * A[j] + noise * R[l, i * p + j]
-            for i in range(p):  # μ_{t+1} = A μ + α h̃
-                c = Q2 + P2 + i
-                X[l, c] = X[l, c] * A[i] + a * R[l, P2 + i]
