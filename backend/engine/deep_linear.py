@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from backend.engine.graphs import Replay
-from backend.engine.runner import (ChunkedRun, Divergence, DivergenceLog, check_cancel, chunks, report,
-                                   schedule_segments, seed_for)
+from backend.engine.runner import (ChunkedRun, Divergence, DivergenceLog, chunks, run_blocks, schedule_segments,
+                                   seed_for)
 from backend.optim import Optimizer
 from backend.quantities import LOSS, VAR_FULL_GRAD, VAR_G, VAR_G_RB, per_layer
 from backend.stats import GroupMoments, Groups, batch_means, group_ids, group_m2, n_groups_equal
@@ -300,22 +300,16 @@ class _PlainStep:
 
 @dataclass(frozen=True)
 class RunSpec(ChunkedRun):
-    """One deep-linear replica run (the shared controls: runner.ChunkedRun, K equal groups): the (reduced) initial
-    weights, the teacher's product T_prod, the schedule's segments and the step at which each starts, α_t and
-    −α_t/b_t (what the fused step loads), the recorded steps."""
+    """One deep-linear replica run (the shared controls and the schedule's segments: runner.ChunkedRun, K equal
+    groups): the (reduced) initial weights, the teacher's product T_prod, α_t and −α_t/b_t (what the fused step
+    loads), the recorded steps."""
 
     W0: list[np.ndarray]
     T_prod: torch.Tensor
     alphas: list[float]
-    segments: list[tuple[int, int]]
-    seg_at: dict[int, int]
     neg_steps: torch.Tensor  # −α_t/b_t
     rates: torch.Tensor  # what the step body loads: −α_t/b_t, or α_t for an optimizer
     recorded: list[int]
-
-    @property
-    def T1(self) -> int:
-        return len(self.alphas) + 1
 
     @property
     def layers(self) -> range:
@@ -351,7 +345,7 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
                                                                 device=device)
     spec = RunSpec(R=R, K=n_groups_equal(R), seed=seed, sampler=sampler, device=device, dtype=dtype,
                    cuda_graph=cuda_graph, optimizer=optimizer, progress=progress, cancel=cancel, W0=W0, T_prod=T_prod,
-                   alphas=list(alphas), segments=segments, seg_at={a: j for j, (a, _) in enumerate(bounds)},
+                   alphas=list(alphas), segments=segments, bounds=bounds,
                    neg_steps=neg_steps, rates=rates, recorded=recorded_steps(len(alphas), record_every))
     # per group and recorded step: the gradients' M2's (the fast path's, or merged where groups are not whole) and
     # the scalars' sums
@@ -387,32 +381,35 @@ def _curves(stats: dict[str, GroupMoments], layers: range) -> dict[str, dict]:
 
 
 class _ChunkRun:
-    """One chunk of whole groups through every step: between recorded steps the fused (or optimizer's) step with no
-    host synchronisation (a replayed graph on CUDA); at a recorded step the statistics, the divergence verdicts and
-    the update that fits them (docs/theory.md §4)."""
+    """One chunk of whole groups through every step, in the shared loop (runner.run_blocks: segments, blocks cut at
+    the recorded steps, cancel, progress, the divergence record): between recorded steps the fused (or optimizer's)
+    step with no host synchronisation (a replayed graph on CUDA); at a recorded step the statistics, the divergence
+    verdicts and the update that fits them (docs/theory.md §4)."""
 
     def __init__(self, spec: RunSpec, chunk, stats: dict[str, GroupMoments]) -> None:
         self.spec, self.chunk, self.stats = spec, chunk, stats
         Rc, groups, device = chunk.size, chunk.groups, spec.device
         self.gid = group_ids(chunk.start, chunk.stop, spec.R, spec.K, device, first=groups.start, G=len(groups))
         self.Ws = [torch.as_tensor(W, dtype=spec.dtype, device=device).expand(Rc, *W.shape).clone() for W in spec.W0]
-        self.div = Divergence(Rc, device)
         self.T_b = spec.T_prod.expand(Rc, *spec.T_prod.shape)
         self.G_c = len(groups)
         self.equal = Rc % self.G_c == 0 and bool((self.gid.lengths == Rc // self.G_c).all())
         self.rec = _ChunkRecord(Rc, self.G_c, len(spec.recorded), spec.layers, device)
         self.state = spec.optimizer.init(_layer_params(self.Ws)) if spec.optimizer is not None else {}  # static
         self.step_numbers = torch.arange(spec.T1, device=device)
+        self.record_index = {t: i for i, t in enumerate(spec.recorded)}
 
     def run(self) -> np.ndarray:
         """Every step of the chunk; returns its live replicas per recorded step (its statistics go to ``stats``)."""
-        spec, Rc = self.spec, self.chunk.size
-        record_index = {t: i for i, t in enumerate(spec.recorded)}
-        for t in range(spec.T1):
-            check_cancel(spec.cancel)
-            if t in spec.seg_at:  # a segment starts: its b, Σ̂ sampler (segment 0 as a constant b's; later ones own)
-                self.start_segment(spec.seg_at[t])
-            slot = record_index.get(t)
+        self.div = run_blocks(self.spec, self.chunk, self, stops=self.spec.recorded)
+        return self.rec.flush(self.stats, self.gid, self.chunk.groups, self.chunk.size // self.G_c)
+
+    def run_block(self, j: int, t0: int, t1: int, div: Divergence) -> int:
+        """Steps t0 … t1 − 1, only the last of which may be recorded (or the run's last). Returns the steps completed:
+        fewer when the whole chunk diverged (its later statistics stay empty)."""
+        spec = self.spec
+        for t in range(t0, t1):
+            slot = self.record_index.get(t)
             last = t == spec.T1 - 1
             if slot is None and not last:
                 # between recorded steps, no host synchronisation: the verdicts stay on the device and every replica
@@ -420,16 +417,14 @@ class _ChunkRun:
                 # until the next recorded step zeroes it); on CUDA the step is a replayed graph
                 self.plain.load(self.sig.draw_factor(), spec.rates[t], self.step_numbers[t], static=self.replay.enabled)
                 self.replay()
-                report(spec.progress, Rc)
-                continue
-            if self.recorded_step(t, slot, last):  # the whole chunk diverged: its later statistics stay empty
-                report(spec.progress, Rc * (spec.T1 - t))
-                break
-            report(spec.progress, Rc)
-        return self.rec.flush(self.stats, self.gid, self.chunk.groups, Rc // self.G_c)
+            elif self.recorded_step(t, slot, last):
+                return t - t0
+        return t1 - t0
 
-    def start_segment(self, j: int) -> None:
+    def start_segment(self, j: int, div: Divergence) -> None:
+        """Segment j's b, Σ̂ sampler (segment 0 as a constant b's; each later one its own) and step."""
         spec, chunk = self.spec, self.chunk
+        self.div = div
         b = self.b = spec.segments[j][0]
         seed = seed_for(spec.seed, b, chunk.number) if j == 0 else seed_for(spec.seed, b, chunk.number, j)
         self.sig = SigmaSampler(self.T_b.shape[-1], b, chunk.size, seed, spec.device, spec.dtype, spec.sampler)

@@ -26,8 +26,8 @@ from backend.engine.graphs import Replay
 from backend.optim import Optimizer
 from backend.quantities import LOSS, VAR_FULL_GRAD, VAR_G, VAR_G_RB
 from backend.engine.samplers import FLOYD_MAX, _stream_length, make_sampler
-from backend.engine.runner import (DIVERGENCE_LOSS, STEP_BLOCK, ChunkedRun, Divergence, DivergenceLog, check_cancel,
-                                   chunks, report, schedule_segments, seed_for)
+from backend.engine.runner import (DIVERGENCE_LOSS, STEP_BLOCK, ChunkedRun, Divergence, DivergenceLog, chunks,
+                                   run_blocks, schedule_segments, seed_for)
 from backend.stats import GroupMoments, batch_means, group_ids, n_groups
 
 # gathered batch elements (replicas × k × (p + 1)) per chunk: on a CPU a chunk's batches stay small; a GPU takes
@@ -155,20 +155,13 @@ class Population:
 
 @dataclass(frozen=True)
 class RunSpec(ChunkedRun):
-    """One replica run (the shared controls: runner.ChunkedRun): R replicas from w_0 for T = len(alphas) steps along
-    the schedule's segments [(b_i, steps_i)] (``bounds``: the steps [a_i, e_i) whose g_t segment i draws, the last
-    one also t = T), Lemma 1's factor per segment (None: no Rao–Blackwellised estimate)."""
+    """One replica run (the shared controls and the schedule's segments: runner.ChunkedRun): R replicas from w_0 for
+    T = len(alphas) steps, Lemma 1's factor per segment (None: no Rao–Blackwellised estimate)."""
 
     pop: Population
     w0: torch.Tensor
     alphas: torch.Tensor  # α_t on the device, padded past T so that every block reads STEP_BLOCK of them
-    segments: list[tuple[int, int]]
-    bounds: list[tuple[int, int]]
     seg_c: list[float | None]
-
-    @property
-    def T1(self) -> int:
-        return self.bounds[-1][1]
 
 
 # what each quantity of the table (backend/quantities.py: STEP_QUANTITIES) is over the replicas: the variance of
@@ -257,7 +250,7 @@ def run_replicas(
                    (list(c) if isinstance(c, (list, tuple)) else [c]))
     stats = RunStats(spec.K, T1, p, device, c is not None)
     for chunk in chunks(R, min(chunk_size(R, bj, n, p, device.type) for bj, _ in segments)):
-        stats.diverged.add(run_chunk(spec, chunk, stats))
+        stats.diverged.add(run_blocks(spec, chunk, ChunkSteps(spec, chunk, stats), block=STEP_BLOCK))
     return stats.result(spec.K)
 
 
@@ -284,28 +277,34 @@ def segment_block(spec: RunSpec, chunk, j: int, prev: StepBlock | None) -> tuple
     return block, draw, replay
 
 
-def run_chunk(spec: RunSpec, chunk, stats: RunStats) -> Divergence:
-    """The chunk's replicas through every segment, block after block of STEP_BLOCK steps; every replica steps, one
-    that diverged is left out of the statistics from then on. Returns the chunk's divergence record."""
-    gid = group_ids(chunk.start, chunk.stop, spec.R, spec.K, spec.device)
-    div = Divergence(chunk.size, spec.device)
-    pop, prev = spec.pop, None
-    for j, ((bj, _), (a, e), cj) in enumerate(zip(spec.segments, spec.bounds, spec.seg_c)):
-        block, draw, replay = segment_block(spec, chunk, j, prev)
-        for t0 in range(a, e, STEP_BLOCK):
-            check_cancel(spec.cancel)
-            S, t1 = min(STEP_BLOCK, e - t0), min(e, t0 + STEP_BLOCK)
-            block.load(draw.draw_steps(), spec.alphas[t0:t0 + STEP_BLOCK], static=replay.enabled)
-            if S == STEP_BLOCK:
-                replay()  # on CUDA a captured graph of the block's steps; elsewhere the same code, eagerly
-            else:
-                block.steps(S, pop.Xg, pop.y, pop.H, pop.h, pop.n, bj)
-            stats.add_block(pop, block.W[:S], block.g[:S], t0, div, gid, cj)
-            report(spec.progress, chunk.size * S)
-            if t1 < spec.T1:
-                block.update(S - 1, 0)
-        prev = block
-    return div
+class ChunkSteps:
+    """A chunk's step code for the shared loop (runner.run_blocks: segments, blocks of STEP_BLOCK steps, cancel,
+    progress, the divergence record): every replica steps, one that diverged is left out of the statistics from then
+    on."""
+
+    def __init__(self, spec: RunSpec, chunk, stats: RunStats) -> None:
+        self.spec, self.chunk, self.stats = spec, chunk, stats
+        self.gid = group_ids(chunk.start, chunk.stop, spec.R, spec.K, spec.device)
+        self.block: StepBlock | None = None
+
+    def start_segment(self, j: int, div: Divergence) -> None:
+        """Segment j's stream, step block (from where the previous one ended) and replay (segment_block)."""
+        self.block, self.draw, self.replay = segment_block(self.spec, self.chunk, j, self.block)
+
+    def run_block(self, j: int, t0: int, t1: int, div: Divergence) -> int:
+        """Steps t0 … t1 − 1: the block's indices and step sizes, its gradients and updates, their statistics, and
+        the update w_{t1} into slot 0 for the next block."""
+        spec, pop, block = self.spec, self.spec.pop, self.block
+        S = t1 - t0
+        block.load(self.draw.draw_steps(), spec.alphas[t0:t0 + STEP_BLOCK], static=self.replay.enabled)
+        if S == STEP_BLOCK:
+            self.replay()  # on CUDA a captured graph of the block's steps; elsewhere the same code, eagerly
+        else:
+            block.steps(S, pop.Xg, pop.y, pop.H, pop.h, pop.n, spec.segments[j][0])
+        self.stats.add_block(pop, block.W[:S], block.g[:S], t0, div, self.gid, spec.seg_c[j])
+        if t1 < spec.T1:
+            block.update(S - 1, 0)
+        return S
 
 
 def estimate_cost(R: int, T: int, b: int, n: int, p: int, device_type: str = "cpu") -> dict[str, float]:

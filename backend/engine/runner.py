@@ -1,5 +1,7 @@
 """What every replica engine's run shares: its replicas in chunks, cancellation, progress, and the divergence
-bookkeeping.
+bookkeeping; for the chunked engines (linear regression, the deep linear network) also the loop over a chunk's
+schedule segments and blocks of steps (``run_blocks``), each engine supplying its per-segment setup and its block of
+steps (``BlockSteps``).
 
 A replica diverges at the first step where one of its quantities is non-finite or explodes; from then on it is left
 out of every statistic, and the run reports the first such step and the count (docs/theory.md §4). The flags and
@@ -8,10 +10,11 @@ first steps stay on the device — updating them needs no host synchronisation �
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import threading
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -40,8 +43,9 @@ def schedule_segments(b: int | list[tuple[int, int]], T: int) -> tuple[list[tupl
 class ChunkedRun:
     """What the run specs of the chunked replica engines (linear regression, the deep linear network) share: R
     replicas in K statistics groups, the sampler and seed of their streams, the device and dtype, CUDA graphs, the
-    optimizer (backend/optim.py; None or plain: the engine's fused step), progress and cancel. Each engine's
-    ``RunSpec`` adds what is its own."""
+    optimizer (backend/optim.py; None or plain: the engine's fused step), progress and cancel, and the batch-size
+    schedule's segments [(b_i, steps_i)] with the steps [a_i, e_i) whose g_t each draws (``schedule_segments``; the
+    last one also t = T). Each engine's ``RunSpec`` adds what is its own."""
 
     R: int
     K: int
@@ -53,6 +57,13 @@ class ChunkedRun:
     optimizer: object  # backend.optim.Optimizer | None
     progress: Callable[[int], None] | None
     cancel: threading.Event | None
+    segments: list[tuple[int, int]]
+    bounds: list[tuple[int, int]]
+
+    @property
+    def T1(self) -> int:
+        """T + 1: the steps t = 0 … T whose statistics are taken."""
+        return self.bounds[-1][1]
 
 
 def seed_for(seed: int, *keys: int) -> int:
@@ -140,6 +151,47 @@ class Divergence:
         self.bad_at = torch.where(newly, t0 + alive.sum(dim=0), self.bad_at)
         self.alive = alive[-1]
         return alive
+
+
+class BlockSteps(Protocol):
+    """A chunked engine's step code for one chunk, as ``run_blocks`` drives it."""
+
+    def start_segment(self, j: int, div: Divergence) -> None:
+        """Segment j begins: its b_j, stream and step code, starting where the previous segment ended (w and the
+        optimizer's state, on the device)."""
+
+    def run_block(self, j: int, t0: int, t1: int, div: Divergence) -> int:
+        """Steps t0 … t1 − 1 of segment j: the statistics at each step that has them, the divergence verdicts into
+        ``div``, the updates. Returns the steps completed: fewer than t1 − t0 ends the chunk (every replica
+        diverged)."""
+
+
+def run_blocks(spec: ChunkedRun, chunk: Chunk, steps: BlockSteps, stops: Sequence[int] = (),
+               block: int = STEP_BLOCK) -> Divergence:
+    """One chunk's replicas through every step t = 0 … T, the loop every chunked engine shares: segment after segment
+    of the schedule (``spec.bounds``), ``steps.start_segment``, then blocks [t0, t1) of at most ``block`` steps (an
+    engine whose buffers hold that many passes its own), each also ending after a step in ``stops`` (sorted; e.g. the
+    recorded steps, the only ones of a block that may read the device back: only a block's last step is one). Before
+    each block the cancel check, after it the progress (replica-steps; where every replica diverged, the chunk's
+    remaining steps at once). Returns the chunk's divergence record, created here: its flags stay on the device and
+    are read when the chunk ends (docs/theory.md §4)."""
+    div = Divergence(chunk.size, spec.device)
+    for j, (a, e) in enumerate(spec.bounds):
+        steps.start_segment(j, div)
+        t0 = a
+        while t0 < e:
+            check_cancel(spec.cancel)
+            t1 = min(e, t0 + block)
+            i = bisect.bisect_left(stops, t0)
+            if i < len(stops) and stops[i] < t1:
+                t1 = stops[i] + 1
+            done = steps.run_block(j, t0, t1, div)
+            if done < t1 - t0:
+                report(spec.progress, chunk.size * (spec.T1 - t0))
+                return div
+            report(spec.progress, chunk.size * (t1 - t0))
+            t0 = t1
+    return div
 
 
 @dataclass
