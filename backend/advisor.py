@@ -23,11 +23,24 @@ DIVERGENCE_FACTOR = 1e6  # a b diverges when its expected loss is non-finite or 
 TARGET_HORIZON = 2  # steps_to_target is searched up to TARGET_HORIZON × T_b steps for each b
 MAX_STEPS = 2_000_000  # the longest run a budget may ask for (N / smallest b)
 GRID_POINTS = 60  # points of the noise-scale curve along t
+# the advisor's b axis (each b of batch_sizes at constant b for ⌊N / b⌋ steps) replaces a batch-size schedule: a config
+# carrying one is refused by every entry point, for every setting, in this one line (docs/theory.md §7, §12)
+SCHEDULE_REFUSED = ("the advisor runs each b of batch_sizes at constant b for ⌊N/b⌋ steps, which replaces a "
+                    "batch-size schedule: give batch_sizes instead of a batch_schedule (compare_schedule compares a "
+                    "schedule against constant b)")
+
+
+def refuse_schedule(config) -> None:
+    """A config with a batch_schedule is refused in one line naming the field (SCHEDULE_REFUSED)."""
+    if getattr(config, "batch_schedule", None) is not None:
+        raise ConfigError("batch_schedule", SCHEDULE_REFUSED)
 
 
 def check_request(config, budget: Any, scaling: Any, b_ref: Any, target_loss: Any) -> tuple[int, str, float, float | None]:
-    """The advisor's inputs, validated at the boundary (a ConfigError naming the option)."""
+    """The advisor's inputs, validated at the boundary (a ConfigError naming the option; a config with a
+    batch_schedule is refused: ``refuse_schedule``)."""
     setting = settings.for_config(config)
+    refuse_schedule(config)
     if not (hasattr(setting, "advise") or hasattr(setting, "advise_cell")):
         raise ConfigError("setting", f"the batch-size advisor cannot run the setting {config.setting!r}")
     b_min = min(config.batch_sizes)
@@ -155,6 +168,7 @@ def _run_cells(config, budget, scalings, b_ref, executor, progress, cancel):
 
 def sweep_cells(config, budget: int, scalings=tuple(SCALINGS), b_ref: float | None = None) -> list:
     """The run configs of a sweep (one per rule and b), e.g. for its cost estimate."""
+    refuse_schedule(config)
     setting = settings.for_config(config)
     b_ref = float(b_ref or min(config.batch_sizes))
     return [setting.advise_cell(config, b, budget, (b / b_ref) ** SCALINGS[s]) for s in scalings
@@ -346,6 +360,7 @@ def advise_momentum(config, budget: int, momenta, scalings=tuple(SCALINGS), b_re
     sweep per β. Returns {"momentum", "effective_lr", "scalings", "answers": {rule: {β: answer}}, "best_b": {rule:
     {β: b}}, "best": {rule: {"momentum", "b", "loss"} — the best (b, β) of the rule}}."""
     check_scalings(scalings)
+    refuse_schedule(config)
     momenta = check_momenta(momenta)
     configs = [momentum_config(config, beta, effective_lr) for beta in momenta]
     if hasattr(settings.for_config(config), "advise"):

@@ -218,3 +218,46 @@ def test_no_scaling_rule_is_a_clear_error(scalings):
         advisor.advise_rules(cfg, 480, scalings)
     with pytest.raises(api.ConfigError, match="scaling"):
         advisor.sweep(cfg, 480, scalings)
+
+
+def _with_schedule(setting):
+    """The setting's default config with a two-segment batch_schedule in place of its batch sizes (None: the setting
+    refuses a schedule when parsing: it trains in epochs)."""
+    from backend import settings
+
+    d = settings.get(setting).CONFIG.parse({"setting": setting})
+    raw = {k: v for k, v in d.to_json().items() if k not in ("batch_sizes", "steps")}
+    raw["batch_schedule"] = [[min(d.batch_sizes), 30], [max(d.batch_sizes), 20]]
+    try:
+        return parse_config(raw)
+    except api.ConfigError as e:
+        assert e.field == "batch_schedule" and "give batch_sizes" in e.message, e
+        return None
+
+
+@pytest.mark.parametrize("setting", sorted(__import__("backend.settings", fromlist=["SETTINGS"]).SETTINGS))
+def test_every_setting_refuses_a_batch_schedule_in_the_advisor_in_one_line(setting):
+    """The advisor's b axis replaces a batch-size schedule: every entry point (exact, replica sweep, plan, cells,
+    momentum axis) refuses a config carrying one, for every setting of the registry, in the same one line naming
+    batch_schedule (the epoch settings cannot carry one: their parse refuses it)."""
+    cfg = _with_schedule(setting)
+    if cfg is None:
+        return
+    budget = 10 * max(cfg.batch_sizes)
+    calls = {"advise": lambda: advisor.advise(cfg, budget), "advise_rules": lambda: advisor.advise_rules(cfg, budget),
+             "sweep": lambda: advisor.sweep(cfg, budget), "replica_plan": lambda: advisor.replica_plan(cfg, budget),
+             "sweep_cells": lambda: advisor.sweep_cells(cfg, budget),
+             "advise_momentum": lambda: advisor.advise_momentum(cfg, budget, [0, 0.5])}
+    for name, call in calls.items():
+        with pytest.raises(api.ConfigError) as err:
+            call()
+        assert err.value.field == "batch_schedule" and err.value.message == advisor.SCHEDULE_REFUSED, (name, err.value)
+        assert "\n" not in str(err.value)
+
+
+def test_the_cli_refuses_a_batch_schedule_in_one_line(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"setting": "deep_linear", "batch_schedule": [[2, 10], [8, 5]]}))
+    out = subprocess.run([sys.executable, "-m", "backend", "advise", str(path), "--budget", "80"], cwd=ROOT,
+                         capture_output=True, text=True, env=os.environ.copy(), timeout=120)
+    assert out.returncode == 2 and out.stderr == f"error: batch_schedule: {advisor.SCHEDULE_REFUSED}\n", out.stderr

@@ -78,3 +78,20 @@ def test_the_plan_guards_each_cell_on_the_executors_device(monkeypatch):
     seen.clear()
     advisor.replica_plan(config, 1024, ("none",), 4)  # no executor: this process's device
     assert seen == [core.resolve_device(config.device)] * 2
+
+
+def test_a_loaded_config_with_a_batch_schedule_runs_the_b_axis_with_a_note():
+    """A config file with a batch_schedule loaded on the advisor page: the page's b axis replaces the schedule (the
+    backend refuses a schedule: backend.advisor.SCHEDULE_REFUSED), so the page drops it, says so in one note, and
+    plans the batch sizes picked — never the parse error of a schedule beside batch sizes."""
+    at = open_page("pages/advisor.py")
+    by_label(at.sidebar.selectbox, "Setting").set_value("deep_linear")
+    at.run()
+    at.session_state["advs_deep_linear_raw"] = {"setting": "deep_linear", "batch_schedule": [[2, 10], [8, 5]],
+                                                "steps": 15, "replicas": 64}
+    at.session_state["advs_deep_linear_gen"] = at.session_state["advs_deep_linear_gen"] + 1
+    at.run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    notes = [c.value for c in at.caption if "batch_schedule" in c.value]
+    assert len(notes) == 1 and "replaces" in notes[0], [c.value for c in at.caption]
+    assert "1 rule(s) ×" in run_box(at)

@@ -31,6 +31,10 @@ def show(setting: str) -> None:
     prefix = f"advs_{setting}"
     raw0, d, k = field_helpers(prefix, setting)
     presets_and_upload(prefix, setting)
+    if "batch_schedule" in raw0:  # the page's b axis replaces it (the backend refuses one: advisor.SCHEDULE_REFUSED)
+        raw0 = {key: v for key, v in raw0.items() if key not in ("batch_schedule", "steps")}
+        st.caption("The loaded config's batch_schedule is not used: the advisor's b axis replaces it (each b below "
+                   "runs at constant b for ⌊N/b⌋ steps).")
     sb = st.sidebar
     bs = batch_sizes(d, k, [1, 2, 4, 8, 16, 32, 64, 128, 256])
     config = validated({**api.defaults(setting), **raw0, "setting": setting, "batch_sizes": bs}, remember=False)
