@@ -18,12 +18,14 @@ bias correction and AdamW's decoupled decay). The rule is one piece, not optax's
 
 The state is a plain dict of tensors (a checkpoint stores it as it is), allocated once by ``init`` and updated in
 place (static buffers for CUDA graphs: the momentum buffer starts at 0, which makes v_1 = β·0 + d_0 = d_0 exactly);
-α_t may be a Python float or a 0-dim tensor on the device. Pieces never write to the updates they are given.
+α_t may be a Python float or a 0-dim tensor on the device. Pieces never write to the updates they are given;
+those that need work space (weight decay's d = g + λw, Adam's α m̂ and √v̂ + ε) keep buffers (``Scratch``)
+reused from step to step, so a step allocates no parameter-sized temporaries.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Protocol
 
@@ -54,6 +56,34 @@ class Rule(Protocol):
     def init(self, params: Params) -> State: ...
 
     def apply(self, params: Params, updates: Params, state: State, lr: Rate, t: int | torch.Tensor) -> None: ...
+
+
+class Scratch:
+    """Work buffers a piece reuses from step to step instead of allocating temporaries (for a wide model each one is
+    a pass of the parameters' size): allocated at a piece's first step, again only if a tensor's shape, dtype or
+    device changes. Not optimizer state: never checkpointed, and empty again when pickled or copied. A piece is used
+    by one run at a time (each run builds its own optimizer)."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def __reduce__(self):
+        return (Scratch, ())
+
+    def like(self, key: str, t: torch.Tensor) -> torch.Tensor:
+        """A buffer of t's shape, dtype and device, one per ``key``."""
+        buf = self.buffers.get(key)
+        if buf is None or buf.shape != t.shape or buf.dtype != t.dtype or buf.device != t.device:
+            buf = self.buffers[key] = torch.empty(t.shape, dtype=t.dtype, device=t.device)
+        return buf
+
+    def flat(self, key: str, size: int, t: torch.Tensor) -> torch.Tensor:
+        """A contiguous buffer shaped as t: a view of one flat buffer of ``size`` elements (≥ t's) per ``key``,
+        shared by the tensors a piece works on one after another."""
+        buf = self.buffers.get(key)
+        if buf is None or buf.numel() != size or buf.dtype != t.dtype or buf.device != t.device:
+            buf = self.buffers[key] = torch.empty(size, dtype=t.dtype, device=t.device)
+        return buf[:t.numel()].view(t.shape)
 
 
 def _per_replica(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -88,12 +118,16 @@ class AddDecayedWeights:
     """L2 weight decay, coupled (SGD's and Adam's ``weight_decay``): d = g + λ w."""
 
     weight_decay: float
+    scratch: "Scratch" = field(default_factory=lambda: Scratch(), init=False, repr=False, compare=False)
 
     def init(self, params: Params) -> State:
         return {}
 
     def update(self, updates: Params, state: State, params: Params, t: int | torch.Tensor) -> Params:
-        return {k: u.add(params[k], alpha=self.weight_decay) for k, u in updates.items()}
+        """d = g + λ w written into this piece's buffers (one per parameter, reused every step: no temporaries);
+        the returned updates are those buffers, valid until its next update."""
+        return {k: torch.add(u, params[k], alpha=self.weight_decay, out=self.scratch.like(k, u))
+                for k, u in updates.items()}
 
 
 @dataclass(frozen=True)
@@ -103,6 +137,7 @@ class Trace:
 
     momentum: float
     nesterov: bool = False
+    scratch: "Scratch" = field(default_factory=lambda: Scratch(), init=False, repr=False, compare=False)
     prefix = "momentum"
 
     def init(self, params: Params) -> State:
@@ -113,7 +148,8 @@ class Trace:
         for k, d in updates.items():
             buf = state[f"{self.prefix}.{k}"]
             buf.mul_(self.momentum).add_(d)
-            out[k] = d.add(buf, alpha=self.momentum) if self.nesterov else buf
+            # Nesterov's d + β v into this piece's buffer (reused every step), valid until its next update
+            out[k] = torch.add(d, buf, alpha=self.momentum, out=self.scratch.like(k, d)) if self.nesterov else buf
         return out
 
 
@@ -143,6 +179,7 @@ class AdamStep:
     b2: float = 0.999
     eps: float = 1e-8
     decoupled_weight_decay: float = 0.0
+    scratch: "Scratch" = field(default_factory=lambda: Scratch(), init=False, repr=False, compare=False)
 
     def init(self, params: Params) -> State:
         state = {}
@@ -152,8 +189,12 @@ class AdamStep:
         return state
 
     def apply(self, params: Params, updates: Params, state: State, lr: Rate, t: int | torch.Tensor) -> None:
+        """In place: the step's α m̂ and √v̂ + ε go through two flat buffers of the largest parameter's size, kept by
+        this piece and reused by every parameter and step (the same operations in the same order as
+        ``a * (m / e1) / ((v / e2).sqrt() + eps)``, so the same bits, without per-step temporaries)."""
         b1, b2 = self.b1, self.b2
         c1, c2 = 1 - b1 ** (t + 1), 1 - b2 ** (t + 1)
+        size = max(p.numel() for p in params.values())
         for k, p in params.items():
             d, m, v = updates[k], state[f"m.{k}"], state[f"v.{k}"]
             a, e1, e2 = _lanes(lr, p), _lanes(c1, p), _lanes(c2, p)
@@ -161,7 +202,9 @@ class AdamStep:
             v.mul_(b2).addcmul_(d, d, value=1 - b2)
             if self.decoupled_weight_decay:
                 p.mul_(1 - a * self.decoupled_weight_decay)
-            p.sub_(a * (m / e1) / ((v / e2).sqrt() + self.eps))
+            step = torch.div(m, e1, out=self.scratch.flat("step", size, p)).mul_(a)  # α m̂
+            den = torch.div(v, e2, out=self.scratch.flat("den", size, p)).sqrt_().add_(self.eps)  # √v̂ + ε
+            p.sub_(step.div_(den))
 
 
 @dataclass(frozen=True)

@@ -214,3 +214,43 @@ def test_spec_refuses_what_a_setting_cannot_run_and_names_its_field():
     with pytest.raises(ConfigError) as err:
         optim.OptimizerSpec.parse({"momentum": 2}, field="model.optimizer")
     assert err.value.field == "model.optimizer.momentum"
+
+
+class _NewStorage(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records every aten op whose tensor output of at least ``size`` elements is new storage (none of its inputs',
+    no ``out=`` buffer): a temporary allocated by the step."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size, self.new = size, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        flat = torch.utils._pytree.tree_flatten
+        given = {t.untyped_storage().data_ptr() for t in flat((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        self.new += [(str(func), tuple(t.shape)) for t in flat(out)[0] if isinstance(t, torch.Tensor)
+                     and t.numel() >= self.size and t.untyped_storage().data_ptr() not in given]
+        return out
+
+
+@pytest.mark.parametrize("opt", [optim.adam(), optim.adam(weight_decay=0.1), optim.adamw(weight_decay=0.1),
+                                 optim.sgd(0, False, 0.01), optim.sgd(0.9, True, 0.01)],
+                         ids=["adam", "adam-l2", "adamw", "sgd-decay", "nesterov-decay"])
+@pytest.mark.parametrize("lr", [0.01, "lanes"])
+def test_a_step_allocates_no_parameter_sized_temporaries(opt, lr):
+    """Weight decay, Nesterov's step and Adam(W)'s step work in buffers reused from step to step: after the first
+    step, no op of a step makes a new tensor of a parameter's size (a wide model's step is passes over memory
+    already there). The numbers are torch.optim's (test_equals_torch_optim_on_separate_copies)."""
+    gen = torch.Generator().manual_seed(0)
+    params = {"w1": torch.randn(4, 64, 32, generator=gen), "w2": torch.randn(4, 32, 16, generator=gen),
+              "b": torch.randn(4, 16, generator=gen)}
+    grads = {k: torch.randn(v.shape, generator=gen) for k, v in params.items()}
+    rate = torch.linspace(0.005, 0.02, 4, dtype=torch.float64) if lr == "lanes" else lr
+    state = opt.init(params)
+    opt.step(params, grads, state, rate, 0)
+    before = {k: v.clone() for k, v in grads.items()}
+    with _NewStorage(64) as mode:
+        opt.step(params, grads, state, rate, 1)
+    assert mode.new == [], mode.new
+    assert all(torch.equal(grads[k], before[k]) for k in grads)  # the gradients it was given are not written
