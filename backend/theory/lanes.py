@@ -15,6 +15,36 @@ _compile = numba.njit(cache=True, nogil=True)
 
 
 @_compile
+def matmul(A, B):
+    """A B (2-D float64), each entry summed over r = 0, 1, … in order with one rounded multiply and one rounded add a
+    term (numba contracts nothing into an FMA without fastmath): the same bits whatever the thread count. numpy's
+    ``@`` (OpenBLAS) orders its sums by the number of threads, so the advisor's last bits followed
+    OPENBLAS_NUM_THREADS; every product of the recursion goes through here instead."""
+    m, n = A.shape
+    k = B.shape[1]
+    out = np.zeros((m, k))
+    i = 0
+    while i + 4 <= m:  # four rows at once share the loads of B (each entry's sum keeps its order)
+        o0, o1, o2, o3 = out[i], out[i + 1], out[i + 2], out[i + 3]
+        for r in range(n):
+            a0, a1, a2, a3 = A[i, r], A[i + 1, r], A[i + 2, r], A[i + 3, r]
+            for j in range(k):
+                b = B[r, j]
+                o0[j] += a0 * b
+                o1[j] += a1 * b
+                o2[j] += a2 * b
+                o3[j] += a3 * b
+        i += 4
+    for i in range(i, m):
+        o = out[i]
+        for r in range(n):
+            a = A[i, r]
+            for j in range(k):
+                o[j] += a * B[r, j]
+    return out
+
+
+@_compile
 def observe(X, F, hz, rec, grid, t, book, target, has_target, q, rec_out, grid_out, first_below):
     """Step t's bookkeeping of either loop, on X (L, q² + … + q) the lanes' states [vec Z | … | z] sorted by horizon
     (longest first, so the active lanes are a prefix): retire the lanes past their horizon; Z_t = z zᵀ from
@@ -34,7 +64,11 @@ def observe(X, F, hz, rec, grid, t, book, target, has_target, q, rec_out, grid_o
     on_grid = gi < len(grid) and grid[gi] == t
     for l in range(active):
         if rec[l] == t or on_grid or has_target:
-            vals = F @ X[l]
+            nf = len(F) if rec[l] == t or on_grid else 1  # the target reads E L = F[0] · X[l] alone
+            vals = np.zeros(len(F))  # F · X[l], summed in order (see matmul)
+            for f in range(nf):
+                for r in range(width):
+                    vals[f] += F[f, r] * X[l, r]
             if rec[l] == t:
                 rec_out[l, :] = vals
             if on_grid:
@@ -65,7 +99,7 @@ def plain_loop(X, K, F, lam, lane_scale, shape, cs, hz, rec, grid, target, has_t
         k = observe(X, F, hz, rec, grid, t, book, target, has_target, q, rec_out, grid_out, first_below)
         if k == 0:
             continue
-        R = X[:k] @ K  # [Q(V_t, μ_t) | h̃] per lane
+        R = matmul(X[:k], K)  # [Q(V_t, μ_t) | h̃] per lane
         for l in range(k):
             a = lane_scale[l] * shape[t]
             noise = a * a * cs[l]
@@ -112,7 +146,7 @@ def momentum_loop(X, Y, Kp, zi, zj, vi, vj, F, lam, beta, sd, sv, weight_decay, 
                 Xp[l, e] = X[l, zi[e] * q + zj[e]]
             for e in range(nv):
                 Xp[l, nz + e] = X[l, Q2 + vi[e] * p + vj[e]]
-        R = Xp[:k] @ Kp  # [Q(V^ww_t, m_w)_{i≤j} | h̃] per lane
+        R = matmul(Xp[:k], Kp)  # [Q(V^ww_t, m_w)_{i≤j} | h̃] per lane
         for l in range(k):
             for e in range(nv):
                 Qf[vi[e] * p + vj[e]] = R[l, e]

@@ -30,32 +30,36 @@ def moment_paths(problem: LinRegProblem, w0: np.ndarray, scales: np.ndarray, sha
     The recursion of docs/theory.md §1 in its stable form, run in the eigenbasis of H (A_t = I − α_t H is then
     diagonal, so A V Aᵀ is an elementwise product), with V ↦ (1/n) Σ (x_iᵀVx_i) x_i x_iᵀ and μ ↦ (1/n) Σ r_i² x_i x_iᵀ
     as precomputed Kronecker matrices and lanes retired at their horizon: cost O(Σ_l horizon_l · p⁴). Agrees with
-    ``moment_curves`` at every step (tested)."""
+    ``moment_curves`` at every step (tested). Every product here and in the loop sums in a fixed order
+    (backend/theory/lanes.py: matmul), not through numpy's BLAS, whose sums follow its thread count: the numbers are
+    the same bits whatever OPENBLAS_NUM_THREADS (tests/test_lanes_threads.py); only the p × p eigendecomposition is
+    LAPACK's (unthreaded at any p this recursion can hold)."""
     X, y = np.asarray(problem.X, dtype=np.float64), np.asarray(problem.y, dtype=np.float64)
     n, p = X.shape
     q = p + 1
-    lam, U = np.linalg.eigh(X.T @ X / n)
-    Xe = X @ U  # rows x̃_i = Uᵀ x_i
-    he = Xe.T @ y / n
-    loss0 = float(y @ y) / (2 * n)
+    lam, U = np.linalg.eigh(_dot(X.T, X) / n)
+    Xe = _dot(X, U)  # rows x̃_i = Uᵀ x_i
+    he = _dot(Xe.T, y) / n
+    loss0 = float(_dot(y, y)) / (2 * n)
     outer = (Xe[:, :, None] * Xe[:, None, :]).reshape(n, p * p)  # vec(x̃ x̃ᵀ)
     # With z = [μ; 1] and Z = z zᵀ (vec), everything the recursion needs is linear in vec V and vec Z:
     #   Q(V, μ) = (1/n) Σ (x̃ᵀVx̃) x̃x̃ᵀ − ΛVΛ + (1/n) Σ r_i² x̃x̃ᵀ − ∇L ∇Lᵀ = V·Kv + Z·Kz   (r_i = ũ_iᵀ z, ∇L = G z)
     #   E L = ½ zᵀ [[Λ, −h], [−hᵀ, 2 L_0]] z + ½ tr(Λ V) = Z·lz + V·lv,   tr HVH = V·hv,   E tr Σ = V·sv + Z·sz
     lam_outer = np.outer(lam, lam).reshape(-1)
-    Kv = outer.T @ outer / n - np.diag(lam_outer)
+    fourth = _dot(outer.T, outer) / n  # (1/n) Σ vec(x̃x̃ᵀ) vec(x̃x̃ᵀ)ᵀ
+    Kv = fourth - np.diag(lam_outer)
     ue = np.concatenate([Xe, -y[:, None]], axis=1)
     G = np.concatenate([np.diag(lam), -he[:, None]], axis=1)  # ∇L(μ) = G z
-    Kz = (ue[:, :, None] * ue[:, None, :]).reshape(n, q * q).T @ outer / n - np.kron(G, G).T
+    Kz = _dot((ue[:, :, None] * ue[:, None, :]).reshape(n, q * q).T, outer) / n - np.kron(G, G).T
     Mq = np.zeros((q, q))
     Mq[:p, :p], Mq[:p, p], Mq[p, :p], Mq[p, p] = np.diag(lam), -he, -he, 2 * loss0
     lz, lv = Mq.reshape(-1) / 2, np.diag(lam).reshape(-1) / 2
     hv = np.diag(lam * lam).reshape(-1)
     eye = np.eye(p).reshape(-1)
-    sv = (outer.T @ outer / n) @ eye - hv  # tr Q_V(V) = (1/n) Σ (x̃ᵀVx̃)‖x̃‖² − tr ΛVΛ
-    sz = Kz @ eye  # tr Q_m(μ) = Z·sz
+    sv = _dot(fourth, eye) - hv  # tr Q_V(V) = (1/n) Σ (x̃ᵀVx̃)‖x̃‖² − tr ΛVΛ
+    sz = _dot(Kz, eye)  # tr Q_m(μ) = Z·sz
     lam_vec = np.diag(lam).reshape(-1)  # tr(Λ Q_V(V)) = (1/n) Σ (x̃ᵀVx̃)(x̃ᵀΛx̃) − tr Λ³V,  tr(Λ Q_m(μ)) = Z·(Kz vec Λ)
-    sv_h, sz_h = (outer.T @ outer / n) @ lam_vec - np.diag(lam ** 3).reshape(-1), Kz @ lam_vec
+    sv_h, sz_h = _dot(fourth, lam_vec) - np.diag(lam ** 3).reshape(-1), _dot(Kz, lam_vec)
 
     horizon = np.asarray(horizon, dtype=np.int64)
     record_at = horizon if record_at is None else np.asarray(record_at, dtype=np.int64)
@@ -72,7 +76,7 @@ def moment_paths(problem: LinRegProblem, w0: np.ndarray, scales: np.ndarray, sha
     # D_t = [vec(A_t ⊗ A_t) | A_t] (A_t = I − α_t Λ, diagonal here) and M_t = [α_t² c | α_t] per lane: one GEMM and a
     # few elementwise products per step, whatever the number of lanes; E L = X·[lz | lv | 0].
     X = np.zeros((L, Q2 + P2 + q))
-    X[:, Q2 + P2:Q2 + P2 + p] = np.asarray(w0, dtype=np.float64) @ U
+    X[:, Q2 + P2:Q2 + P2 + p] = _dot(np.asarray(w0, dtype=np.float64), U)
     X[:, -1] = 1.0
     K = np.zeros((Q2 + P2 + q, P2 + p))
     K[:Q2, :P2], K[Q2:Q2 + P2, :P2], K[-1, P2:] = Kz, Kv, he
@@ -84,9 +88,9 @@ def moment_paths(problem: LinRegProblem, w0: np.ndarray, scales: np.ndarray, sha
     l_loss = on_state(lv, lz)
     l_var_full = on_state(hv, np.zeros(Q2))  # E‖∇L − E∇L‖² = tr HVH = V·hv
     l_trace = on_state(sv, sz)  # E tr Σ(w_t) = tr Q_V(V) + tr Q_m(μ)
-    l_grad2 = on_state(hv, (G.T @ G).reshape(-1))  # E‖∇L(w_t)‖² = tr HVH + ‖∇L(μ)‖²
+    l_grad2 = on_state(hv, _dot(G.T, G).reshape(-1))  # E‖∇L(w_t)‖² = tr HVH + ‖∇L(μ)‖²
     l_htrace = on_state(sv_h, sz_h)  # E tr(H Σ(w_t))
-    l_hgrad2 = on_state(np.diag(lam ** 3).reshape(-1), (G.T @ np.diag(lam) @ G).reshape(-1))  # E ∇LᵀH∇L
+    l_hgrad2 = on_state(np.diag(lam ** 3).reshape(-1), _dot(_dot(G.T, np.diag(lam)), G).reshape(-1))  # E ∇LᵀH∇L
     F = np.stack([l_loss, l_var_full, l_trace, l_grad2, l_htrace, l_hgrad2])  # read at recorded and grid steps
     rec_out = np.full((L, len(F)), np.nan)  # per lane at its recorded step: E L, var ∇L, E tr Σ, E‖∇L‖², the H-weighted
     grid_out = np.full((L, Gn, len(F)), np.nan)
@@ -105,6 +109,17 @@ def moment_paths(problem: LinRegProblem, w0: np.ndarray, scales: np.ndarray, sha
                "grid_hessian_noise_scale": grid_out[:, :, 4] / grid_out[:, :, 5]}
     inverse = np.argsort(order)
     return {key: val[inverse] for key, val in out.items()}
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b (1-D or 2-D, float64) with each entry's sum in a fixed order (backend/theory/lanes.py: matmul): the same
+    bits whatever OpenBLAS's thread count, which orders numpy's sums."""
+    from backend.theory import lanes
+
+    A, B = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    out = lanes.matmul(np.ascontiguousarray(A.reshape(1, -1) if A.ndim == 1 else A),
+                       np.ascontiguousarray(B.reshape(-1, 1) if B.ndim == 1 else B))
+    return out.reshape(A.shape[:-1] + B.shape[1:])
 
 
 @functools.cache
