@@ -49,12 +49,33 @@ def parse_config(raw: Any):
     return settings.get(setting).CONFIG.parse(expand_preset(raw))
 
 
+JSON_DECIMALS = "json_decimals"  # the top-level marker of a written config: its JSON decimals are floats
+
+
+def dumps(config) -> str:
+    """``config`` as the JSON the downloads write: ``config.to_json()`` (exact numbers as "p/q" strings, floats as
+    JSON decimals) with the marker ``"json_decimals": "float"``, so that :func:`loads` reads its decimals back as the
+    floats they were: ``parse_config(loads(dumps(c))) == c``, with the same cache key."""
+    return json.dumps({JSON_DECIMALS: "float", **config.to_json()}, indent=2)
+
+
 def loads(text: str) -> dict:
-    """Parse JSON keeping decimal numbers exact (they become strings, read as rationals by the config)."""
+    """Parse JSON keeping decimal numbers exact (they become strings, read as rationals by the config: 0.8 is 4/5), as
+    a hand-written config means them — unless the object has the top-level marker ``"json_decimals": "float"`` (what
+    :func:`dumps`, i.e. every download, writes): then its decimals are floats, as to_json wrote them. The marker is
+    taken out here, the one place it is read; any other value of it is refused naming the field."""
     try:
-        return json.loads(text, parse_float=lambda s: s)
+        raw = json.loads(text, parse_float=lambda s: s)
     except json.JSONDecodeError as e:
         raise ConfigError("config", f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    if not isinstance(raw, dict) or JSON_DECIMALS not in raw:
+        return raw
+    if raw[JSON_DECIMALS] != "float":
+        raise ConfigError(JSON_DECIMALS, f"expected 'float' (the decimals of a downloaded config are floats; leave it "
+                                         f"out to read them as exact rationals), got {raw[JSON_DECIMALS]!r}")
+    raw = json.loads(text)  # the same document (it parsed above), its decimals as floats
+    del raw[JSON_DECIMALS]
+    return raw
 
 
 # -- URL query parameters ---------------------------------------------------------------------------------------

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
+
+from backend.config import dumps
 
 
 def curves_csv(t: np.ndarray, batch_sizes: list[int], theory_curves: dict | None, sim: dict | None,
@@ -25,7 +25,9 @@ def curves_csv(t: np.ndarray, batch_sizes: list[int], theory_curves: dict | None
 
 
 def config_json(config) -> str:
-    return json.dumps(config.to_json(), indent=2)
+    """The config as reloadable JSON: ``backend.config.dumps`` (to_json with the marker ``"json_decimals": "float"``,
+    so that loading it back gives the same config and cache key)."""
+    return dumps(config)
 
 
 def table_csv(rows: list[dict]) -> str:

@@ -81,6 +81,25 @@ def test_bad_config_exit_2(tmp_path, cfg, field):
     assert out.stderr.startswith(f"error: {field}")
 
 
+def test_a_downloaded_config_keeps_its_floats(tmp_path):
+    """The CLI reads a config as the page downloads it (export.config_json, with "json_decimals": "float"): lr.c 0.8
+    stays the float it was, so the polynomial is a float one; the same file without the marker is hand-written JSON,
+    its 0.8 the exact 4/5, and the polynomial exact."""
+    from backend import export
+    from backend.config import parse_config
+
+    download = export.config_json(parse_config(tiny_config_json(lr={"schedule": "constant", "c": 0.8})))
+    out = cli("polynomial", "--t", "3", config=download, tmp_path=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["exact"] is False
+    hand = {k: v for k, v in json.loads(download).items() if k != "json_decimals"}
+    out = cli("polynomial", "--t", "3", config=json.dumps(hand), tmp_path=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["exact"] is True
+    out = cli("theory", config={**hand, "json_decimals": "exact"}, tmp_path=tmp_path)
+    assert out.returncode == 2 and out.stderr.startswith("error: json_decimals:") and len(out.stderr.splitlines()) == 1
+
+
 def test_bad_arguments_exit_2(tmp_path):
     assert cli("polynomial", config={}, tmp_path=tmp_path).returncode == 2  # --t missing
     out = cli("polynomial", "--t", "3", "--quantity", "nope", config={}, tmp_path=tmp_path)

@@ -1,10 +1,12 @@
 """Config validation at the boundary: round trips, exact numbers, and one clear message per bad field."""
 
+import json
 from fractions import Fraction
 
 import pytest
 from conftest import tiny_config_json
 
+from backend import core, export, settings
 from backend.config import from_query, loads, parse_config, to_query
 from backend.errors import ConfigError
 
@@ -158,3 +160,47 @@ def test_float_numbers_come_back_from_a_link_as_the_same_config_and_key(raw):
     assert simulation_key(back, torch.device("cpu")) == simulation_key(cfg, torch.device("cpu"))
     exact = parse_config({"setting": "linear_regression", "optimizer": {"name": "sgd", "momentum": "4/5"}})
     assert parse_config(from_query(to_query(exact))) == exact  # exact numbers stay exact
+
+
+def _with_float_lr(setting: str) -> dict:
+    """The setting's defaults (as to_json writes them) with the float learning rate 0.8 (and, for linear
+    regression, a float in w0) — fields that to_json writes as JSON decimals."""
+    raw = parse_config({"setting": setting}).to_json()
+    if "lr" in raw:
+        raw["lr"] = {**raw["lr"], "c": 0.8}
+    if setting == "linear_regression":
+        raw["w0"] = [0, 0, 0, 0, 0, 0, 0, 0.3]
+    return raw
+
+
+@pytest.mark.parametrize("setting", sorted(settings.SETTINGS))
+def test_a_downloaded_config_loads_back_as_the_same_config_and_cache_key(setting):
+    """The download (export.config_json, what the page's "Config (JSON, reloadable)" button writes) carries the
+    marker "json_decimals": "float", so loads reads its decimals as the floats to_json wrote: the same config and
+    cache key (before the marker, 0.8 came back as 4/5: another config, another key)."""
+    cfg = parse_config(_with_float_lr(setting))
+    text = export.config_json(cfg)
+    assert json.loads(text)["json_decimals"] == "float"
+    back = parse_config(loads(text))
+    assert back == cfg
+    assert core.simulation_key(back) == core.simulation_key(cfg)
+    if setting != "sequence":
+        assert isinstance(back.lr.c, float) and back.lr.c == 0.8
+
+
+def test_without_the_marker_decimals_stay_exact():
+    """The same document without the marker is a hand-written config: 0.8 is read as 4/5 (exact), as before."""
+    cfg = parse_config(_with_float_lr("linear_regression"))
+    doc = json.loads(export.config_json(cfg))
+    del doc["json_decimals"]
+    hand = parse_config(loads(json.dumps(doc)))
+    assert hand.lr.c == Fraction(4, 5) and hand.w0_values[-1] == Fraction(3, 10)
+    assert hand != cfg
+
+
+@pytest.mark.parametrize("value", ['"exact"', '"Float"', "1", "null", '["float"]'])
+def test_a_bad_json_decimals_marker_is_one_line_naming_it(value):
+    with pytest.raises(ConfigError) as err:
+        loads('{"json_decimals": %s, "lr": {"c": 0.8}}' % value)
+    assert err.value.field == "json_decimals"
+    assert str(err.value).startswith("json_decimals") and "\n" not in str(err.value)
