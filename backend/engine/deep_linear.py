@@ -435,62 +435,85 @@ class _ChunkRun:
     def recorded_step(self, t: int, slot: int | None, last: bool) -> bool:
         """A step that syncs with the host (a recorded one, or the last): the backward pass, the verdicts, the
         statistics at a recorded step, then the update. Returns whether every replica of the chunk has diverged."""
-        spec, Ws, state, div, b = self.spec, self.Ws, self.state, self.div, self.b
-        d, Rc = len(Ws), self.chunk.size
+        div = self.div
         if not bool(div.alive.all()):  # a recorded step syncs anyway
-            for W in (*Ws, *state.values()):  # replicas that diverged since: zero weights and velocities
-                W.masked_fill_(~div.alive[:, None, None], 0.0)  # (finite, fixed, out of the statistics)
-        acts, deltas, err = _backprop(Ws, self.T_b, self.sig.draw_factor())
+            self._zero(~div.alive)  # replicas that diverged since: zero weights and velocities
+        acts, deltas, err = _backprop(self.Ws, self.T_b, self.sig.draw_factor())
         # ‖g_k‖² per replica with g_k = δ_kᵀ a_{k−1} / b, from m × m Grams (a non-finite one means divergence)
-        norms = [_factored_norm2(deltas[k], acts[k]) / b**2 for k in range(d)]
+        norms = [_factored_norm2(deltas[k], acts[k]) / self.b**2 for k in range(len(self.Ws))]
         ok = torch.isfinite(err.sum(dim=(1, 2)))
         for g2 in norms:
             ok &= torch.isfinite(g2)
+        population = None
         if slot is not None:  # population quantities, at the recorded steps only
-            loss, fulls, conds = _population(Ws, spec.T_prod, b)
+            population = loss, _, conds = _population(self.Ws, self.spec.T_prod, self.b)
             ok &= torch.isfinite(loss) & (loss <= DIVERGENCE_LOSS)
             for cv in conds:
                 ok &= torch.isfinite(cv)
         fresh_dead = bool(div.update(ok, t).any())  # this path syncs anyway (it chooses the update below)
-        alive = div.alive
-        if fresh_dead and not bool(alive.any()):
+        if fresh_dead and not bool(div.alive.any()):
             return True
-        every = bool(alive.all())
-        grads: dict[int, torch.Tensor] = {}
-
-        def grad(k: int) -> torch.Tensor:  # materialised only where needed
-            if k not in grads:
-                grads[k] = _gradient(acts, deltas, k, b)
-            return grads[k]
-
+        grad = _LazyGradients(acts, deltas, self.b)
         if slot is not None:
-            rec, G_c = self.rec, self.G_c
-            rec.alive_at[:, slot] = alive
-            rec.scalars[LOSS][:, slot] = loss
-            for k, (G, cv) in enumerate(zip(fulls, conds)):
-                var_g, var_full = per_layer(VAR_G, k + 1), per_layer(VAR_FULL_GRAD, k + 1)
-                rec.scalars[per_layer(COND, k + 1)][:, slot] = cv
-                if every and self.equal:  # every group whole: M2 per group, kept until the chunk ends
-                    m2 = _factored_group_m2(deltas[k] * (1.0 / b), acts[k], norms[k], G_c)
-                    rec.m2(var_g, slot, group_m2(grad(k), G_c, consume=True) if m2 is None else m2)
-                    rec.m2(var_full, slot, group_m2(G, G_c, consume=True))
-                else:
-                    for q, x in ((var_g, grad(k)), (var_full, G)):
-                        self.stats[q].put(self.chunk.groups, GroupMoments.of(x.reshape(Rc, -1), self.gid, alive,
-                                                                             vector=True), slot)
-        if not last and spec.optimizer is not None:  # backend/optim.py's step; the newly diverged set to zero
-            spec.optimizer.step(_layer_params(Ws), {f"W{k + 1}": grad(k) for k in range(d)}, state, spec.alphas[t], t)
-            if fresh_dead:
-                for W in (*Ws, *state.values()):
-                    W.masked_fill_(~alive[:, None, None], 0.0)
-        elif not last:
-            if not fresh_dead:  # the dead, if any, hold zero weights: their update is exactly zero
-                _update_in_place(Ws, acts, deltas, spec.neg_steps[t])
-            else:  # newly diverged replicas: set to zero (finite, fixed), so the fast path can go on
-                a = spec.alphas[t]
-                for k, W in enumerate(Ws):  # in place: the weights are the buffers a captured step reads
-                    W.copy_(torch.where(alive[:, None, None], W - a * grad(k), 0.0))
+            self._record(slot, population, acts, deltas, norms, grad)
+        if not last:
+            self._update(t, acts, deltas, grad, fresh_dead)
         return False
+
+    def _zero(self, dead: torch.Tensor) -> None:
+        """Set the weights and velocities of the replicas ``dead`` to zero (finite, fixed, out of the statistics), in
+        place: they are the buffers a captured step reads."""
+        for W in (*self.Ws, *self.state.values()):
+            W.masked_fill_(dead[:, None, None], 0.0)
+
+    def _record(self, slot: int, population, acts, deltas, norms, grad: "_LazyGradients") -> None:
+        """The statistics of recorded step ``slot``: the loss and conditional variances per replica, the per-layer
+        M2 of g_t and ∇L(w_t) per group (docs/theory.md §4)."""
+        rec, G_c, alive, Rc = self.rec, self.G_c, self.div.alive, self.chunk.size
+        loss, fulls, conds = population
+        every = bool(alive.all())
+        rec.alive_at[:, slot] = alive
+        rec.scalars[LOSS][:, slot] = loss
+        for k, (G, cv) in enumerate(zip(fulls, conds)):
+            var_g, var_full = per_layer(VAR_G, k + 1), per_layer(VAR_FULL_GRAD, k + 1)
+            rec.scalars[per_layer(COND, k + 1)][:, slot] = cv
+            if every and self.equal:  # every group whole: M2 per group, kept until the chunk ends
+                m2 = _factored_group_m2(deltas[k] * (1.0 / self.b), acts[k], norms[k], G_c)
+                rec.m2(var_g, slot, group_m2(grad(k), G_c, consume=True) if m2 is None else m2)
+                rec.m2(var_full, slot, group_m2(G, G_c, consume=True))
+            else:
+                for q, x in ((var_g, grad(k)), (var_full, G)):
+                    self.stats[q].put(self.chunk.groups, GroupMoments.of(x.reshape(Rc, -1), self.gid, alive,
+                                                                         vector=True), slot)
+
+    def _update(self, t: int, acts, deltas, grad: "_LazyGradients", fresh_dead: bool) -> None:
+        """Step t's update after a recorded step: backend/optim.py's step, or the fused plain-SGD update; replicas
+        that have just diverged are set to zero."""
+        spec, Ws, alive = self.spec, self.Ws, self.div.alive
+        if spec.optimizer is not None:
+            spec.optimizer.step(_layer_params(Ws), {f"W{k + 1}": grad(k) for k in range(len(Ws))}, self.state,
+                                spec.alphas[t], t)
+            if fresh_dead:
+                self._zero(~alive)
+        elif not fresh_dead:  # the dead, if any, hold zero weights: their update is exactly zero
+            _update_in_place(Ws, acts, deltas, spec.neg_steps[t])
+        else:  # newly diverged replicas: set to zero (finite, fixed), so the fast path can go on
+            a = spec.alphas[t]
+            for k, W in enumerate(Ws):  # in place: the weights are the buffers a captured step reads
+                W.copy_(torch.where(alive[:, None, None], W - a * grad(k), 0.0))
+
+
+class _LazyGradients:
+    """The per-replica layer gradients g_k = δ_kᵀ a_{k−1} / b of a recorded step, each materialised at its first use
+    only."""
+
+    def __init__(self, acts, deltas, b: int) -> None:
+        self.acts, self.deltas, self.b, self.cache = acts, deltas, b, {}
+
+    def __call__(self, k: int) -> torch.Tensor:
+        if k not in self.cache:
+            self.cache[k] = _gradient(self.acts, self.deltas, k, self.b)
+        return self.cache[k]
 
 
 def generic_reduced_dims(dims: tuple[int, ...]) -> tuple[int, ...]:

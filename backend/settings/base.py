@@ -18,7 +18,7 @@ from backend.cache import ResultCache, make_key
 from backend.costs import GpuModel
 from backend.fields import curve_keys
 from backend.progress import Progress
-from backend.quantities import Quantity, estimated_by  # Quantity: the table's entries (settings import it here)
+from backend.quantities import STEP_QUANTITIES, Quantity, estimated_by  # Quantity: the tables' entries
 
 
 class Setting(Protocol):
@@ -95,7 +95,8 @@ def simulation_key(config, device: torch.device) -> str:
 
 # -- the batch-size advisor's hooks shared by the settings that run in SGD steps (backend/advisor.py) -----------
 
-STEP_ADVISOR_QUANTITIES = {"loss": "loss", "var_full_grad": "var_full_grad", "var_g": "var_g"}
+# the advisor's outputs (loss, var_full_grad, var_g) are named after the step quantities: each reads its own curve
+STEP_ADVISOR_QUANTITIES = {q.name: q.name for q in STEP_QUANTITIES}
 
 
 def scaled_lr(config, lr_factor: float) -> dict:

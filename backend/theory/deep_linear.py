@@ -33,6 +33,7 @@ import flint
 import numpy as np
 
 from backend.errors import TooExpensive
+from backend.quantities import LOSS, VAR_G, per_layer  # the curves' names, declared once
 from backend.theory.wishart import chi2_moment, sigma_moment
 
 MAX_MONOMIALS = 60_000  # refuse exact t = 1 beyond this many monomials (minutes of work)
@@ -194,10 +195,10 @@ def exact_t1(Ws, Ts, alpha, momentum=0, nesterov: bool = False, weight_decay=0) 
             m = E(entry)
             mean_sq = _poly_add(mean_sq, _poly_mul(m, m))
         var = _trim(_poly_add(second, [-c for c in mean_sq]))
-        out[f"var_g_layer{k + 1}"] = var
+        out[per_layer(VAR_G, k + 1)] = var
         total = _poly_add(total, var)
-    out["var_g"] = _trim(total)
-    out["loss"] = _trim([c / 2 for c in E(fro2(delta1))])
+    out[VAR_G] = _trim(total)
+    out[LOSS] = _trim([c / 2 for c in E(fro2(delta1))])
     return out
 
 
@@ -268,10 +269,10 @@ def exact_scalar(ws: Sequence, ts: Sequence, alphas: Sequence, t: int, momentum=
     for k, c in enumerate(cs):
         m = expect(c)
         var = _trim(_poly_add(_poly_mul([Fraction(1), Fraction(2)], expect(c * c)), [-x for x in _poly_mul(m, m)]))
-        out[f"var_g_layer{k + 1}"] = var
+        out[per_layer(VAR_G, k + 1)] = var
         total = _poly_add(total, var)
-    out["var_g"] = _trim(total)
-    out["loss"] = _trim([x / 2 for x in expect(delta * delta)])
+    out[VAR_G] = _trim(total)
+    out[LOSS] = _trim([x / 2 for x in expect(delta * delta)])
     return out
 
 
@@ -283,9 +284,9 @@ def exact_t0(Ws, Ts) -> dict[str, list[Fraction]]:
         np.asarray(M, dtype=object)) for M in Ts]
     betas = variance_t0(Wq, Tq)
     delta, _ = products(Wq, Tq)
-    out = {f"var_g_layer{k + 1}": [Fraction(0), Fraction(beta)] for k, beta in enumerate(betas)}
-    out["var_g"] = [Fraction(0), sum(Fraction(x) for x in betas)]
-    out["loss"] = [Fraction(fro2(delta)) / 2]
+    out = {per_layer(VAR_G, k + 1): [Fraction(0), Fraction(beta)] for k, beta in enumerate(betas)}
+    out[VAR_G] = [Fraction(0), sum(Fraction(x) for x in betas)]
+    out[LOSS] = [Fraction(fro2(delta)) / 2]
     return out
 
 
