@@ -21,7 +21,7 @@ import torch
 
 from backend import core, costs, report
 from backend.cache import ResultCache, default_cache
-from backend.config import expand_preset, loads, parse_config
+from backend.config import JSON_DECIMALS, expand_preset, loads, parse_config
 from backend.errors import Cancelled, ConfigError, one_line
 from backend.fields import curve_keys
 
@@ -118,6 +118,8 @@ def load_sweep(text: str) -> Sweep:
     except json.JSONDecodeError:  # pragma: no cover - loads already refused it
         plain = raw
     if isinstance(raw, dict) and isinstance(raw.get("base"), dict):
+        if JSON_DECIMALS in raw["base"]:  # a downloaded config pasted as the base: its decimals are floats
+            raw["base"] = loads(json.dumps(plain["base"]))
         raw["base"] = expand_preset(raw["base"])
     return parse_sweep(raw, plain)
 

@@ -167,3 +167,25 @@ def test_ctrl_c_cancels_the_rest_and_prints_what_finished(tmp_path):
     cache = ResultCache(tmp_path / "cache")
     for cell in res["cells"]:
         assert api.cached_simulation(api.parse_config(cell["config"]), cache) is not None
+
+
+def test_a_downloaded_config_as_the_base_keeps_its_floats():
+    """A config downloaded from a page (with its marker "json_decimals": "float") pasted as a sweep's base: its
+    decimals stay the floats they were (the cells' configs equal the download's), the same base without the marker
+    reads them as exact rationals, and a bad marker value there is refused naming it."""
+    from fractions import Fraction
+
+    from backend import export
+    from backend.config import parse_config
+    from backend.errors import ConfigError
+
+    cfg = parse_config({"setting": "linear_regression", "lr": {"schedule": "constant", "c": 0.8}})
+    base = json.loads(export.config_json(cfg))
+    spec = sweep.load_sweep(json.dumps({"base": base, "grid": {"seed": [1, 2]}}))
+    assert [c.config.lr.c for c in spec.cells] == [0.8, 0.8] and isinstance(spec.cells[0].config.lr.c, float)
+    del base["json_decimals"]
+    spec = sweep.load_sweep(json.dumps({"base": base, "grid": {"seed": [1]}}))
+    assert spec.cells[0].config.lr.c == Fraction(4, 5)
+    with pytest.raises(ConfigError) as err:
+        sweep.load_sweep(json.dumps({"base": {**base, "json_decimals": "exact"}, "grid": {"seed": [1]}}))
+    assert err.value.field == "json_decimals"
