@@ -423,10 +423,11 @@ SPLIT_TERMS = {"total var(g)": "var_g", "one-step noise": "noise_one_step", "spr
 SUM_TERM = "one-step + spread"
 
 
-def split_chart(x: np.ndarray, x_name: str, batch_sizes: list[int], curves: dict, band: str = "95 %"
-                ) -> alt.LayerChart:
+def split_chart(x: np.ndarray, x_name: str, batch_sizes: list[int], curves: dict, band: str = "95 %", *,
+                table=()) -> alt.LayerChart:
     """Law of total variance on a log axis, one colour per term, one dash per b: the measured terms with their bands
-    (``curves[q]`` has value, lo, hi), and the sum of the two parts (a line: its SE is not the sum of theirs).
+    (``curves[q]`` has value, lo, hi; shaded only for the terms whose ``Quantity.band`` the setting's quantity
+    ``table`` declares, ``draws_band``), and the sum of the two parts (a line: its SE is not the sum of theirs).
     Exact zeros (the spread of ∇L at epoch 0, where every replica sits at w_0) are dropped and counted."""
     rows = []
     for j, b in enumerate(batch_sizes):
@@ -456,8 +457,11 @@ def split_chart(x: np.ndarray, x_name: str, batch_sizes: list[int], curves: dict
     y_title = "variance (log)"
     base = alt.Chart(df).encode(x=alt.X(f"{x_name}:Q", title=x_name, axis=step_axis(df[x_name])),
                                 color=color)
-    shade = base.transform_filter(alt.datum.term != SUM_TERM).mark_area(opacity=BAND_OPACITY * 0.6, strokeWidth=0).encode(
-        y=alt.Y("lo:Q", scale=ys, title=y_title, axis=y_axis), y2="hi:Q", detail="b:N")
+    shaded = [term for term, q in SPLIT_TERMS.items() if draws_band(q, table)]
+    keep = (alt.datum.term != SUM_TERM if len(shaded) == len(SPLIT_TERMS)
+            else alt.FieldOneOfPredicate(field="term", oneOf=shaded))
+    shade = [base.transform_filter(keep).mark_area(opacity=BAND_OPACITY * 0.6, strokeWidth=0).encode(
+        y=alt.Y("lo:Q", scale=ys, title=y_title, axis=y_axis), y2="hi:Q", detail="b:N")] if shaded else []
     # the sum is a thin line over the thick terms: where it coincides with the one-step noise both stay visible
     lines = base.mark_line().encode(
         y=alt.Y("value:Q", scale=ys, title=y_title, axis=y_axis), strokeDash=dash,
@@ -465,14 +469,17 @@ def split_chart(x: np.ndarray, x_name: str, batch_sizes: list[int], curves: dict
         tooltip=["b", "term", x_name, "value", "se"])
     dots = base.mark_point(filled=True, size=22).encode(y=alt.Y("value:Q", scale=ys, title=y_title, axis=y_axis),
                                                         tooltip=["b", "term", x_name, "value", "se"])
-    return alt.layer(shade, lines, dots).properties(
-        title=_title(f"var(g) = one-step noise + spread of ∇L (shaded: {band})", [dropped_note(dropped)]),
+    shaded_note = "" if not shaded else (f" (shaded: {band})" if len(shaded) == len(SPLIT_TERMS)
+                                         else f" (shaded: {band}, {', '.join(shaded)})")
+    return alt.layer(*shade, lines, dots).properties(
+        title=_title(f"var(g) = one-step noise + spread of ∇L{shaded_note}", [dropped_note(dropped)]),
         height=300, autosize=AUTOSIZE)
 
 
-def b_simple_chart(x: np.ndarray, x_name: str, batch_sizes: list[int], curve: dict, band: str = "95 %"
-                   ) -> alt.LayerChart:
-    """B_simple = tr Σ / ‖∇L‖² along training on a log axis, one colour per b with its band, the batch sizes run
+def b_simple_chart(x: np.ndarray, x_name: str, batch_sizes: list[int], curve: dict, band: str = "95 %", *,
+                   table=()) -> alt.LayerChart:
+    """B_simple = tr Σ / ‖∇L‖² along training on a log axis, one colour per b with its band (shaded only where the
+    setting's quantity ``table`` declares b_simple's ``Quantity.band``, ``draws_band``), the batch sizes run
     as dashed horizontal rules of the same colour. Non-positive estimates (‖∇L‖² below its noise) are dropped and
     counted."""
     df = pd.concat([pd.DataFrame({x_name: x, "b": str(b), "value": curve["value"][j], "lo": curve["lo"][j],
@@ -493,13 +500,16 @@ def b_simple_chart(x: np.ndarray, x_name: str, batch_sizes: list[int], curve: di
     y_axis = alt.Axis(format=log_axis_format(pd.concat([df["value"], rule["b_line"]])))
     base = alt.Chart(df).encode(x=alt.X(f"{x_name}:Q", title=x_name, axis=step_axis(df[x_name])),
                                 color=color)
+    shade = draws_band("b_simple", table)
     return alt.layer(
-        base.mark_area(opacity=BAND_OPACITY, strokeWidth=0).encode(y=alt.Y("lo:Q", scale=ys, title=y_title,
-                                                                           axis=y_axis), y2="hi:Q"),
+        *([base.mark_area(opacity=BAND_OPACITY, strokeWidth=0).encode(y=alt.Y("lo:Q", scale=ys, title=y_title,
+                                                                             axis=y_axis), y2="hi:Q")]
+          if shade else []),
         base.mark_line(strokeWidth=2, point=alt.OverlayMarkDef(size=25, filled=True)).encode(
             y=alt.Y("value:Q", scale=ys, title=y_title, axis=y_axis), tooltip=["b", x_name, "value", "se"]),
         alt.Chart(rule).mark_rule(strokeDash=[4, 4]).encode(y=alt.Y("b_line:Q", scale=ys, title=y_title), color=color),
-    ).properties(title=_title(f"gradient noise scale (McCandlish et al.; shaded: {band}); dashed: the batch sizes run",
+    ).properties(title=_title(f"gradient noise scale (McCandlish et al.{f'; shaded: {band}' if shade else ''}); "
+                              "dashed: the batch sizes run",
                               [dropped_note(dropped, "estimates")]), height=260, autosize=AUTOSIZE)
 
 

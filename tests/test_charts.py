@@ -478,3 +478,31 @@ def test_before_a_run_the_x_axis_spans_the_runs_steps():
         spec = charts.time_chart(df, "var(g_t | F_0)", log=log).to_dict()
         xs = [layer["encoding"]["x"] for layer in layers(spec) if "x" in layer.get("encoding", {})]
         assert xs and all(x["scale"]["domain"] == [0, cfg.steps] for x in xs), xs
+
+
+def test_split_and_b_simple_charts_shade_only_what_the_table_declares(mlp):
+    """split_chart and b_simple_chart read Quantity.band from the setting's table (charts.draws_band): with the
+    declared table (today: every band on) the bands are drawn and the title says "shaded"; with b_simple's band
+    turned off the B_simple chart has no area layer and no "shaded" wording; with every split term's band off the
+    split chart has none either; with one term off only the others are shaded (named in the title)."""
+    from dataclasses import replace
+
+    cfg, sim = mlp
+    table = api.quantity_table(cfg)
+    off = lambda names: [replace(q, band=False) if q.name in names else q for q in table]  # noqa: E731
+    args = (sim["epoch"], "epoch", cfg.batch_sizes)
+    areas = lambda spec: [ly for ly in layers(spec) if mark_type(ly) == "area"]  # noqa: E731
+
+    on = charts.b_simple_chart(*args, sim["curves"]["b_simple"], table=table).to_dict()
+    assert areas(on) and "shaded" in json.dumps(on["title"])
+    assert on == charts.b_simple_chart(*args, sim["curves"]["b_simple"]).to_dict()  # the default: today's chart
+    no = charts.b_simple_chart(*args, sim["curves"]["b_simple"], table=off({"b_simple"})).to_dict()
+    assert not areas(no) and "shaded" not in json.dumps(no["title"])
+
+    terms = set(charts.SPLIT_TERMS.values())
+    on = charts.split_chart(*args, sim["curves"], table=table).to_dict()
+    assert areas(on) and "shaded" in json.dumps(on["title"])
+    no = charts.split_chart(*args, sim["curves"], table=off(terms)).to_dict()
+    assert not areas(no) and "shaded" not in json.dumps(no["title"])
+    some = charts.split_chart(*args, sim["curves"], table=off({"noise_spread"})).to_dict()
+    assert len(areas(some)) == 1 and "shaded: 95 %, total var(g), one-step noise" in json.dumps(some["title"])

@@ -117,10 +117,10 @@ def classifier_results(config, sim: dict, with_gap: bool) -> None:
                     "the second is the spread of the full gradient across replicas.")
         theory_link(3, "the variance split, the covariance convention and B_simple")
         charts_by_name["variance split"] = charts.split_chart(x, x_name, config.batch_sizes,
-                                                              sim["curves"], sim["band"])
+                                                              sim["curves"], sim["band"], table=table)
         st.altair_chart(charts_by_name["variance split"], width="stretch")
         charts_by_name["B_simple"] = charts.b_simple_chart(x, x_name, config.batch_sizes,
-                                                           sim["curves"]["b_simple"], sim["band"])
+                                                           sim["curves"]["b_simple"], sim["band"], table=table)
         st.altair_chart(charts_by_name["B_simple"], width="stretch")
         st.caption("B_simple = tr Σ / ‖∇L‖² with the same population Σ as McCandlish et al. (the batch size at which "
                    "the one-step noise tr Σ / b equals the squared signal ‖∇L‖²), ‖∇L‖² estimated without bias from "
