@@ -35,6 +35,7 @@ from backend.cbs import replica_setting as cbs_replica_setting  # noqa: F401
 from backend.costs import format_bytes  # noqa: F401  (the critical batch size page's estimate)
 from backend.exact import jsonable_number  # noqa: F401
 from backend.optimizer_choices import optimizer_names  # noqa: F401  (the shared optimizer widget asks the setting)
+from backend.optim import FAMILIES as OPTIMIZERS, is_plain as plain_optimizer  # noqa: F401  (the shared widget)
 from backend.advisor import advise_momentum, check_momenta, momentum_config  # noqa: F401  (the momentum axis)
 from backend.allowed import ROOT as PROJECT_ROOT, model_files  # noqa: F401  (the Your-model page's file list)
 from backend.costs import device_name, device_seconds, format_duration  # noqa: F401  (format_duration: pages)
@@ -120,15 +121,11 @@ def sweep_fields(config) -> list[str]:
     return out + optimizer_sweep_fields(config, out)
 
 
-OPTIMIZER_FIELDS = {"sgd": ("momentum", "nesterov", "weight_decay"), "adam": ("betas", "eps", "weight_decay"),
-                    "adamw": ("betas", "eps", "weight_decay")}
-
-
 def optimizer_sweep_fields(config, present: list[str]) -> list[str]:
     """The ``optimizer.*`` fields a sweep can vary that the config's JSON leaves out (plain SGD is left out of
     it): those of the optimizers the setting runs (asked of the setting, ``optimizer_names``)."""
     names = optimizer_names(config.setting, config.to_json()) or ()
-    fields = [f"optimizer.{f}" for n in names for f in OPTIMIZER_FIELDS[n]] + (["optimizer.name"] if names else [])
+    fields = [f"optimizer.{f}" for n in names for f in OPTIMIZERS[n].fields] + (["optimizer.name"] if names else [])
     return [f for f in dict.fromkeys(fields) if f not in present]
 
 

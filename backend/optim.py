@@ -39,7 +39,54 @@ Params = dict[str, torch.Tensor]
 State = dict[str, torch.Tensor]
 Rate = float | torch.Tensor  # α_t: a Python number, or a 0-dim tensor (a static buffer a CUDA graph reads)
 
-NAMES = ("sgd", "adam", "adamw")
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """One hyperparameter of a named optimizer as its config field and its widget (ui/optimizer.py draws them):
+    ``key`` the field of the ``optimizer`` object (``index`` the element of a list field such as ``betas``),
+    ``kind`` "number" (a text box: "9/10" stays exact) or "flag" (a checkbox), ``default`` the widget's start."""
+
+    key: str
+    label: str
+    default: Any
+    kind: str = "number"
+    index: int | None = None
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Family:
+    """What everything outside this module knows of one named optimizer: its label, its hyperparameters laid out as
+    rows of the shared widget, and a probe (every hyperparameter away from its default) by which a setting is asked
+    whether it runs it (backend/optimizer_choices.py). The parse, ``to_json`` and ``build`` of ``OptimizerSpec``
+    below are its other half; a new optimizer is its pieces, its entry here and its branches there."""
+
+    label: str
+    rows: tuple[tuple[Hyper, ...], ...]
+    probe: dict[str, Any]
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """Its fields of the ``optimizer`` object, besides ``name`` (a sweep can vary each)."""
+        return tuple(dict.fromkeys(h.key for row in self.rows for h in row))
+
+
+_WEIGHT_DECAY = Hyper("weight_decay", "Weight decay λ", 0,
+                      help="L2: d = g + λw (SGD, Adam); AdamW: w ← w(1 − αλ) before the step. ≥ 0")
+_ADAM_ROW = (Hyper("betas", "β₁", "0.9", index=0), Hyper("betas", "β₂", "0.999", index=1), Hyper("eps", "ε", "1e-8"))
+_ADAM_PROBE = {"betas": ["4/5", "99/100"], "eps": "1/1000000", "weight_decay": "1/100"}
+
+FAMILIES: dict[str, Family] = {
+    "sgd": Family("SGD (momentum, Nesterov, weight decay)",
+                  ((_WEIGHT_DECAY,),
+                   (Hyper("momentum", "Momentum β", 0, help="in [0, 1); e.g. 0.9 or 9/10 (exact for the exact theory)"),
+                    Hyper("nesterov", "Nesterov", False, kind="flag", help="needs β > 0"))),
+                  {"name": "sgd", "momentum": "1/2", "nesterov": True, "weight_decay": "1/100"}),
+    "adam": Family("Adam (L2 weight decay)", ((_WEIGHT_DECAY,), _ADAM_ROW), {"name": "adam", **_ADAM_PROBE}),
+    "adamw": Family("AdamW (decoupled weight decay)", ((_WEIGHT_DECAY,), _ADAM_ROW), {"name": "adamw", **_ADAM_PROBE}),
+}
+NAMES = tuple(FAMILIES)
 
 
 class Transform(Protocol):
@@ -341,9 +388,24 @@ class OptimizerSpec:
         """Plain SGD (w − α g), the engines' fused fast paths."""
         return self.name == "sgd" and self.momentum == 0 and self.weight_decay == 0
 
+    @property
+    def state_tensors(self) -> int:
+        """Parameter-sized state tensors per replica that ``build`` keeps (SGD's velocity 1 with momentum, Adam(W)'s
+        m and v 2, plain SGD 0): counted on the built chain itself, for the cost models."""
+        return len(self.build().init({"p": torch.empty(0)}))
+
     def build(self, clip: float | None = None) -> Optimizer:
         """The optimizer over stacked replicas (float hyperparameters), per-replica clipping first when ``clip``."""
         if self.name == "sgd":
             return sgd(float(self.momentum), self.nesterov, float(self.weight_decay), clip)
         make = adam if self.name == "adam" else adamw
         return make((float(self.betas[0]), float(self.betas[1])), float(self.eps), float(self.weight_decay), clip)
+
+
+def is_plain(raw: Any) -> bool:
+    """The ``optimizer`` value is plain SGD (w − α g; a page then leaves the field out); False when it does not
+    parse (the config's validation names what is wrong)."""
+    try:
+        return OptimizerSpec.parse(raw).plain
+    except ConfigError:
+        return False

@@ -9,13 +9,8 @@ from typing import Any
 
 from backend.config import parse_config
 from backend.errors import ConfigError
-from backend.optim import NAMES
+from backend.optim import FAMILIES, NAMES
 
-PROBES: dict[str, dict[str, Any]] = {  # each name with its hyperparameters away from the defaults
-    "sgd": {"name": "sgd", "momentum": "1/2", "nesterov": True, "weight_decay": "1/100"},
-    "adam": {"name": "adam", "betas": ["4/5", "99/100"], "eps": "1/1000000", "weight_decay": "1/100"},
-    "adamw": {"name": "adamw", "betas": ["4/5", "99/100"], "eps": "1/1000000", "weight_decay": "1/100"},
-}
 _known: dict[str, tuple[str, ...]] = {}  # setting → its names, once a probe was conclusive
 
 
@@ -30,7 +25,7 @@ def optimizer_names(setting: str, base: dict | None = None, extra: dict | None =
     accepted = []
     for name in NAMES:
         try:
-            parse_config({**raw, "optimizer": {**(extra or {}), **PROBES[name]}})
+            parse_config({**raw, "optimizer": {**(extra or {}), **FAMILIES[name].probe}})
             accepted.append(name)
         except ConfigError as e:
             if not e.field.startswith("optimizer"):

@@ -83,6 +83,27 @@ def test_every_page_offers_what_its_setting_runs(page, setting):
 
 
 def _labels(names):
-    from ui.optimizer import LABELS
+    return [api.OPTIMIZERS[n].label for n in names]
 
-    return [LABELS[n] for n in names]
+
+def test_the_adam_rows_start_from_the_config_and_reach_it():
+    """The Adam(W) rows of backend/optim.py's FAMILIES: the sequence page's old-form AdamW fields (beta1, beta2, eps)
+    start the β₁, β₂, ε boxes; edited, they reach the config (AdamW kept in its old-form fields there: one config,
+    one cache key) beside the page's lr, warm-up, clip; Adam takes the named form; a β₁ out of [0, 1) is one red
+    line naming optimizer.betas[0]."""
+    at = open_page("pages/sequence.py")
+    d = api.defaults("sequence")["optimizer"]
+    assert by_label(at.sidebar.selectbox, "Optimizer").value == "adamw"
+    assert [by_label(at.sidebar.text_input, lab).value for lab in ("β₁", "β₂", "ε")] == \
+        [str(d["beta1"]), str(d["beta2"]), str(d["eps"])]
+    by_label(at.sidebar.text_input, "β₁").set_value("4/5").run()
+    assert not at.exception and not at.error
+    opt = at.session_state["last_config_sequence"]["optimizer"]
+    assert (opt["beta1"], opt["beta2"], opt["eps"]) == (0.8, d["beta2"], d["eps"]) and "name" not in opt
+    assert {"lr", "warmup", "clip"} <= set(opt)
+    by_label(at.sidebar.selectbox, "Optimizer").set_value("adam").run()
+    assert not at.exception and not at.error
+    opt = at.session_state["last_config_sequence"]["optimizer"]
+    assert opt["name"] == "adam" and opt["betas"] == ["4/5", "999/1000"] and {"lr", "warmup", "clip"} <= set(opt)
+    by_label(at.sidebar.text_input, "β₁").set_value("1").run()
+    assert len(at.error) == 1 and "optimizer.betas[0]" in shown(at.error[0]) and "\n" not in at.error[0].value

@@ -96,6 +96,19 @@ def test_equals_torch_optim_on_separate_copies(raw, clip):
             torch.testing.assert_close(params[k][r], reference[r][k], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("raw", [c[0] for c in CASES if c[1] is None], ids=str)
+def test_state_tensors_count_what_torch_optim_keeps(raw):
+    """``OptimizerSpec.state_tensors`` (the cost models' count) is the number of parameter-shaped tensors that
+    torch.optim keeps per parameter after a step (SGD's momentum_buffer, Adam's exp_avg and exp_avg_sq)."""
+    p = torch.nn.Parameter(torch.ones(3, 2, dtype=torch.float64))
+    o = torch_optimizer(raw, [p])
+    p.grad = torch.full_like(p, 0.5)
+    o.step()
+    kept = [v for v in o.state[p].values() if isinstance(v, torch.Tensor) and v.shape == p.shape]
+    kept = [v for v in kept if v.abs().sum() > 0]  # torch keeps momentum_buffer=None for plain SGD
+    assert optim.OptimizerSpec.parse(raw).state_tensors == len(kept)
+
+
 def test_clipping_bites_in_the_clipped_cases():
     """clip = 0.5 is below every replica's gradient norm at the start, so the clipped cases test clipping."""
     w0, a, xi = problem()

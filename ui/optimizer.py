@@ -1,8 +1,8 @@
 """The one optimizer widget every setting page shares: the ``optimizer`` field of the raw config (backend/optim.py's
 form, torch.optim's semantics): the name among those the setting runs (asked of the setting: api.optimizer_names),
-then momentum β, Nesterov and weight decay λ (SGD family) or β₁, β₂, ε and weight decay (Adam, AdamW). Numbers are
-text, so "9/10" or "0.9" stay exact for the exact theory; validation is the config's (a bad value is one red line
-naming its field, from ui.state.validated)."""
+then that optimizer's hyperparameters as backend/optim.py's ``FAMILIES`` lays them out (SGD: weight decay λ, momentum
+β, Nesterov; Adam, AdamW: weight decay, β₁, β₂, ε). Numbers are text, so "9/10" or "0.9" stay exact for the exact
+theory; validation is the config's (a bad value is one red line naming its field, from ui.state.validated)."""
 
 from __future__ import annotations
 
@@ -12,21 +12,28 @@ import streamlit as st
 
 from backend import api
 
-LABELS = {"sgd": "SGD (momentum, Nesterov, weight decay)", "adam": "Adam (L2 weight decay)",
-          "adamw": "AdamW (decoupled weight decay)"}
 HELP = ("torch.optim semantics. SGD (dampening 0): d = g + λw, v ← βv + d (v₁ = d₀), step v (or d + βv with "
         "Nesterov), w ← w − α·step. Adam/AdamW: torch.optim.Adam / AdamW with bias correction. The variance reported "
         "is that of the mini-batch gradient of the data loss (without λw).")
 
 
 def _start(raw: Any) -> dict[str, Any]:
-    """The widget's starting values from a config's ``optimizer`` (either form: the named one, or a setting's own
-    Adam fields beta1/beta2)."""
-    o = raw if isinstance(raw, dict) else ({"name": raw} if isinstance(raw, str) else {})
-    name = o.get("name", "adamw" if "beta1" in o else "sgd")
-    betas = o.get("betas", [o.get("beta1", "0.9"), o.get("beta2", "0.999")])
-    return {"name": name, "momentum": o.get("momentum", 0), "nesterov": bool(o.get("nesterov", False)),
-            "weight_decay": o.get("weight_decay", 0), "betas": betas, "eps": o.get("eps", "1e-8")}
+    """The config's ``optimizer`` as a named-form dict (a bare name as {"name": …}; a setting's own old-form Adam
+    fields beta1/beta2 as AdamW's betas)."""
+    o = dict(raw) if isinstance(raw, dict) else ({"name": raw} if isinstance(raw, str) else {})
+    if "name" not in o:
+        o["name"] = "adamw" if "beta1" in o else "sgd"
+    if "beta1" in o or "beta2" in o:
+        o.setdefault("betas", [o.get("beta1", "0.9"), o.get("beta2", "0.999")])
+    return o
+
+
+def _value(start: dict[str, Any], h) -> Any:
+    """A hyperparameter's starting value: the config's (an element of a list field), else the widget's default."""
+    v = start.get(h.key, h.default)
+    if h.index is not None:
+        v = v[h.index] if isinstance(v, (list, tuple)) and len(v) > h.index else h.default
+    return v
 
 
 def optimizer(setting: str, start: Any, k: Callable[[str], str], base: dict | None = None,
@@ -45,30 +52,21 @@ def optimizer(setting: str, start: Any, k: Callable[[str], str], base: dict | No
         return None if extra is None else dict(extra)
     choices = list(names) if s["name"] in names else [*names, s["name"]]  # an unknown name: validation names it
     name = box.selectbox("Optimizer", choices, index=choices.index(s["name"]), key=k("opt_name"),
-                         format_func=lambda n: LABELS.get(n, n), help=HELP)
-    lam = box.text_input("Weight decay λ", str(s["weight_decay"]), key=k("opt_wd"),
-                         help="L2: d = g + λw (SGD, Adam); AdamW: w ← w(1 − αλ) before the step. ≥ 0")
-    if name == "sgd":
-        c1, c2 = box.columns([3, 2])
-        beta = c1.text_input("Momentum β", str(s["momentum"]), key=k("opt_beta"),
-                             help="in [0, 1); e.g. 0.9 or 9/10 (exact for the exact theory)")
-        nesterov = c2.checkbox("Nesterov", s["nesterov"], key=k("opt_nesterov"), help="needs β > 0")
-        out: dict[str, Any] = {"name": "sgd", "momentum": beta.strip(), "nesterov": nesterov,
-                               "weight_decay": lam.strip()}
-        if extra is None and _is_zero(beta) and _is_zero(lam) and not nesterov:
-            return None
-    else:
-        c1, c2, c3 = box.columns(3)
-        b1 = c1.text_input("β₁", str(s["betas"][0]), key=k("opt_b1"))
-        b2 = c2.text_input("β₂", str(s["betas"][1]), key=k("opt_b2"))
-        eps = c3.text_input("ε", str(s["eps"]), key=k("opt_eps"))
-        out = {"name": name, "betas": [b1.strip(), b2.strip()], "eps": eps.strip(), "weight_decay": lam.strip()}
+                         format_func=lambda n: api.OPTIMIZERS[n].label if n in api.OPTIMIZERS else n, help=HELP)
+    out: dict[str, Any] = {"name": name}
+    family = api.OPTIMIZERS.get(name)
+    for row in family.rows if family else ():
+        cells = box.columns(len(row)) if len(row) > 1 else [box]
+        for cell, h in zip(cells, row):
+            key = k(f"opt_{h.key}" if h.index is None else f"opt_{h.key}{h.index}")
+            if h.kind == "flag":
+                value: Any = cell.checkbox(h.label, bool(_value(s, h)), key=key, help=h.help or None)
+            else:
+                value = cell.text_input(h.label, str(_value(s, h)), key=key, help=h.help or None).strip()
+            if h.index is None:
+                out[h.key] = value
+            else:
+                out.setdefault(h.key, []).append(value)
+    if extra is None and api.plain_optimizer(out):
+        return None
     return {**(extra or {}), **out}
-
-
-def _is_zero(text: str) -> bool:
-    """The text is the number 0 (so plain SGD leaves the field out)."""
-    try:
-        return float(text) == 0
-    except ValueError:
-        return False

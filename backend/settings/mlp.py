@@ -162,9 +162,7 @@ def advise_cell(config: MLPConfig, b: int, budget: int, lr_factor: float) -> MLP
 def optimizer_state(spec: OptimizerSpec) -> int | None:
     """Weight-sized state tensors per replica of the optimizer (momentum 1, Adam(W) 2), None for plain SGD (the
     fused step, engine.mlp.estimate_cost)."""
-    if spec.plain:
-        return None
-    return 2 if spec.name != "sgd" else int(spec.momentum != 0)
+    return None if spec.plain else spec.state_tensors
 
 
 def update_path(spec: OptimizerSpec) -> str:

@@ -21,7 +21,7 @@ from backend.fields import (MLP_SAMPLERS, Fields, config_fields, read_batch_size
 from backend.engine import mlp as trainer, sequence as seq
 from backend.engine.mlp import module_forward
 from backend.errors import ConfigError
-from backend.optim import OptimizerSpec
+from backend.optim import FAMILIES, OptimizerSpec
 from backend.progress import Progress
 from backend.settings import replica_cbs
 from backend.settings.base import Quantity
@@ -159,17 +159,18 @@ def _named_fields(fo: Fields, o0: dict[str, Any]) -> dict[str, Any]:
     """The named form's fields for OptimizerSpec.parse, with old-form fields beside the name read as
     _parse_optimizer says (beta1/beta2 → betas for adam/adamw; the Adam-only ones beside sgd refused)."""
     out = {k: v for k, v in fo.raw.items() if k not in SCHEDULE_KEYS}
+    family = FAMILIES.get(out.get("name"))  # an unknown name: OptimizerSpec.parse names it
     legacy = [k for k in ("beta1", "beta2") if k in out]
-    if out.get("name") in ("adam", "adamw") and legacy:
+    if family and "betas" in family.fields and legacy:
         if "betas" in out:
             raise ConfigError(f"optimizer.{legacy[0]}", "give either betas or beta1 and beta2, not both")
         out["betas"] = [out.pop("beta1", o0["beta1"]), out.pop("beta2", o0["beta2"])]
-    elif out.get("name") == "sgd":
+    elif family:
         for k in ADAM_ONLY:
-            if k in out:
-                raise ConfigError(f"optimizer.{k}", "an Adam field, not used by sgd: leave it out (to sweep momentum "
-                                                    "from an old-form config, write its optimizer as {\"name\": "
-                                                    "\"sgd\", \"lr\": …})")
+            if k in out and k not in family.fields:
+                raise ConfigError(f"optimizer.{k}", f"an Adam field, not used by {out['name']}: leave it out (to "
+                                                    "sweep momentum from an old-form config, write its optimizer as "
+                                                    "{\"name\": \"sgd\", \"lr\": …})")
     return out
 
 
@@ -302,13 +303,8 @@ def estimate(config: SequenceConfig) -> dict[str, float]:
     act = activations_per_sequence(config, tokens)
     b_max = max(config.batch_sizes)
     block = min(N, max(1, trainer.ACTIVATION_ELEMENTS // (b_max * act)))
-    memory = 4.0 * N * (4 + _state_tensors(config.optimizer_spec)) * P + 4.0 * block * b_max * act
+    memory = 4.0 * N * (4 + config.optimizer_spec.state_tensors) * P + 4.0 * block * b_max * act
     return {"memory_bytes": memory, "seconds": seconds, "flops": flops, "steps": n_steps}
-
-
-def _state_tensors(spec: OptimizerSpec) -> int:
-    """Weight-sized state tensors per replica: Adam(W)'s m and v, SGD's velocity (none for plain SGD)."""
-    return 2 if spec.name != "sgd" else int(spec.momentum != 0)
 
 
 def simulate(config: SequenceConfig, device: torch.device, cache: ResultCache, progress: Progress,
@@ -388,5 +384,5 @@ def branch_estimate(config: SequenceConfig, b_ref: int, checkpoints: list[int], 
                                            min(config.eval_size, config.n_train), config.replicas, checkpoints,
                                            np.asarray(factors).shape[0], b_ref, bs, steps, config.noise_samples,
                                            config.n_train, 4 if config.dtype == "float32" else 8,
-                                           _state_tensors(config.optimizer_spec), BRANCH_RATE,
+                                           config.optimizer_spec.state_tensors, BRANCH_RATE,
                                            BRANCH_SETUP_SECONDS, BRANCH_STEP_SECONDS)

@@ -292,7 +292,7 @@ def branch_estimate(config: TorchModelConfig, b_ref: int, checkpoints: list[int]
     sample counted on the file's model)."""
     sz = config.sizes
     spec = config.optimizer
-    state = 2 if spec.name != "sgd" else int(spec.momentum != 0)
+    state = spec.state_tensors
     return replica_cbs.functional_estimate(sz["n_params"], sz["flops_per_sample"], sz["act_per_sample"],
                                            sz["n_train"], config.replicas, checkpoints, np.asarray(factors).shape[0],
                                            b_ref, bs, steps, config.noise_samples, sz["n_train"],
