@@ -527,7 +527,7 @@ def test_training_loop_uses_the_fused_step_and_gets_the_autograd_numbers(monkeyp
     from backend.engine import linear_relu
 
     cfg = {"setting": "mlp", "epochs": 2, "inits": 2, "replicas": 4, "hidden": [8], "dtype": "float64",
-           "dataset": {"name": "digits", "train_size": 120}, "batch_sizes": [16], "noise_samples": 32,
+           "dataset": {"name": "digits", "train_size": 120}, "batch_sizes": [16], "noise_samples": 120,
            "eval_size": 60}
     calls = {"n": 0}
     original = linear_relu.sgd_step
@@ -551,6 +551,7 @@ def test_training_loop_uses_the_fused_step_and_gets_the_autograd_numbers(monkeyp
     assert calls["n"] == 2 * (120 // 16)  # the second run did not step through it
     for q in ("var_g", "loss_train", "error_val", "noise_spread", "b_simple"):
         want = plain["curves"][q]["value"]
+        assert np.isfinite(want).all(), q  # noise_samples = n: the exact split and B_simple, never NaN
         np.testing.assert_allclose(fused["curves"][q]["value"], want, rtol=1e-9, atol=1e-12 * np.nanmax(np.abs(want)),
                                    err_msg=q)
 
@@ -562,7 +563,7 @@ def test_a_run_with_held_updates_gives_the_plain_steps_statistics(monkeypatch):
     from backend.engine import linear_relu
 
     cfg = {"setting": "mlp", "epochs": 2, "inits": 2, "replicas": 3, "hidden": [48], "dtype": "float64",
-           "dataset": {"name": "digits", "train_size": 126}, "batch_sizes": [4], "noise_samples": 32,
+           "dataset": {"name": "digits", "train_size": 126}, "batch_sizes": [4], "noise_samples": 126,
            "eval_size": 60}
     plain = api.simulate(parse_config(cfg), cache=ResultCache(tempfile.mkdtemp()))
     held_keys, block_sizes = set(), set()
@@ -580,6 +581,7 @@ def test_a_run_with_held_updates_gives_the_plain_steps_statistics(monkeypatch):
     assert held_keys == {"0.D", "0.A"} and block_sizes == {2}  # 64 → 48 held; 48 → 10 too narrow
     for q in ("var_g", "loss_train", "error_val", "noise_spread", "b_simple", "loss_val"):
         want = plain["curves"][q]["value"]
+        assert np.isfinite(want).all(), q  # noise_samples = n: the exact split and B_simple, never NaN
         np.testing.assert_allclose(held["curves"][q]["value"], want, rtol=1e-9, atol=1e-12 * np.nanmax(np.abs(want)),
                                    err_msg=q)
 
@@ -591,7 +593,7 @@ def test_on_cuda_a_run_holds_updates_and_gives_the_plain_steps_statistics(monkey
     from backend.engine import linear_relu
 
     cfg = {"setting": "mlp", "epochs": 2, "inits": 2, "replicas": 3, "hidden": [48], "dtype": "float64",
-           "dataset": {"name": "digits", "train_size": 126}, "batch_sizes": [4], "noise_samples": 32,
+           "dataset": {"name": "digits", "train_size": 126}, "batch_sizes": [4], "noise_samples": 126,
            "eval_size": 60, "device": "cuda"}
     assert linear_relu.hold_steps("cuda") > 1
     held_keys = set()
@@ -609,6 +611,7 @@ def test_on_cuda_a_run_holds_updates_and_gives_the_plain_steps_statistics(monkey
     plain = api.simulate(parse_config(cfg), cache=ResultCache(tempfile.mkdtemp()))
     for q in ("var_g", "loss_train", "error_val", "noise_spread", "b_simple", "loss_val"):
         want = plain["curves"][q]["value"]
+        assert np.isfinite(want).all(), q  # noise_samples = n: the exact split and B_simple, never NaN
         np.testing.assert_allclose(held["curves"][q]["value"], want, rtol=1e-9, atol=1e-12 * np.nanmax(np.abs(want)),
                                    err_msg=q)
 
