@@ -55,8 +55,9 @@ def test_each_setting_owns_its_run_rules(name):
 
 
 def test_a_fifth_setting_runs_through_the_core_from_its_module_alone(tmp_path, monkeypatch):
-    """A copy of linear regression's module under another name: estimated, guarded, timed on a GPU and checked with
-    no edit elsewhere in the backend (before, costs.GPU_MODELS raised a KeyError and the guard's time limit, the
+    """A copy of linear regression's module under another name: estimated, guarded, timed on a GPU, checked, offered
+    its optimizers and given its place in the navigation and its Home card (after the others, by its ORDER) with
+    no edit elsewhere in the backend or ui/ (before, costs.GPU_MODELS raised a KeyError and the guard's time limit, the
     CLI's check and its document were chosen by the setting's name)."""
     import backend.settings as pkg
 
@@ -64,7 +65,7 @@ def test_a_fifth_setting_runs_through_the_core_from_its_module_alone(tmp_path, m
     shutil.copy(ROOT / "backend" / "settings" / "linear_regression.py", fake)
     fake.write_text(fake.read_text().replace('NAME = "linear_regression"', 'NAME = "fifth"')
                     .replace('setting: ClassVar[str] = "linear_regression"', 'setting: ClassVar[str] = "fifth"')
-                    .replace("ORDER = 1", "ORDER = 5"))
+                    .replace("ORDER = 1", "ORDER = 6"))
     monkeypatch.setattr(pkg, "__path__", [*pkg.__path__, str(tmp_path)])
     try:
         monkeypatch.setattr(pkg, "SETTINGS", pkg._discover())
@@ -74,6 +75,17 @@ def test_a_fifth_setting_runs_through_the_core_from_its_module_alone(tmp_path, m
         assert costs.gpu_seconds(est, lambda arithmetic: 1e13) > 0
         assert core.guard(config, core.resolve_device("cpu"))["seconds"] == est["seconds"]
         assert set(core.check(config)) == {"var_g", "var_full_grad", "loss"}
+        from backend.optimizer_choices import optimizer_names
+        from ui.shell import nav_pages
+
+        assert optimizer_names("fifth") == ("sgd",)  # the shared optimizer widget asks the module
+        pages = nav_pages()  # the navigation, the sidebar's links and Home's list
+        fifth = [p for p in pages if p.url_path == "fifth"]
+        assert len(fifth) == 1 and fifth[0].path == "pages/fifth.py"
+        copied = settings.SETTINGS["linear_regression"]
+        assert (fifth[0].title, fifth[0].card) == (copied.TITLE, copied.CARD)
+        order = [p.url_path for p in pages]
+        assert order[len(settings.SETTINGS)] == "fifth" and order[len(settings.SETTINGS) + 1] == "advisor"  # ORDER 6
     finally:
         sys.modules.pop("backend.settings.fifth", None)
 
