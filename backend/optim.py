@@ -124,12 +124,13 @@ class Scratch:
             buf = self.buffers[key] = torch.empty(t.shape, dtype=t.dtype, device=t.device)
         return buf
 
-    def flat(self, key: str, size: int, t: torch.Tensor) -> torch.Tensor:
-        """A contiguous buffer shaped as t: a view of one flat buffer of ``size`` elements (≥ t's) per ``key``,
-        shared by the tensors a piece works on one after another."""
+    def flat(self, key: str, size: int, t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A contiguous buffer shaped as t (in ``dtype``, t's by default): a view of one flat buffer of ``size``
+        elements (≥ t's) per ``key``, shared by the tensors a piece works on one after another."""
+        dtype = dtype or t.dtype
         buf = self.buffers.get(key)
-        if buf is None or buf.numel() != size or buf.dtype != t.dtype or buf.device != t.device:
-            buf = self.buffers[key] = torch.empty(size, dtype=t.dtype, device=t.device)
+        if buf is None or buf.numel() != size or buf.dtype != dtype or buf.device != t.device:
+            buf = self.buffers[key] = torch.empty(size, dtype=dtype, device=t.device)
         return buf[:t.numel()].view(t.shape)
 
 
@@ -150,14 +151,22 @@ class ClipByReplicaNorm:
     that replica's parameters (summed in float64)."""
 
     max_norm: float
+    scratch: "Scratch" = field(default_factory=lambda: Scratch(), init=False, repr=False, compare=False)
 
     def init(self, params: Params) -> State:
         return {}
 
     def update(self, updates: Params, state: State, params: Params, t: int | torch.Tensor) -> Params:
-        sq = sum(g.reshape(g.shape[0], -1).to(torch.float64).square().sum(dim=1) for g in updates.values())
+        """The clipped gradients written into this piece's buffers (one per parameter, reused every step); the
+        squared norms go through one flat float64 buffer of the largest gradient's size."""
+        size = max(g.numel() for g in updates.values())
+        sq = 0
+        for g in updates.values():
+            g64 = self.scratch.flat("sq", size, g, torch.float64).copy_(g).square_()  # g.to(float64).square()
+            sq = sq + g64.reshape(g.shape[0], -1).sum(dim=1)
         scale = (self.max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
-        return {k: g * _per_replica(scale.to(g.dtype), g) for k, g in updates.items()}
+        return {k: torch.mul(g, _per_replica(scale.to(g.dtype), g), out=self.scratch.like(k, g))
+                for k, g in updates.items()}
 
 
 @dataclass(frozen=True)

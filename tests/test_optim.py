@@ -248,8 +248,10 @@ class _NewStorage(torch.utils._python_dispatch.TorchDispatchMode):
 
 
 @pytest.mark.parametrize("opt", [optim.adam(), optim.adam(weight_decay=0.1), optim.adamw(weight_decay=0.1),
-                                 optim.sgd(0, False, 0.01), optim.sgd(0.9, True, 0.01)],
-                         ids=["adam", "adam-l2", "adamw", "sgd-decay", "nesterov-decay"])
+                                 optim.sgd(0, False, 0.01), optim.sgd(0.9, True, 0.01),
+                                 optim.sgd(0.9, clip=0.5), optim.adamw(weight_decay=0.1, clip=0.5)],
+                         ids=["adam", "adam-l2", "adamw", "sgd-decay", "nesterov-decay", "clip-momentum",
+                              "clip-adamw"])
 @pytest.mark.parametrize("lr", [0.01, "lanes"])
 def test_a_step_allocates_no_parameter_sized_temporaries(opt, lr):
     """Weight decay, Nesterov's step and Adam(W)'s step work in buffers reused from step to step: after the first
