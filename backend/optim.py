@@ -65,6 +65,7 @@ class Family:
     label: str
     rows: tuple[tuple[Hyper, ...], ...]
     probe: dict[str, Any]
+    semantics: str = ""  # its update in one line (the widget's help)
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -82,9 +83,13 @@ FAMILIES: dict[str, Family] = {
                   ((_WEIGHT_DECAY,),
                    (Hyper("momentum", "Momentum β", 0, help="in [0, 1); e.g. 0.9 or 9/10 (exact for the exact theory)"),
                     Hyper("nesterov", "Nesterov", False, kind="flag", help="needs β > 0"))),
-                  {"name": "sgd", "momentum": "1/2", "nesterov": True, "weight_decay": "1/100"}),
-    "adam": Family("Adam (L2 weight decay)", ((_WEIGHT_DECAY,), _ADAM_ROW), {"name": "adam", **_ADAM_PROBE}),
-    "adamw": Family("AdamW (decoupled weight decay)", ((_WEIGHT_DECAY,), _ADAM_ROW), {"name": "adamw", **_ADAM_PROBE}),
+                  {"name": "sgd", "momentum": "1/2", "nesterov": True, "weight_decay": "1/100"},
+                  "SGD (dampening 0): d = g + λw, v ← βv + d (v₁ = d₀), step v (or d + βv with Nesterov), "
+                  "w ← w − α·step."),
+    "adam": Family("Adam (L2 weight decay)", ((_WEIGHT_DECAY,), _ADAM_ROW), {"name": "adam", **_ADAM_PROBE},
+                   "Adam: torch.optim.Adam with bias correction, d = g + λw."),
+    "adamw": Family("AdamW (decoupled weight decay)", ((_WEIGHT_DECAY,), _ADAM_ROW), {"name": "adamw", **_ADAM_PROBE},
+                    "AdamW: torch.optim.AdamW, w ← w(1 − αλ) before Adam's step."),
 }
 NAMES = tuple(FAMILIES)
 

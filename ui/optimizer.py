@@ -1,7 +1,7 @@
 """The one optimizer widget every setting page shares: the ``optimizer`` field of the raw config (backend/optim.py's
 form, torch.optim's semantics): the name among those the setting runs (asked of the setting: api.optimizer_names),
-then that optimizer's hyperparameters as backend/optim.py's ``FAMILIES`` lays them out (SGD: weight decay λ, momentum
-β, Nesterov; Adam, AdamW: weight decay, β₁, β₂, ε). Numbers are text, so "9/10" or "0.9" stay exact for the exact
+then that optimizer's hyperparameters as backend/optim.py's ``FAMILIES`` lays them out (rows of its ``Hyper`` fields,
+e.g. SGD: weight decay λ, momentum β, Nesterov; Adam, AdamW: weight decay, β₁, β₂, ε), with its semantics as help. Numbers are text, so "9/10" or "0.9" stay exact for the exact
 theory; validation is the config's (a bad value is one red line naming its field, from ui.state.validated)."""
 
 from __future__ import annotations
@@ -12,9 +12,13 @@ import streamlit as st
 
 from backend import api
 
-HELP = ("torch.optim semantics. SGD (dampening 0): d = g + λw, v ← βv + d (v₁ = d₀), step v (or d + βv with "
-        "Nesterov), w ← w − α·step. Adam/AdamW: torch.optim.Adam / AdamW with bias correction. The variance reported "
-        "is that of the mini-batch gradient of the data loss (without λw).")
+HELP = "The variance reported is that of the mini-batch gradient of the data loss (without λw)."
+
+
+def _help(names) -> str:
+    """The selectbox's help: torch.optim's semantics of each optimizer offered, then what the variance is of."""
+    return " ".join(["torch.optim semantics.", *(api.OPTIMIZERS[n].semantics for n in names if n in api.OPTIMIZERS),
+                     HELP])
 
 
 def _start(raw: Any) -> dict[str, Any]:
@@ -52,7 +56,8 @@ def optimizer(setting: str, start: Any, k: Callable[[str], str], base: dict | No
         return None if extra is None else dict(extra)
     choices = list(names) if s["name"] in names else [*names, s["name"]]  # an unknown name: validation names it
     name = box.selectbox("Optimizer", choices, index=choices.index(s["name"]), key=k("opt_name"),
-                         format_func=lambda n: api.OPTIMIZERS[n].label if n in api.OPTIMIZERS else n, help=HELP)
+                         format_func=lambda n: api.OPTIMIZERS[n].label if n in api.OPTIMIZERS else n,
+                         help=_help(choices))
     out: dict[str, Any] = {"name": name}
     family = api.OPTIMIZERS.get(name)
     for row in family.rows if family else ():

@@ -327,9 +327,10 @@ def polynomial(config: DeepLinearConfig, t: int, quantity: str = "var_g", exact:
 
 
 def _optimizer_tensors(config: DeepLinearConfig) -> int:
-    """Weight-sized tensors per replica a non-plain optimizer adds: the gradient, g + λw, the velocity."""
+    """Weight-sized tensors per replica a non-plain optimizer adds: the gradient, its state (the velocity), and the
+    work buffers of g + λw and of Nesterov's d + βv."""
     o = config.optimizer
-    return 0 if o.plain else 1 + (o.weight_decay != 0) + (o.momentum != 0)
+    return 0 if o.plain else 1 + o.state_tensors + (o.weight_decay != 0) + bool(o.nesterov)
 
 
 def estimate(config: DeepLinearConfig) -> dict[str, float]:

@@ -123,18 +123,18 @@ SCHEDULE_KEYS = ("lr", "warmup", "clip")  # the sequence model's own optimizer f
 
 def _parse_optimizer(raw: Any, o0: dict[str, Any]) -> dict[str, Any]:
     """The ``optimizer`` field, in either form, normalised: its own AdamW fields {lr, eps, beta1, beta2,
-    weight_decay, warmup, clip} (old configs; the defaults), or the shared form of backend/optim.py {"name": "sgd" |
-    "adam" | "adamw", …} beside lr (the peak rate), warmup and clip. AdamW in either form is kept as the AdamW fields
-    (one config, one cache key, today's JSON); SGD and Adam as the shared form with lr, warmup, clip.
+    weight_decay, warmup, clip} (old configs; the defaults), or the shared form of backend/optim.py {"name": any of
+    its FAMILIES, …} beside lr (the peak rate), warmup and clip. AdamW in either form is kept as the AdamW fields
+    (one config, one cache key, today's JSON); every other optimizer as the shared form with lr, warmup, clip.
 
     A partial object takes the rest from the defaults, and the two forms mix one way only. Without a name the fields
     are AdamW's: the named form's momentum, nesterov or betas beside them (a sweep cell over ``optimizer.momentum`` on
     an old-form config) is refused in one line naming the field — momentum applies to sgd, set optimizer.name.
     With a name, old-form fields beside it (a sweep cell over ``optimizer.name`` on an old-form config) are read as
-    that optimizer's where they mean the same: lr, warmup, clip always; beta1/beta2 → betas and eps for adam and
-    adamw; weight_decay as the named optimizer's λ (L2 for sgd and adam, decoupled for adamw). The Adam-only beta1,
-    beta2, eps beside ``"sgd"`` are refused in one line naming the field (even at their defaults: nothing is dropped
-    silently) — to sweep momentum, write the base's optimizer in the named form ``{"name": "sgd", "lr": …}``."""
+    that optimizer's where they mean the same: lr, warmup, clip always; beta1/beta2 → betas for an optimizer whose
+    family has betas (adam, adamw), eps for one that has eps; weight_decay as the named optimizer's λ (L2 for sgd and
+    adam, decoupled for adamw). The Adam-only beta1, beta2, eps beside an optimizer without them (``"sgd"``) are
+    refused in one line naming the field (even at their defaults: nothing is dropped silently) — to sweep momentum, write the base's optimizer in the named form ``{"name": "sgd", "lr": …}``."""
     fo = Fields(raw, "optimizer")
     if not fo.has("name"):
         shared = sorted(set(fo.raw) & {"momentum", "nesterov", "betas"})
