@@ -2,7 +2,7 @@
 LaTeX, x-axis, whether exact theory exists, its estimator, its sign (which also bounds its band), its default axis,
 whether a chart shades its band, its summary over initial weights and the results tab that draws it. Settings list
 their tables (``quantities(config)``), engines report by them, and the pages and ui/ draw tabs and charts from the
-table (through backend/charts.py).
+table (through backend/charts/).
 
 ``EPOCH_QUANTITIES`` is the replica classifiers' table (the MLP, the sequence model, your own model: the engines
 backend/engine/mlp.py and backend/engine/torch_model.py; docs/theory.md §3–§4)."""

@@ -1,4 +1,4 @@
-"""Chart specs (``chart.to_dict()``) of backend/charts.py on real results of small configs run through backend.api:
+"""Chart specs (``chart.to_dict()``) of backend/charts/ on real results of small configs run through backend.api:
 the band stays see-through under every selection state, the estimate and the exact value are drawn differently,
 no log axis receives a non-positive value, many batch sizes get a sequential colour scale, the against-b axis stays
 within [1, n], a sweep's discrete field is an ordinal axis in numeric order, and the advisor says when everything

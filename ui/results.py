@@ -23,7 +23,7 @@ def polynomial_table(poly: dict, t: int) -> None:
 
 def time_chart_with_caption(theory: dict | None, sim: dict | None, config, quantity: str, label: str, log: bool,
                             estimate_name: str | None = None):
-    """The one chart path (backend/charts.py) for every setting: the exact curve where there is theory, the replica
+    """The one chart path (backend/charts/) for every setting: the exact curve where there is theory, the replica
     estimate over its band; ``estimate_name`` draws another estimator of the same quantity (e.g. var_g_rb)."""
     sim_curves = None
     if sim is not None:
