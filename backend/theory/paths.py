@@ -5,7 +5,7 @@ eigenbasis of H with every map precomputed as a Kronecker matrix."""
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -34,6 +34,71 @@ def moment_paths(problem: LinRegProblem, w0: np.ndarray, scales: np.ndarray, sha
     (backend/theory/lanes.py: matmul), not through numpy's BLAS, whose sums follow its thread count: the numbers are
     the same bits whatever OPENBLAS_NUM_THREADS (tests/test_lanes_threads.py); only the p × p eigendecomposition is
     LAPACK's (unthreaded at any p this recursion can hold)."""
+    ops = _operators(problem)
+    lam, U, he, Kz, Kv, p, q = ops.lam, ops.U, ops.he, ops.Kz, ops.Kv, ops.p, ops.q
+    horizon = np.asarray(horizon, dtype=np.int64)
+    record_at = horizon if record_at is None else np.asarray(record_at, dtype=np.int64)
+    order = np.argsort(-horizon, kind="stable")  # longest horizon first: the active lanes are a prefix
+    hz, rec = horizon[order], record_at[order]
+    lane_scale = np.asarray(scales, dtype=np.float64)[order]
+    shape = np.asarray(shape, dtype=np.float64)
+    cs = np.asarray(c, dtype=np.float64)[order]
+    L, Gn = len(order), len(grid)
+    P2, Q2 = p * p, q * q
+    # The state of lane l is one row X[l] = [vec Z | vec V | μ | 1] (Z = z zᵀ, z = [μ; 1], so z is X's last q
+    # columns). Everything the recursion needs is linear in it: with K's columns [Q(V, μ) | h̃],
+    #   X·K = [Z·Kz + V·Kv | h̃],   W = [vec V | μ] ← D_t ⊙ W + M_t ⊙ (X·K),
+    # D_t = [vec(A_t ⊗ A_t) | A_t] (A_t = I − α_t Λ, diagonal here) and M_t = [α_t² c | α_t] per lane: one GEMM and a
+    # few elementwise products per step, whatever the number of lanes; E L = X·[lz | lv | 0].
+    X = np.zeros((L, Q2 + P2 + q))
+    X[:, Q2 + P2:Q2 + P2 + p] = _dot(np.asarray(w0, dtype=np.float64), U)
+    X[:, -1] = 1.0
+    K = np.zeros((Q2 + P2 + q, P2 + p))
+    K[:Q2, :P2], K[Q2:Q2 + P2, :P2], K[-1, P2:] = Kz, Kv, he
+    F = _functionals(ops)  # read at recorded and grid steps: E L, var ∇L, E tr Σ, E‖∇L‖², the H-weighted pair
+    rec_out = np.full((L, len(F)), np.nan)  # per lane at its recorded step: E L, var ∇L, E tr Σ, E‖∇L‖², the H-weighted
+    grid_out = np.full((L, Gn, len(F)), np.nan)
+    first_below = np.full(L, -1, dtype=np.int64)
+    loop_args = (X, K, F, lam, lane_scale, shape, cs, hz, rec, np.asarray(grid, dtype=np.int64),
+                 np.inf if target is None else float(target), target is not None, p, rec_out, grid_out, first_below)
+    if momentum is None:
+        _run_lanes(*loop_args)
+    else:  # the SGD family (backend/theory/momentum_lanes.py: LaneMomentum, docs/theory.md §9): the doubled state
+        momentum.run(order, *loop_args)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = {"loss": rec_out[:, 0], "var_full_grad": rec_out[:, 1], "var_g": rec_out[:, 1] + cs * rec_out[:, 2],
+               "noise_scale": rec_out[:, 2] / rec_out[:, 3], "grid_loss": grid_out[:, :, 0],
+               "grid_noise_scale": grid_out[:, :, 2] / grid_out[:, :, 3], "first_below": first_below,
+               "hessian_noise_scale": rec_out[:, 4] / rec_out[:, 5],
+               "grid_hessian_noise_scale": grid_out[:, :, 4] / grid_out[:, :, 5]}
+    inverse = np.argsort(order)
+    return {key: val[inverse] for key, val in out.items()}
+
+
+class _Operators(NamedTuple):
+    """The problem's precomputed maps in the eigenbasis of H = XᵀX/n (moment_paths; docs/theory.md §1): eigenvalues
+    ``lam`` and vectors ``U``, h̃ = Uᵀ Xᵀy/n, the Kronecker matrices Kv, Kz of Q(V, μ) = V·Kv + Z·Kz and G (∇L(μ) = G z),
+    and the vectors of E L = Z·lz + V·lv, tr HVH = V·hv, E tr Σ = V·sv + Z·sz, E tr(HΣ) = V·sv_h + Z·sz_h."""
+
+    p: int
+    q: int
+    lam: np.ndarray
+    U: np.ndarray
+    he: np.ndarray
+    G: np.ndarray
+    Kv: np.ndarray
+    Kz: np.ndarray
+    lz: np.ndarray
+    lv: np.ndarray
+    hv: np.ndarray
+    sv: np.ndarray
+    sz: np.ndarray
+    sv_h: np.ndarray
+    sz_h: np.ndarray
+
+
+def _operators(problem: LinRegProblem) -> _Operators:
+    """The maps of the recursion, from the data alone (every product in a fixed order: _dot)."""
     X, y = np.asarray(problem.X, dtype=np.float64), np.asarray(problem.y, dtype=np.float64)
     n, p = X.shape
     q = p + 1
@@ -61,25 +126,15 @@ def moment_paths(problem: LinRegProblem, w0: np.ndarray, scales: np.ndarray, sha
     lam_vec = np.diag(lam).reshape(-1)  # tr(Λ Q_V(V)) = (1/n) Σ (x̃ᵀVx̃)(x̃ᵀΛx̃) − tr Λ³V,  tr(Λ Q_m(μ)) = Z·(Kz vec Λ)
     sv_h, sz_h = _dot(fourth, lam_vec) - np.diag(lam ** 3).reshape(-1), _dot(Kz, lam_vec)
 
-    horizon = np.asarray(horizon, dtype=np.int64)
-    record_at = horizon if record_at is None else np.asarray(record_at, dtype=np.int64)
-    order = np.argsort(-horizon, kind="stable")  # longest horizon first: the active lanes are a prefix
-    hz, rec = horizon[order], record_at[order]
-    lane_scale = np.asarray(scales, dtype=np.float64)[order]
-    shape = np.asarray(shape, dtype=np.float64)
-    cs = np.asarray(c, dtype=np.float64)[order]
-    L, Gn = len(order), len(grid)
-    P2, Q2 = p * p, q * q
-    # The state of lane l is one row X[l] = [vec Z | vec V | μ | 1] (Z = z zᵀ, z = [μ; 1], so z is X's last q
-    # columns). Everything the recursion needs is linear in it: with K's columns [Q(V, μ) | h̃],
-    #   X·K = [Z·Kz + V·Kv | h̃],   W = [vec V | μ] ← D_t ⊙ W + M_t ⊙ (X·K),
-    # D_t = [vec(A_t ⊗ A_t) | A_t] (A_t = I − α_t Λ, diagonal here) and M_t = [α_t² c | α_t] per lane: one GEMM and a
-    # few elementwise products per step, whatever the number of lanes; E L = X·[lz | lv | 0].
-    X = np.zeros((L, Q2 + P2 + q))
-    X[:, Q2 + P2:Q2 + P2 + p] = _dot(np.asarray(w0, dtype=np.float64), U)
-    X[:, -1] = 1.0
-    K = np.zeros((Q2 + P2 + q, P2 + p))
-    K[:Q2, :P2], K[Q2:Q2 + P2, :P2], K[-1, P2:] = Kz, Kv, he
+    return _Operators(p, q, lam, U, he, G, Kv, Kz, lz, lv, hv, sv, sz, sv_h, sz_h)
+
+
+def _functionals(ops: _Operators) -> np.ndarray:
+    """(6, q² + p² + q): the linear functionals of a lane's state [vec Z | vec V | μ | 1] read at the recorded and grid
+    steps — E L, var ∇L = tr HVH, E tr Σ, E‖∇L‖², E tr(HΣ), E ∇LᵀH∇L."""
+    q, lam, G = ops.q, ops.lam, ops.G
+    lz, lv, hv, sv, sz, sv_h, sz_h = ops.lz, ops.lv, ops.hv, ops.sv, ops.sz, ops.sv_h, ops.sz_h
+    Q2 = q * q
     zeros_tail = np.zeros(q)  # μ and the constant 1 enter no functional below
 
     def on_state(v_part: np.ndarray, z_part: np.ndarray) -> np.ndarray:  # a linear functional of X
@@ -91,24 +146,7 @@ def moment_paths(problem: LinRegProblem, w0: np.ndarray, scales: np.ndarray, sha
     l_grad2 = on_state(hv, _dot(G.T, G).reshape(-1))  # E‖∇L(w_t)‖² = tr HVH + ‖∇L(μ)‖²
     l_htrace = on_state(sv_h, sz_h)  # E tr(H Σ(w_t))
     l_hgrad2 = on_state(np.diag(lam ** 3).reshape(-1), _dot(_dot(G.T, np.diag(lam)), G).reshape(-1))  # E ∇LᵀH∇L
-    F = np.stack([l_loss, l_var_full, l_trace, l_grad2, l_htrace, l_hgrad2])  # read at recorded and grid steps
-    rec_out = np.full((L, len(F)), np.nan)  # per lane at its recorded step: E L, var ∇L, E tr Σ, E‖∇L‖², the H-weighted
-    grid_out = np.full((L, Gn, len(F)), np.nan)
-    first_below = np.full(L, -1, dtype=np.int64)
-    loop_args = (X, K, F, lam, lane_scale, shape, cs, hz, rec, np.asarray(grid, dtype=np.int64),
-                 np.inf if target is None else float(target), target is not None, p, rec_out, grid_out, first_below)
-    if momentum is None:
-        _run_lanes(*loop_args)
-    else:  # the SGD family (backend/theory/momentum_lanes.py: LaneMomentum, docs/theory.md §9): the doubled state
-        momentum.run(order, *loop_args)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = {"loss": rec_out[:, 0], "var_full_grad": rec_out[:, 1], "var_g": rec_out[:, 1] + cs * rec_out[:, 2],
-               "noise_scale": rec_out[:, 2] / rec_out[:, 3], "grid_loss": grid_out[:, :, 0],
-               "grid_noise_scale": grid_out[:, :, 2] / grid_out[:, :, 3], "first_below": first_below,
-               "hessian_noise_scale": rec_out[:, 4] / rec_out[:, 5],
-               "grid_hessian_noise_scale": grid_out[:, :, 4] / grid_out[:, :, 5]}
-    inverse = np.argsort(order)
-    return {key: val[inverse] for key, val in out.items()}
+    return np.stack([l_loss, l_var_full, l_trace, l_grad2, l_htrace, l_hgrad2])
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
