@@ -81,8 +81,8 @@ _ADAM_PROBE = {"betas": ["4/5", "99/100"], "eps": "1/1000000", "weight_decay": "
 FAMILIES: dict[str, Family] = {
     "sgd": Family("SGD (momentum, Nesterov, weight decay)",
                   ((_WEIGHT_DECAY,),
-                   (Hyper("momentum", "Momentum β", 0, help="in [0, 1); e.g. 0.9 or 9/10 (exact for the exact theory)"),
-                    Hyper("nesterov", "Nesterov", False, kind="flag", help="needs β > 0"))),
+                   (Hyper("momentum", "Momentum β", 0, help="in [0, 1); e.g. 0.9 or 9/10 (exact for the exact theory)"),),
+                   (Hyper("nesterov", "Nesterov", False, kind="flag", help="needs β > 0"),)),
                   {"name": "sgd", "momentum": "1/2", "nesterov": True, "weight_decay": "1/100"},
                   "SGD (dampening 0): d = g + λw, v ← βv + d (v₁ = d₀), step v (or d + βv with Nesterov), "
                   "w ← w − α·step."),
