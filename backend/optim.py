@@ -40,7 +40,6 @@ State = dict[str, torch.Tensor]
 Rate = float | torch.Tensor  # α_t: a Python number, or a 0-dim tensor (a static buffer a CUDA graph reads)
 
 
-
 @dataclass(frozen=True)
 class Hyper:
     """One hyperparameter of a named optimizer as its config field and its widget (ui/optimizer.py draws them):
@@ -53,6 +52,7 @@ class Hyper:
     kind: str = "number"
     index: int | None = None
     help: str = ""
+    levels: bool = False  # a few levels (a momentum 0, 0.5, 0.9, 0.99): a sweep draws it on an ordinal axis
 
 
 @dataclass(frozen=True)
@@ -72,16 +72,23 @@ class Family:
         """Its fields of the ``optimizer`` object, besides ``name`` (a sweep can vary each)."""
         return tuple(dict.fromkeys(h.key for row in self.rows for h in row))
 
+    @property
+    def level_fields(self) -> tuple[str, ...]:
+        """Its fields that take a few levels (flags, ``Hyper.levels``): a sweep's ordinal axes."""
+        return tuple(dict.fromkeys(h.key for row in self.rows for h in row if h.levels or h.kind == "flag"))
+
 
 _WEIGHT_DECAY = Hyper("weight_decay", "Weight decay λ", 0,
                       help="L2: d = g + λw (SGD, Adam); AdamW: w ← w(1 − αλ) before the step. ≥ 0")
-_ADAM_ROW = (Hyper("betas", "β₁", "0.9", index=0), Hyper("betas", "β₂", "0.999", index=1), Hyper("eps", "ε", "1e-8"))
+_ADAM_ROW = (Hyper("betas", "β₁", "0.9", index=0, levels=True), Hyper("betas", "β₂", "0.999", index=1, levels=True),
+             Hyper("eps", "ε", "1e-8"))
 _ADAM_PROBE = {"betas": ["4/5", "99/100"], "eps": "1/1000000", "weight_decay": "1/100"}
 
 FAMILIES: dict[str, Family] = {
     "sgd": Family("SGD (momentum, Nesterov, weight decay)",
                   ((_WEIGHT_DECAY,),
-                   (Hyper("momentum", "Momentum β", 0, help="in [0, 1); e.g. 0.9 or 9/10 (exact for the exact theory)"),),
+                   (Hyper("momentum", "Momentum β", 0, levels=True,
+                          help="in [0, 1); e.g. 0.9 or 9/10 (exact for the exact theory)"),),
                    (Hyper("nesterov", "Nesterov", False, kind="flag", help="needs β > 0"),)),
                   {"name": "sgd", "momentum": "1/2", "nesterov": True, "weight_decay": "1/100"},
                   "SGD (dampening 0): d = g + λw, v ← βv + d (v₁ = d₀), step v (or d + βv with Nesterov), "
@@ -92,6 +99,7 @@ FAMILIES: dict[str, Family] = {
                     "AdamW: torch.optim.AdamW, w ← w(1 − αλ) before Adam's step."),
 }
 NAMES = tuple(FAMILIES)
+LEVEL_FIELDS = tuple(dict.fromkeys(k for f in FAMILIES.values() for k in f.level_fields))
 
 
 class Transform(Protocol):
@@ -381,6 +389,8 @@ class OptimizerSpec:
                 raise ConfigError(f.name("nesterov"), "Nesterov needs a momentum > 0, got momentum 0")
             f.finish()
             return cls(name, momentum, nesterov, weight_decay)
+        if name not in ("adam", "adamw"):
+            raise NotImplementedError(f"optimizer {name!r} is in FAMILIES but OptimizerSpec.parse has no branch for it")
         betas = f.get("betas", cls.betas)
         if not isinstance(betas, (list, tuple)) or len(betas) != 2:
             raise ConfigError(f.name("betas"), f"expected [beta1, beta2], got {betas!r}")
@@ -394,8 +404,10 @@ class OptimizerSpec:
         if self.name == "sgd":
             return {"name": "sgd", "momentum": jsonable_number(self.momentum), "nesterov": self.nesterov,
                     "weight_decay": jsonable_number(self.weight_decay)}
-        return {"name": self.name, "betas": [jsonable_number(x) for x in self.betas],
-                "eps": jsonable_number(self.eps), "weight_decay": jsonable_number(self.weight_decay)}
+        if self.name in ("adam", "adamw"):
+            return {"name": self.name, "betas": [jsonable_number(x) for x in self.betas],
+                    "eps": jsonable_number(self.eps), "weight_decay": jsonable_number(self.weight_decay)}
+        raise NotImplementedError(f"optimizer {self.name!r}: no branch in OptimizerSpec.to_json")
 
     @property
     def plain(self) -> bool:
@@ -405,13 +417,17 @@ class OptimizerSpec:
     @property
     def state_tensors(self) -> int:
         """Parameter-sized state tensors per replica that ``build`` keeps (SGD's velocity 1 with momentum, Adam(W)'s
-        m and v 2, plain SGD 0): counted on the built chain itself, for the cost models."""
-        return len(self.build().init({"p": torch.empty(0)}))
+        m and v 2, plain SGD 0): counted on the built chain itself (its state keys of one parameter ``p``), for the
+        cost models. Work buffers (``Scratch``: weight decay's, Nesterov's, Adam's two flat ones, clipping's) are not
+        state and not counted here."""
+        return sum(key.endswith(".p") for key in self.build().init({"p": torch.empty(0)}))
 
     def build(self, clip: float | None = None) -> Optimizer:
         """The optimizer over stacked replicas (float hyperparameters), per-replica clipping first when ``clip``."""
         if self.name == "sgd":
             return sgd(float(self.momentum), self.nesterov, float(self.weight_decay), clip)
+        if self.name not in ("adam", "adamw"):
+            raise NotImplementedError(f"optimizer {self.name!r}: no branch in OptimizerSpec.build")
         make = adam if self.name == "adam" else adamw
         return make((float(self.betas[0]), float(self.betas[1])), float(self.eps), float(self.weight_decay), clip)
 

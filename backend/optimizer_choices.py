@@ -5,8 +5,6 @@ says, so no list of settings is kept anywhere: a setting that learns a new optim
 
 from __future__ import annotations
 
-from typing import Any
-
 from backend.config import parse_config
 from backend.errors import ConfigError
 from backend.optim import FAMILIES, NAMES

@@ -1,7 +1,7 @@
 """The product's own runs, timed side by side in one run on two source trees (not a test): this checkout against
 another one (``--before DIR``, e.g. a ``git worktree`` of the commit before a redesign), to show that a change of
 structure kept the speed. Each workload runs through the public API (``backend.api``: parse, theory, simulate,
-advise), in a fresh Python process per tree and repetition, the trees alternating (A B A B …) so that the box's
+advise), in a fresh Python process per tree and repetition, the trees alternating (before then after in each repetition) so that the box's
 load falls on both alike; the time of each workload inside its process is the best of ``--repeat`` processes. No
 cache: every simulation runs (a temporary result cache per process).
 

@@ -570,6 +570,7 @@ def test_sequence_adamw_fields_and_the_named_form_are_one_config_and_the_same_nu
     ("sequence", {"momentum": "0.9"}, "optimizer.momentum"),
     ("sequence", {"name": "adam", "lr": "-1"}, "optimizer.lr"),
     ("sequence", {"name": "no_such_optimizer"}, "optimizer.name"),
+    ("sequence", {"name": ["adam"]}, "optimizer.name"),
 ])
 def test_bad_optimizer_is_refused_in_one_line(setting, opt, field, tmp_path):
     with pytest.raises(ConfigError) as err:

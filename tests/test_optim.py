@@ -81,6 +81,8 @@ CASES = [
     ({"name": "adamw", "betas": ["0.8", "0.99"], "eps": "1e-8"}, None),
     ({"name": "adamw", "betas": ["0.9", "0.999"], "eps": "1e-8", "weight_decay": "0.1"}, None),
     ({"name": "adamw", "betas": ["0.9", "0.999"], "eps": "1e-8", "weight_decay": "0.01"}, 0.5),
+    ({"name": "sgd", "momentum": "0.5", "nesterov": True, "weight_decay": "0.05"}, 0.5),  # clip → decay → Nesterov
+    ({"name": "adam", "betas": ["0.9", "0.999"], "eps": "1e-8", "weight_decay": "0.1"}, 0.5),  # clip → L2 → Adam
 ]
 
 
@@ -176,6 +178,27 @@ def test_one_optimizer_over_the_stack_is_per_replica():
     part, _ = run_stacked(opt, pick(w0), pick(a), [pick(x) for x in xi])
     for k in full:
         assert torch.equal(full[k][1:3], part[k])
+
+
+@pytest.mark.parametrize("name", optim.NAMES)
+def test_every_registered_optimizer_parses_builds_and_round_trips(name):
+    """Each FAMILIES entry has its branches in OptimizerSpec: its probe (every hyperparameter off its default) and
+    its bare name parse, build a chain and come back from to_json unchanged; its widget fields are its JSON's."""
+    family = optim.FAMILIES[name]
+    for raw in (family.probe, {"name": name}):
+        spec = optim.OptimizerSpec.parse(raw)
+        assert spec.name == name and optim.OptimizerSpec.parse(spec.to_json()) == spec
+        assert isinstance(spec.build(), optim.Optimizer)
+        assert set(family.fields) == set(spec.to_json()) - {"name"}
+
+
+def test_a_family_without_its_branches_is_refused_not_run_as_adam(monkeypatch):
+    """A FAMILIES entry that OptimizerSpec has no branch for raises at parse, never silently runs as Adam(W)."""
+    monkeypatch.setitem(optim.FAMILIES, "newopt", optim.FAMILIES["adam"])
+    with pytest.raises(NotImplementedError, match="newopt"):
+        optim.OptimizerSpec.parse({"name": "newopt"}, names=("newopt",))
+    with pytest.raises(NotImplementedError, match="newopt"):
+        optim.OptimizerSpec("newopt").build()
 
 
 def test_spec_defaults_round_trip_and_exact_numbers():

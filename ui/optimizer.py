@@ -1,8 +1,9 @@
 """The one optimizer widget every setting page shares: the ``optimizer`` field of the raw config (backend/optim.py's
 form, torch.optim's semantics): the name among those the setting runs (asked of the setting: api.optimizer_names),
 then that optimizer's hyperparameters as backend/optim.py's ``FAMILIES`` lays them out (rows of its ``Hyper`` fields,
-e.g. SGD: weight decay λ, momentum β, Nesterov; Adam, AdamW: weight decay, β₁, β₂, ε), with its semantics as help. Numbers are text, so "9/10" or "0.9" stay exact for the exact
-theory; validation is the config's (a bad value is one red line naming its field, from ui.state.validated)."""
+e.g. SGD: weight decay λ, momentum β, Nesterov; Adam, AdamW: weight decay, β₁, β₂, ε), with its semantics as
+help. Numbers are text, so "9/10" or "0.9" stay exact for the exact theory; validation is the config's (a bad value
+is one red line naming its field, from ui.state.validated)."""
 
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ def optimizer(setting: str, start: Any, k: Callable[[str], str], base: dict | No
             if h.index is None:
                 out[h.key] = value
             else:
-                out.setdefault(h.key, []).append(value)
+                out.setdefault(h.key, {})[h.index] = value
+    out = {key: [v[i] for i in sorted(v)] if isinstance(v, dict) else v for key, v in out.items()}  # list fields
     if extra is None and api.plain_optimizer(out):
         return None
     return {**(extra or {}), **out}

@@ -7,6 +7,7 @@ import pandas as pd
 
 from backend.charts.base import (AUTOSIZE, CATEGORY, chart_title, dropped_note, log_axis_format, log_safe,
                                  MAX_CATEGORICAL, SEQUENTIAL)
+from backend.optim import LEVEL_FIELDS
 
 
 def _as_number(value) -> float | None:
@@ -21,7 +22,7 @@ def _as_number(value) -> float | None:
         return None
 
 
-DISCRETE_FIELDS = ("momentum", "nesterov", "betas")  # optimizer settings: a few levels (0, 0.5, 0.9, 0.99), ordinal
+DISCRETE_FIELDS = LEVEL_FIELDS  # optimizer settings with a few levels (backend/optim.py: Hyper.levels, flags), ordinal
 
 
 def is_discrete_field(field: str) -> bool:

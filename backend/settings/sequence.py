@@ -134,7 +134,8 @@ def _parse_optimizer(raw: Any, o0: dict[str, Any]) -> dict[str, Any]:
     that optimizer's where they mean the same: lr, warmup, clip always; beta1/beta2 → betas for an optimizer whose
     family has betas (adam, adamw), eps for one that has eps; weight_decay as the named optimizer's λ (L2 for sgd and
     adam, decoupled for adamw). The Adam-only beta1, beta2, eps beside an optimizer without them (``"sgd"``) are
-    refused in one line naming the field (even at their defaults: nothing is dropped silently) — to sweep momentum, write the base's optimizer in the named form ``{"name": "sgd", "lr": …}``."""
+    refused in one line naming the field (even at their defaults: nothing is dropped silently) — to sweep momentum,
+    write the base's optimizer in the named form ``{"name": "sgd", "lr": …}``."""
     fo = Fields(raw, "optimizer")
     if not fo.has("name"):
         shared = sorted(set(fo.raw) & {"momentum", "nesterov", "betas"})
@@ -157,9 +158,11 @@ ADAM_ONLY = ("beta1", "beta2", "eps")  # the old form's fields that plain SGD ha
 
 def _named_fields(fo: Fields, o0: dict[str, Any]) -> dict[str, Any]:
     """The named form's fields for OptimizerSpec.parse, with old-form fields beside the name read as
-    _parse_optimizer says (beta1/beta2 → betas for adam/adamw; the Adam-only ones beside sgd refused)."""
+    _parse_optimizer says (beta1/beta2 → betas for a family with betas; the Adam-only ones beside a family without
+    them refused)."""
     out = {k: v for k, v in fo.raw.items() if k not in SCHEDULE_KEYS}
-    family = FAMILIES.get(out.get("name"))  # an unknown name: OptimizerSpec.parse names it
+    name = out.get("name")
+    family = FAMILIES.get(name) if isinstance(name, str) else None  # an unknown name: OptimizerSpec.parse names it
     legacy = [k for k in ("beta1", "beta2") if k in out]
     if family and "betas" in family.fields and legacy:
         if "betas" in out:
