@@ -7,6 +7,7 @@ such values are dropped and the chart says how many. Colours are explicit, so th
 
 The builders live in one module per page family (``base``: what they share; ``against_t``, ``against_b``, ``advisor``,
 ``critical``, ``sweep``; ``export``); this package names them all, so pages and ui/ call ``charts.<builder>``.
+A constant is read where it is defined (``charts.base.MAX_POINTS_PER_CURVE``): change it there, not here.
 """
 
 from backend.charts.base import (MAX_POINTS_PER_CURVE, thinned, positive_floor, b_sort_key, b_order, CATEGORY,  # noqa: F401
