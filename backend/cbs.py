@@ -12,6 +12,7 @@ gain ½ (E‖∇L‖²)² / (E ∇LᵀH∇L + c_b E tr(HΣ)). Written against th
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Sequence
 
 import numpy as np
@@ -82,20 +83,25 @@ def cbs(config, b_ref: int, checkpoints: Sequence[int], samples: int, scaling: s
 
 def cbs_rules(config, b_ref: int, checkpoints: Sequence[int], samples: int, scalings: Sequence[str] = tuple(SCALINGS),
               tolerance: float = DEFAULT_TOLERANCE, ks: Sequence[int] | None = None, cache=None, executor=None,
-              progress=None) -> dict[str, dict[str, Any]]:
+              progress=None, cancel: threading.Event | None = None) -> dict[str, dict[str, Any]]:
     """``cbs`` for several scaling rules in one pass (one lane per rule, checkpoint and k): {scaling: document}.
     Exact where the setting has ``branches``; else its ``replica_branches`` (every replica's state continues; cached
     in ``cache``, the default cache when None). ``executor`` (a sweep executor, backend/sweep.py): the local one (or
     None) computes here; one with ``run_cbs`` (Ray: backend/cluster.py) runs the whole replica request as one task on
     the device it would use and writes its cache entries here first. ``progress`` (a backend/progress.py Progress
     or a callable taking each increment): the replica runs' steps — the reference run's and every branch's — set
-    its total and advance it (finished on a cache hit); the exact branches finish it at once."""
+    its total and advance it (finished on a cache hit); the exact branches finish it at once. ``cancel`` (an Event):
+    once set, the replica runs stop at their next step (here, or the Ray task is cancelled) and raise Cancelled;
+    nothing of the cancelled request is cached, what finished before it stays."""
     if isinstance(scalings, str) or not len(scalings):
         raise ConfigError("scaling", f"expected a non-empty list of scaling rules from {list(SCALINGS)}, "
                                      f"got {scalings!r}")
     setting, b_ref, cps, samples, tolerance, bs, factors, steps = _plan(config, b_ref, checkpoints, samples, scalings,
                                                                         tolerance, ks)
     progress = as_progress(progress)
+    if cancel is not None:  # every step of the replica runs advances it: they stop at the next one
+        progress.cancel = cancel
+        progress.check_cancel()
     if hasattr(setting, "branches"):
         res = setting.branches(config, b_ref, cps, bs, factors, steps)
         progress.finish()

@@ -29,7 +29,7 @@ import torch
 from backend import core, report
 from backend.cache import CODE_VERSION, ResultCache
 from backend.config import parse_config
-from backend.errors import ConfigError, one_line
+from backend.errors import Cancelled, ConfigError, one_line
 from backend.progress import Progress, as_progress
 from backend.sweep import Cell
 
@@ -237,20 +237,26 @@ class RayExecutor:
         CPUs); its cache entries are written into ``cache``, so that the driver's own ``cbs_rules`` reads them.
         ``progress`` (a backend/progress.py Progress or a callable taking each increment): the task's total and
         steps as the local run reports them, advanced as the task reports them (every ``report_seconds`` at most).
-        A failure in the task is one ConfigError naming ``executor``. Returns {"seconds", "node"}."""
+        A failure in the task is one ConfigError naming ``executor``; ``progress.cancel`` set: the task is cancelled
+        (ray.cancel, force) at its next report and Cancelled raised, nothing written. Returns {"seconds", "node"}."""
         ray = _ray()
         progress = as_progress(progress)
         task = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(compute_cbs)
         options = {"num_gpus": 1, "num_cpus": 1} if self._gpu(config) else {"num_cpus": self.threads}
         seen = 0
+        reports = task.options(**options).remote(config.to_json(), request, self.threads, self.report_seconds)
         try:
-            for ref in task.options(**options).remote(config.to_json(), request, self.threads, self.report_seconds):
+            for ref in reports:
                 out = ray.get(ref)
                 if "done" in out:
                     progress.total = out["total"]
                     if out["done"] > seen:  # cumulative: a retried task's reports do not count twice
                         progress.advance(out["done"] - seen)
                         seen = out["done"]
+                    progress.check_cancel()  # also between reports of no new step (the final entries: kept)
+        except Cancelled:
+            ray.cancel(reports, force=True)
+            raise
         except ray.exceptions.RayTaskError as e:
             cause = e.cause if getattr(e, "cause", None) is not None else e
             raise ConfigError("executor", one_line(f"the Ray task failed: {type(cause).__name__}: {cause}")) from None

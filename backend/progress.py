@@ -7,12 +7,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from backend.errors import Cancelled
+
 
 @dataclass
 class Progress:
     """Thread-safe progress of a run. ``on_advance`` (optional) is called with every increment, e.g. by a caller
     that counts units itself; a run sets ``total`` before it starts and calls ``finish`` at the end. ``message`` is
-    what the run is doing now; ``log`` one line per finished part (a sweep's cells), oldest first."""
+    what the run is doing now; ``log`` one line per finished part (a sweep's cells), oldest first. ``cancel`` (optional,
+an Event): once it is set, ``advance`` raises Cancelled — a run that reports every step through its Progress (the
+replica branches of the critical batch size) stops at its next step, before anything of it is cached."""
 
     total: int = 0
     done: int = 0
@@ -21,12 +25,19 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
     on_advance: Callable[[int], None] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    cancel: threading.Event | None = field(default=None, repr=False)
 
     def advance(self, units: int) -> None:
         with self.lock:
             self.done += units
         if self.on_advance is not None:
             self.on_advance(units)
+        self.check_cancel()
+
+    def check_cancel(self) -> None:
+        """Raise Cancelled when ``cancel`` is set."""
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("cancelled")
 
     def finish(self) -> None:
         with self.lock:

@@ -96,8 +96,8 @@ if not exact_here:
               f"{api.format_duration(est['seconds'])} and {api.format_bytes(est['memory_bytes'])} "
               f"{api.estimate_where(api.resolve_device(config.device))} (cached afterwards: instant).")
     key = json.dumps([config.to_json(), request[1:], runner.name, st.session_state.get("cbs_address")], default=str)
-    docs = ui.job_panel("cbs", key, header, lambda: (lambda progress, cancel: api.cbs_rules(
-                            *request, executor=runner, progress=progress)),  # the bar: reference and branch steps
+    docs = ui.job_panel("cbs", key, header, lambda: (lambda progress, cancel: api.cbs_rules(  # the bar and Cancel:
+                            *request, executor=runner, progress=progress, cancel=cancel)),  # every replica step
                         idle="Press Run: every replica's state at each checkpoint continues with each k·B.")
     if docs is None:
         st.stop()

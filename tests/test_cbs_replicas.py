@@ -8,6 +8,7 @@ network's. The numbers come out of ``cbs_rules`` / the CLI."""
 
 import json
 import math
+import threading
 from fractions import Fraction
 
 import numpy as np
@@ -217,3 +218,30 @@ def test_progress_advances_step_by_step_to_its_total(tmp_path, which):
     cbs.cbs_rules(parse_config({"setting": "linear_regression"}), 1, [0, 2], 4, ("none",), ks=[1, 2],
                   progress=exact)
     assert exact.fraction == 1.0
+
+
+@pytest.mark.parametrize("which", ["deep_linear", "mlp"])
+def test_cancel_stops_the_replica_run_at_its_next_step_and_caches_nothing(tmp_path, which):
+    """The page's Cancel (an Event given to cbs_rules): set after the 4th step, the run raises Cancelled at that
+    step — not at its end (17 steps) — and nothing is cached; the same request then runs to its end and is cached.
+    An Event already set stops it before its first step."""
+    from test_cbs_functional import MLP
+
+    from backend.errors import Cancelled
+
+    raw = {**SCALAR, "replicas": 50} if which == "deep_linear" else {**MLP, "replicas": 2}
+    config, B, cps, S, ks = parse_config(raw), 2, [0, 3], 16, [1, 2, 4]
+    cache, cancel = ResultCache(tmp_path), threading.Event()
+    progress = api.Progress(total=1)
+    progress.on_advance = lambda units: cancel.set() if progress.done == 4 else None
+    with pytest.raises(Cancelled):
+        cbs.cbs_rules(config, B, cps, S, ("none",), ks=ks, cache=cache, progress=progress, cancel=cancel)
+    assert progress.done == 4 and progress.total == 17 and len(cache) == 0
+    done = api.Progress(total=1)
+    doc = cbs.cbs_rules(config, B, cps, S, ("none",), ks=ks, cache=cache, progress=done, cancel=threading.Event())
+    assert done.done == done.total == 17 and len(cache) == 1 and doc["none"]["checkpoints"][-1]["t"] == 3
+    before = api.Progress(total=1)
+    with pytest.raises(Cancelled):
+        cbs.cbs_rules(config, B, cps, S, ("none",), ks=ks, cache=ResultCache(tmp_path / "other"), progress=before,
+                      cancel=cancel)
+    assert before.done == 0

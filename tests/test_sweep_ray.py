@@ -217,6 +217,38 @@ def test_ray_cbs_advances_the_progress_step_by_step_as_the_local_run_does(ray_cl
     assert calls["ray"] == calls["local"] == [(1, k, total) for k in range(1, total + 1)]
 
 
+def test_cancel_stops_the_ray_cbs_task_and_writes_nothing(ray_cluster, tmp_path):
+    """The page's Cancel on a Ray cbs: set at the task's first reported step, the driver raises Cancelled, writes no
+    cache entry, and the task is cancelled (force): the cluster's CPUs are free again long before the run would
+    have ended (its estimate: over a minute on 2 cores)."""
+    import threading
+    import time
+
+    import ray
+
+    from backend import cbs
+    from backend.errors import Cancelled
+    from backend.progress import Progress
+
+    cfg = api.parse_config({"setting": "mlp", "hidden": [128, 128], "replicas": 256, "epochs": 4,
+                            "noise_samples": 16, "eval_size": 200, "device": "cpu"})
+    request = dict(b_ref=8, checkpoints=[0, 700], samples=4096, scalings=("none",), ks=[1, 2, 4])
+    assert api.cbs_estimate(cfg, 8, [0, 700], 4096, ("none",), [1, 2, 4])["seconds"] > 60
+    on_ray = cluster.RayExecutor(threads=1)
+    on_ray.report_seconds = 0
+    cancel, progress = threading.Event(), Progress()
+    progress.on_advance = lambda units: cancel.set()
+    cache = ResultCache(tmp_path / "cbs")
+    with pytest.raises(Cancelled):
+        cbs.cbs_rules(cfg, **request, cache=cache, executor=on_ray, progress=progress, cancel=cancel)
+    assert len(cache) == 0 and 0 < progress.done < progress.total
+    total = ray.cluster_resources()["CPU"]
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU", 0) < total and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == total
+
+
 def test_the_driver_refuses_a_worker_document_of_other_code_config_device_or_key():
     """cluster.accept, no Ray: a worker's report equal to the driver's own passes; any of code version, normalised
     config, device or cache key differing is one line naming the cell and what differs."""
