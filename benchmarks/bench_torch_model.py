@@ -4,13 +4,13 @@ by SGD, three ways side by side in one run on this machine, the same mini-batche
 - vmap: the parameters stacked over replicas (torch.func.stack_module_state), one ``vmap(grad(functional_call))``
   for all R gradients and one fused update of every stacked tensor (torch._foreach_add_) per step;
 - loop: R ``nn.Module`` copies, each with its own ``torch.optim.SGD`` (zero_grad, backward, step per replica);
-- setting: the torch_model setting's own run (backend.api.simulate, statistics only at t = 0 and T), its cost per
-  step taken as the difference of a T-step and a T/4-step run over the 3T/4 steps between them (so the start-up and
-  the two statistics passes cancel) — when the setting is registered.
-The vmap and loop weights after the steps are compared (max |Δ|: float32 rounding only). Target: ≥ 10× the loop on
-2 CPU cores. The loop's cost is mostly per-call overhead, the vmap's grows with R·b (a convolution over stacked
+- setting: the torch_model setting's own run (backend.api.simulate, statistics only at t = 0 and T), each step
+  timed by its progress callback (called once a step, after the divergence check) — when the setting is registered.
+Each way's cost is the median of its per-step times (a 2-core box's jitter and the first-call costs do not move a
+median; the mean is printed beside it). The vmap and loop weights after the steps are compared (max |Δ|: float32
+rounding, and max-pool ties that rounding flips). Target: ≥ 10× the loop on 2 CPU cores. The loop's cost is mostly per-call overhead, the vmap's grows with R·b (a convolution over stacked
 weights runs as a grouped convolution), so the ratio falls with b: b = 8 and b = 32 are both timed.
-Run: ``python benchmarks/bench_torch_model.py [--replicas 64] [--batch 8 32] [--steps 20]``.
+Run: ``python benchmarks/bench_torch_model.py [--replicas 64] [--batch 1 4 8 32] [--steps 40]``.
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ import copy
 import importlib.util
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, stack_module_state, vmap
@@ -61,10 +63,17 @@ def time_vmap(net: torch.nn.Module, X: torch.Tensor, Y: torch.Tensor, idx: torch
     step(0)  # warm-up (first-call costs), then back to w_0
     for k in names:
         params[k].copy_(warm[k])
-    t0 = time.perf_counter()
-    for s in range(idx.shape[0]):
+    return step_times(step, idx.shape[0]), params
+
+
+def step_times(step, steps: int) -> list[float]:
+    """Seconds of each of ``steps`` calls step(s)."""
+    out = []
+    for s in range(steps):
+        t0 = time.perf_counter()
         step(s)
-    return time.perf_counter() - t0, params
+        out.append(time.perf_counter() - t0)
+    return out
 
 
 def time_loop(net: torch.nn.Module, X: torch.Tensor, Y: torch.Tensor, idx: torch.Tensor) -> tuple[float, dict]:
@@ -83,17 +92,14 @@ def time_loop(net: torch.nn.Module, X: torch.Tensor, Y: torch.Tensor, idx: torch
     step(0)  # warm-up, then back to w_0
     for m, sd in zip(nets, warm):
         m.load_state_dict(sd)
-    t0 = time.perf_counter()
-    for s in range(idx.shape[0]):
-        step(s)
-    seconds = time.perf_counter() - t0
+    seconds = step_times(step, idx.shape[0])
     return seconds, {k: torch.stack([dict(m.named_parameters())[k].detach() for m in nets]) for k, _ in
                      net.named_parameters()}
 
 
-def time_setting(R: int, b: int, steps: int) -> float | None:
-    """Seconds per step of the torch_model setting's run (difference of the best of 3 T-step and best of 3 T/4-step
-    runs), None where it is not available, NaN where the difference is not resolved (a loaded box)."""
+def time_setting(R: int, b: int, steps: int) -> list[float] | None:
+    """Seconds of each step of the torch_model setting's run after its first (between consecutive progress calls,
+    the record points' statistics left out), None where the setting is not available."""
     from backend import api
     from backend.cache import ResultCache
     from backend.config import parse_config
@@ -101,32 +107,29 @@ def time_setting(R: int, b: int, steps: int) -> float | None:
 
     import tempfile
 
-    def run(T: int) -> float:
-        cfg = parse_config({"setting": "torch_model", "model": {"file": str(EXAMPLE)}, "batch_sizes": [b],
-                            "replicas": R, "inits": 1, "steps": T, "record_every": T, "noise_samples": 32,
-                            "lr": {"schedule": "constant", "c": str(LR)}, "device": "cpu", "seed": 0})
-        t0 = time.perf_counter()
-        api.simulate(cfg, cache=ResultCache(tempfile.mkdtemp(prefix="bench-torch-model-")))
-        return time.perf_counter() - t0
-
+    cfg = parse_config({"setting": "torch_model", "model": {"file": str(EXAMPLE)}, "batch_sizes": [b],
+                        "replicas": R, "inits": 1, "steps": steps + 1, "record_every": steps + 1,
+                        "noise_samples": 32, "lr": {"schedule": "constant", "c": str(LR)}, "device": "cpu",
+                        "seed": 0})
+    stamps: list[float] = []
     try:
-        short = max(1, steps // 4)
-        run(short)  # warm-up: the file's import and checks, torch.func's first calls
-        t_short = min(run(short) for _ in range(3))
-        t_long = min(run(steps) for _ in range(3))
+        api.simulate(cfg, progress=lambda units: stamps.append(time.perf_counter()),
+                     cache=ResultCache(tempfile.mkdtemp(prefix="bench-torch-model-")))
     except (ConfigError, ImportError, KeyError) as e:
         print(f"setting: not available here ({type(e).__name__}: {e})")
         return None
-    if t_long - t_short < 0.1 * t_long:  # the steps are lost in the noise of the statistics passes
-        return float("nan")
-    return (t_long - t_short) / (steps - short)
+    return list(np.diff(stamps[:steps + 1]))  # steps 1 … T (step 0 pays the first calls; the last record after T)
+
+
+def per_step(times: list[float]) -> str:
+    return f"{statistics.median(times) * 1e3:.2f} ms/step (mean {statistics.fmean(times) * 1e3:.2f})"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--replicas", type=int, default=64)
-    ap.add_argument("--batch", type=int, nargs="+", default=[8, 32])
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 4, 8, 32])
+    ap.add_argument("--steps", type=int, default=40)
     args = ap.parse_args()
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), load average {os.getloadavg()[0]:.1f} (the loop suffers most from a "
@@ -141,17 +144,14 @@ def main() -> None:
         t_vmap, w_vmap = time_vmap(net, X, Y, idx)
         t_loop, w_loop = time_loop(net, X, Y, idx)
         diff = max((w_vmap[k] - w_loop[k]).abs().max().item() for k in w_loop)
-        print(f"CNN example ({P} parameters), R = {R}, b = {b}, {steps} steps, CPU float32: vmap "
-              f"{t_vmap / steps * 1e3:.2f} ms/step, per-replica loop {t_loop / steps * 1e3:.2f} ms/step "
-              f"(×{t_loop / t_vmap:.1f}); weights after the steps agree to {diff:.1e}", flush=True)
-        per_step = time_setting(R, b, steps)
-        if per_step is not None and per_step != per_step:
-            print(f"  setting torch_model (R = {R}, b = {b}): per-step cost not resolved at this load (the T- and "
-                  f"T/4-step runs differ by less than 10 %): rerun on a quiet box or with more --steps", flush=True)
-        elif per_step is not None:
-            print(f"  setting torch_model (R = {R}, b = {b}; its own sampler and step): {per_step * 1e3:.2f} ms/step "
-                  f"(×{t_loop / steps / per_step:.1f} the loop)", flush=True)
-
+        loop = statistics.median(t_loop)
+        print(f"CNN example ({P} parameters), R = {R}, b = {b}, {steps} steps, CPU float32: vmap {per_step(t_vmap)}, "
+              f"per-replica loop {per_step(t_loop)} (×{loop / statistics.median(t_vmap):.1f} by the medians); "
+              f"weights after the steps agree to {diff:.1e}", flush=True)
+        t_setting = time_setting(R, b, steps)
+        if t_setting is not None:
+            print(f"  setting torch_model (R = {R}, b = {b}; its own sampler, step and divergence check): "
+                  f"{per_step(t_setting)} (×{loop / statistics.median(t_setting):.1f} the loop)", flush=True)
 
 if __name__ == "__main__":
     main()
