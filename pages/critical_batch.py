@@ -25,33 +25,9 @@ st.caption("The reference run (batch B, the config's schedule and optimizer) is 
 ui.theory_link(11, "B_noise, the branches and the one-step optimum")
 
 sb = st.sidebar
-pages = {p["name"]: p["title"] for p in api.setting_pages()}
 exact = api.cbs_settings()
-setting = sb.selectbox("Setting", list(pages), index=list(pages).index(exact[0]) if exact else 0,
-                       format_func=pages.get, key="cbs_setting")
-source = sb.radio("Config", ["the setting's page", "defaults", "a config file"], key="cbs_source",
-                  help="the setting's page: the config last set there in this session (its defaults if none)")
-base: dict = st.session_state.get(ui.last_config_key(setting)) or api.defaults(setting)
-if source == "defaults":
-    base = api.defaults(setting)
-elif source == "a config file":
-    up = sb.file_uploader("Config (JSON)", type=["json"], key="cbs_upload")
-    if up is None:
-        st.info("Load a config file (as downloaded from a setting's page).")
-        st.stop()
-    try:
-        base = api.loads(up.getvalue().decode("utf-8"))
-    except (api.ConfigError, UnicodeDecodeError) as e:
-        st.error(f"Cannot read that file: {ui.user_text(e)}")
-        st.stop()
-try:
-    config = api.parse_config(base)
-except api.ConfigError as e:
-    st.error(f"The config is not valid — {ui.user_text(e)}")
-    st.stop()
-if config.setting != setting:
-    st.error(f"The config file is for the setting {ui.user_text(config.setting)}, not {pages[setting]}.")
-    st.stop()
+setting, _, config = ui.base_config("cbs", "Config", exact[0] if exact else None)
+pages = {p["name"]: p["title"] for p in api.setting_pages()}
 
 sb.divider()
 # the fields below start from this setting's config: keyed by setting, so another setting's values never carry over

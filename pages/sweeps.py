@@ -23,35 +23,7 @@ st.caption("Vary up to three config fields (a top-level field or a dotted path s
            "on an embedded Ray on this machine, or on a Ray cluster.")
 
 sb = st.sidebar
-pages = {p["name"]: p["title"] for p in api.setting_pages()}
-setting = sb.selectbox("Setting", list(pages), format_func=pages.get, key="sw_setting")
-sources = ["the setting's page", "defaults", "a preset", "a config file"]
-source = sb.radio("Base config", sources, key="sw_source",
-                  help="the setting's page: the config last set there in this session (its defaults if none)")
-base: dict = st.session_state.get(ui.last_config_key(setting)) or api.defaults(setting)
-if source == "defaults":
-    base = api.defaults(setting)
-elif source == "a preset":
-    preset = sb.selectbox("Preset", api.presets(setting), key=f"sw_preset_{setting}")
-    base = {"setting": setting, "preset": preset}
-elif source == "a config file":
-    up = sb.file_uploader("Config (JSON)", type=["json"], key="sw_upload")
-    if up is None:
-        st.info("Load a config file (as downloaded from a setting's page).")
-        st.stop()
-    try:
-        base = api.loads(up.getvalue().decode("utf-8"))
-    except (api.ConfigError, UnicodeDecodeError) as e:
-        st.error(f"Cannot read that file: {ui.user_text(e)}")
-        st.stop()
-try:
-    base_config = api.parse_config(base)
-except api.ConfigError as e:
-    st.error(f"The base config is not valid — {ui.user_text(e)}")
-    st.stop()
-if base_config.setting != setting:
-    st.error(f"The config file is for the setting {ui.user_text(base_config.setting)}, not {pages[setting]}.")
-    st.stop()
+setting, base, base_config = ui.base_config("sw", "Base config", presets=True)
 
 sb.divider()
 fields = api.sweep_fields(base_config)

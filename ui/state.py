@@ -1,5 +1,6 @@
 """Page state shared by every setting page: the raw config from the URL, presets and uploaded configs, the one
-validation boundary (an error box naming the field, the user's input escaped), the URL sync and the theory links."""
+validation boundary (an error box naming the field, the user's input escaped), the URL sync, the theory links, and
+the base config of the pages that take one (Sweeps, Critical batch size)."""
 
 from __future__ import annotations
 
@@ -138,3 +139,44 @@ def sync_url(config) -> None:
     query = api.to_query(config)
     if dict(st.query_params) != query:
         st.query_params.from_dict(query)
+
+
+def base_config(prefix: str, label: str, default_setting: str | None = None, presets: bool = False
+                ) -> tuple[str, dict, object]:
+    """The sidebar's setting and its ``label`` config (the Sweeps and Critical batch size pages): the config last set
+    on that setting's page in this session (its defaults if none), its defaults, a preset (``presets``) or an uploaded
+    config file. Returns (setting, the raw config, the parsed config); a file that cannot be read, an invalid config
+    or one for another setting stops the page with one red line."""
+    sb = st.sidebar
+    titles = {p["name"]: p["title"] for p in api.setting_pages()}
+    names = list(titles)
+    setting = sb.selectbox("Setting", names, index=names.index(default_setting) if default_setting in names else 0,
+                           format_func=titles.get, key=f"{prefix}_setting")
+    sources = ["the setting's page", "defaults", *(["a preset"] if presets else []), "a config file"]
+    source = sb.radio(label, sources, key=f"{prefix}_source",
+                      help="the setting's page: the config last set there in this session (its defaults if none)")
+    raw: dict = st.session_state.get(last_config_key(setting)) or api.defaults(setting)
+    if source == "defaults":
+        raw = api.defaults(setting)
+    elif source == "a preset":
+        raw = {"setting": setting,
+               "preset": sb.selectbox("Preset", api.presets(setting), key=f"{prefix}_preset_{setting}")}
+    elif source == "a config file":
+        up = sb.file_uploader("Config (JSON)", type=["json"], key=f"{prefix}_upload")
+        if up is None:
+            st.info("Load a config file (as downloaded from a setting's page).")
+            st.stop()
+        try:
+            raw = api.loads(up.getvalue().decode("utf-8"))
+        except (api.ConfigError, UnicodeDecodeError) as e:
+            st.error(f"Cannot read that file: {user_text(e)}")
+            st.stop()
+    try:
+        config = api.parse_config(raw)
+    except api.ConfigError as e:
+        st.error(f"The {label.lower()} is not valid — {user_text(e)}")
+        st.stop()
+    if config.setting != setting:
+        st.error(f"The config file is for the setting {user_text(config.setting)}, not {titles[setting]}.")
+        st.stop()
+    return setting, raw, config
