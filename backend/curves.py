@@ -34,6 +34,15 @@ def curves_result(x_name: str, x: np.ndarray, batch_sizes, curves: dict[str, dic
             "finite_count": np.asarray(finite_count), "meta": meta, "cached": cached, **extra}
 
 
+def pack_stats(runs) -> dict[str, np.ndarray]:
+    """The replica runs of every b (each a ReplicaResult: ``curves`` {q: {stat: (X,)}}, ``finite_count``) as the
+    cache's {"q.stat": (B, X), "finite_count": (B, X)} (the inverse of unpack_stats)."""
+    arrays = {f"{name}.{stat}": np.stack([r.curves[name][stat] for r in runs])
+              for name in runs[0].curves for stat in ("value", "se", "lo", "hi", "tail_share", "skew")}
+    arrays["finite_count"] = np.stack([r.finite_count for r in runs])
+    return arrays
+
+
 def unpack_stats(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
     """{"q.stat": array} (as cached) → {q: {stat: array}}."""
     curves: dict[str, dict[str, np.ndarray]] = {}

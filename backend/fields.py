@@ -223,6 +223,14 @@ class BatchSchedule:
         return ", ".join(f"{b}:{s}" for b, s in self.segments)
 
 
+def run_batches(config) -> list:
+    """What each replica run of a step setting takes as its b: the batch sizes, or the one ``batch_schedule`` as its
+    [(b, steps), …] (one run)."""
+    if config.batch_schedule is not None:
+        return [list(config.batch_schedule.segments)]
+    return list(config.batch_sizes)
+
+
 def read_batch_schedule(raw: Any, n: int, field_name: str = "batch_schedule") -> BatchSchedule:
     """``[[b1, steps1], [b2, steps2], …]`` with 1 ≤ b_i ≤ n and steps_i ≥ 1 (one line naming the field otherwise)."""
     if not isinstance(raw, (list, tuple)) or not raw:

@@ -16,9 +16,9 @@ import torch
 from backend.cache import CODE_VERSION, ResultCache
 from backend.fields import (DEVICES, DTYPES, MAX_REPLICAS, MAX_STEPS, MAX_WIDTH, MIN_REPLICAS, BatchSchedule, Fields,
                             Schedule, config_fields, curve_keys, read_batch_sizes, read_choice, read_int, read_positive,
-                            read_step_batches, replace_fields)
+                            read_step_batches, replace_fields, run_batches)
 from backend.costs import GpuModel, combine_costs
-from backend.curves import curves_result, unpack_stats
+from backend.curves import curves_result, pack_stats, unpack_stats
 from backend.engine import deep_linear as engine
 from backend.errors import ConfigError, TooExpensive
 from backend.exact import fraction_str, is_exact, jsonable_number, parse_number
@@ -387,12 +387,8 @@ def simulate(config: DeepLinearConfig, device: torch.device, cache: ResultCache,
         opt = None if config.optimizer.plain else config.optimizer.build()
         per_b = [engine.run_replicas(W0, T, alphas, b, config.replicas, config.seed, device, dtype, progress.advance, cancel,
                                      record_every=config.record_every, optimizer=opt)
-                 for b in _run_batches(config)]
-        arrays = {}
-        for name in per_b[0].curves:
-            for stat in ("value", "se", "lo", "hi", "tail_share", "skew"):
-                arrays[f"{name}.{stat}"] = np.stack([r.curves[name][stat] for r in per_b])
-        arrays["finite_count"] = np.stack([r.finite_count for r in per_b])
+                 for b in run_batches(config)]
+        arrays = pack_stats(per_b)
         meta = {"kind": "simulate_deep", "device": str(device), "groups": per_b[0].groups,
                 "diverged_at": [r.diverged_at for r in per_b], "diverged_replicas": [r.diverged_replicas for r in per_b],
                 "sampler": "fresh Gaussian samples each step (online); Σ̂ by Bartlett when b ≥ p, else directly",
@@ -407,11 +403,6 @@ def simulate(config: DeepLinearConfig, device: torch.device, cache: ResultCache,
     meta, arrays, hit = cache.get_or_compute(key, compute)
     progress.finish()
     return _sim_result(config, meta, arrays, hit)
-
-
-def _run_batches(config: DeepLinearConfig) -> list:
-    """What each replica run takes as its b: the batch sizes, or the one batch_schedule as its [(b, steps), …]."""
-    return list(config.batch_sizes) if config.batch_schedule is None else [list(config.batch_schedule.segments)]
 
 
 def cached_simulation(config: DeepLinearConfig, device: torch.device, cache: ResultCache) -> dict[str, Any] | None:

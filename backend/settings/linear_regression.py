@@ -16,9 +16,10 @@ from backend import datasets
 from backend.cache import CODE_VERSION, ResultCache, default_cache, make_key
 from backend.fields import (DEVICES, MAX_REPLICAS, MAX_STEPS, MIN_REPLICAS, SAMPLER_LABELS, SAMPLERS, BatchSchedule,
                             Fields, Schedule, config_fields, curve_keys, paper_batch_sizes, read_batch_sizes,
-                            read_bool, read_choice, read_int, read_positive, read_step_batches, replace_fields)
+                            read_bool, read_choice, read_int, read_positive, read_step_batches, replace_fields,
+                            run_batches)
 from backend.costs import GpuModel, combine_costs
-from backend.curves import curves_result, unpack_stats
+from backend.curves import curves_result, pack_stats, unpack_stats
 from backend.engine import linreg as engine
 from backend.errors import ConfigError, TooExpensive
 from backend.exact import is_exact, jsonable_number, parse_number, rational, to_fraction, to_rational_array
@@ -368,17 +369,13 @@ def simulate(config: LinearRegressionConfig, device: torch.device, cache: Result
         t0 = time.monotonic()
         alphas = config.lr.alphas(config.steps)
         per_b = []
-        for b in _run_batches(config):
+        for b in run_batches(config):
             c = (_rb_noise(config, b) if config.sampler in th.SAMPLERS_WITH_THEORY else None)
             per_b.append(engine.run_replicas(
                 np.asarray(config.X, dtype=np.float64), np.asarray(config.y, dtype=np.float64),
                 _w0(config), alphas, b, config.replicas, config.sampler, config.seed, device, c,
                 progress=progress.advance, cancel=cancel, optimizer=config.optimizer.build()))
-        arrays = {}
-        for name in per_b[0].curves:
-            for stat in ("value", "se", "lo", "hi", "tail_share", "skew"):
-                arrays[f"{name}.{stat}"] = np.stack([r.curves[name][stat] for r in per_b])
-        arrays["finite_count"] = np.stack([r.finite_count for r in per_b])
+        arrays = pack_stats(per_b)
         meta = {
             "kind": "simulate",
             "device": str(device),
@@ -397,13 +394,6 @@ def simulate(config: LinearRegressionConfig, device: torch.device, cache: Result
     meta, arrays, hit = cache.get_or_compute(key, compute)
     progress.finish()
     return _sim_result(config, meta, arrays, hit)
-
-
-def _run_batches(config: LinearRegressionConfig) -> list:
-    """What each replica run takes as its b: the batch sizes, or the one batch_schedule as its [(b, steps), …]."""
-    if config.batch_schedule is not None:
-        return [list(config.batch_schedule.segments)]
-    return list(config.batch_sizes)
 
 
 def _rb_noise(config: LinearRegressionConfig, b):
