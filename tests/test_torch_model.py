@@ -13,6 +13,7 @@ from conftest import ROOT, tiny_config_json
 
 from backend import api
 from backend.engine import loop, torch_model as engine
+from backend.cache import default_cache
 from backend.errors import ConfigError
 from backend.settings import torch_model as setting
 
@@ -265,9 +266,35 @@ def test_a_later_init_with_a_nonfinite_loss_fails_the_run_and_caches_nothing(tmp
     monkeypatch.setenv("BATCHVAR_MODELS", str(tmp_path))
     c = cfg(str(tmp_path / "late.py"), inits=2, replicas=2, steps=2, record_every=1, batch_sizes=[4],
             noise_samples=20)
+    progress = api.Progress(total=1)
     with pytest.raises(ConfigError, match=r"late\.py: model\(1\): the loss at w_0 is not finite"):
+        api.simulate(c, progress=progress)
+    assert api.cached_simulation(c) is None
+    assert progress.done == 0  # refused before the first step
+    assert setting.Checkpoints(c, torch.device("cpu"), default_cache()).resume(4) is None
+
+
+def test_a_nonfinite_loss_beyond_the_checked_points_leaves_no_checkpoint(tmp_path, monkeypatch):
+    """Init 1's loss overflows only on a training point past the first engine.CHECK_POINTS (the load-time check):
+    the run of b = 4 finds it at t = 0 and is refused naming model(1), and the checkpoint it saved is gone."""
+    far = engine.CHECK_POINTS + 100
+    (tmp_path / "far.py").write_text(
+        "import torch\n"
+        "def data():\n"
+        "    g = torch.Generator().manual_seed(0)\n"
+        f"    X = torch.randn({far + 10}, 4, generator=g)\n"
+        f"    X[{far}] = 1e30\n"
+        "    return {'train': (X, (X[:, 0] > 0).long())}\n"
+        "def model(seed):\n    torch.manual_seed(seed)\n    m = torch.nn.Linear(4, 2)\n"
+        "    if seed == 1:\n        torch.nn.init.constant_(m.weight, 1e10)\n"
+        "    return m\n")
+    monkeypatch.setenv("BATCHVAR_MODELS", str(tmp_path))
+    c = cfg(str(tmp_path / "far.py"), inits=2, replicas=2, steps=2, record_every=1, batch_sizes=[4],
+            noise_samples=20)
+    with pytest.raises(ConfigError, match=r"far\.py: model\(1\): the loss at w_0 is not finite"):
         api.simulate(c)
     assert api.cached_simulation(c) is None
+    assert setting.Checkpoints(c, torch.device("cpu"), default_cache()).resume(4) is None
 
 
 def test_the_cli_exits_2_with_the_line_and_prints_the_document(tmp_path, monkeypatch, capsys):

@@ -267,13 +267,16 @@ def read_checkpoint(path: Path, module: ModuleType, m: torch.nn.Module) -> dict 
     return {k: v.detach().cpu().clone() for k, v in state.items()}
 
 
-def check_loss_at_w0(path: Path, m: torch.nn.Module, X: torch.Tensor, Y: torch.Tensor, loss: Callable) -> None:
+def check_loss_at_w0(path: Path, m: torch.nn.Module, X: torch.Tensor, Y: torch.Tensor, loss: Callable,
+                     function: str = "loss()") -> None:
+    """The loss of ``m`` (in float32) finite on the first CHECK_POINTS training points; else one line naming
+    ``function``."""
     m = copy.deepcopy(m).float()
     X, Y = _cast_input(X[:CHECK_POINTS], torch.float32), _cast_input(Y[:CHECK_POINTS], torch.float32)
     with torch.no_grad():
         per = torch.cat([loss(m(X[s:s + 256]), Y[s:s + 256]) for s in range(0, min(len(X), CHECK_POINTS), 256)])
     if not torch.isfinite(per).all():
-        raise fail(path, "loss()", "the loss at w_0 is not finite on the training data")
+        raise fail(path, function, "the loss at w_0 is not finite on the training data")
 
 
 def _same_params(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -353,6 +356,15 @@ def init_params(mf: ModelFile, K: int, dtype: torch.dtype, device: torch.device)
             raise fail(mf.path, f"model({k})", "its parameters differ in names or shapes from model(0)'s")
         per_init.append(params)
     return {n: torch.stack([p[n] for p in per_init]).to(dtype=dtype, device=device) for n in mf.trainable}
+
+
+def check_inits(mf: ModelFile, K: int) -> None:
+    """model(k)'s loss at w_0 finite for every init k = 1 … K − 1 (init 0 and the checkpoint are checked when the
+    file is loaded), before a run takes its first step."""
+    if mf.checkpoint is not None:
+        return
+    for k in range(1, K):
+        check_loss_at_w0(mf.path, call_model(mf.path, mf.module, k), mf.Xtr, mf.Ytr, mf.loss, f"model({k})")
 
 
 def record_steps(steps: int, every: int) -> np.ndarray:

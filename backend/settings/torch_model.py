@@ -207,6 +207,7 @@ def simulate(config: TorchModelConfig, device: torch.device, cache: ResultCache,
         if (mf.sha256, mf.data_sha256) != (config.model["sha256"], config.model["data_sha256"]):
             raise ConfigError("model.file", f"{mf.path.name} (or its data) changed since the config was read: "
                                             "read it again")
+        engine.check_inits(mf, config.inits)  # a failing init refused before any step (and any checkpoint)
         pr = engine.prepare(mf, _dtype(config), device)
         arrays, per_b = {}, []
         for key, b in replica_runs(config):
@@ -217,7 +218,11 @@ def simulate(config: TorchModelConfig, device: torch.device, cache: ResultCache,
                                         lambda t: float(config.lr.alpha(t)), b, config.sampler, config.seed, device,
                                         config.noise_samples, config.optimizer.build(), progress.advance, cancel,
                                         config.precision, checkpoints.saver(key), resume)
-            _refuse_nonfinite_start(mf, out["stats"], key)
+            try:  # on the whole training set (check_inits saw its first points): the run's checkpoints go too
+                _refuse_nonfinite_start(mf, out["stats"], key)
+            except ConfigError:
+                checkpoints.clear(k for k, _ in replica_runs(config))
+                raise
             arrays.update({f"{key}.{name}": v for name, v in out["stats"].items()})
             per_b.append({"b": key, "diverged_at": out["diverged_at"], "diverged_replicas": out["diverged_replicas"],
                           "resumed_from_step": None if resume is None else int(resume["step"])})
