@@ -4,6 +4,7 @@ module copies, and its refusals; the page under AppTest. Tiny model files of tes
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -356,6 +357,32 @@ def test_the_cache_key_follows_the_file_and_its_data(tmp_path, monkeypatch):
     before = cfg(str(tmp_path / "from_disk.py"), batch_sizes=[2])
     torch.save({"X": torch.ones(6, 4) * 2, "Y": torch.tensor([0, 1, 0, 1, 0, 1])}, tmp_path / "d.pt")
     after = cfg(str(tmp_path / "from_disk.py"), batch_sizes=[2])
+    assert after.model["sha256"] == before.model["sha256"]
+    assert after.model["data_sha256"] != before.model["data_sha256"]
+    assert api.simulation_key(after) != api.simulation_key(before)
+
+
+@pytest.mark.parametrize("where", ["sub/d.pt", "../elsewhere/d.pt"])
+def test_data_read_from_another_folder_is_hashed_again_when_it_changes(tmp_path, monkeypatch, where):
+    """In one process (the app): data() reads a file in a subfolder, or in a folder outside the model folder; a
+    change there (nothing beside the model file changes) loads the file again and changes the data hash and the
+    simulation key, as a fresh process would; an unchanged file is not loaded again."""
+    folder = tmp_path / "models"
+    data_file = (folder / where).resolve()
+    data_file.parent.mkdir(parents=True)
+    folder.mkdir(exist_ok=True)
+    monkeypatch.setenv("BATCHVAR_MODELS", str(folder))
+    torch.save({"X": torch.ones(6, 4), "Y": torch.tensor([0, 1, 0, 1, 0, 1])}, data_file)
+    (folder / "reads.py").write_text(
+        "import torch\n"
+        "def data():\n"
+        f"    d = torch.load({str(data_file)!r})\n"
+        "    return {'train': (d['X'], d['Y'])}\n" + MODEL.format("torch.nn.Linear(4, 2)"))
+    before = cfg(str(folder / "reads.py"), batch_sizes=[2])
+    assert engine.load(folder / "reads.py") is engine.load(folder / "reads.py")  # nothing changed: remembered
+    torch.save({"X": torch.ones(6, 4) * 5, "Y": torch.tensor([1, 1, 1, 1, 0, 1])}, data_file)
+    os.utime(data_file, ns=(data_file.stat().st_atime_ns, data_file.stat().st_mtime_ns + 10**9))
+    after = cfg(str(folder / "reads.py"), batch_sizes=[2])
     assert after.model["sha256"] == before.model["sha256"]
     assert after.model["data_sha256"] != before.model["data_sha256"]
     assert api.simulation_key(after) != api.simulation_key(before)

@@ -23,9 +23,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.util
+import os
 import sys
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
@@ -108,6 +110,7 @@ class ModelFile:
     act_per_sample: int
     flops_per_sample: float  # one forward pass (a gradient: about 3×)
     trainable: tuple[str, ...] = field(default=())
+    read_files: tuple[str, ...] = field(default=())  # what its functions opened outside Python (load's signature)
 
     @property
     def n_train(self) -> int:
@@ -316,28 +319,73 @@ def validate(path: Path) -> ModelFile:
                      max(float(flops), 2.0 * n_params), trainable)
 
 
-def _folder_signature(path: Path) -> tuple:
-    """(name, mtime, size) of the files beside the model file: a checkpoint or data file it reads that changes
-    makes the file be loaded again (and its data hashed again)."""
+def _stats(paths) -> tuple:
+    """(path, mtime, size) of each path (None for one that is gone)."""
     out = []
-    for p in sorted(path.parent.iterdir()):
+    for p in paths:
         try:
-            st = p.stat()
+            st = os.stat(p)
+            out.append((p, st.st_mtime_ns, st.st_size))
         except OSError:
-            continue
-        out.append((p.name, st.st_mtime_ns, st.st_size))
+            out.append((p, None))
     return tuple(out)
 
 
-@lru_cache(maxsize=8)
-def _load(path: str, sha: str, signature: tuple) -> ModelFile:
-    return validate(Path(path))
+def _folder_signature(path: Path) -> tuple:
+    """(name, mtime, size) of the files beside the model file (one that appears or goes counts too)."""
+    return _stats(sorted(str(p) for p in path.parent.iterdir()))
+
+
+_reading = threading.local()  # the files opened by the model file's functions while it is validated (this thread)
+_PYTHON = tuple({os.path.realpath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
+MAX_READ_FILES = 10_000
+
+
+def _on_audit(event: str, args: tuple) -> None:
+    """The interpreter's audit hook (sys.addaudithook; every ``open`` event: open(), io.open_code, os.open): while a
+    model file is validated on this thread, the paths it opens outside the Python installation."""
+    if event != "open":
+        return
+    paths = getattr(_reading, "paths", None)
+    if paths is not None and len(paths) < MAX_READ_FILES and isinstance(args[0], (str, bytes, os.PathLike)):
+        p = os.path.realpath(os.fsdecode(args[0]))
+        if not p.startswith(_PYTHON) and not p.startswith(("/proc/", "/sys/", "/dev/")):
+            paths.add(p)
+
+
+sys.addaudithook(_on_audit)
+_loaded: OrderedDict[str, tuple[tuple, ModelFile]] = OrderedDict()  # the 8 files loaded last, with their signatures
+_loaded_lock = threading.Lock()
+
+
+def _signature(path: Path, read: tuple[str, ...]) -> tuple:
+    return file_sha256(path), _folder_signature(path), _stats(read)
 
 
 def load(path: Path) -> ModelFile:
     """The validated model file at ``path`` (an allowed path: backend/allowed.model_file), loaded once per content
-    of the file and of its folder; a failing file raises (and is not remembered)."""
-    return _load(str(path), file_sha256(path), _folder_signature(path))
+    of the file and state of what it reads: it is validated again (its data hashed again) when the file, a file
+    beside it, or any file its functions opened (data or a checkpoint in another folder; seen by the audit hook)
+    changes. A failing file raises (and is not remembered)."""
+    key = str(path)
+    with _loaded_lock:
+        hit = _loaded.get(key)
+    if hit is not None and hit[0] == _signature(path, hit[1].read_files):
+        with _loaded_lock:
+            _loaded.move_to_end(key)
+        return hit[1]
+    _reading.paths = set()
+    try:
+        mf = validate(path)
+        read = tuple(sorted(_reading.paths - {os.path.realpath(path)}))
+    finally:
+        _reading.paths = None
+    mf.read_files = read
+    with _loaded_lock:
+        _loaded[key] = (_signature(path, read), mf)
+        while len(_loaded) > 8:
+            _loaded.popitem(last=False)
+    return mf
 
 
 # -- the replica run -----------------------------------------------------------------------------------------
