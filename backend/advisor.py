@@ -16,6 +16,8 @@ import numpy as np
 
 from backend import core, settings
 from backend.errors import ConfigError
+from backend.exact import parse_number
+from backend.optim import optimizer_of
 from backend.schedules import compare_schedule  # noqa: F401  (a batch-size schedule against constant b, exactly)
 
 SCALINGS = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
@@ -303,7 +305,7 @@ def _num(x) -> float | None:
 def check_momenta(momenta: Any) -> tuple:
     """The momentum axis: a non-empty list of distinct β ∈ [0, 1) (exact where given exactly); a ConfigError naming
     ``momentum`` otherwise."""
-    from backend.exact import jsonable_number, parse_number
+    from backend.exact import jsonable_number
 
     if isinstance(momenta, (str, bytes)) or not isinstance(momenta, (list, tuple)) or not momenta:
         raise ConfigError("momentum", f"expected a non-empty list of momenta β in [0, 1), got {momenta!r}")
@@ -323,21 +325,30 @@ def momentum_key(beta) -> str:
     return f"{float(beta):g}"
 
 
+def optimizer_json(config) -> dict[str, Any]:
+    """The config's ``optimizer`` field as its setting writes it (the sequence model's lr, warm-up and clip kept), in
+    the named form (plain SGD's omitted field as {"name": "sgd", …})."""
+    return {**(config.to_json().get("optimizer") or {}), **optimizer_of(config).to_json()}
+
+
 def momentum_config(config, beta, effective_lr: bool = False):
-    """The config with momentum β (its Nesterov and weight decay kept; Nesterov is heavy ball at β = 0, so it is
-    off there) and, with ``effective_lr``, the schedule's constant c·(1 − β): the effective step α/(1 − β) of the
-    config's c at every β. A ConfigError naming the field where the setting cannot run it."""
-    opt = config.optimizer.to_json() if hasattr(config.optimizer, "to_json") else {}
-    if opt.get("name", "sgd") != "sgd":
-        raise ConfigError("momentum", f"the momentum axis is the SGD family's; the config's optimizer is "
-                                      f"{opt.get('name')!r}")
-    opt = {**opt, "name": "sgd", "momentum": beta, **({"nesterov": False} if beta == 0 else {})}
-    changes: dict[str, Any] = {"optimizer": {k: v for k, v in opt.items()}}
+    """The config with momentum β (its Nesterov, weight decay and whatever else its optimizer field holds kept;
+    Nesterov is heavy ball at β = 0, so it is off there) and, with ``effective_lr``, the step size times (1 − β) —
+    the schedule's constant c, or the sequence model's optimizer.lr: the effective step α/(1 − β) of the config's at
+    every β. A ConfigError naming the field where the setting cannot run it (an Adam-family optimizer)."""
+    name = optimizer_of(config).name
+    if name != "sgd":
+        raise ConfigError("momentum", f"the momentum axis is the SGD family's; the config's optimizer is {name!r}")
+    opt = {**optimizer_json(config), "momentum": beta, **({"nesterov": False} if beta == 0 else {})}
+    changes: dict[str, Any] = {"optimizer": opt}
     if effective_lr:
         lr = getattr(config, "lr", None)
-        if not hasattr(lr, "c"):
+        if hasattr(lr, "c"):
+            changes["lr"] = {**lr.to_json(), "c": _times(lr.c, 1 - beta)}
+        elif "lr" in opt:  # the sequence model's step size lives in its optimizer field
+            opt["lr"] = _times(parse_number(opt["lr"], "optimizer.lr"), 1 - beta)
+        else:
             raise ConfigError("effective_lr", "needs a learning-rate schedule lr with a constant c in the config")
-        changes["lr"] = {**lr.to_json(), "c": _times(lr.c, 1 - beta)}
     return config.replace(**changes)
 
 
@@ -369,7 +380,7 @@ def advise_momentum(config, budget: int, momenta, scalings=tuple(SCALINGS), b_re
         per_beta = [advise_rules(cfg, budget, scalings, b_ref, target_loss, progress, cancel, executor)
                     for cfg in configs]
         answers = {s: {momentum_key(beta): {**per_beta[i][s], "momentum": float(beta),
-                                            "optimizer": configs[i].optimizer.to_json()}
+                                            "optimizer": optimizer_json(configs[i])}
                        for i, beta in enumerate(momenta)} for s in scalings}
     first = next(iter(next(iter(answers.values())).values()))
     out: dict[str, Any] = {"setting": config.setting, "budget": first["budget"], "b_ref": first["b_ref"],
@@ -416,5 +427,5 @@ def _exact_momentum(config, configs, momenta, budget, scalings, b_ref, target_lo
         ans = _answer(configs[i], budget, s, b_ref, target_loss, steps, lr_c[j * B:(j + 1) * B],
                       horizon[j * B:(j + 1) * B], grid, part)
         answers[s][momentum_key(momenta[i])] = {**ans, "momentum": float(momenta[i]),
-                                                "optimizer": configs[i].optimizer.to_json()}
+                                                "optimizer": optimizer_json(configs[i])}
     return answers

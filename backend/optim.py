@@ -432,6 +432,13 @@ class OptimizerSpec:
         return make((float(self.betas[0]), float(self.betas[1])), float(self.eps), float(self.weight_decay), clip)
 
 
+def optimizer_of(config) -> OptimizerSpec:
+    """A config's optimizer as a spec: its ``optimizer_spec`` where the setting keeps more in the field (the sequence
+    model: lr, warm-up and clip beside the optimizer, AdamW's own fields), else its ``optimizer``."""
+    spec = getattr(config, "optimizer_spec", None)
+    return spec if isinstance(spec, OptimizerSpec) else config.optimizer
+
+
 def is_plain(raw: Any) -> bool:
     """The ``optimizer`` value is plain SGD (w − α g; a page then leaves the field out); False when it does not
     parse (the config's validation names what is wrong)."""

@@ -150,3 +150,47 @@ def test_cli_momentum_axis_and_effective_lr(tmp_path, capsys):
 def test_cli_refuses_bad_momentum_options_in_one_line(tmp_path, capsys, args, option):
     rc, stdout, stderr = _cli(tmp_path, capsys, *args)
     assert rc == 2 and not stdout and stderr.startswith(f"error: {option}:") and stderr.count("\n") == 1
+
+
+SEQUENCE = {"setting": "sequence", "layers": 1, "heads": 1, "width": 8, "vocab": 50, "max_len": 8, "inits": 1,
+            "replicas": 2, "epochs": 1, "batch_sizes": [8, 32], "noise_samples": 4, "eval_size": 64, "device": "cpu"}
+
+
+def _advise(tmp_path, capsys, raw: dict, *args) -> tuple[int, str, str]:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(raw))
+    capsys.readouterr()
+    rc = main(["advise", str(path), "--budget", "256", *args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_the_momentum_axis_on_the_sequence_model_keeps_its_optimizer_field(tmp_path, capsys, monkeypatch):
+    """The replica advisor along β for the sequence model, whose optimizer field also holds lr, warm-up and clip:
+    each β's run keeps them (lr scaled by 1 − β with --effective-lr), its Nesterov and λ; the β = 1/2 answer equals
+    the plain advisor on the config written by hand with that optimizer; an AdamW config is refused in one line."""
+    monkeypatch.setenv("BATCHVAR_CACHE_DIR", str(tmp_path / "cache"))
+    opt = {"name": "sgd", "lr": "0.01", "nesterov": True, "momentum": "0.9", "weight_decay": "0.001", "warmup": 3,
+           "clip": "2"}
+    rc, stdout, stderr = _advise(tmp_path, capsys, {**SEQUENCE, "optimizer": opt}, "--momentum", "0,0.5",
+                                 "--effective-lr")
+    assert rc == 0, stderr
+    res = json.loads(stdout)
+    answers = res["answers"]["none"]
+    for key, beta, nesterov in (("0", 0, False), ("0.5", 0.5, True)):
+        got = answers[key]["optimizer"]
+        assert float(got["lr"]) == pytest.approx(0.01 * (1 - beta), rel=1e-15), key
+        assert (F(got["momentum"]), got["nesterov"], F(got["weight_decay"])) == (F(beta), nesterov, F(1, 1000))
+        assert (got["warmup"], float(got["clip"])) == (3, 2.0)
+    assert answers["0"]["curves"]["8"]["loss"] != answers["0.5"]["curves"]["8"]["loss"]
+    by_hand = {**opt, "momentum": "0.5", "lr": "0.005"}
+    rc, stdout, stderr = _advise(tmp_path, capsys, {**SEQUENCE, "optimizer": by_hand})
+    assert rc == 0, stderr
+    plain = json.loads(stdout)  # one rule's answer (scaling none)
+    assert plain["scaling"] == "none"
+    for b in ("8", "32"):
+        assert answers["0.5"]["curves"][b]["loss"] == plain["curves"][b]["loss"]
+        assert answers["0.5"]["curves"][b]["loss_se"] == plain["curves"][b]["loss_se"]
+    rc, stdout, stderr = _advise(tmp_path, capsys, SEQUENCE, "--momentum", "0,0.5")  # the AdamW defaults
+    assert rc == 2 and not stdout and stderr.count("\n") == 1
+    assert stderr.startswith("error: momentum: the momentum axis is the SGD family's") and "'adamw'" in stderr
