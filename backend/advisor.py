@@ -18,6 +18,7 @@ from backend import core, settings
 from backend.errors import ConfigError
 from backend.exact import parse_number
 from backend.optim import optimizer_of
+from backend.progress import Progress, as_progress
 from backend.schedules import compare_schedule  # noqa: F401  (a batch-size schedule against constant b, exactly)
 
 SCALINGS = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
@@ -153,7 +154,6 @@ def _run_cells(config, budget, scalings, b_ref, executor, progress, cancel):
     """Run the advisor's cells as one sweep on ``executor``; returns how to read a cell's result (from the cache,
     under the key of the device it ran on)."""
     from backend import sweep as sweeps
-    from backend.progress import as_progress
 
     cells = tuple(sweeps.Cell(i, {"scaling": s, "b": int(b)}, cell) for i, ((s, b), cell) in enumerate(zip(
         [(s, b) for s in scalings for b in config.batch_sizes], sweep_cells(config, budget, scalings, b_ref))))
@@ -376,9 +376,12 @@ def advise_momentum(config, budget: int, momenta, scalings=tuple(SCALINGS), b_re
     configs = [momentum_config(config, beta, effective_lr) for beta in momenta]
     if hasattr(settings.for_config(config), "advise"):
         answers = _exact_momentum(config, configs, momenta, budget, scalings, b_ref, target_loss)
-    else:
-        per_beta = [advise_rules(cfg, budget, scalings, b_ref, target_loss, progress, cancel, executor)
-                    for cfg in configs]
+    else:  # one sweep per β; on an executor one count of cells over all of them (here: each run's own steps)
+        if executor is not None:
+            progress = as_progress(progress)
+            progress.total = sum(len(sweep_cells(cfg, budget, scalings, b_ref)) for cfg in configs)
+        per_beta = [advise_rules(cfg, budget, scalings, b_ref, target_loss, progress if executor is None else
+                                 Progress(on_advance=progress.advance), cancel, executor) for cfg in configs]
         answers = {s: {momentum_key(beta): {**per_beta[i][s], "momentum": float(beta),
                                             "optimizer": optimizer_json(configs[i])}
                        for i, beta in enumerate(momenta)} for s in scalings}

@@ -59,14 +59,7 @@ rules = sb.multiselect("Scaling rules", list(api.SCALINGS), default=list(api.SCA
                        help="none: c_b = c; sqrt: c_b = c·√(b/b_ref); linear: c_b = c·b/b_ref")
 b_ref = sb.number_input("b_ref", 1, 10**6, int(min(config.batch_sizes)), key="adv_bref")
 use_target = sb.checkbox("Target loss (steps and examples to reach it)", False, key="adv_use_target")
-momenta = [part.strip() for part in sb.text_input(
-    "Momenta β (comma-separated)", "0", key="adv_momenta",
-    help="heavy ball β per line, e.g. 0, 0.5, 0.9, 0.99 (each in [0, 1); 9/10 stays exact): one line per β, the best "
-         "b of each β and the best (b, β) of each rule (python -m backend advise --momentum …)").split(",")]
-effective_lr = sb.checkbox("Effective learning rate α/(1−β) fixed", False, key="adv_effective_lr",
-                           help="each β runs with the constant c·(1 − β), so α/(1 − β) is the same for every β "
-                                "(--effective-lr)")
-axis = effective_lr or momenta != ["0"]  # the default page (β = 0 alone): the plain advisor, unchanged
+momenta, effective_lr, axis = ui.widgets.momentum_axis("adv")  # axis False: the plain advisor, unchanged
 if not rules:
     st.info("Pick at least one scaling rule.")
     st.stop()

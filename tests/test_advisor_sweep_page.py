@@ -95,3 +95,55 @@ def test_a_loaded_config_with_a_batch_schedule_runs_the_b_axis_with_a_note():
     notes = [c.value for c in at.caption if "batch_schedule" in c.value]
     assert len(notes) == 1 and "replaces" in notes[0], [c.value for c in at.caption]
     assert "1 rule(s) ×" in run_box(at)
+
+
+def test_the_momentum_axis_runs_one_line_per_beta_and_equals_the_api(monkeypatch):
+    """Deep linear in replica mode, momenta 0 and 0.5 with α/(1 − β) fixed: the Run box counts 2 momenta × the rule ×
+    the b; Run draws one line per β whose losses equal advise_momentum's on the same config (the CLI's function, the
+    runs then cached), names the best (b, β) and lists the best b of each β; the details follow the chosen β; the
+    download carries the axis. An Adam-family optimizer (the sequence model's defaults) is one red line before Run."""
+    import json
+
+    from test_advisor_momentum_page import _first_layer_rows, _momentum_chart, _recording_downloads
+
+    from backend import api
+
+    downloads = _recording_downloads(monkeypatch)
+    at = advisor_for("deep_linear", [4, 16], 1024)
+    by_label(at.sidebar.text_input, "Momenta β (comma-separated)").set_value("0, 0.5")
+    at.run()
+    by_label(at.sidebar.checkbox, "Effective learning rate α/(1−β) fixed").check()
+    at.run()
+    assert "2 momenta × 1 rule(s) × 2 batch sizes" in run_box(at)
+    by_label(at.button, "Run").click()
+    at.run()
+    wait_for_run(at, "advs_deep_linear")
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    config = api.parse_config({**api.defaults("deep_linear"), "batch_sizes": [4, 16]})
+    ref = api.advise_momentum(config, 1024, ["0", "0.5"], ("none",), 4, None, True)
+    chart = _momentum_chart(at)
+    layer = json.loads(chart.proto.spec)["layer"][0]
+    assert layer["encoding"]["color"]["scale"]["domain"] == ["0", "0.5"]
+    drawn = _first_layer_rows(chart)
+    for beta, line in drawn.groupby("β"):
+        want = ref["answers"]["none"][beta]["curves"]
+        assert list(line["loss"]) == [want[str(b)]["loss"] for b in line["b"]]
+        assert list(line["loss_se"]) == [want[str(b)]["loss_se"] for b in line["b"]]
+    assert set(drawn["β"]) == {"0", "0.5"}
+    best = ref["best"]["none"]
+    assert any(m.label == "best (b, β) (none)" and m.value == f"b = {best['b']}, β = {best['momentum']:g}"
+               for m in at.metric)
+    per_beta = at.dataframe[0].value
+    assert list(per_beta["β"]) == [0.0, 0.5]
+    assert list(per_beta["best b (none)"]) == [ref["best_b"]["none"][k] for k in ("0", "0.5")]
+    by_label(at.selectbox, "β for the details below").set_value("0.5").run()
+    assert not at.exception and not at.error
+    assert any(m.label == "best b (none)" and m.value == str(ref["best_b"]["none"]["0.5"]) for m in at.metric)
+    advice = json.loads(downloads["Advice (JSON)"])
+    assert advice["momentum"] == [0, 0.5] and advice["effective_lr"] is True
+    at = advisor_for("sequence", [16], 64)
+    by_label(at.sidebar.text_input, "Momenta β (comma-separated)").set_value("0, 0.5")
+    at.run()
+    assert [e.value for e in at.error] == ["Check the inputs — momentum: the momentum axis is the SGD family's; the "
+                                           "config's optimizer is 'adamw'"]
+    assert not any(b.label == "Run" for b in at.button)

@@ -349,6 +349,7 @@ def test_advisor_momentum_chart_draws_one_line_per_beta_with_its_best_b_and_the_
     stars = {(r["β"], r["rule"], r["b"]) for r in rows(spec, star) if r["best_overall"]}
     assert stars == {("0.9", "none", 2), ("0.9", "linear", 2)}
     assert assert_log_axes_positive(spec) > 0
+    assert line["encoding"]["x"]["axis"]["values"] == [2.0, 8.0, 32.0]  # a tick at every b (not the log defaults)
     one_rule = {**result, "answers": {"none": result["answers"]["none"]}, "best": {"none": result["best"]["none"]}}
     line = next(layer for layer in layers(charts.advisor_momentum_chart(one_rule, "y", "t").to_dict())
                 if mark_type(layer) == "line")

@@ -1,5 +1,6 @@
-"""The batch-size advisor for a setting without exact theory: one replica run per b and scaling rule (Run, with the
-estimate, progress and Cancel), drawn with standard errors; B_simple at the end of training beside the best b."""
+"""The batch-size advisor for a setting without exact theory: one replica run per b and scaling rule — and per momentum
+β along the momentum axis — (Run, with the estimate, progress and Cancel), drawn with standard errors; B_simple at the
+end of training beside the best b."""
 
 from __future__ import annotations
 
@@ -12,17 +13,20 @@ from backend import api, charts, costs
 from ui.advisor_view import frontier
 from ui.run import job_panel
 from ui.state import field_helpers, presets_and_upload, user_text, validated
-from ui.widgets import batch_sizes, executor
+from ui.widgets import batch_sizes, executor, momentum_axis
 
 
-def _header(config, budget: int, rules: list[str], b_ref: float, runner) -> str:
-    """The Run box's estimate: the sweep's cells, their summed time and largest memory, where they would run."""
+def _header(config, budget: int, rules: list[str], b_ref: float, runner, betas: int = 1) -> str:
+    """The Run box's estimate: the sweep's cells (``betas`` momenta × rules × b), their summed time and largest
+    memory, where they would run."""
     cells = api.sweep_cells(config, budget, tuple(rules), b_ref)
     ests = [api.estimate(c) for c in cells]
     device = api.resolve_device(config.device) if runner is None else None
-    seconds = sum(costs.device_seconds(e, device or runner.device(c)) for e, c in zip(ests, cells))
-    return (f"**Sweep**: {len(cells)} replica runs ({len(rules)} rule(s) × {len(config.batch_sizes)} batch sizes) — "
-            f"{costs.format_duration(seconds)} and {costs.format_bytes(max(e['memory_bytes'] for e in ests))} "
+    seconds = betas * sum(costs.device_seconds(e, device or runner.device(c)) for e, c in zip(ests, cells))
+    axis = f"{betas} momenta × " if betas > 1 else ""
+    return (f"**Sweep**: {betas * len(cells)} replica runs ({axis}{len(rules)} rule(s) × {len(config.batch_sizes)} "
+            f"batch sizes) — {costs.format_duration(seconds)} and "
+            f"{costs.format_bytes(max(e['memory_bytes'] for e in ests))} "
             + (costs.where(device) if runner is None else f"of device time on Ray ({runner.workers([])} at once)")
             + "; runs already cached are instant.")
 
@@ -44,6 +48,7 @@ def show(setting: str) -> None:
     b_ref = sb.number_input("b_ref", 1, 10**6, int(min(config.batch_sizes)), key=f"{prefix}_bref")
     use_target = sb.checkbox("Target loss", False, key=f"{prefix}_use_target")
     target = sb.number_input("target loss", 0.0, 1e9, 0.5, format="%.6g", key=f"{prefix}_target") if use_target else None
+    momenta, effective_lr, axis = momentum_axis(prefix, "the step size")
     if not rules:
         st.info("Pick at least one scaling rule.")
         return
@@ -57,17 +62,28 @@ def show(setting: str) -> None:
             st.warning("No batch size fits at this budget: lower the budget or pick other batch sizes.")
             return
         config = config.replace(batch_sizes=list(plan["seconds"]))
-        header = _header(config, budget, rules, b_ref, runner)
+        for beta in api.check_momenta(momenta) if axis else ():  # each β's config before Run: an Adam-family
+            api.momentum_config(config, beta, effective_lr)         # optimizer or a bad β is one red line here
+        header = _header(config, budget, rules, b_ref, runner, len(momenta) if axis else 1)
     except api.ConfigError as e:
         st.error(f"Check the inputs — {user_text(e)}")
         return
-    key = json.dumps([config.to_json(), budget, rules, b_ref, target, runner is None])
-    answers = job_panel(prefix, key, header,
-                        lambda: (lambda progress, cancel: api.sweep(config, budget, tuple(rules), b_ref, target,
-                                                                     progress, cancel, runner)),
-                        idle="Press Run: every (rule, b) is one cached replica run of the budget's length.")
-    if answers is None:
+    key = json.dumps([config.to_json(), budget, rules, b_ref, target, runner is None, momenta, effective_lr])
+
+    def work(progress, cancel):
+        if axis:
+            return api.advise_momentum(config, budget, momenta, tuple(rules), b_ref, target, effective_lr, progress,
+                                       cancel, runner)
+        return api.sweep(config, budget, tuple(rules), b_ref, target, progress, cancel, runner)
+
+    result = job_panel(prefix, key, header, lambda: work,
+                       idle="Press Run: every (rule, b" + (", β" if axis else "") + ") is one cached replica run of "
+                            "the budget's length.")
+    if result is None:
         return
+    answers = result
+    if axis:
+        answers = _momentum_view(prefix, result, rules, budget, effective_lr)
     rows = [{"rule": r, "b": int(b), **{q: row.get(q) for q in ("steps", "loss", "loss_se", "var_g", "var_g_se",
                                                                   "b_simple", "diverged")},
              "lo": row["loss"] - 1.96 * row["loss_se"] if row["loss"] is not None and row["loss_se"] else None,
@@ -86,4 +102,25 @@ def show(setting: str) -> None:
         st.altair_chart(charts.advisor_b_simple_chart(answers), width="stretch")
         st.caption("b_simple: the gradient noise scale B_simple = tr Σ / ‖∇L‖² measured at the end of training, to set "
                    "beside the best b (McCandlish et al.'s critical batch size).")
-    st.download_button("Advice (JSON)", json.dumps(answers, indent=2), "batchvar_advice.json", "application/json")
+    st.download_button("Advice (JSON)", json.dumps(result, indent=2), "batchvar_advice.json", "application/json")
+
+
+def _momentum_view(prefix: str, result: dict, rules: list[str], budget: int, effective_lr: bool) -> dict:
+    """The momentum axis's answers: the best (b, β) of each rule, the best b of each β, the loss against b one line
+    per β; returns the answers of the β picked for the details below ({rule: answer})."""
+    for col, rule in zip(st.columns(len(rules)), rules):
+        best = result["best"][rule]
+        col.metric(f"best (b, β) ({rule})", "none" if best is None else f"b = {best['b']}, β = {best['momentum']:g}",
+                   help=None if best is None else f"final loss {best['loss']:.4g}")
+    keys = list(result["answers"][rules[0]])
+    st.dataframe(pd.DataFrame([{"β": float(key), **{f"best b ({r})": result["best_b"][r][key] for r in rules}}
+                               for key in keys]), hide_index=True)
+    st.altair_chart(charts.advisor_momentum_chart(
+        result, f"loss after N = {budget:,} samples", "Final loss against b, one line per β (95 % intervals of the "
+        "replica estimates; ◇ best b of β, ★ best (b, β))" + (", α/(1 − β) fixed" if effective_lr else "")),
+        width="stretch")  # a log loss axis: the momenta's losses differ by orders of magnitude
+    st.caption("SGD with heavy-ball momentum β on every line, one replica run per (β, rule, b)"
+               + (": each β runs with its step size times (1 − β), the same effective step α/(1 − β)." if effective_lr
+                  else ", the same step size for every β (tick α/(1 − β) fixed to compare at one effective step)."))
+    beta_key = st.selectbox("β for the details below", keys, key=f"{prefix}_beta")
+    return {r: result["answers"][r][beta_key] for r in rules}

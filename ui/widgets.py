@@ -127,3 +127,18 @@ def executor(prefix: str):
     except (RuntimeError, ConnectionError) as e:
         st.error(f"Ray: {user_text(e)}")
     st.stop()
+
+
+def momentum_axis(prefix: str, c_name: str = "c") -> tuple[list[str], bool, bool]:
+    """The advisor's momentum axis (both advisor views): the momenta β as typed (comma-separated; "9/10" stays
+    exact) and whether α/(1 − β) is held fixed (``c_name``, the step size scaled by 1 − β). Returns (momenta,
+    effective_lr, axis); axis is False for β = 0 alone without the effective rate — the plain advisor, unchanged."""
+    sb = st.sidebar
+    momenta = [part.strip() for part in sb.text_input(
+        "Momenta β (comma-separated)", "0", key=f"{prefix}_momenta",
+        help="heavy ball β per line, e.g. 0, 0.5, 0.9, 0.99 (each in [0, 1); 9/10 stays exact): one line per β, the "
+             "best b of each β and the best (b, β) of each rule (python -m backend advise --momentum …)").split(",")]
+    effective_lr = sb.checkbox("Effective learning rate α/(1−β) fixed", False, key=f"{prefix}_effective_lr",
+                               help=f"each β runs with {c_name}·(1 − β), so α/(1 − β) is the same for every β "
+                                    "(--effective-lr)")
+    return momenta, effective_lr, effective_lr or momenta != ["0"]

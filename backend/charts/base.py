@@ -230,8 +230,15 @@ def rule_color(rules: list[str]) -> alt.Color:
                      scale=alt.Scale(domain=rules, range=[CATEGORY[i % len(CATEGORY)] for i in range(len(rules))]))
 
 
+B_TICKS = 12  # up to this many distinct batch sizes, each one is a tick (else the log scale's own ticks)
+
+
 def b_axis(b) -> alt.X:
+    """The batch-size x axis (log scale over the b drawn): a tick at every b drawn when there are at most B_TICKS of
+    them (the log scale's default ticks leave out, e.g., b = 16 past 10)."""
     b = np.asarray(b, dtype=float)
+    drawn = sorted({float(v) for v in b[np.isfinite(b)]})
+    ticks = {"values": drawn} if len(drawn) <= B_TICKS else {}
     return alt.X("b:Q", title="batch size b", scale=alt.Scale(type="log", domain=[float(b.min()), float(b.max())],
                                                               nice=False),
-                 axis=alt.Axis(format=log_axis_format(b)))
+                 axis=alt.Axis(format=log_axis_format(b), **ticks))
