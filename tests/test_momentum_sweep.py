@@ -47,3 +47,32 @@ def test_the_sweeps_page_offers_the_optimizer_fields_and_draws_momentum_on_an_or
     spec = charts.sweep_chart(sel, "optimizer.momentum", ["b"], "var_g", False).to_dict()
     assert spec["layer"][0]["encoding"]["x"]["type"] == "ordinal"
     assert [float(v) for v in spec["layer"][0]["encoding"]["x"]["sort"]] == [0, 0.5, 0.9]  # in value order
+
+
+def test_the_sweeps_page_sweeps_momentum_end_to_end(monkeypatch, tmp_path):
+    """The Sweeps page (AppTest) with optimizer.momentum as field 1 over 0, 0.5, 0.9: three cells, each cell's
+    config carrying its β (β = 0: plain SGD, the field left out), each cell's result the cached simulate of that
+    config, and the chart's x axis ordinal over the three momenta."""
+    from test_app import by_label, open_page, wait_for_run
+
+    monkeypatch.setenv("BATCHVAR_CACHE_DIR", str(tmp_path / "cache"))
+    at = open_page("pages/sweeps.py")
+    at.session_state["last_config_linear_regression"] = {**BASE, "replicas": 50}
+    at.run()
+    by_label(at.sidebar.selectbox, "Field 1").set_value("optimizer.momentum")
+    at.run()
+    by_label(at.sidebar.text_input, "Values 1 (JSON list)").set_value(json.dumps(MOMENTA))
+    at.run()
+    by_label(at.button, "Run").click()
+    at.run()
+    wait_for_run(at, "sw")
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    out = next(iter(at.session_state["sw_results"].values()))
+    assert [c["config"].get("optimizer", {}).get("momentum") for c in out["cells"]] == [None, "1/2", "9/10"]
+    for cell in out["cells"]:
+        again = api.cached_simulation(api.parse_config(cell["config"]))
+        assert again is not None
+        assert cell["result"]["curves"]["4"]["var_g"] == again["curves"]["var_g"]["value"][0].tolist()
+    spec = json.loads(at.get("vega_lite_chart")[0].proto.spec)
+    x = spec["layer"][0]["encoding"]["x"]
+    assert x["type"] == "ordinal" and [float(v) for v in x["sort"]] == MOMENTA
