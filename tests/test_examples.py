@@ -180,6 +180,37 @@ def test_backpack_gives_the_cnn_examples_per_sample_gradient_variance_as_vmap_gr
     assert trace_vmap.item() > 0
 
 
+def test_the_settings_one_step_noise_and_b_simple_at_w0_are_backpacks(tmp_path, monkeypatch):
+    """The torch_model setting's own output on the CNN example (float64, init 0, S = all n training digits) at t = 0
+    against BackPACK's per-sample squared norms (BatchL2Grad) on the same n digits: noise_one_step = c_b tr Σ(w_0)
+    with c_b = (n − b)/(b(n − 1)) (b-subsets, Lemma 1) and b_simple = tr Σ / ‖∇L‖² (docs/theory.md §3)."""
+    from backpack import backpack, extend
+    from backpack.extensions import BatchL2Grad
+
+    from backend import api
+    from backend.settings import torch_model as setting
+
+    monkeypatch.setenv("BATCHVAR_CACHE_DIR", str(tmp_path / "cache"))
+    b = 8
+    config = api.parse_config({"setting": "torch_model", "model": {"file": "examples/models/cnn_digits.py"},
+                               "inits": 1, "replicas": 2, "steps": 1, "record_every": 1, "batch_sizes": [b],
+                               "noise_samples": 100_000, "dtype": "float64", "sampler": "without_replacement"})
+    doc = setting.simulate_document(config, api.simulate(config))["curves"][str(b)]
+    m = load("cnn_digits")
+    X, y = m.data()["train"]
+    X, n = X.double(), len(X)
+    net = extend(m.model(0).double())
+    loss = extend(torch.nn.CrossEntropyLoss(reduction="sum"))(net(X), y)
+    with backpack(BatchL2Grad()):
+        loss.backward()
+    sq = sum(p.batch_l2 for p in net.parameters())
+    mean = torch.cat([p.grad.reshape(-1) for p in net.parameters()]) / n
+    trace = (sq.mean() - mean.square().sum()).item()
+    assert doc["noise_one_step"][0] == pytest.approx((n - b) / (b * (n - 1)) * trace, rel=1e-10)
+    assert doc["b_simple"][0] == pytest.approx(trace / mean.square().sum().item(), rel=1e-10)
+    assert doc["noise_one_step_se"][0] == 0 and doc["noise_spread"][0] == 0  # every replica at w_0, S = all n
+
+
 @pytest.mark.parametrize("name, replicas, noise_samples", [("cnn_digits", 48, 128), ("char_transformer", 24, 96)])
 def test_lemma1_at_t0_for_the_cnn_and_the_transformer(name, replicas, noise_samples, monkeypatch, tmp_path):
     """At t = 0 every replica sits at w_0, so the replicas' var(g_0 | F_0) is the one-step noise c_b tr Σ(w_0)
