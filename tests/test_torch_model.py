@@ -132,6 +132,14 @@ def test_least_squares_file_matches_linear_regression_theory(optimizer):
         assert np.mean(np.abs(zz) <= 2) >= 0.8, (ours, zz)
     # t = 0: every replica at w_0, the loss exact and the spread zero
     assert np.allclose(res["curves"]["loss_train"]["value"][:, 0], exact["loss"][:, 0], rtol=1e-12)
+    assert not any(q.startswith("error_") for q in res["curves"])  # real-valued targets: no error rate
+
+
+def test_the_last_step_is_recorded_when_it_is_not_a_multiple_of_record_every():
+    """t = 0, k, 2k, …, and T: steps 5 every 2 records t = 0, 2, 4, 5 (the result's x axis and its curves)."""
+    res = api.simulate(cfg("tests/models/least_squares.py", inits=1, replicas=4, steps=5, record_every=2,
+                           batch_sizes=[2], noise_samples=5, dtype="float64"))
+    assert list(res["t"]) == [0, 2, 4, 5] and res["curves"]["var_g"]["value"].shape == (1, 4)
 
 
 # -- torch.optim on separate module copies -----------------------------------------------------------------------
@@ -242,6 +250,15 @@ BAD_FILES = {
                           "        return x\n"
                    + MODEL.format("torch.nn.Linear(4, 2), Count()"), "model()", "module '1' writes its buffer"),
     "unseeded.py": (DATA + "def model(seed):\n    return torch.nn.Linear(4, 2)\n", "model(0)", "different weights"),
+    "functional_dropout.py": (DATA + "class Drop(torch.nn.Module):\n"
+                                     "    def forward(self, x):\n"
+                                     "        return torch.nn.functional.dropout(x, 0.5, training=True)\n"
+                              + MODEL.format("Drop(), torch.nn.Linear(4, 2)"), "model() forward",
+                              "draws random numbers (functional dropout"),
+    "noisy_forward.py": (DATA + "class Noise(torch.nn.Module):\n"
+                                "    def forward(self, x):\n"
+                                "        return x + torch.randn_like(x)\n"
+                         + MODEL.format("Noise(), torch.nn.Linear(4, 2)"), "model() forward", "draws random numbers"),
     "bad_checkpoint.py": (DATA + MODEL.format("torch.nn.Linear(4, 2)")
                           + "def checkpoint():\n    return {'nope': torch.zeros(1)}\n", "checkpoint()", "nope"),
 }

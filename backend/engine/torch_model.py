@@ -247,6 +247,10 @@ def trial_replicas(path: Path, template: torch.nn.Module, X: torch.Tensor, Y: to
         g, _ = rep.grad_and_loss(stacked, x[None].expand(2, *x.shape), y[None].expand(2, *y.shape))
         rep.per_sample_replicas(stacked, x, y)
     except Exception as e:
+        if "randomness" in str(e) and "vmap" in str(e):  # torch.func's refusal of a random op (error mode)
+            raise fail(path, "model() forward", "draws random numbers (functional dropout, randn_like, …): the "
+                                                "variance would include that noise, which this setting does not "
+                                                "measure; make the forward deterministic (dropout off)") from None
         raise fail(path, "model() under torch.func (vmap over replicas)", _why(e)) from None
 
 
