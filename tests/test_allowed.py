@@ -179,6 +179,22 @@ def test_data_paths_inside_the_data_folders_are_read(tmp_path, monkeypatch):
     assert parse_config(_sequence(str(shipped))).n_train > 100
 
 
+def test_a_csv_corpus_is_confined_as_a_tsv_one(tmp_path, monkeypatch):
+    """The sequence model's CSV corpus (format "csv"): outside the data folders refused naming corpus.path, inside
+    read (its 20 rows: the 80 % training split)."""
+    def csv_corpus(path: Path) -> dict:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f'"sentence, number {i}",{i % 2}\n' for i in range(20)))
+        return {"setting": "sequence", "corpus": {"name": "file", "path": str(path), "format": "csv"},
+                "batch_sizes": [2]}
+
+    monkeypatch.delenv(allowed.DATA_ENV, raising=False)
+    line = _refused(parse_config, csv_corpus(tmp_path / "outside" / "c.csv"), field="corpus.path")
+    assert "outside the allowed folders" in line
+    monkeypatch.setenv(allowed.DATA_ENV, str(tmp_path / "data"))
+    assert parse_config(csv_corpus(tmp_path / "data" / "c.csv")).n_train == 16
+
+
 def test_a_data_symlink_out_is_refused_also_where_the_loader_reads(tmp_path, monkeypatch):
     from backend.images import load_dataset
     from backend.text import load_corpus

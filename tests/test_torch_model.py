@@ -4,6 +4,7 @@ module copies, and its refusals; the page under AppTest. Tiny model files of tes
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -316,8 +317,6 @@ def test_a_nonfinite_loss_beyond_the_checked_points_leaves_no_checkpoint(tmp_pat
 
 
 def test_the_cli_exits_2_with_the_line_and_prints_the_document(tmp_path, monkeypatch, capsys):
-    import json
-
     from backend.__main__ import main
 
     (tmp_path / "bad.py").write_text(BAD_FILES["shape.py"][0])
@@ -543,3 +542,36 @@ def test_a_cancelled_run_resumes_to_the_uninterrupted_result_bitwise(tmp_path, o
             if isinstance(value, np.ndarray):
                 np.testing.assert_array_equal(resumed["curves"][q][part], value, err_msg=f"{q}.{part}")
     assert all(cache.get(checkpoint_key(c, device, k)) is None for k in curves)
+
+
+# -- the advisor and sweeps on your model ------------------------------------------------------------------------
+
+def test_the_advisor_and_a_sweep_run_your_model(tmp_path):
+    """The replica advisor on a model file: each (rule, b) runs ⌊N/b⌋ steps at c·(b/b_ref)^k and reports that run's
+    final training loss, var_g and spread of ∇L with their SEs (the run made again from its config in another cache
+    gives the same numbers); a sweep over the seed runs one cell per value, each the simulate document of its
+    config."""
+    from backend import advisor, sweep
+    from backend.cache import ResultCache
+
+    base = cfg("tests/models/tiny_mlp.py", inits=1, replicas=4, batch_sizes=[2, 8], record_every=4,
+               lr={"schedule": "constant", "c": "1/10"}, noise_samples=8, dtype="float64")
+    answers = advisor.advise_rules(base, 64, ("none", "linear"), 2)
+    for rule, k in (("none", 0), ("linear", 1)):
+        for b in (2, 8):
+            row = answers[rule]["curves"][str(b)]
+            cell = api.parse_config(row["config"])
+            assert (cell.steps, row["steps"], cell.batch_sizes) == (64 // b, 64 // b, (b,))
+            assert float(cell.lr.c) == pytest.approx(0.1 * (b / 2) ** k, rel=1e-15)
+            again = api.simulate(cell, cache=ResultCache(tmp_path / f"{rule}{b}"))
+            for out, q in (("loss", "loss_train"), ("var_g", "var_g"), ("var_full_grad", "noise_spread")):
+                assert row[out] == again["curves"][q]["value"][0, -1] and row[f"{out}_se"] == \
+                    again["curves"][q]["se"][0, -1], (rule, b, out)
+    spec = sweep.load_sweep(json.dumps({"base": base.to_json(), "grid": {"seed": [0, 1]}}))
+    out = sweep.run(spec, sweep.LocalExecutor(), ResultCache(tmp_path / "sweep"))
+    assert not out["failed"] and [c["config"]["seed"] for c in out["cells"]] == [0, 1]
+    for cell in out["cells"]:
+        config = api.parse_config(cell["config"])
+        doc = setting.simulate_document(config, api.simulate(config, cache=ResultCache(tmp_path / "direct")))
+        assert cell["result"]["curves"] == json.loads(json.dumps(doc["curves"]))
+    assert out["cells"][0]["result"]["curves"] != out["cells"][1]["result"]["curves"]
