@@ -41,20 +41,22 @@ def z(est, se, exact):
 
 # -- the MLP example is the MLP setting ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dtype, sampler, optimizer, rtol", [
-    ("float64", "without_replacement", None, 1e-12),
-    ("float64", "epoch_reshuffle", {"name": "sgd", "momentum": "0.9", "nesterov": True}, 1e-12),
-    # the MLP engine holds plain SGD's low-rank updates (another summation order): float32 rounding over 88 steps
-    ("float32", "epoch_reshuffle", None, 1e-5),
+@pytest.mark.parametrize("dtype, sampler, optimizer, epochs, rtol", [
+    ("float64", "without_replacement", None, 2, 1e-12),
+    ("float64", "epoch_reshuffle", {"name": "sgd", "momentum": "0.9", "nesterov": True}, 2, 1e-12),
+    # float32: the MLP engine holds plain SGD's low-rank updates, the replicas backpropagate the summed losses
+    # (other summation orders). 44 steps agree to 1e-7; later a ReLU or an argmax that rounding flips makes the
+    # runs drift apart like two seeds' (7e-4 of var_g at 88 steps, 6 % of an SE at 132): one epoch is compared
+    ("float32", "epoch_reshuffle", None, 1, 1e-5),
 ])
-def test_the_mlp_example_gives_the_mlp_settings_numbers(tmp_path, dtype, sampler, optimizer, rtol):
+def test_the_mlp_example_gives_the_mlp_settings_numbers(tmp_path, dtype, sampler, optimizer, epochs, rtol):
     """examples/models/mlp_digits.py run by torch_model for E·⌊n/B⌋ steps, recorded every ⌊n/B⌋, against the MLP
     setting (seed 0, hidden [32, 16], the whole training set evaluated, no distortion) for E epochs: every estimate,
     its SE and its per-init values at t = e·⌊n/B⌋ equal the MLP setting's at epoch e (the same streams, initial
     weights, subsample S = all n: the exact split and a resolved B_simple)."""
     from backend.cache import ResultCache
 
-    b, epochs, n = 32, 2, 1438
+    b, n = 32, 1438
     common = {"batch_sizes": [b], "replicas": 4, "inits": 2, "lr": {"schedule": "constant", "c": "1/20"},
               "seed": 0, "sampler": sampler, "dtype": dtype, "noise_samples": n, "device": "cpu",
               **({"optimizer": optimizer} if optimizer else {})}
@@ -63,7 +65,8 @@ def test_the_mlp_example_gives_the_mlp_settings_numbers(tmp_path, dtype, sampler
     mine = api.simulate(api.parse_config({"setting": "torch_model", "model": {"file": str(
         ROOT / "examples" / "models" / "mlp_digits.py")}, "steps": epochs * (n // b), "record_every": n // b,
         **common}), cache=ResultCache(tmp_path / "mine"))
-    assert list(mine["t"]) == [0, n // b, 2 * (n // b)] and list(mlp["epoch"]) == [0, 1, 2]
+    assert list(mine["t"]) == [e * (n // b) for e in range(epochs + 1)] and list(mlp["epoch"]) == list(
+        range(epochs + 1))
     assert set(mine["curves"]) == set(mlp["curves"]) - {"gap_distorted"}
     assert np.isfinite(mine["curves"]["b_simple"]["value"]).all()
     for q, curve in mine["curves"].items():

@@ -8,7 +8,7 @@ import copy
 from typing import Callable
 
 import torch
-from torch.func import functional_call, grad, grad_and_value, vmap
+from torch.func import functional_call, grad, vmap
 
 
 def module_forward(model: torch.nn.Module) -> Callable:
@@ -39,7 +39,7 @@ class Replicas:
 
         self.loss = loss
         self.per_sample = vmap(grad(lambda p, x, y: loss(p, x[None], y[None])), in_dims=(None, 0, 0))
-        self._grad_and_loss = vmap(grad_and_value(loss))  # over replicas: (params, xb, yb)
+        self._losses = vmap(loss)  # over replicas: (params, xb, yb) → (N,)
         self._per_sample_replicas = vmap(self.per_sample, in_dims=(0, None, None))
         self._logits = vmap(lambda p, x: forward(p, x), in_dims=(0, None))
 
@@ -55,8 +55,18 @@ class Replicas:
         return _concat(parts)
 
     def grad_and_loss(self, params, xb, yb):
-        """({name: (N, …)} gradients, (N,) losses) of each replica on its own batch xb[r], yb[r]."""
-        return self.in_blocks(self._grad_and_loss, params, xb, yb)
+        """({name: (N, …)} gradients, (N,) losses) of each replica on its own batch xb[r], yb[r]: one backward pass
+        of the summed losses through the vmapped forward — replica r's parameters enter its loss alone, so the
+        gradient of Σ_r L_r with respect to them is ∇L_r (the same numbers as vmap(grad) up to the summation order
+        of the backward kernels, 15–25 % faster on the CNN example: benchmarks/TIMINGS.md)."""
+        return self.in_blocks(self._summed_grad_and_loss, params, xb, yb)
+
+    def _summed_grad_and_loss(self, params, xb, yb):
+        leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+        with torch.enable_grad():
+            losses = self._losses(leaves, xb, yb)
+            grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
+        return dict(zip(leaves, grads)), losses.detach()
 
     def per_sample_replicas(self, params, X, Y):
         """{name: (N, m, …)}: every replica's gradient on each of the shared points (X, Y)."""
