@@ -211,6 +211,32 @@ def test_the_settings_one_step_noise_and_b_simple_at_w0_are_backpacks(tmp_path, 
     assert doc["noise_one_step_se"][0] == 0 and doc["noise_spread"][0] == 0  # every replica at w_0, S = all n
 
 
+def test_the_checkpoint_example_branches_every_init_from_the_trained_weights(tmp_path, monkeypatch):
+    """The shipped checkpoint example through the setting (two inits): at t = 0 both inits sit at the trained
+    weights — the same training loss, that of the checkpoint loaded into the module by hand (float64), well below
+    the fresh CNN's — and each estimates var(g_0 | F_0) at that one point (positive)."""
+    from backend import api
+
+    monkeypatch.setenv("BATCHVAR_CACHE_DIR", str(tmp_path / "cache"))
+    common = {"inits": 2, "replicas": 4, "steps": 4, "record_every": 4, "batch_sizes": [16], "noise_samples": 64,
+              "dtype": "float64", "device": "cpu"}
+    res = api.simulate(api.parse_config({"setting": "torch_model", "model": {
+        "file": "examples/models/cnn_digits_checkpoint.py"}, **common}))
+    fresh = api.simulate(api.parse_config({"setting": "torch_model", "model": {
+        "file": "examples/models/cnn_digits.py"}, **common}))
+    m = load("cnn_digits_checkpoint")
+    X, y = m.data()["train"]
+    net = m.model(0).double()
+    net.load_state_dict({k: v.double() for k, v in m.checkpoint().items()})
+    with torch.no_grad():
+        trained = F.cross_entropy(net(X.double()), y).item()
+    per_init = res["curves"]["loss_train"]["per_init"][0, 0]
+    assert per_init[0] == per_init[1] == pytest.approx(trained, rel=1e-12)
+    assert trained < 0.5 * fresh["curves"]["loss_train"]["value"][0, 0]
+    var0 = res["curves"]["var_g"]["per_init"][0, 0]
+    assert var0[0] > 0 and var0[1] > 0
+
+
 @pytest.mark.parametrize("name, replicas, noise_samples", [("cnn_digits", 48, 128), ("char_transformer", 24, 96)])
 def test_lemma1_at_t0_for_the_cnn_and_the_transformer(name, replicas, noise_samples, monkeypatch, tmp_path):
     """At t = 0 every replica sits at w_0, so the replicas' var(g_0 | F_0) is the one-step noise c_b tr Σ(w_0)
