@@ -14,9 +14,9 @@ from backend.errors import Cancelled
 class Progress:
     """Thread-safe progress of a run. ``on_advance`` (optional) is called with every increment, e.g. by a caller
     that counts units itself; a run sets ``total`` before it starts and calls ``finish`` at the end. ``message`` is
-    what the run is doing now; ``log`` one line per finished part (a sweep's cells), oldest first. ``cancel`` (optional,
-an Event): once it is set, ``advance`` raises Cancelled — a run that reports every step through its Progress (the
-replica branches of the critical batch size) stops at its next step, before anything of it is cached."""
+    what the run is doing now; ``log`` one line per finished part (a sweep's cells), oldest first. ``cancel``
+    (optional, an Event): once it is set, ``advance`` raises Cancelled — a run that reports every step through its
+    Progress (the replica branches of the critical batch size) stops at its next step, before anything is cached."""
 
     total: int = 0
     done: int = 0

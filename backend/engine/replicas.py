@@ -58,7 +58,7 @@ class Replicas:
         """({name: (N, …)} gradients, (N,) losses) of each replica on its own batch xb[r], yb[r]: one backward pass
         of the summed losses through the vmapped forward — replica r's parameters enter its loss alone, so the
         gradient of Σ_r L_r with respect to them is ∇L_r (the same numbers as vmap(grad) up to the summation order
-        of the backward kernels, 15–25 % faster on the CNN example: benchmarks/TIMINGS.md)."""
+        of the backward kernels; 7–28 % faster on the CNN example: benchmarks/TIMINGS.md)."""
         return self.in_blocks(self._summed_grad_and_loss, params, xb, yb)
 
     def _summed_grad_and_loss(self, params, xb, yb):

@@ -336,7 +336,7 @@ def _stats(paths) -> tuple:
 
 
 def _folder_signature(path: Path) -> tuple:
-    """(name, mtime, size) of the files beside the model file (one that appears or goes counts too)."""
+    """(path, mtime, size) of the files beside the model file (one that appears or goes counts too)."""
     return _stats(sorted(str(p) for p in path.parent.iterdir()))
 
 
