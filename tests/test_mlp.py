@@ -285,8 +285,11 @@ def test_laptop_preset_via_cli_orders_variance_by_b(tmp_path):
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
     assert res["epoch"][0] == 0 and len(res["epoch"]) == 13
-    fields = {"var_g", "var_g_min", "var_g_max", "loss_train", "loss_val", "error_train", "error_val",
-              "gap_distorted", "noise_one_step", "noise_spread", "b_simple"}
+    named = {"var_g", "loss_train", "loss_val", "error_train", "error_val", "gap_distorted", "noise_one_step",
+             "noise_spread", "b_simple"}
+    table = set(api.quantities(api.parse_config({"setting": "mlp", "preset": "laptop"})))
+    assert named <= table  # the document follows the quantity table (a new quantity needs no edit here)
+    fields = table | {"var_g_min", "var_g_max"}
     c16 = res["curves"]["16"]
     estimated = fields - {"var_g_min", "var_g_max"}
     per_init = {f"{q}{suffix}" for q in estimated for suffix in ("_se", "_per_init", "_per_init_se")}
