@@ -102,23 +102,14 @@ for line, ans in lines(result).items():
 table = pd.DataFrame(rows)
 y_title = f"E L(w_T) after N = {budget:,} samples"
 if axis:
-    cols = st.columns(len(rules))
-    for col, rule in zip(cols, rules):
-        best = result["best"][rule]
-        col.metric(f"best (b, β) ({rule})", "none" if best is None else f"b = {best['b']}, β = {best['momentum']:g}",
-                   help=None if best is None else f"E L(w_T) = {best['loss']:.4g}")
-    st.dataframe(pd.DataFrame([{"β": float(key), **{f"best b ({r})": result["best_b"][r][key] for r in rules}}
-                               for key in result["answers"][rules[0]]]), hide_index=True)
-    st.altair_chart(charts.advisor_momentum_chart(
-        result, y_title, "Expected final loss against b at a fixed budget, one line per β (◇ best b of β, ★ best "
-        "(b, β))" + (", α/(1 − β) fixed" if effective_lr else "")), width="stretch")
-    st.caption("Heavy ball β on every line (the exact moments of (w_t, v_t), docs/theory.md §9)"
-               + (": each β runs with c·(1 − β), the same effective step α/(1 − β) as c at β = 0." if effective_lr
-                  else ", the same c for every β (tick α/(1 − β) fixed to compare at one effective step)."))
-    beta_key = st.selectbox("β for the details below", list(result["answers"][rules[0]]), key="adv_beta",
-                            help="the noise scales, the target frontier, the schedule comparison and the replica "
-                                 "check for this β")
-    answers = {r: result["answers"][r][beta_key] for r in rules}
+    beta_key, answers = ui.momentum_view(
+        result, rules, y_title, "Expected final loss against b at a fixed budget, one line per β (◇ best b of β, ★ "
+        "best (b, β))" + (", α/(1 − β) fixed" if effective_lr else ""),
+        "Heavy ball β on every line (the exact moments of (w_t, v_t), docs/theory.md §9)"
+        + (": each β runs with c·(1 − β), the same effective step α/(1 − β) as c at β = 0." if effective_lr
+           else ", the same c for every β (tick α/(1 − β) fixed to compare at one effective step)."),
+        "E L(w_T)", "adv_beta", "the noise scales, the target frontier, the schedule comparison and the replica "
+                                "check for this β")
     beta = dict(zip(result["answers"][rules[0]], api.check_momenta(momenta)))[beta_key]  # as typed: exact for 9/10
     config = api.momentum_config(config, beta, effective_lr)
 else:

@@ -6,4 +6,4 @@ from ui.state import (base_config, clear_cache_button, field_helpers, initial_ra
                       presets_and_upload, sync_url, last_config_key, theory_link, user_text, validated)
 from ui import widgets  # noqa: F401
 from ui.tables import per_b_table  # noqa: F401
-from ui.advisor_view import frontier, schedule_comparison  # noqa: F401
+from ui.advisor_view import frontier, momentum_view, schedule_comparison  # noqa: F401

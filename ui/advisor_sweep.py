@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from backend import api, charts, costs
-from ui.advisor_view import frontier
+from ui.advisor_view import frontier, momentum_view
 from ui.run import job_panel
 from ui.state import field_helpers, presets_and_upload, user_text, validated
 from ui.widgets import batch_sizes, executor, momentum_axis
@@ -82,8 +82,15 @@ def show(setting: str) -> None:
     if result is None:
         return
     answers = result
-    if axis:
-        answers = _momentum_view(prefix, result, rules, budget, effective_lr)
+    if axis:  # a log loss axis: the momenta's losses differ by orders of magnitude
+        _, answers = momentum_view(
+            result, rules, f"loss after N = {budget:,} samples", "Final loss against b, one line per β (95 % "
+            "intervals of the replica estimates; ◇ best b of β, ★ best (b, β))"
+            + (", α/(1 − β) fixed" if effective_lr else ""),
+            "SGD with heavy-ball momentum β on every line, one replica run per (β, rule, b)"
+            + (": each β runs with its step size times (1 − β), the same effective step α/(1 − β)." if effective_lr
+               else ", the same step size for every β (tick α/(1 − β) fixed to compare at one effective step)."),
+            "final loss", f"{prefix}_beta")
     rows = [{"rule": r, "b": int(b), **{q: row.get(q) for q in ("steps", "loss", "loss_se", "var_g", "var_g_se",
                                                                   "b_simple", "diverged")},
              "lo": row["loss"] - 1.96 * row["loss_se"] if row["loss"] is not None and row["loss_se"] else None,
@@ -104,23 +111,3 @@ def show(setting: str) -> None:
                    "beside the best b (McCandlish et al.'s critical batch size).")
     st.download_button("Advice (JSON)", json.dumps(result, indent=2), "batchvar_advice.json", "application/json")
 
-
-def _momentum_view(prefix: str, result: dict, rules: list[str], budget: int, effective_lr: bool) -> dict:
-    """The momentum axis's answers: the best (b, β) of each rule, the best b of each β, the loss against b one line
-    per β; returns the answers of the β picked for the details below ({rule: answer})."""
-    for col, rule in zip(st.columns(len(rules)), rules):
-        best = result["best"][rule]
-        col.metric(f"best (b, β) ({rule})", "none" if best is None else f"b = {best['b']}, β = {best['momentum']:g}",
-                   help=None if best is None else f"final loss {best['loss']:.4g}")
-    keys = list(result["answers"][rules[0]])
-    st.dataframe(pd.DataFrame([{"β": float(key), **{f"best b ({r})": result["best_b"][r][key] for r in rules}}
-                               for key in keys]), hide_index=True)
-    st.altair_chart(charts.advisor_momentum_chart(
-        result, f"loss after N = {budget:,} samples", "Final loss against b, one line per β (95 % intervals of the "
-        "replica estimates; ◇ best b of β, ★ best (b, β))" + (", α/(1 − β) fixed" if effective_lr else "")),
-        width="stretch")  # a log loss axis: the momenta's losses differ by orders of magnitude
-    st.caption("SGD with heavy-ball momentum β on every line, one replica run per (β, rule, b)"
-               + (": each β runs with its step size times (1 − β), the same effective step α/(1 − β)." if effective_lr
-                  else ", the same step size for every β (tick α/(1 − β) fixed to compare at one effective step)."))
-    beta_key = st.selectbox("β for the details below", keys, key=f"{prefix}_beta")
-    return {r: result["answers"][r][beta_key] for r in rules}

@@ -54,3 +54,22 @@ def frontier(answers: dict, search: str) -> None:
         return
     st.altair_chart(charts.frontier_chart(pd.DataFrame(fr_rows), pd.DataFrame(fit_rows) if fit_rows else None),
                     width="stretch")
+
+
+def momentum_view(result: dict, rules: list[str], y_title: str, title: str, caption: str, loss_name: str,
+                  key: str, help: str | None = None) -> tuple[str, dict]:
+    """The advisor along the momentum axis (api.advise_momentum's ``result``), both modes: the best (b, β) of each
+    rule (``loss_name`` in its help), the best b of each β, the loss against b one line per β (``title``, on a log
+    axis), ``caption``; returns the β picked for the details below ("0.9") and its answers ({rule: answer})."""
+    for col, rule in zip(st.columns(len(rules)), rules):
+        best = result["best"][rule]
+        col.metric(f"best (b, β) ({rule})", "none" if best is None else f"b = {best['b']}, β = {best['momentum']:g}",
+                   help=None if best is None else f"{loss_name} = {best['loss']:.4g}")
+    keys = list(result["answers"][rules[0]])
+    st.dataframe(pd.DataFrame([{"β": float(k), **{f"best b ({r})": result["best_b"][r][k] for r in rules}}
+                               for k in keys]), hide_index=True)
+    st.altair_chart(charts.advisor_momentum_chart(result, y_title, title), width="stretch")
+    st.caption(caption)
+    beta_key = st.selectbox("β for the details below", keys, key=key, help=help)
+    return beta_key, {r: result["answers"][r][beta_key] for r in rules}
+
