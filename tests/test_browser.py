@@ -183,6 +183,8 @@ def test_theory_page_renders_its_mathematics(server, browser):
 def test_advisor_replica_check_run(server, browser):
     """The advisor's Replica check from its widgets, kept short (a small budget, 100 replicas): Run, and the table of
     z-scores against the exact final loss is drawn."""
+    from playwright.sync_api import expect
+
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     page.goto(f"{server}/advisor")
     page.get_by_text("best b (linear)").first.wait_for(timeout=90_000)
@@ -191,7 +193,12 @@ def test_advisor_replica_check_run(server, browser):
         entry.fill(value)
         entry.press("Enter")
         page.wait_for_timeout(1500)
-    page.get_by_role("button", name="Run", exact=True).click()
+    # the reruns the entries started have finished: the Run box says 100 replicas, and a rerun's stale copy of the
+    # form (two Run buttons for a moment on a loaded box) is gone
+    page.get_by_text("Run 100 replicas of SGD").first.wait_for(timeout=90_000)
+    run = page.get_by_role("button", name="Run", exact=True)
+    expect(run).to_have_count(1, timeout=90_000)
+    run.click()
     page.get_by_text(re.compile(r"^z = \(replica estimate")).first.wait_for(timeout=180_000)
     no_exception(page)
     shot(page, "advisor_replica_check")
