@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -405,6 +406,43 @@ def test_data_read_from_another_folder_is_hashed_again_when_it_changes(tmp_path,
     assert after.model["sha256"] == before.model["sha256"]
     assert after.model["data_sha256"] != before.model["data_sha256"]
     assert api.simulation_key(after) != api.simulation_key(before)
+
+
+@pytest.mark.parametrize("where", ["top", "inside"])
+def test_an_edited_helper_module_changes_the_key_and_is_imported_again(tmp_path, monkeypatch, where):
+    """In one process (the app): the model file imports a helper module of its own (put on sys.path by the file;
+    at its top, or inside model()); an edit of the helper alone (the model file's bytes unchanged) changes the code
+    hash and the simulation key, refuses a config saved before, and runs the edited helper's network."""
+    folder = tmp_path / "models"
+    (folder / "lib").mkdir(parents=True)
+    monkeypatch.setenv("BATCHVAR_MODELS", str(folder))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "helper_net_for_test", raising=False)
+    helper = folder / "lib" / "helper_net_for_test.py"
+    helper.write_text("import torch\ndef net():\n    return torch.nn.Linear(4, 2)\n")
+    imp = "    import helper_net_for_test\n"
+    (folder / "uses.py").write_text(
+        "import sys, pathlib, torch\n"
+        "sys.path.insert(0, str(pathlib.Path(__file__).parent / 'lib'))\n"
+        + ("import helper_net_for_test\n" if where == "top" else "") + DATA
+        + "def model(seed):\n" + (imp if where == "inside" else "")
+        + "    torch.manual_seed(seed)\n    return helper_net_for_test.net()\n")
+    before = cfg(str(folder / "uses.py"), batch_sizes=[2])
+    mf = engine.load(folder / "uses.py")
+    assert mf.modules == {"helper_net_for_test": str(helper.resolve())}
+    assert before.model["sha256"] != engine.file_sha256(folder / "uses.py")  # the helper is in the hash
+    assert engine.load(folder / "uses.py") is mf  # nothing changed: remembered
+    helper.write_text("import torch\ndef net():\n    return torch.nn.Sequential(torch.nn.Linear(4, 3), "
+                      "torch.nn.Linear(3, 2))\n")
+    os.utime(helper, ns=(helper.stat().st_atime_ns, helper.stat().st_mtime_ns + 10**9))
+    after = cfg(str(folder / "uses.py"), batch_sizes=[2])
+    assert engine.load(folder / "uses.py").n_params == 4 * 3 + 3 + 3 * 2 + 2  # the edited helper's network
+    assert after.model["sha256"] != before.model["sha256"]
+    assert after.model["data_sha256"] == before.model["data_sha256"]
+    assert api.simulation_key(after) != api.simulation_key(before)
+    with pytest.raises(ConfigError) as e:  # a config saved before the edit is not run on the edited helper
+        api.parse_config(before.to_json())
+    assert e.value.field == "model.sha256"
 
 
 # -- the page ---------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import copy
 import hashlib
 import importlib.util
 import os
+import site
 import sys
 import threading
 from collections import OrderedDict
@@ -95,7 +96,7 @@ class ModelFile:
     """A validated model file: its functions' results on the CPU and what the setting's estimate needs."""
 
     path: Path
-    sha256: str
+    sha256: str  # the file's content hash, with its own helper modules' where it imports any (code_sha256)
     data_sha256: str
     module: ModuleType
     template: torch.nn.Module  # init 0's module (or the checkpoint's), CPU
@@ -111,6 +112,7 @@ class ModelFile:
     flops_per_sample: float  # one forward pass (a gradient: about 3×)
     trainable: tuple[str, ...] = field(default=())
     read_files: tuple[str, ...] = field(default=())  # what its functions opened outside Python (load's signature)
+    modules: dict[str, str] = field(default_factory=dict)  # its own helper modules: name → source (in sha256)
 
     @property
     def n_train(self) -> int:
@@ -341,7 +343,9 @@ def _folder_signature(path: Path) -> tuple:
 
 
 _reading = threading.local()  # the files opened by the model file's functions while it is validated (this thread)
-_PYTHON = tuple({os.path.realpath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
+_PYTHON = tuple({os.path.realpath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix,
+                                                         *site.getsitepackages(), site.getusersitepackages())})
+_BACKEND = os.path.realpath(Path(__file__).resolve().parent.parent) + os.sep  # in the cache key's code version
 MAX_READ_FILES = 10_000
 
 
@@ -366,11 +370,46 @@ def _signature(path: Path, read: tuple[str, ...]) -> tuple:
     return file_sha256(path), _folder_signature(path), _stats(read)
 
 
+def _source(module: ModuleType | None) -> str | None:
+    """The real path of a module's file when it is the user's code: outside the Python installation (and its site
+    folders) and outside the project's backend (whose code is in the cache key already); else None."""
+    f = getattr(module, "__file__", None)
+    if not isinstance(f, str):
+        return None
+    p = os.path.realpath(f)
+    return None if p.startswith(_PYTHON) or p.startswith(_BACKEND) or not os.path.isfile(p) else p
+
+
+def local_modules(module: ModuleType, imported: set[str]) -> dict[str, str]:
+    """{name: source file} of the user's modules that the model file uses: those first imported while it was
+    validated (``imported``: at its import or inside its functions) and those its namespace holds (a module, or a
+    function or class defined in one), the model file itself left out."""
+    names = set(imported)
+    for value in vars(module).values():
+        names.add(value.__name__ if isinstance(value, ModuleType) else getattr(value, "__module__", None))
+    names.discard(module.__name__)
+    found = {n: _source(sys.modules.get(n)) for n in names if isinstance(n, str)}
+    return {n: p for n, p in sorted(found.items()) if p is not None}
+
+
+def code_sha256(path: Path, modules: dict[str, str]) -> str:
+    """The model file's sha256, or — where it uses modules of its own — sha256 over the file's and each module's
+    (name, bytes) in name order: an edited helper module changes the cache key as an edited file does."""
+    if not modules:
+        return file_sha256(path)
+    h = hashlib.sha256(path.read_bytes())
+    for name, source in modules.items():
+        h.update(f"\0{name}\0".encode())
+        h.update(Path(source).read_bytes())
+    return h.hexdigest()
+
+
 def load(path: Path) -> ModelFile:
     """The validated model file at ``path`` (an allowed path: backend/allowed.model_file), loaded once per content
     of the file and state of what it reads: it is validated again (its data hashed again) when the file, a file
-    beside it, or any file its functions opened (data or a checkpoint in another folder; seen by the audit hook)
-    changes. A failing file raises (and is not remembered)."""
+    beside it, any file its functions opened (data or a checkpoint in another folder; seen by the audit hook) or
+    any of its own helper modules (local_modules: imported again then) changes. A failing file raises (and is not
+    remembered)."""
     key = str(path)
     with _loaded_lock:
         hit = _loaded.get(key)
@@ -378,13 +417,17 @@ def load(path: Path) -> ModelFile:
         with _loaded_lock:
             _loaded.move_to_end(key)
         return hit[1]
+    for name in hit[1].modules if hit is not None else ():
+        sys.modules.pop(name, None)  # imported again from their sources, as a fresh process would
+    before = set(sys.modules)
     _reading.paths = set()
     try:
         mf = validate(path)
-        read = tuple(sorted(_reading.paths - {os.path.realpath(path)}))
+        mf.modules = local_modules(mf.module, set(sys.modules) - before)
+        read = tuple(sorted((_reading.paths | set(mf.modules.values())) - {os.path.realpath(path)}))
     finally:
         _reading.paths = None
-    mf.read_files = read
+    mf.sha256, mf.read_files = code_sha256(path, mf.modules), read
     with _loaded_lock:
         _loaded[key] = (_signature(path, read), mf)
         while len(_loaded) > 8:

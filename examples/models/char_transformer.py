@@ -10,7 +10,7 @@ UCI Sentiment Labelled Sentences; labels ignored), predicting each next characte
   embeddings N(0, 0.02²)). No Dropout, no buffers: the causal mask is built in the forward pass;
 - loss(output, target): per sample, the mean over its CONTEXT positions of the next-character cross-entropy
   (output (n, CONTEXT, VOCAB), target (n, CONTEXT) → (n,)).
-Self-contained (a model file is hashed alone); the corpus is read relative to this file.
+Self-contained (it imports no helper module of its own); the corpus is read relative to this file.
 """
 
 from __future__ import annotations

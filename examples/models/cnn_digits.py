@@ -7,7 +7,7 @@
   ``torch.random.fork_rng`` (the global generator is left as it was). No BatchNorm, no Dropout, no buffers: every
   replica is a pure function of its parameters;
 - loss: the default (cross-entropy on the integer class targets).
-Self-contained (a model file is hashed alone).
+Self-contained (it imports no helper module of its own).
 """
 
 from __future__ import annotations

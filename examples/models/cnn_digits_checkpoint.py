@@ -3,7 +3,8 @@ that ``train_checkpoint.py`` saved in ``cnn_digits_checkpoint.pt`` (400 SGD step
 validation error of 2.8 %, from 95 % at init). The replicas then measure var(g_t | F_0) around a trained w_0,
 as the critical batch size of language models is measured today (Merrill et al. 2025 branch from checkpoints).
 
-- data, model(k): those of cnn_digits.py (repeated here: a model file is hashed alone, so it imports no sibling);
+- data, model(k): those of cnn_digits.py (repeated here: a model file stands alone, the model folder is not on
+  ``sys.path``);
 - checkpoint(): the saved state_dict, read with ``torch.load(weights_only=True)`` (tensors only: no pickled code
   runs); ``python examples/models/train_checkpoint.py`` writes it again (the same numbers on the
   same torch build: one thread, seeded draws).

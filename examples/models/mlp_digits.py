@@ -8,7 +8,7 @@ builds it, so that a torch_model run of this file gives the MLP setting's number
   in the parameter order weight, bias of each layer. The parameters stay float64 (the setting casts them to its
   dtype, as the MLP setting casts these draws);
 - loss: the default (cross-entropy on the integer class targets).
-Self-contained (a model file is hashed alone): nothing is imported from the project.
+Self-contained: nothing is imported from the project.
 """
 
 from __future__ import annotations
