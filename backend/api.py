@@ -50,7 +50,7 @@ from backend.settings.classifier import (b_ordering_share, b_simple_note, cached
 from backend.settings.deep_linear import (decreasing_everywhere, describe_methods, eval_inv_b,  # noqa: F401
                                           eval_theorem4, fit_theorem4)
 from backend.settings.linear_regression import (EXACT_MAX_T, FLOAT_POLY_MAX_T,  # noqa: F401
-                                                all_b_grid, check_monotone, eval_poly_inv_b, paper_fit,
+                                                against_b, all_b_grid, check_monotone, eval_poly_inv_b, paper_fit,
                                                 theory_all_b, theory_curves)
 from backend.curves import flag_message, flagged_points, per_b_table, unreliable  # noqa: F401  (flags, per-b table)
 from backend.stats import exact_z

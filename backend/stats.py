@@ -358,6 +358,17 @@ def polyfit_inv_b(b: np.ndarray, values: np.ndarray, degree: int, weights: np.nd
     return np.concatenate([coef, np.zeros(degree - deg)])
 
 
+def polyfit_inv_b_se(b: np.ndarray, se: np.ndarray, degree: int) -> np.ndarray:
+    """Standard errors of polyfit_inv_b's (unweighted) coefficients, lowest first, when the values are independent
+    with standard errors ``se``: the fit is linear in the values, coef = M v, so cov = M diag(se²) Mᵀ."""
+    x = 1.0 / np.asarray(b, dtype=np.float64)
+    deg = min(degree, len(x) - 1)
+    s = x.max()
+    M = np.linalg.pinv(np.vander(x / s, deg + 1, increasing=True)) / (s ** np.arange(deg + 1))[:, None]
+    out = np.sqrt(((M * np.asarray(se, dtype=np.float64)[None, :]) ** 2).sum(axis=1))
+    return np.concatenate([out, np.zeros(degree - deg)])
+
+
 def first_increase(b: np.ndarray, values: np.ndarray, rtol: float = 1e-12) -> int | None:
     """Index j of the first b_j < b_{j+1} with values[j+1] > values[j] (beyond a relative rounding slack), else None."""
     v = np.asarray(values, dtype=np.float64)

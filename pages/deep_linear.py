@@ -163,12 +163,7 @@ with tab_z:
         st.info("Run the replicas; z-scores need exact values (t = 0, t = 1 for small inputs, or the scalar network).")
     else:
         qz = st.selectbox("Quantity", api.quantities(config), format_func=labels.get, key="dl_zq")
-        agr = api.agreement(theory, sim, qz)
-        c1, c2, c3 = st.columns(3)
-        c1.metric("|z| ≤ 2", f"{100 * agr['within_2']:.1f} %")
-        c2.metric("|z| ≤ 4", f"{100 * agr['within_4']:.1f} %")
-        c3.metric("max |z|", f"{agr['max_abs']:.2f}", help=f"over {agr['count']} (b, t) pairs with exact values")
-        st.altair_chart(charts.z_chart(agr["z"], theory["t"], api.curve_keys(config)), width="stretch")
+        ui.agreement_view(config, theory, sim, qz)
 
 with tab_table:
     table_rows = ui.per_b_table("dl", theory, sim, table, default_x=1)

@@ -6,7 +6,6 @@ from ui.shell import guard
 
 guard()  # opened by its URL in a fresh session: run inside the app frame
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -24,42 +23,7 @@ raw0, d, k = ui.field_helpers("lr", "linear_regression")
 # -- sidebar: inputs only ----------------------------------------------------------------------------------------
 sb = st.sidebar
 ui.presets_and_upload("lr", "linear_regression")
-ds0 = d("dataset") if isinstance(d("dataset"), dict) else {"name": d("dataset")}
-sources = ["graduate_admission", "synthetic", "upload CSV"] + (["inline (from config)"] if ds0.get("name") == "inline"
-                                                                  else [])
-src_default = "inline (from config)" if ds0.get("name") == "inline" else ds0.get("name", "graduate_admission")
-source = sb.selectbox("Dataset", sources, index=sources.index(src_default), key=k("source"),
-                      help="Graduate Admission: 500 rows, 7 features, target 'Chance of Admit' (the paper's setting)")
-if source == "graduate_admission":
-    dataset: dict = {"name": "graduate_admission"}
-elif source == "synthetic":
-    c1, c2 = sb.columns(2)
-    dataset = {"name": "synthetic", "n": c1.number_input("n", 2, 100_000, int(ds0.get("n", 200)), key=k("sn")),
-               "p": c2.number_input("p", 1, 50, int(ds0.get("p", 5)), key=k("sp")),
-               "noise": ui.widgets.number(c1, "noise", "dataset.noise", float(ds0.get("noise", 0.5)), 0.0, 100.0,
-                                           key=k("snoise")),
-               "seed": c2.number_input("data seed", 0, 2**32 - 1, int(ds0.get("seed", 0)), key=k("sseed"))}
-elif source == "upload CSV":
-    f = sb.file_uploader("CSV with a header row (numeric columns)", type=["csv"], key=k("csv"))
-    if f is None:
-        st.info("Upload a CSV in the sidebar to continue, or pick another dataset.")
-        st.stop()
-    if f.size > api.MAX_UPLOAD_BYTES:
-        st.error(f"The file is {f.size / 2**20:.1f} MiB; the limit is {api.MAX_UPLOAD_BYTES / 2**20:.0f} MiB.")
-        st.stop()
-    text = f.getvalue().decode("utf-8", errors="replace")
-    header = text.splitlines()[0].split(",") if text.strip() else []
-    target = sb.selectbox("Target column", [h.strip() for h in header][::-1], key=k("target"))
-    try:
-        data = api.parse_csv_text(text, target)
-    except api.ConfigError as e:
-        st.error(f"Cannot use that CSV: {ui.user_text(e.message)}")
-        st.stop()
-    dataset = {"name": "inline", "X": [[api.jsonable_number(v) for v in row] for row in data.X],
-               "y": [api.jsonable_number(v) for v in data.y], "columns": [*data.feature_names, data.target_name]}
-else:
-    dataset = ds0
-
+dataset = ui.regression_dataset(d, k)
 standardize = sb.checkbox("Standardize features (mean, population sd)", bool(d("standardize")), key=k("std"))
 intercept = sb.checkbox("Intercept (last weight)", bool(d("intercept")), key=k("icpt"))
 w0_raw = d("w0")
@@ -77,8 +41,7 @@ else:
                                      key=k("w0scale"))}
 lr = ui.widgets.schedule(d, k, c_label="c (e.g. 1/2 or 0.05)")
 steps = ui.widgets.slider(sb, "Iterations T", "steps", int(d("steps")), 1, 5000, key=k("steps"))
-n_hint = 500 if source == "graduate_admission" else None
-batch_sizes = ui.widgets.batch_sizes(d, k, api.paper_batch_sizes(n_hint or 500) + [1, 2, 4, 8, 16, 32, 64, 128, 256])
+batch_sizes = ui.widgets.batch_sizes(d, k, api.paper_batch_sizes(500) + [1, 2, 4, 8, 16, 32, 64, 128, 256])
 batch_schedule = ui.widgets.batch_schedule(raw0, k)  # None: constant batch sizes
 replicas, seed = ui.widgets.replicas_and_seed(d, k)
 sampler = sb.selectbox("Sampler", api.SAMPLERS, index=api.SAMPLERS.index(d("sampler")), key=k("sampler"),
@@ -135,27 +98,19 @@ with tab_b:
         st.info("The view against b is over constant batch sizes; clear the batch-size schedule to see it.")
     else:
         t_sel = st.slider("Iteration t", 0, config.steps, min(10, config.steps), key="lr_tsel")
-        all_b = api.theory_all_b(config)
-        exact_t = all_b["curves"]["var_g"][:, t_sel]
-        fit_src = "estimates" if sim is not None and len(config.batch_sizes) >= 7 else "exact values at the paper's b"
-        if fit_src == "estimates":
-            fb = np.array(config.batch_sizes)
-            fv = sim["curves"]["var_g"]["value"][:, t_sel]
-        else:
-            fb = np.array([b for b in api.paper_batch_sizes(config.n) if b <= config.n])
-            fv = exact_t[np.searchsorted(all_b["b"], fb)]
-        coef = api.paper_fit(fb, fv, degree=6)
-        fits = {f"paper's degree-6 fit ({fit_src})": api.eval_poly_inv_b(list(coef), all_b["b"])}
-        est_df = None
-        if sim is not None:
-            e = sim["curves"]["var_g"]
-            est_df = pd.DataFrame({"b": config.batch_sizes, "value": e["value"][:, t_sel], "lo": e["lo"][:, t_sel],
-                                   "hi": e["hi"][:, t_sel], "se": e["se"][:, t_sel]})
-        st.altair_chart(charts.b_chart(all_b["b"], exact_t, t_sel, est_df, fits, b_max=config.n), width="stretch")
-        st.caption("The paper fits a degree-6 polynomial in 1/b (with a constant term) to Monte Carlo values at 21 batch "
-                   f"sizes; the exact variance at t = {t_sel} is a polynomial of degree {t_sel + 1} with no constant "
-                   "term. Fit coefficients (lowest power first): "
-                   + ", ".join(f"{c:.4g}" for c in coef))
+        view = api.against_b(config, int(t_sel), sim)
+        fit, est = view["fit"], view["estimates"]
+        est_df = None if est is None else pd.DataFrame(est)
+        fits = {f"paper's degree-{fit['degree']} fit ({fit['source']})": fit["curve"]}
+        st.altair_chart(charts.b_chart(view["b"], view["exact"], t_sel, est_df, fits, b_max=config.n),
+                        width="stretch")
+        shown = ", ".join(f"{c:.4g}" + (f" ± {s:.2g}" if s > 0 else "")
+                          for c, s in zip(fit["coefficients"], fit["coefficients_se"]))
+        st.caption(f"The paper fits a degree-{fit['degree']} polynomial in 1/b (with a constant term) to Monte Carlo "
+                   f"values at 21 batch sizes; the exact variance at t = {t_sel} is a polynomial of degree "
+                   f"{t_sel + 1} with no constant term. Fit coefficients (lowest power first"
+                   + (", ± one SE propagated from the estimates' SEs" if fit["source"] == "estimates" else
+                      "; fit to exact values, so no sampling error") + "): " + shown)
 
 with tab_poly:
     if tcurves is None:
@@ -186,14 +141,7 @@ with tab_z:
     else:
         q = st.selectbox("Quantity", [*api.quantities(config), *(e for e in estimates if e in sim["curves"])],
                          format_func=labels.get, key="lr_zq")
-        agr = api.agreement(theory, sim, estimates.get(q, q), estimate_name=q)
-        c1, c2, c3 = st.columns(3)
-        c1.metric("|z| ≤ 2", f"{100 * agr['within_2']:.1f} %", help="expect about 95 %")
-        c2.metric("|z| ≤ 4", f"{100 * agr['within_4']:.1f} %", help="expect about 100 %")
-        c3.metric("max |z|", f"{agr['max_abs']:.2f}", help=f"over {agr['count']} (b, t) pairs")
-        st.altair_chart(charts.z_chart(agr["z"], theory["t"], api.curve_keys(config)), width="stretch")
-        st.caption("z is NaN (blank) where the quantity is deterministic (t = 0 for var(∇L), b = n). Neighbouring t "
-                   "share replicas, so z is correlated along t.")
+        ui.agreement_view(config, theory, sim, estimates.get(q, q), estimate_name=q)
 
 with tab_table:
     table_rows = ui.per_b_table("lr", theory, sim, table)
@@ -204,16 +152,7 @@ with tab_thm:
     elif schedule:
         st.info("Theorems 1–2 compare constant batch sizes; clear the batch-size schedule to check them.")
     else:
-        checks = api.check_monotone(config)
-        for q, res in checks.items():
-            label = labels[q]
-            if res["holds"]:
-                st.success(f"{label} is non-increasing in b at every t = 0..{res['checked_t'] - 1}, checked on "
-                           f"{res['checked_b']} batch sizes.")
-            else:
-                v = res["first_violation"]
-                st.error(f"{label} increases from b = {v['b']} to b = {v['b_next']} at t = {v['t']} "
-                         f"({v['value']:.6g} → {v['value_next']:.6g}).")
+        ui.theorem_checks(config, labels)
 
 with tab_dl:
     ui.downloads("lr", config, theory, sim, api.quantities(config),

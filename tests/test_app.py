@@ -72,6 +72,8 @@ def test_linear_regression_defaults_then_small_run():
     metrics = {m.label: m.value for m in at.metric}
     assert float(metrics["|z| ≤ 4"].rstrip(" %")) >= 90.0  # estimates agree with the exact theory
     assert len(at.success) == 3  # Theorems 1–2 hold on the exact values
+    fit_caption = next(c.value for c in at.caption if c.value.startswith("The paper fits"))  # Against b: 2 b < 7
+    assert "fit to exact values, so no sampling error" in fit_caption and "±" not in fit_caption
     assert at.latex and "frac{1}{b}" in at.latex[0].value
     assert dict(at.query_params)["steps"] == ["20"] or dict(at.query_params)["steps"] == "20"
 

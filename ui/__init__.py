@@ -7,3 +7,5 @@ from ui.state import (base_config, clear_cache_button, field_helpers, initial_ra
 from ui import widgets  # noqa: F401
 from ui.tables import per_b_table  # noqa: F401
 from ui.advisor_view import frontier, momentum_view, schedule_comparison  # noqa: F401
+from ui.dataset_input import regression_dataset  # noqa: F401
+from ui.exact_views import agreement_view, theorem_checks  # noqa: F401

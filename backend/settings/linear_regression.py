@@ -28,7 +28,7 @@ from backend.progress import Progress
 from backend.quantities import STEP_QUANTITIES
 from backend.settings.base import (STEP_ADVISOR_QUANTITIES, Quantity, run_device_type, simulation_key,
                                    step_advise_cell, step_advisor_steps, step_document)
-from backend.stats import first_increase, polyfit_inv_b
+from backend.stats import first_increase, polyfit_inv_b, polyfit_inv_b_se
 from backend.theory import linreg as th
 from backend.theory.momentum_lanes import lane_paths
 
@@ -349,6 +349,38 @@ def eval_poly_inv_b(coeffs: list, b: np.ndarray) -> np.ndarray:
 def paper_fit(b: np.ndarray, values: np.ndarray, degree: int = 6) -> np.ndarray:
     """The paper's Figure 2b fit: least squares polynomial of ``degree`` in 1/b (with a constant term)."""
     return polyfit_inv_b(np.asarray(b), np.asarray(values), degree)
+
+
+PAPER_FIT_DEGREE = 6
+FIT_MIN_ESTIMATES = PAPER_FIT_DEGREE + 1  # fewer batch sizes than coefficients: the fit uses the exact values
+
+
+def against_b(config: LinearRegressionConfig, t: int, sim: dict | None = None, all_b: dict | None = None
+              ) -> dict[str, Any]:
+    """var(g_t | F_0) against b at step t (paper Figure 2b; docs/theory.md §1): the exact values at every b in
+    [1, n] (theory_all_b), the replica estimates of ``sim`` at the run's b (value, 95 % interval, SE), and the
+    paper's least-squares polynomial of degree 6 in 1/b with a constant term. The fit is to the estimates where the
+    run has ≥ 7 batch sizes — its coefficients' SEs propagated from the estimates' (independent streams per b) —
+    else to the exact values at the paper's 21 batch sizes (no sampling error: SEs 0)."""
+    all_b = all_b or theory_all_b(config)
+    if not isinstance(t, int) or not 0 <= t <= config.steps:
+        raise ConfigError("t", f"expected an integer in [0, {config.steps}], got {t!r}")
+    grid, exact = all_b["b"], all_b["curves"]["var_g"][:, t]
+    estimates = None
+    if sim is not None:
+        e = sim["curves"]["var_g"]
+        estimates = {"b": np.asarray(config.batch_sizes), **{k: e[k][:, t] for k in ("value", "lo", "hi", "se")}}
+    if estimates is not None and len(config.batch_sizes) >= FIT_MIN_ESTIMATES:
+        source, fb, fv, fse = "estimates", estimates["b"], estimates["value"], estimates["se"]
+    else:
+        fb = np.array([b for b in paper_batch_sizes(config.n) if b <= config.n])
+        source, fv = "exact values at the paper's b", exact[np.searchsorted(grid, fb)]
+        fse = np.zeros(len(fb))
+    coef = paper_fit(fb, fv, PAPER_FIT_DEGREE)
+    return {"t": t, "b": grid, "exact": exact, "estimates": estimates,
+            "fit": {"source": source, "b": fb, "degree": PAPER_FIT_DEGREE, "coefficients": coef,
+                    "coefficients_se": polyfit_inv_b_se(fb, fse, PAPER_FIT_DEGREE),
+                    "curve": eval_poly_inv_b(list(coef), grid)}}
 
 
 def _sim_result(config, meta: dict, arrays: dict, hit: bool) -> dict[str, Any]:
