@@ -349,9 +349,15 @@ def time_mlp_precision(dev: torch.device, small: bool, arithmetic: str) -> None:
             over.update({"hidden": [64, 32], "inits": 2, "replicas": 4, "eval_size": 500})
         cfg = parse_config(over)
         est = api.estimate(cfg)
-        ends: list[float] = []
+        ends: list[float] = []  # when the progress passed each epoch's last step (it advances by blocks of steps)
+        per_epoch, done = cfg.inits * cfg.replicas * (cfg.n_train // 64), [0]
+
+        def on_advance(units: int) -> None:
+            done[0] += units
+            ends.extend([time.perf_counter()] * (done[0] // per_epoch - len(ends)))
+
         start = time.perf_counter()
-        res = api.simulate(cfg, progress=lambda units: ends.append(time.perf_counter()))
+        res = api.simulate(cfg, progress=on_advance)
         total = time.perf_counter() - start
     epoch = float(np.median(np.diff(ends[-epochs:])))  # each epoch's training and its statistics
     calibration(est, total, f"paper preset, {epochs} epochs, b = 64, one more epoch {epoch:.3f} s")
