@@ -1,4 +1,4 @@
-"""Where code and data may be read from (README, *Where code and data may come from*; issue 25).
+"""Where code and data may be read from (README, *Where code and data may come from*).
 
 Running a model file runs its code, so a model file is read only from an allowed folder: the project's
 ``examples/models/`` and the folders in ``$BATCHVAR_MODELS`` (``os.pathsep``-separated). The data paths the settings

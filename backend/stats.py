@@ -26,10 +26,9 @@ def n_groups(R: int, wanted: int = DEFAULT_GROUPS) -> int:
 
 
 # replicas per first-level piece of a group sum, per device type (0: one level). torch's CUDA segmented sum gives
-# one thread to each (segment, lane) and walks the segment serially: 32 groups of 3 000 replicas leave a few
-# thousand threads each waiting on 3 000 dependent loads (≈ 0.44 ms per call at 55 000 replicas, 15 % of the
-# linear-regression step at R = 10⁵ on an H100, profiled); pieces of 64 then a sum over each group's pieces keep
-# every thread's walk short. On a CPU one pass is faster (the two-level sum: 0.60 vs 0.29 ms at 1 000 replicas).
+# one thread to each (segment, lane) and walks the segment serially, so a few thousand threads each wait on
+# thousands of dependent loads; pieces of 64 then a sum over each group's pieces keep every thread's walk short. On
+# a CPU one pass is faster. The profiles: benchmarks/TIMINGS.md.
 SUM_PIECE = {"cpu": 0, "cuda": 64}
 
 

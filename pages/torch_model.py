@@ -1,4 +1,4 @@
-"""Your model (issue 25): a PyTorch model and its data from a model file in an allowed folder, chosen from a list
+"""Your model: a PyTorch model and its data from a model file in an allowed folder, chosen from a list
 (no code and no path from the browser); variance, loss, the variance split and B_simple against the step t.
 Inputs → backend → charts."""
 

@@ -1,4 +1,4 @@
-"""CUDA graph capture of an engine's fixed stretch of step code (issue #13): on a GPU the steps of linear regression
+"""CUDA graph capture of an engine's fixed stretch of step code: on a GPU the steps of linear regression
 and of the deep linear network are dozens of small kernels each, so their cost is launch overhead, not arithmetic.
 
 ``Replay(body, device)`` runs ``body`` — a function of no arguments that reads and writes only tensors allocated

@@ -35,10 +35,9 @@ from backend.stats import GroupMoments, batch_means, group_ids, n_groups
 CHUNK_ELEMENTS = {"cpu": 8_000_000, "cuda": 64_000_000}
 # memory order of the copy of X whose rows each step gathers (the same rows, bit for bit, either way). On CUDA,
 # index_select of contiguous 64-byte rows (p = 8 doubles) goes to torch's vectorized row-gather kernel, one thread
-# block per drawn row with 4 busy threads of 32 (58 % of the step's GPU time at R = 10⁵ on an H100, profiled); from
-# a column-major X it goes to the elementwise gather kernel, one thread per gathered number, like y's gather: R = 10⁵,
-# T = 2 000 in 1.35 s instead of 3.18 s (H100, side by side). On a CPU the row-major copy gathers 4–10× faster
-# (measured on the 2-core box).
+# block per drawn row with 4 busy threads of 32; from a column-major X it goes to the elementwise gather kernel, one
+# thread per gathered number, like y's gather. On a CPU the row-major copy gathers faster. The measurements:
+# benchmarks/TIMINGS.md.
 GATHER_LAYOUT = {"cpu": "rows", "cuda": "columns"}
 
 

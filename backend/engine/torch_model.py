@@ -1,4 +1,4 @@
-"""Your own model (issue 25; docs/theory.md §10): a PyTorch model and its data from a Python file, trained as
+"""Your own model (docs/theory.md §10): a PyTorch model and its data from a Python file, trained as
 K initial weights × R replicas stacked along a leading dimension (torch.func: functional_call + vmap, indices drawn
 outside vmap from explicit generators), with the statistics of the MLP engine at t = 0, k, 2k, …, T.
 

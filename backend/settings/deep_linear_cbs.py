@@ -79,7 +79,7 @@ def _replica_branches(config, b_ref: int, checkpoints: list[int], bs: np.ndarray
 
 # 2-core CPU cost of the branch steps (no chunks: every lane in one call; the tensors out of cache), fitted on process
 # time with one thread at dims (1, 1, 1), (3, 4, 2), (16, 32, 8), (32, 64, 16), b = 1…64, float64 (float32: about half
-# the per-parameter terms; the #26 helper's measurements): µs per lane and step ≈ 0.15 + P·(4 + 1.2·m + 2·s)·10⁻³ ×
+# the per-parameter terms; benchmarks/TIMINGS.md): µs per lane and step ≈ 0.15 + P·(4 + 1.2·m + 2·s)·10⁻³ ×
 # itemsize/8 (P the reduced widths' parameters, m = min(b, p) the factor's rank, s the optimizer's weight-sized state
 # tensors); ≈ 4 + 0.065·P µs per replica and checkpoint for the moments; ≈ 0.2 ms a step of fixed cost.
 LANE_STEP_S = 1.5e-7

@@ -238,7 +238,7 @@ def replica_branches(config: MLPConfig, b_ref: int, checkpoints: list[int], bs, 
                                            device, cache, make_task, progress)
 
 
-BRANCH_RATE = 1e10  # FLOP/s of the vmapped dense layers on 2 CPU cores (benchmarks: /tmp/t_est.py in the #26 report)
+BRANCH_RATE = 1e10  # FLOP/s of the vmapped dense layers on 2 CPU cores (benchmarks/TIMINGS.md)
 
 
 def branch_estimate(config: MLPConfig, b_ref: int, checkpoints: list[int], bs, factors, steps) -> dict[str, float]:

@@ -367,7 +367,7 @@ def replica_branches(config: SequenceConfig, b_ref: int, checkpoints: list[int],
                                            alphas=reference_alphas(config, b_ref))
 
 
-# 2-core CPU cost of the branches (process time with one thread, float32, 3 rules, B = 16; the #26 helper's report):
+# 2-core CPU cost of the branches (process time with one thread, float32, 3 rules, B = 16; benchmarks/TIMINGS.md):
 # the laptop preset (2 × 64, R = 6, t_c ≤ 250, k ≤ 8) 79 CPU-s, 1 × 32 (R = 3, t_c ≤ 50, k ≤ 4) 6.5, 2 × 16 (R = 4,
 # t_c ≤ 20, k ≤ 2) 1.9, 1 × 8 in float64 (R = 3, t_c ≤ 10, k ≤ 2) 4.0 (7.5 in a fresh process: torch.func's first
 # calls) — 84, 6.0, 3.5 and 3.2 estimated by these figures

@@ -1,4 +1,4 @@
-"""Your own model (issue 25; docs/theory.md §10): any PyTorch model and data from a Python file in an allowed folder
+"""Your own model (docs/theory.md §10): any PyTorch model and data from a Python file in an allowed folder
 (backend/allowed.py), from fresh initial weights or a trained checkpoint, trained as K inits × R replicas with the
 ``optimizer`` field (backend/optim.py); the MLP's per-init statistics at the steps t = 0, k, 2k, …, T. A Setting
 (backend/settings/base.py); the engine is backend/engine/torch_model.py, the result shape the classifiers'."""
