@@ -62,10 +62,11 @@ def registry() -> list[dict[str, Any]]:
     return settings.describe()
 
 
-def setting_pages() -> list[dict[str, str]]:
+def setting_pages() -> list[dict[str, Any]]:
     """Every setting's name, title, icon and Home card, in registry order (the app's navigation; cheap: parses
-    nothing)."""
-    return [{"name": m.NAME, "title": m.TITLE, "icon": m.ICON, "card": m.CARD} for m in settings.SETTINGS.values()]
+    nothing), and whether the advisor is exact for it (its module's ``advise`` hook)."""
+    return [{"name": m.NAME, "title": m.TITLE, "icon": m.ICON, "card": m.CARD, "exact_advice": hasattr(m, "advise")}
+            for m in settings.SETTINGS.values()]
 
 
 def missing_data(config) -> str | None:

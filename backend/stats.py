@@ -440,6 +440,7 @@ def ratio_se(a: torch.Tensor, b: torch.Tensor, groups: Groups, valid: torch.Tens
 
 
 RESOLVED_Z = 2.0  # B_simple is resolved when the debiased ‖∇L‖² lies more than 2 SE above zero
+B_SIMPLE_PARTS = ("trace_sigma", "grad_sq")  # subsample_noise's tr Σ̂ and debiased ‖∇L‖², B_simple's two parts
 
 
 def subsample_noise(sq: torch.Tensor, dots: torch.Tensor, mean: torch.Tensor, groups: Groups, alive: torch.Tensor,

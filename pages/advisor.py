@@ -23,14 +23,14 @@ st.caption("For a budget of N gradient evaluations each batch size b takes T_b =
 ui.theory_link(7, "the advisor, the frontier of McCandlish et al. and the noise scale")
 
 sb = st.sidebar
-pages = {p["name"]: p["title"] for p in api.setting_pages()}
-setting = sb.selectbox("Setting", list(pages), format_func=pages.get, key="adv_setting")
-if setting != "linear_regression":
+pages = {p["name"]: p for p in api.setting_pages()}
+setting = sb.selectbox("Setting", list(pages), format_func=lambda name: pages[name]["title"], key="adv_setting")
+if not pages[setting]["exact_advice"]:  # replica sweeps: the setting has no exact advisor hook
     import ui.advisor_sweep as sweep_view
 
     sweep_view.show(setting)
     st.stop()
-raw0, d, k = ui.field_helpers("adv", "linear_regression")
+raw0, d, k = ui.field_helpers("adv", setting)
 ds0 = d("dataset") if isinstance(d("dataset"), dict) else {"name": d("dataset")}
 source = sb.selectbox("Dataset", ["graduate_admission", "synthetic"],
                       index=1 if ds0.get("name") == "synthetic" else 0, key=k("source"))
@@ -44,7 +44,7 @@ batch_sizes = ui.widgets.batch_sizes(d, k, api.paper_batch_sizes(500) + [1, 2, 4
 sampler = sb.selectbox("Sampler", ["without_replacement", "with_replacement"],
                        index=0 if d("sampler") != "with_replacement" else 1, key=k("sampler"),
                        format_func=lambda s: s.replace("_", " "))
-config = ui.validated({"setting": "linear_regression", "dataset": dataset, "lr": lr, "batch_sizes": batch_sizes,
+config = ui.validated({"setting": setting, "dataset": dataset, "lr": lr, "batch_sizes": batch_sizes,
                        "sampler": sampler, "device": d("device")}, remember=False)
 
 sb.divider()

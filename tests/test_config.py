@@ -100,7 +100,9 @@ def test_every_setting_round_trips_through_the_url():
     """to_query / from_query reproduce each setting's config, text fields (tokenizer, sampler, dtype) included."""
     from backend.config import from_query, to_query
 
-    for raw in ({}, {"setting": "deep_linear"}, {"setting": "mlp"}, {"setting": "sequence", "tokenizer": "char"}):
+    from backend import settings
+
+    for raw in [{"setting": name} for name in settings.SETTINGS] + [{"setting": "sequence", "tokenizer": "char"}]:
         cfg = parse_config(raw)
         assert parse_config(from_query(to_query(cfg))) == cfg
 

@@ -8,13 +8,10 @@ from backend.config import parse_config
 from backend.errors import TooExpensive
 
 CPU = torch.device("cpu")
-SETTINGS = [{"steps": 30, "batch_sizes": [4, 16], "replicas": 1000},
-            {"setting": "deep_linear", "dims": [8, 16, 4], "steps": 30, "replicas": 1000},
-            {"setting": "mlp", "preset": "laptop"},
-            {"setting": "sequence", "preset": "laptop"}]
+SETTINGS = [{"setting": name, "preset": "laptop"} for name in settings.SETTINGS]  # every setting of the registry
 
 
-@pytest.mark.parametrize("raw", SETTINGS, ids=lambda r: r.get("setting", "linear_regression"))
+@pytest.mark.parametrize("raw", SETTINGS, ids=lambda r: r["setting"])
 def test_estimates_scale_with_the_replicas(raw):
     est = api.estimate(parse_config(raw))
     assert est["setting"] == parse_config(raw).setting

@@ -9,7 +9,7 @@ import json
 import pytest
 from test_app import by_label, open_link, open_page, shown
 
-from backend import api
+from backend import api, settings
 
 SHORT = {"steps": "12"}  # a short run keeps each rerun's exact theory (every b in [1, n]) quick
 
@@ -64,19 +64,21 @@ def test_a_link_carries_the_optimizer_both_ways():
     assert _query(at, "optimizer") == opt and not at.warning
 
 
-@pytest.mark.parametrize("page,setting", [("pages/deep_linear.py", "deep_linear"), ("pages/mlp.py", "mlp"),
-                                          ("pages/torch_model.py", "torch_model")])
-def test_every_page_offers_what_its_setting_runs(page, setting):
-    """The widget's names are the setting's own answer (its parse); with the SGD family a momentum reaches the
-    page's config; with plain SGD only the page says so and leaves the field out."""
+@pytest.mark.parametrize("setting", [name for name in settings.SETTINGS if name != "linear_regression"])
+def test_every_page_offers_what_its_setting_runs(setting):
+    """Every setting of the registry (linear regression's page has its own test above): the widget's names are the
+    setting's own answer (its parse); with the SGD family a momentum reaches the page's config; with plain SGD only
+    the page says so and leaves the field out."""
     names = api.optimizer_names(setting)
-    at = open_page(page)
+    at = open_page(f"pages/{setting}.py")
     if not names:
         assert not [s for s in at.sidebar.selectbox if s.label == "Optimizer"]
         assert "optimizer" not in at.session_state[f"last_config_{setting}"]
         return
     assert by_label(at.sidebar.selectbox, "Optimizer").options == _labels(names)
     if "sgd" in names:
+        if by_label(at.sidebar.selectbox, "Optimizer").value != "sgd":  # a default of the Adam family
+            by_label(at.sidebar.selectbox, "Optimizer").set_value("sgd").run()
         by_label(at.sidebar.text_input, "Momentum β").set_value("1/2").run()
         assert not at.exception and not at.error
         assert at.session_state[f"last_config_{setting}"]["optimizer"]["momentum"] in ("1/2", 0.5)

@@ -38,10 +38,10 @@ from backend.engine.replicas import Replicas, module_forward  # noqa: F401  (mod
 from backend.engine.loop import RunSpec, train_loop
 from backend.engine.runner import ACTIVATION_ELEMENTS, precision, seed_for
 from backend.quantities import EPOCH_QUANTITIES
-from backend.stats import GroupMoments, Groups, subsample_noise, variance_se
+from backend.stats import B_SIMPLE_PARTS, GroupMoments, Groups, subsample_noise, variance_se
 
 ESTIMATED = tuple(q.name for q in EPOCH_QUANTITIES)  # the per-init estimates reported (the table), each with its SE
-WITH_SE = (*ESTIMATED, "trace_sigma", "grad_sq")  # and B_simple's two parts
+WITH_SE = (*ESTIMATED, *B_SIMPLE_PARTS)  # and B_simple's two parts
 
 
 def make_model(d_in: int, hidden: tuple[int, ...], n_classes: int) -> torch.nn.Sequential:
