@@ -129,7 +129,7 @@ def test_plain_field_is_todays_config_and_numbers(plain):
     and bitwise the same theory and replica numbers."""
     base, cfg = parse_config(tiny_config_json()), parse_config(tiny_config_json(optimizer=plain))
     assert "optimizer" not in base.to_json() and cfg.to_json() == base.to_json()
-    assert lr._key("theory", cfg) == lr._key("theory", base)
+    assert lr.theory_key(cfg) == lr.theory_key(base)
     t0, t1 = lr.theory_curves(base, [1, 2, 5], 3), lr.theory_curves(cfg, [1, 2, 5], 3)
     for q in t0:
         assert np.array_equal(t0[q], t1[q])
@@ -146,7 +146,7 @@ def test_non_plain_optimizer_goes_through_json_and_keys():
     cfg = tiny(OPTIMIZERS["all"])
     assert cfg.to_json()["optimizer"] == {"name": "sgd", "momentum": "9/10", "nesterov": True, "weight_decay": "1/7"}
     assert parse_config(cfg.to_json()) == cfg
-    assert lr._key("theory", cfg) != lr._key("theory", parse_config(tiny_config_json()))
+    assert lr.theory_key(cfg) != lr.theory_key(parse_config(tiny_config_json()))
     from backend.config import from_query, to_query
     assert OptimizerSpec.parse(from_query(to_query(cfg))["optimizer"], names=("sgd",)) == cfg.optimizer  # the URL
 

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from backend.engine.graphs import Replay
-from backend.engine.runner import (ChunkedRun, Divergence, DivergenceLog, chunks, run_blocks, schedule_segments,
-                                   seed_for)
+from backend.engine.runner import (ChunkedRun, Divergence, DivergenceLog, ReplicaResult, chunks, run_blocks,
+                                   schedule_segments, seed_for)
 from backend.optim import Optimizer
 from backend.quantities import LOSS, VAR_FULL_GRAD, VAR_G, VAR_G_RB, per_layer
 from backend.stats import GroupMoments, Groups, batch_means, group_ids, group_m2, n_groups_equal
@@ -82,15 +82,6 @@ def chunk_replicas(dims: tuple[int, ...], b: int, device: torch.device, itemsize
     if device.type == "cpu":
         limit = min(limit, CPU_CHUNK_BYTES // (itemsize * (n_params + m * sum(dims))))
     return max(2, limit)
-
-
-@dataclass
-class DeepResult:
-    curves: dict[str, dict[str, np.ndarray]]
-    finite_count: np.ndarray
-    diverged_at: int | None
-    diverged_replicas: int
-    groups: int
 
 
 class SigmaSampler:
@@ -322,7 +313,7 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
                  device: torch.device, dtype: torch.dtype = torch.float64,
                  progress: Callable[[int], None] | None = None, cancel=None,
                  sampler: str = "auto", record_every: int = 1, reduce_hidden: bool = True,
-                 cuda_graph: bool = True, optimizer: Optimizer | None = None) -> DeepResult:
+                 cuda_graph: bool = True, optimizer: Optimizer | None = None) -> ReplicaResult:
     """Statistics at the recorded steps t = 0, r, 2r, …, T (r = record_every; T always included), on the exactly
     reduced hidden widths unless ``reduce_hidden`` is False; ``cuda_graph`` (on CUDA) replays the steps between
     recorded ones as a captured graph — the same numbers, fewer launches. ``optimizer``: backend/optim.py's SGD
@@ -360,7 +351,7 @@ def run_replicas(W0: list[np.ndarray], T: list[np.ndarray], alphas: list[float],
         run = _ChunkRun(spec, chunk, stats)
         finite += run.run()
         diverged.add(run.div)
-    return DeepResult(_curves(stats, spec.layers), finite, diverged.first, diverged.count, K)
+    return ReplicaResult(_curves(stats, spec.layers), finite, diverged.first, diverged.count, K)
 
 
 def _curves(stats: dict[str, GroupMoments], layers: range) -> dict[str, dict]:

@@ -26,8 +26,8 @@ from backend.engine.graphs import Replay
 from backend.optim import Optimizer
 from backend.quantities import LOSS, VAR_FULL_GRAD, VAR_G, VAR_G_RB
 from backend.engine.samplers import FLOYD_MAX, _stream_length, make_sampler
-from backend.engine.runner import (DIVERGENCE_LOSS, STEP_BLOCK, ChunkedRun, Divergence, DivergenceLog, chunks,
-                                   run_blocks, schedule_segments, seed_for)
+from backend.engine.runner import (DIVERGENCE_LOSS, STEP_BLOCK, ChunkedRun, Divergence, DivergenceLog, ReplicaResult,
+                                   chunks, run_blocks, schedule_segments, seed_for)
 from backend.stats import GroupMoments, batch_means, group_ids, n_groups
 
 # gathered batch elements (replicas × k × (p + 1)) per chunk: on a CPU a chunk's batches stay small; a GPU takes
@@ -99,17 +99,6 @@ class StepBlock:
             self.gradient(s, X, y, H, h, n, b)
             if s < S - 1:
                 self.update(s, s + 1)
-
-
-@dataclass
-class ReplicaResult:
-    """Estimates per t for one batch size: value, se, lo, hi arrays; plus divergence bookkeeping."""
-
-    curves: dict[str, dict[str, np.ndarray]]
-    finite_count: np.ndarray  # replicas still finite at each t
-    diverged_at: int | None  # first step at which some replica became non-finite
-    diverged_replicas: int
-    groups: int
 
 
 def gather_source(X: torch.Tensor, device_type: str) -> torch.Tensor:

@@ -39,6 +39,17 @@ def schedule_segments(b: int | list[tuple[int, int]], T: int) -> tuple[list[tupl
     return segments, list(zip(starts, ends))
 
 
+@dataclass
+class ReplicaResult:
+    """Estimates per t for one batch size: value, se, lo, hi arrays; plus divergence bookkeeping."""
+
+    curves: dict[str, dict[str, np.ndarray]]
+    finite_count: np.ndarray  # replicas still finite at each t
+    diverged_at: int | None  # first step at which some replica became non-finite
+    diverged_replicas: int
+    groups: int
+
+
 @dataclass(frozen=True)
 class ChunkedRun:
     """What the run specs of the chunked replica engines (linear regression, the deep linear network) share: R

@@ -9,14 +9,16 @@ through the registry only. docs/architecture.md shows the data flow and how to a
 from __future__ import annotations
 
 import threading
-from typing import Any, Mapping, Protocol
+import time
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 import torch
 
-from backend.cache import ResultCache, make_key
+from backend.cache import CODE_VERSION, ResultCache, make_key
 from backend.costs import GpuModel
-from backend.fields import curve_keys
+from backend.curves import curves_result, pack_stats, unpack_stats
+from backend.fields import curve_keys, run_batches
 from backend.progress import Progress
 from backend.quantities import STEP_QUANTITIES, Quantity, estimated_by  # Quantity: the tables' entries
 
@@ -91,6 +93,40 @@ def run_device_type(config) -> str:
 def simulation_key(config, device: torch.device) -> str:
     """The key under which ``simulate(config)`` on ``device`` is cached."""
     return cache_key(f"simulate_{config.setting}", config, {"device": device.type})
+
+
+# -- the replica run shared by the settings that run in SGD steps (linear regression, the deep linear network) ----
+
+def step_simulation(config, device: torch.device, cache: ResultCache, progress: Progress,
+                    run_one: Callable[[Any], Any], meta: dict[str, Any], x) -> dict[str, Any]:
+    """``simulate`` of a step setting: ``run_one(b)`` runs the replicas of one batch size, or of the batch_schedule
+    as one run (fields.run_batches), and gives its ReplicaResult; the runs' statistics are packed
+    (curves.pack_stats) and cached under simulation_key with the setting's ``meta`` and what every run reports
+    (device, groups, divergence, seconds, code version). ``x``: the recorded steps."""
+
+    def compute():
+        t0 = time.monotonic()
+        per_b = [run_one(b) for b in run_batches(config)]
+        return {**meta, "device": str(device), "groups": per_b[0].groups,
+                "diverged_at": [r.diverged_at for r in per_b], "diverged_replicas": [r.diverged_replicas for r in per_b],
+                "seconds": time.monotonic() - t0, "code_version": CODE_VERSION}, pack_stats(per_b)
+
+    progress.total = config.replicas * (config.steps + 1) * len(curve_keys(config))
+    found, arrays, hit = cache.get_or_compute(simulation_key(config, device), compute)
+    progress.finish()
+    return step_result(config, x, found, arrays, hit)
+
+
+def cached_step_simulation(config, device: torch.device, cache: ResultCache, x) -> dict[str, Any] | None:
+    """The cached result of step_simulation for ``config`` on ``device`` if there is one (never computes)."""
+    found = cache.get(simulation_key(config, device))
+    return None if found is None else step_result(config, x, *found, hit=True)
+
+
+def step_result(config, x, meta: dict, arrays: dict, hit: bool) -> dict[str, Any]:
+    """A step setting's cached arrays in the one result shape (curves.curves_result), x = the recorded steps."""
+    return curves_result("t", np.asarray(x), curve_keys(config), unpack_stats(arrays), arrays["finite_count"], meta,
+                         hit)
 
 
 # -- the batch-size advisor's hooks shared by the settings that run in SGD steps (backend/advisor.py) -----------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any, ClassVar
@@ -13,20 +12,19 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from backend.cache import CODE_VERSION, ResultCache
+from backend.cache import ResultCache
 from backend.fields import (DEVICES, DTYPES, MAX_REPLICAS, MAX_STEPS, MAX_WIDTH, MIN_REPLICAS, BatchSchedule, Fields,
-                            Schedule, config_fields, curve_keys, read_batch_sizes, read_choice, read_int, read_positive,
-                            read_step_batches, replace_fields, run_batches)
+                            Schedule, config_fields, curve_keys, read_choice, read_int, read_positive,
+                            read_step_batches, replace_fields)
 from backend.costs import GpuModel, combine_costs
-from backend.curves import curves_result, pack_stats, unpack_stats
 from backend.engine import deep_linear as engine
 from backend.errors import ConfigError, TooExpensive
 from backend.exact import fraction_str, is_exact, jsonable_number, parse_number
 from backend.optim import OptimizerSpec
 from backend.progress import Progress
 from backend.quantities import LOSS, STEP_LOSS, STEP_VAR_G, VAR_G, per_layer
-from backend.settings.base import (STEP_ADVISOR_QUANTITIES, Quantity, cache_key, simulation_key, step_advise_cell,
-                                   step_advisor_steps, step_document)
+from backend.settings.base import (STEP_ADVISOR_QUANTITIES, Quantity, cache_key, cached_step_simulation,
+                                   step_advise_cell, step_advisor_steps, step_document, step_simulation)
 from backend.stats import t_quantile
 from backend.theory import deep_linear as th
 from backend.theory.linreg import eval_polynomial
@@ -376,44 +374,32 @@ def exact_horizon(config: DeepLinearConfig) -> int:
 
 def simulate(config: DeepLinearConfig, device: torch.device, cache: ResultCache, progress: Progress,
              cancel: threading.Event | None = None) -> dict[str, Any]:
-    key = simulation_key(config, device)
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
+    alphas = config.lr.alphas(config.steps)
+    W0 = [np.asarray(M, dtype=np.float64) for M in config.w0_values]
+    T = [np.asarray(M, dtype=np.float64) for M in config.teacher_values]
+    opt = None if config.optimizer.plain else config.optimizer.build()
 
-    def compute():
-        t0 = time.monotonic()
-        alphas = config.lr.alphas(config.steps)
-        W0 = [np.asarray(M, dtype=np.float64) for M in config.w0_values]
-        T = [np.asarray(M, dtype=np.float64) for M in config.teacher_values]
-        opt = None if config.optimizer.plain else config.optimizer.build()
-        per_b = [engine.run_replicas(W0, T, alphas, b, config.replicas, config.seed, device, dtype, progress.advance, cancel,
-                                     record_every=config.record_every, optimizer=opt)
-                 for b in run_batches(config)]
-        arrays = pack_stats(per_b)
-        meta = {"kind": "simulate_deep", "device": str(device), "groups": per_b[0].groups,
-                "diverged_at": [r.diverged_at for r in per_b], "diverged_replicas": [r.diverged_replicas for r in per_b],
-                "sampler": "fresh Gaussian samples each step (online); Σ̂ by Bartlett when b ≥ p, else directly",
-                "sampler_label": "online Gaussian samples, Bartlett-sampled Σ̂ (b ≥ p)",
-                "simulated_dims": list(engine.reduced_dims(W0)),
-                "update": ("plain SGD, fused into the backward products" if opt is None else
-                           "torch.optim.SGD's step (backend/optim.py) on the gradients, velocity buffers per layer"),
-                "seconds": time.monotonic() - t0, "code_version": CODE_VERSION}
-        return meta, arrays
+    def run_one(b):
+        return engine.run_replicas(W0, T, alphas, b, config.replicas, config.seed, device, dtype, progress.advance,
+                                   cancel, record_every=config.record_every, optimizer=opt)
 
-    progress.total = config.replicas * (config.steps + 1) * len(curve_keys(config))
-    meta, arrays, hit = cache.get_or_compute(key, compute)
-    progress.finish()
-    return _sim_result(config, meta, arrays, hit)
+    meta = {"kind": "simulate_deep",
+            "sampler": "fresh Gaussian samples each step (online); Σ̂ by Bartlett when b ≥ p, else directly",
+            "sampler_label": "online Gaussian samples, Bartlett-sampled Σ̂ (b ≥ p)",
+            "simulated_dims": list(engine.reduced_dims(W0)),
+            "update": ("plain SGD, fused into the backward products" if opt is None else
+                       "torch.optim.SGD's step (backend/optim.py) on the gradients, velocity buffers per layer")}
+    return step_simulation(config, device, cache, progress, run_one, meta, _recorded(config))
 
 
 def cached_simulation(config: DeepLinearConfig, device: torch.device, cache: ResultCache) -> dict[str, Any] | None:
     """The cached result of ``simulate(config)`` on ``device`` if there is one (never computes)."""
-    found = cache.get(simulation_key(config, device))
-    return None if found is None else _sim_result(config, *found, hit=True)
+    return cached_step_simulation(config, device, cache, _recorded(config))
 
 
-def _sim_result(config: DeepLinearConfig, meta: dict, arrays: dict, hit: bool) -> dict[str, Any]:
-    return curves_result("t", np.asarray(engine.recorded_steps(config.steps, config.record_every)),
-                         curve_keys(config), unpack_stats(arrays), arrays["finite_count"], meta, hit)
+def _recorded(config: DeepLinearConfig) -> np.ndarray:
+    return np.asarray(engine.recorded_steps(config.steps, config.record_every))
 
 
 ADVISOR_QUANTITIES = STEP_ADVISOR_QUANTITIES  # the batch-size advisor's hooks (backend/advisor.py)

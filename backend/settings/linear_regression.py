@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, ClassVar
@@ -13,21 +12,20 @@ import numpy as np
 import torch
 
 from backend import datasets
-from backend.cache import CODE_VERSION, ResultCache, default_cache, make_key
-from backend.fields import (DEVICES, MAX_REPLICAS, MAX_STEPS, MIN_REPLICAS, SAMPLER_LABELS, SAMPLERS, BatchSchedule,
-                            Fields, Schedule, config_fields, curve_keys, paper_batch_sizes, read_batch_sizes,
-                            read_bool, read_choice, read_int, read_positive, read_step_batches, replace_fields,
-                            run_batches)
+from backend.cache import ResultCache, default_cache
+from backend.fields import (DEVICES, MAX_REPLICAS, MIN_REPLICAS, SAMPLER_LABELS, SAMPLERS, BatchSchedule, Fields,
+                            Schedule, config_fields, curve_keys, paper_batch_sizes, read_bool, read_choice, read_int,
+                            read_positive, read_step_batches, replace_fields)
 from backend.costs import GpuModel, combine_costs
-from backend.curves import curves_result, pack_stats, unpack_stats
 from backend.engine import linreg as engine
 from backend.errors import ConfigError, TooExpensive
 from backend.exact import is_exact, jsonable_number, parse_number, rational, to_fraction, to_rational_array
 from backend.optim import OptimizerSpec
 from backend.progress import Progress
 from backend.quantities import STEP_QUANTITIES
-from backend.settings.base import (STEP_ADVISOR_QUANTITIES, Quantity, run_device_type, simulation_key,
-                                   step_advise_cell, step_advisor_steps, step_document)
+from backend.settings.base import (STEP_ADVISOR_QUANTITIES, Quantity, cache_key, cached_step_simulation,
+                                   run_device_type, step_advise_cell, step_advisor_steps, step_document,
+                                   step_simulation)
 from backend.stats import first_increase, polyfit_inv_b, polyfit_inv_b_se
 from backend.theory import linreg as th
 from backend.theory.momentum_lanes import lane_paths
@@ -247,10 +245,18 @@ def theory(config: LinearRegressionConfig, cache: ResultCache) -> dict[str, Any]
         curves = theory_curves(config, None, config.steps)
         return {"kind": "theory"}, curves
 
-    _, arrays, hit = cache.get_or_compute(_key("theory", config), compute)
+    _, arrays, hit = cache.get_or_compute(theory_key(config), compute)
     return {"t": t, "batch_sizes": curve_keys(config), "curves": arrays, "available": True, "cached": hit,
             "note": "exact (float64, stable moment recursion of docs/theory.md §1" +
                     ("" if config.optimizer.plain else ", on the doubled state (w_t, v_t) of §9") + ")"}
+
+
+def theory_key(config: LinearRegressionConfig, all_b: bool = False) -> str:
+    """The cache key of the exact curves at the config's b (``theory``) or at every b (``theory_all_b``): the
+    config without the fields that only the replicas read (and without its b for every b)."""
+    if all_b:
+        return cache_key("theory_all_b", config, drop=(*THEORY_ONLY_DROPS, "batch_sizes"))
+    return cache_key("theory", config, drop=THEORY_ONLY_DROPS)
 
 
 def all_b_grid(n: int, max_points: int = 1000) -> np.ndarray:
@@ -270,7 +276,7 @@ def theory_all_b(config: LinearRegressionConfig, cache: ResultCache | None = Non
     def compute():
         return {"kind": "theory_all_b"}, theory_curves(config, b, config.steps)
 
-    _, arrays, hit = (cache if cache is not None else default_cache()).get_or_compute(_key("theory_all_b", config), compute)
+    _, arrays, hit = (cache if cache is not None else default_cache()).get_or_compute(theory_key(config, True), compute)
     return {"b": b, "curves": arrays, "cached": hit}
 
 
@@ -383,11 +389,6 @@ def against_b(config: LinearRegressionConfig, t: int, sim: dict | None = None, a
                     "curve": eval_poly_inv_b(list(coef), grid)}}
 
 
-def _sim_result(config, meta: dict, arrays: dict, hit: bool) -> dict[str, Any]:
-    return curves_result("t", np.arange(config.steps + 1), curve_keys(config), unpack_stats(arrays),
-                         arrays["finite_count"], meta, hit)
-
-
 def simulate(config: LinearRegressionConfig, device: torch.device, cache: ResultCache, progress: Progress,
              cancel: threading.Event | None = None) -> dict[str, Any]:
     """Run ``replicas`` SGD replicas per batch size; estimates with batch-means SEs and 95 % intervals per t.
@@ -395,37 +396,17 @@ def simulate(config: LinearRegressionConfig, device: torch.device, cache: Result
     Curves (arrays (B, T+1)): var_g, var_full_grad, loss and, for i.i.d. samplers, var_g_rb (Rao–Blackwellised:
     mean of Lemma 1's conditional variance plus the spread of ∇L(w_t); same expectation, smaller SE).
     """
-    key = simulation_key(config, device)
+    alphas = config.lr.alphas(config.steps)
+    X, y = np.asarray(config.X, dtype=np.float64), np.asarray(config.y, dtype=np.float64)
 
-    def compute():
-        t0 = time.monotonic()
-        alphas = config.lr.alphas(config.steps)
-        per_b = []
-        for b in run_batches(config):
-            c = (_rb_noise(config, b) if config.sampler in th.SAMPLERS_WITH_THEORY else None)
-            per_b.append(engine.run_replicas(
-                np.asarray(config.X, dtype=np.float64), np.asarray(config.y, dtype=np.float64),
-                _w0(config), alphas, b, config.replicas, config.sampler, config.seed, device, c,
-                progress=progress.advance, cancel=cancel, optimizer=config.optimizer.build()))
-        arrays = pack_stats(per_b)
-        meta = {
-            "kind": "simulate",
-            "device": str(device),
-            "sampler": config.sampler,
-            "sampler_label": SAMPLER_LABELS[config.sampler],
-            "groups": per_b[0].groups,
-            "diverged_at": [r.diverged_at for r in per_b],
-            "diverged_replicas": [r.diverged_replicas for r in per_b],
-            "seconds": time.monotonic() - t0,
-            "torch": torch.__version__,
-            "code_version": CODE_VERSION,
-        }
-        return meta, arrays
+    def run_one(b):
+        c = (_rb_noise(config, b) if config.sampler in th.SAMPLERS_WITH_THEORY else None)
+        return engine.run_replicas(X, y, _w0(config), alphas, b, config.replicas, config.sampler, config.seed, device,
+                                   c, progress=progress.advance, cancel=cancel, optimizer=config.optimizer.build())
 
-    progress.total = config.replicas * (config.steps + 1) * len(curve_keys(config))
-    meta, arrays, hit = cache.get_or_compute(key, compute)
-    progress.finish()
-    return _sim_result(config, meta, arrays, hit)
+    meta = {"kind": "simulate", "sampler": config.sampler, "sampler_label": SAMPLER_LABELS[config.sampler],
+            "torch": torch.__version__}
+    return step_simulation(config, device, cache, progress, run_one, meta, np.arange(config.steps + 1))
 
 
 def _rb_noise(config: LinearRegressionConfig, b):
@@ -495,8 +476,7 @@ def branches(config: LinearRegressionConfig, b_ref: int, checkpoints: list[int],
 def cached_simulation(config: LinearRegressionConfig, device: torch.device, cache: ResultCache
                       ) -> dict[str, Any] | None:
     """The cached result of ``simulate(config)`` on ``device`` if there is one (never computes)."""
-    found = cache.get(simulation_key(config, device))
-    return None if found is None else _sim_result(config, *found, hit=True)
+    return cached_step_simulation(config, device, cache, np.arange(config.steps + 1))
 
 
 def estimate(config: LinearRegressionConfig) -> dict[str, float]:
@@ -506,11 +486,3 @@ def estimate(config: LinearRegressionConfig) -> dict[str, float]:
     return combine_costs([engine.estimate_cost(config.replicas, config.steps, b, config.n, config.p,
                                                run_device_type(config)) for b in config.batch_sizes])
 
-
-def _key(kind: str, config: LinearRegressionConfig, extra: dict | None = None) -> str:
-    """Cache key; theory keys leave out the fields that only the simulation reads."""
-    cfg = config.to_json()
-    if kind.startswith("theory"):
-        drop = set(THEORY_ONLY_DROPS) | ({"batch_sizes"} if kind == "theory_all_b" else set())
-        cfg = {k: v for k, v in cfg.items() if k not in drop}
-    return make_key(kind, cfg, extra)
