@@ -277,6 +277,34 @@ def replica_answer(config, budget: int, scaling: str, b_ref: float, target_loss:
     return out
 
 
+AGREEMENT_Z = 4.0  # the replica check's agreement: |z| ≤ 4
+
+
+def compare_replicas(exact: dict[str, dict], replicas: dict[str, dict]) -> list[dict[str, Any]]:
+    """The replica check of the exact advisor, one row per (rule, b) run: the exact E L(w_T), the replica estimate
+    and its SE, z = (estimate − exact) / SE, and a note — "agrees" (|z| ≤ 4), "disagrees" (|z| > 4), or why there is
+    no z: the exact loss diverged (its mean is then dominated by rare runs: no z is meaningful), the replicas
+    diverged (a non-finite or 10⁶-fold loss), or a zero SE. ``exact``, ``replicas``: {rule: answer} (advise_rules,
+    sweep)."""
+    rows = []
+    for rule, ans in replicas.items():
+        for b, row in ans["curves"].items():
+            ref = exact[rule]["curves"][b]
+            z, note = None, None
+            if ref["diverged"]:
+                note = "diverged (exact): no z"
+            elif row["diverged"] or row["loss"] is None:
+                note = "replicas diverged"
+            elif not row["loss_se"]:
+                note = "zero SE: no z"
+            else:
+                z = (row["loss"] - ref["loss"]) / row["loss_se"]
+                note = "agrees" if abs(z) <= AGREEMENT_Z else "disagrees"
+            rows.append({"rule": rule, "b": int(b), "exact": ref["loss"], "replicas": row["loss"],
+                         "SE": row["loss_se"], "z": z, "note": note})
+    return rows
+
+
 def fit_frontier(b: np.ndarray, steps: np.ndarray) -> dict[str, Any] | None:
     """McCandlish et al.'s model (S/S_min − 1)(E/E_min − 1) = 1 with E = b·S, fitted to the (b, S_b) pairs.
 

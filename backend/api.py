@@ -28,6 +28,7 @@ from backend.docs import display_math_pieces, theory_preamble, theory_sections  
 from backend.advisor import (SCALINGS, advise, advise_rules, reachable_target, replica_plan, sweep,  # noqa: F401
                              sweep_cells)  # (the batch-size advisor)
 from backend.advisor import compare_schedule  # noqa: F401  (the advisor's schedule against constant b)
+from backend.advisor import compare_replicas  # noqa: F401  (the exact advisor's replica check)
 from backend.cbs import DEFAULT_TOLERANCE as CBS_TOLERANCE, cbs, cbs_rules, exact_settings as cbs_settings  # noqa: F401
 from backend.cbs import read_ints, table as cbs_table  # noqa: F401  (the critical batch size page)
 from backend.cbs import estimate as cbs_estimate, max_checkpoint as cbs_max_checkpoint  # noqa: F401  (its replica runs)

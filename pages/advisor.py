@@ -153,8 +153,10 @@ except api.ConfigError as e:
 for why in plan["refused"].values():
     st.caption(ui.user_text(why) + " — lower the budget to check it.")
 fits = list(plan["seconds"])
-check_bs = st.multiselect("Batch sizes to check", fits, default=fits, key="adv_check_bs",
-                          help="the b whose replica runs fit the engine's limits and the resource guard at this budget")
+stable = [b for b in fits if not any(answers[r]["curves"][str(b)]["diverged"] for r in rules)]
+check_bs = st.multiselect("Batch sizes to check", fits, default=stable, key="adv_check_bs",
+                          help="the b whose replica runs fit the engine's limits and the resource guard at this "
+                               "budget; those where a rule diverges are left out at first (no z is meaningful there)")
 if not check_bs:
     st.info("No batch size to check: pick one, or lower the budget so that a run of every b fits.")
     st.stop()
@@ -169,10 +171,8 @@ checked = ui.job_panel("adv_check", json.dumps([config.to_json(), budget, rules,
                                                                                   batch_sizes=check_bs), budget,
                                                                     tuple(rules), b_ref, target, progress, cancel)))
 if checked is not None:
-    rows = [{"rule": r, "b": int(b), "exact": answers[r]["curves"][b]["loss"], "replicas": row["loss"],
-             "SE": row["loss_se"], "z": (row["loss"] - answers[r]["curves"][b]["loss"]) / row["loss_se"]
-             if row["loss_se"] else None} for r, ans in checked.items() for b, row in ans["curves"].items()]
-    st.dataframe(pd.DataFrame(rows), hide_index=True)
-    st.caption("z = (replica estimate − exact) / SE: |z| ≤ 4 is agreement.")
+    st.dataframe(pd.DataFrame(api.compare_replicas(answers, checked)), hide_index=True)
+    st.caption("z = (replica estimate − exact) / SE: |z| ≤ 4 is agreement. No z where the exact loss or the "
+               "replicas diverged (blank).")
 st.download_button("Advice (JSON)", json.dumps(result, indent=2), "batchvar_advice.json", "application/json")
 st.download_button("Table (CSV)", table.to_csv(index=False), "batchvar_advice.csv", "text/csv")

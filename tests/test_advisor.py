@@ -261,3 +261,21 @@ def test_the_cli_refuses_a_batch_schedule_in_one_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "backend", "advise", str(path), "--budget", "80"], cwd=ROOT,
                          capture_output=True, text=True, env=os.environ.copy(), timeout=120)
     assert out.returncode == 2 and out.stderr == f"error: batch_schedule: {advisor.SCHEDULE_REFUSED}\n", out.stderr
+
+
+def test_the_replica_check_gives_z_where_both_converge_and_says_why_not_elsewhere():
+    """compare_replicas on the exact advisor and its replica sweep: a (rule, b) whose exact loss diverges (the
+    linear rule at large b) gets no z and says so; every other cell agrees within |z| ≤ 4."""
+    config = api.parse_config({"setting": "linear_regression", "batch_sizes": [2, 8, 128], "replicas": 400,
+                               "seed": 3, "device": "cpu"})
+    budget, rules, b_ref = 2048, ("none", "linear"), 2
+    exact = api.advise_rules(config, budget, rules, b_ref)
+    assert exact["linear"]["curves"]["128"]["diverged"] and not exact["none"]["curves"]["128"]["diverged"]
+    rows = api.compare_replicas(exact, api.sweep(config, budget, rules, b_ref))
+    assert len(rows) == 6
+    for row in rows:
+        if exact[row["rule"]]["curves"][str(row["b"])]["diverged"]:
+            assert row["z"] is None and row["note"] == "diverged (exact): no z"
+        else:
+            assert row["note"] == "agrees" and abs(row["z"]) <= 4, row
+    assert sum(r["z"] is not None for r in rows) >= 4
