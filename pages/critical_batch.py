@@ -37,7 +37,9 @@ try:
     steps = api.cbs_max_checkpoint(config, b_ref)
 except (api.ConfigError, AttributeError):  # no branching hook: said below
     steps = int(getattr(config, "steps", 0))
-marks = {0, steps // 8, steps // 4, steps // 2, steps} if exact_here else {0, steps // 2, steps}
+# exact: from t = steps/8 on (a branch at t keeps α_t constant for its ⌊S/(kB)⌋ steps; under a decaying schedule α_0
+# is the largest step, and with the defaults every branch at t = 0 diverges)
+marks = {steps // 8, steps // 4, steps // 2, steps} if exact_here else {0, steps // 2, steps}
 checkpoints_text = sb.text_input("Checkpoints t (comma-separated)", ",".join(str(t) for t in sorted(marks)),
                                  key=f"cbs_checkpoints_{setting}", help=f"steps of the reference run, at most {steps} (the "
                                                              "config's steps at this B)")
@@ -112,7 +114,22 @@ st.caption(f"McCandlish et al.'s one-step optimum at t = {t_pick}: ε_opt(b) = E
            "the decrease of E L it buys in one plain SGD step, ½(E‖∇L‖²)²/(E ∇LᵀH∇L + c_b E tr(HΣ)).")
 
 table = pd.DataFrame(api.cbs_table(docs))
-st.dataframe(table, hide_index=True)
+HEADERS = {"steps": "steps ⌊S/(kB)⌋", "lr": "step size", "loss": "branch loss", "cbs": "critical b at t",
+           "loss_at_t": "L at t", "b_simple": "B_simple", "b_noise": "B_noise", "step_opt": "ε_opt(b)",
+           "step_gain": "one-step gain", "diverged_replicas": "diverged replicas"}
+
+
+def header(field: str) -> str:
+    """A column's heading: the quantity's name, "… SE" for its standard error."""
+    if field.endswith("_se"):
+        return f"{HEADERS.get(field[:-3], field[:-3])} SE"
+    return HEADERS.get(field, field)
+
+
+st.dataframe(table.rename(columns=header), hide_index=True)
+st.caption("Blank cells: a branch loss that is not finite (the branch diverged), a critical b where no branch stays "
+           "within the tolerance of the k = 1 branch, a noise scale whose denominator is zero. The CSV keeps the "
+           "fields' names.")
 st.download_button("Branches (CSV)", table.to_csv(index=False), "batchvar_cbs.csv", "text/csv")
 st.download_button("Critical batch size (JSON)", json.dumps({"config": config.to_json(), "answers": docs}, indent=2),
                    "batchvar_cbs.json", "application/json")

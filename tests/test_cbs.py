@@ -266,6 +266,9 @@ def test_page_draws_the_defaults_and_refuses_bad_input_in_one_red_line():
     at = open_page("pages/critical_batch.py")
     assert not at.error and len(at.metric) == 3
     assert len(at.dataframe) == 2 and len(at.get("download_button")) == 2
+    table = at.dataframe[1].value  # the defaults' checkpoints each have a critical b; the headings are names
+    assert {"critical b at t", "branch loss", "B_noise"} <= set(table.columns) and "cbs" not in table.columns
+    assert table["critical b at t"].notna().all() and table["branch loss"].notna().all()
     at.number_input(key="cbs_tol").set_value(0.0).run()
     assert len(at.error) == 1 and "tolerance" in at.error[0].value
     at.number_input(key="cbs_tol").set_value(0.01).run()
