@@ -616,3 +616,12 @@ def test_the_advisor_and_a_sweep_run_your_model(tmp_path):
         doc = setting.simulate_document(config, api.simulate(config, cache=ResultCache(tmp_path / "direct")))
         assert cell["result"]["curves"] == json.loads(json.dumps(doc["curves"]))
     assert out["cells"][0]["result"]["curves"] != out["cells"][1]["result"]["curves"]
+
+
+def test_the_defaults_resolve_b_simple():
+    """The page's defaults draw B_simple: on the default noise subsample the debiased ‖∇L‖² is resolved at every
+    recorded t (B_simple ≈ 50–80 on the digits MLP, so a subsample of 64 points could not resolve it), each
+    estimate within a quarter of itself."""
+    res = api.simulate(api.parse_config({"setting": "torch_model", "device": "cpu"}))
+    value, se = res["curves"]["b_simple"]["value"], res["curves"]["b_simple"]["se"]
+    assert np.isfinite(value).all() and (se < value / 4).all(), (value, se)

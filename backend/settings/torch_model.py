@@ -46,7 +46,7 @@ class TorchModelConfig:
         "model": {"file": DEFAULT_FILE}, "batch_sizes": [16, 64], "replicas": 8, "inits": 2, "steps": 100,
         "record_every": 20, "lr": {"schedule": "constant", "c": "0.05"}, "optimizer": {"name": "sgd"},
         "seed": 0, "sampler": "without_replacement", "dtype": "float32", "precision": "float32",
-        "noise_samples": 64, "device": "auto"}
+        "noise_samples": 512, "device": "auto"}
     model: dict
     batch_sizes: tuple[int, ...]
     replicas: int
