@@ -507,3 +507,24 @@ def test_split_and_b_simple_charts_shade_only_what_the_table_declares(mlp):
     assert not areas(no) and "shaded" not in json.dumps(no["title"])
     some = charts.split_chart(*args, sim["curves"], table=off({"noise_spread"})).to_dict()
     assert len(areas(some)) == 1 and "shaded: 95 %, total var(g), one-step noise" in json.dumps(some["title"])
+
+
+def test_the_spread_over_inits_gets_the_lines_se_bars(mlp):
+    """With several initial weights the band is their min–max, not the line's uncertainty: the result says so
+    (band_is_interval) and the chart then draws, at each marker, value ± 1.96 SE from the frame's se column; with
+    one initial weight (or linear regression) the band is the interval and no bars are drawn."""
+    cfg, sim = mlp
+    assert sim["band_is_interval"] is False and "min–max" in sim["band"]
+    df = charts.curves_frame(sim["x"], cfg.batch_sizes, None, sim["curves"], "var_g", sim["finite_count"], "epoch")
+    spec = charts.time_chart(df, "var(g)", x_name="epoch", band=sim["band"], error_bars=True).to_dict()
+    rules = [layer for layer in layers(spec) if mark_type(layer) == "rule"]
+    assert len(rules) == 1
+    calc = {t["as"]: t["calculate"] for t in rules[0]["transform"] if "calculate" in t}
+    assert calc["err_hi"] == "datum.value + 1.96 * datum.se" and "datum.value - 1.96 * datum.se" in calc["err_lo"]
+    assert rules[0]["encoding"]["y"]["field"] == "err_lo" and rules[0]["encoding"]["y2"]["field"] == "err_hi"
+    assert df.loc[df["source"] == "estimate", "se"].notna().any()
+    assert "95 % interval (± 1.96 SE" in charts.drawn_caption(charts.drawn_summary(df), True, sim["band"], True, True)
+    plain = charts.time_chart(df, "var(g)", x_name="epoch", band=sim["band"]).to_dict()
+    assert not [layer for layer in layers(plain) if mark_type(layer) == "rule"]
+    one = api.simulate(cfg.replace(inits=1))
+    assert one["band_is_interval"] is True

@@ -38,11 +38,12 @@ def time_chart_with_caption(theory: dict | None, sim: dict | None, config, quant
                              None if sim is None else sim["finite_count"], x_name=x_name)
     table = api.quantity_table(config)
     shade = charts.draws_band(quantity, table)
+    bars = sim is not None and not sim.get("band_is_interval", True)  # the band is the spread over inits: SE bars
     chart = charts.time_chart(df, label, log=log, x_name=x_name,
                               x_title="epoch" if x_name == "epoch" else "iteration t", band=band,
-                              nonnegative=charts.is_nonnegative(quantity, table), shade=shade)
+                              nonnegative=charts.is_nonnegative(quantity, table), shade=shade, error_bars=bars)
     st.altair_chart(chart, width="stretch")
-    st.caption(charts.drawn_caption(charts.drawn_summary(df, log), sim is not None, band, shade))
+    st.caption(charts.drawn_caption(charts.drawn_summary(df, log), sim is not None, band, shade, bars))
     return chart
 
 

@@ -12,6 +12,8 @@ from backend.charts.base import (AUTOSIZE, b_color, b_order, BAND_OPACITY, CATEG
                                  isolated_points, log_axis_format, log_safe, message_chart, positive_floor, step_axis,
                                  thinned, value_axis, value_scale, zero_note)
 
+Z95 = 1.96  # the normal 97.5 % quantile: the error bars' 95 % interval
+
 
 def curves_frame(t: np.ndarray, batch_sizes: list[int], theory_curves: dict | None, sim_curves: dict | None,
                  quantity: str, finite_count: np.ndarray | None = None, x_name: str = "t") -> pd.DataFrame:
@@ -42,13 +44,16 @@ def curves_frame(t: np.ndarray, batch_sizes: list[int], theory_curves: dict | No
 
 
 def time_chart(df: pd.DataFrame, title: str, log: bool = True, x_name: str = "t", x_title: str = "iteration t",
-               band: str = "95 %", nonnegative: bool = True, shade: bool = True) -> alt.LayerChart:
+               band: str = "95 %", nonnegative: bool = True, shade: bool = True,
+               error_bars: bool = False) -> alt.LayerChart:
     """Quantity against t (or epoch), one colour per b (sequential over b when there are many): the exact value a
     solid line on top (isolated exact points, e.g. t = 0 alone, as filled dots), the replica estimate a dashed line
     with open-circle markers over its see-through band (``band`` says what it is; shaded only where ``shade``: the
     quantity's ``Quantity.band``, ``draws_band``). A key above the chart names the three; clicking a b in the legend
-    highlights it (the band stays ≤ 0.5 opaque either way). The x axis spans the frame's steps, the run's, before a
-    run too (where only a few exact points exist). The one chart path of every setting."""
+    highlights it (the band stays ≤ 0.5 opaque either way). ``error_bars``: each marker also gets the line's 95 %
+    interval, value ± 1.96 SE (where the band is something else: the spread over initial weights). The x axis spans
+    the frame's steps, the run's, before a run too (where only a few exact points exist). The one chart path of
+    every setting."""
     raw = df
     df, dropped = drawable_frame(df, log, nonnegative)
     band_label = (f"{ESTIMATE_LABEL} ○ (shaded: {band + ' band' if band.endswith('%') else band})" if shade
@@ -95,6 +100,12 @@ def time_chart(df: pd.DataFrame, title: str, log: bool = True, x_name: str = "t"
         layers.append(est.mark_line(strokeWidth=1.5).encode(
             y=alt.Y("value:Q", scale=scale, title=title, axis=y_axis), strokeDash=key, opacity=opacity(0.9),
             tooltip=tooltip))
+        if error_bars:  # on a log axis the lower end is kept above 0 (an SE above half the value: cut at value/100)
+            layers.append(est.transform_filter(alt.datum.marker).transform_calculate(
+                err_lo=f"max(datum.value - {Z95} * datum.se, datum.value / 100)",
+                err_hi=f"datum.value + {Z95} * datum.se").mark_rule(strokeWidth=1.2).encode(
+                y=alt.Y("err_lo:Q", scale=scale, title=title, axis=y_axis), y2="err_hi:Q", opacity=opacity(0.9),
+                tooltip=tooltip))
         layers.append(est.transform_filter(alt.datum.marker).mark_point(shape="circle", filled=False, size=30,
                                                                          strokeWidth=1.2).encode(
             y=alt.Y("value:Q", scale=scale, title=title, axis=y_axis), opacity=opacity(0.9), tooltip=tooltip))

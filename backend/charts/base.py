@@ -187,10 +187,13 @@ def drawn_summary(df: pd.DataFrame, log: bool = False) -> dict[str, int]:
             "dropped": dropped}
 
 
-def drawn_caption(drawn: dict[str, int], ran: bool, band: str = "95 %", shade: bool = True) -> str:
-    """The caption under a chart of ``time_chart``: what is drawn (the band only where ``shade``), and what a log
-    axis left out."""
+def drawn_caption(drawn: dict[str, int], ran: bool, band: str = "95 %", shade: bool = True,
+                  error_bars: bool = False) -> str:
+    """The caption under a chart of ``time_chart``: what is drawn (the band only where ``shade``; the markers' error
+    bars where ``error_bars``), and what a log axis left out."""
     with_band = f" with its band ({band})" if shade else ""
+    if error_bars:
+        with_band += " and, at its markers, bars of its 95 % interval (± 1.96 SE: the replicas' noise)"
     if drawn["exact"] and ran:
         text = f"Drawn: exact {drawn['exact']} points; replica estimate {drawn['estimate']} points{with_band}."
     elif drawn["exact"]:

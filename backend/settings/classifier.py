@@ -135,7 +135,7 @@ def shape_result(config, meta: dict, arrays: dict, hit: bool, x_name: str = "epo
     - se: its standard error given the inits (replica noise only): the SE of the median init's estimate (the two
       middle ones averaged for an even count) or sqrt(Σ_k se_k²)/K for the mean;
     - min, max over inits; lo, hi the band: min–max over inits (K > 1) or the 95 % t-interval of the replica
-      estimate (K = 1) — ``band`` says which;
+      estimate (K = 1) — ``band`` says which, ``band_is_interval`` whether it is the interval;
     - per_init, per_init_se: (B, epochs + 1, K), the per-init estimates and their SEs.
     B_simple is null (NaN) for an init where it is not resolved (b_simple_resolved), and its summary wherever one
     init's is not (``resolved`` (B, epochs + 1) says where it is). ``per_init`` at the top level keeps every per-init
@@ -171,7 +171,7 @@ def shape_result(config, meta: dict, arrays: dict, hit: bool, x_name: str = "epo
     band = ("min–max over initial weights" if config.inits > 1 else
             f"95 % interval from the {config.replicas} replicas (one initial weight)")
     return curves_result(x_name, np.arange(config.epochs + 1) if x is None else x, keys, curves,
-                         finite, meta, hit, band=band, per_init=raw)
+                         finite, meta, hit, band=band, band_is_interval=config.inits == 1, per_init=raw)
 
 
 def b_simple_resolved(raw: dict[str, np.ndarray]) -> np.ndarray:
