@@ -251,9 +251,10 @@ def test_b_chart_titles_axis_domain_and_key(linreg):
     assert len(set(named.values())) == 3
     points = [layer for layer in layers(spec) if mark_type(layer) == "point"]
     assert points and points[0]["encoding"]["color"]["field"] == "curve"
-    line = next(layer for layer in layers(spec) if mark_type(layer) == "line")
-    dash = line["encoding"]["strokeDash"]
-    assert dash["condition"]["value"] != dash["value"]  # exact solid, fits dashed
+    lines = [layer for layer in layers(spec) if mark_type(layer) == "line"]
+    filters = [json.dumps(layer.get("transform", [])) for layer in lines]
+    assert len(lines) == 2 and "!==" in filters[0] and "===" in filters[1]  # the fits first, the exact line on top
+    assert lines[0]["mark"]["strokeDash"] == [6, 3] and "strokeDash" not in lines[1]["mark"]  # fits dashed, exact solid
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,10 @@ def results(out: dict, fields: tuple[str, ...]) -> None:
     table = pd.DataFrame(api.sweep_table(out, with_theory=True))
     x_name = table["x_name"].iloc[0]
     c1, c2, c3, c4 = st.columns([3, 3, 3, 1])
-    quantity = c1.selectbox("Quantity", list(dict.fromkeys(table["quantity"])), key="sw_q")
+    declared = api.quantity_table(api.parse_config(out["cells"][0]["config"]))  # each quantity's label and sign
+    labels = api.quantity_labels(declared)
+    quantity = c1.selectbox("Quantity", list(dict.fromkeys(table["quantity"])), key="sw_q",
+                            format_func=lambda q: labels.get(q, q))
     xs = sorted(set(table["x"]))
     at = c2.select_slider(f"At {x_name}", xs, value=xs[-1], key="sw_x")
     axis = c3.selectbox("Against", [*fields, "b"], key="sw_axis")
@@ -30,8 +33,7 @@ def results(out: dict, fields: tuple[str, ...]) -> None:
     values = pd.to_numeric(sel["value"], errors="coerce")
     spread = bool((values > 0).all()) and values.max() > 20 * values.min()
     log_y = c4.checkbox("Log y", spread, key="sw_logy", help="a log y axis (non-positive values are not drawn)")
-    declared = api.quantity_table(api.parse_config(out["cells"][0]["config"]))  # each quantity's sign, as declared
-    chart = charts.sweep_chart(sel, axis, others, f"{quantity} at {x_name} = {at}", log_y,
+    chart = charts.sweep_chart(sel, axis, others, f"{labels.get(quantity, quantity)} at {x_name} = {at}", log_y,
                                nonnegative=charts.is_nonnegative(quantity, declared))
     st.altair_chart(chart, width="stretch")
     st.caption(f"{len(out['cells'])} cells; each point is a replica estimate with its 95 % normal interval "

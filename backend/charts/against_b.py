@@ -57,10 +57,10 @@ def b_chart(b_grid: np.ndarray, exact_values: np.ndarray, t: int, estimates: pd.
     yvals = pd.concat([line_df["value"]] + ([est["lo"], est["hi"]] if est is not None else [])).to_numpy(dtype=float)
     ys = alt.Scale(type="log")
     y_axis = alt.Axis(format=log_axis_format(yvals))
-    layers = [alt.Chart(line_df).mark_line(strokeWidth=2).encode(
-        x=x, y=alt.Y("value:Q", scale=ys, title=title, axis=y_axis), color=color,
-        strokeDash=alt.condition(alt.datum.curve == EXACT_LABEL, alt.value([1, 0]), alt.value([6, 3])),
-        tooltip=["curve", "b", "value"])]
+    lines = alt.Chart(line_df).encode(x=x, y=alt.Y("value:Q", scale=ys, title=title, axis=y_axis), color=color,
+                                      tooltip=["curve", "b", "value"])
+    layers = [lines.transform_filter(alt.datum.curve != EXACT_LABEL).mark_line(strokeWidth=2, strokeDash=[6, 3]),
+              lines.transform_filter(alt.datum.curve == EXACT_LABEL).mark_line(strokeWidth=2.5)]  # exact on top
     if est is not None and len(est):
         layers.append(alt.Chart(est).mark_errorbar(ticks=True).encode(
             x=x, y=alt.Y("lo:Q", scale=ys, title=title, axis=y_axis), y2="hi:Q", color=color))

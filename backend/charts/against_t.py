@@ -43,6 +43,11 @@ def curves_frame(t: np.ndarray, batch_sizes: list[int], theory_curves: dict | No
     return df
 
 
+def x_title(x_name: str) -> str:
+    """The x axis's title: "iteration t" for the step t, else the name (epoch)."""
+    return "iteration t" if x_name == "t" else x_name
+
+
 def time_chart(df: pd.DataFrame, title: str, log: bool = True, x_name: str = "t", x_title: str = "iteration t",
                band: str = "95 %", nonnegative: bool = True, shade: bool = True,
                error_bars: bool = False) -> alt.LayerChart:
@@ -179,7 +184,7 @@ def split_chart(x: np.ndarray, x_name: str, batch_sizes: list[int], curves: dict
     ys = alt.Scale(type="log")
     y_axis = alt.Axis(format=log_axis_format(df["value"]))
     y_title = "variance (log)"
-    base = alt.Chart(df).encode(x=alt.X(f"{x_name}:Q", title=x_name, axis=step_axis(df[x_name])),
+    base = alt.Chart(df).encode(x=alt.X(f"{x_name}:Q", title=x_title(x_name), axis=step_axis(df[x_name])),
                                 color=color)
     shaded = [term for term, q in SPLIT_TERMS.items() if draws_band(q, table)]
     keep = (alt.datum.term != SUM_TERM if len(shaded) == len(SPLIT_TERMS)
@@ -222,7 +227,7 @@ def b_simple_chart(x: np.ndarray, x_name: str, batch_sizes: list[int], curve: di
     ys = alt.Scale(type="log")
     y_title = "B_simple = tr Σ / ‖∇L‖²"
     y_axis = alt.Axis(format=log_axis_format(pd.concat([df["value"], rule["b_line"]])))
-    base = alt.Chart(df).encode(x=alt.X(f"{x_name}:Q", title=x_name, axis=step_axis(df[x_name])),
+    base = alt.Chart(df).encode(x=alt.X(f"{x_name}:Q", title=x_title(x_name), axis=step_axis(df[x_name])),
                                 color=color)
     shade = draws_band("b_simple", table)
     return alt.layer(
