@@ -417,19 +417,19 @@ def test_an_edited_helper_module_changes_the_key_and_is_imported_again(tmp_path,
     (folder / "lib").mkdir(parents=True)
     monkeypatch.setenv("BATCHVAR_MODELS", str(folder))
     monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.delitem(sys.modules, "helper_net_for_test", raising=False)
-    helper = folder / "lib" / "helper_net_for_test.py"
+    monkeypatch.delitem(sys.modules, "helper_net_mod", raising=False)
+    helper = folder / "lib" / "helper_net_mod.py"
     helper.write_text("import torch\ndef net():\n    return torch.nn.Linear(4, 2)\n")
-    imp = "    import helper_net_for_test\n"
+    imp = "    import helper_net_mod\n"
     (folder / "uses.py").write_text(
         "import sys, pathlib, torch\n"
         "sys.path.insert(0, str(pathlib.Path(__file__).parent / 'lib'))\n"
-        + ("import helper_net_for_test\n" if where == "top" else "") + DATA
+        + ("import helper_net_mod\n" if where == "top" else "") + DATA
         + "def model(seed):\n" + (imp if where == "inside" else "")
-        + "    torch.manual_seed(seed)\n    return helper_net_for_test.net()\n")
+        + "    torch.manual_seed(seed)\n    return helper_net_mod.net()\n")
     before = cfg(str(folder / "uses.py"), batch_sizes=[2])
     mf = engine.load(folder / "uses.py")
-    assert mf.modules == {"helper_net_for_test": str(helper.resolve())}
+    assert mf.modules == {"helper_net_mod": str(helper.resolve())}
     assert before.model["sha256"] != engine.file_sha256(folder / "uses.py")  # the helper is in the hash
     assert engine.load(folder / "uses.py") is mf  # nothing changed: remembered
     helper.write_text("import torch\ndef net():\n    return torch.nn.Sequential(torch.nn.Linear(4, 3), "
@@ -443,6 +443,79 @@ def test_an_edited_helper_module_changes_the_key_and_is_imported_again(tmp_path,
     with pytest.raises(ConfigError) as e:  # a config saved before the edit is not run on the edited helper
         api.parse_config(before.to_json())
     assert e.value.field == "model.sha256"
+
+
+def _helper_files(folder, name, width=2, where="inside"):
+    """A model file ``folder/uses_{name}.py`` whose network is helper module ``name``'s (in folder/lib, put on
+    sys.path by the file), imported inside model() or at the file's top."""
+    (folder / "lib").mkdir(parents=True, exist_ok=True)
+    helper = folder / "lib" / f"{name}.py"
+    helper.write_text(f"import torch\ndef net():\n    return torch.nn.Linear(4, {width})\n")
+    for user in ("a", "b"):
+        (folder / f"{user}_{name}.py").write_text(
+            "import sys, pathlib, torch\n"
+            "sys.path.insert(0, str(pathlib.Path(__file__).parent / 'lib'))\n"
+            + (f"import {name}\n" if where == "top" else "") + DATA
+            + "def model(seed):\n" + (f"    import {name}\n" if where == "inside" else "")
+            + f"    torch.manual_seed(seed)\n    return {name}.net()\n")
+    return helper
+
+
+def test_a_helper_imported_before_by_another_file_is_still_found(tmp_path, monkeypatch):
+    """Two model files import the same helper inside model(): the second, loaded after the first had imported it,
+    also hashes it and follows its edit (it was served stale: the import found the module already loaded); a
+    file loaded again after the first had imported its helper gets the same hash as on its first load."""
+    folder = tmp_path / "models"
+    monkeypatch.setenv("BATCHVAR_MODELS", str(folder))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    helper = _helper_files(folder, "shared_helper_mod")
+    a, b = engine.load(folder / "a_shared_helper_mod.py"), engine.load(folder / "b_shared_helper_mod.py")
+    assert a.modules == b.modules == {"shared_helper_mod": str(helper.resolve())}
+    first_sha = b.sha256
+    engine._loaded.clear()  # as after the 8-file memory has let it go
+    assert engine.load(folder / "b_shared_helper_mod.py").sha256 == first_sha
+    helper.write_text("import torch\ndef net():\n    return torch.nn.Linear(4, 3)\n")
+    os.utime(helper, ns=(helper.stat().st_atime_ns, helper.stat().st_mtime_ns + 10**9))
+    assert engine.load(folder / "b_shared_helper_mod.py").n_params == 4 * 3 + 3
+    assert engine.load(folder / "a_shared_helper_mod.py").n_params == 4 * 3 + 3
+
+
+def test_an_edit_that_keeps_the_helpers_size_and_second_is_not_run_from_stale_bytecode(tmp_path, monkeypatch):
+    """Bytecode written: a helper edited within the same second to the same size (a .pyc matches its source by
+    whole-second mtime and size) is run from its source when the model file is validated again."""
+    folder = tmp_path / "models"
+    monkeypatch.setenv("BATCHVAR_MODELS", str(folder))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    helper = _helper_files(folder, "pyc_helper_mod", where="top")
+    assert engine.load(folder / "a_pyc_helper_mod.py").n_params == 4 * 2 + 2
+    stat = helper.stat()
+    helper.write_text(helper.read_text().replace("Linear(4, 2)", "Linear(4, 5)"))  # same size
+    os.utime(helper, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    user = folder / "a_pyc_helper_mod.py"
+    user.write_text(user.read_text() + "# edited\n")  # validated again
+    assert engine.load(user).n_params == 4 * 5 + 5
+
+
+def test_two_files_validated_at_once_each_hash_only_their_own_helpers(tmp_path, monkeypatch):
+    """Loads on two threads (two browser sessions): each file's helpers are its own, never the other's."""
+    import threading
+
+    folder = tmp_path / "models"
+    monkeypatch.setenv("BATCHVAR_MODELS", str(folder))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    paths = {}
+    for name in ("left_helper_mod", "right_helper_mod"):
+        _helper_files(folder, name)
+        paths[name] = folder / f"a_{name}.py"
+    out = {}
+    threads = [threading.Thread(target=lambda n=n, p=p: out.__setitem__(n, engine.load(p))) for n, p in paths.items()]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for name in paths:
+        assert list(out[name].modules) == [name], out[name].modules
 
 
 # -- the page ---------------------------------------------------------------------------------------------------

@@ -20,12 +20,14 @@ subsample (backend/engine/noise.py, backend/stats.py: subsample_noise).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib.util
 import os
 import site
 import sys
+import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -38,6 +40,7 @@ import torch
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
+from backend import allowed
 from backend.engine.mlp import EpochStats, flat
 from backend.engine.noise import per_sample_dots, per_sample_terms
 from backend.engine.replicas import Replicas
@@ -345,7 +348,7 @@ def _folder_signature(path: Path) -> tuple:
 _reading = threading.local()  # the files opened by the model file's functions while it is validated (this thread)
 _PYTHON = tuple({os.path.realpath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix,
                                                          *site.getsitepackages(), site.getusersitepackages())})
-_BACKEND = os.path.realpath(Path(__file__).resolve().parent.parent) + os.sep  # in the cache key's code version
+_PROJECT = os.path.realpath(allowed.ROOT) + os.sep  # the project's own code: in the cache key's code version
 MAX_READ_FILES = 10_000
 
 
@@ -364,6 +367,7 @@ def _on_audit(event: str, args: tuple) -> None:
 sys.addaudithook(_on_audit)
 _loaded: OrderedDict[str, tuple[tuple, ModelFile]] = OrderedDict()  # the 8 files loaded last, with their signatures
 _loaded_lock = threading.Lock()
+_validating = threading.Lock()  # validations one at a time (they set sys.modules and sys.pycache_prefix aside)
 
 
 def _signature(path: Path, read: tuple[str, ...]) -> tuple:
@@ -372,24 +376,44 @@ def _signature(path: Path, read: tuple[str, ...]) -> tuple:
 
 def _source(module: ModuleType | None) -> str | None:
     """The real path of a module's file when it is the user's code: outside the Python installation (and its site
-    folders) and outside the project's backend (whose code is in the cache key already); else None."""
+    folders), and outside the project unless in an allowed model folder (the project's own code is in the cache
+    key's code version); else None."""
     f = getattr(module, "__file__", None)
     if not isinstance(f, str):
         return None
     p = os.path.realpath(f)
-    return None if p.startswith(_PYTHON) or p.startswith(_BACKEND) or not os.path.isfile(p) else p
+    if p.startswith(_PYTHON) or not os.path.isfile(p):
+        return None
+    if p.startswith(_PROJECT) and not any(p.startswith(str(d) + os.sep) for d in allowed.model_folders()):
+        return None
+    return p
 
 
-def local_modules(module: ModuleType, imported: set[str]) -> dict[str, str]:
-    """{name: source file} of the user's modules that the model file uses: those first imported while it was
-    validated (``imported``: at its import or inside its functions) and those its namespace holds (a module, or a
-    function or class defined in one), the model file itself left out."""
-    names = set(imported)
-    for value in vars(module).values():
-        names.add(value.__name__ if isinstance(value, ModuleType) else getattr(value, "__module__", None))
-    names.discard(module.__name__)
-    found = {n: _source(sys.modules.get(n)) for n in names if isinstance(n, str)}
-    return {n: p for n, p in sorted(found.items()) if p is not None}
+def _user_modules() -> dict[str, ModuleType]:
+    return {n: m for n, m in list(sys.modules.items()) if _source(m) is not None}
+
+
+@contextlib.contextmanager
+def fresh_imports():
+    """While a model file is validated: the user's modules (``_source``) out of sys.modules and bytecode caches
+    read from an empty folder (sys.pycache_prefix), so that every helper the file imports — at its top or inside
+    its functions, whatever imported it before — runs from its source as in a fresh process (a .pyc is matched to
+    its source by whole-second mtime and size only). Yields {name: source} of the helpers imported meanwhile;
+    afterwards the modules set aside that were not imported again are put back."""
+    saved = _user_modules()
+    for name in saved:
+        sys.modules.pop(name, None)
+    prefix = sys.pycache_prefix
+    found: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="batchvar-pyc-") as tmp:
+        sys.pycache_prefix = tmp
+        try:
+            yield found
+            found.update({n: _source(m) for n, m in _user_modules().items()})
+        finally:
+            sys.pycache_prefix = prefix
+            for name, module in saved.items():
+                sys.modules.setdefault(name, module)
 
 
 def code_sha256(path: Path, modules: dict[str, str]) -> str:
@@ -408,7 +432,7 @@ def load(path: Path) -> ModelFile:
     """The validated model file at ``path`` (an allowed path: backend/allowed.model_file), loaded once per content
     of the file and state of what it reads: it is validated again (its data hashed again) when the file, a file
     beside it, any file its functions opened (data or a checkpoint in another folder; seen by the audit hook) or
-    any of its own helper modules (local_modules: imported again then) changes. A failing file raises (and is not
+    any of its own helper modules (fresh_imports: imported again then) changes. A failing file raises (and is not
     remembered)."""
     key = str(path)
     with _loaded_lock:
@@ -417,16 +441,14 @@ def load(path: Path) -> ModelFile:
         with _loaded_lock:
             _loaded.move_to_end(key)
         return hit[1]
-    for name in hit[1].modules if hit is not None else ():
-        sys.modules.pop(name, None)  # imported again from their sources, as a fresh process would
-    before = set(sys.modules)
-    _reading.paths = set()
-    try:
-        mf = validate(path)
-        mf.modules = local_modules(mf.module, set(sys.modules) - before)
-        read = tuple(sorted((_reading.paths | set(mf.modules.values())) - {os.path.realpath(path)}))
-    finally:
-        _reading.paths = None
+    with _validating, fresh_imports() as helpers:  # one validation at a time: sys.modules is the process's
+        _reading.paths = set()
+        try:
+            mf = validate(path)
+        finally:
+            read_paths, _reading.paths = _reading.paths, None
+    mf.modules = {n: p for n, p in sorted(helpers.items()) if n != mf.module.__name__}
+    read = tuple(sorted((read_paths | set(mf.modules.values())) - {os.path.realpath(path)}))
     mf.sha256, mf.read_files = code_sha256(path, mf.modules), read
     with _loaded_lock:
         _loaded[key] = (_signature(path, read), mf)
