@@ -107,7 +107,7 @@ with tab_b:
         shown = ", ".join(f"{c:.4g}" + (f" ± {s:.2g}" if s > 0 else "")
                           for c, s in zip(fit["coefficients"], fit["coefficients_se"]))
         st.caption(f"The paper fits a degree-{fit['degree']} polynomial in 1/b (with a constant term) to Monte Carlo "
-                   f"values at 21 batch sizes; the exact variance at t = {t_sel} is a polynomial of degree "
+                   f"values at its 21 batch sizes (here fit to {len(fit['b'])} values); the exact variance at t = {t_sel} is a polynomial of degree "
                    f"{t_sel + 1} with no constant term. Fit coefficients (lowest power first"
                    + (", ± one SE propagated from the estimates' SEs" if fit["source"] == "estimates" else
                       "; fit to exact values, so no sampling error") + "): " + shown)

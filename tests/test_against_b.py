@@ -32,6 +32,15 @@ def test_the_fit_to_exact_values_is_the_exact_curve_while_its_degree_is_at_most_
                                    atol=1e-9 * max(abs(c) for c in exact))
 
 
+def test_beyond_n_1000_the_fit_reads_the_exact_values_at_its_own_b():
+    """n = 3 000: the exact curve is on a log grid of b that misses most of the paper's b; the fit to the exact
+    values at those b still reproduces the exact curve at every grid b (t ≤ 5)."""
+    config = lr_config(steps=3, dataset={"name": "synthetic", "n": 3000, "p": 3, "noise": 0.5, "seed": 1})
+    view = api.against_b(config, 3)
+    assert len(view["b"]) < 1000 and not set(view["fit"]["b"]) <= set(view["b"].tolist())
+    np.testing.assert_allclose(view["fit"]["curve"], view["exact"], rtol=1e-6, atol=1e-12 * view["exact"].max())
+
+
 def test_the_coefficient_ses_match_the_spread_of_monte_carlo_refits():
     """polyfit_inv_b_se (linear propagation) against the standard deviation of 4 000 refits of values with
     independent Gaussian errors of the given SEs: agreement within 5 sampling SEs of a standard deviation

@@ -525,6 +525,10 @@ def test_the_spread_over_inits_gets_the_lines_se_bars(mlp):
     assert rules[0]["encoding"]["y"]["field"] == "err_lo" and rules[0]["encoding"]["y2"]["field"] == "err_hi"
     assert df.loc[df["source"] == "estimate", "se"].notna().any()
     assert "95 % interval (± 1.96 SE" in charts.drawn_caption(charts.drawn_summary(df), True, sim["band"], True, True)
+    linear = charts.time_chart(df, "var(g)", log=False, x_name="epoch", band=sim["band"], error_bars=True).to_dict()
+    bars = next(layer for layer in layers(linear) if mark_type(layer) == "rule")
+    assert {t["as"]: t["calculate"] for t in bars["transform"] if "calculate" in t}["err_lo"] == \
+        "datum.value - 1.96 * datum.se"  # a linear axis: the whole interval, negative values too
     plain = charts.time_chart(df, "var(g)", x_name="epoch", band=sim["band"]).to_dict()
     assert not [layer for layer in layers(plain) if mark_type(layer) == "rule"]
     one = api.simulate(cfg.replace(inits=1))

@@ -106,8 +106,9 @@ def time_chart(df: pd.DataFrame, title: str, log: bool = True, x_name: str = "t"
             y=alt.Y("value:Q", scale=scale, title=title, axis=y_axis), strokeDash=key, opacity=opacity(0.9),
             tooltip=tooltip))
         if error_bars:  # on a log axis the lower end is kept above 0 (an SE above half the value: cut at value/100)
+            low = f"datum.value - {Z95} * datum.se"
             layers.append(est.transform_filter(alt.datum.marker).transform_calculate(
-                err_lo=f"max(datum.value - {Z95} * datum.se, datum.value / 100)",
+                err_lo=f"max({low}, datum.value / 100)" if log else low,
                 err_hi=f"datum.value + {Z95} * datum.se").mark_rule(strokeWidth=1.2).encode(
                 y=alt.Y("err_lo:Q", scale=scale, title=title, axis=y_axis), y2="err_hi:Q", opacity=opacity(0.9),
                 tooltip=tooltip))

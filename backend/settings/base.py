@@ -98,16 +98,17 @@ def simulation_key(config, device: torch.device) -> str:
 # -- the replica run shared by the settings that run in SGD steps (linear regression, the deep linear network) ----
 
 def step_simulation(config, device: torch.device, cache: ResultCache, progress: Progress,
-                    run_one: Callable[[Any], Any], meta: dict[str, Any], x) -> dict[str, Any]:
+                    run_one: Callable[[Any], Any], meta: Callable[[], dict[str, Any]], x) -> dict[str, Any]:
     """``simulate`` of a step setting: ``run_one(b)`` runs the replicas of one batch size, or of the batch_schedule
     as one run (fields.run_batches), and gives its ReplicaResult; the runs' statistics are packed
-    (curves.pack_stats) and cached under simulation_key with the setting's ``meta`` and what every run reports
+    (curves.pack_stats) and cached under simulation_key with the setting's ``meta()`` (called on a cache miss only)
+    and what every run reports
     (device, groups, divergence, seconds, code version). ``x``: the recorded steps."""
 
     def compute():
         t0 = time.monotonic()
         per_b = [run_one(b) for b in run_batches(config)]
-        return {**meta, "device": str(device), "groups": per_b[0].groups,
+        return {**meta(), "device": str(device), "groups": per_b[0].groups,
                 "diverged_at": [r.diverged_at for r in per_b], "diverged_replicas": [r.diverged_replicas for r in per_b],
                 "seconds": time.monotonic() - t0, "code_version": CODE_VERSION}, pack_stats(per_b)
 

@@ -384,12 +384,14 @@ def simulate(config: DeepLinearConfig, device: torch.device, cache: ResultCache,
         return engine.run_replicas(W0, T, alphas, b, config.replicas, config.seed, device, dtype, progress.advance,
                                    cancel, record_every=config.record_every, optimizer=opt)
 
-    meta = {"kind": "simulate_deep",
-            "sampler": "fresh Gaussian samples each step (online); Σ̂ by Bartlett when b ≥ p, else directly",
-            "sampler_label": "online Gaussian samples, Bartlett-sampled Σ̂ (b ≥ p)",
-            "simulated_dims": list(engine.reduced_dims(W0)),
-            "update": ("plain SGD, fused into the backward products" if opt is None else
-                       "torch.optim.SGD's step (backend/optim.py) on the gradients, velocity buffers per layer")}
+    def meta() -> dict[str, Any]:  # on a cache miss only (reduced_dims: an SVD per layer)
+        return {"kind": "simulate_deep",
+                "sampler": "fresh Gaussian samples each step (online); Σ̂ by Bartlett when b ≥ p, else directly",
+                "sampler_label": "online Gaussian samples, Bartlett-sampled Σ̂ (b ≥ p)",
+                "simulated_dims": list(engine.reduced_dims(W0)),
+                "update": ("plain SGD, fused into the backward products" if opt is None else
+                           "torch.optim.SGD's step (backend/optim.py) on the gradients, velocity buffers per layer")}
+
     return step_simulation(config, device, cache, progress, run_one, meta, _recorded(config))
 
 

@@ -380,7 +380,10 @@ def against_b(config: LinearRegressionConfig, t: int, sim: dict | None = None, a
         source, fb, fv, fse = "estimates", estimates["b"], estimates["value"], estimates["se"]
     else:
         fb = np.array([b for b in paper_batch_sizes(config.n) if b <= config.n])
-        source, fv = "exact values at the paper's b", exact[np.searchsorted(grid, fb)]
+        at = np.searchsorted(grid, fb).clip(max=len(grid) - 1)
+        on_grid = bool(np.array_equal(grid[at], fb))  # every b up to n = 1000; a log grid beyond
+        fv = exact[at] if on_grid else theory_curves(config, fb, config.steps)["var_g"][:, t]
+        source = "exact values at the paper's b"
         fse = np.zeros(len(fb))
     coef = paper_fit(fb, fv, PAPER_FIT_DEGREE)
     return {"t": t, "b": grid, "exact": exact, "estimates": estimates,
@@ -404,8 +407,10 @@ def simulate(config: LinearRegressionConfig, device: torch.device, cache: Result
         return engine.run_replicas(X, y, _w0(config), alphas, b, config.replicas, config.sampler, config.seed, device,
                                    c, progress=progress.advance, cancel=cancel, optimizer=config.optimizer.build())
 
-    meta = {"kind": "simulate", "sampler": config.sampler, "sampler_label": SAMPLER_LABELS[config.sampler],
-            "torch": torch.__version__}
+    def meta() -> dict[str, Any]:
+        return {"kind": "simulate", "sampler": config.sampler, "sampler_label": SAMPLER_LABELS[config.sampler],
+                "torch": torch.__version__}
+
     return step_simulation(config, device, cache, progress, run_one, meta, np.arange(config.steps + 1))
 
 
