@@ -20,6 +20,7 @@ from backend.cache import ResultCache
 from backend.config import parse_config
 from backend.engine import mlp as engine
 from backend.engine import noise
+from backend.engine.loop import RunSpec
 from backend.engine.samplers import make_sampler
 from backend.errors import Cancelled, ConfigError
 from backend.images import displacement_fields, elastic_distort, gaussian_kernel, load_digits, load_idx_dir, read_idx
@@ -734,8 +735,9 @@ def test_a_batch_over_half_the_data_trains_on_the_batch_not_its_complement(fused
                            optimizer=None if fused else optim.sgd(momentum=0.9))  # step 1 of momentum SGD is w − α g
     assert (task.optimizer is None) == fused  # None: the fused Linear–ReLU steps
     params = {k: v.repeat_interleave(R, dim=0) for k, v in task.init(K).items()}
-    out = engine.run_batch_size(task, K, R, 1, lambda t: lr, b, "without_replacement", seed, DEV, gap_every=1,
-                                noise_samples=8, eval_size=n)
+    spec = RunSpec.for_epochs(n, 1, b, K=K, R=R, lr=lambda t: lr, sampler="without_replacement", seed=seed,
+                              device=DEV, noise_samples=8)
+    out = engine.run_batch_size(task, spec, gap_every=1, eval_size=n)
     assert out["steps_per_epoch"] == 1
     left_out = make_sampler("without_replacement", n, b, K * R,
                             torch.Generator().manual_seed(seed_for(seed, b, 1)), DEV).draw()

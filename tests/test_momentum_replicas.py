@@ -18,6 +18,7 @@ import torch
 from conftest import ROOT
 
 from backend import api
+from backend.engine.loop import RunSpec
 from backend.cache import ResultCache
 from backend.config import parse_config
 from backend.engine import deep_linear as engine_deep
@@ -348,8 +349,9 @@ def record_training_draws(monkeypatch, module, name: str) -> list[torch.Tensor]:
 def run_and_capture(task, K, R, epochs, lr_fn, b, seed=0, noise=8, eval_size=40):
     """run_batch_size, returning the parameters at every epoch's end (its checkpoints)."""
     saved = []
-    out = engine_mlp.run_batch_size(task, K, R, epochs, lr_fn, b, "epoch_reshuffle", seed, DEV, 1, noise, eval_size,
-                                    checkpoint=lambda state: saved.append(state))
+    spec = RunSpec.for_epochs(task.Xtr.shape[0], epochs, b, K=K, R=R, lr=lr_fn, sampler="epoch_reshuffle", seed=seed,
+                              device=DEV, noise_samples=noise, checkpoint=lambda state: saved.append(state))
+    out = engine_mlp.run_batch_size(task, spec, 1, eval_size)
     return out, saved
 
 

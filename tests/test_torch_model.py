@@ -577,8 +577,10 @@ def test_the_step_loop_reads_nothing_back_per_step(monkeypatch):
 
     def reads(steps: int) -> int:
         counts["n"] = 0
-        engine.run_batch_size(pr, 1, 4, steps, steps, lambda t: 0.05, 4, "without_replacement", 0,
-                              torch.device("cpu"), 8, sgd(momentum=0.9))
+        spec = loop.RunSpec.for_steps(pr.mf.n_train, steps, steps, 4, K=1, R=4, lr=lambda t: 0.05,
+                                      sampler="without_replacement", seed=0, device=torch.device("cpu"),
+                                      noise_samples=8)
+        engine.run_batch_size(pr, spec, sgd(momentum=0.9))
         return counts["n"]
 
     assert reads(128) - reads(64) <= 64 // STEP_BLOCK

@@ -24,6 +24,11 @@ from backend.engine.runner import (STEP_BLOCK, Divergence, DivergenceLog, check_
 from backend.engine.samplers import Sampler, batch_indices, make_sampler
 
 
+def record_steps(steps: int, every: int) -> np.ndarray:
+    """t = 0, k, 2k, …, and T (always)."""
+    return np.unique(np.r_[np.arange(0, steps + 1, every), steps])
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One run of K inits × R replicas for ``steps`` steps on n training points.
@@ -55,6 +60,20 @@ class RunSpec:
     @property
     def N(self) -> int:
         return self.K * self.R
+
+    @classmethod
+    def for_epochs(cls, n: int, epochs: int, b: int, **fields) -> "RunSpec":
+        """The run of ``epochs`` epochs of ⌊n/b⌋ steps at batch size b, recorded at every epoch's end (and t = 0),
+        a checkpoint at an epoch's end; ``fields``: the others, by name."""
+        per_epoch = n // b
+        return cls(n=n, steps=epochs * per_epoch, b=b, record_at=tuple(range(0, epochs * per_epoch + 1, per_epoch)),
+                   epoch_steps=per_epoch, **fields)
+
+    @classmethod
+    def for_steps(cls, n: int, steps: int, record_every: int, b, **fields) -> "RunSpec":
+        """The run of ``steps`` steps recorded at record_steps(steps, record_every); ``fields``: the others, by
+        name."""
+        return cls(n=n, steps=steps, b=b, record_at=tuple(int(t) for t in record_steps(steps, record_every)), **fields)
 
     def noise_subset(self) -> np.ndarray:
         """The fixed uniform subsample S of min(noise_samples, n) training points of the one-step noise terms."""

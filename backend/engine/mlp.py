@@ -243,21 +243,15 @@ class MLPRun:
         return (int(resume["epoch"]) + 1) * self.spec.epoch_steps
 
 
-def run_batch_size(task: Task, K: int, R: int, epochs: int, alphas_fn: Callable[[int], float], b: int,
-                   sampler: str, seed: int, device: torch.device, gap_every: int, noise_samples: int,
-                   eval_size: int, progress: Callable[[int], None] | None = None, cancel=None,
-                   checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None,
-                   arithmetic: str = "float32") -> dict:
-    """Train K·R replicas for ``epochs`` epochs at batch size b through loop.train_loop (MLPRun's step); per-epoch
-    per-init statistics (see module doc), a checkpoint at an epoch's end. The training steps and the probe gradient
-    run in ``arithmetic`` (float32, tf32 or bf16: backend.engine.runner.precision); the noise terms, evaluations and
-    every statistic stay in full precision."""
-    n = task.Xtr.shape[0]
-    steps_per_epoch = n // b
-    spec = RunSpec(K, R, n, epochs * steps_per_epoch, b, alphas_fn,
-                   tuple(range(0, epochs * steps_per_epoch + 1, steps_per_epoch)), sampler, seed, device,
-                   noise_samples, arithmetic, steps_per_epoch, progress, cancel, checkpoint, resume)
-    return {**train_loop(spec, MLPRun(task, spec, gap_every, eval_size)), "steps_per_epoch": steps_per_epoch}
+def run_batch_size(task: Task, spec: RunSpec, gap_every: int, eval_size: int) -> dict:
+    """Train the K·R replicas of ``spec`` (RunSpec.for_epochs on the task's n training points: a whole number of
+    epochs, recorded and checkpointed at each epoch's end) through loop.train_loop (MLPRun's step); per-epoch
+    per-init statistics (see module doc). The training steps and the probe gradient run in ``spec.precision``
+    (float32, tf32 or bf16: backend.engine.runner.precision); the noise terms, evaluations and every statistic stay
+    in full precision."""
+    if spec.epoch_steps is None or spec.n != task.Xtr.shape[0]:
+        raise ValueError("the MLP engine runs whole epochs of the task's training set: RunSpec.for_epochs")
+    return {**train_loop(spec, MLPRun(task, spec, gap_every, eval_size)), "steps_per_epoch": spec.epoch_steps}
 
 
 def estimate_cost(n_train: int, d_in: int, hidden: tuple[int, ...], n_classes: int, K: int, R: int, epochs: int,

@@ -44,7 +44,7 @@ from backend import allowed
 from backend.engine.mlp import EpochStats, flat
 from backend.engine.noise import per_sample_dots, per_sample_terms
 from backend.engine.replicas import Replicas
-from backend.engine.loop import RunSpec, train_loop
+from backend.engine.loop import RunSpec, record_steps, train_loop
 from backend.engine.runner import ACTIVATION_ELEMENTS, precision, schedule_segments
 from backend.errors import ConfigError
 from backend.quantities import EPOCH_QUANTITIES
@@ -484,11 +484,6 @@ def check_inits(mf: ModelFile, K: int) -> None:
         check_loss_at_w0(mf.path, call_model(mf.path, mf.module, k), mf.Xtr, mf.Ytr, mf.loss, f"model({k})")
 
 
-def record_steps(steps: int, every: int) -> np.ndarray:
-    """t = 0, k, 2k, …, and T (always)."""
-    return np.unique(np.r_[np.arange(0, steps + 1, every), steps])
-
-
 @dataclass
 class Prepared:
     """The model file's tensors on the run's device and dtype, and its replicas' functional forward."""
@@ -596,26 +591,19 @@ class ModelRun:
         return int(resume["step"])
 
 
-def run_batch_size(pr: Prepared, K: int, R: int, steps: int, record_every: int, alphas_fn: Callable[[int], float],
-                   b: int | list[tuple[int, int]], sampler: str, seed: int, device: torch.device, noise_samples: int,
-                   optimizer, progress: Callable[[int], None] | None = None, cancel=None,
-                   arithmetic: str = "float32", checkpoint: Callable[[dict], None] | None = None,
-                   resume: dict | None = None) -> dict:
-    """Train K·R replicas for ``steps`` steps at batch size b with ``optimizer`` (backend/optim.py, one over the
-    stack) through loop.train_loop (ModelRun's step); per-init statistics at t = record_steps(steps, record_every):
-    arrays (len(t), K) (see module doc). ``b`` a list of (b_i, steps_i): a batch-size schedule (docs/theory.md §12;
-    Σ steps_i = steps), its segments one after another, the weights and the optimizer's state carried on; g_t (the
+def run_batch_size(pr: Prepared, spec: RunSpec, optimizer) -> dict:
+    """Train the K·R replicas of ``spec`` (RunSpec.for_steps) with ``optimizer`` (backend/optim.py, one over the
+    stack) through loop.train_loop (ModelRun's step); per-init statistics at t = spec.record_at:
+    arrays (len(t), K) (see module doc). ``spec.b`` a list of (b_i, steps_i): a batch-size schedule (docs/theory.md §12;
+    Σ steps_i = T), its segments one after another, the weights and the optimizer's state carried on; g_t (the
     probe, the one-step noise's c_b) at the b of the segment that draws it, the last one's at t = T. Segment 0
     draws from the streams of the constant b_0 run, segment j > 0 from its own (one segment is exactly the
     constant-b run).
 
-    ``checkpoint(state)``: called with the run's whole state (weights, optimizer state, statistics so far, the
+    ``spec.checkpoint(state)``: called with the run's whole state (weights, optimizer state, statistics so far, the
     generators, the first bad steps) at the end of a block of steps (runner.checkpoint_due) and at t = T;
-    ``resume``: such a state (runner.unpack_checkpoint), from which the run continues bitwise."""
-    ts = record_steps(steps, record_every)
-    spec = RunSpec(K, R, int(pr.Xtr.shape[0]), steps, b, alphas_fn, tuple(int(t) for t in ts), sampler, seed,
-                   device, noise_samples, arithmetic, None, progress, cancel, checkpoint, resume)
-    return {**train_loop(spec, ModelRun(pr, spec, optimizer)), "t": ts}
+    ``spec.resume``: such a state (runner.unpack_checkpoint), from which the run continues bitwise."""
+    return {**train_loop(spec, ModelRun(pr, spec, optimizer)), "t": np.asarray(spec.record_at)}
 
 
 def estimate_cost(mf_sizes: dict[str, int], K: int, R: int, steps: int, record_every: int, b: int,

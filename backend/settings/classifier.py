@@ -15,6 +15,7 @@ import torch
 
 from backend.cache import CODE_VERSION, ResultCache
 from backend.engine import mlp as engine
+from backend.engine.loop import RunSpec
 from backend.engine.replica_branch import BranchTask
 from backend.engine.runner import pack_checkpoint, unpack_checkpoint
 from backend.curves import curves_result
@@ -75,10 +76,12 @@ def simulate_classifier(config, device: torch.device, cache: ResultCache, progre
             resume = checkpoints.resume(b)
             if resume is not None:
                 advance(config.inits * config.replicas * (config.n_train // b) * (resume["epoch"] + 1))
-            out = engine.run_batch_size(task_for_b(b), config.inits, config.replicas, config.epochs, lr_for_b(b), b,
-                                        config.sampler, config.seed, device, gap_every, config.noise_samples,
-                                        config.eval_size, advance, cancel, checkpoints.saver(b), resume,
-                                        config.precision)
+            task = task_for_b(b)
+            spec = RunSpec.for_epochs(task.Xtr.shape[0], config.epochs, b, K=config.inits, R=config.replicas,
+                                      lr=lr_for_b(b), sampler=config.sampler, seed=config.seed, device=device,
+                                      noise_samples=config.noise_samples, precision=config.precision,
+                                      progress=advance, cancel=cancel, checkpoint=checkpoints.saver(b), resume=resume)
+            out = engine.run_batch_size(task, spec, gap_every, config.eval_size)
             for name, v in out["stats"].items():
                 arrays[f"{b}.{name}"] = v
             meta_b.append({"b": b, "diverged_at": out["diverged_at"], "diverged_replicas": out["diverged_replicas"],

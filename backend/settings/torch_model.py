@@ -17,6 +17,7 @@ from backend import allowed
 from backend.cache import CODE_VERSION, ResultCache
 from backend.costs import GpuModel, combine_costs
 from backend.engine import torch_model as engine
+from backend.engine.loop import RunSpec
 from backend.engine.replica_branch import BranchTask
 from backend.engine.replicas import Replicas
 from backend.errors import ConfigError
@@ -214,10 +215,12 @@ def simulate(config: TorchModelConfig, device: torch.device, cache: ResultCache,
             resume = checkpoints.resume(key)
             if resume is not None:
                 progress.advance(config.inits * config.replicas * int(resume["step"]))
-            out = engine.run_batch_size(pr, config.inits, config.replicas, config.steps, config.record_every,
-                                        lambda t: float(config.lr.alpha(t)), b, config.sampler, config.seed, device,
-                                        config.noise_samples, config.optimizer.build(), progress.advance, cancel,
-                                        config.precision, checkpoints.saver(key), resume)
+            spec = RunSpec.for_steps(mf.n_train, config.steps, config.record_every, b, K=config.inits,
+                                     R=config.replicas, lr=lambda t: float(config.lr.alpha(t)), sampler=config.sampler,
+                                     seed=config.seed, device=device, noise_samples=config.noise_samples,
+                                     precision=config.precision, progress=progress.advance, cancel=cancel,
+                                     checkpoint=checkpoints.saver(key), resume=resume)
+            out = engine.run_batch_size(pr, spec, config.optimizer.build())
             try:  # on the whole training set (check_inits saw its first points): the run's checkpoints go too
                 _refuse_nonfinite_start(mf, out["stats"], key)
             except ConfigError:
