@@ -284,7 +284,7 @@ def compare_replicas(exact: dict[str, dict], replicas: dict[str, dict]) -> list[
     """The replica check of the exact advisor, one row per (rule, b) run: the exact E L(w_T), the replica estimate
     and its SE, z = (estimate − exact) / SE, and a note — "agrees" (|z| ≤ 4), "disagrees" (|z| > 4), or why there is
     no z: the exact loss diverged (its mean is then dominated by rare runs: no z is meaningful), the replicas
-    diverged (a non-finite or 10⁶-fold loss), or a zero SE. ``exact``, ``replicas``: {rule: answer} (advise_rules,
+    diverged (a non-finite or 10⁶-fold loss), or a zero or non-finite SE. ``exact``, ``replicas``: {rule: answer} (advise_rules,
     sweep)."""
     rows = []
     for rule, ans in replicas.items():
@@ -295,6 +295,8 @@ def compare_replicas(exact: dict[str, dict], replicas: dict[str, dict]) -> list[
                 note = "diverged (exact): no z"
             elif row["diverged"] or row["loss"] is None:
                 note = "replicas diverged"
+            elif row["loss_se"] is None:
+                note = "no finite SE: no z"
             elif not row["loss_se"]:
                 note = "zero SE: no z"
             else:

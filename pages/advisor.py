@@ -153,10 +153,10 @@ except api.ConfigError as e:
 for why in plan["refused"].values():
     st.caption(ui.user_text(why) + " — lower the budget to check it.")
 fits = list(plan["seconds"])
-stable = [b for b in fits if not any(answers[r]["curves"][str(b)]["diverged"] for r in rules)]
+stable = [b for b in fits if not all(answers[r]["curves"][str(b)]["diverged"] for r in rules)]
 check_bs = st.multiselect("Batch sizes to check", fits, default=stable, key="adv_check_bs",
                           help="the b whose replica runs fit the engine's limits and the resource guard at this "
-                               "budget; those where a rule diverges are left out at first (no z is meaningful there)")
+                               "budget; those where every rule diverges are left out at first (no z is meaningful there)")
 if not check_bs:
     st.info("No batch size to check: pick one, or lower the budget so that a run of every b fits.")
     st.stop()
