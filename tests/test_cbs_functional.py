@@ -245,7 +245,7 @@ def test_branch_chart_draws_95_percent_intervals(cache):
 
 def test_page_runs_the_replica_branches():
     """The Critical batch size page on the MLP: the estimate before Run, then Run draws the replica branches (a metric
-    per rule, both charts, the tables, both downloads) without an error box; the table carries loss_se."""
+    per rule, both charts, the tables, both downloads) without an error box; the table carries each branch loss's SE."""
     from test_app import open_page, press_run_and_wait
 
     at = open_page("pages/critical_batch.py")
@@ -257,4 +257,4 @@ def test_page_runs_the_replica_branches():
     press_run_and_wait(at)
     assert not at.error and not at.exception and len(at.metric) == 2
     assert len(at.get("download_button")) == 2 and len(at.dataframe) == 2
-    assert "loss_se" in at.dataframe[1].value.columns
+    assert "branch loss SE" in at.dataframe[1].value.columns  # loss_se, under the quantity's name
